@@ -1,0 +1,203 @@
+//! The log: a partitioned, keyed, replayable sequence of records per topic.
+//!
+//! - [`Log::send`] resolves only once the record is durable (for Kafka: acknowledged by all
+//!   in-sync replicas, through an idempotent producer);
+//! - a [`LogConsumer`] reads partitions from a chosen [`StartFrom`] position and commits
+//!   positions explicitly, so the caller decides when work is done;
+//! - records of one key always land in one partition, so a user's orders stay in order.
+
+mod kafka;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+pub use kafka::KafkaLog;
+
+use crate::topology::{LogBackend, LogConfig, Topology};
+
+/// A record to append.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OutRecord {
+    /// Partitioning key; records with the same key keep their order.
+    pub key: Vec<u8>,
+    /// The record body.
+    pub payload: Vec<u8>,
+    /// Named metadata (e.g. a dead-letter reason).
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl OutRecord {
+    /// A record with a key and payload and no headers.
+    pub fn new(key: impl Into<Vec<u8>>, payload: impl Into<Vec<u8>>) -> Self {
+        OutRecord { key: key.into(), payload: payload.into(), headers: Vec::new() }
+    }
+
+    /// Adds a header.
+    pub fn with_header(mut self, name: &str, value: impl Into<Vec<u8>>) -> Self {
+        self.headers.push((name.to_string(), value.into()));
+        self
+    }
+}
+
+/// A record read from the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// Topic it was read from.
+    pub topic: String,
+    /// Partition it was read from.
+    pub partition: i32,
+    /// Its offset in that partition.
+    pub offset: i64,
+    /// Partitioning key (empty when the producer set none).
+    pub key: Vec<u8>,
+    /// The record body.
+    pub payload: Vec<u8>,
+    /// Named metadata.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// Append time in milliseconds since the Unix epoch, when known.
+    pub timestamp_ms: Option<i64>,
+}
+
+impl Record {
+    /// The value of header `name`, as UTF-8 text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).and_then(|(_, v)| std::str::from_utf8(v).ok())
+    }
+
+    /// The key as UTF-8 text (lossy).
+    pub fn key_str(&self) -> String {
+        String::from_utf8_lossy(&self.key).into_owned()
+    }
+
+    /// The position that resumes reading right after this record.
+    pub fn next_position(&self) -> Position {
+        Position { topic: self.topic.clone(), partition: self.partition, next_offset: self.offset + 1 }
+    }
+}
+
+/// Where an appended record landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivery {
+    /// Partition the record was written to.
+    pub partition: i32,
+    /// Its offset there.
+    pub offset: i64,
+}
+
+/// A consumer position: the next offset to read in one partition.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Position {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// The offset of the next record to read.
+    pub next_offset: i64,
+}
+
+/// Where to start reading a partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartFrom {
+    /// The position committed by this consumer's group, else the beginning.
+    Committed,
+    /// The oldest retained record.
+    Beginning,
+    /// After the newest record.
+    End,
+    /// A given offset.
+    Offset(i64),
+    /// The first record appended at or after this time (ms since the Unix epoch).
+    Time(i64),
+}
+
+/// One partition to read and where to start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assignment {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Start position.
+    pub start: StartFrom,
+}
+
+/// Errors from the log.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// The record was not acknowledged within the allowed time.
+    #[error("the log did not acknowledge the record within {0:?}")]
+    Timeout(Duration),
+    /// The backend is unreachable or refused the operation.
+    #[error("log backend error: {0}")]
+    Backend(String),
+    /// The topic does not exist.
+    #[error("topic {0:?} does not exist; declare it in topology.toml so `sluice run` creates it")]
+    UnknownTopic(String),
+}
+
+/// A partitioned, replayable log.
+#[async_trait]
+pub trait Log: Send + Sync + 'static {
+    /// Creates the topics that do not exist yet with the given partition counts and replication.
+    async fn ensure_topics(&self, topics: &[(String, u32, u32)]) -> Result<(), LogError>;
+
+    /// Appends `record` to `topic` and resolves once it is durable, or fails after `timeout`.
+    async fn send(&self, topic: &str, record: OutRecord, timeout: Duration) -> Result<Delivery, LogError>;
+
+    /// Number of partitions of `topic`.
+    async fn partition_count(&self, topic: &str) -> Result<u32, LogError>;
+
+    /// `(low, high)`: the oldest retained offset and the offset the next record will get.
+    async fn watermarks(&self, topic: &str, partition: i32) -> Result<(i64, i64), LogError>;
+
+    /// Whether the backend answers now (for `/readyz`).
+    async fn check_ready(&self) -> Result<(), LogError>;
+
+    /// A new consumer whose committed positions are stored under `group`.
+    async fn consumer(&self, group: &str) -> Result<Box<dyn LogConsumer>, LogError>;
+
+    /// Waits until records handed to [`Log::send`] are out, for at most `timeout`.
+    async fn flush(&self, timeout: Duration) -> Result<(), LogError>;
+}
+
+/// Reads assigned partitions and commits positions explicitly.
+#[async_trait]
+pub trait LogConsumer: Send {
+    /// Replaces the assignment: read these partitions from these positions.
+    async fn assign(&mut self, assignments: Vec<Assignment>) -> Result<(), LogError>;
+
+    /// Up to `max` records, waiting at most `wait` for the first; empty when none came.
+    async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Record>, LogError>;
+
+    /// Stores positions under this consumer's group.
+    async fn commit(&mut self, positions: &[Position]) -> Result<(), LogError>;
+
+    /// The committed next offset of a partition for this consumer's group.
+    async fn committed(&mut self, topic: &str, partition: i32) -> Result<Option<i64>, LogError>;
+}
+
+/// Opens the log described by `[log]`.
+pub fn open(config: &LogConfig) -> Result<std::sync::Arc<dyn Log>, LogError> {
+    match config.backend {
+        LogBackend::Kafka => Ok(std::sync::Arc::new(KafkaLog::new(config)?)),
+    }
+}
+
+/// Creates every topic declared in the topology.
+pub async fn ensure_topology_topics(log: &dyn Log, topology: &Topology) -> Result<(), LogError> {
+    let topics: Vec<_> =
+        topology.topics.iter().map(|(name, t)| (name.clone(), t.partitions, t.replication)).collect();
+    log.ensure_topics(&topics).await
+}
+
+/// Assignments for every partition of `topics`, all starting at `start`.
+pub async fn assign_all(log: &dyn Log, topics: &[String], start: StartFrom) -> Result<Vec<Assignment>, LogError> {
+    let mut assignments = Vec::new();
+    for topic in topics {
+        for partition in 0..log.partition_count(topic).await? as i32 {
+            assignments.push(Assignment { topic: topic.clone(), partition, start });
+        }
+    }
+    Ok(assignments)
+}

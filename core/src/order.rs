@@ -1,0 +1,83 @@
+//! The events that travel through the log, and the headers that annotate them.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Header carrying the reason a record was sent to a dead-letter topic.
+pub const HEADER_DLQ_REASON: &str = "sluice.dlq.reason";
+/// Header naming the stage that rejected a record.
+pub const HEADER_DLQ_STAGE: &str = "sluice.dlq.stage";
+/// Header naming the topic the rejected record was read from.
+pub const HEADER_DLQ_SOURCE_TOPIC: &str = "sluice.dlq.source_topic";
+/// Header with the partition the rejected record was read from.
+pub const HEADER_DLQ_SOURCE_PARTITION: &str = "sluice.dlq.source_partition";
+/// Header with the offset the rejected record was read from.
+pub const HEADER_DLQ_SOURCE_OFFSET: &str = "sluice.dlq.source_offset";
+/// Header with the order id of a rejected record, when it could be read.
+pub const HEADER_ORDER_ID: &str = "sluice.order_id";
+
+/// An order as accepted by the ingress and written to the raw orders topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RawOrder {
+    /// Time-ordered (UUIDv7) id assigned by the ingress.
+    pub order_id: Uuid,
+    /// The ordering user; also the record key and the shard key.
+    pub user_id: String,
+    /// Product code, looked up in the catalog by the enrich stage.
+    pub product: String,
+    /// Requested quantity; bounds are checked by the validate stage.
+    pub quantity: i64,
+    /// When the ingress accepted the order, in milliseconds since the Unix epoch.
+    pub received_at_ms: i64,
+}
+
+/// An order after enrichment and routing: the row a shard stores.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EnrichedOrder {
+    /// Time-ordered (UUIDv7) id assigned by the ingress.
+    pub order_id: Uuid,
+    /// The ordering user.
+    pub user_id: String,
+    /// Product code.
+    pub product: String,
+    /// Ordered quantity.
+    pub quantity: i64,
+    /// Catalog price of one unit, in minor units of `currency` (cents).
+    pub unit_price_minor: i64,
+    /// `unit_price_minor * quantity`.
+    pub line_total_minor: i64,
+    /// ISO 4217 currency code of the prices.
+    pub currency: String,
+    /// When the ingress accepted the order (ms since the Unix epoch).
+    pub received_at_ms: i64,
+    /// When the enrich stage processed the order (ms since the Unix epoch).
+    pub enriched_at_ms: i64,
+    /// Virtual bucket of `user_id` (see [`crate::sharding`]).
+    pub bucket: u32,
+    /// Name of the shard that owns `bucket`.
+    pub shard: String,
+}
+
+/// A login attempt, produced to the logins topic whether it succeeded or not.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LoginEvent {
+    /// The user name the client presented.
+    pub username: String,
+    /// Whether the password matched.
+    pub success: bool,
+    /// The client's address as seen by the ingress.
+    pub client_addr: Option<String>,
+    /// When the attempt happened (ms since the Unix epoch).
+    pub at_ms: i64,
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

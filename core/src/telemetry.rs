@@ -1,0 +1,63 @@
+//! Structured logs and Prometheus metrics.
+//!
+//! Logs are JSON lines on stderr (one object per event, with `timestamp`, `level`, `target`
+//! and `fields`), ready for Filebeat/Logstash into Elasticsearch. Metrics use the `metrics`
+//! facade; [`metrics_handle`] installs the Prometheus recorder once and renders its text.
+//! Every metric name Sluice emits is a constant below, so dashboards have one place to look.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+/// Counter: HTTP requests answered by the ingress, labelled `route` and `status`.
+pub const HTTP_REQUESTS: &str = "sluice_http_requests_total";
+/// Histogram: seconds from request to response, labelled `route`.
+pub const HTTP_DURATION: &str = "sluice_http_request_duration_seconds";
+/// Counter: login attempts, labelled `outcome` (`success`, `failure`).
+pub const LOGINS: &str = "sluice_logins_total";
+/// Counter: orders the log acknowledged to the ingress.
+pub const ORDERS_ACCEPTED: &str = "sluice_orders_accepted_total";
+/// Counter: requests refused by a rate limit, labelled `limit`.
+pub const RATE_LIMITED: &str = "sluice_rate_limited_total";
+/// Counter: records a stage read, labelled `stage`.
+pub const STAGE_RECORDS_IN: &str = "sluice_stage_records_in_total";
+/// Counter: records a stage wrote, labelled `stage` and `outcome` (`emitted`, `dead_letter`).
+pub const STAGE_RECORDS_OUT: &str = "sluice_stage_records_out_total";
+/// Histogram: seconds a stage batch took from read to commit, labelled `stage`.
+pub const STAGE_BATCH_DURATION: &str = "sluice_stage_batch_duration_seconds";
+/// Counter: rows a shard sink committed, labelled `shard` and `table`.
+pub const SINK_ROWS: &str = "sluice_sink_rows_total";
+/// Histogram: rows per committed sink batch, labelled `shard`.
+pub const SINK_BATCH_ROWS: &str = "sluice_sink_batch_rows";
+/// Histogram: seconds a sink transaction took, labelled `shard`.
+pub const SINK_COMMIT_DURATION: &str = "sluice_sink_commit_duration_seconds";
+/// Counter: failed sink transactions that were retried, labelled `shard`.
+pub const SINK_RETRIES: &str = "sluice_sink_retries_total";
+/// Counter: records a replay delivered, labelled `target`.
+pub const REPLAY_RECORDS: &str = "sluice_replay_records_total";
+
+/// The process-wide Prometheus recorder, installed on first use.
+pub fn metrics_handle() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        // Another recorder may already be installed (tests); the handle still renders ours.
+        let _ = metrics::set_global_recorder(recorder);
+        handle
+    })
+}
+
+/// Installs JSON logging on stderr, filtered by `RUST_LOG` (default `info`).
+/// Safe to call more than once; later calls do nothing.
+pub fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .flatten_event(false)
+        .with_current_span(false)
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
