@@ -1,0 +1,178 @@
+//! The stage runner: consume → process → produce → commit.
+//!
+//! Each batch is read, processed record by record, and every resulting record (outputs and
+//! dead letters) is sent to the log. Only when the log has acknowledged all of them does the
+//! runner commit the input positions, so a crash at any point replays the batch rather than
+//! losing it (at-least-once; sinks deduplicate by order id). A failed send is retried with
+//! backoff until it succeeds or the runner is cancelled, in which case nothing is committed.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use sluice_core::log::{assign_all, Log, LogError, Position, StartFrom};
+use sluice_core::telemetry;
+use sluice_core::topology::StageConfig;
+use tokio_util::sync::CancellationToken;
+
+use crate::stage::{dead_letter, Emission, Outcome, Stage};
+
+/// Why a stage runner stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunnerError {
+    /// The log failed in a way retrying does not fix (e.g. the input topic is missing).
+    #[error("stage {stage:?}: {source}")]
+    Log {
+        /// The stage.
+        stage: String,
+        /// The log error.
+        source: LogError,
+    },
+}
+
+/// Everything a runner needs to drive one stage.
+pub struct StageRunner {
+    /// Stage name (metrics label, log field).
+    pub name: String,
+    /// Topic read.
+    pub input: String,
+    /// Topic that receives rejected records.
+    pub dead_letter: String,
+    /// Consumer group that stores the committed input positions.
+    pub group: String,
+    /// Records per batch.
+    pub batch_size: usize,
+    /// Where to start partitions that have no committed position (or always, for replays).
+    pub start: StartFrom,
+    /// Stop once every input partition reaches these offsets (replay); `None` runs forever.
+    pub stop_at: Option<BTreeMap<i32, i64>>,
+    /// How long to wait for the log to acknowledge one output before retrying it.
+    pub ack_timeout: Duration,
+}
+
+impl StageRunner {
+    /// A live runner for the stage declared by `config`, committing under `<prefix>.<name>`.
+    pub fn from_config(config: &StageConfig, group_prefix: &str) -> Self {
+        StageRunner {
+            name: config.name.clone(),
+            input: config.input.clone(),
+            dead_letter: config.dead_letter.clone(),
+            group: format!("{group_prefix}.{}", config.name),
+            batch_size: config.batch_size,
+            start: StartFrom::Committed,
+            stop_at: None,
+            ack_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Progress callback: records done in this run so far.
+pub type Progress = Arc<dyn Fn(u64) + Send + Sync>;
+
+/// Runs `stage` until `cancel` fires (or, for a bounded replay, until `stop_at` is reached).
+/// Returns the number of input records processed.
+pub async fn run_stage(
+    log: Arc<dyn Log>,
+    stage: Arc<dyn Stage>,
+    runner: StageRunner,
+    cancel: CancellationToken,
+    progress: Option<Progress>,
+) -> Result<u64, RunnerError> {
+    let fail = |source| RunnerError::Log { stage: runner.name.clone(), source };
+    let mut consumer = log.consumer(&runner.group).await.map_err(fail)?;
+    let assignments = assign_all(log.as_ref(), std::slice::from_ref(&runner.input), runner.start).await.map_err(fail)?;
+    consumer.assign(assignments).await.map_err(fail)?;
+    tracing::info!(stage = runner.name, input = runner.input, group = runner.group, "stage started");
+
+    let mut remaining = runner.stop_at.clone();
+    let mut done: u64 = 0;
+    loop {
+        if remaining.as_ref().is_some_and(BTreeMap::is_empty) {
+            break;
+        }
+        let records = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => break,
+            polled = consumer.poll(runner.batch_size, Duration::from_millis(200)) => polled.map_err(fail)?,
+        };
+        if records.is_empty() {
+            continue;
+        }
+        let started = Instant::now();
+        let mut positions: BTreeMap<i32, Position> = BTreeMap::new();
+        let mut emissions = Vec::with_capacity(records.len());
+        let mut taken = 0u64;
+        for record in &records {
+            if let Some(ends) = &remaining {
+                match ends.get(&record.partition) {
+                    Some(&end) if record.offset < end => {}
+                    _ => continue,
+                }
+            }
+            taken += 1;
+            metrics::counter!(telemetry::STAGE_RECORDS_IN, "stage" => runner.name.clone()).increment(1);
+            match stage.process(record) {
+                Outcome::Emit(out) => emissions.extend(out.into_iter().map(|e| (e, "emitted"))),
+                Outcome::DeadLetter(reason) => {
+                    tracing::debug!(stage = runner.name, reason, offset = record.offset, "dead-lettering record");
+                    let out = dead_letter(&runner.name, record, &reason);
+                    emissions.push((Emission { topic: runner.dead_letter.clone(), record: out }, "dead_letter"));
+                }
+            }
+            positions.insert(record.partition, record.next_position());
+        }
+        if !send_all(log.as_ref(), &runner, emissions, &cancel).await {
+            tracing::warn!(stage = runner.name, "cancelled before outputs were acknowledged; batch will be replayed");
+            break;
+        }
+        let positions: Vec<Position> = positions.into_values().collect();
+        consumer.commit(&positions).await.map_err(fail)?;
+        if let Some(ends) = &mut remaining {
+            for p in &positions {
+                if ends.get(&p.partition).is_some_and(|&end| p.next_offset >= end) {
+                    ends.remove(&p.partition);
+                }
+            }
+        }
+        done += taken;
+        if let Some(progress) = &progress {
+            progress(done);
+        }
+        metrics::histogram!(telemetry::STAGE_BATCH_DURATION, "stage" => runner.name.clone()).record(started.elapsed().as_secs_f64());
+    }
+    tracing::info!(stage = runner.name, records = done, "stage stopped");
+    Ok(done)
+}
+
+/// Sends every emission, retrying failures with backoff. Returns false if cancelled first.
+async fn send_all(
+    log: &dyn Log,
+    runner: &StageRunner,
+    mut pending: Vec<(Emission, &'static str)>,
+    cancel: &CancellationToken,
+) -> bool {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let results = join_all(pending.iter().map(|(e, _)| log.send(&e.topic, e.record.clone(), runner.ack_timeout))).await;
+        let mut failed = Vec::new();
+        for ((emission, outcome), result) in pending.into_iter().zip(results) {
+            match result {
+                Ok(_) => metrics::counter!(telemetry::STAGE_RECORDS_OUT, "stage" => runner.name.clone(), "outcome" => outcome).increment(1),
+                Err(error) => {
+                    tracing::warn!(stage = runner.name, topic = emission.topic, %error, "send failed; will retry");
+                    failed.push((emission, outcome));
+                }
+            }
+        }
+        if failed.is_empty() {
+            return true;
+        }
+        pending = failed;
+        tokio::select! {
+            _ = cancel.cancelled() => return false,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
