@@ -1,0 +1,54 @@
+//! Reading request bodies: bounded in size, parsed as JSON whatever the `Content-Type`
+//! (so `curl -d '{…}'`, which says form-urlencoded, works as written).
+
+use bytes::{Buf, BytesMut};
+use futures::{Stream, StreamExt};
+use serde::de::DeserializeOwned;
+use warp::http::HeaderMap;
+
+use crate::error::ApiError;
+
+/// Reads at most `limit` bytes of `body`; more is a 413 without reading the rest.
+pub async fn read_limited<S, B>(headers: &HeaderMap, body: S, limit: u64) -> Result<bytes::Bytes, ApiError>
+where
+    S: Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    let declared = headers
+        .get(warp::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit) {
+        return Err(ApiError::too_large(limit));
+    }
+    let mut body = std::pin::pin!(body);
+    let mut collected = BytesMut::new();
+    while let Some(chunk) = body.next().await {
+        let mut chunk = chunk.map_err(|e| ApiError::invalid_json(format!("could not read the request body: {e}")))?;
+        if collected.len() as u64 + chunk.remaining() as u64 > limit {
+            return Err(ApiError::too_large(limit));
+        }
+        while chunk.has_remaining() {
+            let part = chunk.chunk();
+            collected.extend_from_slice(part);
+            let n = part.len();
+            chunk.advance(n);
+        }
+    }
+    Ok(collected.freeze())
+}
+
+/// Parses `bytes` as JSON into `T`: syntax errors are 400 `invalid_json`, shape and type
+/// errors 422 `invalid_body`, each with serde's explanation (field, line and column).
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::invalid_json("the request body is empty; send a JSON object"));
+    }
+    serde_json::from_slice(bytes).map_err(|error| {
+        use serde_json::error::Category;
+        match error.classify() {
+            Category::Data => ApiError::invalid_body(error.to_string()),
+            _ => ApiError::invalid_json(format!("the request body is not valid JSON: {error}")),
+        }
+    })
+}

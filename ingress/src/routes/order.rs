@@ -1,0 +1,103 @@
+//! `POST /order` (accept an order once the log has it) and `GET /order/{id}` (its fate).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::json;
+use sluice_core::log::{LogError, OutRecord};
+use sluice_core::lookup::OrderStatus;
+use sluice_core::order::{now_ms, RawOrder};
+use sluice_core::telemetry;
+use uuid::Uuid;
+use warp::http::{HeaderMap, StatusCode};
+use warp::reply::Response;
+use warp::Reply;
+
+use crate::error::ApiError;
+use crate::State;
+
+/// The order request body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct OrderRequest {
+    user_id: String,
+    product: String,
+    quantity: i64,
+}
+
+/// Accepts one order: authenticate, rate-limit, parse, append, answer 202 once durable.
+pub async fn create(state: &State, headers: &HeaderMap, client: Option<SocketAddr>, body: &[u8]) -> Result<Response, ApiError> {
+    let claims = state.tokens.authenticate(headers)?;
+    state.limits.orders_per_principal.check(&claims.sub)?;
+    if let Some(client) = client {
+        state.limits.orders_per_address.check(&client.ip())?;
+    }
+    let request: OrderRequest = crate::body::parse_json(body)?;
+    if request.user_id != claims.sub {
+        return Err(ApiError::forbidden(format!("userId {:?} is not the token's user", request.user_id)));
+    }
+    let order = RawOrder {
+        order_id: Uuid::now_v7(),
+        user_id: request.user_id,
+        product: request.product,
+        quantity: request.quantity,
+        received_at_ms: now_ms(),
+    };
+    let payload = serde_json::to_vec(&order).map_err(|e| ApiError::unavailable(e.to_string()))?;
+    let timeout = Duration::from_millis(state.config.ack_timeout_ms);
+    let delivery = state
+        .log
+        .send(&state.config.orders_topic, OutRecord::new(order.user_id.as_bytes(), payload), timeout)
+        .await
+        .map_err(|error| {
+            tracing::warn!(%error, order_id = %order.order_id, "order not acknowledged; answering 503");
+            match error {
+                LogError::Timeout(_) => ApiError::unavailable("the event log did not acknowledge the order in time; it was not accepted, retry"),
+                _ => ApiError::unavailable("the event log is not accepting orders; it was not accepted, retry"),
+            }
+        })?;
+    metrics::counter!(telemetry::ORDERS_ACCEPTED).increment(1);
+    let body = json!({
+        "orderId": order.order_id,
+        "status": "accepted",
+        "userId": order.user_id,
+        "receivedAtMs": order.received_at_ms,
+        "partition": delivery.partition,
+        "offset": delivery.offset,
+    });
+    Ok(warp::reply::with_status(warp::reply::json(&body), StatusCode::ACCEPTED).into_response())
+}
+
+/// Reports one of the caller's orders: stored (with the row), rejected (with the reason),
+/// pending (recent and not yet anywhere), or 404.
+pub async fn status(state: &State, headers: &HeaderMap, id: &str) -> Result<Response, ApiError> {
+    let claims = state.tokens.authenticate(headers)?;
+    let order_id = Uuid::parse_str(id)
+        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "invalid_order_id", format!("{id:?} is not an order id (a UUID)")))?;
+    let found = state.lookup.find(&claims.sub, order_id).await.map_err(|error| {
+        tracing::warn!(%error, "order lookup failed");
+        ApiError::unavailable("the order store cannot be reached; try again")
+    })?;
+    let body = match found {
+        OrderStatus::Stored { order } => json!({ "orderId": order_id, "status": "stored", "order": order }),
+        OrderStatus::Rejected { stage, reason } => {
+            json!({ "orderId": order_id, "status": "rejected", "stage": stage, "reason": reason })
+        }
+        OrderStatus::Unknown if is_recent(order_id, state.config.pending_window_secs) => {
+            json!({ "orderId": order_id, "status": "pending" })
+        }
+        OrderStatus::Unknown => {
+            return Err(ApiError::new(StatusCode::NOT_FOUND, "order_not_found", "no such order among yours"));
+        }
+    };
+    Ok(warp::reply::json(&body).into_response())
+}
+
+/// Whether a UUIDv7's embedded time is within the last `window_secs`.
+fn is_recent(order_id: Uuid, window_secs: u64) -> bool {
+    let Some(timestamp) = order_id.get_timestamp() else { return false };
+    let (secs, _) = timestamp.to_unix();
+    let now = now_ms() / 1000;
+    secs as i64 <= now + 60 && (now - secs as i64) <= window_secs as i64
+}

@@ -1,0 +1,247 @@
+//! The MySQL / MariaDB shard backend (`mysql_async`).
+//!
+//! Rows go in with prepared multi-row `INSERT … ON DUPLICATE KEY UPDATE order_id = order_id`
+//! statements (a no-op for rows already stored), at most [`ROWS_PER_STATEMENT`] rows each,
+//! inside the same transaction that upserts the consumer positions.
+
+mod schema;
+
+use std::time::Instant;
+
+use async_trait::async_trait;
+use mysql_async::prelude::*;
+use mysql_async::{Opts, OptsBuilder, Params, Pool, TxOpts, Value};
+use sluice_core::log::Position;
+use sluice_core::lookup::OrderStatus;
+use sluice_core::order::{now_ms, EnrichedOrder};
+use sluice_core::telemetry;
+use uuid::Uuid;
+
+use crate::writer::{Batch, ShardWriter, SinkError};
+
+/// Largest number of rows in one INSERT statement.
+pub const ROWS_PER_STATEMENT: usize = 500;
+
+const ORDER_COLUMNS: &str = "order_id, user_id, product, quantity, unit_price_minor, line_total_minor, currency, \
+     received_at_ms, enriched_at_ms, stored_at_ms, bucket, shard";
+const ORDER_PLACEHOLDERS: &str = "(?,?,?,?,?,?,?,?,?,?,?,?)";
+
+/// One MySQL shard.
+pub struct MysqlShard {
+    name: String,
+    url: String,
+    pool: Pool,
+}
+
+impl MysqlShard {
+    /// A shard named `name` at `url` (`mysql://user:password@host:port/database`).
+    /// Connections are made lazily; the database is created by [`ShardWriter::migrate`].
+    pub fn new(name: &str, url: &str) -> Result<Self, SinkError> {
+        let opts = Opts::from_url(url).map_err(|e| SinkError::Url { shard: name.into(), message: e.to_string() })?;
+        if opts.db_name().is_none() {
+            return Err(SinkError::Url { shard: name.into(), message: "the URL must name a database, e.g. …/sluice".into() });
+        }
+        Ok(MysqlShard { name: name.to_string(), url: url.to_string(), pool: Pool::new(opts) })
+    }
+
+    /// The shard's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The connection pool (for tests and benchmarks).
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    fn db_error(&self, error: mysql_async::Error) -> SinkError {
+        SinkError::Database { shard: self.name.clone(), message: error.to_string() }
+    }
+
+    async fn create_database(&self) -> Result<(), SinkError> {
+        let opts = Opts::from_url(&self.url).map_err(|e| SinkError::Url { shard: self.name.clone(), message: e.to_string() })?;
+        let database = opts.db_name().unwrap_or_default().to_string();
+        if !database.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(SinkError::Url {
+                shard: self.name.clone(),
+                message: format!("database name {database:?} may only use letters, digits and '_'"),
+            });
+        }
+        let server = OptsBuilder::from_opts(opts).db_name(None::<String>);
+        let mut conn = mysql_async::Conn::new(server).await.map_err(|e| self.db_error(e))?;
+        conn.query_drop(format!("CREATE DATABASE IF NOT EXISTS `{database}` CHARACTER SET utf8mb4"))
+            .await
+            .map_err(|e| self.db_error(e))?;
+        conn.disconnect().await.map_err(|e| self.db_error(e))
+    }
+
+    /// Closes the pool.
+    pub async fn close(self) {
+        let _ = self.pool.disconnect().await;
+    }
+}
+
+fn order_params(order: &EnrichedOrder, stored_at_ms: i64, params: &mut Vec<Value>) {
+    params.extend([
+        Value::from(order.order_id.as_bytes().to_vec()),
+        Value::from(order.user_id.as_str()),
+        Value::from(order.product.as_str()),
+        Value::from(order.quantity),
+        Value::from(order.unit_price_minor),
+        Value::from(order.line_total_minor),
+        Value::from(order.currency.as_str()),
+        Value::from(order.received_at_ms),
+        Value::from(order.enriched_at_ms),
+        Value::from(stored_at_ms),
+        Value::from(order.bucket),
+        Value::from(order.shard.as_str()),
+    ]);
+}
+
+fn placeholders(template: &str, rows: usize) -> String {
+    vec![template; rows].join(",")
+}
+
+type OrderRow = (Vec<u8>, String, String, i64, i64, i64, String, i64, i64, u32, String);
+
+fn row_to_order(row: OrderRow) -> Option<EnrichedOrder> {
+    let (id, user_id, product, quantity, unit_price_minor, line_total_minor, currency, received_at_ms, enriched_at_ms, bucket, shard) = row;
+    Some(EnrichedOrder {
+        order_id: Uuid::from_slice(&id).ok()?,
+        user_id,
+        product,
+        quantity,
+        unit_price_minor,
+        line_total_minor,
+        currency,
+        received_at_ms,
+        enriched_at_ms,
+        bucket,
+        shard,
+    })
+}
+
+#[async_trait]
+impl ShardWriter for MysqlShard {
+    async fn migrate(&self) -> Result<(), SinkError> {
+        self.create_database().await?;
+        let mut conn = self.pool.get_conn().await.map_err(|e| self.db_error(e))?;
+        conn.query_drop(
+            "CREATE TABLE IF NOT EXISTS sluice_schema (version INT NOT NULL PRIMARY KEY, applied_at_ms BIGINT NOT NULL) ENGINE=InnoDB",
+        )
+        .await
+        .map_err(|e| self.db_error(e))?;
+        let applied: Option<i64> =
+            conn.query_first("SELECT MAX(version) FROM sluice_schema").await.map_err(|e| self.db_error(e))?.flatten();
+        let applied = applied.unwrap_or(0) as usize;
+        for (index, statements) in schema::MIGRATIONS.iter().enumerate().skip(applied) {
+            for statement in *statements {
+                conn.query_drop(*statement).await.map_err(|e| self.db_error(e))?;
+            }
+            conn.exec_drop(
+                "INSERT IGNORE INTO sluice_schema (version, applied_at_ms) VALUES (?, ?)",
+                (index as i64 + 1, now_ms()),
+            )
+            .await
+            .map_err(|e| self.db_error(e))?;
+            tracing::info!(shard = self.name, version = index + 1, "shard schema migrated");
+        }
+        Ok(())
+    }
+
+    async fn positions(&self, consumer: &str) -> Result<Vec<Position>, SinkError> {
+        let mut conn = self.pool.get_conn().await.map_err(|e| self.db_error(e))?;
+        let rows: Vec<(String, i32, i64)> = conn
+            .exec("SELECT topic, partition_id, next_offset FROM sluice_offsets WHERE consumer = ?", (consumer,))
+            .await
+            .map_err(|e| self.db_error(e))?;
+        Ok(rows.into_iter().map(|(topic, partition, next_offset)| Position { topic, partition, next_offset }).collect())
+    }
+
+    async fn write_batch(&self, consumer: &str, batch: &Batch) -> Result<(), SinkError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let now = now_ms();
+        let mut tx = self.pool.start_transaction(TxOpts::default()).await.map_err(|e| self.db_error(e))?;
+        for chunk in batch.orders.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "INSERT INTO orders ({ORDER_COLUMNS}) VALUES {} ON DUPLICATE KEY UPDATE order_id = order_id",
+                placeholders(ORDER_PLACEHOLDERS, chunk.len())
+            );
+            let mut params = Vec::with_capacity(chunk.len() * 12);
+            for order in chunk {
+                order_params(order, now, &mut params);
+            }
+            tx.exec_drop(sql, Params::Positional(params)).await.map_err(|e| self.db_error(e))?;
+        }
+        for chunk in batch.rejections.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "INSERT INTO rejected_orders (order_id, user_id, stage, reason, rejected_at_ms) VALUES {} \
+                 ON DUPLICATE KEY UPDATE order_id = order_id",
+                placeholders("(?,?,?,?,?)", chunk.len())
+            );
+            let mut params = Vec::with_capacity(chunk.len() * 5);
+            for r in chunk {
+                params.extend([
+                    Value::from(r.order_id.as_bytes().to_vec()),
+                    Value::from(r.user_id.as_str()),
+                    Value::from(r.stage.as_str()),
+                    Value::from(r.reason.as_str()),
+                    Value::from(r.rejected_at_ms),
+                ]);
+            }
+            tx.exec_drop(sql, Params::Positional(params)).await.map_err(|e| self.db_error(e))?;
+        }
+        if !batch.positions.is_empty() {
+            let sql = format!(
+                "INSERT INTO sluice_offsets (consumer, topic, partition_id, next_offset, updated_at_ms) VALUES {} \
+                 ON DUPLICATE KEY UPDATE next_offset = VALUES(next_offset), updated_at_ms = VALUES(updated_at_ms)",
+                placeholders("(?,?,?,?,?)", batch.positions.len())
+            );
+            let mut params = Vec::with_capacity(batch.positions.len() * 5);
+            for p in &batch.positions {
+                params.extend([
+                    Value::from(consumer),
+                    Value::from(p.topic.as_str()),
+                    Value::from(p.partition),
+                    Value::from(p.next_offset),
+                    Value::from(now),
+                ]);
+            }
+            tx.exec_drop(sql, Params::Positional(params)).await.map_err(|e| self.db_error(e))?;
+        }
+        tx.commit().await.map_err(|e| self.db_error(e))?;
+        metrics::histogram!(telemetry::SINK_COMMIT_DURATION, "shard" => self.name.clone()).record(started.elapsed().as_secs_f64());
+        metrics::histogram!(telemetry::SINK_BATCH_ROWS, "shard" => self.name.clone()).record(batch.orders.len() as f64);
+        metrics::counter!(telemetry::SINK_ROWS, "shard" => self.name.clone(), "table" => "orders").increment(batch.orders.len() as u64);
+        metrics::counter!(telemetry::SINK_ROWS, "shard" => self.name.clone(), "table" => "rejected_orders")
+            .increment(batch.rejections.len() as u64);
+        Ok(())
+    }
+
+    async fn find(&self, user_id: &str, order_id: Uuid) -> Result<OrderStatus, SinkError> {
+        let mut conn = self.pool.get_conn().await.map_err(|e| self.db_error(e))?;
+        let id = order_id.as_bytes().to_vec();
+        let stored: Option<OrderRow> = conn
+            .exec_first(
+                "SELECT order_id, user_id, product, quantity, unit_price_minor, line_total_minor, currency, \
+                 received_at_ms, enriched_at_ms, bucket, shard FROM orders WHERE order_id = ? AND user_id = ?",
+                (id.clone(), user_id),
+            )
+            .await
+            .map_err(|e| self.db_error(e))?;
+        if let Some(order) = stored.and_then(row_to_order) {
+            return Ok(OrderStatus::Stored { order });
+        }
+        let rejected: Option<(String, String)> = conn
+            .exec_first("SELECT stage, reason FROM rejected_orders WHERE order_id = ? AND user_id = ?", (id, user_id))
+            .await
+            .map_err(|e| self.db_error(e))?;
+        Ok(match rejected {
+            Some((stage, reason)) => OrderStatus::Rejected { stage, reason },
+            None => OrderStatus::Unknown,
+        })
+    }
+}

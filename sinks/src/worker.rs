@@ -1,0 +1,201 @@
+//! The sink worker of one shard: read, batch, write rows and positions together.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_core::log::{Assignment, Log, Position, Record, StartFrom};
+use sluice_core::order::{now_ms, EnrichedOrder, HEADER_DLQ_REASON, HEADER_DLQ_STAGE, HEADER_ORDER_ID};
+use sluice_core::sharding::ShardMap;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::writer::{Batch, Rejection, ShardWriter, SinkError};
+
+/// Settings of one shard's worker.
+#[derive(Clone)]
+pub struct SinkWorker {
+    /// Shard name.
+    pub shard: String,
+    /// Index of the shard in the topology (to filter rejections by bucket).
+    pub shard_index: usize,
+    /// The shard's orders topic.
+    pub topic: String,
+    /// The dead-letter topic whose records this shard stores for its own users.
+    pub rejections_topic: Option<String>,
+    /// Name under which positions are stored in the shard (`"sink"` for the live worker).
+    pub consumer: String,
+    /// Rows per batch.
+    pub max_rows: usize,
+    /// Longest wait between a batch's first record and its write.
+    pub max_wait: Duration,
+    /// Where to start partitions with no stored position.
+    pub start: StartFrom,
+    /// Stop once every partition reaches these offsets (replay); `None` runs until cancelled.
+    pub stop_at: Option<HashMap<(String, i32), i64>>,
+}
+
+/// Turns a record into a row for this shard, or nothing (a rejection of another shard's user,
+/// or a record that cannot be read, which is logged and skipped).
+fn classify(worker: &SinkWorker, map: &ShardMap, record: &Record, batch: &mut Batch) {
+    if record.topic == worker.topic {
+        match serde_json::from_slice::<EnrichedOrder>(&record.payload) {
+            Ok(order) => batch.orders.push(order),
+            Err(error) => tracing::error!(
+                shard = worker.shard, topic = record.topic, partition = record.partition, offset = record.offset, %error,
+                "skipping a record that is not an enriched order"
+            ),
+        }
+        return;
+    }
+    let user_id = record.key_str();
+    if map.shard_for_user(&user_id) != worker.shard_index {
+        return;
+    }
+    let Some(order_id) = record.header(HEADER_ORDER_ID).and_then(|id| Uuid::parse_str(id).ok()) else {
+        tracing::warn!(shard = worker.shard, offset = record.offset, "dead letter without an order id; not recorded");
+        return;
+    };
+    batch.rejections.push(Rejection {
+        order_id,
+        user_id,
+        stage: record.header(HEADER_DLQ_STAGE).unwrap_or("unknown").to_string(),
+        reason: record.header(HEADER_DLQ_REASON).unwrap_or("unknown").to_string(),
+        rejected_at_ms: now_ms(),
+    });
+}
+
+/// Runs the worker until `cancel` fires (finishing and committing the batch in hand), or
+/// until `stop_at` is reached. Returns the number of records consumed.
+pub async fn run_sink_worker(
+    log: Arc<dyn Log>,
+    writer: Arc<dyn ShardWriter>,
+    map: ShardMap,
+    worker: SinkWorker,
+    cancel: CancellationToken,
+    progress: Option<Arc<dyn Fn(u64) + Send + Sync>>,
+) -> Result<u64, SinkError> {
+    let log_error = |source| SinkError::Log { shard: worker.shard.clone(), source };
+    writer.migrate().await?;
+    let stored: HashMap<(String, i32), i64> = writer
+        .positions(&worker.consumer)
+        .await?
+        .into_iter()
+        .map(|p| ((p.topic, p.partition), p.next_offset))
+        .collect();
+    let mut topics = vec![worker.topic.clone()];
+    topics.extend(worker.rejections_topic.clone());
+    let mut assignments = Vec::new();
+    let mut remaining = worker.stop_at.clone();
+    for topic in &topics {
+        for partition in 0..log.partition_count(topic).await.map_err(log_error)? as i32 {
+            let start = match stored.get(&(topic.clone(), partition)) {
+                Some(&offset) => StartFrom::Offset(offset),
+                None => worker.start,
+            };
+            assignments.push(Assignment { topic: topic.clone(), partition, start });
+        }
+    }
+    if let Some(ends) = &mut remaining {
+        ends.retain(|key, end| stored.get(key).is_none_or(|&done| done < *end));
+    }
+    let mut consumer = log.consumer(&format!("sluice.sink.{}.{}", worker.shard, worker.consumer)).await.map_err(log_error)?;
+    consumer.assign(assignments).await.map_err(log_error)?;
+    tracing::info!(shard = worker.shard, topics = ?topics, resumed = stored.len(), "sink worker started");
+
+    let mut done = 0u64;
+    'run: loop {
+        if remaining.as_ref().is_some_and(HashMap::is_empty) {
+            break;
+        }
+        let mut batch = Batch::default();
+        let mut positions: BTreeMap<(String, i32), i64> = BTreeMap::new();
+        let mut consumed = 0usize;
+        let mut deadline: Option<Instant> = None;
+        while consumed < worker.max_rows {
+            let wait = match deadline {
+                Some(deadline) => deadline.saturating_duration_since(Instant::now()),
+                None => Duration::from_millis(200),
+            };
+            if deadline.is_some() && wait.is_zero() {
+                break;
+            }
+            let records = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => {
+                    if consumed == 0 { break 'run; }
+                    break;
+                }
+                polled = consumer.poll(worker.max_rows - consumed, wait) => polled.map_err(log_error)?,
+            };
+            if records.is_empty() {
+                if deadline.is_none() {
+                    // Nothing arrived yet: keep waiting for a first record.
+                    if cancel.is_cancelled() {
+                        break 'run;
+                    }
+                    continue;
+                }
+                continue;
+            }
+            deadline.get_or_insert_with(|| Instant::now() + worker.max_wait);
+            for record in &records {
+                let key = (record.topic.clone(), record.partition);
+                if let Some(ends) = &remaining {
+                    if ends.get(&key).is_none_or(|&end| record.offset >= end) {
+                        continue;
+                    }
+                }
+                classify(&worker, &map, record, &mut batch);
+                positions.insert(key, record.offset + 1);
+                consumed += 1;
+            }
+        }
+        if positions.is_empty() {
+            continue;
+        }
+        batch.positions = positions
+            .iter()
+            .map(|((topic, partition), &next_offset)| Position { topic: topic.clone(), partition: *partition, next_offset })
+            .collect();
+        write_with_retry(writer.as_ref(), &worker, &batch, &cancel).await?;
+        if let Some(ends) = &mut remaining {
+            for (key, next) in &positions {
+                if ends.get(key).is_some_and(|end| next >= end) {
+                    ends.remove(key);
+                }
+            }
+        }
+        done += consumed as u64;
+        if let Some(progress) = &progress {
+            progress(done);
+        }
+    }
+    tracing::info!(shard = worker.shard, records = done, "sink worker stopped");
+    Ok(done)
+}
+
+/// Writes the batch, retrying transient failures with backoff. While draining (cancelled) it
+/// still tries a few times, then gives up: the positions were not stored, so nothing is lost.
+async fn write_with_retry(writer: &dyn ShardWriter, worker: &SinkWorker, batch: &Batch, cancel: &CancellationToken) -> Result<(), SinkError> {
+    let mut backoff = Duration::from_millis(100);
+    let mut attempts_after_cancel = 0;
+    loop {
+        match writer.write_batch(&worker.consumer, batch).await {
+            Ok(()) => return Ok(()),
+            Err(error) => {
+                metrics::counter!(sluice_core::telemetry::SINK_RETRIES, "shard" => worker.shard.clone()).increment(1);
+                if cancel.is_cancelled() {
+                    attempts_after_cancel += 1;
+                    if attempts_after_cancel >= 3 {
+                        return Err(error);
+                    }
+                }
+                tracing::warn!(shard = worker.shard, %error, retry_in = ?backoff, "batch write failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
