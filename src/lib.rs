@@ -1,0 +1,6 @@
+//! The `sluice` binary's wiring, as a library so tests can start the pipeline in-process.
+//!
+//! [`pipeline::run`] builds every component a topology declares and runs them under one
+//! shutdown tree; the binary (`src/main.rs`) only parses arguments and calls it.
+
+pub mod pipeline;

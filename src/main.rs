@@ -1,0 +1,189 @@
+//! `sluice`: the order-ingestion pipeline's one binary.
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use sluice::pipeline::{self, Parts};
+use sluice_core::shutdown::Shutdown;
+use sluice_core::topology::{self, GraphFormat};
+
+/// Sluice: HTTP ingress → stream processors → sharded MySQL, over Kafka.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the pipeline (everything, or only some parts) until SIGTERM / Ctrl-C.
+    Run {
+        /// The topology file.
+        #[arg(short, long, env = "SLUICE_TOPOLOGY", default_value = "topology.toml")]
+        topology: PathBuf,
+        /// Run only these parts (repeatable); default: all.
+        #[arg(long, value_enum)]
+        only: Vec<Part>,
+    },
+    /// Validate a topology file and print every problem at once.
+    Check {
+        /// The topology file.
+        #[arg(default_value = "topology.toml")]
+        topology: PathBuf,
+    },
+    /// Print the topology's flow as a Mermaid or DOT graph.
+    Graph {
+        /// The topology file.
+        #[arg(default_value = "topology.toml")]
+        topology: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "mermaid")]
+        format: Format,
+    },
+    /// Manage the users file (argon2id hashes).
+    Users {
+        #[command(subcommand)]
+        action: UsersAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum UsersAction {
+    /// Add a user or change their password; the password is read from standard input.
+    Add {
+        /// User name (also their userId for orders).
+        name: String,
+        /// The users file.
+        #[arg(long, default_value = "users.toml")]
+        file: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Part {
+    Ingress,
+    Processors,
+    Sinks,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Mermaid,
+    Dot,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { topology } => check(&topology),
+        Command::Graph { topology, format } => graph(&topology, format),
+        Command::Users { action: UsersAction::Add { name, file } } => add_user(&name, &file),
+        Command::Run { topology, only } => run(&topology, &only),
+    }
+}
+
+fn out(text: &str) {
+    let _ = std::io::stdout().write_all(text.as_bytes());
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    match topology::load(path) {
+        Ok(topology) => {
+            out(&format!(
+                "{}: ok ({} topics, {} stages, {} shards over {} buckets)\n",
+                path.display(),
+                topology.topics.len(),
+                topology.stages.len(),
+                topology.shards.len(),
+                topology.sharding.buckets
+            ));
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("{error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn graph(path: &std::path::Path, format: Format) -> ExitCode {
+    match topology::load(path) {
+        Ok(topology) => {
+            let format = match format {
+                Format::Mermaid => GraphFormat::Mermaid,
+                Format::Dot => GraphFormat::Dot,
+            };
+            out(&topology::render(&topology, format));
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("{error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn add_user(name: &str, file: &std::path::Path) -> ExitCode {
+    if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        eprintln!("password for {name} (then Enter):");
+    }
+    let mut password = String::new();
+    if std::io::stdin().lock().read_line(&mut password).is_err() || password.trim_end_matches(['\r', '\n']).is_empty() {
+        eprintln!("no password given on standard input");
+        return ExitCode::FAILURE;
+    }
+    match sluice_ingress::users::upsert_user(file, name, password.trim_end_matches(['\r', '\n'])) {
+        Ok(()) => {
+            out(&format!("user {name} saved in {}\n", file.display()));
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("{error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(path: &std::path::Path, only: &[Part]) -> ExitCode {
+    sluice_core::telemetry::init_logging();
+    sluice_core::telemetry::metrics_handle();
+    let topology = match topology::load(path) {
+        Ok(topology) => topology,
+        Err(error) => {
+            eprintln!("{error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let parts = if only.is_empty() {
+        Parts::ALL
+    } else {
+        Parts {
+            ingress: only.iter().any(|p| matches!(p, Part::Ingress)),
+            processors: only.iter().any(|p| matches!(p, Part::Processors)),
+            sinks: only.iter().any(|p| matches!(p, Part::Sinks)),
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let shutdown = Shutdown::new();
+        shutdown.listen_for_signals();
+        pipeline::run(topology, parts, None, shutdown).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(%error, "sluice stopped with an error");
+            eprintln!("sluice: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! Builds and runs the components of a topology: ingress, stage runners, shard sinks.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_core::log::{self, Log, LogError, StartFrom};
+use sluice_core::shutdown::Shutdown;
+use sluice_core::topology::Topology;
+use sluice_ingress::{Ingress, Users};
+use sluice_processors::{build_stages, run_stage, StageRunner};
+use sluice_sinks::mysql::MysqlShard;
+use sluice_sinks::{run_sink_worker, ShardLookup, ShardWriter, SinkWorker};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+/// Which components this process runs (`sluice run --only …`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Parts {
+    /// The HTTP ingress.
+    pub ingress: bool,
+    /// The stage runners.
+    pub processors: bool,
+    /// The shard sink workers.
+    pub sinks: bool,
+}
+
+impl Parts {
+    /// Every component in one process.
+    pub const ALL: Parts = Parts { ingress: true, processors: true, sinks: true };
+}
+
+/// Listeners bound by the caller (tests bind port 0); `None` binds the topology's addresses.
+pub struct Listeners {
+    /// Serves `/login` (and everything when `order` is `None`).
+    pub login: TcpListener,
+    /// Serves `/order`.
+    pub order: Option<TcpListener>,
+}
+
+/// Why the pipeline could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// The log could not be opened or prepared.
+    #[error("log: {0}")]
+    Log(#[from] LogError),
+    /// The users file could not be loaded.
+    #[error(transparent)]
+    Users(#[from] sluice_ingress::users::UsersError),
+    /// A listener could not be bound.
+    #[error("cannot listen on {address}: {source}; is another process using the port? change ingress.{field}")]
+    Bind {
+        /// The address.
+        address: std::net::SocketAddr,
+        /// Which setting.
+        field: &'static str,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A shard could not be set up.
+    #[error(transparent)]
+    Shard(#[from] sluice_sinks::SinkError),
+    /// Stages could not be built.
+    #[error(transparent)]
+    Stages(#[from] sluice_processors::BuildError),
+    /// A component failed while running (see the logs).
+    #[error("a component failed; see the log lines above")]
+    ComponentFailed,
+}
+
+/// Opens one [`MysqlShard`] per `[[shards]]` entry, in topology order.
+pub fn open_shards(topology: &Topology) -> Result<Vec<Arc<MysqlShard>>, PipelineError> {
+    topology.shards.iter().map(|s| Ok(Arc::new(MysqlShard::new(&s.name, &s.url)?))).collect()
+}
+
+async fn bind(topology: &Topology) -> Result<Listeners, PipelineError> {
+    let ingress = &topology.ingress;
+    let bind = |address, field| async move {
+        TcpListener::bind(address).await.map_err(|source| PipelineError::Bind { address, field, source })
+    };
+    let login = bind(ingress.login_listen, "login_listen").await?;
+    let order = if ingress.order_listen == ingress.login_listen { None } else { Some(bind(ingress.order_listen, "order_listen").await?) };
+    Ok(Listeners { login, order })
+}
+
+/// Runs `parts` of `topology` until `shutdown` is triggered (or a component fails), then
+/// drains: the ingress finishes in-flight requests, stages and sinks finish and commit
+/// their batch, and the producer flushes.
+pub async fn run(topology: Topology, parts: Parts, listeners: Option<Listeners>, shutdown: Shutdown) -> Result<(), PipelineError> {
+    let log: Arc<dyn Log> = log::open(&topology.log)?;
+    log::ensure_topology_topics(log.as_ref(), &topology).await?;
+    let shards = open_shards(&topology)?;
+    let shard_map = topology.shard_map().ok_or(sluice_processors::BuildError::ShardMap)?;
+    let mut tasks = JoinSet::new();
+
+    if parts.ingress {
+        let users = Users::load(&topology.resolve_path(&topology.ingress.auth.users_file))?;
+        if users.is_empty() {
+            tracing::warn!("the users file has no users; add one with `sluice users add <name>`");
+        }
+        let listeners = match listeners {
+            Some(listeners) => listeners,
+            None => bind(&topology).await?,
+        };
+        let writers: Vec<Arc<dyn ShardWriter>> = shards.iter().map(|s| s.clone() as Arc<dyn ShardWriter>).collect();
+        let lookup = Arc::new(ShardLookup::new(shard_map.clone(), writers));
+        let ingress = Ingress::new(topology.ingress.clone(), users, log.clone(), lookup);
+        tracing::info!(
+            login = %listeners.login.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            order = %listeners.order.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.to_string()).unwrap_or_else(|| "same".into()),
+            "ingress listening"
+        );
+        let token = shutdown.token();
+        tasks.spawn(async move {
+            ingress.serve(listeners.login, listeners.order, token).await;
+            ("ingress".to_string(), Ok(()))
+        });
+    }
+
+    if parts.processors {
+        for (config, stage) in build_stages(&topology)? {
+            let runner = StageRunner::from_config(&config, &topology.log.consumer_group_prefix);
+            let (log, token) = (log.clone(), shutdown.token());
+            tasks.spawn(async move {
+                let result = run_stage(log, stage, runner, token, None).await.map(|_| ()).map_err(|e| e.to_string());
+                (format!("stage {}", config.name), result)
+            });
+        }
+    }
+
+    if parts.sinks {
+        for (index, (config, shard)) in topology.shards.iter().zip(&shards).enumerate() {
+            let worker = SinkWorker {
+                shard: config.name.clone(),
+                shard_index: index,
+                topic: config.topic.clone(),
+                rejections_topic: topology.sink.rejections_topic.clone(),
+                consumer: "sink".into(),
+                max_rows: topology.sink.max_rows,
+                max_wait: Duration::from_millis(topology.sink.max_wait_ms),
+                start: StartFrom::Beginning,
+                stop_at: None,
+            };
+            let (log, writer, map, token) = (log.clone(), shard.clone() as Arc<dyn ShardWriter>, shard_map.clone(), shutdown.token());
+            let name = format!("sink {}", config.name);
+            tasks.spawn(async move {
+                let result = run_sink_worker(log, writer, map, worker, token, None).await.map(|_| ()).map_err(|e| e.to_string());
+                (name, result)
+            });
+        }
+    }
+
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok((name, Ok(()))) => {
+                if !shutdown.is_triggered() {
+                    shutdown.fail(&name, &"stopped unexpectedly");
+                }
+            }
+            Ok((name, Err(error))) => shutdown.fail(&name, &error),
+            Err(panic) => shutdown.fail("task", &panic),
+        }
+    }
+    if let Err(error) = log.flush(Duration::from_secs(10)).await {
+        tracing::warn!(%error, "producer flush incomplete");
+    }
+    for shard in shards {
+        if let Ok(shard) = Arc::try_unwrap(shard) {
+            shard.close().await;
+        }
+    }
+    if shutdown.has_failed() {
+        Err(PipelineError::ComponentFailed)
+    } else {
+        tracing::info!("pipeline drained; bye");
+        Ok(())
+    }
+}
