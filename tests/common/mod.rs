@@ -1,0 +1,199 @@
+//! Test harness: unique topologies on the real infrastructure started by `scripts/infra up`
+//! (`make test` does that), an in-process pipeline, and shard queries.
+#![allow(dead_code, missing_docs)]
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mysql_async::prelude::Queryable;
+use sluice::pipeline::{self, Listeners, Parts};
+use sluice_core::log::{self, Log};
+use sluice_core::shutdown::Shutdown;
+use sluice_core::topology::{self, Topology};
+use tokio::net::TcpListener;
+
+pub const SHIPPED: &str = include_str!("../../topology.toml");
+pub const PASSWORD: &str = "correct horse battery staple";
+
+/// Addresses of the test infrastructure.
+pub struct Infra {
+    pub brokers: String,
+    pub mysql_servers: Vec<String>,
+}
+
+pub fn infra() -> Infra {
+    let missing = "the integration tests need real Kafka and MariaDB: run `make test` (or `bash scripts/infra up && eval \"$(bash scripts/infra env)\"`)";
+    let brokers = std::env::var("SLUICE_KAFKA_BROKERS").expect(missing);
+    let servers = std::env::var("SLUICE_MYSQL_SHARDS").expect(missing);
+    let mysql_servers: Vec<String> = servers.split(',').map(|s| s.trim().trim_end_matches('/').to_string()).collect();
+    assert_eq!(mysql_servers.len(), 4, "SLUICE_MYSQL_SHARDS must list four servers");
+    Infra { brokers, mysql_servers }
+}
+
+/// A name unique to this test run, usable as topic prefix and database name.
+pub fn unique(name: &str) -> String {
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    format!("t_{name}_{}", &id[id.len() - 10..])
+}
+
+/// A topology private to one test: its own topics, consumer groups, databases and users.
+pub struct TestTopology {
+    pub id: String,
+    pub text: String,
+    pub dir: tempfile::TempDir,
+    pub path: PathBuf,
+}
+
+impl TestTopology {
+    pub fn topology(&self) -> Topology {
+        topology::load(&self.path).expect("test topology must be valid")
+    }
+
+    /// The database URL of shard `index`.
+    pub fn shard_url(&self, index: usize) -> String {
+        self.topology().shards[index].url.clone()
+    }
+}
+
+/// Builds a private copy of the shipped topology; `tweak` may edit the text further.
+pub fn test_topology(name: &str, users: &[&str], tweak: impl FnOnce(String) -> String) -> TestTopology {
+    let infra = infra();
+    let id = unique(name);
+    let dir = tempfile::tempdir().unwrap();
+    let users_file = dir.path().join("users.toml");
+    for user in users {
+        sluice_ingress::users::upsert_user(&users_file, user, PASSWORD).unwrap();
+    }
+    if users.is_empty() {
+        std::fs::write(&users_file, "users = []\n").unwrap();
+    }
+    let mut text = SHIPPED
+        .replace("\"orders.", &format!("\"{id}.orders."))
+        .replace("\"auth.logins\"", &format!("\"{id}.auth.logins\""))
+        .replace("consumer_group_prefix = \"sluice\"", &format!("consumer_group_prefix = \"sluice.{id}\""))
+        .replace("${SLUICE_KAFKA_BROKERS:-127.0.0.1:19092}", &infra.brokers)
+        .replace("users_file = \"users.toml\"", &format!("users_file = {:?}", users_file.display().to_string()))
+        .replace("0.0.0.0:3000", "127.0.0.1:0")
+        .replace("0.0.0.0:3001", "127.0.0.1:0")
+        .replace("orders_per_principal = { per_second = 200, burst = 400 }", "orders_per_principal = { per_second = 100000, burst = 100000 }")
+        .replace("orders_per_address = { per_second = 2000, burst = 4000 }", "orders_per_address = { per_second = 100000, burst = 100000 }")
+        .replace("logins_per_address = { per_second = 5, burst = 20 }", "logins_per_address = { per_second = 1000, burst = 1000 }");
+    for (index, server) in infra.mysql_servers.iter().enumerate() {
+        let default = format!("${{SLUICE_SHARD{index}_URL:-mysql://root:sluice@127.0.0.1:{}/sluice}}", 13306 + index);
+        assert!(text.contains(&default), "shipped topology changed: {default} not found");
+        text = text.replace(&default, &format!("{server}/{id}_s{index}"));
+    }
+    let text = tweak(text);
+    let path = dir.path().join("topology.toml");
+    std::fs::write(&path, &text).unwrap();
+    TestTopology { id, text, dir, path }
+}
+
+/// A pipeline running in this process.
+pub struct RunningPipeline {
+    pub base_login: String,
+    pub base_order: String,
+    pub shutdown: Shutdown,
+    pub handle: tokio::task::JoinHandle<Result<(), pipeline::PipelineError>>,
+    pub log: Arc<dyn Log>,
+}
+
+impl RunningPipeline {
+    pub async fn start(test: &TestTopology, parts: Parts) -> Self {
+        let topology = test.topology();
+        let login = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let order = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base_login = format!("http://{}", login.local_addr().unwrap());
+        let base_order = format!("http://{}", order.local_addr().unwrap());
+        let log = log::open(&topology.log).unwrap();
+        let shutdown = Shutdown::new();
+        let handle = tokio::spawn(pipeline::run(topology, parts, Some(Listeners { login, order: Some(order) }), shutdown.clone()));
+        let client = reqwest::Client::new();
+        for _ in 0..200 {
+            if client.get(format!("{base_order}/readyz")).send().await.is_ok_and(|r| r.status().is_success()) {
+                break;
+            }
+            assert!(!handle.is_finished(), "the pipeline stopped during start-up");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        RunningPipeline { base_login, base_order, shutdown, handle, log }
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.trigger();
+        let result = tokio::time::timeout(Duration::from_secs(30), self.handle).await.expect("pipeline did not drain in 30 s");
+        result.unwrap().expect("pipeline stopped with an error");
+    }
+}
+
+/// Logs in over HTTP and returns the bearer token.
+pub async fn login(client: &reqwest::Client, base: &str, user: &str) -> String {
+    let response = client
+        .post(format!("{base}/login"))
+        .body(format!(r#"{{"username":"{user}","password":"{PASSWORD}"}}"#))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "login of {user} failed");
+    let body: serde_json::Value = response.json().await.unwrap();
+    body["token"].as_str().unwrap().to_string()
+}
+
+/// Users whose buckets spread over all four shards: `per_shard` each.
+pub fn users_covering_shards(topology_text: &str, per_shard: usize) -> Vec<String> {
+    let topology = topology::parse(topology_text, std::path::Path::new("t"), PathBuf::from(".")).unwrap();
+    let map = topology.shard_map().unwrap();
+    let mut chosen: HashMap<usize, Vec<String>> = HashMap::new();
+    let mut n = 0;
+    while chosen.values().map(Vec::len).sum::<usize>() < per_shard * topology.shards.len() {
+        let user = format!("user{n}");
+        let shard = map.shard_for_user(&user);
+        let list = chosen.entry(shard).or_default();
+        if list.len() < per_shard {
+            list.push(user);
+        }
+        n += 1;
+    }
+    let mut users: Vec<String> = chosen.into_values().flatten().collect();
+    users.sort();
+    users
+}
+
+/// Total records in `topic` (sum of high watermarks; topics start at offset 0).
+pub async fn topic_records(log: &dyn Log, topic: &str) -> i64 {
+    let mut total = 0;
+    for partition in 0..log.partition_count(topic).await.unwrap() as i32 {
+        total += log.watermarks(topic, partition).await.unwrap().1;
+    }
+    total
+}
+
+/// A connection to shard `index` of `test`.
+pub async fn shard_conn(test: &TestTopology, index: usize) -> mysql_async::Conn {
+    mysql_async::Conn::new(mysql_async::Opts::from_url(&test.shard_url(index)).unwrap()).await.unwrap()
+}
+
+/// `SELECT COUNT(*) FROM table` on shard `index` (0 while the table does not exist yet).
+pub async fn count_rows(test: &TestTopology, index: usize, table: &str) -> i64 {
+    let Ok(mut conn) = mysql_async::Conn::new(mysql_async::Opts::from_url(&test.shard_url(index)).unwrap()).await else {
+        return 0;
+    };
+    let count: Option<i64> = conn.query_first(format!("SELECT COUNT(*) FROM {table}")).await.ok().flatten();
+    let _ = conn.disconnect().await;
+    count.unwrap_or(0)
+}
+
+/// Polls `condition` every 200 ms until it holds or `limit` passes.
+pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    while !condition().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
