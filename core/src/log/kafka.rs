@@ -130,9 +130,20 @@ impl Log for KafkaLog {
     }
 
     async fn watermarks(&self, topic: &str, partition: i32) -> Result<(i64, i64), LogError> {
-        let meta = self.meta.clone();
-        let topic = topic.to_string();
-        blocking(move || meta.fetch_watermarks(&topic, partition, META_TIMEOUT).map_err(backend)).await
+        // Right after a topic is created its leaders may still be moving in; retry briefly.
+        let mut attempt = 0;
+        loop {
+            let meta = self.meta.clone();
+            let name = topic.to_string();
+            match blocking(move || meta.fetch_watermarks(&name, partition, META_TIMEOUT).map_err(backend)).await {
+                Err(error) if attempt < 20 => {
+                    tracing::debug!(%error, topic, partition, "watermarks not available yet; retrying");
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                result => return result,
+            }
+        }
     }
 
     async fn check_ready(&self) -> Result<(), LogError> {
