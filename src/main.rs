@@ -13,8 +13,9 @@ use sluice_core::topology::{self, GraphFormat};
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
+    /// What to do; without a subcommand, `run` with the default topology.
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Subcommand)]
@@ -77,10 +78,18 @@ enum Format {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
+    let command = cli.command.unwrap_or_else(|| Command::Run {
+        topology: std::env::var_os("SLUICE_TOPOLOGY")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("topology.toml")),
+        only: Vec::new(),
+    });
+    match command {
         Command::Check { topology } => check(&topology),
         Command::Graph { topology, format } => graph(&topology, format),
-        Command::Users { action: UsersAction::Add { name, file } } => add_user(&name, &file),
+        Command::Users {
+            action: UsersAction::Add { name, file },
+        } => add_user(&name, &file),
         Command::Run { topology, only } => run(&topology, &only),
     }
 }
@@ -131,7 +140,9 @@ fn add_user(name: &str, file: &std::path::Path) -> ExitCode {
         eprintln!("password for {name} (then Enter):");
     }
     let mut password = String::new();
-    if std::io::stdin().lock().read_line(&mut password).is_err() || password.trim_end_matches(['\r', '\n']).is_empty() {
+    if std::io::stdin().lock().read_line(&mut password).is_err()
+        || password.trim_end_matches(['\r', '\n']).is_empty()
+    {
         eprintln!("no password given on standard input");
         return ExitCode::FAILURE;
     }

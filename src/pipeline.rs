@@ -8,8 +8,7 @@ use sluice_core::shutdown::Shutdown;
 use sluice_core::topology::Topology;
 use sluice_ingress::{Ingress, Users};
 use sluice_processors::{build_stages, run_stage, StageRunner};
-use sluice_sinks::mysql::MysqlShard;
-use sluice_sinks::{run_sink_worker, ShardLookup, ShardWriter, SinkWorker};
+use sluice_sinks::{open_shard, run_sink_worker, ShardLookup, ShardWriter, SinkWorker};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
@@ -26,7 +25,11 @@ pub struct Parts {
 
 impl Parts {
     /// Every component in one process.
-    pub const ALL: Parts = Parts { ingress: true, processors: true, sinks: true };
+    pub const ALL: Parts = Parts {
+        ingress: true,
+        processors: true,
+        sinks: true,
+    };
 }
 
 /// Listeners bound by the caller (tests bind port 0); `None` binds the topology's addresses.
@@ -67,29 +70,50 @@ pub enum PipelineError {
     ComponentFailed,
 }
 
-/// Opens one [`MysqlShard`] per `[[shards]]` entry, in topology order.
-pub fn open_shards(topology: &Topology) -> Result<Vec<Arc<MysqlShard>>, PipelineError> {
-    topology.shards.iter().map(|s| Ok(Arc::new(MysqlShard::new(&s.name, &s.url)?))).collect()
+/// Opens one shard backend per `[[shards]]` entry, in topology order.
+pub fn open_shards(topology: &Topology) -> Result<Vec<Arc<dyn ShardWriter>>, PipelineError> {
+    topology
+        .shards
+        .iter()
+        .map(|s| Ok(open_shard(&s.name, &s.url, &topology.base_dir)?))
+        .collect()
 }
 
 async fn bind(topology: &Topology) -> Result<Listeners, PipelineError> {
     let ingress = &topology.ingress;
     let bind = |address, field| async move {
-        TcpListener::bind(address).await.map_err(|source| PipelineError::Bind { address, field, source })
+        TcpListener::bind(address)
+            .await
+            .map_err(|source| PipelineError::Bind {
+                address,
+                field,
+                source,
+            })
     };
     let login = bind(ingress.login_listen, "login_listen").await?;
-    let order = if ingress.order_listen == ingress.login_listen { None } else { Some(bind(ingress.order_listen, "order_listen").await?) };
+    let order = if ingress.order_listen == ingress.login_listen {
+        None
+    } else {
+        Some(bind(ingress.order_listen, "order_listen").await?)
+    };
     Ok(Listeners { login, order })
 }
 
 /// Runs `parts` of `topology` until `shutdown` is triggered (or a component fails), then
 /// drains: the ingress finishes in-flight requests, stages and sinks finish and commit
 /// their batch, and the producer flushes.
-pub async fn run(topology: Topology, parts: Parts, listeners: Option<Listeners>, shutdown: Shutdown) -> Result<(), PipelineError> {
+pub async fn run(
+    topology: Topology,
+    parts: Parts,
+    listeners: Option<Listeners>,
+    shutdown: Shutdown,
+) -> Result<(), PipelineError> {
     let log: Arc<dyn Log> = log::open(&topology.log)?;
     log::ensure_topology_topics(log.as_ref(), &topology).await?;
     let shards = open_shards(&topology)?;
-    let shard_map = topology.shard_map().ok_or(sluice_processors::BuildError::ShardMap)?;
+    let shard_map = topology
+        .shard_map()
+        .ok_or(sluice_processors::BuildError::ShardMap)?;
     let mut tasks = JoinSet::new();
 
     if parts.ingress {
@@ -101,8 +125,7 @@ pub async fn run(topology: Topology, parts: Parts, listeners: Option<Listeners>,
             Some(listeners) => listeners,
             None => bind(&topology).await?,
         };
-        let writers: Vec<Arc<dyn ShardWriter>> = shards.iter().map(|s| s.clone() as Arc<dyn ShardWriter>).collect();
-        let lookup = Arc::new(ShardLookup::new(shard_map.clone(), writers));
+        let lookup = Arc::new(ShardLookup::new(shard_map.clone(), shards.clone()));
         let ingress = Ingress::new(topology.ingress.clone(), users, log.clone(), lookup);
         tracing::info!(
             login = %listeners.login.local_addr().map(|a| a.to_string()).unwrap_or_default(),
@@ -121,7 +144,10 @@ pub async fn run(topology: Topology, parts: Parts, listeners: Option<Listeners>,
             let runner = StageRunner::from_config(&config, &topology.log.consumer_group_prefix);
             let (log, token) = (log.clone(), shutdown.token());
             tasks.spawn(async move {
-                let result = run_stage(log, stage, runner, token, None).await.map(|_| ()).map_err(|e| e.to_string());
+                let result = run_stage(log, stage, runner, token, None)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string());
                 (format!("stage {}", config.name), result)
             });
         }
@@ -138,12 +164,21 @@ pub async fn run(topology: Topology, parts: Parts, listeners: Option<Listeners>,
                 max_rows: topology.sink.max_rows,
                 max_wait: Duration::from_millis(topology.sink.max_wait_ms),
                 start: StartFrom::Beginning,
+                start_offsets: Default::default(),
                 stop_at: None,
             };
-            let (log, writer, map, token) = (log.clone(), shard.clone() as Arc<dyn ShardWriter>, shard_map.clone(), shutdown.token());
+            let (log, writer, map, token) = (
+                log.clone(),
+                shard.clone(),
+                shard_map.clone(),
+                shutdown.token(),
+            );
             let name = format!("sink {}", config.name);
             tasks.spawn(async move {
-                let result = run_sink_worker(log, writer, map, worker, token, None).await.map(|_| ()).map_err(|e| e.to_string());
+                let result = run_sink_worker(log, writer, map, worker, token, None)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string());
                 (name, result)
             });
         }
@@ -164,9 +199,7 @@ pub async fn run(topology: Topology, parts: Parts, listeners: Option<Listeners>,
         tracing::warn!(%error, "producer flush incomplete");
     }
     for shard in shards {
-        if let Ok(shard) = Arc::try_unwrap(shard) {
-            shard.close().await;
-        }
+        shard.close().await;
     }
     if shutdown.has_failed() {
         Err(PipelineError::ComponentFailed)

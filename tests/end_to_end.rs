@@ -13,7 +13,12 @@ use mysql_async::prelude::Queryable;
 use sluice::pipeline::Parts;
 use sluice_core::sharding::bucket_of;
 
-const PRODUCTS: [(&str, i64); 4] = [("widget", 999), ("gadget", 2450), ("gizmo", 12000), ("sprocket", 75)];
+const PRODUCTS: [(&str, i64); 4] = [
+    ("widget", 999),
+    ("gadget", 2450),
+    ("gizmo", 12000),
+    ("sprocket", 75),
+];
 
 struct Sent {
     user: String,
@@ -35,12 +40,18 @@ async fn orders_from_many_users_are_stored_exactly_once_in_their_shard() {
     // Log in every user; one of them the way the original curl example does (form content type).
     let mut tokens = HashMap::new();
     for user in &users {
-        tokens.insert(user.clone(), login(&client, &pipeline.base_login, user).await);
+        tokens.insert(
+            user.clone(),
+            login(&client, &pipeline.base_login, user).await,
+        );
     }
     let curl_style = client
         .post(format!("{}/login", pipeline.base_login))
         .header("content-type", "application/x-www-form-urlencoded")
-        .body(format!(r#"{{"username":"{}","password":"{PASSWORD}"}}"#, users[0]))
+        .body(format!(
+            r#"{{"username":"{}","password":"{PASSWORD}"}}"#,
+            users[0]
+        ))
         .send()
         .await
         .unwrap();
@@ -63,26 +74,36 @@ async fn orders_from_many_users_are_stored_exactly_once_in_their_shard() {
             (status, json, Sent { user, product_index, quantity })
         }
     });
-    let responses: Vec<_> = futures::stream::iter(requests).buffer_unordered(32).collect().await;
+    let responses: Vec<_> = futures::stream::iter(requests)
+        .buffer_unordered(32)
+        .collect()
+        .await;
     let mut accepted: HashMap<String, Sent> = HashMap::new();
     for (status, json, sent) in responses {
         assert_eq!(status, 202, "order refused: {json}");
         let id = json["orderId"].as_str().unwrap().to_string();
-        assert!(accepted.insert(id, sent).is_none(), "duplicate order id handed out");
+        assert!(
+            accepted.insert(id, sent).is_none(),
+            "duplicate order id handed out"
+        );
     }
     let expected_valid = accepted.values().filter(|s| s.quantity > 0).count();
     let expected_rejected = accepted.len() - expected_valid;
     assert_eq!(expected_rejected, total / 50);
 
-    eventually(Duration::from_secs(120), "every accepted order to reach its shard", || async {
-        let mut stored = 0;
-        let mut rejected = 0;
-        for shard in 0..4 {
-            stored += count_rows(&test, shard, "orders").await;
-            rejected += count_rows(&test, shard, "rejected_orders").await;
-        }
-        stored as usize >= expected_valid && rejected as usize >= expected_rejected
-    })
+    eventually(
+        Duration::from_secs(120),
+        "every accepted order to reach its shard",
+        || async {
+            let mut stored = 0;
+            let mut rejected = 0;
+            for shard in 0..4 {
+                stored += count_rows(&test, shard, "orders").await;
+                rejected += count_rows(&test, shard, "rejected_orders").await;
+            }
+            stored as usize >= expected_valid && rejected as usize >= expected_rejected
+        },
+    )
     .await;
 
     // Read every stored row of every shard.
@@ -101,7 +122,9 @@ async fn orders_from_many_users_are_stored_exactly_once_in_their_shard() {
         assert!(!rows.is_empty(), "shard {shard} received no orders");
         for (id, user, product, quantity, unit, line_total, currency, bucket, shard_name) in rows {
             *seen.entry(id.clone()).or_default() += 1;
-            let sent = accepted.get(&id).unwrap_or_else(|| panic!("row {id} was never accepted"));
+            let sent = accepted
+                .get(&id)
+                .unwrap_or_else(|| panic!("row {id} was never accepted"));
             assert!(sent.quantity > 0, "rejected order {id} was stored");
             assert_eq!(user, sent.user);
             assert_eq!(product, PRODUCTS[sent.product_index].0);
@@ -110,15 +133,29 @@ async fn orders_from_many_users_are_stored_exactly_once_in_their_shard() {
             assert_eq!(line_total, unit * quantity);
             assert_eq!(currency, "EUR");
             assert_eq!(bucket, bucket_of(&user, 256));
-            assert_eq!(map.shard_for_user(&user), shard, "order {id} of {user} is in the wrong shard");
+            assert_eq!(
+                map.shard_for_user(&user),
+                shard,
+                "order {id} of {user} is in the wrong shard"
+            );
             assert_eq!(shard_name, format!("shard{shard}"));
             shards_of_user.entry(user).or_default().insert(shard);
         }
         conn.disconnect().await.unwrap();
     }
-    assert_eq!(seen.len(), expected_valid, "stored orders differ from accepted valid orders");
-    assert!(seen.values().all(|&n| n == 1), "an order is stored in more than one shard");
-    assert!(shards_of_user.values().all(|s| s.len() == 1), "a user's orders span shards");
+    assert_eq!(
+        seen.len(),
+        expected_valid,
+        "stored orders differ from accepted valid orders"
+    );
+    assert!(
+        seen.values().all(|&n| n == 1),
+        "an order is stored in more than one shard"
+    );
+    assert!(
+        shards_of_user.values().all(|s| s.len() == 1),
+        "a user's orders span shards"
+    );
     assert_eq!(shards_of_user.len(), users.len());
 
     // GET /order/{id}: stored, rejected, pending, other user's.
@@ -133,7 +170,10 @@ async fn orders_from_many_users_are_stored_exactly_once_in_their_shard() {
         .await
         .unwrap();
     assert_eq!(body["status"], "stored", "{body}");
-    assert_eq!(body["order"]["lineTotalMinor"], PRODUCTS[stored.product_index].1 * stored.quantity);
+    assert_eq!(
+        body["order"]["lineTotalMinor"],
+        PRODUCTS[stored.product_index].1 * stored.quantity
+    );
 
     let (rejected_id, rejected) = accepted.iter().find(|(_, s)| s.quantity == 0).unwrap();
     let body: serde_json::Value = client
@@ -159,12 +199,21 @@ async fn orders_from_many_users_are_stored_exactly_once_in_their_shard() {
         .json()
         .await
         .unwrap();
-    assert_ne!(body["status"], "stored", "another user's order was disclosed: {body}");
+    assert_ne!(
+        body["status"], "stored",
+        "another user's order was disclosed: {body}"
+    );
 
     // Every login attempt was recorded.
-    assert_eq!(topic_records(pipeline.log.as_ref(), &format!("{}.auth.logins", test.id)).await, users.len() as i64 + 1);
+    assert_eq!(
+        topic_records(pipeline.log.as_ref(), &format!("{}.auth.logins", test.id)).await,
+        users.len() as i64 + 1
+    );
     // The dead-letter topic holds exactly the rejected orders.
-    assert_eq!(topic_records(pipeline.log.as_ref(), &format!("{}.orders.dlq", test.id)).await, expected_rejected as i64);
+    assert_eq!(
+        topic_records(pipeline.log.as_ref(), &format!("{}.orders.dlq", test.id)).await,
+        expected_rejected as i64
+    );
 
     pipeline.stop().await;
 }

@@ -14,8 +14,14 @@ use sluice_ingress::Ingress;
 async fn error_of(response: reqwest::Response) -> (u16, String, String) {
     let status = response.status().as_u16();
     let body: serde_json::Value = response.json().await.expect("error bodies are JSON");
-    let code = body["error"]["code"].as_str().unwrap_or_else(|| panic!("no error.code in {body}")).to_string();
-    let message = body["error"]["message"].as_str().unwrap_or_else(|| panic!("no error.message in {body}")).to_string();
+    let code = body["error"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error.code in {body}"))
+        .to_string();
+    let message = body["error"]["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error.message in {body}"))
+        .to_string();
     (status, code, message)
 }
 
@@ -31,7 +37,10 @@ mod base64_like {
         let bytes = text.as_bytes();
         let mut out = String::new();
         for chunk in bytes.chunks(3) {
-            let n = chunk.iter().enumerate().fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
+            let n = chunk
+                .iter()
+                .enumerate()
+                .fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
             for i in 0..=chunk.len() {
                 out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
             }
@@ -42,12 +51,17 @@ mod base64_like {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_are_refused_and_produce_nothing() {
-    let test = test_topology("badinput", &["alice", "bob"], |t| t.replace("max_body_bytes = 16384", "max_body_bytes = 1024"));
+    let test = test_topology("badinput", &["alice", "bob"], |t| {
+        t.replace("max_body_bytes = 16384", "max_body_bytes = 1024")
+    });
     let pipeline = RunningPipeline::start(&test, Parts::ALL).await;
     let client = reqwest::Client::new();
     let order_url = format!("{}/order", pipeline.base_order);
     let token = login(&client, &pipeline.base_login, "alice").await;
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
 
     let post = |body: String, auth: Option<String>| {
         let mut request = client.post(&order_url).body(body);
@@ -60,94 +74,238 @@ async fn bad_requests_are_refused_and_produce_nothing() {
     let good = r#"{"userId":"alice","product":"widget","quantity":1}"#.to_string();
 
     let cases: Vec<(&str, reqwest::Response, u16, &str, &str)> = vec![
-        ("not JSON", post("userId=alice".into(), bearer.clone()).await.unwrap(), 400, "invalid_json", "not valid JSON"),
-        ("empty body", post(String::new(), bearer.clone()).await.unwrap(), 400, "invalid_json", "empty"),
+        (
+            "not JSON",
+            post("userId=alice".into(), bearer.clone()).await.unwrap(),
+            400,
+            "invalid_json",
+            "not valid JSON",
+        ),
+        (
+            "empty body",
+            post(String::new(), bearer.clone()).await.unwrap(),
+            400,
+            "invalid_json",
+            "empty",
+        ),
         (
             "quantity as a string",
-            post(r#"{"userId":"alice","product":"widget","quantity":"3"}"#.into(), bearer.clone()).await.unwrap(),
+            post(
+                r#"{"userId":"alice","product":"widget","quantity":"3"}"#.into(),
+                bearer.clone(),
+            )
+            .await
+            .unwrap(),
             422,
             "invalid_body",
             "invalid type: string \"3\", expected i64",
         ),
         (
             "missing product",
-            post(r#"{"userId":"alice","quantity":3}"#.into(), bearer.clone()).await.unwrap(),
+            post(r#"{"userId":"alice","quantity":3}"#.into(), bearer.clone())
+                .await
+                .unwrap(),
             422,
             "invalid_body",
             "missing field `product`",
         ),
         (
             "unknown field",
-            post(r#"{"userId":"alice","product":"widget","quantity":1,"price":0}"#.into(), bearer.clone()).await.unwrap(),
+            post(
+                r#"{"userId":"alice","product":"widget","quantity":1,"price":0}"#.into(),
+                bearer.clone(),
+            )
+            .await
+            .unwrap(),
             422,
             "invalid_body",
             "unknown field `price`",
         ),
-        ("body over the limit", post(format!("{{\"pad\":\"{}\"}}", "x".repeat(4096)), bearer.clone()).await.unwrap(), 413, "body_too_large", "larger than 1024 bytes"),
-        ("no token", post(good.clone(), None).await.unwrap(), 401, "unauthorized", "missing Authorization header"),
-        ("not a bearer token", post(good.clone(), Some(format!("Basic {token}"))).await.unwrap(), 401, "unauthorized", "must be `Bearer <token>`"),
-        ("garbage token", post(good.clone(), Some("Bearer abc.def.ghi".into())).await.unwrap(), 401, "unauthorized", "malformed"),
+        (
+            "body over the limit",
+            post(
+                format!("{{\"pad\":\"{}\"}}", "x".repeat(4096)),
+                bearer.clone(),
+            )
+            .await
+            .unwrap(),
+            413,
+            "body_too_large",
+            "larger than 1024 bytes",
+        ),
+        (
+            "no token",
+            post(good.clone(), None).await.unwrap(),
+            401,
+            "unauthorized",
+            "missing Authorization header",
+        ),
+        (
+            "not a bearer token",
+            post(good.clone(), Some(format!("Basic {token}")))
+                .await
+                .unwrap(),
+            401,
+            "unauthorized",
+            "must be `Bearer <token>`",
+        ),
+        (
+            "garbage token",
+            post(good.clone(), Some("Bearer abc.def.ghi".into()))
+                .await
+                .unwrap(),
+            401,
+            "unauthorized",
+            "malformed",
+        ),
         (
             "forged signature",
-            post(good.clone(), Some(format!("Bearer {}", forge(r#"{"alg":"HS256","typ":"JWT"}"#, &format!(r#"{{"sub":"alice","iss":"sluice","iat":{now},"exp":{}}}"#, now + 600), "c2lnbmF0dXJl")))).await.unwrap(),
+            post(
+                good.clone(),
+                Some(format!(
+                    "Bearer {}",
+                    forge(
+                        r#"{"alg":"HS256","typ":"JWT"}"#,
+                        &format!(
+                            r#"{{"sub":"alice","iss":"sluice","iat":{now},"exp":{}}}"#,
+                            now + 600
+                        ),
+                        "c2lnbmF0dXJl"
+                    )
+                )),
+            )
+            .await
+            .unwrap(),
             401,
             "unauthorized",
             "signature is not valid",
         ),
         (
             "alg none",
-            post(good.clone(), Some(format!("Bearer {}", forge(r#"{"alg":"none","typ":"JWT"}"#, &format!(r#"{{"sub":"alice","iss":"sluice","iat":{now},"exp":{}}}"#, now + 600), "")))).await.unwrap(),
+            post(
+                good.clone(),
+                Some(format!(
+                    "Bearer {}",
+                    forge(
+                        r#"{"alg":"none","typ":"JWT"}"#,
+                        &format!(
+                            r#"{{"sub":"alice","iss":"sluice","iat":{now},"exp":{}}}"#,
+                            now + 600
+                        ),
+                        ""
+                    )
+                )),
+            )
+            .await
+            .unwrap(),
             401,
             "unauthorized",
             "",
         ),
         (
             "someone else's userId",
-            post(r#"{"userId":"bob","product":"widget","quantity":1}"#.into(), bearer.clone()).await.unwrap(),
+            post(
+                r#"{"userId":"bob","product":"widget","quantity":1}"#.into(),
+                bearer.clone(),
+            )
+            .await
+            .unwrap(),
             403,
             "forbidden",
             "not the token's user",
         ),
-        ("wrong method", client.put(&order_url).body(good.clone()).send().await.unwrap(), 405, "method_not_allowed", ""),
-        ("no such route", client.get(format!("{}/nope", pipeline.base_order)).send().await.unwrap(), 404, "not_found", ""),
+        (
+            "wrong method",
+            client
+                .put(&order_url)
+                .body(good.clone())
+                .send()
+                .await
+                .unwrap(),
+            405,
+            "method_not_allowed",
+            "",
+        ),
+        (
+            "no such route",
+            client
+                .get(format!("{}/nope", pipeline.base_order))
+                .send()
+                .await
+                .unwrap(),
+            404,
+            "not_found",
+            "",
+        ),
         (
             "invalid order id",
-            client.get(format!("{order_url}/not-a-uuid")).bearer_auth(&token).send().await.unwrap(),
+            client
+                .get(format!("{order_url}/not-a-uuid"))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap(),
             400,
             "invalid_order_id",
             "not an order id",
         ),
         (
             "order id that is not recent and not stored",
-            client.get(format!("{order_url}/00000000-0000-7000-8000-000000000000")).bearer_auth(&token).send().await.unwrap(),
+            client
+                .get(format!("{order_url}/00000000-0000-7000-8000-000000000000"))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap(),
             404,
             "order_not_found",
             "",
         ),
         (
             "status without a token",
-            client.get(format!("{order_url}/00000000-0000-7000-8000-000000000000")).send().await.unwrap(),
+            client
+                .get(format!("{order_url}/00000000-0000-7000-8000-000000000000"))
+                .send()
+                .await
+                .unwrap(),
             401,
             "unauthorized",
             "",
         ),
         (
             "wrong password",
-            client.post(format!("{}/login", pipeline.base_login)).body(format!(r#"{{"username":"alice","password":"nope"}}"#)).send().await.unwrap(),
+            client
+                .post(format!("{}/login", pipeline.base_login))
+                .body(r#"{"username":"alice","password":"nope"}"#)
+                .send()
+                .await
+                .unwrap(),
             401,
             "invalid_credentials",
             "unknown user or wrong password",
         ),
         (
             "unknown user",
-            client.post(format!("{}/login", pipeline.base_login)).body(format!(r#"{{"username":"mallory","password":"{PASSWORD}"}}"#)).send().await.unwrap(),
+            client
+                .post(format!("{}/login", pipeline.base_login))
+                .body(format!(
+                    r#"{{"username":"mallory","password":"{PASSWORD}"}}"#
+                ))
+                .send()
+                .await
+                .unwrap(),
             401,
             "invalid_credentials",
             "unknown user or wrong password",
         ),
         (
             "login with wrong types",
-            client.post(format!("{}/login", pipeline.base_login)).body(r#"{"username":1,"password":true}"#).send().await.unwrap(),
+            client
+                .post(format!("{}/login", pipeline.base_login))
+                .body(r#"{"username":1,"password":true}"#)
+                .send()
+                .await
+                .unwrap(),
             422,
             "invalid_body",
             "invalid type",
@@ -155,10 +313,23 @@ async fn bad_requests_are_refused_and_produce_nothing() {
     ];
     for (name, response, status, code, message) in cases {
         let (got_status, got_code, got_message) = error_of(response).await;
-        assert_eq!((got_status, got_code.as_str()), (status, code), "{name}: {got_message}");
-        assert!(got_message.contains(message), "{name}: message {got_message:?} lacks {message:?}");
-        assert!(!got_message.contains(&token), "{name}: the error echoes the token");
-        assert!(!got_message.contains(PASSWORD), "{name}: the error echoes a password");
+        assert_eq!(
+            (got_status, got_code.as_str()),
+            (status, code),
+            "{name}: {got_message}"
+        );
+        assert!(
+            got_message.contains(message),
+            "{name}: message {got_message:?} lacks {message:?}"
+        );
+        assert!(
+            !got_message.contains(&token),
+            "{name}: the error echoes the token"
+        );
+        assert!(
+            !got_message.contains(PASSWORD),
+            "{name}: the error echoes a password"
+        );
     }
 
     // An expired token is refused too (signed with the real secret, expired an hour ago).
@@ -166,30 +337,63 @@ async fn bad_requests_are_refused_and_produce_nothing() {
     let expired = {
         use jsonwebtoken::{encode, EncodingKey, Header};
         let claims = serde_json::json!({ "sub": "alice", "iss": "sluice", "iat": now - 7200, "exp": now - 3600 });
-        encode(&Header::default(), &claims, &EncodingKey::from_secret(topology.ingress.auth.jwt_secret.as_bytes())).unwrap()
+        encode(
+            &Header::default(),
+            &claims,
+            &EncodingKey::from_secret(topology.ingress.auth.jwt_secret.as_bytes()),
+        )
+        .unwrap()
     };
-    let (status, _, message) = error_of(post(good.clone(), Some(format!("Bearer {expired}"))).await.unwrap()).await;
+    let (status, _, message) = error_of(
+        post(good.clone(), Some(format!("Bearer {expired}")))
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(status, 401);
     assert!(message.contains("expired"), "{message}");
 
     // Nothing reached the orders topic; the three well-formed login attempts reached the logins topic.
-    assert_eq!(topic_records(pipeline.log.as_ref(), &topology.ingress.orders_topic).await, 0);
-    assert_eq!(topic_records(pipeline.log.as_ref(), &topology.ingress.logins_topic).await, 3);
+    assert_eq!(
+        topic_records(pipeline.log.as_ref(), &topology.ingress.orders_topic).await,
+        0
+    );
+    assert_eq!(
+        topic_records(pipeline.log.as_ref(), &topology.ingress.logins_topic).await,
+        3
+    );
 
     // And a good order still goes through afterwards.
     let response = post(good, bearer).await.unwrap();
     assert_eq!(response.status(), 202);
-    assert_eq!(topic_records(pipeline.log.as_ref(), &topology.ingress.orders_topic).await, 1);
+    assert_eq!(
+        topic_records(pipeline.log.as_ref(), &topology.ingress.orders_topic).await,
+        1
+    );
     pipeline.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limits_answer_429_with_retry_after() {
     let test = test_topology("ratelimit", &["alice"], |t| {
-        t.replace("orders_per_principal = { per_second = 100000, burst = 100000 }", "orders_per_principal = { per_second = 1, burst = 3 }")
-            .replace("logins_per_address = { per_second = 1000, burst = 1000 }", "logins_per_address = { per_second = 1, burst = 2 }")
+        t.replace(
+            "orders_per_principal = { per_second = 100000, burst = 100000 }",
+            "orders_per_principal = { per_second = 1, burst = 3 }",
+        )
+        .replace(
+            "logins_per_address = { per_second = 1000, burst = 1000 }",
+            "logins_per_address = { per_second = 1, burst = 2 }",
+        )
     });
-    let pipeline = RunningPipeline::start(&test, Parts { ingress: true, processors: false, sinks: false }).await;
+    let pipeline = RunningPipeline::start(
+        &test,
+        Parts {
+            ingress: true,
+            processors: false,
+            sinks: false,
+        },
+    )
+    .await;
     let client = reqwest::Client::new();
     let token = login(&client, &pipeline.base_login, "alice").await;
     let mut statuses = Vec::new();
@@ -204,22 +408,42 @@ async fn rate_limits_answer_429_with_retry_after() {
             .unwrap();
         statuses.push(response.status().as_u16());
         if response.status() == 429 {
-            retry_after = response.headers().get("retry-after").map(|v| v.to_str().unwrap().parse::<u64>().unwrap());
+            retry_after = response
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().parse::<u64>().unwrap());
             let body: serde_json::Value = response.json().await.unwrap();
             assert_eq!(body["error"]["code"], "rate_limited");
         }
     }
     assert_eq!(&statuses[..3], &[202, 202, 202]);
     assert_eq!(statuses[3], 429, "{statuses:?}");
-    assert!(retry_after.is_some_and(|s| (1..=2).contains(&s)), "Retry-After: {retry_after:?}");
+    assert!(
+        retry_after.is_some_and(|s| (1..=2).contains(&s)),
+        "Retry-After: {retry_after:?}"
+    );
     let topology = test.topology();
     let produced = topic_records(pipeline.log.as_ref(), &topology.ingress.orders_topic).await;
-    assert_eq!(produced, statuses.iter().filter(|&&s| s == 202).count() as i64, "a refused order was produced");
+    assert_eq!(
+        produced,
+        statuses.iter().filter(|&&s| s == 202).count() as i64,
+        "a refused order was produced"
+    );
 
     // Logins per client address: burst 2 (one used above), so the third attempt is refused.
-    let second = client.post(format!("{}/login", pipeline.base_login)).body(format!(r#"{{"username":"alice","password":"{PASSWORD}"}}"#)).send().await.unwrap();
+    let second = client
+        .post(format!("{}/login", pipeline.base_login))
+        .body(format!(r#"{{"username":"alice","password":"{PASSWORD}"}}"#))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(second.status(), 200);
-    let third = client.post(format!("{}/login", pipeline.base_login)).body(format!(r#"{{"username":"alice","password":"{PASSWORD}"}}"#)).send().await.unwrap();
+    let third = client
+        .post(format!("{}/login", pipeline.base_login))
+        .body(format!(r#"{{"username":"alice","password":"{PASSWORD}"}}"#))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(third.status(), 429);
     assert!(third.headers().contains_key("retry-after"));
     pipeline.stop().await;
@@ -237,11 +461,15 @@ impl OrderLookup for NoLookup {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_broker_means_503_never_2xx() {
     // A broker address where nothing listens: the order can never be acknowledged.
-    let test = test_topology("nobroker", &["alice"], |t| t.replace("ack_timeout_ms = 5000", "ack_timeout_ms = 1500"));
+    let test = test_topology("nobroker", &["alice"], |t| {
+        t.replace("ack_timeout_ms = 5000", "ack_timeout_ms = 1500")
+    });
     let mut topology = test.topology();
     topology.log.brokers = "127.0.0.1:1".into();
     let log: Arc<dyn Log> = log::open(&topology.log).unwrap();
-    let users = sluice_ingress::Users::load(&topology.resolve_path(&topology.ingress.auth.users_file)).unwrap();
+    let users =
+        sluice_ingress::Users::load(&topology.resolve_path(&topology.ingress.auth.users_file))
+            .unwrap();
     let ingress = Ingress::new(topology.ingress.clone(), users, log, Arc::new(NoLookup));
     let token = ingress.state().tokens.issue("alice").unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -258,7 +486,11 @@ async fn unreachable_broker_means_503_never_2xx() {
         .send()
         .await
         .unwrap();
-    assert!(started.elapsed() < Duration::from_secs(5), "the 503 took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the 503 took {:?}",
+        started.elapsed()
+    );
     assert!(response.headers().contains_key("retry-after"));
     let (status, code, message) = error_of(response).await;
     assert_eq!((status, code.as_str()), (503, "unavailable"));

@@ -13,7 +13,11 @@ use common::*;
 use mysql_async::prelude::Queryable;
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn start(test: &TestTopology, run: usize) -> Child {
@@ -30,10 +34,18 @@ fn start(test: &TestTopology, run: usize) -> Child {
 
 async fn wait_ready(client: &reqwest::Client, base: &str, child: &mut Child) {
     for _ in 0..300 {
-        if client.get(format!("{base}/readyz")).send().await.is_ok_and(|r| r.status().is_success()) {
+        if client
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
             return;
         }
-        assert!(child.try_wait().unwrap().is_none(), "sluice exited during start-up");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "sluice exited during start-up"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("sluice did not become ready");
@@ -51,8 +63,14 @@ fn spawn_load(
         let users: Vec<String> = tokens.keys().cloned().collect();
         let mut workers = Vec::new();
         for w in 0..16 {
-            let (client, base, tokens, accepted, stop, users) =
-                (client.clone(), base.clone(), tokens.clone(), accepted.clone(), stop.clone(), users.clone());
+            let (client, base, tokens, accepted, stop, users) = (
+                client.clone(),
+                base.clone(),
+                tokens.clone(),
+                accepted.clone(),
+                stop.clone(),
+                users.clone(),
+            );
             workers.push(tokio::spawn(async move {
                 let mut n = w;
                 while !stop.load(std::sync::atomic::Ordering::SeqCst) {
@@ -86,7 +104,10 @@ async fn stored_ids(test: &TestTopology) -> HashMap<String, usize> {
     let mut stored = HashMap::new();
     for shard in 0..4 {
         let mut conn = shard_conn(test, shard).await;
-        let ids: Vec<String> = conn.query("SELECT LOWER(HEX(order_id)) FROM orders").await.unwrap_or_default();
+        let ids: Vec<String> = conn
+            .query("SELECT LOWER(HEX(order_id)) FROM orders")
+            .await
+            .unwrap_or_default();
         for id in ids {
             *stored.entry(id).or_default() += 1;
         }
@@ -102,9 +123,13 @@ async fn kill_9_and_sigterm_lose_and_duplicate_nothing() {
     let user_refs: Vec<&str> = users.iter().map(String::as_str).collect();
     let (login_port, order_port) = (free_port(), free_port());
     let test = test_topology("kill", &user_refs, |t| {
-        t.replacen("127.0.0.1:0", &format!("127.0.0.1:{login_port}"), 1).replacen("127.0.0.1:0", &format!("127.0.0.1:{order_port}"), 1)
+        t.replacen("127.0.0.1:0", &format!("127.0.0.1:{login_port}"), 1)
+            .replacen("127.0.0.1:0", &format!("127.0.0.1:{order_port}"), 1)
     });
-    let (login_base, order_base) = (format!("http://127.0.0.1:{login_port}"), format!("http://127.0.0.1:{order_port}"));
+    let (login_base, order_base) = (
+        format!("http://127.0.0.1:{login_port}"),
+        format!("http://127.0.0.1:{order_port}"),
+    );
     let client = reqwest::Client::new();
     let accepted = Arc::new(Mutex::new(Vec::new()));
 
@@ -117,8 +142,17 @@ async fn kill_9_and_sigterm_lose_and_duplicate_nothing() {
     }
     let tokens = Arc::new(tokens);
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let load = spawn_load(client.clone(), order_base.clone(), tokens.clone(), accepted.clone(), stop.clone());
-    eventually(Duration::from_secs(60), "orders to flow", || async { accepted.lock().unwrap().len() >= 400 }).await;
+    let load = spawn_load(
+        client.clone(),
+        order_base.clone(),
+        tokens.clone(),
+        accepted.clone(),
+        stop.clone(),
+    );
+    eventually(Duration::from_secs(60), "orders to flow", || async {
+        accepted.lock().unwrap().len() >= 400
+    })
+    .await;
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -130,11 +164,25 @@ async fn kill_9_and_sigterm_lose_and_duplicate_nothing() {
     let mut child = start(&test, 2);
     wait_ready(&client, &order_base, &mut child).await;
     stop.store(false, std::sync::atomic::Ordering::SeqCst);
-    let load = spawn_load(client.clone(), order_base.clone(), tokens.clone(), accepted.clone(), stop.clone());
-    eventually(Duration::from_secs(60), "orders to flow again", || async { accepted.lock().unwrap().len() >= after_kill + 400 }).await;
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let load = spawn_load(
+        client.clone(),
+        order_base.clone(),
+        tokens.clone(),
+        accepted.clone(),
+        stop.clone(),
+    );
+    eventually(Duration::from_secs(60), "orders to flow again", || async {
+        accepted.lock().unwrap().len() >= after_kill + 400
+    })
+    .await;
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
-    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
+    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     load.await.unwrap();
     assert!(exit.success(), "graceful stop exited with {exit:?}");
@@ -144,21 +192,37 @@ async fn kill_9_and_sigterm_lose_and_duplicate_nothing() {
     wait_ready(&client, &order_base, &mut child).await;
     let accepted: Vec<String> = accepted.lock().unwrap().clone();
     let expected: std::collections::HashSet<&String> = accepted.iter().collect();
-    assert_eq!(expected.len(), accepted.len(), "an order id was handed out twice");
+    assert_eq!(
+        expected.len(),
+        accepted.len(),
+        "an order id was handed out twice"
+    );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
     let stored = loop {
         let stored = stored_ids(&test).await;
-        if expected.iter().all(|id| stored.contains_key(&id.replace('-', ""))) || tokio::time::Instant::now() > deadline {
+        if expected
+            .iter()
+            .all(|id| stored.contains_key(&id.replace('-', "")))
+            || tokio::time::Instant::now() > deadline
+        {
             break stored;
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
     assert!(stored.values().all(|&n| n == 1), "an order is stored twice");
-    let missing = expected.iter().filter(|id| !stored.contains_key(&id.replace('-', ""))).count();
+    let missing = expected
+        .iter()
+        .filter(|id| !stored.contains_key(&id.replace('-', "")))
+        .count();
     assert_eq!(missing, 0, "{missing} acknowledged orders were lost");
     // Orders whose 2xx was lost with the killed process may be stored too, but never twice.
     assert!(stored.len() >= expected.len());
-    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
     assert!(exit.success());
 }

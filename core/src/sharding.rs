@@ -40,7 +40,9 @@ impl TryFrom<String> for BucketRange {
     fn try_from(text: String) -> Result<Self, Self::Error> {
         let parse = |part: &str| {
             part.trim().parse::<u32>().map_err(|_| {
-                format!("bucket range {text:?} must look like \"0-63\" (two whole numbers, first-last)")
+                format!(
+                    "bucket range {text:?} must look like \"0-63\" (two whole numbers, first-last)"
+                )
             })
         };
         let (first, last) = match text.split_once('-') {
@@ -130,7 +132,10 @@ mod tests {
     #[test]
     fn bucket_is_stable_and_documented() {
         // Pinned values: if these change, every stored order would move shard.
-        assert_eq!(bucket_of("alice", 256), (xxhash_rust::xxh3::xxh3_64(b"alice") % 256) as u32);
+        assert_eq!(
+            bucket_of("alice", 256),
+            (xxhash_rust::xxh3::xxh3_64(b"alice") % 256) as u32
+        );
         assert_eq!(bucket_of("alice", 256), bucket_of("alice", 256));
         assert!(bucket_of("bob", 16) < 16);
     }
@@ -141,7 +146,12 @@ mod tests {
         let shards: Vec<_> = ranges
             .iter()
             .enumerate()
-            .map(|(i, r)| (format!("s{i}"), BucketRange::try_from(r.to_string()).unwrap()))
+            .map(|(i, r)| {
+                (
+                    format!("s{i}"),
+                    BucketRange::try_from(r.to_string()).unwrap(),
+                )
+            })
             .collect();
         let map = ShardMap::new(256, &shards).unwrap();
         let mut counts = [0usize; 4];
@@ -166,7 +176,10 @@ mod tests {
 
     #[test]
     fn range_parsing_explains_mistakes() {
-        assert_eq!(BucketRange::try_from("7".to_string()).unwrap(), BucketRange { first: 7, last: 7 });
+        assert_eq!(
+            BucketRange::try_from("7".to_string()).unwrap(),
+            BucketRange { first: 7, last: 7 }
+        );
         let err = BucketRange::try_from("9-3".to_string()).unwrap_err();
         assert!(err.contains("starts after it ends"), "{err}");
         let err = BucketRange::try_from("a-b".to_string()).unwrap_err();

@@ -32,7 +32,10 @@ pub struct TokenAuthority {
 }
 
 fn now_secs() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 impl TokenAuthority {
@@ -59,25 +62,34 @@ impl TokenAuthority {
     /// A token for `subject`.
     pub fn issue(&self, subject: &str) -> Result<String, ApiError> {
         let iat = now_secs();
-        let claims = Claims { sub: subject.to_string(), iss: self.issuer.clone(), iat, exp: iat + self.ttl_secs };
+        let claims = Claims {
+            sub: subject.to_string(),
+            iss: self.issuer.clone(),
+            iat,
+            exp: iat + self.ttl_secs,
+        };
         encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .map_err(|e| ApiError::unavailable(format!("could not sign a token: {e}")))
     }
 
     /// The claims of a valid token.
     pub fn verify(&self, token: &str) -> Result<Claims, ApiError> {
-        decode::<Claims>(token, &self.decoding, &self.validation).map(|data| data.claims).map_err(|error| {
-            use jsonwebtoken::errors::ErrorKind;
-            let why = match error.kind() {
-                ErrorKind::ExpiredSignature => "the token has expired; log in again",
-                ErrorKind::InvalidSignature => "the token's signature is not valid",
-                ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => "the token's algorithm is not accepted",
-                ErrorKind::InvalidIssuer => "the token was not issued by this service",
-                ErrorKind::MissingRequiredClaim(_) => "the token lacks a required claim",
-                _ => "the token is malformed",
-            };
-            ApiError::unauthorized(why)
-        })
+        decode::<Claims>(token, &self.decoding, &self.validation)
+            .map(|data| data.claims)
+            .map_err(|error| {
+                use jsonwebtoken::errors::ErrorKind;
+                let why = match error.kind() {
+                    ErrorKind::ExpiredSignature => "the token has expired; log in again",
+                    ErrorKind::InvalidSignature => "the token's signature is not valid",
+                    ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
+                        "the token's algorithm is not accepted"
+                    }
+                    ErrorKind::InvalidIssuer => "the token was not issued by this service",
+                    ErrorKind::MissingRequiredClaim(_) => "the token lacks a required claim",
+                    _ => "the token is malformed",
+                };
+                ApiError::unauthorized(why)
+            })
     }
 
     /// The claims of the `Authorization: Bearer <token>` header.
@@ -85,11 +97,15 @@ impl TokenAuthority {
         let value = headers
             .get(warp::http::header::AUTHORIZATION)
             .ok_or_else(|| ApiError::unauthorized("missing Authorization header; send `Authorization: Bearer <token>` from POST /login"))?;
-        let value = value.to_str().map_err(|_| ApiError::unauthorized("the Authorization header is not text"))?;
+        let value = value
+            .to_str()
+            .map_err(|_| ApiError::unauthorized("the Authorization header is not text"))?;
         let token = value
             .strip_prefix("Bearer ")
             .or_else(|| value.strip_prefix("bearer "))
-            .ok_or_else(|| ApiError::unauthorized("the Authorization header must be `Bearer <token>`"))?;
+            .ok_or_else(|| {
+                ApiError::unauthorized("the Authorization header must be `Bearer <token>`")
+            })?;
         self.verify(token.trim())
     }
 }
@@ -105,24 +121,50 @@ mod tests {
         assert_eq!(authority.verify(&token).unwrap().sub, "alice");
 
         let other = TokenAuthority::new("another-secret-another-secret-xx", "sluice", 60);
-        assert_eq!(other.verify(&token).unwrap_err().message, "the token's signature is not valid");
+        assert_eq!(
+            other.verify(&token).unwrap_err().message,
+            "the token's signature is not valid"
+        );
 
-        let wrong_issuer = TokenAuthority::new("secret-one-secret-one-secret-one!", "elsewhere", 60);
-        assert_eq!(authority.verify(&wrong_issuer.issue("alice").unwrap()).unwrap_err().message, "the token was not issued by this service");
+        let wrong_issuer =
+            TokenAuthority::new("secret-one-secret-one-secret-one!", "elsewhere", 60);
+        assert_eq!(
+            authority
+                .verify(&wrong_issuer.issue("alice").unwrap())
+                .unwrap_err()
+                .message,
+            "the token was not issued by this service"
+        );
 
         // alg: none — header {"alg":"none","typ":"JWT"}, no signature.
         let unsigned = format!(
             "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{}.",
             token.split('.').nth(1).unwrap()
         );
-        assert_eq!(authority.verify(&unsigned).unwrap_err().status, warp::http::StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            authority.verify(&unsigned).unwrap_err().status,
+            warp::http::StatusCode::UNAUTHORIZED
+        );
     }
 
     #[test]
     fn expired_tokens_fail() {
         let authority = TokenAuthority::new("secret-one-secret-one-secret-one!", "sluice", 60);
-        let claims = Claims { sub: "alice".into(), iss: "sluice".into(), iat: 1_000, exp: 2_000 };
-        let token = encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(b"secret-one-secret-one-secret-one!")).unwrap();
-        assert_eq!(authority.verify(&token).unwrap_err().message, "the token has expired; log in again");
+        let claims = Claims {
+            sub: "alice".into(),
+            iss: "sluice".into(),
+            iat: 1_000,
+            exp: 2_000,
+        };
+        let token = encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(b"secret-one-secret-one-secret-one!"),
+        )
+        .unwrap();
+        assert_eq!(
+            authority.verify(&token).unwrap_err().message,
+            "the token has expired; log in again"
+        );
     }
 }

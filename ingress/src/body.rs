@@ -9,7 +9,11 @@ use warp::http::HeaderMap;
 use crate::error::ApiError;
 
 /// Reads at most `limit` bytes of `body`; more is a 413 without reading the rest.
-pub async fn read_limited<S, B>(headers: &HeaderMap, body: S, limit: u64) -> Result<bytes::Bytes, ApiError>
+pub async fn read_limited<S, B>(
+    headers: &HeaderMap,
+    body: S,
+    limit: u64,
+) -> Result<bytes::Bytes, ApiError>
 where
     S: Stream<Item = Result<B, warp::Error>>,
     B: Buf,
@@ -24,7 +28,8 @@ where
     let mut body = std::pin::pin!(body);
     let mut collected = BytesMut::new();
     while let Some(chunk) = body.next().await {
-        let mut chunk = chunk.map_err(|e| ApiError::invalid_json(format!("could not read the request body: {e}")))?;
+        let mut chunk = chunk
+            .map_err(|e| ApiError::invalid_json(format!("could not read the request body: {e}")))?;
         if collected.len() as u64 + chunk.remaining() as u64 > limit {
             return Err(ApiError::too_large(limit));
         }
@@ -42,7 +47,9 @@ where
 /// errors 422 `invalid_body`, each with serde's explanation (field, line and column).
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::invalid_json("the request body is empty; send a JSON object"));
+        return Err(ApiError::invalid_json(
+            "the request body is empty; send a JSON object",
+        ));
     }
     serde_json::from_slice(bytes).map_err(|error| {
         use serde_json::error::Category;

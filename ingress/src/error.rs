@@ -26,7 +26,12 @@ pub struct ApiError {
 impl ApiError {
     /// An error with `status`, `code` and `message`.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into(), retry_after: None }
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
     }
 
     /// 400 for a body that is not JSON.
@@ -51,27 +56,39 @@ impl ApiError {
 
     /// 413 for a body over the limit.
     pub fn too_large(limit: u64) -> Self {
-        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", format!("the request body is larger than {limit} bytes"))
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the request body is larger than {limit} bytes"),
+        )
     }
 
     /// 429 with a retry hint.
     pub fn rate_limited(what: &str, retry_after: Duration) -> Self {
         ApiError {
             retry_after: Some(retry_after),
-            ..Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", format!("too many requests {what}; retry later"))
+            ..Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!("too many requests {what}; retry later"),
+            )
         }
     }
 
     /// 503: a dependency cannot take the request now.
     pub fn unavailable(message: impl Into<String>) -> Self {
-        ApiError { retry_after: Some(Duration::from_secs(1)), ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message) }
+        ApiError {
+            retry_after: Some(Duration::from_secs(1)),
+            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+        }
     }
 }
 
 impl Reply for ApiError {
     fn into_response(self) -> Response {
         let body = json!({ "error": { "code": self.code, "message": self.message } });
-        let mut response = warp::reply::with_status(warp::reply::json(&body), self.status).into_response();
+        let mut response =
+            warp::reply::with_status(warp::reply::json(&body), self.status).into_response();
         if let Some(retry_after) = self.retry_after {
             let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
             if let Ok(value) = HeaderValue::from_str(&seconds.max(1).to_string()) {
@@ -87,10 +104,18 @@ pub async fn recover(rejection: warp::Rejection) -> Result<Response, Infallible>
     let error = if rejection.is_not_found() {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
     } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
-        ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not accept that method")
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "this route does not accept that method",
+        )
     } else {
         tracing::warn!(?rejection, "unhandled rejection");
-        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", "the request could not be understood")
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "the request could not be understood",
+        )
     };
     Ok(error.into_response())
 }

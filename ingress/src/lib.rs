@@ -74,16 +74,41 @@ pub struct Ingress {
 
 impl Ingress {
     /// Builds the ingress. Call within a Tokio runtime (rate-limit sweepers are spawned).
-    pub fn new(config: IngressConfig, users: Users, log: Arc<dyn Log>, lookup: Arc<dyn OrderLookup>) -> Self {
-        let tokens = TokenAuthority::new(&config.auth.jwt_secret, &config.auth.issuer, config.auth.token_ttl_secs);
+    pub fn new(
+        config: IngressConfig,
+        users: Users,
+        log: Arc<dyn Log>,
+        lookup: Arc<dyn OrderLookup>,
+    ) -> Self {
+        let tokens = TokenAuthority::new(
+            &config.auth.jwt_secret,
+            &config.auth.issuer,
+            config.auth.token_ttl_secs,
+        );
         let rates = &config.rate_limits;
         let limits = Limits {
             orders_per_principal: KeyedLimit::new("per user on /order", rates.orders_per_principal),
-            orders_per_address: KeyedLimit::new("per client address on /order", rates.orders_per_address),
-            logins_per_address: KeyedLimit::new("per client address on /login", rates.logins_per_address),
+            orders_per_address: KeyedLimit::new(
+                "per client address on /order",
+                rates.orders_per_address,
+            ),
+            logins_per_address: KeyedLimit::new(
+                "per client address on /login",
+                rates.logins_per_address,
+            ),
         };
-        let state = State { config, log, lookup, users, tokens, limits, draining: CancellationToken::new() };
-        Ingress { state: Arc::new(state) }
+        let state = State {
+            config,
+            log,
+            lookup,
+            users,
+            tokens,
+            limits,
+            draining: CancellationToken::new(),
+        };
+        Ingress {
+            state: Arc::new(state),
+        }
     }
 
     /// The shared state (for tests and tools).
@@ -93,7 +118,12 @@ impl Ingress {
 
     /// Serves until `shutdown` fires, then stops accepting and drains in-flight requests.
     /// With `order_listener` `None`, `login_listener` serves every route.
-    pub async fn serve(self, login_listener: TcpListener, order_listener: Option<TcpListener>, shutdown: CancellationToken) {
+    pub async fn serve(
+        self,
+        login_listener: TcpListener,
+        order_listener: Option<TcpListener>,
+        shutdown: CancellationToken,
+    ) {
         let draining = self.state.draining.clone();
         let signal = {
             let shutdown = shutdown.clone();
@@ -108,14 +138,30 @@ impl Ingress {
         };
         match order_listener {
             None => {
-                let routes = login_route(&self.state).or(order_routes(&self.state)).unify().or(ops_routes(&self.state)).unify();
-                warp::serve(routes.recover(error::recover)).incoming(login_listener).graceful(signal()).run().await;
+                let routes = login_route(&self.state)
+                    .or(order_routes(&self.state))
+                    .unify()
+                    .or(ops_routes(&self.state))
+                    .unify();
+                warp::serve(routes.recover(error::recover))
+                    .incoming(login_listener)
+                    .graceful(signal())
+                    .run()
+                    .await;
             }
             Some(order_listener) => {
                 let login = login_route(&self.state).or(ops_routes(&self.state)).unify();
-                let orders = order_routes(&self.state).or(ops_routes(&self.state)).unify();
-                let login = warp::serve(login.recover(error::recover)).incoming(login_listener).graceful(signal()).run();
-                let orders = warp::serve(orders.recover(error::recover)).incoming(order_listener).graceful(signal()).run();
+                let orders = order_routes(&self.state)
+                    .or(ops_routes(&self.state))
+                    .unify();
+                let login = warp::serve(login.recover(error::recover))
+                    .incoming(login_listener)
+                    .graceful(signal())
+                    .run();
+                let orders = warp::serve(orders.recover(error::recover))
+                    .incoming(order_listener)
+                    .graceful(signal())
+                    .run();
                 tokio::join!(login, orders);
             }
         }
@@ -124,15 +170,21 @@ impl Ingress {
 }
 
 /// Runs a handler, turns its error into the JSON error model, and records metrics.
-async fn respond(route: &'static str, handler: impl Future<Output = Result<Response, ApiError>>) -> Response {
+async fn respond(
+    route: &'static str,
+    handler: impl Future<Output = Result<Response, ApiError>>,
+) -> Response {
     let started = Instant::now();
     let response = handler.await.unwrap_or_else(Reply::into_response);
     metrics::counter!(telemetry::HTTP_REQUESTS, "route" => route, "status" => response.status().as_u16().to_string()).increment(1);
-    metrics::histogram!(telemetry::HTTP_DURATION, "route" => route).record(started.elapsed().as_secs_f64());
+    metrics::histogram!(telemetry::HTTP_DURATION, "route" => route)
+        .record(started.elapsed().as_secs_f64());
     response
 }
 
-fn with_state(state: &Arc<State>) -> impl Filter<Extract = (Arc<State>,), Error = std::convert::Infallible> + Clone {
+fn with_state(
+    state: &Arc<State>,
+) -> impl Filter<Extract = (Arc<State>,), Error = std::convert::Infallible> + Clone {
     let state = state.clone();
     warp::any().map(move || state.clone())
 }
@@ -144,13 +196,16 @@ fn login_route(state: &Arc<State>) -> BoxedFilter<(Response,)> {
         .and(warp::addr::remote())
         .and(warp::header::headers_cloned())
         .and(warp::body::stream())
-        .then(|state: Arc<State>, client: Option<SocketAddr>, headers: HeaderMap, body| async move {
-            respond("login", async {
-                let body = body::read_limited(&headers, body, state.config.max_body_bytes).await?;
-                routes::login::handle(&state, client, &body).await
-            })
-            .await
-        })
+        .then(
+            |state: Arc<State>, client: Option<SocketAddr>, headers: HeaderMap, body| async move {
+                respond("login", async {
+                    let body =
+                        body::read_limited(&headers, body, state.config.max_body_bytes).await?;
+                    routes::login::handle(&state, client, &body).await
+                })
+                .await
+            },
+        )
         .boxed()
 }
 
@@ -161,31 +216,40 @@ fn order_routes(state: &Arc<State>) -> BoxedFilter<(Response,)> {
         .and(warp::addr::remote())
         .and(warp::header::headers_cloned())
         .and(warp::body::stream())
-        .then(|state: Arc<State>, client: Option<SocketAddr>, headers: HeaderMap, body| async move {
-            respond("order", async {
-                // Authenticate before reading the body: strangers cannot make us buffer it.
-                state.tokens.authenticate(&headers)?;
-                let body = body::read_limited(&headers, body, state.config.max_body_bytes).await?;
-                routes::order::create(&state, &headers, client, &body).await
-            })
-            .await
-        });
+        .then(
+            |state: Arc<State>, client: Option<SocketAddr>, headers: HeaderMap, body| async move {
+                respond("order", async {
+                    // Authenticate before reading the body: strangers cannot make us buffer it.
+                    state.tokens.authenticate(&headers)?;
+                    let body =
+                        body::read_limited(&headers, body, state.config.max_body_bytes).await?;
+                    routes::order::create(&state, &headers, client, &body).await
+                })
+                .await
+            },
+        );
     let status = warp::path!("order" / String)
         .and(warp::get())
         .and(with_state(state))
         .and(warp::header::headers_cloned())
-        .then(|id: String, state: Arc<State>, headers: HeaderMap| async move {
-            respond("order_status", routes::order::status(&state, &headers, &id)).await
-        });
+        .then(
+            |id: String, state: Arc<State>, headers: HeaderMap| async move {
+                respond("order_status", routes::order::status(&state, &headers, &id)).await
+            },
+        );
     create.or(status).unify().boxed()
 }
 
 fn ops_routes(state: &Arc<State>) -> BoxedFilter<(Response,)> {
-    let healthz = warp::path!("healthz").and(warp::get()).map(routes::health::healthz);
+    let healthz = warp::path!("healthz")
+        .and(warp::get())
+        .map(routes::health::healthz);
     let readyz = warp::path!("readyz")
         .and(warp::get())
         .and(with_state(state))
         .then(|state: Arc<State>| async move { routes::health::readyz(&state).await });
-    let metrics = warp::path!("metrics").and(warp::get()).map(routes::health::metrics);
+    let metrics = warp::path!("metrics")
+        .and(warp::get())
+        .map(routes::health::metrics);
     healthz.or(readyz).unify().or(metrics).unify().boxed()
 }

@@ -66,25 +66,44 @@ pub struct Users {
 /// Hashes `password` with argon2id and a random salt.
 pub fn hash_password(password: &str) -> Result<String, UsersError> {
     let salt = SaltString::generate(&mut OsRng);
-    Argon2::default().hash_password(password.as_bytes(), &salt).map(|h| h.to_string()).map_err(|e| UsersError::Hash(e.to_string()))
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| UsersError::Hash(e.to_string()))
 }
 
 impl Users {
     /// Users from entries (validated: argon2id hashes, unique names).
     pub fn from_entries(entries: Vec<UserEntry>, origin: &Path) -> Result<Self, UsersError> {
-        let invalid = |message: String| UsersError::Invalid { path: origin.to_path_buf(), message };
+        let invalid = |message: String| UsersError::Invalid {
+            path: origin.to_path_buf(),
+            message,
+        };
         let mut hashes = HashMap::new();
         for entry in entries {
-            let parsed = PasswordHash::new(&entry.password_hash)
-                .map_err(|e| invalid(format!("user {:?}: password_hash is not a PHC string: {e}", entry.name)))?;
+            let parsed = PasswordHash::new(&entry.password_hash).map_err(|e| {
+                invalid(format!(
+                    "user {:?}: password_hash is not a PHC string: {e}",
+                    entry.name
+                ))
+            })?;
             if parsed.algorithm.as_str() != "argon2id" {
-                return Err(invalid(format!("user {:?}: password_hash must be argon2id", entry.name)));
+                return Err(invalid(format!(
+                    "user {:?}: password_hash must be argon2id",
+                    entry.name
+                )));
             }
-            if hashes.insert(entry.name.clone(), entry.password_hash).is_some() {
+            if hashes
+                .insert(entry.name.clone(), entry.password_hash)
+                .is_some()
+            {
                 return Err(invalid(format!("user {:?} appears twice", entry.name)));
             }
         }
-        Ok(Users { hashes, decoy: hash_password("decoy password for unknown users")? })
+        Ok(Users {
+            hashes,
+            decoy: hash_password("decoy password for unknown users")?,
+        })
     }
 
     /// Loads the users file at `path`.
@@ -111,30 +130,54 @@ impl Users {
             None => (self.decoy.as_str(), false),
         };
         let matches = PasswordHash::new(hash)
-            .map(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
+            .map(|parsed| {
+                Argon2::default()
+                    .verify_password(password.as_bytes(), &parsed)
+                    .is_ok()
+            })
             .unwrap_or(false);
         known && matches
     }
 }
 
 fn read_file(path: &Path) -> Result<UsersFile, UsersError> {
-    let text = std::fs::read_to_string(path).map_err(|source| UsersError::Io { path: path.to_path_buf(), source })?;
-    toml::from_str(&text).map_err(|e| UsersError::Invalid { path: path.to_path_buf(), message: e.to_string() })
+    let text = std::fs::read_to_string(path).map_err(|source| UsersError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| UsersError::Invalid {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
 }
 
 /// Adds or replaces `name` in the users file at `path` (created if missing), writing the
 /// file atomically (temporary file, then rename).
 pub fn upsert_user(path: &Path, name: &str, password: &str) -> Result<(), UsersError> {
-    let mut file = if path.exists() { read_file(path)? } else { UsersFile::default() };
+    let mut file = if path.exists() {
+        read_file(path)?
+    } else {
+        UsersFile::default()
+    };
     let password_hash = hash_password(password)?;
     match file.users.iter_mut().find(|u| u.name == name) {
         Some(user) => user.password_hash = password_hash,
-        None => file.users.push(UserEntry { name: name.to_string(), password_hash }),
+        None => file.users.push(UserEntry {
+            name: name.to_string(),
+            password_hash,
+        }),
     }
     let text = toml::to_string(&file).map_err(|e| UsersError::Hash(e.to_string()))?;
-    let io = |source| UsersError::Io { path: path.to_path_buf(), source };
+    let io = |source| UsersError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     let temporary = path.with_extension("toml.tmp");
-    std::fs::write(&temporary, format!("# Sluice users: argon2id hashes, managed by `sluice users add`.\n{text}")).map_err(io)?;
+    std::fs::write(
+        &temporary,
+        format!("# Sluice users: argon2id hashes, managed by `sluice users add`.\n{text}"),
+    )
+    .map_err(io)?;
     std::fs::rename(&temporary, path).map_err(io)
 }
 
@@ -161,8 +204,13 @@ mod tests {
 
     #[test]
     fn rejects_non_argon2id_hashes() {
-        let entries = vec![UserEntry { name: "x".into(), password_hash: "plaintext".into() }];
-        let error = Users::from_entries(entries, Path::new("users.toml")).err().unwrap();
+        let entries = vec![UserEntry {
+            name: "x".into(),
+            password_hash: "plaintext".into(),
+        }];
+        let error = Users::from_entries(entries, Path::new("users.toml"))
+            .err()
+            .unwrap();
         assert!(error.to_string().contains("not a PHC string"), "{error}");
     }
 

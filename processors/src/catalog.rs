@@ -37,7 +37,13 @@ impl TopologyCatalog {
             .iter()
             .filter_map(|(product, entry)| {
                 let unit_minor = parse_price_minor(&entry.price).ok()?;
-                Some((product.clone(), Price { unit_minor, currency: entry.currency.clone() }))
+                Some((
+                    product.clone(),
+                    Price {
+                        unit_minor,
+                        currency: entry.currency.clone(),
+                    },
+                ))
             })
             .collect();
         TopologyCatalog { prices }
@@ -64,7 +70,13 @@ impl CachedCatalog {
 
     /// Caches up to `capacity` products for `ttl` each.
     pub fn with_limits(source: Arc<dyn CatalogSource>, capacity: u64, ttl: Duration) -> Self {
-        CachedCatalog { source, cache: Cache::builder().max_capacity(capacity).time_to_live(ttl).build() }
+        CachedCatalog {
+            source,
+            cache: Cache::builder()
+                .max_capacity(capacity)
+                .time_to_live(ttl)
+                .build(),
+        }
     }
 
     /// The price of `product`.
@@ -89,7 +101,10 @@ mod tests {
     impl CatalogSource for Counting {
         fn price(&self, product: &str) -> Option<Price> {
             self.0.fetch_add(1, Ordering::SeqCst);
-            (product == "widget").then(|| Price { unit_minor: 999, currency: "EUR".into() })
+            (product == "widget").then(|| Price {
+                unit_minor: 999,
+                currency: "EUR".into(),
+            })
         }
     }
 
@@ -107,8 +122,20 @@ mod tests {
     #[test]
     fn topology_catalog_reads_decimal_prices() {
         let mut entries = BTreeMap::new();
-        entries.insert("gadget".to_string(), CatalogEntry { price: "24.50".into(), currency: "EUR".into() });
+        entries.insert(
+            "gadget".to_string(),
+            CatalogEntry {
+                price: "24.50".into(),
+                currency: "EUR".into(),
+            },
+        );
         let catalog = TopologyCatalog::new(&entries);
-        assert_eq!(catalog.price("gadget"), Some(Price { unit_minor: 2450, currency: "EUR".into() }));
+        assert_eq!(
+            catalog.price("gadget"),
+            Some(Price {
+                unit_minor: 2450,
+                currency: "EUR".into()
+            })
+        );
     }
 }

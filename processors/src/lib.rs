@@ -16,8 +16,8 @@ pub mod stages;
 use std::sync::Arc;
 
 pub use runner::{run_stage, RunnerError, StageRunner};
-pub use stage::{Emission, Outcome, Stage};
 use sluice_core::topology::{StageConfig, StageKind, Topology};
+pub use stage::{Emission, Outcome, Stage};
 
 /// Why stages could not be built from a topology.
 #[derive(Debug, thiserror::Error)]
@@ -36,28 +36,52 @@ pub enum BuildError {
 }
 
 /// Builds the stage declared by `config`.
-pub fn build_stage(topology: &Topology, config: &StageConfig) -> Result<Arc<dyn Stage>, BuildError> {
+pub fn build_stage(
+    topology: &Topology,
+    config: &StageConfig,
+) -> Result<Arc<dyn Stage>, BuildError> {
     let shard_map = topology.shard_map().ok_or(BuildError::ShardMap)?;
     Ok(match config.kind {
         StageKind::Validate => {
             let rules = config.rules.clone().unwrap_or_default();
-            let known: std::collections::HashSet<String> = topology.catalog.keys().cloned().collect();
+            let known: std::collections::HashSet<String> =
+                topology.catalog.keys().cloned().collect();
             Arc::new(
-                stages::Validate::new(config, &rules, known)
-                    .map_err(|error| BuildError::Pattern { stage: config.name.clone(), error })?,
+                stages::Validate::new(config, &rules, known).map_err(|error| {
+                    BuildError::Pattern {
+                        stage: config.name.clone(),
+                        error,
+                    }
+                })?,
             )
         }
         StageKind::Enrich => {
-            let catalog = catalog::CachedCatalog::new(Arc::new(catalog::TopologyCatalog::new(&topology.catalog)));
-            Arc::new(stages::Enrich::new(config, catalog, shard_map, topology.shards.iter().map(|s| s.name.clone()).collect()))
+            let catalog = catalog::CachedCatalog::new(Arc::new(catalog::TopologyCatalog::new(
+                &topology.catalog,
+            )));
+            Arc::new(stages::Enrich::new(
+                config,
+                catalog,
+                shard_map,
+                topology.shards.iter().map(|s| s.name.clone()).collect(),
+            ))
         }
-        StageKind::Route => {
-            Arc::new(stages::Route::new(config, shard_map, topology.shards.iter().map(|s| s.topic.clone()).collect()))
-        }
+        StageKind::Route => Arc::new(stages::Route::new(
+            config,
+            shard_map,
+            topology.shards.iter().map(|s| s.topic.clone()).collect(),
+        )),
     })
 }
 
+/// A stage's declaration next to the stage built from it.
+pub type BuiltStage = (StageConfig, Arc<dyn Stage>);
+
 /// Builds every stage of `topology`, in file order.
-pub fn build_stages(topology: &Topology) -> Result<Vec<(StageConfig, Arc<dyn Stage>)>, BuildError> {
-    topology.stages.iter().map(|config| Ok((config.clone(), build_stage(topology, config)?))).collect()
+pub fn build_stages(topology: &Topology) -> Result<Vec<BuiltStage>, BuildError> {
+    topology
+        .stages
+        .iter()
+        .map(|config| Ok((config.clone(), build_stage(topology, config)?)))
+        .collect()
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
-use sluice_core::log::{assign_all, Log, LogError, Position, StartFrom};
+use sluice_core::log::{assign_all, Assignment, Log, LogError, Position, StartFrom};
 use sluice_core::telemetry;
 use sluice_core::topology::StageConfig;
 use tokio_util::sync::CancellationToken;
@@ -43,8 +43,11 @@ pub struct StageRunner {
     pub group: String,
     /// Records per batch.
     pub batch_size: usize,
-    /// Where to start partitions that have no committed position (or always, for replays).
+    /// Where to start: `Committed` for a live stage (the group's positions, else the beginning).
     pub start: StartFrom,
+    /// Exact partitions and start offsets to read instead (replays); `None` reads every
+    /// partition of `input` from `start`.
+    pub assignments: Option<Vec<Assignment>>,
     /// Stop once every input partition reaches these offsets (replay); `None` runs forever.
     pub stop_at: Option<BTreeMap<i32, i64>>,
     /// How long to wait for the log to acknowledge one output before retrying it.
@@ -61,6 +64,7 @@ impl StageRunner {
             group: format!("{group_prefix}.{}", config.name),
             batch_size: config.batch_size,
             start: StartFrom::Committed,
+            assignments: None,
             stop_at: None,
             ack_timeout: Duration::from_secs(10),
         }
@@ -79,11 +83,28 @@ pub async fn run_stage(
     cancel: CancellationToken,
     progress: Option<Progress>,
 ) -> Result<u64, RunnerError> {
-    let fail = |source| RunnerError::Log { stage: runner.name.clone(), source };
+    let fail = |source| RunnerError::Log {
+        stage: runner.name.clone(),
+        source,
+    };
     let mut consumer = log.consumer(&runner.group).await.map_err(fail)?;
-    let assignments = assign_all(log.as_ref(), std::slice::from_ref(&runner.input), runner.start).await.map_err(fail)?;
+    let assignments = match &runner.assignments {
+        Some(assignments) => assignments.clone(),
+        None => assign_all(
+            log.as_ref(),
+            std::slice::from_ref(&runner.input),
+            runner.start,
+        )
+        .await
+        .map_err(fail)?,
+    };
     consumer.assign(assignments).await.map_err(fail)?;
-    tracing::info!(stage = runner.name, input = runner.input, group = runner.group, "stage started");
+    tracing::info!(
+        stage = runner.name,
+        input = runner.input,
+        group = runner.group,
+        "stage started"
+    );
 
     let mut remaining = runner.stop_at.clone();
     let mut done: u64 = 0;
@@ -111,26 +132,44 @@ pub async fn run_stage(
                 }
             }
             taken += 1;
-            metrics::counter!(telemetry::STAGE_RECORDS_IN, "stage" => runner.name.clone()).increment(1);
+            metrics::counter!(telemetry::STAGE_RECORDS_IN, "stage" => runner.name.clone())
+                .increment(1);
             match stage.process(record) {
                 Outcome::Emit(out) => emissions.extend(out.into_iter().map(|e| (e, "emitted"))),
                 Outcome::DeadLetter(reason) => {
-                    tracing::debug!(stage = runner.name, reason, offset = record.offset, "dead-lettering record");
+                    tracing::debug!(
+                        stage = runner.name,
+                        reason,
+                        offset = record.offset,
+                        "dead-lettering record"
+                    );
                     let out = dead_letter(&runner.name, record, &reason);
-                    emissions.push((Emission { topic: runner.dead_letter.clone(), record: out }, "dead_letter"));
+                    emissions.push((
+                        Emission {
+                            topic: runner.dead_letter.clone(),
+                            record: out,
+                        },
+                        "dead_letter",
+                    ));
                 }
             }
             positions.insert(record.partition, record.next_position());
         }
         if !send_all(log.as_ref(), &runner, emissions, &cancel).await {
-            tracing::warn!(stage = runner.name, "cancelled before outputs were acknowledged; batch will be replayed");
+            tracing::warn!(
+                stage = runner.name,
+                "cancelled before outputs were acknowledged; batch will be replayed"
+            );
             break;
         }
         let positions: Vec<Position> = positions.into_values().collect();
         consumer.commit(&positions).await.map_err(fail)?;
         if let Some(ends) = &mut remaining {
             for p in &positions {
-                if ends.get(&p.partition).is_some_and(|&end| p.next_offset >= end) {
+                if ends
+                    .get(&p.partition)
+                    .is_some_and(|&end| p.next_offset >= end)
+                {
                     ends.remove(&p.partition);
                 }
             }
@@ -139,7 +178,8 @@ pub async fn run_stage(
         if let Some(progress) = &progress {
             progress(done);
         }
-        metrics::histogram!(telemetry::STAGE_BATCH_DURATION, "stage" => runner.name.clone()).record(started.elapsed().as_secs_f64());
+        metrics::histogram!(telemetry::STAGE_BATCH_DURATION, "stage" => runner.name.clone())
+            .record(started.elapsed().as_secs_f64());
     }
     tracing::info!(stage = runner.name, records = done, "stage stopped");
     Ok(done)
@@ -154,7 +194,12 @@ async fn send_all(
 ) -> bool {
     let mut backoff = Duration::from_millis(50);
     loop {
-        let results = join_all(pending.iter().map(|(e, _)| log.send(&e.topic, e.record.clone(), runner.ack_timeout))).await;
+        let results = join_all(
+            pending
+                .iter()
+                .map(|(e, _)| log.send(&e.topic, e.record.clone(), runner.ack_timeout)),
+        )
+        .await;
         let mut failed = Vec::new();
         for ((emission, outcome), result) in pending.into_iter().zip(results) {
             match result {

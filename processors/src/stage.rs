@@ -2,8 +2,8 @@
 
 use sluice_core::log::{OutRecord, Record};
 use sluice_core::order::{
-    HEADER_DLQ_REASON, HEADER_DLQ_SOURCE_OFFSET, HEADER_DLQ_SOURCE_PARTITION, HEADER_DLQ_SOURCE_TOPIC,
-    HEADER_DLQ_STAGE, HEADER_ORDER_ID,
+    HEADER_DLQ_REASON, HEADER_DLQ_SOURCE_OFFSET, HEADER_DLQ_SOURCE_PARTITION,
+    HEADER_DLQ_SOURCE_TOPIC, HEADER_DLQ_STAGE, HEADER_ORDER_ID,
 };
 
 /// One record a stage wants written.
@@ -41,7 +41,11 @@ pub fn dead_letter(stage: &str, input: &Record, reason: &str) -> OutRecord {
         .with_header(HEADER_DLQ_SOURCE_OFFSET, input.offset.to_string());
     let order_id = serde_json::from_slice::<serde_json::Value>(&input.payload)
         .ok()
-        .and_then(|v| v.get("orderId").and_then(|id| id.as_str()).map(str::to_string));
+        .and_then(|v| {
+            v.get("orderId")
+                .and_then(|id| id.as_str())
+                .map(str::to_string)
+        });
     if let Some(order_id) = order_id.or_else(|| input.header(HEADER_ORDER_ID).map(str::to_string)) {
         out = out.with_header(HEADER_ORDER_ID, order_id);
     }

@@ -9,9 +9,38 @@
 
 pub mod lookup;
 pub mod mysql;
+pub mod sqlite;
 pub mod worker;
 pub mod writer;
+
+use std::path::Path;
+use std::sync::Arc;
 
 pub use lookup::ShardLookup;
 pub use worker::{run_sink_worker, SinkWorker};
 pub use writer::{Batch, Rejection, ShardWriter, SinkError};
+
+/// Opens the shard backend named by `url`: `mysql://…` or `sqlite://path` (a relative path
+/// resolves against `base_dir`, the topology file's folder).
+pub fn open_shard(
+    name: &str,
+    url: &str,
+    base_dir: &Path,
+) -> Result<Arc<dyn ShardWriter>, SinkError> {
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        let path = Path::new(path);
+        let path = if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            base_dir.join(path)
+        };
+        Ok(Arc::new(sqlite::SqliteShard::new(name, &path)))
+    } else if url.starts_with("mysql://") {
+        Ok(Arc::new(mysql::MysqlShard::new(name, url)?))
+    } else {
+        Err(SinkError::Url {
+            shard: name.to_string(),
+            message: "use a mysql:// or sqlite:// URL".into(),
+        })
+    }
+}

@@ -26,6 +26,9 @@ impl ShardLookup {
 impl OrderLookup for ShardLookup {
     async fn find(&self, user_id: &str, order_id: Uuid) -> Result<OrderStatus, LookupError> {
         let shard = &self.shards[self.map.shard_for_user(user_id)];
-        shard.find(user_id, order_id).await.map_err(|e| LookupError(e.to_string()))
+        shard
+            .find(user_id, order_id)
+            .await
+            .map_err(|e| LookupError(e.to_string()))
     }
 }

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_core::log::{Assignment, Log, Position, Record, StartFrom};
-use sluice_core::order::{now_ms, EnrichedOrder, HEADER_DLQ_REASON, HEADER_DLQ_STAGE, HEADER_ORDER_ID};
+use sluice_core::order::{
+    now_ms, EnrichedOrder, HEADER_DLQ_REASON, HEADER_DLQ_STAGE, HEADER_ORDER_ID,
+};
 use sluice_core::sharding::ShardMap;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -20,7 +22,8 @@ pub struct SinkWorker {
     pub shard: String,
     /// Index of the shard in the topology (to filter rejections by bucket).
     pub shard_index: usize,
-    /// The shard's orders topic.
+    /// The topic of enriched orders to store (normally the shard's own topic; a replay may
+    /// read any topic of enriched orders, keeping only this shard's users).
     pub topic: String,
     /// The dead-letter topic whose records this shard stores for its own users.
     pub rejections_topic: Option<String>,
@@ -32,16 +35,22 @@ pub struct SinkWorker {
     pub max_wait: Duration,
     /// Where to start partitions with no stored position.
     pub start: StartFrom,
+    /// Start offsets per `(topic, partition)` for partitions with no stored position (replays).
+    pub start_offsets: HashMap<(String, i32), i64>,
     /// Stop once every partition reaches these offsets (replay); `None` runs until cancelled.
     pub stop_at: Option<HashMap<(String, i32), i64>>,
 }
 
-/// Turns a record into a row for this shard, or nothing (a rejection of another shard's user,
-/// or a record that cannot be read, which is logged and skipped).
+/// Turns a record into a row for this shard, or nothing: a record of another shard's user
+/// (so a shard can be rebuilt from a topic that holds every shard's orders, such as the
+/// enriched topic), or a record that cannot be read, which is logged and skipped.
 fn classify(worker: &SinkWorker, map: &ShardMap, record: &Record, batch: &mut Batch) {
-    if record.topic == worker.topic {
+    if worker.rejections_topic.as_deref() != Some(record.topic.as_str()) {
         match serde_json::from_slice::<EnrichedOrder>(&record.payload) {
-            Ok(order) => batch.orders.push(order),
+            Ok(order) if map.shard_for_user(&order.user_id) == worker.shard_index => {
+                batch.orders.push(order)
+            }
+            Ok(_) => {}
             Err(error) => tracing::error!(
                 shard = worker.shard, topic = record.topic, partition = record.partition, offset = record.offset, %error,
                 "skipping a record that is not an enriched order"
@@ -53,15 +62,28 @@ fn classify(worker: &SinkWorker, map: &ShardMap, record: &Record, batch: &mut Ba
     if map.shard_for_user(&user_id) != worker.shard_index {
         return;
     }
-    let Some(order_id) = record.header(HEADER_ORDER_ID).and_then(|id| Uuid::parse_str(id).ok()) else {
-        tracing::warn!(shard = worker.shard, offset = record.offset, "dead letter without an order id; not recorded");
+    let Some(order_id) = record
+        .header(HEADER_ORDER_ID)
+        .and_then(|id| Uuid::parse_str(id).ok())
+    else {
+        tracing::warn!(
+            shard = worker.shard,
+            offset = record.offset,
+            "dead letter without an order id; not recorded"
+        );
         return;
     };
     batch.rejections.push(Rejection {
         order_id,
         user_id,
-        stage: record.header(HEADER_DLQ_STAGE).unwrap_or("unknown").to_string(),
-        reason: record.header(HEADER_DLQ_REASON).unwrap_or("unknown").to_string(),
+        stage: record
+            .header(HEADER_DLQ_STAGE)
+            .unwrap_or("unknown")
+            .to_string(),
+        reason: record
+            .header(HEADER_DLQ_REASON)
+            .unwrap_or("unknown")
+            .to_string(),
         rejected_at_ms: now_ms(),
     });
 }
@@ -76,7 +98,10 @@ pub async fn run_sink_worker(
     cancel: CancellationToken,
     progress: Option<Arc<dyn Fn(u64) + Send + Sync>>,
 ) -> Result<u64, SinkError> {
-    let log_error = |source| SinkError::Log { shard: worker.shard.clone(), source };
+    let log_error = |source| SinkError::Log {
+        shard: worker.shard.clone(),
+        source,
+    };
     writer.migrate().await?;
     let stored: HashMap<(String, i32), i64> = writer
         .positions(&worker.consumer)
@@ -88,19 +113,33 @@ pub async fn run_sink_worker(
     topics.extend(worker.rejections_topic.clone());
     let mut assignments = Vec::new();
     let mut remaining = worker.stop_at.clone();
-    for topic in &topics {
-        for partition in 0..log.partition_count(topic).await.map_err(log_error)? as i32 {
-            let start = match stored.get(&(topic.clone(), partition)) {
-                Some(&offset) => StartFrom::Offset(offset),
-                None => worker.start,
-            };
-            assignments.push(Assignment { topic: topic.clone(), partition, start });
-        }
-    }
     if let Some(ends) = &mut remaining {
         ends.retain(|key, end| stored.get(key).is_none_or(|&done| done < *end));
     }
-    let mut consumer = log.consumer(&format!("sluice.sink.{}.{}", worker.shard, worker.consumer)).await.map_err(log_error)?;
+    for topic in &topics {
+        for partition in 0..log.partition_count(topic).await.map_err(log_error)? as i32 {
+            let key = (topic.clone(), partition);
+            if remaining
+                .as_ref()
+                .is_some_and(|ends| !ends.contains_key(&key))
+            {
+                continue; // a bounded replay reads only the partitions it still has to cover
+            }
+            let start = match (stored.get(&key), worker.start_offsets.get(&key)) {
+                (Some(&offset), _) | (None, Some(&offset)) => StartFrom::Offset(offset),
+                (None, None) => worker.start,
+            };
+            assignments.push(Assignment {
+                topic: topic.clone(),
+                partition,
+                start,
+            });
+        }
+    }
+    let mut consumer = log
+        .consumer(&format!("sluice.sink.{}.{}", worker.shard, worker.consumer))
+        .await
+        .map_err(log_error)?;
     consumer.assign(assignments).await.map_err(log_error)?;
     tracing::info!(shard = worker.shard, topics = ?topics, resumed = stored.len(), "sink worker started");
 
@@ -157,7 +196,11 @@ pub async fn run_sink_worker(
         }
         batch.positions = positions
             .iter()
-            .map(|((topic, partition), &next_offset)| Position { topic: topic.clone(), partition: *partition, next_offset })
+            .map(|((topic, partition), &next_offset)| Position {
+                topic: topic.clone(),
+                partition: *partition,
+                next_offset,
+            })
             .collect();
         write_with_retry(writer.as_ref(), &worker, &batch, &cancel).await?;
         if let Some(ends) = &mut remaining {
@@ -178,7 +221,12 @@ pub async fn run_sink_worker(
 
 /// Writes the batch, retrying transient failures with backoff. While draining (cancelled) it
 /// still tries a few times, then gives up: the positions were not stored, so nothing is lost.
-async fn write_with_retry(writer: &dyn ShardWriter, worker: &SinkWorker, batch: &Batch, cancel: &CancellationToken) -> Result<(), SinkError> {
+async fn write_with_retry(
+    writer: &dyn ShardWriter,
+    worker: &SinkWorker,
+    batch: &Batch,
+    cancel: &CancellationToken,
+) -> Result<(), SinkError> {
     let mut backoff = Duration::from_millis(100);
     let mut attempts_after_cancel = 0;
     loop {

@@ -83,4 +83,7 @@ pub trait ShardWriter: Send + Sync {
 
     /// The status of one order of one user in this shard.
     async fn find(&self, user_id: &str, order_id: Uuid) -> Result<OrderStatus, SinkError>;
+
+    /// Releases connections (called once at shutdown).
+    async fn close(&self) {}
 }

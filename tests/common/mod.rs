@@ -27,9 +27,19 @@ pub fn infra() -> Infra {
     let missing = "the integration tests need real Kafka and MariaDB: run `make test` (or `bash scripts/infra up && eval \"$(bash scripts/infra env)\"`)";
     let brokers = std::env::var("SLUICE_KAFKA_BROKERS").expect(missing);
     let servers = std::env::var("SLUICE_MYSQL_SHARDS").expect(missing);
-    let mysql_servers: Vec<String> = servers.split(',').map(|s| s.trim().trim_end_matches('/').to_string()).collect();
-    assert_eq!(mysql_servers.len(), 4, "SLUICE_MYSQL_SHARDS must list four servers");
-    Infra { brokers, mysql_servers }
+    let mysql_servers: Vec<String> = servers
+        .split(',')
+        .map(|s| s.trim().trim_end_matches('/').to_string())
+        .collect();
+    assert_eq!(
+        mysql_servers.len(),
+        4,
+        "SLUICE_MYSQL_SHARDS must list four servers"
+    );
+    Infra {
+        brokers,
+        mysql_servers,
+    }
 }
 
 /// A name unique to this test run, usable as topic prefix and database name.
@@ -58,7 +68,11 @@ impl TestTopology {
 }
 
 /// Builds a private copy of the shipped topology; `tweak` may edit the text further.
-pub fn test_topology(name: &str, users: &[&str], tweak: impl FnOnce(String) -> String) -> TestTopology {
+pub fn test_topology(
+    name: &str,
+    users: &[&str],
+    tweak: impl FnOnce(String) -> String,
+) -> TestTopology {
     let infra = infra();
     let id = unique(name);
     let dir = tempfile::tempdir().unwrap();
@@ -72,23 +86,49 @@ pub fn test_topology(name: &str, users: &[&str], tweak: impl FnOnce(String) -> S
     let mut text = SHIPPED
         .replace("\"orders.", &format!("\"{id}.orders."))
         .replace("\"auth.logins\"", &format!("\"{id}.auth.logins\""))
-        .replace("consumer_group_prefix = \"sluice\"", &format!("consumer_group_prefix = \"sluice.{id}\""))
+        .replace(
+            "consumer_group_prefix = \"sluice\"",
+            &format!("consumer_group_prefix = \"sluice.{id}\""),
+        )
         .replace("${SLUICE_KAFKA_BROKERS:-127.0.0.1:19092}", &infra.brokers)
-        .replace("users_file = \"users.toml\"", &format!("users_file = {:?}", users_file.display().to_string()))
+        .replace(
+            "users_file = \"users.toml\"",
+            &format!("users_file = {:?}", users_file.display().to_string()),
+        )
         .replace("0.0.0.0:3000", "127.0.0.1:0")
         .replace("0.0.0.0:3001", "127.0.0.1:0")
-        .replace("orders_per_principal = { per_second = 200, burst = 400 }", "orders_per_principal = { per_second = 100000, burst = 100000 }")
-        .replace("orders_per_address = { per_second = 2000, burst = 4000 }", "orders_per_address = { per_second = 100000, burst = 100000 }")
-        .replace("logins_per_address = { per_second = 5, burst = 20 }", "logins_per_address = { per_second = 1000, burst = 1000 }");
+        .replace(
+            "orders_per_principal = { per_second = 200, burst = 400 }",
+            "orders_per_principal = { per_second = 100000, burst = 100000 }",
+        )
+        .replace(
+            "orders_per_address = { per_second = 2000, burst = 4000 }",
+            "orders_per_address = { per_second = 100000, burst = 100000 }",
+        )
+        .replace(
+            "logins_per_address = { per_second = 5, burst = 20 }",
+            "logins_per_address = { per_second = 1000, burst = 1000 }",
+        );
     for (index, server) in infra.mysql_servers.iter().enumerate() {
-        let default = format!("${{SLUICE_SHARD{index}_URL:-mysql://root:sluice@127.0.0.1:{}/sluice}}", 13306 + index);
-        assert!(text.contains(&default), "shipped topology changed: {default} not found");
+        let default = format!(
+            "${{SLUICE_SHARD{index}_URL:-mysql://root:sluice@127.0.0.1:{}/sluice}}",
+            13306 + index
+        );
+        assert!(
+            text.contains(&default),
+            "shipped topology changed: {default} not found"
+        );
         text = text.replace(&default, &format!("{server}/{id}_s{index}"));
     }
     let text = tweak(text);
     let path = dir.path().join("topology.toml");
     std::fs::write(&path, &text).unwrap();
-    TestTopology { id, text, dir, path }
+    TestTopology {
+        id,
+        text,
+        dir,
+        path,
+    }
 }
 
 /// A pipeline running in this process.
@@ -109,21 +149,45 @@ impl RunningPipeline {
         let base_order = format!("http://{}", order.local_addr().unwrap());
         let log = log::open(&topology.log).unwrap();
         let shutdown = Shutdown::new();
-        let handle = tokio::spawn(pipeline::run(topology, parts, Some(Listeners { login, order: Some(order) }), shutdown.clone()));
+        let handle = tokio::spawn(pipeline::run(
+            topology,
+            parts,
+            Some(Listeners {
+                login,
+                order: Some(order),
+            }),
+            shutdown.clone(),
+        ));
         let client = reqwest::Client::new();
         for _ in 0..200 {
-            if client.get(format!("{base_order}/readyz")).send().await.is_ok_and(|r| r.status().is_success()) {
+            if client
+                .get(format!("{base_order}/readyz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
                 break;
             }
-            assert!(!handle.is_finished(), "the pipeline stopped during start-up");
+            assert!(
+                !handle.is_finished(),
+                "the pipeline stopped during start-up"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        RunningPipeline { base_login, base_order, shutdown, handle, log }
+        RunningPipeline {
+            base_login,
+            base_order,
+            shutdown,
+            handle,
+            log,
+        }
     }
 
     pub async fn stop(self) {
         self.shutdown.trigger();
-        let result = tokio::time::timeout(Duration::from_secs(30), self.handle).await.expect("pipeline did not drain in 30 s");
+        let result = tokio::time::timeout(Duration::from_secs(30), self.handle)
+            .await
+            .expect("pipeline did not drain in 30 s");
         result.unwrap().expect("pipeline stopped with an error");
     }
 }
@@ -132,7 +196,9 @@ impl RunningPipeline {
 pub async fn login(client: &reqwest::Client, base: &str, user: &str) -> String {
     let response = client
         .post(format!("{base}/login"))
-        .body(format!(r#"{{"username":"{user}","password":"{PASSWORD}"}}"#))
+        .body(format!(
+            r#"{{"username":"{user}","password":"{PASSWORD}"}}"#
+        ))
         .send()
         .await
         .unwrap();
@@ -143,7 +209,8 @@ pub async fn login(client: &reqwest::Client, base: &str, user: &str) -> String {
 
 /// Users whose buckets spread over all four shards: `per_shard` each.
 pub fn users_covering_shards(topology_text: &str, per_shard: usize) -> Vec<String> {
-    let topology = topology::parse(topology_text, std::path::Path::new("t"), PathBuf::from(".")).unwrap();
+    let topology =
+        topology::parse(topology_text, std::path::Path::new("t"), PathBuf::from(".")).unwrap();
     let map = topology.shard_map().unwrap();
     let mut chosen: HashMap<usize, Vec<String>> = HashMap::new();
     let mut n = 0;
@@ -172,15 +239,23 @@ pub async fn topic_records(log: &dyn Log, topic: &str) -> i64 {
 
 /// A connection to shard `index` of `test`.
 pub async fn shard_conn(test: &TestTopology, index: usize) -> mysql_async::Conn {
-    mysql_async::Conn::new(mysql_async::Opts::from_url(&test.shard_url(index)).unwrap()).await.unwrap()
+    mysql_async::Conn::new(mysql_async::Opts::from_url(&test.shard_url(index)).unwrap())
+        .await
+        .unwrap()
 }
 
 /// `SELECT COUNT(*) FROM table` on shard `index` (0 while the table does not exist yet).
 pub async fn count_rows(test: &TestTopology, index: usize, table: &str) -> i64 {
-    let Ok(mut conn) = mysql_async::Conn::new(mysql_async::Opts::from_url(&test.shard_url(index)).unwrap()).await else {
+    let Ok(mut conn) =
+        mysql_async::Conn::new(mysql_async::Opts::from_url(&test.shard_url(index)).unwrap()).await
+    else {
         return 0;
     };
-    let count: Option<i64> = conn.query_first(format!("SELECT COUNT(*) FROM {table}")).await.ok().flatten();
+    let count: Option<i64> = conn
+        .query_first(format!("SELECT COUNT(*) FROM {table}"))
+        .await
+        .ok()
+        .flatten();
     let _ = conn.disconnect().await;
     count.unwrap_or(0)
 }
@@ -193,7 +268,10 @@ where
 {
     let deadline = tokio::time::Instant::now() + limit;
     while !condition().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

@@ -17,7 +17,9 @@ use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::{Assignment, Delivery, Log, LogConsumer, LogError, OutRecord, Position, Record, StartFrom};
+use super::{
+    Assignment, Delivery, Log, LogConsumer, LogError, OutRecord, Position, Record, StartFrom,
+};
 use crate::topology::LogConfig;
 
 /// How long metadata and offset queries may take before they count as failed.
@@ -52,9 +54,16 @@ impl KafkaLog {
             .set("compression.type", "lz4")
             .create()
             .map_err(backend)?;
-        let meta: StreamConsumer =
-            base.clone().set("group.id", format!("{}.meta", config.consumer_group_prefix)).create().map_err(backend)?;
-        Ok(KafkaLog { base, producer, meta: Arc::new(meta) })
+        let meta: StreamConsumer = base
+            .clone()
+            .set("group.id", format!("{}.meta", config.consumer_group_prefix))
+            .create()
+            .map_err(backend)?;
+        Ok(KafkaLog {
+            base,
+            producer,
+            meta: Arc::new(meta),
+        })
     }
 
     fn admin(&self) -> Result<AdminClient<DefaultClientContext>, LogError> {
@@ -62,8 +71,12 @@ impl KafkaLog {
     }
 }
 
-async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T, LogError> + Send + 'static) -> Result<T, LogError> {
-    tokio::task::spawn_blocking(work).await.map_err(|e| LogError::Backend(format!("worker thread failed: {e}")))?
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, LogError> + Send + 'static,
+) -> Result<T, LogError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| LogError::Backend(format!("worker thread failed: {e}")))?
 }
 
 #[async_trait]
@@ -73,14 +86,22 @@ impl Log for KafkaLog {
         let new: Vec<NewTopic<'_>> = topics
             .iter()
             .map(|(name, partitions, replication)| {
-                NewTopic::new(name, *partitions as i32, TopicReplication::Fixed(*replication as i32))
+                NewTopic::new(
+                    name,
+                    *partitions as i32,
+                    TopicReplication::Fixed(*replication as i32),
+                )
             })
             .collect();
         let options = AdminOptions::new().operation_timeout(Some(META_TIMEOUT));
         for result in admin.create_topics(&new, &options).await.map_err(backend)? {
             match result {
                 Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((topic, code)) => return Err(LogError::Backend(format!("cannot create topic {topic:?}: {code}"))),
+                Err((topic, code)) => {
+                    return Err(LogError::Backend(format!(
+                        "cannot create topic {topic:?}: {code}"
+                    )))
+                }
             }
         }
         // Wait until every topic's metadata is visible, so consumers can be assigned at once.
@@ -96,22 +117,39 @@ impl Log for KafkaLog {
         Ok(())
     }
 
-    async fn send(&self, topic: &str, record: OutRecord, timeout: Duration) -> Result<Delivery, LogError> {
+    async fn send(
+        &self,
+        topic: &str,
+        record: OutRecord,
+        timeout: Duration,
+    ) -> Result<Delivery, LogError> {
         let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
         for (name, value) in &record.headers {
-            headers = headers.insert(Header { key: name, value: Some(value) });
+            headers = headers.insert(Header {
+                key: name,
+                value: Some(value),
+            });
         }
         let future = self.producer.send(
-            FutureRecord::to(topic).key(&record.key).payload(&record.payload).headers(headers),
+            FutureRecord::to(topic)
+                .key(&record.key)
+                .payload(&record.payload)
+                .headers(headers),
             timeout,
         );
         match tokio::time::timeout(timeout, future).await {
             Err(_) => Err(LogError::Timeout(timeout)),
-            Ok(Ok(delivery)) => Ok(Delivery { partition: delivery.partition, offset: delivery.offset }),
-            Ok(Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut), _))) => Err(LogError::Timeout(timeout)),
-            Ok(Err((KafkaError::MessageProduction(RDKafkaErrorCode::UnknownTopicOrPartition), _))) => {
-                Err(LogError::UnknownTopic(topic.to_string()))
+            Ok(Ok(delivery)) => Ok(Delivery {
+                partition: delivery.partition,
+                offset: delivery.offset,
+            }),
+            Ok(Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut), _))) => {
+                Err(LogError::Timeout(timeout))
             }
+            Ok(Err((
+                KafkaError::MessageProduction(RDKafkaErrorCode::UnknownTopicOrPartition),
+                _,
+            ))) => Err(LogError::UnknownTopic(topic.to_string())),
             Ok(Err((error, _))) => Err(backend(error)),
         }
     }
@@ -120,9 +158,13 @@ impl Log for KafkaLog {
         let meta = self.meta.clone();
         let topic = topic.to_string();
         blocking(move || {
-            let metadata = meta.fetch_metadata(Some(&topic), META_TIMEOUT).map_err(backend)?;
+            let metadata = meta
+                .fetch_metadata(Some(&topic), META_TIMEOUT)
+                .map_err(backend)?;
             match metadata.topics().first() {
-                Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(t.partitions().len() as u32),
+                Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
+                    Ok(t.partitions().len() as u32)
+                }
                 _ => Err(LogError::UnknownTopic(topic)),
             }
         })
@@ -135,7 +177,12 @@ impl Log for KafkaLog {
         loop {
             let meta = self.meta.clone();
             let name = topic.to_string();
-            match blocking(move || meta.fetch_watermarks(&name, partition, META_TIMEOUT).map_err(backend)).await {
+            match blocking(move || {
+                meta.fetch_watermarks(&name, partition, META_TIMEOUT)
+                    .map_err(backend)
+            })
+            .await
+            {
                 Err(error) if attempt < 20 => {
                     tracing::debug!(%error, topic, partition, "watermarks not available yet; retrying");
                     attempt += 1;
@@ -146,10 +193,38 @@ impl Log for KafkaLog {
         }
     }
 
+    async fn offset_for_time(
+        &self,
+        topic: &str,
+        partition: i32,
+        time_ms: i64,
+    ) -> Result<i64, LogError> {
+        let mut list = TopicPartitionList::new();
+        list.add_partition_offset(topic, partition, Offset::Offset(time_ms))
+            .map_err(backend)?;
+        let meta = self.meta.clone();
+        let found = blocking(move || {
+            let found = meta
+                .offsets_for_times(list, META_TIMEOUT)
+                .map_err(backend)?;
+            Ok(match found.elements().first().map(|e| e.offset()) {
+                Some(Offset::Offset(n)) => Some(n),
+                _ => None,
+            })
+        })
+        .await?;
+        match found {
+            Some(n) => Ok(n),
+            None => Ok(self.watermarks(topic, partition).await?.1),
+        }
+    }
+
     async fn check_ready(&self) -> Result<(), LogError> {
         let meta = self.meta.clone();
         blocking(move || {
-            let metadata = meta.fetch_metadata(None, Duration::from_secs(2)).map_err(backend)?;
+            let metadata = meta
+                .fetch_metadata(None, Duration::from_secs(2))
+                .map_err(backend)?;
             if metadata.brokers().is_empty() {
                 Err(LogError::Backend("no broker is reachable".into()))
             } else {
@@ -171,7 +246,10 @@ impl Log for KafkaLog {
             .set("fetch.wait.max.ms", "50")
             .create()
             .map_err(backend)?;
-        Ok(Box::new(KafkaConsumer { inner: Arc::new(consumer), group: group.to_string() }))
+        Ok(Box::new(KafkaConsumer {
+            inner: Arc::new(consumer),
+            group: group.to_string(),
+        }))
     }
 
     async fn flush(&self, timeout: Duration) -> Result<(), LogError> {
@@ -189,7 +267,16 @@ struct KafkaConsumer {
 fn to_record(message: &rdkafka::message::BorrowedMessage<'_>) -> Record {
     let headers = message
         .headers()
-        .map(|h| h.iter().map(|header| (header.key.to_string(), header.value.unwrap_or_default().to_vec())).collect())
+        .map(|h| {
+            h.iter()
+                .map(|header| {
+                    (
+                        header.key.to_string(),
+                        header.value.unwrap_or_default().to_vec(),
+                    )
+                })
+                .collect()
+        })
         .unwrap_or_default();
     Record {
         topic: message.topic().to_string(),
@@ -217,21 +304,27 @@ impl LogConsumer for KafkaConsumer {
                     StartFrom::End => Offset::End,
                     StartFrom::Offset(n) => Offset::Offset(n),
                     StartFrom::Time(ms) => {
-                        by_time.add_partition_offset(&a.topic, a.partition, Offset::Offset(ms)).map_err(backend)?;
+                        by_time
+                            .add_partition_offset(&a.topic, a.partition, Offset::Offset(ms))
+                            .map_err(backend)?;
                         Offset::End
                     }
                 };
-                list.add_partition_offset(&a.topic, a.partition, offset).map_err(backend)?;
+                list.add_partition_offset(&a.topic, a.partition, offset)
+                    .map_err(backend)?;
             }
             if by_time.count() > 0 {
-                let found = consumer.offsets_for_times(by_time, META_TIMEOUT).map_err(backend)?;
+                let found = consumer
+                    .offsets_for_times(by_time, META_TIMEOUT)
+                    .map_err(backend)?;
                 for element in found.elements() {
                     // No record at or after the time: start at the end.
                     let offset = match element.offset() {
                         Offset::Offset(n) => Offset::Offset(n),
                         _ => Offset::End,
                     };
-                    list.set_partition_offset(element.topic(), element.partition(), offset).map_err(backend)?;
+                    list.set_partition_offset(element.topic(), element.partition(), offset)
+                        .map_err(backend)?;
                 }
             }
             tracing::debug!(group, partitions = list.count(), "assigning partitions");
@@ -265,7 +358,8 @@ impl LogConsumer for KafkaConsumer {
         }
         let mut list = TopicPartitionList::new();
         for p in positions {
-            list.add_partition_offset(&p.topic, p.partition, Offset::Offset(p.next_offset)).map_err(backend)?;
+            list.add_partition_offset(&p.topic, p.partition, Offset::Offset(p.next_offset))
+                .map_err(backend)?;
         }
         let consumer = self.inner.clone();
         blocking(move || consumer.commit(&list, CommitMode::Sync).map_err(backend)).await
@@ -276,7 +370,9 @@ impl LogConsumer for KafkaConsumer {
         list.add_partition(topic, partition);
         let consumer = self.inner.clone();
         blocking(move || {
-            let found = consumer.committed_offsets(list, META_TIMEOUT).map_err(backend)?;
+            let found = consumer
+                .committed_offsets(list, META_TIMEOUT)
+                .map_err(backend)?;
             Ok(found.elements().first().and_then(|e| match e.offset() {
                 Offset::Offset(n) => Some(n),
                 _ => None,

@@ -30,7 +30,11 @@ pub struct OutRecord {
 impl OutRecord {
     /// A record with a key and payload and no headers.
     pub fn new(key: impl Into<Vec<u8>>, payload: impl Into<Vec<u8>>) -> Self {
-        OutRecord { key: key.into(), payload: payload.into(), headers: Vec::new() }
+        OutRecord {
+            key: key.into(),
+            payload: payload.into(),
+            headers: Vec::new(),
+        }
     }
 
     /// Adds a header.
@@ -62,7 +66,10 @@ pub struct Record {
 impl Record {
     /// The value of header `name`, as UTF-8 text.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n == name).and_then(|(_, v)| std::str::from_utf8(v).ok())
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
     }
 
     /// The key as UTF-8 text (lossy).
@@ -72,7 +79,11 @@ impl Record {
 
     /// The position that resumes reading right after this record.
     pub fn next_position(&self) -> Position {
-        Position { topic: self.topic.clone(), partition: self.partition, next_offset: self.offset + 1 }
+        Position {
+            topic: self.topic.clone(),
+            partition: self.partition,
+            next_offset: self.offset + 1,
+        }
     }
 }
 
@@ -143,13 +154,27 @@ pub trait Log: Send + Sync + 'static {
     async fn ensure_topics(&self, topics: &[(String, u32, u32)]) -> Result<(), LogError>;
 
     /// Appends `record` to `topic` and resolves once it is durable, or fails after `timeout`.
-    async fn send(&self, topic: &str, record: OutRecord, timeout: Duration) -> Result<Delivery, LogError>;
+    async fn send(
+        &self,
+        topic: &str,
+        record: OutRecord,
+        timeout: Duration,
+    ) -> Result<Delivery, LogError>;
 
     /// Number of partitions of `topic`.
     async fn partition_count(&self, topic: &str) -> Result<u32, LogError>;
 
     /// `(low, high)`: the oldest retained offset and the offset the next record will get.
     async fn watermarks(&self, topic: &str, partition: i32) -> Result<(i64, i64), LogError>;
+
+    /// The offset of the first record of a partition appended at or after `time_ms`
+    /// (ms since the Unix epoch), or the high watermark when there is none.
+    async fn offset_for_time(
+        &self,
+        topic: &str,
+        partition: i32,
+        time_ms: i64,
+    ) -> Result<i64, LogError>;
 
     /// Whether the backend answers now (for `/readyz`).
     async fn check_ready(&self) -> Result<(), LogError>;
@@ -186,17 +211,28 @@ pub fn open(config: &LogConfig) -> Result<std::sync::Arc<dyn Log>, LogError> {
 
 /// Creates every topic declared in the topology.
 pub async fn ensure_topology_topics(log: &dyn Log, topology: &Topology) -> Result<(), LogError> {
-    let topics: Vec<_> =
-        topology.topics.iter().map(|(name, t)| (name.clone(), t.partitions, t.replication)).collect();
+    let topics: Vec<_> = topology
+        .topics
+        .iter()
+        .map(|(name, t)| (name.clone(), t.partitions, t.replication))
+        .collect();
     log.ensure_topics(&topics).await
 }
 
 /// Assignments for every partition of `topics`, all starting at `start`.
-pub async fn assign_all(log: &dyn Log, topics: &[String], start: StartFrom) -> Result<Vec<Assignment>, LogError> {
+pub async fn assign_all(
+    log: &dyn Log,
+    topics: &[String],
+    start: StartFrom,
+) -> Result<Vec<Assignment>, LogError> {
     let mut assignments = Vec::new();
     for topic in topics {
         for partition in 0..log.partition_count(topic).await? as i32 {
-            assignments.push(Assignment { topic: topic.clone(), partition, start });
+            assignments.push(Assignment {
+                topic: topic.clone(),
+                partition,
+                start,
+            });
         }
     }
     Ok(assignments)

@@ -3,7 +3,10 @@
 
 /// Replaces every `${NAME}` / `${NAME:-default}` in `text` using `lookup`.
 /// Returns the names of variables that are unset and have no default, all at once.
-pub fn interpolate(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, Vec<String>> {
+pub fn interpolate(
+    text: &str,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<String, Vec<String>> {
     let mut out = String::with_capacity(text.len());
     let mut missing = Vec::new();
     let mut rest = text;

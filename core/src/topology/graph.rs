@@ -16,8 +16,16 @@ pub enum GraphFormat {
 /// The edges of the flow: `(from, to, label)`, nodes named `topic:x`, `stage:x`, `shard:x`.
 fn edges(topology: &Topology) -> Vec<(String, String, &'static str)> {
     let mut edges = vec![
-        ("ingress".to_string(), format!("topic:{}", topology.ingress.orders_topic), "orders"),
-        ("ingress".to_string(), format!("topic:{}", topology.ingress.logins_topic), "logins"),
+        (
+            "ingress".to_string(),
+            format!("topic:{}", topology.ingress.orders_topic),
+            "orders",
+        ),
+        (
+            "ingress".to_string(),
+            format!("topic:{}", topology.ingress.logins_topic),
+            "logins",
+        ),
     ];
     for stage in &topology.stages {
         let node = format!("stage:{}", stage.name);
@@ -28,23 +36,33 @@ fn edges(topology: &Topology) -> Vec<(String, String, &'static str)> {
         edges.push((node, format!("topic:{}", stage.dead_letter), "rejects"));
     }
     for shard in &topology.shards {
-        edges.push((format!("topic:{}", shard.topic), format!("shard:{}", shard.name), "sinks"));
+        edges.push((
+            format!("topic:{}", shard.topic),
+            format!("shard:{}", shard.name),
+            "sinks",
+        ));
     }
     if let Some(rejections) = &topology.sink.rejections_topic {
         for shard in &topology.shards {
-            edges.push((format!("topic:{rejections}"), format!("shard:{}", shard.name), "rejections"));
+            edges.push((
+                format!("topic:{rejections}"),
+                format!("shard:{}", shard.name),
+                "rejections",
+            ));
         }
     }
     edges
 }
 
 fn id(node: &str) -> String {
-    node.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect()
+    node.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
 }
 
 fn label(node: &str) -> String {
     match node.split_once(':') {
-        Some(("topic", name)) => format!("{name}"),
+        Some(("topic", name)) => name.to_string(),
         Some(("stage", name)) => format!("stage {name}"),
         Some(("shard", name)) => format!("shard {name}"),
         _ => node.to_string(),
@@ -67,7 +85,14 @@ pub fn render(topology: &Topology, format: GraphFormat) -> String {
                     Some("shard") => ("[(", ")]"),
                     _ => ("[", "]"),
                 };
-                let _ = writeln!(out, "    {}{}\"{}\"{}", id(node), shape.0, label(node), shape.1);
+                let _ = writeln!(
+                    out,
+                    "    {}{}\"{}\"{}",
+                    id(node),
+                    shape.0,
+                    label(node),
+                    shape.1
+                );
             }
             for (from, to, what) in &edges {
                 let _ = writeln!(out, "    {} -->|{what}| {}", id(from), id(to));
@@ -76,8 +101,17 @@ pub fn render(topology: &Topology, format: GraphFormat) -> String {
         GraphFormat::Dot => {
             out.push_str("digraph sluice {\n    rankdir=LR;\n");
             for node in &nodes {
-                let shape = if node.starts_with("stage:") || node.as_str() == "ingress" { "box" } else { "cylinder" };
-                let _ = writeln!(out, "    {} [label=\"{}\", shape={shape}];", id(node), label(node));
+                let shape = if node.starts_with("stage:") || node.as_str() == "ingress" {
+                    "box"
+                } else {
+                    "cylinder"
+                };
+                let _ = writeln!(
+                    out,
+                    "    {} [label=\"{}\", shape={shape}];",
+                    id(node),
+                    label(node)
+                );
             }
             for (from, to, what) in &edges {
                 let _ = writeln!(out, "    {} -> {} [label=\"{what}\"];", id(from), id(to));

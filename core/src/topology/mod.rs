@@ -54,23 +54,35 @@ pub enum TopologyError {
 
 /// Reads, substitutes, parses and validates the topology at `path`.
 pub fn load(path: &Path) -> Result<Topology, TopologyError> {
-    let text = std::fs::read_to_string(path).map_err(|source| TopologyError::Read { path: path.to_path_buf(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| TopologyError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
     parse(&text, path, base_dir)
 }
 
 /// Like [`load`], for topology text already in memory; `path` only names it in errors.
 pub fn parse(text: &str, path: &Path, base_dir: PathBuf) -> Result<Topology, TopologyError> {
-    let text = interpolate(text, |name| std::env::var(name).ok())
-        .map_err(|names| TopologyError::MissingVariables { path: path.to_path_buf(), names })?;
-    let mut topology: Topology =
-        toml::from_str(&text).map_err(|error| TopologyError::Parse { path: path.to_path_buf(), message: error.to_string() })?;
+    let text = interpolate(text, |name| std::env::var(name).ok()).map_err(|names| {
+        TopologyError::MissingVariables {
+            path: path.to_path_buf(),
+            names,
+        }
+    })?;
+    let mut topology: Topology = toml::from_str(&text).map_err(|error| TopologyError::Parse {
+        path: path.to_path_buf(),
+        message: error.to_string(),
+    })?;
     topology.base_dir = base_dir;
     let issues = validate(&topology);
     if issues.is_empty() {
         Ok(topology)
     } else {
-        Err(TopologyError::Invalid { path: path.to_path_buf(), issues })
+        Err(TopologyError::Invalid {
+            path: path.to_path_buf(),
+            issues,
+        })
     }
 }
 

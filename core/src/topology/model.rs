@@ -244,7 +244,9 @@ pub struct ShardingConfig {
 
 impl Default for ShardingConfig {
     fn default() -> Self {
-        ShardingConfig { buckets: defaults::buckets() }
+        ShardingConfig {
+            buckets: defaults::buckets(),
+        }
     }
 }
 
@@ -310,7 +312,11 @@ impl Topology {
 
     /// The shard map described by `[sharding]` and `[[shards]]` (valid topologies only).
     pub fn shard_map(&self) -> Option<crate::sharding::ShardMap> {
-        let ranges: Vec<_> = self.shards.iter().map(|s| (s.name.clone(), s.buckets)).collect();
+        let ranges: Vec<_> = self
+            .shards
+            .iter()
+            .map(|s| (s.name.clone(), s.buckets))
+            .collect();
         crate::sharding::ShardMap::new(self.sharding.buckets, &ranges)
     }
 
@@ -326,14 +332,22 @@ impl Topology {
 
 /// Parses a decimal price such as `"19.99"` into minor units (`1999`).
 pub fn parse_price_minor(price: &str) -> Result<i64, String> {
-    let invalid = || format!("price {price:?} must be a decimal with at most two decimals, e.g. \"19.99\"");
+    let invalid =
+        || format!("price {price:?} must be a decimal with at most two decimals, e.g. \"19.99\"");
     let (whole, fraction) = price.trim().split_once('.').unwrap_or((price.trim(), ""));
-    if whole.is_empty() || !whole.bytes().all(|b| b.is_ascii_digit()) || fraction.len() > 2 || !fraction.bytes().all(|b| b.is_ascii_digit()) {
+    if whole.is_empty()
+        || !whole.bytes().all(|b| b.is_ascii_digit())
+        || fraction.len() > 2
+        || !fraction.bytes().all(|b| b.is_ascii_digit())
+    {
         return Err(invalid());
     }
     let whole: i64 = whole.parse().map_err(|_| invalid())?;
     let cents: i64 = format!("{fraction:0<2}").parse().map_err(|_| invalid())?;
-    whole.checked_mul(100).and_then(|w| w.checked_add(cents)).ok_or_else(invalid)
+    whole
+        .checked_mul(100)
+        .and_then(|w| w.checked_add(cents))
+        .ok_or_else(invalid)
 }
 
 mod defaults {
@@ -369,13 +383,22 @@ mod defaults {
         3_600
     }
     pub fn orders_per_principal() -> Quota {
-        Quota { per_second: 200, burst: 400 }
+        Quota {
+            per_second: 200,
+            burst: 400,
+        }
     }
     pub fn orders_per_address() -> Quota {
-        Quota { per_second: 2_000, burst: 4_000 }
+        Quota {
+            per_second: 2_000,
+            burst: 4_000,
+        }
     }
     pub fn logins_per_address() -> Quota {
-        Quota { per_second: 5, burst: 20 }
+        Quota {
+            per_second: 5,
+            burst: 20,
+        }
     }
     pub fn stage_batch() -> usize {
         500

@@ -12,14 +12,19 @@ fn parse_text(text: &str) -> Result<Topology, TopologyError> {
 
 fn issues_of(text: &str) -> Vec<String> {
     match parse_text(text) {
-        Err(TopologyError::Invalid { issues, .. }) => issues.iter().map(ToString::to_string).collect(),
+        Err(TopologyError::Invalid { issues, .. }) => {
+            issues.iter().map(ToString::to_string).collect()
+        }
         Err(other) => panic!("expected validation issues, got: {other}"),
         Ok(_) => panic!("expected validation issues, the topology was accepted"),
     }
 }
 
 fn assert_issue(issues: &[String], needle: &str) {
-    assert!(issues.iter().any(|i| i.contains(needle)), "no issue containing {needle:?} in {issues:#?}");
+    assert!(
+        issues.iter().any(|i| i.contains(needle)),
+        "no issue containing {needle:?} in {issues:#?}"
+    );
 }
 
 #[test]
@@ -28,7 +33,12 @@ fn shipped_topology_is_valid() {
     assert_eq!(topology.stages.len(), 3);
     assert_eq!(topology.shards.len(), 4);
     assert!(topology.shard_map().is_some());
-    assert_eq!(topology.stage_outputs(topology.stage("route").unwrap()).len(), 4);
+    assert_eq!(
+        topology
+            .stage_outputs(topology.stage("route").unwrap())
+            .len(),
+        4
+    );
 }
 
 #[test]
@@ -45,9 +55,15 @@ fn unknown_field_is_a_parse_error_with_location() {
 
 #[test]
 fn missing_environment_variable_is_named() {
-    let text = SHIPPED.replace("${SLUICE_KAFKA_BROKERS:-127.0.0.1:19092}", "${SLUICE_TEST_SURELY_UNSET_VAR}");
+    let text = SHIPPED.replace(
+        "${SLUICE_KAFKA_BROKERS:-127.0.0.1:19092}",
+        "${SLUICE_TEST_SURELY_UNSET_VAR}",
+    );
     let error = parse_text(&text).unwrap_err();
-    assert!(error.to_string().contains("SLUICE_TEST_SURELY_UNSET_VAR"), "{error}");
+    assert!(
+        error.to_string().contains("SLUICE_TEST_SURELY_UNSET_VAR"),
+        "{error}"
+    );
 }
 
 #[test]
@@ -58,7 +74,10 @@ fn every_error_is_reported_at_once() {
         .replace("price = \"24.50\"", "price = \"24.5.0\"")
         .replace("min_quantity = 1\n", "min_quantity = 5000\n");
     let issues = issues_of(&text);
-    assert_issue(&issues, "stages[1] \"enrich\".input: topic \"orders.vald\" is not declared");
+    assert_issue(
+        &issues,
+        "stages[1] \"enrich\".input: topic \"orders.vald\" is not declared",
+    );
     assert_issue(&issues, "nothing writes topic \"orders.vald\"");
     assert_issue(&issues, "buckets 251-255 belong to no shard");
     assert_issue(&issues, "catalog.\"gadget\".price");
@@ -68,7 +87,9 @@ fn every_error_is_reported_at_once() {
 
 #[test]
 fn overlapping_and_out_of_range_buckets() {
-    let text = SHIPPED.replace("buckets = \"64-127\"", "buckets = \"60-127\"").replace("buckets = \"192-255\"", "buckets = \"192-300\"");
+    let text = SHIPPED
+        .replace("buckets = \"64-127\"", "buckets = \"60-127\"")
+        .replace("buckets = \"192-255\"", "buckets = \"192-300\"");
     let issues = issues_of(&text);
     assert_issue(&issues, "bucket 60 is also owned by shard \"shard0\"");
     assert_issue(&issues, "range 192-300 goes past the last bucket 255");
@@ -77,35 +98,61 @@ fn overlapping_and_out_of_range_buckets() {
 #[test]
 fn cycles_are_found() {
     // route → (shard topics) ... make enrich read what validate writes and validate read enrich's output.
-    let text = SHIPPED.replace("input = \"orders.raw\"", "input = \"orders.enriched\"").replace(
-        "name = \"route\"\nkind = \"route\"\ninput = \"orders.enriched\"",
-        "name = \"route\"\nkind = \"route\"\ninput = \"orders.raw\"",
-    );
+    let text = SHIPPED
+        .replace("input = \"orders.raw\"", "input = \"orders.enriched\"")
+        .replace(
+            "name = \"route\"\nkind = \"route\"\ninput = \"orders.enriched\"",
+            "name = \"route\"\nkind = \"route\"\ninput = \"orders.raw\"",
+        );
     let issues = issues_of(&text);
-    assert_issue(&issues, "stages form a cycle: validate -> enrich -> validate");
+    assert_issue(
+        &issues,
+        "stages form a cycle: validate -> enrich -> validate",
+    );
 }
 
 #[test]
 fn stage_shape_mistakes() {
     let text = SHIPPED
         .replace("name = \"enrich\"", "name = \"validate\"")
-        .replace("kind = \"route\"\ninput = \"orders.enriched\"", "kind = \"route\"\ninput = \"orders.enriched\"\noutput = \"orders.dlq\"")
-        .replace("user_id_pattern = \"[A-Za-z0-9_.@-]{1,64}\"", "user_id_pattern = \"[unclosed\"");
+        .replace(
+            "kind = \"route\"\ninput = \"orders.enriched\"",
+            "kind = \"route\"\ninput = \"orders.enriched\"\noutput = \"orders.dlq\"",
+        )
+        .replace(
+            "user_id_pattern = \"[A-Za-z0-9_.@-]{1,64}\"",
+            "user_id_pattern = \"[unclosed\"",
+        );
     let issues = issues_of(&text);
-    assert_issue(&issues, "stages[1] \"validate\".name: another stage has the same name");
-    assert_issue(&issues, "a route stage writes to the shards' topics; remove `output`");
+    assert_issue(
+        &issues,
+        "stages[1] \"validate\".name: another stage has the same name",
+    );
+    assert_issue(
+        &issues,
+        "a route stage writes to the shards' topics; remove `output`",
+    );
     assert_issue(&issues, "user_id_pattern: not a valid regular expression");
 }
 
 #[test]
 fn shard_mistakes() {
     let text = SHIPPED
-        .replace("url = \"${SLUICE_SHARD1_URL:-mysql://root:sluice@127.0.0.1:13307/sluice}\"", "url = \"postgres://x\"")
+        .replace(
+            "url = \"${SLUICE_SHARD1_URL:-mysql://root:sluice@127.0.0.1:13307/sluice}\"",
+            "url = \"postgres://x\"",
+        )
         .replace("topic = \"orders.shard.3\"", "topic = \"orders.shard.2\"")
-        .replace("currency = \"EUR\"\n[catalog.gizmo]", "currency = \"euro\"\n[catalog.gizmo]");
+        .replace(
+            "currency = \"EUR\"\n[catalog.gizmo]",
+            "currency = \"euro\"\n[catalog.gizmo]",
+        );
     let issues = issues_of(&text);
-    assert_issue(&issues, "shards[1] \"shard1\".url: must be a mysql:// URL");
-    assert_issue(&issues, "shards[3] \"shard3\".topic: another shard reads the same topic");
+    assert_issue(&issues, "shards[1] \"shard1\".url: must be mysql://");
+    assert_issue(
+        &issues,
+        "shards[3] \"shard3\".topic: another shard reads the same topic",
+    );
     assert_issue(&issues, "\"euro\" is not a three-letter ISO 4217 code");
 }
 
@@ -114,8 +161,14 @@ fn graph_renders_every_stage_and_shard() {
     let topology = parse_text(SHIPPED).unwrap();
     let mermaid = render(&topology, GraphFormat::Mermaid);
     assert!(mermaid.starts_with("flowchart LR"));
-    assert!(mermaid.contains("stage_enrich -->|writes| topic_orders_enriched"), "{mermaid}");
-    assert!(mermaid.contains("topic_orders_shard_3 -->|sinks| shard_shard3"), "{mermaid}");
+    assert!(
+        mermaid.contains("stage_enrich -->|writes| topic_orders_enriched"),
+        "{mermaid}"
+    );
+    assert!(
+        mermaid.contains("topic_orders_shard_3 -->|sinks| shard_shard3"),
+        "{mermaid}"
+    );
     let dot = render(&topology, GraphFormat::Dot);
     assert!(dot.contains("stage_route -> topic_orders_shard_0"), "{dot}");
 }

@@ -25,7 +25,10 @@ struct Issues(Vec<Issue>);
 
 impl Issues {
     fn push(&mut self, at: impl Into<String>, message: impl Into<String>) {
-        self.0.push(Issue { at: at.into(), message: message.into() });
+        self.0.push(Issue {
+            at: at.into(),
+            message: message.into(),
+        });
     }
 }
 
@@ -48,14 +51,20 @@ fn declared(topology: &Topology, topic: &str, at: String, issues: &mut Issues) {
         let known: Vec<_> = topology.topics.keys().map(String::as_str).collect();
         issues.push(
             at,
-            format!("topic {topic:?} is not declared; add [topics.\"{topic}\"] or use one of: {}", known.join(", ")),
+            format!(
+                "topic {topic:?} is not declared; add [topics.\"{topic}\"] or use one of: {}",
+                known.join(", ")
+            ),
         );
     }
 }
 
 fn check_log(topology: &Topology, issues: &mut Issues) {
     if topology.log.brokers.trim().is_empty() {
-        issues.push("log.brokers", "the Kafka backend needs bootstrap servers, e.g. \"127.0.0.1:9092\"");
+        issues.push(
+            "log.brokers",
+            "the Kafka backend needs bootstrap servers, e.g. \"127.0.0.1:9092\"",
+        );
     }
     if topology.log.consumer_group_prefix.trim().is_empty() {
         issues.push("log.consumer_group_prefix", "must not be empty");
@@ -65,23 +74,49 @@ fn check_log(topology: &Topology, issues: &mut Issues) {
 fn check_topics(topology: &Topology, issues: &mut Issues) {
     for (name, topic) in &topology.topics {
         if topic.partitions == 0 {
-            issues.push(format!("topics.\"{name}\".partitions"), "must be at least 1");
+            issues.push(
+                format!("topics.\"{name}\".partitions"),
+                "must be at least 1",
+            );
         }
         if topic.replication == 0 {
-            issues.push(format!("topics.\"{name}\".replication"), "must be at least 1");
+            issues.push(
+                format!("topics.\"{name}\".replication"),
+                "must be at least 1",
+            );
         }
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
-            issues.push(format!("topics.\"{name}\""), "topic names may only use letters, digits, '.', '_' and '-'");
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        {
+            issues.push(
+                format!("topics.\"{name}\""),
+                "topic names may only use letters, digits, '.', '_' and '-'",
+            );
         }
     }
 }
 
 fn check_ingress(topology: &Topology, issues: &mut Issues) {
     let ingress = &topology.ingress;
-    declared(topology, &ingress.orders_topic, "ingress.orders_topic".into(), issues);
-    declared(topology, &ingress.logins_topic, "ingress.logins_topic".into(), issues);
+    declared(
+        topology,
+        &ingress.orders_topic,
+        "ingress.orders_topic".into(),
+        issues,
+    );
+    declared(
+        topology,
+        &ingress.logins_topic,
+        "ingress.logins_topic".into(),
+        issues,
+    );
     if ingress.auth.jwt_secret.is_empty() {
-        issues.push("ingress.auth.jwt_secret", "must not be empty; set it or SLUICE_JWT_SECRET");
+        issues.push(
+            "ingress.auth.jwt_secret",
+            "must not be empty; set it or SLUICE_JWT_SECRET",
+        );
     }
     if ingress.auth.token_ttl_secs == 0 {
         issues.push("ingress.auth.token_ttl_secs", "must be at least 1");
@@ -99,7 +134,10 @@ fn check_ingress(topology: &Topology, issues: &mut Issues) {
         ("logins_per_address", limits.logins_per_address),
     ] {
         if quota.per_second == 0 || quota.burst == 0 {
-            issues.push(format!("ingress.rate_limits.{name}"), "per_second and burst must both be at least 1");
+            issues.push(
+                format!("ingress.rate_limits.{name}"),
+                "per_second and burst must both be at least 1",
+            );
         }
     }
 }
@@ -111,43 +149,67 @@ fn check_stages(topology: &Topology, issues: &mut Issues) {
         if stage.name.trim().is_empty() {
             issues.push(format!("stages[{index}].name"), "must not be empty");
         } else if !names.insert(stage.name.as_str()) {
-            issues.push(format!("{at}.name"), "another stage has the same name; stage names must be unique");
+            issues.push(
+                format!("{at}.name"),
+                "another stage has the same name; stage names must be unique",
+            );
         }
         declared(topology, &stage.input, format!("{at}.input"), issues);
-        declared(topology, &stage.dead_letter, format!("{at}.dead_letter"), issues);
+        declared(
+            topology,
+            &stage.dead_letter,
+            format!("{at}.dead_letter"),
+            issues,
+        );
         match (stage.kind, &stage.output) {
             (StageKind::Route, Some(_)) => issues.push(
                 format!("{at}.output"),
                 "a route stage writes to the shards' topics; remove `output`",
             ),
             (StageKind::Route, None) => {}
-            (_, None) => issues.push(format!("{at}.output"), "this stage kind needs an `output` topic"),
+            (_, None) => issues.push(
+                format!("{at}.output"),
+                "this stage kind needs an `output` topic",
+            ),
             (_, Some(output)) => {
                 declared(topology, output, format!("{at}.output"), issues);
                 if output == &stage.input {
-                    issues.push(format!("{at}.output"), "a stage cannot write to the topic it reads");
+                    issues.push(
+                        format!("{at}.output"),
+                        "a stage cannot write to the topic it reads",
+                    );
                 }
             }
         }
         if stage.dead_letter == stage.input {
-            issues.push(format!("{at}.dead_letter"), "a stage cannot dead-letter into the topic it reads");
+            issues.push(
+                format!("{at}.dead_letter"),
+                "a stage cannot dead-letter into the topic it reads",
+            );
         }
         if stage.batch_size == 0 {
             issues.push(format!("{at}.batch_size"), "must be at least 1");
         }
         match (&stage.rules, stage.kind) {
-            (Some(_), kind) if kind != StageKind::Validate => {
-                issues.push(format!("{at}.rules"), "only validate stages take rules; remove [stages.rules]")
-            }
+            (Some(_), kind) if kind != StageKind::Validate => issues.push(
+                format!("{at}.rules"),
+                "only validate stages take rules; remove [stages.rules]",
+            ),
             (Some(rules), _) => {
                 if rules.min_quantity > rules.max_quantity {
                     issues.push(
                         format!("{at}.rules"),
-                        format!("min_quantity {} is above max_quantity {}", rules.min_quantity, rules.max_quantity),
+                        format!(
+                            "min_quantity {} is above max_quantity {}",
+                            rules.min_quantity, rules.max_quantity
+                        ),
                     );
                 }
                 if let Err(error) = regex::Regex::new(&rules.user_id_pattern) {
-                    issues.push(format!("{at}.rules.user_id_pattern"), format!("not a valid regular expression: {error}"));
+                    issues.push(
+                        format!("{at}.rules.user_id_pattern"),
+                        format!("not a valid regular expression: {error}"),
+                    );
                 }
             }
             _ => {}
@@ -158,7 +220,10 @@ fn check_stages(topology: &Topology, issues: &mut Issues) {
 fn check_catalog(topology: &Topology, issues: &mut Issues) {
     let enriches = topology.stages.iter().any(|s| s.kind == StageKind::Enrich);
     if enriches && topology.catalog.is_empty() {
-        issues.push("catalog", "an enrich stage needs at least one product under [catalog]");
+        issues.push(
+            "catalog",
+            "an enrich stage needs at least one product under [catalog]",
+        );
     }
     for (product, entry) in &topology.catalog {
         if let Err(message) = parse_price_minor(&entry.price) {
@@ -167,7 +232,10 @@ fn check_catalog(topology: &Topology, issues: &mut Issues) {
         if entry.currency.len() != 3 || !entry.currency.chars().all(|c| c.is_ascii_uppercase()) {
             issues.push(
                 format!("catalog.\"{product}\".currency"),
-                format!("{:?} is not a three-letter ISO 4217 code such as \"EUR\"", entry.currency),
+                format!(
+                    "{:?} is not a three-letter ISO 4217 code such as \"EUR\"",
+                    entry.currency
+                ),
             );
         }
     }
@@ -189,25 +257,41 @@ fn check_shards(topology: &Topology, issues: &mut Issues) {
     for (index, shard) in topology.shards.iter().enumerate() {
         let at = format!("shards[{index}] {:?}", shard.name);
         if !names.insert(shard.name.as_str()) {
-            issues.push(format!("{at}.name"), "another shard has the same name; shard names must be unique");
+            issues.push(
+                format!("{at}.name"),
+                "another shard has the same name; shard names must be unique",
+            );
         }
         if !topics.insert(shard.topic.as_str()) {
-            issues.push(format!("{at}.topic"), "another shard reads the same topic; each shard needs its own");
+            issues.push(
+                format!("{at}.topic"),
+                "another shard reads the same topic; each shard needs its own",
+            );
         }
         declared(topology, &shard.topic, format!("{at}.topic"), issues);
-        if !shard.url.starts_with("mysql://") {
-            issues.push(format!("{at}.url"), "must be a mysql:// URL, e.g. mysql://user:password@host:3306/database");
+        if !shard.url.starts_with("mysql://") && !shard.url.starts_with("sqlite://") {
+            issues.push(
+                format!("{at}.url"),
+                "must be mysql://user:password@host:3306/database or sqlite://path/to/shard.db",
+            );
         }
         if shard.buckets.last >= buckets {
             issues.push(
                 format!("{at}.buckets"),
-                format!("range {} goes past the last bucket {} (sharding.buckets = {buckets})", shard.buckets, buckets - 1),
+                format!(
+                    "range {} goes past the last bucket {} (sharding.buckets = {buckets})",
+                    shard.buckets,
+                    buckets - 1
+                ),
             );
             continue;
         }
         for bucket in shard.buckets.first..=shard.buckets.last {
             if let Some(other) = owner[bucket as usize] {
-                issues.push(format!("{at}.buckets"), format!("bucket {bucket} is also owned by shard {other:?}"));
+                issues.push(
+                    format!("{at}.buckets"),
+                    format!("bucket {bucket} is also owned by shard {other:?}"),
+                );
                 break;
             }
             owner[bucket as usize] = Some(shard.name.as_str());
@@ -216,7 +300,10 @@ fn check_shards(topology: &Topology, issues: &mut Issues) {
     for (first, last) in uncovered_runs(&owner) {
         issues.push(
             "shards",
-            format!("buckets {first}-{last} belong to no shard; extend a range so that 0-{} is covered", buckets - 1),
+            format!(
+                "buckets {first}-{last} belong to no shard; extend a range so that 0-{} is covered",
+                buckets - 1
+            ),
         );
     }
 }
@@ -255,7 +342,10 @@ fn check_sink(topology: &Topology, issues: &mut Issues) {
 /// The data flow: every stage input and shard topic must be fed, and stages must not cycle.
 fn check_flow(topology: &Topology, issues: &mut Issues) {
     let mut producers: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-    producers.entry(&topology.ingress.orders_topic).or_default().push("the ingress".into());
+    producers
+        .entry(&topology.ingress.orders_topic)
+        .or_default()
+        .push("the ingress".into());
     let outputs: Vec<(usize, Vec<String>)> = topology
         .stages
         .iter()
@@ -264,7 +354,10 @@ fn check_flow(topology: &Topology, issues: &mut Issues) {
         .collect();
     for (index, topics) in &outputs {
         for topic in topics {
-            producers.entry(topic.as_str()).or_default().push(format!("stage {:?}", topology.stages[*index].name));
+            producers
+                .entry(topic.as_str())
+                .or_default()
+                .push(format!("stage {:?}", topology.stages[*index].name));
         }
     }
     for (index, stage) in topology.stages.iter().enumerate() {
@@ -277,12 +370,18 @@ fn check_flow(topology: &Topology, issues: &mut Issues) {
     }
     for (index, shard) in topology.shards.iter().enumerate() {
         if !topology.stages.iter().any(|s| s.kind == StageKind::Route) {
-            issues.push(format!("shards[{index}] {:?}.topic", shard.name), "no route stage writes the shard topics; add a stage with kind = \"route\"");
+            issues.push(
+                format!("shards[{index}] {:?}.topic", shard.name),
+                "no route stage writes the shard topics; add a stage with kind = \"route\"",
+            );
             break;
         }
     }
     if let Some(cycle) = find_cycle(topology, &outputs) {
-        issues.push("stages", format!("stages form a cycle: {}", cycle.join(" -> ")));
+        issues.push(
+            "stages",
+            format!("stages form a cycle: {}", cycle.join(" -> ")),
+        );
     }
 }
 
@@ -306,7 +405,12 @@ fn find_cycle(topology: &Topology, outputs: &[(usize, Vec<String>)]) -> Option<V
         Active,
         Done,
     }
-    fn visit(node: usize, edges: &[Vec<usize>], marks: &mut [Mark], path: &mut Vec<usize>) -> Option<Vec<usize>> {
+    fn visit(
+        node: usize,
+        edges: &[Vec<usize>],
+        marks: &mut [Mark],
+        path: &mut Vec<usize>,
+    ) -> Option<Vec<usize>> {
         marks[node] = Mark::Active;
         path.push(node);
         for &next in &edges[node] {
@@ -333,7 +437,12 @@ fn find_cycle(topology: &Topology, outputs: &[(usize, Vec<String>)]) -> Option<V
     for node in 0..edges.len() {
         if marks[node] == Mark::New {
             if let Some(cycle) = visit(node, &edges, &mut marks, &mut Vec::new()) {
-                return Some(cycle.into_iter().map(|i| topology.stages[i].name.clone()).collect());
+                return Some(
+                    cycle
+                        .into_iter()
+                        .map(|i| topology.stages[i].name.clone())
+                        .collect(),
+                );
             }
         }
     }

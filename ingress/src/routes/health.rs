@@ -15,8 +15,11 @@ pub fn healthz() -> Response {
 /// Readiness: 200 when the log answers and the ingress is not draining, else 503.
 pub async fn readyz(state: &State) -> Response {
     if state.draining.is_cancelled() {
-        return warp::reply::with_status(warp::reply::json(&json!({ "status": "draining" })), StatusCode::SERVICE_UNAVAILABLE)
-            .into_response();
+        return warp::reply::with_status(
+            warp::reply::json(&json!({ "status": "draining" })),
+            StatusCode::SERVICE_UNAVAILABLE,
+        )
+        .into_response();
     }
     match state.log.check_ready().await {
         Ok(()) => warp::reply::json(&json!({ "status": "ready" })).into_response(),

@@ -24,7 +24,11 @@ struct LoginRequest {
 }
 
 /// Handles one login: rate limit per address, verify, record the attempt, answer.
-pub async fn handle(state: &State, client: Option<SocketAddr>, body: &[u8]) -> Result<Response, ApiError> {
+pub async fn handle(
+    state: &State,
+    client: Option<SocketAddr>,
+    body: &[u8],
+) -> Result<Response, ApiError> {
     let address = client.map(|a| a.ip());
     if let Some(ip) = address {
         state.limits.logins_per_address.check(&ip)?;
@@ -35,7 +39,8 @@ pub async fn handle(state: &State, client: Option<SocketAddr>, body: &[u8]) -> R
     let success = tokio::task::spawn_blocking(move || users.verify(&name, &password))
         .await
         .map_err(|_| ApiError::unavailable("password check failed"))?;
-    metrics::counter!(telemetry::LOGINS, "outcome" => if success { "success" } else { "failure" }).increment(1);
+    metrics::counter!(telemetry::LOGINS, "outcome" => if success { "success" } else { "failure" })
+        .increment(1);
 
     let event = LoginEvent {
         username: request.username.clone(),
@@ -47,7 +52,11 @@ pub async fn handle(state: &State, client: Option<SocketAddr>, body: &[u8]) -> R
     let timeout = Duration::from_millis(state.config.ack_timeout_ms);
     state
         .log
-        .send(&state.config.logins_topic, OutRecord::new(request.username.as_bytes(), payload), timeout)
+        .send(
+            &state.config.logins_topic,
+            OutRecord::new(request.username.as_bytes(), payload),
+            timeout,
+        )
         .await
         .map_err(|error| {
             tracing::warn!(%error, "login event not acknowledged");
@@ -55,7 +64,11 @@ pub async fn handle(state: &State, client: Option<SocketAddr>, body: &[u8]) -> R
         })?;
 
     if !success {
-        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "invalid_credentials", "unknown user or wrong password"));
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_credentials",
+            "unknown user or wrong password",
+        ));
     }
     let token = state.tokens.issue(&request.username)?;
     Ok(warp::reply::json(&json!({

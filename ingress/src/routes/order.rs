@@ -27,7 +27,12 @@ struct OrderRequest {
 }
 
 /// Accepts one order: authenticate, rate-limit, parse, append, answer 202 once durable.
-pub async fn create(state: &State, headers: &HeaderMap, client: Option<SocketAddr>, body: &[u8]) -> Result<Response, ApiError> {
+pub async fn create(
+    state: &State,
+    headers: &HeaderMap,
+    client: Option<SocketAddr>,
+    body: &[u8],
+) -> Result<Response, ApiError> {
     let claims = state.tokens.authenticate(headers)?;
     state.limits.orders_per_principal.check(&claims.sub)?;
     if let Some(client) = client {
@@ -35,7 +40,10 @@ pub async fn create(state: &State, headers: &HeaderMap, client: Option<SocketAdd
     }
     let request: OrderRequest = crate::body::parse_json(body)?;
     if request.user_id != claims.sub {
-        return Err(ApiError::forbidden(format!("userId {:?} is not the token's user", request.user_id)));
+        return Err(ApiError::forbidden(format!(
+            "userId {:?} is not the token's user",
+            request.user_id
+        )));
     }
     let order = RawOrder {
         order_id: Uuid::now_v7(),
@@ -73,14 +81,25 @@ pub async fn create(state: &State, headers: &HeaderMap, client: Option<SocketAdd
 /// pending (recent and not yet anywhere), or 404.
 pub async fn status(state: &State, headers: &HeaderMap, id: &str) -> Result<Response, ApiError> {
     let claims = state.tokens.authenticate(headers)?;
-    let order_id = Uuid::parse_str(id)
-        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "invalid_order_id", format!("{id:?} is not an order id (a UUID)")))?;
-    let found = state.lookup.find(&claims.sub, order_id).await.map_err(|error| {
-        tracing::warn!(%error, "order lookup failed");
-        ApiError::unavailable("the order store cannot be reached; try again")
+    let order_id = Uuid::parse_str(id).map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_order_id",
+            format!("{id:?} is not an order id (a UUID)"),
+        )
     })?;
+    let found = state
+        .lookup
+        .find(&claims.sub, order_id)
+        .await
+        .map_err(|error| {
+            tracing::warn!(%error, "order lookup failed");
+            ApiError::unavailable("the order store cannot be reached; try again")
+        })?;
     let body = match found {
-        OrderStatus::Stored { order } => json!({ "orderId": order_id, "status": "stored", "order": order }),
+        OrderStatus::Stored { order } => {
+            json!({ "orderId": order_id, "status": "stored", "order": order })
+        }
         OrderStatus::Rejected { stage, reason } => {
             json!({ "orderId": order_id, "status": "rejected", "stage": stage, "reason": reason })
         }
@@ -88,7 +107,11 @@ pub async fn status(state: &State, headers: &HeaderMap, id: &str) -> Result<Resp
             json!({ "orderId": order_id, "status": "pending" })
         }
         OrderStatus::Unknown => {
-            return Err(ApiError::new(StatusCode::NOT_FOUND, "order_not_found", "no such order among yours"));
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "order_not_found",
+                "no such order among yours",
+            ));
         }
     };
     Ok(warp::reply::json(&body).into_response())
@@ -96,7 +119,9 @@ pub async fn status(state: &State, headers: &HeaderMap, id: &str) -> Result<Resp
 
 /// Whether a UUIDv7's embedded time is within the last `window_secs`.
 fn is_recent(order_id: Uuid, window_secs: u64) -> bool {
-    let Some(timestamp) = order_id.get_timestamp() else { return false };
+    let Some(timestamp) = order_id.get_timestamp() else {
+        return false;
+    };
     let (secs, _) = timestamp.to_unix();
     let now = now_ms() / 1000;
     secs as i64 <= now + 60 && (now - secs as i64) <= window_secs as i64

@@ -18,17 +18,35 @@ pub struct Enrich {
 
 impl Enrich {
     /// An enrich stage writing to `config.output`, pricing from `catalog`.
-    pub fn new(config: &StageConfig, catalog: CachedCatalog, shard_map: ShardMap, shard_names: Vec<String>) -> Self {
-        Enrich { output: config.output.clone().unwrap_or_default(), catalog, shard_map, shard_names }
+    pub fn new(
+        config: &StageConfig,
+        catalog: CachedCatalog,
+        shard_map: ShardMap,
+        shard_names: Vec<String>,
+    ) -> Self {
+        Enrich {
+            output: config.output.clone().unwrap_or_default(),
+            catalog,
+            shard_map,
+            shard_names,
+        }
     }
 
     /// The enriched form of `order`, priced now.
     pub fn enrich(&self, order: RawOrder) -> Result<EnrichedOrder, String> {
-        let price = self.catalog.price(&order.product).ok_or_else(|| format!("product {:?} is not in the catalog", order.product))?;
+        let price = self
+            .catalog
+            .price(&order.product)
+            .ok_or_else(|| format!("product {:?} is not in the catalog", order.product))?;
         let line_total_minor = price
             .unit_minor
             .checked_mul(order.quantity)
-            .ok_or_else(|| format!("line total of {} x {} overflows", order.quantity, price.unit_minor))?;
+            .ok_or_else(|| {
+                format!(
+                    "line total of {} x {} overflows",
+                    order.quantity, price.unit_minor
+                )
+            })?;
         let bucket = self.shard_map.bucket(&order.user_id);
         Ok(EnrichedOrder {
             order_id: order.order_id,
@@ -56,7 +74,11 @@ impl Stage for Enrich {
             Ok(enriched) => match serde_json::to_vec(&enriched) {
                 Ok(payload) => Outcome::Emit(vec![Emission {
                     topic: self.output.clone(),
-                    record: OutRecord { key: record.key.clone(), payload, headers: record.headers.clone() },
+                    record: OutRecord {
+                        key: record.key.clone(),
+                        payload,
+                        headers: record.headers.clone(),
+                    },
                 }]),
                 Err(e) => Outcome::DeadLetter(format!("cannot encode enriched order: {e}")),
             },
@@ -79,7 +101,13 @@ mod tests {
 
     fn stage() -> Enrich {
         let mut entries = BTreeMap::new();
-        entries.insert("gadget".to_string(), CatalogEntry { price: "24.50".into(), currency: "EUR".into() });
+        entries.insert(
+            "gadget".to_string(),
+            CatalogEntry {
+                price: "24.50".into(),
+                currency: "EUR".into(),
+            },
+        );
         let config = StageConfig {
             name: "enrich".into(),
             kind: StageKind::Enrich,
@@ -94,13 +122,20 @@ mod tests {
             ("s1".to_string(), BucketRange { first: 8, last: 15 }),
         ];
         let map = ShardMap::new(16, &ranges).unwrap();
-        Enrich::new(&config, CachedCatalog::new(Arc::new(TopologyCatalog::new(&entries))), map, vec!["s0".into(), "s1".into()])
+        Enrich::new(
+            &config,
+            CachedCatalog::new(Arc::new(TopologyCatalog::new(&entries))),
+            map,
+            vec!["s0".into(), "s1".into()],
+        )
     }
 
     #[test]
     fn prices_and_places_an_order() {
         let payload = r#"{"orderId":"0190f7a4-0000-7000-8000-000000000001","userId":"carol","product":"gadget","quantity":3,"receivedAtMs":1700000000000}"#;
-        let Outcome::Emit(out) = stage().process(&record("valid", "carol", payload)) else { panic!("rejected") };
+        let Outcome::Emit(out) = stage().process(&record("valid", "carol", payload)) else {
+            panic!("rejected")
+        };
         assert_eq!(out[0].topic, "enriched");
         let enriched: EnrichedOrder = serde_json::from_slice(&out[0].record.payload).unwrap();
         assert_eq!(enriched.unit_price_minor, 2450);
@@ -116,9 +151,17 @@ mod tests {
     #[test]
     fn unknown_product_and_overflow_are_dead_lettered() {
         let unknown = r#"{"orderId":"0190f7a4-0000-7000-8000-000000000001","userId":"carol","product":"boat","quantity":3,"receivedAtMs":1}"#;
-        assert_eq!(stage().process(&record("valid", "carol", unknown)), Outcome::DeadLetter("product \"boat\" is not in the catalog".into()));
-        let huge = format!(r#"{{"orderId":"0190f7a4-0000-7000-8000-000000000001","userId":"carol","product":"gadget","quantity":{},"receivedAtMs":1}}"#, i64::MAX);
-        let Outcome::DeadLetter(reason) = stage().process(&record("valid", "carol", &huge)) else { panic!("accepted") };
+        assert_eq!(
+            stage().process(&record("valid", "carol", unknown)),
+            Outcome::DeadLetter("product \"boat\" is not in the catalog".into())
+        );
+        let huge = format!(
+            r#"{{"orderId":"0190f7a4-0000-7000-8000-000000000001","userId":"carol","product":"gadget","quantity":{},"receivedAtMs":1}}"#,
+            i64::MAX
+        );
+        let Outcome::DeadLetter(reason) = stage().process(&record("valid", "carol", &huge)) else {
+            panic!("accepted")
+        };
         assert!(reason.contains("overflows"), "{reason}");
     }
 }

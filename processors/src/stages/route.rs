@@ -16,7 +16,10 @@ pub struct Route {
 impl Route {
     /// A route stage over `shard_topics` (in topology shard order).
     pub fn new(_config: &StageConfig, shard_map: ShardMap, shard_topics: Vec<String>) -> Self {
-        Route { shard_map, shard_topics }
+        Route {
+            shard_map,
+            shard_topics,
+        }
     }
 }
 
@@ -31,7 +34,11 @@ impl Stage for Route {
         let shard = self.shard_map.shard_for_user(&order.user_id);
         Outcome::Emit(vec![Emission {
             topic: self.shard_topics[shard].clone(),
-            record: OutRecord { key: record.key.clone(), payload: record.payload.clone(), headers: record.headers.clone() },
+            record: OutRecord {
+                key: record.key.clone(),
+                payload: record.payload.clone(),
+                headers: record.headers.clone(),
+            },
         }])
     }
 }
@@ -55,21 +62,39 @@ mod tests {
             rules: None,
             batch_size: 10,
         };
-        let ranges: Vec<_> =
-            (0..4).map(|i| (format!("s{i}"), BucketRange { first: i * 64, last: i * 64 + 63 })).collect();
-        let route = Route::new(&config, ShardMap::new(256, &ranges).unwrap(), (0..4).map(|i| format!("shard.{i}")).collect());
+        let ranges: Vec<_> = (0..4)
+            .map(|i| {
+                (
+                    format!("s{i}"),
+                    BucketRange {
+                        first: i * 64,
+                        last: i * 64 + 63,
+                    },
+                )
+            })
+            .collect();
+        let route = Route::new(
+            &config,
+            ShardMap::new(256, &ranges).unwrap(),
+            (0..4).map(|i| format!("shard.{i}")).collect(),
+        );
         let mut seen = [0; 4];
         for n in 0..200 {
             let user = format!("user{n}");
             let payload = format!(
                 r#"{{"orderId":"0190f7a4-0000-7000-8000-000000000001","userId":"{user}","product":"p","quantity":1,"unitPriceMinor":1,"lineTotalMinor":1,"currency":"EUR","receivedAtMs":1,"enrichedAtMs":2,"bucket":0,"shard":"s0"}}"#
             );
-            let Outcome::Emit(out) = route.process(&record("enriched", &user, &payload)) else { panic!("rejected") };
+            let Outcome::Emit(out) = route.process(&record("enriched", &user, &payload)) else {
+                panic!("rejected")
+            };
             let expected = (bucket_of(&user, 256) / 64) as usize;
             assert_eq!(out[0].topic, format!("shard.{expected}"));
             seen[expected] += 1;
         }
         assert!(seen.iter().all(|&n| n > 0), "{seen:?}");
-        assert!(matches!(route.process(&record("enriched", "x", "[]")), Outcome::DeadLetter(_)));
+        assert!(matches!(
+            route.process(&record("enriched", "x", "[]")),
+            Outcome::DeadLetter(_)
+        ));
     }
 }

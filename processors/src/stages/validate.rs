@@ -20,7 +20,11 @@ pub struct Validate {
 
 impl Validate {
     /// A validate stage writing to `config.output` with `rules`; `catalog` lists sold products.
-    pub fn new(config: &StageConfig, rules: &ValidateRules, catalog: HashSet<String>) -> Result<Self, regex::Error> {
+    pub fn new(
+        config: &StageConfig,
+        rules: &ValidateRules,
+        catalog: HashSet<String>,
+    ) -> Result<Self, regex::Error> {
         Ok(Validate {
             output: config.output.clone().unwrap_or_default(),
             min_quantity: rules.min_quantity,
@@ -31,13 +35,20 @@ impl Validate {
     }
 
     fn check(&self, record: &Record) -> Result<(), String> {
-        let order: RawOrder =
-            serde_json::from_slice(&record.payload).map_err(|e| format!("not a valid order record: {e}"))?;
+        let order: RawOrder = serde_json::from_slice(&record.payload)
+            .map_err(|e| format!("not a valid order record: {e}"))?;
         if !self.user_id.is_match(&order.user_id) {
-            return Err(format!("userId {:?} does not match the required pattern {}", order.user_id, self.user_id));
+            return Err(format!(
+                "userId {:?} does not match the required pattern {}",
+                order.user_id, self.user_id
+            ));
         }
         if record.key != order.user_id.as_bytes() {
-            return Err(format!("record key {:?} differs from userId {:?}", record.key_str(), order.user_id));
+            return Err(format!(
+                "record key {:?} differs from userId {:?}",
+                record.key_str(),
+                order.user_id
+            ));
         }
         if let Some(known) = &self.known_products {
             if !known.contains(&order.product) {
@@ -59,7 +70,11 @@ impl Stage for Validate {
         match self.check(record) {
             Ok(()) => Outcome::Emit(vec![Emission {
                 topic: self.output.clone(),
-                record: OutRecord { key: record.key.clone(), payload: record.payload.clone(), headers: record.headers.clone() },
+                record: OutRecord {
+                    key: record.key.clone(),
+                    payload: record.payload.clone(),
+                    headers: record.headers.clone(),
+                },
             }]),
             Err(reason) => Outcome::DeadLetter(reason),
         }
@@ -83,7 +98,12 @@ mod tests {
             rules: None,
             batch_size: 10,
         };
-        Validate::new(&config, &ValidateRules::default(), ["widget".to_string()].into()).unwrap()
+        Validate::new(
+            &config,
+            &ValidateRules::default(),
+            ["widget".to_string()].into(),
+        )
+        .unwrap()
     }
 
     fn order(user: &str, product: &str, quantity: i64) -> String {
@@ -116,14 +136,27 @@ mod tests {
     #[test]
     fn each_rule_names_its_reason() {
         let s = stage();
-        assert_eq!(reason(s.process(&record("raw", "alice", &order("alice", "widget", 0)))), "quantity 0 is outside 1..=1000");
-        assert_eq!(reason(s.process(&record("raw", "alice", &order("alice", "widget", 1001)))), "quantity 1001 is outside 1..=1000");
-        assert_eq!(reason(s.process(&record("raw", "alice", &order("alice", "boat", 1)))), "product \"boat\" is not in the catalog");
-        assert!(reason(s.process(&record("raw", "a b", &order("a b", "widget", 1)))).starts_with("userId \"a b\" does not match"));
+        assert_eq!(
+            reason(s.process(&record("raw", "alice", &order("alice", "widget", 0)))),
+            "quantity 0 is outside 1..=1000"
+        );
+        assert_eq!(
+            reason(s.process(&record("raw", "alice", &order("alice", "widget", 1001)))),
+            "quantity 1001 is outside 1..=1000"
+        );
+        assert_eq!(
+            reason(s.process(&record("raw", "alice", &order("alice", "boat", 1)))),
+            "product \"boat\" is not in the catalog"
+        );
+        assert!(
+            reason(s.process(&record("raw", "a b", &order("a b", "widget", 1))))
+                .starts_with("userId \"a b\" does not match")
+        );
         assert_eq!(
             reason(s.process(&record("raw", "bob", &order("alice", "widget", 1)))),
             "record key \"bob\" differs from userId \"alice\""
         );
-        assert!(reason(s.process(&record("raw", "alice", "{not json"))).starts_with("not a valid order record"));
+        assert!(reason(s.process(&record("raw", "alice", "{not json")))
+            .starts_with("not a valid order record"));
     }
 }

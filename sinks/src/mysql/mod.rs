@@ -22,7 +22,8 @@ use crate::writer::{Batch, ShardWriter, SinkError};
 /// Largest number of rows in one INSERT statement.
 pub const ROWS_PER_STATEMENT: usize = 500;
 
-const ORDER_COLUMNS: &str = "order_id, user_id, product, quantity, unit_price_minor, line_total_minor, currency, \
+const ORDER_COLUMNS: &str =
+    "order_id, user_id, product, quantity, unit_price_minor, line_total_minor, currency, \
      received_at_ms, enriched_at_ms, stored_at_ms, bucket, shard";
 const ORDER_PLACEHOLDERS: &str = "(?,?,?,?,?,?,?,?,?,?,?,?)";
 
@@ -37,11 +38,21 @@ impl MysqlShard {
     /// A shard named `name` at `url` (`mysql://user:password@host:port/database`).
     /// Connections are made lazily; the database is created by [`ShardWriter::migrate`].
     pub fn new(name: &str, url: &str) -> Result<Self, SinkError> {
-        let opts = Opts::from_url(url).map_err(|e| SinkError::Url { shard: name.into(), message: e.to_string() })?;
+        let opts = Opts::from_url(url).map_err(|e| SinkError::Url {
+            shard: name.into(),
+            message: e.to_string(),
+        })?;
         if opts.db_name().is_none() {
-            return Err(SinkError::Url { shard: name.into(), message: "the URL must name a database, e.g. …/sluice".into() });
+            return Err(SinkError::Url {
+                shard: name.into(),
+                message: "the URL must name a database, e.g. …/sluice".into(),
+            });
         }
-        Ok(MysqlShard { name: name.to_string(), url: url.to_string(), pool: Pool::new(opts) })
+        Ok(MysqlShard {
+            name: name.to_string(),
+            url: url.to_string(),
+            pool: Pool::new(opts),
+        })
     }
 
     /// The shard's name.
@@ -55,29 +66,37 @@ impl MysqlShard {
     }
 
     fn db_error(&self, error: mysql_async::Error) -> SinkError {
-        SinkError::Database { shard: self.name.clone(), message: error.to_string() }
+        SinkError::Database {
+            shard: self.name.clone(),
+            message: error.to_string(),
+        }
     }
 
     async fn create_database(&self) -> Result<(), SinkError> {
-        let opts = Opts::from_url(&self.url).map_err(|e| SinkError::Url { shard: self.name.clone(), message: e.to_string() })?;
+        let opts = Opts::from_url(&self.url).map_err(|e| SinkError::Url {
+            shard: self.name.clone(),
+            message: e.to_string(),
+        })?;
         let database = opts.db_name().unwrap_or_default().to_string();
-        if !database.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        if !database
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
             return Err(SinkError::Url {
                 shard: self.name.clone(),
                 message: format!("database name {database:?} may only use letters, digits and '_'"),
             });
         }
         let server = OptsBuilder::from_opts(opts).db_name(None::<String>);
-        let mut conn = mysql_async::Conn::new(server).await.map_err(|e| self.db_error(e))?;
-        conn.query_drop(format!("CREATE DATABASE IF NOT EXISTS `{database}` CHARACTER SET utf8mb4"))
+        let mut conn = mysql_async::Conn::new(server)
             .await
             .map_err(|e| self.db_error(e))?;
+        conn.query_drop(format!(
+            "CREATE DATABASE IF NOT EXISTS `{database}` CHARACTER SET utf8mb4"
+        ))
+        .await
+        .map_err(|e| self.db_error(e))?;
         conn.disconnect().await.map_err(|e| self.db_error(e))
-    }
-
-    /// Closes the pool.
-    pub async fn close(self) {
-        let _ = self.pool.disconnect().await;
     }
 }
 
@@ -102,10 +121,34 @@ fn placeholders(template: &str, rows: usize) -> String {
     vec![template; rows].join(",")
 }
 
-type OrderRow = (Vec<u8>, String, String, i64, i64, i64, String, i64, i64, u32, String);
+type OrderRow = (
+    Vec<u8>,
+    String,
+    String,
+    i64,
+    i64,
+    i64,
+    String,
+    i64,
+    i64,
+    u32,
+    String,
+);
 
 fn row_to_order(row: OrderRow) -> Option<EnrichedOrder> {
-    let (id, user_id, product, quantity, unit_price_minor, line_total_minor, currency, received_at_ms, enriched_at_ms, bucket, shard) = row;
+    let (
+        id,
+        user_id,
+        product,
+        quantity,
+        unit_price_minor,
+        line_total_minor,
+        currency,
+        received_at_ms,
+        enriched_at_ms,
+        bucket,
+        shard,
+    ) = row;
     Some(EnrichedOrder {
         order_id: Uuid::from_slice(&id).ok()?,
         user_id,
@@ -131,12 +174,17 @@ impl ShardWriter for MysqlShard {
         )
         .await
         .map_err(|e| self.db_error(e))?;
-        let applied: Option<i64> =
-            conn.query_first("SELECT MAX(version) FROM sluice_schema").await.map_err(|e| self.db_error(e))?.flatten();
+        let applied: Option<i64> = conn
+            .query_first("SELECT MAX(version) FROM sluice_schema")
+            .await
+            .map_err(|e| self.db_error(e))?
+            .flatten();
         let applied = applied.unwrap_or(0) as usize;
         for (index, statements) in schema::MIGRATIONS.iter().enumerate().skip(applied) {
             for statement in *statements {
-                conn.query_drop(*statement).await.map_err(|e| self.db_error(e))?;
+                conn.query_drop(*statement)
+                    .await
+                    .map_err(|e| self.db_error(e))?;
             }
             conn.exec_drop(
                 "INSERT IGNORE INTO sluice_schema (version, applied_at_ms) VALUES (?, ?)",
@@ -144,7 +192,11 @@ impl ShardWriter for MysqlShard {
             )
             .await
             .map_err(|e| self.db_error(e))?;
-            tracing::info!(shard = self.name, version = index + 1, "shard schema migrated");
+            tracing::info!(
+                shard = self.name,
+                version = index + 1,
+                "shard schema migrated"
+            );
         }
         Ok(())
     }
@@ -152,10 +204,20 @@ impl ShardWriter for MysqlShard {
     async fn positions(&self, consumer: &str) -> Result<Vec<Position>, SinkError> {
         let mut conn = self.pool.get_conn().await.map_err(|e| self.db_error(e))?;
         let rows: Vec<(String, i32, i64)> = conn
-            .exec("SELECT topic, partition_id, next_offset FROM sluice_offsets WHERE consumer = ?", (consumer,))
+            .exec(
+                "SELECT topic, partition_id, next_offset FROM sluice_offsets WHERE consumer = ?",
+                (consumer,),
+            )
             .await
             .map_err(|e| self.db_error(e))?;
-        Ok(rows.into_iter().map(|(topic, partition, next_offset)| Position { topic, partition, next_offset }).collect())
+        Ok(rows
+            .into_iter()
+            .map(|(topic, partition, next_offset)| Position {
+                topic,
+                partition,
+                next_offset,
+            })
+            .collect())
     }
 
     async fn write_batch(&self, consumer: &str, batch: &Batch) -> Result<(), SinkError> {
@@ -164,7 +226,11 @@ impl ShardWriter for MysqlShard {
         }
         let started = Instant::now();
         let now = now_ms();
-        let mut tx = self.pool.start_transaction(TxOpts::default()).await.map_err(|e| self.db_error(e))?;
+        let mut tx = self
+            .pool
+            .start_transaction(TxOpts::default())
+            .await
+            .map_err(|e| self.db_error(e))?;
         for chunk in batch.orders.chunks(ROWS_PER_STATEMENT) {
             let sql = format!(
                 "INSERT INTO orders ({ORDER_COLUMNS}) VALUES {} ON DUPLICATE KEY UPDATE order_id = order_id",
@@ -174,7 +240,9 @@ impl ShardWriter for MysqlShard {
             for order in chunk {
                 order_params(order, now, &mut params);
             }
-            tx.exec_drop(sql, Params::Positional(params)).await.map_err(|e| self.db_error(e))?;
+            tx.exec_drop(sql, Params::Positional(params))
+                .await
+                .map_err(|e| self.db_error(e))?;
         }
         for chunk in batch.rejections.chunks(ROWS_PER_STATEMENT) {
             let sql = format!(
@@ -192,7 +260,9 @@ impl ShardWriter for MysqlShard {
                     Value::from(r.rejected_at_ms),
                 ]);
             }
-            tx.exec_drop(sql, Params::Positional(params)).await.map_err(|e| self.db_error(e))?;
+            tx.exec_drop(sql, Params::Positional(params))
+                .await
+                .map_err(|e| self.db_error(e))?;
         }
         if !batch.positions.is_empty() {
             let sql = format!(
@@ -210,12 +280,17 @@ impl ShardWriter for MysqlShard {
                     Value::from(now),
                 ]);
             }
-            tx.exec_drop(sql, Params::Positional(params)).await.map_err(|e| self.db_error(e))?;
+            tx.exec_drop(sql, Params::Positional(params))
+                .await
+                .map_err(|e| self.db_error(e))?;
         }
         tx.commit().await.map_err(|e| self.db_error(e))?;
-        metrics::histogram!(telemetry::SINK_COMMIT_DURATION, "shard" => self.name.clone()).record(started.elapsed().as_secs_f64());
-        metrics::histogram!(telemetry::SINK_BATCH_ROWS, "shard" => self.name.clone()).record(batch.orders.len() as f64);
-        metrics::counter!(telemetry::SINK_ROWS, "shard" => self.name.clone(), "table" => "orders").increment(batch.orders.len() as u64);
+        metrics::histogram!(telemetry::SINK_COMMIT_DURATION, "shard" => self.name.clone())
+            .record(started.elapsed().as_secs_f64());
+        metrics::histogram!(telemetry::SINK_BATCH_ROWS, "shard" => self.name.clone())
+            .record(batch.orders.len() as f64);
+        metrics::counter!(telemetry::SINK_ROWS, "shard" => self.name.clone(), "table" => "orders")
+            .increment(batch.orders.len() as u64);
         metrics::counter!(telemetry::SINK_ROWS, "shard" => self.name.clone(), "table" => "rejected_orders")
             .increment(batch.rejections.len() as u64);
         Ok(())
@@ -236,12 +311,19 @@ impl ShardWriter for MysqlShard {
             return Ok(OrderStatus::Stored { order });
         }
         let rejected: Option<(String, String)> = conn
-            .exec_first("SELECT stage, reason FROM rejected_orders WHERE order_id = ? AND user_id = ?", (id, user_id))
+            .exec_first(
+                "SELECT stage, reason FROM rejected_orders WHERE order_id = ? AND user_id = ?",
+                (id, user_id),
+            )
             .await
             .map_err(|e| self.db_error(e))?;
         Ok(match rejected {
             Some((stage, reason)) => OrderStatus::Rejected { stage, reason },
             None => OrderStatus::Unknown,
         })
+    }
+
+    async fn close(&self) {
+        let _ = self.pool.clone().disconnect().await;
     }
 }

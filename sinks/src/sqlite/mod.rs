@@ -1,0 +1,245 @@
+//! The SQLite shard backend: one database file per shard, for running with no services.
+//!
+//! Same guarantees as MySQL: rows and consumer positions commit in one transaction (WAL
+//! journal, `synchronous = FULL`, so a committed batch survives a crash), and rows are
+//! idempotent by `order_id`.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use async_trait::async_trait;
+use rusqlite::{params, Connection, OptionalExtension};
+use sluice_core::log::Position;
+use sluice_core::lookup::OrderStatus;
+use sluice_core::order::{now_ms, EnrichedOrder};
+use sluice_core::telemetry;
+use uuid::Uuid;
+
+use crate::writer::{Batch, ShardWriter, SinkError};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS orders (
+    order_id BLOB NOT NULL PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    product TEXT NOT NULL,
+    quantity INTEGER NOT NULL,
+    unit_price_minor INTEGER NOT NULL,
+    line_total_minor INTEGER NOT NULL,
+    currency TEXT NOT NULL,
+    received_at_ms INTEGER NOT NULL,
+    enriched_at_ms INTEGER NOT NULL,
+    stored_at_ms INTEGER NOT NULL,
+    bucket INTEGER NOT NULL,
+    shard TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS orders_by_user ON orders (user_id, order_id);
+CREATE TABLE IF NOT EXISTS rejected_orders (
+    order_id BLOB NOT NULL PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    stage TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    rejected_at_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS sluice_offsets (
+    consumer TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    partition_id INTEGER NOT NULL,
+    next_offset INTEGER NOT NULL,
+    updated_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (consumer, topic, partition_id)
+) WITHOUT ROWID;
+";
+
+/// One SQLite shard file.
+pub struct SqliteShard {
+    name: String,
+    path: PathBuf,
+    conn: Arc<Mutex<Option<Connection>>>,
+}
+
+impl SqliteShard {
+    /// A shard named `name` stored in the file at `path` (created with its folder on migrate).
+    pub fn new(name: &str, path: &Path) -> Self {
+        SqliteShard {
+            name: name.to_string(),
+            path: path.to_path_buf(),
+            conn: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn error(name: &str, error: impl std::fmt::Display) -> SinkError {
+        SinkError::Database {
+            shard: name.to_string(),
+            message: error.to_string(),
+        }
+    }
+
+    /// Runs `work` on the shard's connection in a blocking thread, opening it on first use.
+    async fn with_conn<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Connection) -> Result<T, rusqlite::Error> + Send + 'static,
+    ) -> Result<T, SinkError> {
+        let (conn, path, name) = (self.conn.clone(), self.path.clone(), self.name.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn.lock().map_err(|_| Self::error(&name, "connection lock poisoned"))?;
+            if guard.is_none() {
+                if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(parent)
+                        .map_err(|e| Self::error(&name, format!("cannot create {}: {e}", parent.display())))?;
+                }
+                let opened = Connection::open(&path).map_err(|e| Self::error(&name, format!("{}: {e}", path.display())))?;
+                opened
+                    .execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;")
+                    .map_err(|e| Self::error(&name, e))?;
+                *guard = Some(opened);
+            }
+            let conn = guard.as_mut().ok_or_else(|| Self::error(&name, "no connection"))?;
+            work(conn).map_err(|e| Self::error(&name, e))
+        })
+        .await
+        .map_err(|e| Self::error(&self.name, format!("worker thread failed: {e}")))?
+    }
+}
+
+fn insert_order(
+    tx: &rusqlite::Transaction<'_>,
+    order: &EnrichedOrder,
+    stored_at_ms: i64,
+) -> Result<(), rusqlite::Error> {
+    let mut statement = tx.prepare_cached(
+        "INSERT INTO orders (order_id, user_id, product, quantity, unit_price_minor, line_total_minor, currency, \
+         received_at_ms, enriched_at_ms, stored_at_ms, bucket, shard) VALUES (?,?,?,?,?,?,?,?,?,?,?,?) \
+         ON CONFLICT (order_id) DO NOTHING",
+    )?;
+    statement.execute(params![
+        order.order_id.as_bytes().as_slice(),
+        order.user_id,
+        order.product,
+        order.quantity,
+        order.unit_price_minor,
+        order.line_total_minor,
+        order.currency,
+        order.received_at_ms,
+        order.enriched_at_ms,
+        stored_at_ms,
+        order.bucket,
+        order.shard,
+    ])?;
+    Ok(())
+}
+
+#[async_trait]
+impl ShardWriter for SqliteShard {
+    async fn migrate(&self) -> Result<(), SinkError> {
+        self.with_conn(|conn| conn.execute_batch(SCHEMA)).await
+    }
+
+    async fn positions(&self, consumer: &str) -> Result<Vec<Position>, SinkError> {
+        let consumer = consumer.to_string();
+        self.with_conn(move |conn| {
+            let mut statement = conn.prepare(
+                "SELECT topic, partition_id, next_offset FROM sluice_offsets WHERE consumer = ?",
+            )?;
+            let rows = statement.query_map([consumer], |row| {
+                Ok(Position {
+                    topic: row.get(0)?,
+                    partition: row.get(1)?,
+                    next_offset: row.get(2)?,
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn write_batch(&self, consumer: &str, batch: &Batch) -> Result<(), SinkError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let (consumer, batch_owned) = (consumer.to_string(), batch.clone());
+        self.with_conn(move |conn| {
+            let now = now_ms();
+            let tx = conn.transaction()?;
+            for order in &batch_owned.orders {
+                insert_order(&tx, order, now)?;
+            }
+            for r in &batch_owned.rejections {
+                tx.prepare_cached(
+                    "INSERT INTO rejected_orders (order_id, user_id, stage, reason, rejected_at_ms) VALUES (?,?,?,?,?) \
+                     ON CONFLICT (order_id) DO NOTHING",
+                )?
+                .execute(params![r.order_id.as_bytes().as_slice(), r.user_id, r.stage, r.reason, r.rejected_at_ms])?;
+            }
+            for p in &batch_owned.positions {
+                tx.prepare_cached(
+                    "INSERT INTO sluice_offsets (consumer, topic, partition_id, next_offset, updated_at_ms) VALUES (?,?,?,?,?) \
+                     ON CONFLICT (consumer, topic, partition_id) DO UPDATE SET next_offset = excluded.next_offset, \
+                     updated_at_ms = excluded.updated_at_ms",
+                )?
+                .execute(params![consumer, p.topic, p.partition, p.next_offset, now])?;
+            }
+            tx.commit()
+        })
+        .await?;
+        metrics::histogram!(telemetry::SINK_COMMIT_DURATION, "shard" => self.name.clone())
+            .record(started.elapsed().as_secs_f64());
+        metrics::histogram!(telemetry::SINK_BATCH_ROWS, "shard" => self.name.clone())
+            .record(batch.orders.len() as f64);
+        metrics::counter!(telemetry::SINK_ROWS, "shard" => self.name.clone(), "table" => "orders")
+            .increment(batch.orders.len() as u64);
+        metrics::counter!(telemetry::SINK_ROWS, "shard" => self.name.clone(), "table" => "rejected_orders")
+            .increment(batch.rejections.len() as u64);
+        Ok(())
+    }
+
+    async fn find(&self, user_id: &str, order_id: Uuid) -> Result<OrderStatus, SinkError> {
+        let user_id = user_id.to_string();
+        self.with_conn(move |conn| {
+            let id = order_id.as_bytes().to_vec();
+            let stored = conn
+                .query_row(
+                    "SELECT user_id, product, quantity, unit_price_minor, line_total_minor, currency, received_at_ms, \
+                     enriched_at_ms, bucket, shard FROM orders WHERE order_id = ? AND user_id = ?",
+                    params![id, user_id],
+                    |row| {
+                        Ok(EnrichedOrder {
+                            order_id,
+                            user_id: row.get(0)?,
+                            product: row.get(1)?,
+                            quantity: row.get(2)?,
+                            unit_price_minor: row.get(3)?,
+                            line_total_minor: row.get(4)?,
+                            currency: row.get(5)?,
+                            received_at_ms: row.get(6)?,
+                            enriched_at_ms: row.get(7)?,
+                            bucket: row.get(8)?,
+                            shard: row.get(9)?,
+                        })
+                    },
+                )
+                .optional()?;
+            if let Some(order) = stored {
+                return Ok(OrderStatus::Stored { order });
+            }
+            let rejected = conn
+                .query_row(
+                    "SELECT stage, reason FROM rejected_orders WHERE order_id = ? AND user_id = ?",
+                    params![id, user_id],
+                    |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)),
+                )
+                .optional()?;
+            Ok(match rejected {
+                Some((stage, reason)) => OrderStatus::Rejected { stage, reason },
+                None => OrderStatus::Unknown,
+            })
+        })
+        .await
+    }
+}

@@ -1,0 +1,180 @@
+//! One conformance suite for every shard backend: real MariaDB (from `scripts/infra up`,
+//! `SLUICE_MYSQL_SHARDS`) and SQLite.
+
+use std::sync::Arc;
+
+use sluice_core::log::Position;
+use sluice_core::lookup::OrderStatus;
+use sluice_core::order::EnrichedOrder;
+use sluice_sinks::mysql::MysqlShard;
+use sluice_sinks::sqlite::SqliteShard;
+use sluice_sinks::{Batch, Rejection, ShardWriter};
+use uuid::Uuid;
+
+fn order(user: &str, quantity: i64) -> EnrichedOrder {
+    EnrichedOrder {
+        order_id: Uuid::now_v7(),
+        user_id: user.into(),
+        product: "widget".into(),
+        quantity,
+        unit_price_minor: 999,
+        line_total_minor: 999 * quantity,
+        currency: "EUR".into(),
+        received_at_ms: 10,
+        enriched_at_ms: 20,
+        bucket: 7,
+        shard: "s0".into(),
+    }
+}
+
+fn position(topic: &str, partition: i32, next_offset: i64) -> Position {
+    Position {
+        topic: topic.into(),
+        partition,
+        next_offset,
+    }
+}
+
+async fn count_orders(shard: &dyn ShardWriter, batch: &Batch) -> usize {
+    let mut found = 0;
+    for order in &batch.orders {
+        if matches!(
+            shard.find(&order.user_id, order.order_id).await.unwrap(),
+            OrderStatus::Stored { .. }
+        ) {
+            found += 1;
+        }
+    }
+    found
+}
+
+/// The contract every backend must keep.
+async fn conformance(shard: Arc<dyn ShardWriter>) {
+    shard.migrate().await.unwrap();
+    shard.migrate().await.expect("migrate must be idempotent");
+    assert!(shard.positions("sink").await.unwrap().is_empty());
+
+    // Rows and positions go in together.
+    let first = Batch {
+        orders: (0..1200)
+            .map(|n| order(&format!("user{}", n % 7), n % 5 + 1))
+            .collect(),
+        rejections: vec![Rejection {
+            order_id: Uuid::now_v7(),
+            user_id: "user1".into(),
+            stage: "validate".into(),
+            reason: "quantity 0 is outside 1..=1000".into(),
+            rejected_at_ms: 30,
+        }],
+        positions: vec![
+            position("orders.shard.0", 0, 600),
+            position("orders.shard.0", 1, 601),
+            position("orders.dlq", 2, 1),
+        ],
+    };
+    shard.write_batch("sink", &first).await.unwrap();
+    assert_eq!(count_orders(shard.as_ref(), &first).await, 1200);
+    let mut stored = shard.positions("sink").await.unwrap();
+    stored.sort();
+    let mut expected = first.positions.clone();
+    expected.sort();
+    assert_eq!(stored, expected);
+
+    // The stored row reads back field for field.
+    let sample = &first.orders[17];
+    match shard.find(&sample.user_id, sample.order_id).await.unwrap() {
+        OrderStatus::Stored { order } => assert_eq!(&order, sample),
+        other => panic!("expected the stored row, got {other:?}"),
+    }
+    // Only its own user sees it.
+    assert_eq!(
+        shard.find("someone-else", sample.order_id).await.unwrap(),
+        OrderStatus::Unknown
+    );
+    // Rejections are reported with stage and reason.
+    let rejected = &first.rejections[0];
+    assert_eq!(
+        shard.find("user1", rejected.order_id).await.unwrap(),
+        OrderStatus::Rejected {
+            stage: "validate".into(),
+            reason: "quantity 0 is outside 1..=1000".into()
+        }
+    );
+    assert_eq!(
+        shard.find("user1", Uuid::now_v7()).await.unwrap(),
+        OrderStatus::Unknown
+    );
+
+    // Writing the same rows again (a replay) changes nothing but the positions.
+    let mut replay = first.clone();
+    replay.orders[0].quantity = 99;
+    replay.positions = vec![position("orders.shard.0", 0, 700)];
+    shard.write_batch("sink", &replay).await.unwrap();
+    match shard
+        .find(&first.orders[0].user_id, first.orders[0].order_id)
+        .await
+        .unwrap()
+    {
+        OrderStatus::Stored { order } => assert_eq!(
+            order.quantity, first.orders[0].quantity,
+            "a replayed row overwrote the stored one"
+        ),
+        other => panic!("{other:?}"),
+    }
+    let stored = shard.positions("sink").await.unwrap();
+    assert!(stored.contains(&position("orders.shard.0", 0, 700)));
+    assert!(stored.contains(&position("orders.shard.0", 1, 601)));
+
+    // Positions are kept per consumer: a replay's cursor does not move the live one.
+    shard
+        .write_batch(
+            "replay-a",
+            &Batch {
+                positions: vec![position("orders.enriched", 0, 5)],
+                ..Batch::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        shard.positions("replay-a").await.unwrap(),
+        vec![position("orders.enriched", 0, 5)]
+    );
+    assert_eq!(shard.positions("sink").await.unwrap().len(), 3);
+
+    // An empty batch is a no-op.
+    shard.write_batch("sink", &Batch::default()).await.unwrap();
+    shard.close().await;
+}
+
+#[tokio::test]
+async fn sqlite_backend_conforms() {
+    let dir = tempfile::tempdir().unwrap();
+    let shard = SqliteShard::new("s0", &dir.path().join("nested/shard0.db"));
+    conformance(Arc::new(shard)).await;
+    // Survives a reopen: the file holds everything.
+    let reopened = SqliteShard::new("s0", &dir.path().join("nested/shard0.db"));
+    reopened.migrate().await.unwrap();
+    assert_eq!(reopened.positions("sink").await.unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn mysql_backend_conforms() {
+    let servers = std::env::var("SLUICE_MYSQL_SHARDS")
+        .expect("the MySQL conformance test needs MariaDB: run `make test` (or `bash scripts/infra up` and eval its env)");
+    let server = servers.split(',').next().unwrap().trim_end_matches('/');
+    let id = Uuid::now_v7().simple().to_string();
+    let url = format!("{server}/t_conf_{}", &id[id.len() - 10..]);
+    conformance(Arc::new(MysqlShard::new("s0", &url).unwrap())).await;
+}
+
+#[tokio::test]
+async fn mysql_url_without_database_is_refused() {
+    let error = MysqlShard::new("s0", "mysql://root@127.0.0.1:1")
+        .err()
+        .unwrap();
+    assert!(
+        error.to_string().contains("must name a database"),
+        "{error}"
+    );
+}
