@@ -140,7 +140,7 @@ fn enriched(user: &str, bucket: u32, shard: &str) -> EnrichedOrder {
 async fn bench_sinks(rows: usize) {
     let test = test_topology("bsinks", &[], |t| t);
     let topology = test.topology();
-    let log: Arc<dyn Log> = log::open(&topology.log).unwrap();
+    let log: Arc<dyn Log> = log::open(&topology.log, &topology.base_dir).unwrap();
     log::ensure_topology_topics(log.as_ref(), &topology)
         .await
         .unwrap();

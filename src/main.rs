@@ -187,7 +187,8 @@ fn run(path: &std::path::Path, only: &[Part]) -> ExitCode {
     let result = runtime.block_on(async {
         let shutdown = Shutdown::new();
         shutdown.listen_for_signals();
-        pipeline::run(topology, parts, None, shutdown).await
+        let log = pipeline::open_log(&topology)?;
+        pipeline::run(topology, log, parts, None, shutdown).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -99,16 +99,21 @@ async fn bind(topology: &Topology) -> Result<Listeners, PipelineError> {
     Ok(Listeners { login, order })
 }
 
-/// Runs `parts` of `topology` until `shutdown` is triggered (or a component fails), then
+/// Opens the log a topology names (call within a Tokio runtime).
+pub fn open_log(topology: &Topology) -> Result<Arc<dyn Log>, PipelineError> {
+    Ok(log::open(&topology.log, &topology.base_dir)?)
+}
+
+/// Runs `parts` of `topology` over `log` until `shutdown` is triggered (or a component fails), then
 /// drains: the ingress finishes in-flight requests, stages and sinks finish and commit
 /// their batch, and the producer flushes.
 pub async fn run(
     topology: Topology,
+    log: Arc<dyn Log>,
     parts: Parts,
     listeners: Option<Listeners>,
     shutdown: Shutdown,
 ) -> Result<(), PipelineError> {
-    let log: Arc<dyn Log> = log::open(&topology.log)?;
     log::ensure_topology_topics(log.as_ref(), &topology).await?;
     let shards = open_shards(&topology)?;
     let shard_map = topology

@@ -466,7 +466,7 @@ async fn unreachable_broker_means_503_never_2xx() {
     });
     let mut topology = test.topology();
     topology.log.brokers = "127.0.0.1:1".into();
-    let log: Arc<dyn Log> = log::open(&topology.log).unwrap();
+    let log: Arc<dyn Log> = log::open(&topology.log, &topology.base_dir).unwrap();
     let users =
         sluice_ingress::Users::load(&topology.resolve_path(&topology.ingress.auth.users_file))
             .unwrap();

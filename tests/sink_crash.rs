@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 async fn killed_sink_worker_resumes_without_loss_or_duplicates() {
     let test = test_topology("sinkcrash", &[], |t| t);
     let topology = test.topology();
-    let log = log::open(&topology.log).unwrap();
+    let log = log::open(&topology.log, &topology.base_dir).unwrap();
     log::ensure_topology_topics(log.as_ref(), &topology)
         .await
         .unwrap();

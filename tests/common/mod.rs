@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
 use sluice::pipeline::{self, Listeners, Parts};
-use sluice_core::log::{self, Log};
+use sluice_core::log::Log;
 use sluice_core::shutdown::Shutdown;
 use sluice_core::topology::{self, Topology};
 use tokio::net::TcpListener;
@@ -147,10 +147,11 @@ impl RunningPipeline {
         let order = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base_login = format!("http://{}", login.local_addr().unwrap());
         let base_order = format!("http://{}", order.local_addr().unwrap());
-        let log = log::open(&topology.log).unwrap();
+        let log = pipeline::open_log(&topology).unwrap();
         let shutdown = Shutdown::new();
         let handle = tokio::spawn(pipeline::run(
             topology,
+            log.clone(),
             parts,
             Some(Listeners {
                 login,

@@ -289,48 +289,90 @@ fn to_record(message: &rdkafka::message::BorrowedMessage<'_>) -> Record {
     }
 }
 
-#[async_trait]
-impl LogConsumer for KafkaConsumer {
-    async fn assign(&mut self, assignments: Vec<Assignment>) -> Result<(), LogError> {
+impl KafkaConsumer {
+    /// Resolves every start position to an offset now, so that `End` means the end at
+    /// assignment time (librdkafka would resolve it later, racing producers), then assigns.
+    async fn try_assign(&self, assignments: Vec<Assignment>) -> Result<(), LogError> {
         let consumer = self.inner.clone();
         let group = self.group.clone();
         blocking(move || {
+            let mut committed = TopicPartitionList::new();
+            for a in assignments
+                .iter()
+                .filter(|a| a.start == StartFrom::Committed)
+            {
+                committed.add_partition(&a.topic, a.partition);
+            }
+            let committed = if committed.count() > 0 {
+                consumer
+                    .committed_offsets(committed, META_TIMEOUT)
+                    .map_err(backend)?
+            } else {
+                committed
+            };
             let mut list = TopicPartitionList::new();
-            let mut by_time = TopicPartitionList::new();
             for a in &assignments {
+                let watermarks = || {
+                    consumer
+                        .fetch_watermarks(&a.topic, a.partition, META_TIMEOUT)
+                        .map_err(backend)
+                };
                 let offset = match a.start {
-                    StartFrom::Committed => Offset::Stored,
-                    StartFrom::Beginning => Offset::Beginning,
-                    StartFrom::End => Offset::End,
-                    StartFrom::Offset(n) => Offset::Offset(n),
+                    StartFrom::Committed => {
+                        match committed
+                            .find_partition(&a.topic, a.partition)
+                            .map(|e| e.offset())
+                        {
+                            Some(Offset::Offset(n)) => n,
+                            _ => watermarks()?.0,
+                        }
+                    }
+                    StartFrom::Beginning => watermarks()?.0,
+                    StartFrom::End => watermarks()?.1,
+                    StartFrom::Offset(n) => {
+                        let (low, high) = watermarks()?;
+                        n.clamp(low, high)
+                    }
                     StartFrom::Time(ms) => {
-                        by_time
+                        let mut query = TopicPartitionList::new();
+                        query
                             .add_partition_offset(&a.topic, a.partition, Offset::Offset(ms))
                             .map_err(backend)?;
-                        Offset::End
+                        let found = consumer
+                            .offsets_for_times(query, META_TIMEOUT)
+                            .map_err(backend)?;
+                        match found.elements().first().map(|e| e.offset()) {
+                            Some(Offset::Offset(n)) => n,
+                            // No record at or after the time: start at the end.
+                            _ => watermarks()?.1,
+                        }
                     }
                 };
-                list.add_partition_offset(&a.topic, a.partition, offset)
+                list.add_partition_offset(&a.topic, a.partition, Offset::Offset(offset))
                     .map_err(backend)?;
-            }
-            if by_time.count() > 0 {
-                let found = consumer
-                    .offsets_for_times(by_time, META_TIMEOUT)
-                    .map_err(backend)?;
-                for element in found.elements() {
-                    // No record at or after the time: start at the end.
-                    let offset = match element.offset() {
-                        Offset::Offset(n) => Offset::Offset(n),
-                        _ => Offset::End,
-                    };
-                    list.set_partition_offset(element.topic(), element.partition(), offset)
-                        .map_err(backend)?;
-                }
             }
             tracing::debug!(group, partitions = list.count(), "assigning partitions");
             consumer.assign(&list).map_err(backend)
         })
         .await
+    }
+}
+
+#[async_trait]
+impl LogConsumer for KafkaConsumer {
+    async fn assign(&mut self, assignments: Vec<Assignment>) -> Result<(), LogError> {
+        // Right after topics are created their leaders may still be settling; retry briefly.
+        let mut attempt = 0;
+        loop {
+            match self.try_assign(assignments.clone()).await {
+                Err(error) if attempt < 20 => {
+                    tracing::debug!(%error, "partition assignment not possible yet; retrying");
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                result => return result,
+            }
+        }
     }
 
     async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Record>, LogError> {

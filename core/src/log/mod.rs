@@ -6,12 +6,15 @@
 //!   positions explicitly, so the caller decides when work is done;
 //! - records of one key always land in one partition, so a user's orders stay in order.
 
+pub mod embedded;
 mod kafka;
 
+use std::path::Path;
 use std::time::Duration;
 
 use async_trait::async_trait;
 
+pub use embedded::EmbeddedLog;
 pub use kafka::KafkaLog;
 
 use crate::topology::{LogBackend, LogConfig, Topology};
@@ -202,10 +205,30 @@ pub trait LogConsumer: Send {
     async fn committed(&mut self, topic: &str, partition: i32) -> Result<Option<i64>, LogError>;
 }
 
-/// Opens the log described by `[log]`.
-pub fn open(config: &LogConfig) -> Result<std::sync::Arc<dyn Log>, LogError> {
+/// Opens the log described by `[log]`; relative paths resolve against `base_dir` (the
+/// topology file's folder). Call within a Tokio runtime (the embedded log starts its
+/// retention sweeper there).
+pub fn open(config: &LogConfig, base_dir: &Path) -> Result<std::sync::Arc<dyn Log>, LogError> {
     match config.backend {
         LogBackend::Kafka => Ok(std::sync::Arc::new(KafkaLog::new(config)?)),
+        LogBackend::Embedded => {
+            let path = if config.path.is_absolute() {
+                config.path.clone()
+            } else {
+                base_dir.join(&config.path)
+            };
+            let retention = embedded::Retention {
+                max_age: config
+                    .retention_hours
+                    .map(|h| Duration::from_secs(h * 3600)),
+                max_records: config.retention_records,
+            };
+            let log = EmbeddedLog::open(&path, retention)?;
+            if tokio::runtime::Handle::try_current().is_ok() {
+                log.spawn_retention(Duration::from_secs(60));
+            }
+            Ok(std::sync::Arc::new(log))
+        }
     }
 }
 

@@ -47,17 +47,29 @@ pub struct Topology {
 pub enum LogBackend {
     /// Apache Kafka (or any Kafka-protocol broker), through librdkafka.
     Kafka,
+    /// The embedded log: one local file, no services, one process.
+    Embedded,
 }
 
 /// `[log]`: where the topics live.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
-    /// Backend: `"kafka"`.
+    /// Backend: `"embedded"` (a local file, no services) or `"kafka"`.
     pub backend: LogBackend,
     /// Kafka bootstrap servers, comma-separated `host:port` (Kafka backend).
     #[serde(default)]
     pub brokers: String,
+    /// File of the embedded log, relative to the topology file (embedded backend).
+    #[serde(default = "defaults::log_path")]
+    pub path: PathBuf,
+    /// Embedded backend: records older than this many hours are deleted. Kafka topics keep
+    /// the broker's retention settings.
+    #[serde(default = "defaults::retention_hours")]
+    pub retention_hours: Option<u64>,
+    /// Embedded backend: at most this many records are kept per partition (oldest go first).
+    #[serde(default)]
+    pub retention_records: Option<u64>,
     /// Prefix of every consumer group name; a stage's group is `<prefix>.<stage name>`.
     #[serde(default = "defaults::group_prefix")]
     pub consumer_group_prefix: String,
@@ -355,6 +367,12 @@ mod defaults {
 
     use super::Quota;
 
+    pub fn log_path() -> std::path::PathBuf {
+        "data/log.redb".into()
+    }
+    pub fn retention_hours() -> Option<u64> {
+        Some(168)
+    }
     pub fn group_prefix() -> String {
         "sluice".into()
     }

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use super::model::{parse_price_minor, StageKind, Topology};
+use super::model::{parse_price_minor, LogBackend, StageKind, Topology};
 
 /// One problem in a topology: where it is and what to change.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,10 +60,21 @@ fn declared(topology: &Topology, topic: &str, at: String, issues: &mut Issues) {
 }
 
 fn check_log(topology: &Topology, issues: &mut Issues) {
-    if topology.log.brokers.trim().is_empty() {
-        issues.push(
+    match topology.log.backend {
+        LogBackend::Kafka if topology.log.brokers.trim().is_empty() => issues.push(
             "log.brokers",
             "the Kafka backend needs bootstrap servers, e.g. \"127.0.0.1:9092\"",
+        ),
+        LogBackend::Embedded if topology.log.path.as_os_str().is_empty() => issues.push(
+            "log.path",
+            "the embedded backend needs a file, e.g. \"data/log.redb\"",
+        ),
+        _ => {}
+    }
+    if topology.log.retention_hours == Some(0) || topology.log.retention_records == Some(0) {
+        issues.push(
+            "log",
+            "retention_hours and retention_records must be at least 1 (leave them out for no limit)",
         );
     }
     if topology.log.consumer_group_prefix.trim().is_empty() {

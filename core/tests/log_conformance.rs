@@ -1,0 +1,337 @@
+//! One conformance suite for every log backend: real Apache Kafka (from `scripts/infra up`,
+//! `SLUICE_KAFKA_BROKERS`) and the embedded log. Both must behave the same.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_core::log::embedded::{partition_for, Retention};
+use sluice_core::log::{
+    Assignment, EmbeddedLog, KafkaLog, Log, LogConsumer, OutRecord, Position, Record, StartFrom,
+};
+use sluice_core::topology::{LogBackend, LogConfig};
+
+const ACK: Duration = Duration::from_secs(10);
+
+fn unique(name: &str) -> String {
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    format!("t_{name}_{}", &id[id.len() - 10..])
+}
+
+async fn read_all(consumer: &mut dyn LogConsumer, expected: usize) -> Vec<Record> {
+    let mut records = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while records.len() < expected && tokio::time::Instant::now() < deadline {
+        records.extend(
+            consumer
+                .poll(500, Duration::from_millis(200))
+                .await
+                .unwrap(),
+        );
+    }
+    records
+}
+
+async fn assign(consumer: &mut dyn LogConsumer, topic: &str, partitions: i32, start: StartFrom) {
+    let assignments = (0..partitions)
+        .map(|partition| Assignment {
+            topic: topic.into(),
+            partition,
+            start,
+        })
+        .collect();
+    consumer.assign(assignments).await.unwrap();
+}
+
+/// The contract every backend keeps.
+async fn conformance(log: Arc<dyn Log>) {
+    let topic = unique("conf");
+    let other = unique("conf_other");
+    let topics = vec![(topic.clone(), 4, 1), (other.clone(), 1, 1)];
+    log.ensure_topics(&topics).await.unwrap();
+    log.ensure_topics(&topics)
+        .await
+        .expect("ensure_topics must be idempotent");
+    assert_eq!(log.partition_count(&topic).await.unwrap(), 4);
+    log.check_ready().await.unwrap();
+
+    // Keyed appends: one key, one partition (Kafka's murmur2 on both backends), offsets grow.
+    let before = sluice_core::order::now_ms() - 1;
+    let users: Vec<String> = (0..10).map(|n| format!("user-{n}")).collect();
+    let mut by_partition: BTreeMap<i32, Vec<(i64, String, usize)>> = BTreeMap::new();
+    for n in 0..200usize {
+        let user = &users[n % users.len()];
+        let record = OutRecord::new(user.as_bytes(), format!("payload-{n}").into_bytes())
+            .with_header("n", n.to_string());
+        let delivery = log.send(&topic, record, ACK).await.unwrap();
+        assert_eq!(
+            delivery.partition,
+            partition_for(user.as_bytes(), 4),
+            "key {user} went to an unexpected partition"
+        );
+        by_partition.entry(delivery.partition).or_default().push((
+            delivery.offset,
+            user.clone(),
+            n,
+        ));
+    }
+    for deliveries in by_partition.values() {
+        assert!(
+            deliveries.windows(2).all(|w| w[0].0 < w[1].0),
+            "offsets must increase within a partition"
+        );
+    }
+    let mut total_high = 0;
+    for partition in 0..4 {
+        let (low, high) = log.watermarks(&topic, partition).await.unwrap();
+        assert_eq!(low, 0);
+        assert_eq!(
+            high,
+            by_partition.get(&partition).map_or(0, Vec::len) as i64
+        );
+        total_high += high;
+    }
+    assert_eq!(total_high, 200);
+
+    // Reading from the beginning returns every record, in order within each partition.
+    let group = unique("group");
+    let mut consumer = log.consumer(&group).await.unwrap();
+    assign(consumer.as_mut(), &topic, 4, StartFrom::Beginning).await;
+    let records = read_all(consumer.as_mut(), 200).await;
+    assert_eq!(records.len(), 200);
+    let mut seen: HashMap<i32, Vec<i64>> = HashMap::new();
+    for record in &records {
+        let n: usize = record.header("n").unwrap().parse().unwrap();
+        assert_eq!(record.payload, format!("payload-{n}").into_bytes());
+        assert_eq!(record.key, users[n % users.len()].as_bytes());
+        assert!(record.timestamp_ms.unwrap() >= before);
+        seen.entry(record.partition)
+            .or_default()
+            .push(record.offset);
+    }
+    for offsets in seen.values() {
+        assert!(
+            offsets.windows(2).all(|w| w[0] + 1 == w[1]),
+            "records must come in offset order"
+        );
+    }
+
+    // Committed positions survive in the group; another group starts afresh.
+    let commits: Vec<Position> = (0..4)
+        .map(|partition| Position {
+            topic: topic.clone(),
+            partition,
+            next_offset: 3,
+        })
+        .collect();
+    consumer.commit(&commits).await.unwrap();
+    assert_eq!(consumer.committed(&topic, 2).await.unwrap(), Some(3));
+    drop(consumer);
+    let mut resumed = log.consumer(&group).await.unwrap();
+    assign(resumed.as_mut(), &topic, 4, StartFrom::Committed).await;
+    let rest = read_all(resumed.as_mut(), 200 - 12).await;
+    assert_eq!(
+        rest.len(),
+        200 - 12,
+        "resuming from committed positions skips exactly what was committed"
+    );
+    assert!(rest.iter().all(|r| r.offset >= 3));
+    let mut fresh = log.consumer(&unique("fresh")).await.unwrap();
+    assert_eq!(fresh.committed(&topic, 0).await.unwrap(), None);
+    assign(fresh.as_mut(), &topic, 4, StartFrom::Committed).await;
+    assert_eq!(
+        read_all(fresh.as_mut(), 200).await.len(),
+        200,
+        "no committed position means the beginning"
+    );
+
+    // Seek by offset and by time; End sees only new records.
+    let busiest = *by_partition.iter().max_by_key(|(_, d)| d.len()).unwrap().0;
+    let mut seek = log.consumer(&unique("seek")).await.unwrap();
+    seek.assign(vec![Assignment {
+        topic: topic.clone(),
+        partition: busiest,
+        start: StartFrom::Offset(5),
+    }])
+    .await
+    .unwrap();
+    let from_five = read_all(seek.as_mut(), by_partition[&busiest].len() - 5).await;
+    assert_eq!(from_five.first().map(|r| r.offset), Some(5));
+
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let cut = sluice_core::order::now_ms();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let mut tail = log.consumer(&unique("tail")).await.unwrap();
+    assign(tail.as_mut(), &topic, 4, StartFrom::End).await;
+    assert!(
+        tail.poll(100, Duration::from_millis(300))
+            .await
+            .unwrap()
+            .is_empty(),
+        "End must not return old records"
+    );
+    let late = log
+        .send(
+            &topic,
+            OutRecord::new(b"user-1".to_vec(), b"late".to_vec()),
+            ACK,
+        )
+        .await
+        .unwrap();
+    let got = read_all(tail.as_mut(), 1).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].payload, b"late");
+    assert_eq!(
+        log.offset_for_time(&topic, late.partition, cut)
+            .await
+            .unwrap(),
+        late.offset
+    );
+    assert_eq!(
+        log.offset_for_time(&topic, late.partition, cut + 3_600_000)
+            .await
+            .unwrap(),
+        late.offset + 1,
+        "a time after the newest record maps to the high watermark"
+    );
+    let mut by_time = log.consumer(&unique("time")).await.unwrap();
+    assign(by_time.as_mut(), &topic, 4, StartFrom::Time(cut)).await;
+    let after_cut = read_all(by_time.as_mut(), 1).await;
+    assert_eq!(
+        after_cut
+            .iter()
+            .map(|r| r.payload.clone())
+            .collect::<Vec<_>>(),
+        vec![b"late".to_vec()]
+    );
+
+    // Topics are independent.
+    assert_eq!(log.watermarks(&other, 0).await.unwrap(), (0, 0));
+    log.flush(Duration::from_secs(5)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_log_conforms() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = EmbeddedLog::open(
+        &dir.path().join("log.redb"),
+        Retention {
+            max_age: None,
+            max_records: None,
+        },
+    )
+    .unwrap();
+    conformance(Arc::new(log)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_log_conforms() {
+    let brokers = std::env::var("SLUICE_KAFKA_BROKERS")
+        .expect("the Kafka conformance test needs a broker: run `make test` (or `bash scripts/infra up` and eval its env)");
+    let config = LogConfig {
+        backend: LogBackend::Kafka,
+        brokers,
+        path: Default::default(),
+        retention_hours: None,
+        retention_records: None,
+        consumer_group_prefix: unique("conf"),
+        kafka: Default::default(),
+    };
+    conformance(Arc::new(KafkaLog::new(&config).unwrap())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_log_survives_reopen_and_enforces_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log.redb");
+    let topic = "orders".to_string();
+    {
+        let log = EmbeddedLog::open(
+            &path,
+            Retention {
+                max_age: None,
+                max_records: Some(10),
+            },
+        )
+        .unwrap();
+        log.ensure_topics(&[(topic.clone(), 1, 1)]).await.unwrap();
+        for n in 0..25 {
+            log.send(
+                &topic,
+                OutRecord::new(b"k".to_vec(), format!("{n}").into_bytes()),
+                ACK,
+            )
+            .await
+            .unwrap();
+        }
+        let mut consumer = log.consumer("g").await.unwrap();
+        consumer
+            .commit(&[Position {
+                topic: topic.clone(),
+                partition: 0,
+                next_offset: 7,
+            }])
+            .await
+            .unwrap();
+        assert!(
+            EmbeddedLog::open(
+                &path,
+                Retention {
+                    max_age: None,
+                    max_records: None
+                }
+            )
+            .is_err(),
+            "a second opener must be refused"
+        );
+    }
+    let log = EmbeddedLog::open(
+        &path,
+        Retention {
+            max_age: None,
+            max_records: Some(10),
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        log.watermarks(&topic, 0).await.unwrap(),
+        (0, 25),
+        "records survive a reopen"
+    );
+    assert_eq!(
+        log.consumer("g")
+            .await
+            .unwrap()
+            .committed(&topic, 0)
+            .await
+            .unwrap(),
+        Some(7)
+    );
+    assert_eq!(log.enforce_retention().await.unwrap(), 15);
+    assert_eq!(log.watermarks(&topic, 0).await.unwrap(), (15, 25));
+    let mut consumer = log.consumer("g").await.unwrap();
+    consumer
+        .assign(vec![Assignment {
+            topic: topic.clone(),
+            partition: 0,
+            start: StartFrom::Committed,
+        }])
+        .await
+        .unwrap();
+    let records = read_all(consumer.as_mut(), 10).await;
+    assert_eq!(
+        records.first().map(|r| r.offset),
+        Some(15),
+        "positions behind retention move to the oldest record"
+    );
+    let next = log
+        .send(&topic, OutRecord::new(b"k".to_vec(), b"x".to_vec()), ACK)
+        .await
+        .unwrap();
+    assert_eq!(next.offset, 25, "offsets continue after a reopen");
+    assert!(matches!(
+        log.send("missing", OutRecord::new(b"k".to_vec(), b"x".to_vec()), ACK)
+            .await,
+        Err(sluice_core::log::LogError::UnknownTopic(_))
+    ));
+}
