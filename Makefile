@@ -1,8 +1,13 @@
 # One entry per habit. `make test` starts the real infrastructure it needs first.
-.PHONY: run test lint fmt bench infra-up infra-down check
+.PHONY: run run-services test lint fmt bench infra-up infra-down check
 
-run: infra-up
-	eval "$$(bash scripts/infra env)" && cargo run --release -- run
+# The whole pipeline on its embedded defaults (no Kafka, no MySQL): same as `cargo run --release`.
+run:
+	cargo run --release
+
+# The same binary on Kafka and four MariaDB shards started by scripts/infra.
+run-services: infra-up
+	eval "$$(bash scripts/infra env)" && SLUICE_LOG_BACKEND=kafka cargo run --release
 
 test: infra-up
 	eval "$$(bash scripts/infra env)" && cargo test --workspace --all-targets

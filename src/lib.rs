@@ -4,3 +4,4 @@
 //! shutdown tree; the binary (`src/main.rs`) only parses arguments and calls it.
 
 pub mod pipeline;
+pub mod replay;

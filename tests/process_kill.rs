@@ -10,7 +10,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use mysql_async::prelude::Queryable;
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -103,26 +102,30 @@ fn spawn_load(
 async fn stored_ids(test: &TestTopology) -> HashMap<String, usize> {
     let mut stored = HashMap::new();
     for shard in 0..4 {
-        let mut conn = shard_conn(test, shard).await;
-        let ids: Vec<String> = conn
-            .query("SELECT LOWER(HEX(order_id)) FROM orders")
-            .await
-            .unwrap_or_default();
-        for id in ids {
+        for line in order_lines(test, shard).await {
+            let id = line.split('|').next().unwrap().to_string();
             *stored.entry(id).or_default() += 1;
         }
-        let _ = conn.disconnect().await;
     }
     stored
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_and_sigterm_lose_and_duplicate_nothing() {
-    let probe = test_topology("probe", &[], |t| t);
+async fn on_kafka_and_mariadb_kill_9_and_sigterm_lose_and_duplicate_nothing() {
+    kill_9_and_sigterm_lose_and_duplicate_nothing(Backend::Services).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_embedded_defaults_kill_9_and_sigterm_lose_and_duplicate_nothing() {
+    kill_9_and_sigterm_lose_and_duplicate_nothing(Backend::Embedded).await;
+}
+
+async fn kill_9_and_sigterm_lose_and_duplicate_nothing(backend: Backend) {
+    let probe = test_topology_on(Backend::Embedded, "probe", &[], |t| t);
     let users = users_covering_shards(&probe.text, 1);
     let user_refs: Vec<&str> = users.iter().map(String::as_str).collect();
     let (login_port, order_port) = (free_port(), free_port());
-    let test = test_topology("kill", &user_refs, |t| {
+    let test = test_topology_on(backend, "kill", &user_refs, |t| {
         t.replacen("127.0.0.1:0", &format!("127.0.0.1:{login_port}"), 1)
             .replacen("127.0.0.1:0", &format!("127.0.0.1:{order_port}"), 1)
     });

@@ -49,7 +49,17 @@ pub fn unique(name: &str) -> String {
 }
 
 /// A topology private to one test: its own topics, consumer groups, databases and users.
+/// Which backends a test topology uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Real Kafka and MariaDB from `scripts/infra`.
+    Services,
+    /// The embedded log and SQLite shards in the test's own folder.
+    Embedded,
+}
+
 pub struct TestTopology {
+    pub backend: Backend,
     pub id: String,
     pub text: String,
     pub dir: tempfile::TempDir,
@@ -73,7 +83,16 @@ pub fn test_topology(
     users: &[&str],
     tweak: impl FnOnce(String) -> String,
 ) -> TestTopology {
-    let infra = infra();
+    test_topology_on(Backend::Services, name, users, tweak)
+}
+
+/// Builds a private copy of the shipped topology on `backend`; `tweak` may edit the text.
+pub fn test_topology_on(
+    backend: Backend,
+    name: &str,
+    users: &[&str],
+    tweak: impl FnOnce(String) -> String,
+) -> TestTopology {
     let id = unique(name);
     let dir = tempfile::tempdir().unwrap();
     let users_file = dir.path().join("users.toml");
@@ -83,42 +102,91 @@ pub fn test_topology(
     if users.is_empty() {
         std::fs::write(&users_file, "users = []\n").unwrap();
     }
-    let mut text = SHIPPED
-        .replace("\"orders.", &format!("\"{id}.orders."))
-        .replace("\"auth.logins\"", &format!("\"{id}.auth.logins\""))
-        .replace(
-            "consumer_group_prefix = \"sluice\"",
-            &format!("consumer_group_prefix = \"sluice.{id}\""),
-        )
-        .replace("${SLUICE_KAFKA_BROKERS:-127.0.0.1:19092}", &infra.brokers)
-        .replace(
-            "users_file = \"users.toml\"",
-            &format!("users_file = {:?}", users_file.display().to_string()),
-        )
-        .replace("0.0.0.0:3000", "127.0.0.1:0")
-        .replace("0.0.0.0:3001", "127.0.0.1:0")
-        .replace(
-            "orders_per_principal = { per_second = 200, burst = 400 }",
-            "orders_per_principal = { per_second = 100000, burst = 100000 }",
-        )
-        .replace(
-            "orders_per_address = { per_second = 2000, burst = 4000 }",
-            "orders_per_address = { per_second = 100000, burst = 100000 }",
-        )
-        .replace(
-            "logins_per_address = { per_second = 5, burst = 20 }",
-            "logins_per_address = { per_second = 1000, burst = 1000 }",
-        );
-    for (index, server) in infra.mysql_servers.iter().enumerate() {
-        let default = format!(
-            "${{SLUICE_SHARD{index}_URL:-mysql://root:sluice@127.0.0.1:{}/sluice}}",
-            13306 + index
-        );
-        assert!(
-            text.contains(&default),
-            "shipped topology changed: {default} not found"
-        );
-        text = text.replace(&default, &format!("{server}/{id}_s{index}"));
+    let replace_all = |text: String, pairs: &[(&str, String)]| {
+        pairs.iter().fold(text, |text, (from, to)| {
+            assert!(
+                text.contains(from),
+                "shipped topology changed: {from} not found"
+            );
+            text.replace(from, to)
+        })
+    };
+    let mut text = replace_all(
+        SHIPPED.to_string(),
+        &[
+            ("\"orders.", format!("\"{id}.orders.")),
+            ("\"auth.logins\"", format!("\"{id}.auth.logins\"")),
+            (
+                "consumer_group_prefix = \"sluice\"",
+                format!("consumer_group_prefix = \"sluice.{id}\""),
+            ),
+            (
+                "users_file = \"users.toml\"",
+                format!("users_file = {:?}", users_file.display().to_string()),
+            ),
+            (
+                "${SLUICE_LOGIN_LISTEN:-127.0.0.1:3000}",
+                "127.0.0.1:0".into(),
+            ),
+            (
+                "${SLUICE_ORDER_LISTEN:-127.0.0.1:3001}",
+                "127.0.0.1:0".into(),
+            ),
+            (
+                "orders_per_principal = { per_second = 200, burst = 400 }",
+                "orders_per_principal = { per_second = 100000, burst = 100000 }".into(),
+            ),
+            (
+                "orders_per_address = { per_second = 2000, burst = 4000 }",
+                "orders_per_address = { per_second = 100000, burst = 100000 }".into(),
+            ),
+            (
+                "logins_per_address = { per_second = 5, burst = 20 }",
+                "logins_per_address = { per_second = 1000, burst = 1000 }".into(),
+            ),
+            (
+                "${SLUICE_LOG_PATH:-data/log.redb}",
+                dir.path().join("log.redb").display().to_string(),
+            ),
+        ],
+    );
+    match backend {
+        Backend::Services => {
+            let infra = infra();
+            text = replace_all(
+                text,
+                &[
+                    ("${SLUICE_LOG_BACKEND:-embedded}", "kafka".into()),
+                    (
+                        "${SLUICE_KAFKA_BROKERS:-127.0.0.1:19092}",
+                        infra.brokers.clone(),
+                    ),
+                ],
+            );
+            for (index, server) in infra.mysql_servers.iter().enumerate() {
+                let default =
+                    format!("${{SLUICE_SHARD{index}_URL:-sqlite://data/shard{index}.db}}");
+                text = replace_all(
+                    text,
+                    &[(default.as_str(), format!("{server}/{id}_s{index}"))],
+                );
+            }
+        }
+        Backend::Embedded => {
+            text = replace_all(
+                text,
+                &[("${SLUICE_LOG_BACKEND:-embedded}", "embedded".into())],
+            );
+            for index in 0..4 {
+                let default =
+                    format!("${{SLUICE_SHARD{index}_URL:-sqlite://data/shard{index}.db}}");
+                let file = dir.path().join(format!("shard{index}.db"));
+                text = replace_all(
+                    text,
+                    &[(default.as_str(), format!("sqlite://{}", file.display()))],
+                );
+            }
+        }
     }
     let text = tweak(text);
     let path = dir.path().join("topology.toml");
@@ -128,6 +196,7 @@ pub fn test_topology(
         text,
         dir,
         path,
+        backend,
     }
 }
 
@@ -238,27 +307,109 @@ pub async fn topic_records(log: &dyn Log, topic: &str) -> i64 {
     total
 }
 
-/// A connection to shard `index` of `test`.
+/// A connection to MariaDB shard `index` of `test` (services backend only).
 pub async fn shard_conn(test: &TestTopology, index: usize) -> mysql_async::Conn {
+    assert_eq!(
+        test.backend,
+        Backend::Services,
+        "shard_conn is for MariaDB shards"
+    );
     mysql_async::Conn::new(mysql_async::Opts::from_url(&test.shard_url(index)).unwrap())
         .await
         .unwrap()
 }
 
+fn sqlite_path(test: &TestTopology, index: usize) -> PathBuf {
+    PathBuf::from(test.shard_url(index).strip_prefix("sqlite://").unwrap())
+}
+
+/// Runs one query returning strings on shard `index`, whatever its backend.
+/// Missing tables or databases read as no rows.
+pub async fn query_strings(test: &TestTopology, index: usize, sql: &str) -> Vec<String> {
+    match test.backend {
+        Backend::Services => {
+            let Ok(mut conn) = mysql_async::Conn::new(
+                mysql_async::Opts::from_url(&test.shard_url(index)).unwrap(),
+            )
+            .await
+            else {
+                return Vec::new();
+            };
+            let rows: Vec<String> = conn.query(sql).await.unwrap_or_default();
+            let _ = conn.disconnect().await;
+            rows
+        }
+        Backend::Embedded => {
+            let path = sqlite_path(test, index);
+            let sql = sql.to_string();
+            tokio::task::spawn_blocking(move || {
+                let Ok(conn) = rusqlite::Connection::open(&path) else {
+                    return Vec::new();
+                };
+                let Ok(mut statement) = conn.prepare(&sql) else {
+                    return Vec::new();
+                };
+                statement
+                    .query_map([], |row| row.get::<_, String>(0))
+                    .map(|rows| rows.filter_map(Result::ok).collect())
+                    .unwrap_or_default()
+            })
+            .await
+            .unwrap()
+        }
+    }
+}
+
+/// Runs a statement on shard `index`, whatever its backend.
+pub async fn execute(test: &TestTopology, index: usize, sql: &str) {
+    match test.backend {
+        Backend::Services => {
+            let mut conn = shard_conn(test, index).await;
+            conn.query_drop(sql).await.unwrap();
+            conn.disconnect().await.unwrap();
+        }
+        Backend::Embedded => {
+            let path = sqlite_path(test, index);
+            let sql = sql.to_string();
+            tokio::task::spawn_blocking(move || {
+                let conn = rusqlite::Connection::open(&path).unwrap();
+                conn.busy_timeout(Duration::from_secs(5)).unwrap();
+                conn.execute_batch(&sql).unwrap();
+            })
+            .await
+            .unwrap()
+        }
+    }
+}
+
 /// `SELECT COUNT(*) FROM table` on shard `index` (0 while the table does not exist yet).
 pub async fn count_rows(test: &TestTopology, index: usize, table: &str) -> i64 {
-    let Ok(mut conn) =
-        mysql_async::Conn::new(mysql_async::Opts::from_url(&test.shard_url(index)).unwrap()).await
-    else {
-        return 0;
+    let sql = match test.backend {
+        Backend::Services => format!("SELECT CAST(COUNT(*) AS CHAR) FROM {table}"),
+        Backend::Embedded => format!("SELECT CAST(COUNT(*) AS TEXT) FROM {table}"),
     };
-    let count: Option<i64> = conn
-        .query_first(format!("SELECT COUNT(*) FROM {table}"))
+    query_strings(test, index, &sql)
         .await
-        .ok()
-        .flatten();
-    let _ = conn.disconnect().await;
-    count.unwrap_or(0)
+        .first()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Every stored order of shard `index` as one comparable line (all columns but `stored_at_ms`),
+/// sorted; the order id is lower-case hex.
+pub async fn order_lines(test: &TestTopology, index: usize) -> Vec<String> {
+    let columns = "LOWER(HEX(order_id)), user_id, product, quantity, unit_price_minor, line_total_minor, currency, \
+                   received_at_ms, enriched_at_ms, bucket, shard";
+    let sql = match test.backend {
+        Backend::Services => format!("SELECT CONCAT_WS('|', {columns}) FROM orders"),
+        Backend::Embedded => format!(
+            "SELECT {} FROM orders",
+            columns.split(", ").collect::<Vec<_>>().join(" || '|' || ")
+        ),
+    };
+    let mut lines = query_strings(test, index, &sql).await;
+    lines.sort();
+    lines
 }
 
 /// Polls `condition` every 200 ms until it holds or `limit` passes.

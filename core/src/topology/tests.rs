@@ -139,7 +139,7 @@ fn stage_shape_mistakes() {
 fn shard_mistakes() {
     let text = SHIPPED
         .replace(
-            "url = \"${SLUICE_SHARD1_URL:-mysql://root:sluice@127.0.0.1:13307/sluice}\"",
+            "url = \"${SLUICE_SHARD1_URL:-sqlite://data/shard1.db}\"",
             "url = \"postgres://x\"",
         )
         .replace("topic = \"orders.shard.3\"", "topic = \"orders.shard.2\"")
@@ -171,4 +171,34 @@ fn graph_renders_every_stage_and_shard() {
     );
     let dot = render(&topology, GraphFormat::Dot);
     assert!(dot.contains("stage_route -> topic_orders_shard_0"), "{dot}");
+}
+
+#[test]
+fn shipped_defaults_need_no_services_and_compose_file_uses_them() {
+    let topology = parse_text(SHIPPED).unwrap();
+    if std::env::var_os("SLUICE_LOG_BACKEND").is_none() {
+        assert_eq!(topology.log.backend, LogBackend::Embedded);
+    }
+    let compose = include_str!("../../../compose/topology.toml");
+    let compose = parse(
+        compose,
+        Path::new("compose/topology.toml"),
+        PathBuf::from("compose"),
+    )
+    .unwrap();
+    assert_eq!(compose.log.backend, LogBackend::Kafka);
+    assert!(compose.shards.iter().all(|s| s.url.starts_with("mysql://")));
+    assert_eq!(compose.stages.len(), topology.stages.len());
+}
+
+#[test]
+fn embedded_backend_needs_no_brokers_but_kafka_does() {
+    let text = SHIPPED.replace("${SLUICE_KAFKA_BROKERS:-127.0.0.1:19092}", "");
+    let embedded = text.replace("${SLUICE_LOG_BACKEND:-embedded}", "embedded");
+    assert!(parse_text(&embedded).is_ok());
+    let kafka = text.replace("${SLUICE_LOG_BACKEND:-embedded}", "kafka");
+    assert_issue(
+        &issues_of(&kafka),
+        "log.brokers: the Kafka backend needs bootstrap servers",
+    );
 }

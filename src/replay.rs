@@ -1,0 +1,390 @@
+//! `sluice replay`: re-read a topic from an offset or a time (optionally up to another) and
+//! feed a stage or a shard, under the replay's own consumer position, so the live pipeline is
+//! untouched. A replay stops at the end positions it computed when it started; interrupted, it
+//! resumes from its stored position when run again with the same name. Sinks are idempotent by
+//! `order_id`, so a replay never duplicates rows.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{IsTerminal, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sluice_core::log::{Assignment, Log, LogError, StartFrom};
+use sluice_core::telemetry;
+use sluice_core::topology::Topology;
+use sluice_processors::{build_stage, run_stage, StageRunner};
+use sluice_sinks::{open_shard, run_sink_worker, SinkWorker};
+use tokio_util::sync::CancellationToken;
+
+/// Where a replay starts or stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bound {
+    /// The oldest retained record.
+    Beginning,
+    /// This offset, in every partition.
+    Offset(i64),
+    /// The first record appended at or after this time (ms since the Unix epoch).
+    Time(i64),
+}
+
+/// What receives the replayed records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A stage of the topology, by name: its outputs go to its live output topics.
+    Stage(String),
+    /// A shard of the topology, by name: its rows are rewritten (idempotently).
+    Shard(String),
+}
+
+/// One replay.
+#[derive(Debug, Clone)]
+pub struct ReplaySpec {
+    /// Topic to read; defaults to the stage's input or the shard's topic.
+    pub topic: Option<String>,
+    /// Where to start.
+    pub from: Bound,
+    /// Where to stop (exclusive); defaults to the end of each partition when the replay starts.
+    pub to: Option<Bound>,
+    /// What to feed.
+    pub target: Target,
+    /// Names the replay's own consumer position; rerun with the same name to resume.
+    pub name: String,
+}
+
+/// Why a replay could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    /// The target does not exist.
+    #[error("{0}")]
+    UnknownTarget(String),
+    /// The log failed.
+    #[error("log: {0}")]
+    Log(#[from] LogError),
+    /// The stage could not be built or failed.
+    #[error("{0}")]
+    Stage(String),
+    /// The shard failed.
+    #[error(transparent)]
+    Shard(#[from] sluice_sinks::SinkError),
+}
+
+/// How far a replay got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplayOutcome {
+    /// Records delivered to the target in this run.
+    pub records: u64,
+    /// Records this run had to cover (from its start or resume point to its end).
+    pub total: u64,
+    /// Whether it reached its end (false when interrupted).
+    pub complete: bool,
+}
+
+/// Progress callback: `(records done, records to do)`.
+pub type ProgressFn = Arc<dyn Fn(u64, u64) + Send + Sync>;
+
+async fn resolve(
+    log: &dyn Log,
+    topic: &str,
+    partition: i32,
+    bound: Bound,
+) -> Result<i64, LogError> {
+    let (low, high) = log.watermarks(topic, partition).await?;
+    Ok(match bound {
+        Bound::Beginning => low,
+        Bound::Offset(n) => n.clamp(low, high),
+        Bound::Time(ms) => log
+            .offset_for_time(topic, partition, ms)
+            .await?
+            .clamp(low, high),
+    })
+}
+
+/// `(partition, start, end)` for every partition with something to replay; `resumed` maps a
+/// partition to a stored position that overrides the start.
+async fn plan(
+    log: &dyn Log,
+    topic: &str,
+    spec: &ReplaySpec,
+    resumed: &HashMap<i32, i64>,
+) -> Result<Vec<(i32, i64, i64)>, LogError> {
+    let mut ranges = Vec::new();
+    for partition in 0..log.partition_count(topic).await? as i32 {
+        let high = log.watermarks(topic, partition).await?.1;
+        let end = match spec.to {
+            None => high,
+            Some(bound) => resolve(log, topic, partition, bound).await?.min(high),
+        };
+        let start = match resumed.get(&partition) {
+            Some(&position) => position,
+            None => resolve(log, topic, partition, spec.from).await?,
+        };
+        if start < end {
+            ranges.push((partition, start, end));
+        }
+    }
+    Ok(ranges)
+}
+
+/// Runs `spec` against `topology` over `log` until done or `cancel`.
+pub async fn replay(
+    topology: &Topology,
+    log: Arc<dyn Log>,
+    spec: &ReplaySpec,
+    cancel: CancellationToken,
+    progress: Option<ProgressFn>,
+) -> Result<ReplayOutcome, ReplayError> {
+    let map = topology
+        .shard_map()
+        .ok_or_else(|| ReplayError::Stage("the topology's shards are invalid".into()))?;
+    match &spec.target {
+        Target::Stage(name) => {
+            let config = topology.stage(name).ok_or_else(|| {
+                ReplayError::UnknownTarget(format!("no stage named {name:?} in the topology"))
+            })?;
+            let topic = spec.topic.clone().unwrap_or_else(|| config.input.clone());
+            let group = format!(
+                "{}.replay.{}.{}",
+                topology.log.consumer_group_prefix, spec.name, name
+            );
+            let mut consumer = log.consumer(&group).await?;
+            let mut resumed = HashMap::new();
+            for partition in 0..log.partition_count(&topic).await? as i32 {
+                if let Some(position) = consumer.committed(&topic, partition).await? {
+                    resumed.insert(partition, position);
+                }
+            }
+            drop(consumer);
+            let ranges = plan(log.as_ref(), &topic, spec, &resumed).await?;
+            let total: u64 = ranges
+                .iter()
+                .map(|(_, start, end)| (end - start) as u64)
+                .sum();
+            if ranges.is_empty() {
+                return Ok(ReplayOutcome {
+                    records: 0,
+                    total: 0,
+                    complete: true,
+                });
+            }
+            let stage =
+                build_stage(topology, config).map_err(|e| ReplayError::Stage(e.to_string()))?;
+            let mut runner = StageRunner::from_config(config, &topology.log.consumer_group_prefix);
+            runner.name = format!("replay.{}.{name}", spec.name);
+            runner.input = topic.clone();
+            runner.group = group;
+            runner.assignments = Some(
+                ranges
+                    .iter()
+                    .map(|&(partition, start, _)| Assignment {
+                        topic: topic.clone(),
+                        partition,
+                        start: StartFrom::Offset(start),
+                    })
+                    .collect(),
+            );
+            runner.stop_at = Some(
+                ranges
+                    .iter()
+                    .map(|&(partition, _, end)| (partition, end))
+                    .collect::<BTreeMap<_, _>>(),
+            );
+            let reporter = progress.map(|p| {
+                Arc::new(move |done: u64| p(done, total)) as Arc<dyn Fn(u64) + Send + Sync>
+            });
+            let records = run_stage(log, stage, runner, cancel.clone(), reporter)
+                .await
+                .map_err(|e| ReplayError::Stage(e.to_string()))?;
+            metrics::counter!(telemetry::REPLAY_RECORDS, "target" => format!("stage:{name}"))
+                .increment(records);
+            Ok(ReplayOutcome {
+                records,
+                total,
+                complete: records >= total,
+            })
+        }
+        Target::Shard(name) => {
+            let (index, config) = topology
+                .shards
+                .iter()
+                .enumerate()
+                .find(|(_, s)| &s.name == name)
+                .ok_or_else(|| {
+                    ReplayError::UnknownTarget(format!("no shard named {name:?} in the topology"))
+                })?;
+            let topic = spec.topic.clone().unwrap_or_else(|| config.topic.clone());
+            let writer = open_shard(&config.name, &config.url, &topology.base_dir)?;
+            writer.migrate().await?;
+            let consumer = format!("replay.{}", spec.name);
+            let resumed: HashMap<i32, i64> = writer
+                .positions(&consumer)
+                .await?
+                .into_iter()
+                .filter(|p| p.topic == topic)
+                .map(|p| (p.partition, p.next_offset))
+                .collect();
+            let ranges = plan(log.as_ref(), &topic, spec, &resumed).await?;
+            let total: u64 = ranges
+                .iter()
+                .map(|(_, start, end)| (end - start) as u64)
+                .sum();
+            if ranges.is_empty() {
+                return Ok(ReplayOutcome {
+                    records: 0,
+                    total: 0,
+                    complete: true,
+                });
+            }
+            let worker = SinkWorker {
+                shard: config.name.clone(),
+                shard_index: index,
+                topic: topic.clone(),
+                rejections_topic: None,
+                consumer,
+                max_rows: topology.sink.max_rows,
+                max_wait: Duration::from_millis(topology.sink.max_wait_ms),
+                start: StartFrom::Beginning,
+                start_offsets: ranges
+                    .iter()
+                    .map(|&(p, start, _)| ((topic.clone(), p), start))
+                    .collect(),
+                stop_at: Some(
+                    ranges
+                        .iter()
+                        .map(|&(p, _, end)| ((topic.clone(), p), end))
+                        .collect(),
+                ),
+            };
+            let reporter = progress.map(|p| {
+                Arc::new(move |done: u64| p(done, total)) as Arc<dyn Fn(u64) + Send + Sync>
+            });
+            let records =
+                run_sink_worker(log, writer.clone(), map, worker, cancel, reporter).await?;
+            writer.close().await;
+            metrics::counter!(telemetry::REPLAY_RECORDS, "target" => format!("shard:{name}"))
+                .increment(records);
+            Ok(ReplayOutcome {
+                records,
+                total,
+                complete: records >= total,
+            })
+        }
+    }
+}
+
+/// Progress shown on a terminal as one updating line, elsewhere as a plain line every
+/// `every` (records done, total, rate, estimated time left).
+pub fn progress_printer(label: String, every: Duration) -> ProgressFn {
+    let on_terminal = std::io::stderr().is_terminal();
+    let started = Instant::now();
+    let last_print = Arc::new(AtomicU64::new(0));
+    Arc::new(move |done: u64, total: u64| {
+        let elapsed = started.elapsed();
+        let elapsed_ms = elapsed.as_millis() as u64;
+        let previous = last_print.load(Ordering::Relaxed);
+        let finished = done >= total;
+        if !finished
+            && elapsed_ms.saturating_sub(previous) < every.as_millis() as u64
+            && previous != 0
+        {
+            return;
+        }
+        last_print.store(elapsed_ms.max(1), Ordering::Relaxed);
+        let rate = done as f64 / elapsed.as_secs_f64().max(0.001);
+        let left = total.saturating_sub(done);
+        let eta = if rate > 0.0 { left as f64 / rate } else { 0.0 };
+        let percent = if total == 0 {
+            100.0
+        } else {
+            done as f64 * 100.0 / total as f64
+        };
+        let line = format!("{label}: {done}/{total} records ({percent:.1}%), {rate:.0} records/s, {left} left, ~{eta:.0}s to go");
+        let mut err = std::io::stderr().lock();
+        if on_terminal {
+            let _ = write!(err, "\r\x1b[2K{line}");
+            if finished {
+                let _ = writeln!(err);
+            }
+        } else {
+            let _ = writeln!(err, "{line}");
+        }
+    })
+}
+
+/// Parses a `--from`/`--to` value: `beginning`, an offset (`1234`), or a time (RFC 3339 such
+/// as `2026-11-25T10:00:00Z`, or milliseconds since the epoch written `@1795622309905`).
+pub fn parse_bound(text: &str) -> Result<Bound, String> {
+    let text = text.trim();
+    if text.eq_ignore_ascii_case("beginning") {
+        return Ok(Bound::Beginning);
+    }
+    if let Some(ms) = text.strip_prefix('@') {
+        return ms
+            .parse()
+            .map(Bound::Time)
+            .map_err(|_| format!("{text:?}: after '@' give milliseconds since the epoch"));
+    }
+    if let Ok(offset) = text.parse::<i64>() {
+        return if offset >= 0 {
+            Ok(Bound::Offset(offset))
+        } else {
+            Err(format!("{text:?}: offsets are not negative"))
+        };
+    }
+    parse_rfc3339_ms(text).map(Bound::Time).ok_or_else(|| {
+        format!("{text:?} is not `beginning`, an offset, `@<epoch ms>` or an RFC 3339 time such as 2026-11-25T10:00:00Z")
+    })
+}
+
+/// Milliseconds since the epoch of a UTC RFC 3339 time (`YYYY-MM-DDTHH:MM:SS[.fff]Z`).
+fn parse_rfc3339_ms(text: &str) -> Option<i64> {
+    let text = text
+        .strip_suffix('Z')
+        .or_else(|| text.strip_suffix("+00:00"))?;
+    let (date, time) = text.split_once(['T', ' '])?;
+    let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
+    let (year, month, day) = (d.next()??, d.next()??, d.next()??);
+    let (clock, fraction) = time.split_once('.').unwrap_or((time, "0"));
+    let mut t = clock.split(':').map(|p| p.parse::<i64>().ok());
+    let (hour, minute, second) = (t.next()??, t.next()??, t.next()??);
+    if !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
+        return None;
+    }
+    let millis: i64 = format!("{fraction:0<3}")[..3].parse().ok()?;
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(((days * 24 + hour) * 60 + minute) * 60_000 + second * 1000 + millis)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounds_parse() {
+        assert_eq!(parse_bound("beginning"), Ok(Bound::Beginning));
+        assert_eq!(parse_bound("42"), Ok(Bound::Offset(42)));
+        assert_eq!(
+            parse_bound("@1795622309905"),
+            Ok(Bound::Time(1_795_622_309_905))
+        );
+        assert_eq!(parse_bound("1970-01-01T00:00:01Z"), Ok(Bound::Time(1000)));
+        assert_eq!(
+            parse_bound("2026-11-25T15:58:29.905Z"),
+            Ok(Bound::Time(1_795_622_309_905))
+        );
+        assert!(parse_bound("-1").unwrap_err().contains("not negative"));
+        assert!(parse_bound("yesterday").unwrap_err().contains("RFC 3339"));
+    }
+}
