@@ -1,12 +1,13 @@
-//! `make bench`: Sluice's speed on the real infrastructure, printed as figures.
+//! `make bench`: Sluice's speed, printed as figures, for both sets of backends side by side
+//! (Kafka + MariaDB from `scripts/infra`, and the embedded log + SQLite):
 //!
-//! 1. orders/s through the ingress with authentication on (HTTP → durable in Kafka);
-//! 2. rows/s the four shard sinks store (Kafka → MariaDB, rows + positions per transaction);
-//! 3. rows/s of a raw 500-row multi-row INSERT into the same shards, for comparison;
+//! 1. records/s appended to and read from the log;
+//! 2. orders/s through the ingress with authentication on (HTTP → durable in the log);
+//! 3. rows/s the four shard sinks store (rows + positions per transaction), next to a raw
+//!    500-row multi-row INSERT into the same MariaDB shards;
 //! 4. end to end: orders/s from HTTP to stored rows.
 //!
-//! Sizes can be changed with SLUICE_BENCH_ORDERS and SLUICE_BENCH_ROWS.
-
+//! Sizes can be changed with SLUICE_BENCH_ORDERS, SLUICE_BENCH_ROWS and SLUICE_BENCH_RECORDS.
 #![allow(clippy::print_stdout)] // a benchmark prints its figures
 
 #[path = "../tests/common/mod.rs"]
@@ -20,11 +21,13 @@ use futures::StreamExt;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Params, TxOpts, Value};
 use sluice::pipeline::Parts;
-use sluice_core::log::{self, Log, OutRecord, StartFrom};
+use sluice_core::log::{self, Assignment, Log, OutRecord, StartFrom};
 use sluice_core::order::EnrichedOrder;
 use sluice_sinks::mysql::MysqlShard;
-use sluice_sinks::{run_sink_worker, ShardWriter, SinkWorker};
+use sluice_sinks::{open_shard, run_sink_worker, ShardWriter, SinkWorker};
 use tokio_util::sync::CancellationToken;
+
+const BACKENDS: [Backend; 2] = [Backend::Services, Backend::Embedded];
 
 fn size(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -33,16 +36,62 @@ fn size(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-fn report(what: &str, count: usize, elapsed: Duration) {
-    println!(
-        "{what:<58} {count:>8} in {:>7.2} s = {:>9.0} /s",
-        elapsed.as_secs_f64(),
-        count as f64 / elapsed.as_secs_f64()
-    );
+/// One line of the result table: a figure per backend (None: not measured there).
+struct Row {
+    what: String,
+    figures: [Option<String>; 2],
+}
+
+fn rate(count: usize, elapsed: Duration) -> String {
+    format!("{:.0}/s", count as f64 / elapsed.as_secs_f64())
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// Appends `records` with 512 in flight, then reads them all back with one consumer.
+async fn bench_log(backend: Backend, records: usize) -> (String, String) {
+    let test = test_topology_on(backend, "blog", &[], |t| t);
+    let topology = test.topology();
+    let log = sluice::pipeline::open_log(&topology).unwrap();
+    let topic = topology.ingress.orders_topic.clone();
+    log.ensure_topics(&[(topic.clone(), 4, 1)]).await.unwrap();
+    let payload = vec![b'x'; 256];
+    let started = Instant::now();
+    let sends = (0..records).map(|n| {
+        let record = OutRecord::new(format!("user{}", n % 1000).into_bytes(), payload.clone());
+        let (log, topic) = (log.clone(), topic.clone());
+        async move {
+            log.send(&topic, record, Duration::from_secs(30))
+                .await
+                .unwrap()
+        }
+    });
+    futures::stream::iter(sends)
+        .buffer_unordered(512)
+        .collect::<Vec<_>>()
+        .await;
+    let appended = rate(records, started.elapsed());
+    let mut consumer = log.consumer(&format!("bench.{}", test.id)).await.unwrap();
+    let assignments = (0..4)
+        .map(|partition| Assignment {
+            topic: topic.clone(),
+            partition,
+            start: StartFrom::Beginning,
+        })
+        .collect();
+    consumer.assign(assignments).await.unwrap();
+    let started = Instant::now();
+    let mut read = 0;
+    while read < records {
+        read += consumer
+            .poll(2_000, Duration::from_secs(5))
+            .await
+            .unwrap()
+            .len();
+    }
+    (appended, rate(records, started.elapsed()))
 }
 
 /// Posts `count` orders with `concurrency` in flight; returns per-request latencies.
@@ -88,11 +137,16 @@ async fn tokens(base: &str, users: &[String]) -> Vec<(String, String)> {
     tokens
 }
 
-async fn bench_ingress(orders: usize) {
-    let probe = test_topology("bprobe", &[], |t| t);
-    let users = users_covering_shards(&probe.text, 4);
+fn bench_users() -> Vec<String> {
+    let probe = test_topology_on(Backend::Embedded, "bprobe", &[], |t| t);
+    users_covering_shards(&probe.text, 4)
+}
+
+/// Orders/s through the ingress alone (auth on, 202 after the durable ack), and latency.
+async fn bench_ingress(backend: Backend, orders: usize) -> (String, String) {
+    let users = bench_users();
     let refs: Vec<&str> = users.iter().map(String::as_str).collect();
-    let test = test_topology("bingress", &refs, |t| t);
+    let test = test_topology_on(backend, "bingress", &refs, |t| t);
     let pipeline = RunningPipeline::start(
         &test,
         Parts {
@@ -106,19 +160,14 @@ async fn bench_ingress(orders: usize) {
     post_orders(&pipeline.base_order, &tokens, 500, 64).await; // warm-up
     let started = Instant::now();
     let latencies = post_orders(&pipeline.base_order, &tokens, orders, 64).await;
-    let elapsed = started.elapsed();
-    report(
-        "ingress: POST /order, JWT auth, 202 after Kafka ack (c=64)",
-        orders,
-        elapsed,
-    );
-    println!(
-        "{:<58} p50 {:.1} ms, p99 {:.1} ms",
-        "  latency",
+    let throughput = rate(orders, started.elapsed());
+    let latency = format!(
+        "{:.1} / {:.1} ms",
         percentile(&latencies, 0.5).as_secs_f64() * 1e3,
         percentile(&latencies, 0.99).as_secs_f64() * 1e3
     );
     pipeline.stop().await;
+    (throughput, latency)
 }
 
 fn enriched(user: &str, bucket: u32, shard: &str) -> EnrichedOrder {
@@ -137,10 +186,19 @@ fn enriched(user: &str, bucket: u32, shard: &str) -> EnrichedOrder {
     }
 }
 
-async fn bench_sinks(rows: usize) {
-    let test = test_topology("bsinks", &[], |t| t);
+async fn total_rows(test: &TestTopology) -> usize {
+    let mut stored = 0;
+    for shard in 0..4 {
+        stored += count_rows(test, shard, "orders").await as usize;
+    }
+    stored
+}
+
+/// Rows/s the four sink workers store from records already in their topics.
+async fn bench_sinks(backend: Backend, rows: usize) -> String {
+    let test = test_topology_on(backend, "bsinks", &[], |t| t);
     let topology = test.topology();
-    let log: Arc<dyn Log> = log::open(&topology.log, &topology.base_dir).unwrap();
+    let log: Arc<dyn Log> = sluice::pipeline::open_log(&topology).unwrap();
     log::ensure_topology_topics(log.as_ref(), &topology)
         .await
         .unwrap();
@@ -156,9 +214,8 @@ async fn bench_sinks(rows: usize) {
             let user = &users[n % users.len()];
             let payload =
                 serde_json::to_vec(&enriched(user, map.bucket(user), &shard.name)).unwrap();
-            let log = log.clone();
+            let (log, topic) = (log.clone(), shard.topic.clone());
             let record = OutRecord::new(user.as_bytes(), payload);
-            let topic = shard.topic.clone();
             async move {
                 log.send(&topic, record, Duration::from_secs(30))
                     .await
@@ -174,8 +231,7 @@ async fn bench_sinks(rows: usize) {
     let started = Instant::now();
     let mut workers = Vec::new();
     for (index, shard) in topology.shards.iter().enumerate() {
-        let writer: Arc<dyn ShardWriter> =
-            Arc::new(MysqlShard::new(&shard.name, &shard.url).unwrap());
+        let writer = open_shard(&shard.name, &shard.url, &topology.base_dir).unwrap();
         let worker = SinkWorker {
             shard: shard.name.clone(),
             shard_index: index,
@@ -197,32 +253,22 @@ async fn bench_sinks(rows: usize) {
             None,
         )));
     }
-    loop {
-        let mut stored = 0;
-        for shard in 0..4 {
-            stored += count_rows(&test, shard, "orders").await as usize;
-        }
-        if stored >= per_shard * 4 {
-            break;
-        }
+    while total_rows(&test).await < per_shard * 4 {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let elapsed = started.elapsed();
+    let figure = rate(per_shard * 4, started.elapsed());
     cancel.cancel();
     for worker in workers {
         worker.await.unwrap().unwrap();
     }
-    report(
-        "sinks: Kafka -> 4 shards, 500-row batches + positions",
-        per_shard * 4,
-        elapsed,
-    );
+    figure
 }
 
-async fn bench_raw_insert(rows: usize) {
+/// Rows/s of a bare 500-row prepared INSERT per transaction into the four MariaDB shards.
+async fn bench_raw_insert(rows: usize) -> String {
     let test = test_topology("braw", &[], |t| t);
     let topology = test.topology();
-    let per_shard = rows / 4;
+    let per_shard = rows / 4 / 500 * 500;
     let mut shards = Vec::new();
     for shard in &topology.shards {
         let writer = MysqlShard::new(&shard.name, &shard.url).unwrap();
@@ -263,43 +309,26 @@ async fn bench_raw_insert(rows: usize) {
         conn.disconnect().await.unwrap();
     });
     futures::future::join_all(inserts).await;
-    report(
-        "raw: 500-row prepared INSERT per transaction, 4 shards",
-        per_shard / 500 * 500 * 4,
-        started.elapsed(),
-    );
-    let mut conn = shard_conn(&test, 0).await;
-    let _: Option<i64> = conn
-        .query_first("SELECT COUNT(*) FROM orders")
-        .await
-        .unwrap();
+    let figure = rate(per_shard * 4, started.elapsed());
+    assert_eq!(total_rows(&test).await, per_shard * 4);
+    figure
 }
 
-async fn bench_end_to_end(orders: usize) {
-    let probe = test_topology("bprobe2", &[], |t| t);
-    let users = users_covering_shards(&probe.text, 4);
+/// Orders/s from HTTP to stored rows, through every stage.
+async fn bench_end_to_end(backend: Backend, orders: usize) -> String {
+    let users = bench_users();
     let refs: Vec<&str> = users.iter().map(String::as_str).collect();
-    let test = test_topology("be2e", &refs, |t| t);
+    let test = test_topology_on(backend, "be2e", &refs, |t| t);
     let pipeline = RunningPipeline::start(&test, Parts::ALL).await;
     let tokens = tokens(&pipeline.base_login, &users).await;
     let started = Instant::now();
     post_orders(&pipeline.base_order, &tokens, orders, 64).await;
-    loop {
-        let mut stored = 0;
-        for shard in 0..4 {
-            stored += count_rows(&test, shard, "orders").await as usize;
-        }
-        if stored >= orders {
-            break;
-        }
+    while total_rows(&test).await < orders {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    report(
-        "end to end: HTTP -> validate -> enrich -> route -> shards",
-        orders,
-        started.elapsed(),
-    );
+    let figure = rate(orders, started.elapsed());
     pipeline.stop().await;
+    figure
 }
 
 fn main() {
@@ -308,20 +337,75 @@ fn main() {
     }
     let orders = size("SLUICE_BENCH_ORDERS", 20_000);
     let rows = size("SLUICE_BENCH_ROWS", 200_000);
+    let records = size("SLUICE_BENCH_RECORDS", 100_000);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
-    runtime.block_on(async {
-        println!(
-            "Sluice benchmark on {} cores (Kafka + 4 MariaDB shards on this machine)",
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(0)
+    let rows_table = runtime.block_on(async {
+        let mut table = Vec::new();
+        let mut both =
+            |what: String, figures: [Option<String>; 2]| table.push(Row { what, figures });
+        let mut appended = [None, None];
+        let mut read = [None, None];
+        let mut ingress = [None, None];
+        let mut latency = [None, None];
+        let mut sinks = [None, None];
+        let mut end_to_end = [None, None];
+        for (i, backend) in BACKENDS.into_iter().enumerate() {
+            let (a, r) = bench_log(backend, records).await;
+            appended[i] = Some(a);
+            read[i] = Some(r);
+            let (t, l) = bench_ingress(backend, orders).await;
+            ingress[i] = Some(t);
+            latency[i] = Some(l);
+            sinks[i] = Some(bench_sinks(backend, rows).await);
+            end_to_end[i] = Some(bench_end_to_end(backend, orders).await);
+        }
+        both(
+            format!("log: durable appends, 256 B, 512 in flight ({records})"),
+            appended,
         );
-        bench_ingress(orders).await;
-        bench_sinks(rows).await;
-        bench_raw_insert(rows).await;
-        bench_end_to_end(orders).await;
+        both(
+            format!("log: reads, one consumer over 4 partitions ({records})"),
+            read,
+        );
+        both(
+            format!("ingress: POST /order, JWT, 202 after durable ack, c=64 ({orders})"),
+            ingress,
+        );
+        both("ingress: latency p50 / p99".into(), latency);
+        both(
+            format!("sinks: 4 shards, 500-row batches + positions ({rows})"),
+            sinks,
+        );
+        both(
+            format!("raw 500-row prepared INSERT per transaction ({rows})"),
+            [Some(bench_raw_insert(rows).await), None],
+        );
+        both(
+            format!("end to end: HTTP -> validate -> enrich -> route -> rows ({orders})"),
+            end_to_end,
+        );
+        table
     });
+    println!(
+        "Sluice benchmark, {} cores, everything on this machine",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+    );
+    println!(
+        "{:<66} {:>18} {:>18}",
+        "", "kafka + mariadb", "embedded + sqlite"
+    );
+    for row in rows_table {
+        let cell = |f: &Option<String>| f.clone().unwrap_or_else(|| "-".into());
+        println!(
+            "{:<66} {:>18} {:>18}",
+            row.what,
+            cell(&row.figures[0]),
+            cell(&row.figures[1])
+        );
+    }
 }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::{FutureExt, StreamExt};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -384,11 +385,12 @@ impl LogConsumer for KafkaConsumer {
         records.push(to_record(&first));
         drop(first);
         // Take whatever else is already fetched, without waiting for more.
+        let mut stream = self.inner.stream();
         while records.len() < max {
-            match tokio::time::timeout(Duration::from_millis(1), self.inner.recv()).await {
-                Ok(Ok(message)) => records.push(to_record(&message)),
-                Ok(Err(error)) => return Err(backend(error)),
-                Err(_) => break,
+            match stream.next().now_or_never() {
+                Some(Some(Ok(message))) => records.push(to_record(&message)),
+                Some(Some(Err(error))) => return Err(backend(error)),
+                _ => break,
             }
         }
         Ok(records)
