@@ -50,7 +50,9 @@ pub enum PipelineError {
     #[error(transparent)]
     Users(#[from] sluice_ingress::users::UsersError),
     /// A listener could not be bound.
-    #[error("cannot listen on {address}: {source}; is another process using the port? change ingress.{field}")]
+    #[error(
+        "cannot listen on {address}: {source}; is another process using the port? change {field}"
+    )]
     Bind {
         /// The address.
         address: std::net::SocketAddr,
@@ -90,11 +92,11 @@ async fn bind(topology: &Topology) -> Result<Listeners, PipelineError> {
                 source,
             })
     };
-    let login = bind(ingress.login_listen, "login_listen").await?;
+    let login = bind(ingress.login_listen, "ingress.login_listen").await?;
     let order = if ingress.order_listen == ingress.login_listen {
         None
     } else {
-        Some(bind(ingress.order_listen, "order_listen").await?)
+        Some(bind(ingress.order_listen, "ingress.order_listen").await?)
     };
     Ok(Listeners { login, order })
 }
@@ -120,6 +122,22 @@ pub async fn run(
         .shard_map()
         .ok_or(sluice_processors::BuildError::ShardMap)?;
     let mut tasks = JoinSet::new();
+
+    if let Some(address) = topology.ops.listen {
+        let listener = TcpListener::bind(address)
+            .await
+            .map_err(|source| PipelineError::Bind {
+                address,
+                field: "ops.listen",
+                source,
+            })?;
+        tracing::info!(%address, "operations listener up");
+        let (log, token) = (log.clone(), shutdown.token());
+        tasks.spawn(async move {
+            crate::ops::serve(listener, log, token).await;
+            ("ops listener".to_string(), Ok(()))
+        });
+    }
 
     if parts.ingress {
         let users = Users::load(&topology.resolve_path(&topology.ingress.auth.users_file))?;

@@ -1,8 +1,10 @@
 //! `sluice replay`: re-read a topic from an offset or a time (optionally up to another) and
 //! feed a stage or a shard, under the replay's own consumer position, so the live pipeline is
-//! untouched. A replay stops at the end positions it computed when it started; interrupted, it
-//! resumes from its stored position when run again with the same name. Sinks are idempotent by
-//! `order_id`, so a replay never duplicates rows.
+//! untouched. A run stops at the end of each partition as it was when the run started (or at
+//! `--to`). Interrupted, the same command resumes from the stored position: the position's
+//! name combines `--name` with the topic and bounds, so changing `--from` or `--to` starts a
+//! fresh replay instead of resuming an old one. Sinks are idempotent by `order_id`, so a replay
+//! never duplicates rows.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{IsTerminal, Write};
@@ -126,6 +128,16 @@ async fn plan(
     Ok(ranges)
 }
 
+impl ReplaySpec {
+    /// The name the replay's position is stored under: `--name` plus a fingerprint of the
+    /// topic and bounds, so one command resumes itself and a different one starts afresh.
+    pub fn position_name(&self, topic: &str) -> String {
+        let fingerprint =
+            xxhash_rust::xxh3::xxh3_64(format!("{topic}|{:?}|{:?}", self.from, self.to).as_bytes());
+        format!("{}.{:08x}", self.name, fingerprint as u32)
+    }
+}
+
 /// Runs `spec` against `topology` over `log` until done or `cancel`.
 pub async fn replay(
     topology: &Topology,
@@ -145,7 +157,9 @@ pub async fn replay(
             let topic = spec.topic.clone().unwrap_or_else(|| config.input.clone());
             let group = format!(
                 "{}.replay.{}.{}",
-                topology.log.consumer_group_prefix, spec.name, name
+                topology.log.consumer_group_prefix,
+                spec.position_name(&topic),
+                name
             );
             let mut consumer = log.consumer(&group).await?;
             let mut resumed = HashMap::new();
@@ -197,10 +211,12 @@ pub async fn replay(
                 .map_err(|e| ReplayError::Stage(e.to_string()))?;
             metrics::counter!(telemetry::REPLAY_RECORDS, "target" => format!("stage:{name}"))
                 .increment(records);
+            // A runner returns early only when cancelled; records removed by retention during
+            // the run can leave `records` short of `total` in a run that did finish.
             Ok(ReplayOutcome {
                 records,
                 total,
-                complete: records >= total,
+                complete: !cancel.is_cancelled() || records >= total,
             })
         }
         Target::Shard(name) => {
@@ -215,7 +231,7 @@ pub async fn replay(
             let topic = spec.topic.clone().unwrap_or_else(|| config.topic.clone());
             let writer = open_shard(&config.name, &config.url, &topology.base_dir)?;
             writer.migrate().await?;
-            let consumer = format!("replay.{}", spec.name);
+            let consumer = format!("replay.{}", spec.position_name(&topic));
             let resumed: HashMap<i32, i64> = writer
                 .positions(&consumer)
                 .await?
@@ -259,14 +275,16 @@ pub async fn replay(
                 Arc::new(move |done: u64| p(done, total)) as Arc<dyn Fn(u64) + Send + Sync>
             });
             let records =
-                run_sink_worker(log, writer.clone(), map, worker, cancel, reporter).await?;
+                run_sink_worker(log, writer.clone(), map, worker, cancel.clone(), reporter).await?;
             writer.close().await;
             metrics::counter!(telemetry::REPLAY_RECORDS, "target" => format!("shard:{name}"))
                 .increment(records);
+            // A runner returns early only when cancelled; records removed by retention during
+            // the run can leave `records` short of `total` in a run that did finish.
             Ok(ReplayOutcome {
                 records,
                 total,
-                complete: records >= total,
+                complete: !cancel.is_cancelled() || records >= total,
             })
         }
     }

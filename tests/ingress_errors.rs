@@ -494,7 +494,10 @@ async fn unreachable_broker_means_503_never_2xx() {
     assert!(response.headers().contains_key("retry-after"));
     let (status, code, message) = error_of(response).await;
     assert_eq!((status, code.as_str()), (503, "unavailable"));
-    assert!(message.contains("not accepted"), "{message}");
+    assert!(
+        message.contains("may not be stored") && message.contains("Idempotency-Key"),
+        "{message}"
+    );
 
     let ready = client.get(format!("{base}/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 503);
@@ -502,4 +505,136 @@ async fn unreachable_broker_means_503_never_2xx() {
     assert_eq!(health.status(), 200);
     cancel.cancel();
     server.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_key_returns_the_same_order_and_produces_it_once() {
+    let test = test_topology("idem", &["alice"], |t| t);
+    let pipeline = RunningPipeline::start(
+        &test,
+        Parts {
+            ingress: true,
+            processors: false,
+            sinks: false,
+        },
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let token = login(&client, &pipeline.base_login, "alice").await;
+    let url = format!("{}/order", pipeline.base_order);
+    let body = r#"{"userId":"alice","product":"widget","quantity":2}"#;
+    let send = |key: &'static str, body: &'static str| {
+        client
+            .post(&url)
+            .bearer_auth(&token)
+            .header("Idempotency-Key", key)
+            .body(body)
+            .send()
+    };
+    // Ten concurrent requests and a late retry with one key: one order, one id.
+    let first: Vec<_> = futures::future::join_all((0..10).map(|_| send("order-7f3a", body))).await;
+    let mut ids = std::collections::HashSet::new();
+    for response in first {
+        let response = response.unwrap();
+        assert_eq!(response.status(), 202);
+        let json: serde_json::Value = response.json().await.unwrap();
+        ids.insert(json["orderId"].as_str().unwrap().to_string());
+    }
+    let retry: serde_json::Value = send("order-7f3a", body)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    ids.insert(retry["orderId"].as_str().unwrap().to_string());
+    assert_eq!(ids.len(), 1, "one key must give one order id: {ids:?}");
+    let orders_topic = test.topology().ingress.orders_topic;
+    assert_eq!(
+        topic_records(pipeline.log.as_ref(), &orders_topic).await,
+        1,
+        "one key must produce one order"
+    );
+
+    // The same key for a different order is refused; a new key is a new order.
+    let (status, code, _) = error_of(
+        send(
+            "order-7f3a",
+            r#"{"userId":"alice","product":"gadget","quantity":2}"#,
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!((status, code.as_str()), (422, "idempotency_key_reused"));
+    let (status, code, _) = error_of(send("bad key with spaces", body).await.unwrap()).await;
+    assert_eq!((status, code.as_str()), (400, "invalid_idempotency_key"));
+    let other: serde_json::Value = send("order-8b21", body)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(!ids.contains(other["orderId"].as_str().unwrap()));
+    assert_eq!(topic_records(pipeline.log.as_ref(), &orders_topic).await, 2);
+    pipeline.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_body_gets_408_and_shutdown_does_not_wait_for_it_forever() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let test = test_topology("slowbody", &["alice"], |t| {
+        t.replace(
+            "ack_timeout_ms = 5000",
+            "ack_timeout_ms = 5000\nbody_timeout_ms = 500\ndrain_timeout_ms = 1000",
+        )
+    });
+    let pipeline = RunningPipeline::start(
+        &test,
+        Parts {
+            ingress: true,
+            processors: false,
+            sinks: false,
+        },
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let token = login(&client, &pipeline.base_login, "alice").await;
+    let address = pipeline
+        .base_order
+        .trim_start_matches("http://")
+        .to_string();
+
+    // Promise 100 bytes, send 10, stall.
+    let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let head = format!(
+        "POST /order HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Length: 100\r\n\r\n{{\"userId\":"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut answer = vec![0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut answer))
+        .await
+        .expect("no answer to a stalled body")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("body_timeout"), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+
+    // A client that opens a request and never finishes it cannot hold up a graceful stop.
+    let mut stalled = tokio::net::TcpStream::connect(&address).await.unwrap();
+    stalled
+        .write_all(b"POST /order HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let stopping = std::time::Instant::now();
+    pipeline.stop().await;
+    assert!(
+        stopping.elapsed() < Duration::from_secs(5),
+        "shutdown took {:?}",
+        stopping.elapsed()
+    );
+    let orders_topic = test.topology().ingress.orders_topic;
+    let log = sluice_core::log::open(&test.topology().log, std::path::Path::new(".")).unwrap();
+    assert_eq!(topic_records(log.as_ref(), &orders_topic).await, 0);
 }

@@ -33,6 +33,8 @@ pub const SINK_BATCH_ROWS: &str = "sluice_sink_batch_rows";
 pub const SINK_COMMIT_DURATION: &str = "sluice_sink_commit_duration_seconds";
 /// Counter: failed sink transactions that were retried, labelled `shard`.
 pub const SINK_RETRIES: &str = "sluice_sink_retries_total";
+/// Counter: records deleted by retention before a consumer read them, labelled `topic`.
+pub const LOG_RECORDS_SKIPPED: &str = "sluice_log_records_skipped_total";
 /// Counter: records a replay delivered, labelled `target`.
 pub const REPLAY_RECORDS: &str = "sluice_replay_records_total";
 

@@ -335,3 +335,70 @@ async fn embedded_log_survives_reopen_and_enforces_retention() {
         Err(sluice_core::log::LogError::UnknownTopic(_))
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_offsets_never_repeat_after_retention_empties_a_partition() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log.redb");
+    let topic = "orders".to_string();
+    let retention = Retention {
+        max_age: Some(Duration::from_millis(50)),
+        max_records: None,
+    };
+    {
+        let log = EmbeddedLog::open(&path, retention).unwrap();
+        log.ensure_topics(&[(topic.clone(), 1, 1)]).await.unwrap();
+        for n in 0..5 {
+            log.send(
+                &topic,
+                OutRecord::new(b"k".to_vec(), format!("{n}").into_bytes()),
+                ACK,
+            )
+            .await
+            .unwrap();
+        }
+        let mut consumer = log.consumer("g").await.unwrap();
+        consumer
+            .commit(&[Position {
+                topic: topic.clone(),
+                partition: 0,
+                next_offset: 5,
+            }])
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        assert_eq!(log.enforce_retention().await.unwrap(), 5);
+        assert_eq!(
+            log.watermarks(&topic, 0).await.unwrap(),
+            (5, 5),
+            "the partition is empty but keeps its end"
+        );
+    }
+    let log = EmbeddedLog::open(&path, retention).unwrap();
+    assert_eq!(
+        log.watermarks(&topic, 0).await.unwrap(),
+        (5, 5),
+        "an emptied partition keeps its end across a reopen"
+    );
+    let next = log
+        .send(&topic, OutRecord::new(b"k".to_vec(), b"new".to_vec()), ACK)
+        .await
+        .unwrap();
+    assert_eq!(next.offset, 5, "offsets must never be reused");
+    let mut consumer = log.consumer("g").await.unwrap();
+    consumer
+        .assign(vec![Assignment {
+            topic: topic.clone(),
+            partition: 0,
+            start: StartFrom::Committed,
+        }])
+        .await
+        .unwrap();
+    let records = read_all(consumer.as_mut(), 1).await;
+    assert_eq!(
+        records.len(),
+        1,
+        "the group's committed position must see the new record"
+    );
+    assert_eq!(records[0].payload, b"new");
+}

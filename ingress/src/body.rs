@@ -6,10 +6,37 @@ use futures::{Stream, StreamExt};
 use serde::de::DeserializeOwned;
 use warp::http::HeaderMap;
 
+use sluice_core::topology::IngressConfig;
+
 use crate::error::ApiError;
 
-/// Reads at most `limit` bytes of `body`; more is a 413 without reading the rest.
+/// Reads at most `max_body_bytes` of `body` within `body_timeout_ms`: more is a 413 without
+/// reading the rest, slower is a 408 (a stalled client cannot hold a request open).
 pub async fn read_limited<S, B>(
+    headers: &HeaderMap,
+    body: S,
+    config: &IngressConfig,
+) -> Result<bytes::Bytes, ApiError>
+where
+    S: Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    let timeout = std::time::Duration::from_millis(config.body_timeout_ms);
+    tokio::time::timeout(timeout, read_bounded(headers, body, config.max_body_bytes))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                warp::http::StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!(
+                    "the request body did not arrive within {} ms",
+                    config.body_timeout_ms
+                ),
+            )
+        })?
+}
+
+async fn read_bounded<S, B>(
     headers: &HeaderMap,
     body: S,
     limit: u64,

@@ -14,6 +14,7 @@
 pub mod auth;
 pub mod body;
 pub mod error;
+pub mod idempotency;
 pub mod limits;
 pub mod routes;
 pub mod users;
@@ -65,6 +66,10 @@ pub struct State {
     pub limits: Limits,
     /// Cancelled when the ingress starts draining (readiness turns 503).
     pub draining: CancellationToken,
+    /// Remembered `Idempotency-Key`s.
+    pub idempotency: idempotency::IdempotencyKeys,
+    /// Bounds concurrent password checks (argon2id takes ~19 MiB each).
+    pub password_checks: tokio::sync::Semaphore,
 }
 
 /// A configured ingress, ready to serve.
@@ -97,6 +102,11 @@ impl Ingress {
                 rates.logins_per_address,
             ),
         };
+        let idempotency = idempotency::IdempotencyKeys::new(
+            config.idempotency_keys,
+            std::time::Duration::from_secs(config.idempotency_ttl_secs),
+        );
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         let state = State {
             config,
             log,
@@ -105,6 +115,8 @@ impl Ingress {
             tokens,
             limits,
             draining: CancellationToken::new(),
+            idempotency,
+            password_checks: tokio::sync::Semaphore::new(2 * cores),
         };
         Ingress {
             state: Arc::new(state),
@@ -136,36 +148,46 @@ impl Ingress {
                 }
             }
         };
-        match order_listener {
-            None => {
-                let routes = login_route(&self.state)
-                    .or(order_routes(&self.state))
-                    .unify()
-                    .or(ops_routes(&self.state))
-                    .unify();
-                warp::serve(routes.recover(error::recover))
-                    .incoming(login_listener)
-                    .graceful(signal())
-                    .run()
-                    .await;
+        let drain = std::time::Duration::from_millis(self.state.config.drain_timeout_ms);
+        let deadline = async move {
+            shutdown.cancelled().await;
+            tokio::time::sleep(drain).await;
+        };
+        let servers = async move {
+            match order_listener {
+                None => {
+                    let routes = login_route(&self.state)
+                        .or(order_routes(&self.state))
+                        .unify()
+                        .or(ops_routes(&self.state))
+                        .unify();
+                    warp::serve(routes.recover(error::recover))
+                        .incoming(login_listener)
+                        .graceful(signal())
+                        .run()
+                        .await;
+                }
+                Some(order_listener) => {
+                    let login = login_route(&self.state).or(ops_routes(&self.state)).unify();
+                    let orders = order_routes(&self.state)
+                        .or(ops_routes(&self.state))
+                        .unify();
+                    let login = warp::serve(login.recover(error::recover))
+                        .incoming(login_listener)
+                        .graceful(signal())
+                        .run();
+                    let orders = warp::serve(orders.recover(error::recover))
+                        .incoming(order_listener)
+                        .graceful(signal())
+                        .run();
+                    tokio::join!(login, orders);
+                }
             }
-            Some(order_listener) => {
-                let login = login_route(&self.state).or(ops_routes(&self.state)).unify();
-                let orders = order_routes(&self.state)
-                    .or(ops_routes(&self.state))
-                    .unify();
-                let login = warp::serve(login.recover(error::recover))
-                    .incoming(login_listener)
-                    .graceful(signal())
-                    .run();
-                let orders = warp::serve(orders.recover(error::recover))
-                    .incoming(order_listener)
-                    .graceful(signal())
-                    .run();
-                tokio::join!(login, orders);
-            }
+        };
+        tokio::select! {
+            _ = servers => tracing::info!("ingress drained"),
+            _ = deadline => tracing::warn!(?drain, "drain deadline passed; abandoning the connections still open"),
         }
-        tracing::info!("ingress drained");
     }
 }
 
@@ -199,8 +221,7 @@ fn login_route(state: &Arc<State>) -> BoxedFilter<(Response,)> {
         .then(
             |state: Arc<State>, client: Option<SocketAddr>, headers: HeaderMap, body| async move {
                 respond("login", async {
-                    let body =
-                        body::read_limited(&headers, body, state.config.max_body_bytes).await?;
+                    let body = body::read_limited(&headers, body, &state.config).await?;
                     routes::login::handle(&state, client, &body).await
                 })
                 .await
@@ -221,8 +242,7 @@ fn order_routes(state: &Arc<State>) -> BoxedFilter<(Response,)> {
                 respond("order", async {
                     // Authenticate before reading the body: strangers cannot make us buffer it.
                     state.tokens.authenticate(&headers)?;
-                    let body =
-                        body::read_limited(&headers, body, state.config.max_body_bytes).await?;
+                    let body = body::read_limited(&headers, body, &state.config).await?;
                     routes::order::create(&state, &headers, client, &body).await
                 })
                 .await

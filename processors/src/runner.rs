@@ -115,7 +115,15 @@ pub async fn run_stage(
         let records = tokio::select! {
             biased;
             _ = cancel.cancelled() => break,
-            polled = consumer.poll(runner.batch_size, Duration::from_millis(200)) => polled.map_err(fail)?,
+            polled = consumer.poll(runner.batch_size, Duration::from_millis(200)) => match polled {
+                Ok(records) => records,
+                Err(error) => {
+                    // Transient broker trouble must not take the process down: back off, retry.
+                    tracing::warn!(stage = runner.name, %error, "poll failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            },
         };
         if records.is_empty() {
             continue;
@@ -125,10 +133,16 @@ pub async fn run_stage(
         let mut emissions = Vec::with_capacity(records.len());
         let mut taken = 0u64;
         for record in &records {
-            if let Some(ends) = &remaining {
+            if let Some(ends) = &mut remaining {
                 match ends.get(&record.partition) {
                     Some(&end) if record.offset < end => {}
-                    _ => continue,
+                    Some(_) => {
+                        // At or past its end (records below it may have been removed by
+                        // retention): this partition is done.
+                        ends.remove(&record.partition);
+                        continue;
+                    }
+                    None => continue,
                 }
             }
             taken += 1;
@@ -163,7 +177,13 @@ pub async fn run_stage(
             break;
         }
         let positions: Vec<Position> = positions.into_values().collect();
-        consumer.commit(&positions).await.map_err(fail)?;
+        if !commit_with_retry(consumer.as_mut(), &runner.name, &positions, &cancel).await {
+            tracing::warn!(
+                stage = runner.name,
+                "cancelled before the batch was committed; it will be replayed"
+            );
+            break;
+        }
         if let Some(ends) = &mut remaining {
             for p in &positions {
                 if ends
@@ -183,6 +203,28 @@ pub async fn run_stage(
     }
     tracing::info!(stage = runner.name, records = done, "stage stopped");
     Ok(done)
+}
+
+/// Commits positions, retrying failures with backoff. Returns false if cancelled first (the
+/// batch is then processed again after a restart: at-least-once).
+async fn commit_with_retry(
+    consumer: &mut dyn sluice_core::log::LogConsumer,
+    stage: &str,
+    positions: &[Position],
+    cancel: &CancellationToken,
+) -> bool {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match consumer.commit(positions).await {
+            Ok(()) => return true,
+            Err(error) => tracing::warn!(stage, %error, "commit failed; retrying"),
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return false,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
 }
 
 /// Sends every emission, retrying failures with backoff. Returns false if cancelled first.

@@ -166,7 +166,15 @@ pub async fn run_sink_worker(
                     if consumed == 0 { break 'run; }
                     break;
                 }
-                polled = consumer.poll(worker.max_rows - consumed, wait) => polled.map_err(log_error)?,
+                polled = consumer.poll(worker.max_rows - consumed, wait) => match polled {
+                    Ok(records) => records,
+                    Err(error) => {
+                        // Transient broker trouble must not take the process down.
+                        tracing::warn!(shard = worker.shard, %error, "poll failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        continue;
+                    }
+                },
             };
             if records.is_empty() {
                 if deadline.is_none() {
@@ -181,9 +189,16 @@ pub async fn run_sink_worker(
             deadline.get_or_insert_with(|| Instant::now() + worker.max_wait);
             for record in &records {
                 let key = (record.topic.clone(), record.partition);
-                if let Some(ends) = &remaining {
-                    if ends.get(&key).is_none_or(|&end| record.offset >= end) {
-                        continue;
+                if let Some(ends) = &mut remaining {
+                    match ends.get(&key) {
+                        Some(&end) if record.offset < end => {}
+                        Some(_) => {
+                            // At or past its end (records below it may have been removed by
+                            // retention): this partition is done.
+                            ends.remove(&key);
+                            continue;
+                        }
+                        None => continue,
                     }
                 }
                 classify(&worker, &map, record, &mut batch);
@@ -219,6 +234,9 @@ pub async fn run_sink_worker(
     Ok(done)
 }
 
+/// Longest time one batch write may take before it counts as failed (and is retried).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Writes the batch, retrying transient failures with backoff. While draining (cancelled) it
 /// still tries a few times, then gives up: the positions were not stored, so nothing is lost.
 async fn write_with_retry(
@@ -230,7 +248,15 @@ async fn write_with_retry(
     let mut backoff = Duration::from_millis(100);
     let mut attempts_after_cancel = 0;
     loop {
-        match writer.write_batch(&worker.consumer, batch).await {
+        let attempt =
+            tokio::time::timeout(WRITE_TIMEOUT, writer.write_batch(&worker.consumer, batch)).await;
+        let attempt = attempt.unwrap_or_else(|_| {
+            Err(SinkError::Database {
+                shard: worker.shard.clone(),
+                message: format!("the batch write did not finish within {WRITE_TIMEOUT:?}"),
+            })
+        });
+        match attempt {
             Ok(()) => return Ok(()),
             Err(error) => {
                 metrics::counter!(sluice_core::telemetry::SINK_RETRIES, "shard" => worker.shard.clone()).increment(1);

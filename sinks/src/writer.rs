@@ -78,7 +78,9 @@ pub trait ShardWriter: Send + Sync {
     async fn positions(&self, consumer: &str) -> Result<Vec<Position>, SinkError>;
 
     /// Stores the batch's rows and `consumer`'s positions in ONE transaction.
-    /// Rows whose `order_id` is already stored are left as they are.
+    /// A row whose `order_id` is already stored keeps its values unless the incoming one was
+    /// enriched later (`enriched_at_ms`), in which case its prices are replaced: replays of
+    /// the same records change nothing, a re-run of `enrich` reprices.
     async fn write_batch(&self, consumer: &str, batch: &Batch) -> Result<(), SinkError>;
 
     /// The status of one order of one user in this shard.

@@ -125,6 +125,57 @@ async fn conformance(shard: Arc<dyn ShardWriter>) {
     assert!(stored.contains(&position("orders.shard.0", 0, 700)));
     assert!(stored.contains(&position("orders.shard.0", 1, 601)));
 
+    // A later enrichment (a replay of `enrich` after a catalog change) reprices the row.
+    let mut repriced = first.orders[1].clone();
+    repriced.unit_price_minor = 1234;
+    repriced.line_total_minor = 1234 * repriced.quantity;
+    repriced.enriched_at_ms += 1000;
+    shard
+        .write_batch(
+            "sink",
+            &Batch {
+                orders: vec![repriced.clone()],
+                ..Batch::default()
+            },
+        )
+        .await
+        .unwrap();
+    match shard
+        .find(&repriced.user_id, repriced.order_id)
+        .await
+        .unwrap()
+    {
+        OrderStatus::Stored { order } => {
+            assert_eq!(order, repriced, "the later enrichment must win")
+        }
+        other => panic!("{other:?}"),
+    }
+    // ...but an older one does not.
+    let mut stale = repriced.clone();
+    stale.unit_price_minor = 1;
+    stale.enriched_at_ms -= 500;
+    shard
+        .write_batch(
+            "sink",
+            &Batch {
+                orders: vec![stale],
+                ..Batch::default()
+            },
+        )
+        .await
+        .unwrap();
+    match shard
+        .find(&repriced.user_id, repriced.order_id)
+        .await
+        .unwrap()
+    {
+        OrderStatus::Stored { order } => assert_eq!(
+            order.unit_price_minor, 1234,
+            "an older enrichment overwrote a newer one"
+        ),
+        other => panic!("{other:?}"),
+    }
+
     // Positions are kept per consumer: a replay's cursor does not move the live one.
     shard
         .write_batch(

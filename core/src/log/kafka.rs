@@ -53,6 +53,15 @@ impl KafkaLog {
             .set("partitioner", "murmur2_random")
             .set("linger.ms", "2")
             .set("compression.type", "lz4")
+            // Give up on a record well before librdkafka's 5-minute default, so a record the
+            // ingress answered 503 for is not still being retried long after.
+            .set(
+                "message.timeout.ms",
+                config
+                    .kafka
+                    .get("message.timeout.ms")
+                    .map_or("30000", String::as_str),
+            )
             .create()
             .map_err(backend)?;
         let meta: StreamConsumer = base
@@ -324,7 +333,10 @@ impl KafkaConsumer {
                             .find_partition(&a.topic, a.partition)
                             .map(|e| e.offset())
                         {
-                            Some(Offset::Offset(n)) => n,
+                            Some(Offset::Offset(n)) => {
+                                let (low, high) = watermarks()?;
+                                super::clamp_position(&a.topic, a.partition, n, low, high)
+                            }
                             _ => watermarks()?.0,
                         }
                     }

@@ -260,3 +260,32 @@ pub async fn assign_all(
     }
     Ok(assignments)
 }
+
+/// A stored position moved into `[low, high]`. Below `low`, retention deleted records the
+/// consumer never read: that is reported as an error and counted, never silently skipped.
+pub(crate) fn clamp_position(topic: &str, partition: i32, stored: i64, low: i64, high: i64) -> i64 {
+    if stored < low {
+        report_skipped(topic, partition, low - stored);
+    } else if stored > high {
+        tracing::warn!(
+            topic,
+            partition,
+            stored,
+            high,
+            "stored position is past the end of the partition; reading from its end"
+        );
+    }
+    stored.clamp(low, high)
+}
+
+/// Records that `count` unread records of a partition were removed by retention.
+pub(crate) fn report_skipped(topic: &str, partition: i32, count: i64) {
+    tracing::error!(
+        topic,
+        partition,
+        count,
+        "records were deleted by retention before this consumer read them; raise the retention or catch up faster"
+    );
+    metrics::counter!(crate::telemetry::LOG_RECORDS_SKIPPED, "topic" => topic.to_string())
+        .increment(count.max(0) as u64);
+}

@@ -36,6 +36,9 @@ pub struct Topology {
     /// Batching of the shard sink workers.
     #[serde(default)]
     pub sink: SinkConfig,
+    /// The operations listener.
+    #[serde(default)]
+    pub ops: OpsConfig,
     /// Folder the topology was loaded from; relative paths in it resolve against this.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -109,6 +112,19 @@ pub struct IngressConfig {
     /// How long the ingress waits for the log to acknowledge an order before answering 503.
     #[serde(default = "defaults::ack_timeout_ms")]
     pub ack_timeout_ms: u64,
+    /// How many `Idempotency-Key`s the ingress remembers (oldest forgotten first).
+    #[serde(default = "defaults::idempotency_keys")]
+    pub idempotency_keys: u64,
+    /// How long an `Idempotency-Key` is remembered, in seconds.
+    #[serde(default = "defaults::idempotency_ttl_secs")]
+    pub idempotency_ttl_secs: u64,
+    /// How long a request body may take to arrive before the answer is 408.
+    #[serde(default = "defaults::body_timeout_ms")]
+    pub body_timeout_ms: u64,
+    /// On shutdown, how long in-flight requests may take to finish before their connections
+    /// are abandoned.
+    #[serde(default = "defaults::drain_timeout_ms")]
+    pub drain_timeout_ms: u64,
     /// How long after its creation an order that is neither stored nor rejected is reported
     /// as `pending`; after that `GET /order/{id}` answers 404.
     #[serde(default = "defaults::pending_window_secs")]
@@ -277,6 +293,16 @@ pub struct ShardConfig {
     pub topic: String,
 }
 
+/// `[ops]`: a listener with `/healthz`, `/readyz` and `/metrics` for any set of parts.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpsConfig {
+    /// Address of the operations listener; leave out to serve those routes only on the
+    /// ingress listeners (which a `--only processors|sinks` process does not open).
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+}
+
 /// `[sink]`: batching of the shard sink workers.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -390,6 +416,18 @@ mod defaults {
     }
     pub fn ack_timeout_ms() -> u64 {
         5_000
+    }
+    pub fn idempotency_keys() -> u64 {
+        1_000_000
+    }
+    pub fn idempotency_ttl_secs() -> u64 {
+        86_400
+    }
+    pub fn body_timeout_ms() -> u64 {
+        10_000
+    }
+    pub fn drain_timeout_ms() -> u64 {
+        10_000
     }
     pub fn pending_window_secs() -> u64 {
         3_600

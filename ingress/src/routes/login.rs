@@ -36,9 +36,17 @@ pub async fn handle(
     let request: LoginRequest = crate::body::parse_json(body)?;
     let users = state.users.clone();
     let (name, password) = (request.username.clone(), request.password);
-    let success = tokio::task::spawn_blocking(move || users.verify(&name, &password))
-        .await
-        .map_err(|_| ApiError::unavailable("password check failed"))?;
+    let success = {
+        // At most a few argon2id checks at once: each takes ~19 MiB and a core.
+        let _permit = state
+            .password_checks
+            .acquire()
+            .await
+            .map_err(|_| ApiError::unavailable("shutting down"))?;
+        tokio::task::spawn_blocking(move || users.verify(&name, &password))
+            .await
+            .map_err(|_| ApiError::unavailable("password check failed"))?
+    };
     metrics::counter!(telemetry::LOGINS, "outcome" => if success { "success" } else { "failure" })
         .increment(1);
 

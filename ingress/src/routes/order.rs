@@ -45,14 +45,36 @@ pub async fn create(
             request.user_id
         )));
     }
+    let idempotent = state
+        .idempotency
+        .entry(&claims.sub, headers, body, now_ms())
+        .await?;
+    let (order_id, received_at_ms) = match &idempotent {
+        Some(entry) => (entry.order_id, entry.received_at_ms),
+        None => (Uuid::now_v7(), now_ms()),
+    };
     let order = RawOrder {
-        order_id: Uuid::now_v7(),
+        order_id,
         user_id: request.user_id,
         product: request.product,
         quantity: request.quantity,
-        received_at_ms: now_ms(),
+        received_at_ms,
     };
-    let payload = serde_json::to_vec(&order).map_err(|e| ApiError::unavailable(e.to_string()))?;
+    let answer = match &idempotent {
+        // Concurrent requests with one key wait for each other: one append, one answer.
+        Some(entry) => entry
+            .answer
+            .get_or_try_init(|| append(state, &order))
+            .await?
+            .clone(),
+        None => append(state, &order).await?,
+    };
+    Ok(warp::reply::with_status(warp::reply::json(&answer), StatusCode::ACCEPTED).into_response())
+}
+
+/// Appends `order` to the orders topic and returns the 202 body once the log acknowledged it.
+async fn append(state: &State, order: &RawOrder) -> Result<serde_json::Value, ApiError> {
+    let payload = serde_json::to_vec(order).map_err(|e| ApiError::unavailable(e.to_string()))?;
     let timeout = Duration::from_millis(state.config.ack_timeout_ms);
     let delivery = state
         .log
@@ -60,21 +82,23 @@ pub async fn create(
         .await
         .map_err(|error| {
             tracing::warn!(%error, order_id = %order.order_id, "order not acknowledged; answering 503");
-            match error {
-                LogError::Timeout(_) => ApiError::unavailable("the event log did not acknowledge the order in time; it was not accepted, retry"),
-                _ => ApiError::unavailable("the event log is not accepting orders; it was not accepted, retry"),
-            }
+            let why = match error {
+                LogError::Timeout(_) => "the event log did not acknowledge the order in time",
+                _ => "the event log is not accepting orders",
+            };
+            ApiError::unavailable(format!(
+                "{why}; it may not be stored: retry with the same Idempotency-Key, which cannot create a second order"
+            ))
         })?;
     metrics::counter!(telemetry::ORDERS_ACCEPTED).increment(1);
-    let body = json!({
+    Ok(json!({
         "orderId": order.order_id,
         "status": "accepted",
         "userId": order.user_id,
         "receivedAtMs": order.received_at_ms,
         "partition": delivery.partition,
         "offset": delivery.offset,
-    });
-    Ok(warp::reply::with_status(warp::reply::json(&body), StatusCode::ACCEPTED).into_response())
+    }))
 }
 
 /// Reports one of the caller's orders: stored (with the row), rejected (with the reason),

@@ -1,7 +1,9 @@
 //! The MySQL / MariaDB shard backend (`mysql_async`).
 //!
-//! Rows go in with prepared multi-row `INSERT … ON DUPLICATE KEY UPDATE order_id = order_id`
-//! statements (a no-op for rows already stored), at most [`ROWS_PER_STATEMENT`] rows each,
+//! Rows go in with prepared multi-row `INSERT … ON DUPLICATE KEY UPDATE` statements in which
+//! the latest enrichment wins: a row already stored changes only when the incoming one was
+//! enriched later (a replay of `enrich` after a catalog change), so replaying the same records
+//! is a no-op, at most [`ROWS_PER_STATEMENT`] rows each,
 //! inside the same transaction that upserts the consumer positions.
 
 mod schema;
@@ -26,6 +28,14 @@ const ORDER_COLUMNS: &str =
     "order_id, user_id, product, quantity, unit_price_minor, line_total_minor, currency, \
      received_at_ms, enriched_at_ms, stored_at_ms, bucket, shard";
 const ORDER_PLACEHOLDERS: &str = "(?,?,?,?,?,?,?,?,?,?,?,?)";
+/// Upsert clause: a stored row takes the incoming prices only if they were enriched later.
+/// `enriched_at_ms` is assigned last because MySQL evaluates the assignments in order.
+const LATEST_ENRICHMENT_WINS: &str = "ON DUPLICATE KEY UPDATE \
+     unit_price_minor = IF(VALUES(enriched_at_ms) > enriched_at_ms, VALUES(unit_price_minor), unit_price_minor), \
+     line_total_minor = IF(VALUES(enriched_at_ms) > enriched_at_ms, VALUES(line_total_minor), line_total_minor), \
+     currency = IF(VALUES(enriched_at_ms) > enriched_at_ms, VALUES(currency), currency), \
+     stored_at_ms = IF(VALUES(enriched_at_ms) > enriched_at_ms, VALUES(stored_at_ms), stored_at_ms), \
+     enriched_at_ms = GREATEST(enriched_at_ms, VALUES(enriched_at_ms))";
 
 /// One MySQL shard.
 pub struct MysqlShard {
@@ -233,7 +243,7 @@ impl ShardWriter for MysqlShard {
             .map_err(|e| self.db_error(e))?;
         for chunk in batch.orders.chunks(ROWS_PER_STATEMENT) {
             let sql = format!(
-                "INSERT INTO orders ({ORDER_COLUMNS}) VALUES {} ON DUPLICATE KEY UPDATE order_id = order_id",
+                "INSERT INTO orders ({ORDER_COLUMNS}) VALUES {} {LATEST_ENRICHMENT_WINS}",
                 placeholders(ORDER_PLACEHOLDERS, chunk.len())
             );
             let mut params = Vec::with_capacity(chunk.len() * 12);

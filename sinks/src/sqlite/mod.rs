@@ -2,7 +2,7 @@
 //!
 //! Same guarantees as MySQL: rows and consumer positions commit in one transaction (WAL
 //! journal, `synchronous = FULL`, so a committed batch survives a crash), and rows are
-//! idempotent by `order_id`.
+//! idempotent by `order_id`, the latest enrichment winning.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -115,7 +115,10 @@ fn insert_order(
     let mut statement = tx.prepare_cached(
         "INSERT INTO orders (order_id, user_id, product, quantity, unit_price_minor, line_total_minor, currency, \
          received_at_ms, enriched_at_ms, stored_at_ms, bucket, shard) VALUES (?,?,?,?,?,?,?,?,?,?,?,?) \
-         ON CONFLICT (order_id) DO NOTHING",
+         ON CONFLICT (order_id) DO UPDATE SET unit_price_minor = excluded.unit_price_minor, \
+         line_total_minor = excluded.line_total_minor, currency = excluded.currency, \
+         stored_at_ms = excluded.stored_at_ms, enriched_at_ms = excluded.enriched_at_ms \
+         WHERE excluded.enriched_at_ms > orders.enriched_at_ms",
     )?;
     statement.execute(params![
         order.order_id.as_bytes().as_slice(),

@@ -41,9 +41,14 @@ const RECORDS: TableDefinition<(&str, u32, u64), &[u8]> = TableDefinition::new("
 const TOPICS: TableDefinition<&str, u32> = TableDefinition::new("topics");
 /// `(group, topic, partition)` → next offset to read.
 const POSITIONS: TableDefinition<(&str, &str, u32), u64> = TableDefinition::new("positions");
+/// `(topic, partition)` → `(oldest retained offset, next offset, newest timestamp)`.
+const PARTITIONS: TableDefinition<(&str, u32), (u64, u64, i64)> =
+    TableDefinition::new("partitions");
 
 /// Most appends one transaction takes.
 const MAX_GROUP: usize = 4096;
+/// Most records one retention transaction deletes.
+const RETENTION_CHUNK: u64 = 10_000;
 
 fn storage(error: impl std::fmt::Display) -> LogError {
     LogError::Backend(format!("embedded log storage: {error}"))
@@ -202,50 +207,55 @@ fn load_state(db: &Database) -> Result<HashMap<String, Vec<PartitionState>>, Log
         write.open_table(TOPICS).map_err(storage)?;
         write.open_table(RECORDS).map_err(storage)?;
         write.open_table(POSITIONS).map_err(storage)?;
+        write.open_table(PARTITIONS).map_err(storage)?;
     }
     write.commit().map_err(storage)?;
     let read = db.begin_read().map_err(storage)?;
     let topics = read.open_table(TOPICS).map_err(storage)?;
-    let records = read.open_table(RECORDS).map_err(storage)?;
+    let ends = read.open_table(PARTITIONS).map_err(storage)?;
     let mut state = HashMap::new();
     for entry in topics.iter().map_err(storage)? {
         let (name, count) = entry.map_err(storage)?;
         let name = name.value().to_string();
         let mut partitions = Vec::new();
         for partition in 0..count.value() {
-            let mut range = records
-                .range((name.as_str(), partition, 0)..=(name.as_str(), partition, u64::MAX))
-                .map_err(storage)?;
-            let first = range
-                .next()
-                .transpose()
+            let stored = ends
+                .get((name.as_str(), partition))
                 .map_err(storage)?
-                .map(|(k, _)| k.value().2);
-            let last = range.next_back().transpose().map_err(storage)?;
-            let (low, next, last_ts) = match (first, last) {
-                (Some(first), Some((key, value))) => (
-                    first,
-                    key.value().2 + 1,
-                    codec::decode(value.value())
-                        .map(|r| r.timestamp_ms)
-                        .unwrap_or(0),
-                ),
-                (Some(first), None) => {
-                    let ts = records
-                        .get((name.as_str(), partition, first))
-                        .map_err(storage)?
-                        .and_then(|v| codec::decode(v.value()))
-                        .map(|r| r.timestamp_ms)
-                        .unwrap_or(0);
-                    (first, first + 1, ts)
-                }
-                _ => (0, 0, 0),
-            };
+                .map(|v| v.value());
+            let (low, next, last_ts) = stored.unwrap_or((0, 0, 0));
             partitions.push(PartitionState { low, next, last_ts });
         }
         state.insert(name, partitions);
     }
     Ok(state)
+}
+
+/// Records the bounds of the partitions in `touched` within `write`'s transaction, so offsets
+/// are never reused, even after retention empties a partition.
+fn store_bounds(
+    write: &redb::WriteTransaction,
+    states: &HashMap<String, Vec<PartitionState>>,
+    touched: &std::collections::BTreeSet<(String, u32)>,
+) -> Result<(), LogError> {
+    let mut table = write.open_table(PARTITIONS).map_err(storage)?;
+    for (topic, partition) in touched {
+        if let Some(state) = states.get(topic).and_then(|p| p.get(*partition as usize)) {
+            // The stored low bound belongs to retention (serialised with us by redb's single
+            // writer); appends only move the end.
+            let low = table
+                .get((topic.as_str(), *partition))
+                .map_err(storage)?
+                .map_or(state.low, |v| v.value().0);
+            table
+                .insert(
+                    (topic.as_str(), *partition),
+                    (low, state.next, state.last_ts),
+                )
+                .map_err(storage)?;
+        }
+    }
+    Ok(())
 }
 
 /// The writer thread: group-commits appends until the channel closes.
@@ -280,6 +290,7 @@ fn commit_group(shared: &Shared, appends: Vec<Append>) {
     };
     let now = now_ms();
     let mut placed: Vec<(Append, Result<Delivery, LogError>)> = Vec::with_capacity(appends.len());
+    let mut touched = std::collections::BTreeSet::new();
     let result = (|| -> Result<(), LogError> {
         let write = shared.db.begin_write().map_err(storage)?;
         {
@@ -295,6 +306,7 @@ fn commit_group(shared: &Shared, appends: Vec<Append>) {
                 let offset = state.next;
                 state.next += 1;
                 state.last_ts = state.last_ts.max(now);
+                touched.insert((append.topic.clone(), partition as u32));
                 let stored = StoredRecord {
                     timestamp_ms: state.last_ts,
                     key: append.record.key.clone(),
@@ -316,6 +328,7 @@ fn commit_group(shared: &Shared, appends: Vec<Append>) {
                 ));
             }
         }
+        store_bounds(&write, &states, &touched)?;
         write.commit().map_err(storage)
     })();
     match result {
@@ -380,34 +393,43 @@ fn enforce_retention(shared: &Shared) -> Result<u64, LogError> {
             }
         }
     }
-    if cutoffs.is_empty() {
-        return Ok(0);
-    }
-    let write = shared.db.begin_write().map_err(storage)?;
+    // Delete in bounded transactions, so appends (which share redb's single writer) never wait
+    // behind one huge deletion.
     let mut deleted = 0;
-    {
-        let mut records = write.open_table(RECORDS).map_err(storage)?;
-        for (topic, partition, low, cutoff) in &cutoffs {
-            records
-                .retain_in(
-                    (topic.as_str(), *partition, *low)..(topic.as_str(), *partition, *cutoff),
-                    |_, _| false,
-                )
-                .map_err(storage)?;
-            deleted += cutoff - low;
-        }
-    }
-    write.commit().map_err(storage)?;
-    let mut topics = shared
-        .topics
-        .write()
-        .map_err(|_| storage("state lock poisoned"))?;
-    for (topic, partition, _, cutoff) in cutoffs {
-        if let Some(state) = topics
-            .get_mut(&topic)
-            .and_then(|p| p.get_mut(partition as usize))
-        {
-            state.low = state.low.max(cutoff);
+    for (topic, partition, low, cutoff) in cutoffs {
+        let mut from = low;
+        while from < cutoff {
+            let to = cutoff.min(from + RETENTION_CHUNK);
+            let write = shared.db.begin_write().map_err(storage)?;
+            {
+                let mut records = write.open_table(RECORDS).map_err(storage)?;
+                records
+                    .retain_in(
+                        (topic.as_str(), partition, from)..(topic.as_str(), partition, to),
+                        |_, _| false,
+                    )
+                    .map_err(storage)?;
+                let mut bounds = write.open_table(PARTITIONS).map_err(storage)?;
+                let (_, next, last_ts) = bounds
+                    .get((topic.as_str(), partition))
+                    .map_err(storage)?
+                    .map_or((0, to, 0), |v| v.value());
+                bounds
+                    .insert((topic.as_str(), partition), (to, next.max(to), last_ts))
+                    .map_err(storage)?;
+            }
+            write.commit().map_err(storage)?;
+            if let Some(state) = shared
+                .topics
+                .write()
+                .map_err(|_| storage("state lock poisoned"))?
+                .get_mut(&topic)
+                .and_then(|p| p.get_mut(partition as usize))
+            {
+                state.low = state.low.max(to);
+            }
+            deleted += to - from;
+            from = to;
         }
     }
     Ok(deleted)
@@ -617,8 +639,12 @@ fn read_batch(
             break;
         }
         let (topic, partition, position) = &mut assigned[(first + step) % count];
-        // Skip what retention removed.
-        *position = (*position).max(shared.partition(topic, *partition as i32)?.low);
+        // Skip what retention removed (loudly: a consumer fell behind the retention limit).
+        let low = shared.partition(topic, *partition as i32)?.low;
+        if *position < low {
+            super::report_skipped(topic, *partition as i32, (low - *position) as i64);
+            *position = low;
+        }
         let range = records
             .range((topic.as_str(), *partition, *position)..=(topic.as_str(), *partition, u64::MAX))
             .map_err(storage)?;
@@ -654,9 +680,16 @@ impl LogConsumer for EmbeddedConsumer {
             let state = self.shared.partition(&a.topic, a.partition)?;
             let partition = a.partition as u32;
             let start = match a.start {
-                StartFrom::Committed => self
-                    .stored_position(&a.topic, partition)?
-                    .unwrap_or(state.low),
+                StartFrom::Committed => match self.stored_position(&a.topic, partition)? {
+                    Some(stored) => super::clamp_position(
+                        &a.topic,
+                        a.partition,
+                        stored as i64,
+                        state.low as i64,
+                        state.next as i64,
+                    ) as u64,
+                    None => state.low,
+                },
                 StartFrom::Beginning => state.low,
                 StartFrom::End => state.next,
                 StartFrom::Offset(n) => (n.max(0) as u64).clamp(state.low, state.next),
