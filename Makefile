@@ -20,7 +20,7 @@ fmt:
 	cargo fmt --all
 
 bench: infra-up
-	eval "$$(bash scripts/infra env)" && cargo bench --bench pipeline
+	eval "$$(bash scripts/infra env)" && cargo bench --bench pipeline --bench limiter
 
 check:
 	cargo run --quiet -- check topology.toml

@@ -103,6 +103,8 @@ async fn post_orders(
 ) -> Vec<Duration> {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(concurrency)
+        // Below the ingress's keep-alive limit, so no request races a closing connection.
+        .pool_idle_timeout(Duration::from_secs(5))
         .build()
         .unwrap();
     let requests = (0..count).map(|n| {
@@ -186,6 +188,25 @@ fn enriched(user: &str, bucket: u32, shard: &str) -> EnrichedOrder {
     }
 }
 
+/// Records the sink workers have committed, from their stored positions: a cheap query
+/// (a `COUNT(*)` over growing tables would itself load the machine being measured).
+async fn sunk_records(test: &TestTopology) -> usize {
+    let cast = match test.backend {
+        Backend::Services => "CHAR",
+        Backend::Embedded => "TEXT",
+    };
+    let sql = format!("SELECT CAST(COALESCE(SUM(next_offset), 0) AS {cast}) FROM sluice_offsets WHERE consumer = 'sink' AND topic LIKE '%orders.shard.%'");
+    let mut total = 0;
+    for shard in 0..4 {
+        total += query_strings(test, shard, &sql)
+            .await
+            .first()
+            .and_then(|n| n.parse::<usize>().ok())
+            .unwrap_or(0);
+    }
+    total
+}
+
 async fn total_rows(test: &TestTopology) -> usize {
     let mut stored = 0;
     for shard in 0..4 {
@@ -253,7 +274,7 @@ async fn bench_sinks(backend: Backend, rows: usize) -> String {
             None,
         )));
     }
-    while total_rows(&test).await < per_shard * 4 {
+    while sunk_records(&test).await < per_shard * 4 {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let figure = rate(per_shard * 4, started.elapsed());
@@ -261,6 +282,11 @@ async fn bench_sinks(backend: Backend, rows: usize) -> String {
     for worker in workers {
         worker.await.unwrap().unwrap();
     }
+    assert_eq!(
+        total_rows(&test).await,
+        per_shard * 4,
+        "the sinks stored a different number of rows"
+    );
     figure
 }
 
@@ -323,11 +349,16 @@ async fn bench_end_to_end(backend: Backend, orders: usize) -> String {
     let tokens = tokens(&pipeline.base_login, &users).await;
     let started = Instant::now();
     post_orders(&pipeline.base_order, &tokens, orders, 64).await;
-    while total_rows(&test).await < orders {
+    while sunk_records(&test).await < orders {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let figure = rate(orders, started.elapsed());
     pipeline.stop().await;
+    assert_eq!(
+        total_rows(&test).await,
+        orders,
+        "end to end stored a different number of rows"
+    );
     figure
 }
 

@@ -3,6 +3,7 @@
 //! [`pipeline::run`] builds every component a topology declares and runs them under one
 //! shutdown tree; the binary (`src/main.rs`) only parses arguments and calls it.
 
+pub mod capability_cli;
 pub mod ops;
 pub mod pipeline;
 pub mod replay;

@@ -71,6 +71,23 @@ enum Command {
         #[arg(long, default_value = "backfill")]
         name: String,
     },
+    /// Mint a JWT for a script or service, signed with the topology's signing key.
+    Token {
+        /// The topology file (its [ingress.auth] keys sign the token).
+        #[arg(short, long, env = "SLUICE_TOPOLOGY", default_value = "topology.toml")]
+        topology: PathBuf,
+        /// The subject: the user the token speaks for.
+        #[arg(long)]
+        user: String,
+        /// Lifetime in seconds (default: the topology's token_ttl_secs).
+        #[arg(long)]
+        ttl_secs: Option<u64>,
+    },
+    /// Capability tokens (biscuit): keygen, mint, attenuate, inspect.
+    Biscuit {
+        #[command(subcommand)]
+        command: sluice::capability_cli::BiscuitCommand,
+    },
     /// Manage the users file (argon2id hashes).
     Users {
         #[command(subcommand)]
@@ -84,6 +101,20 @@ enum UsersAction {
     Add {
         /// User name (also their userId for orders).
         name: String,
+        /// The users file.
+        #[arg(long, default_value = "users.toml")]
+        file: PathBuf,
+    },
+    /// Remove a user.
+    Remove {
+        /// User name.
+        name: String,
+        /// The users file.
+        #[arg(long, default_value = "users.toml")]
+        file: PathBuf,
+    },
+    /// List the user names.
+    List {
         /// The users file.
         #[arg(long, default_value = "users.toml")]
         file: PathBuf,
@@ -117,6 +148,29 @@ fn main() -> ExitCode {
         Command::Users {
             action: UsersAction::Add { name, file },
         } => add_user(&name, &file),
+        Command::Users {
+            action: UsersAction::Remove { name, file },
+        } => report(
+            sluice_ingress::users::remove_user(&file, &name).map(|existed| {
+                if existed {
+                    format!("user {name} removed from {}\n", file.display())
+                } else {
+                    format!("no user {name} in {}\n", file.display())
+                }
+            }),
+        ),
+        Command::Users {
+            action: UsersAction::List { file },
+        } => report(
+            sluice_ingress::users::list_users(&file)
+                .map(|names| names.iter().map(|n| format!("{n}\n")).collect()),
+        ),
+        Command::Biscuit { command } => report(sluice::capability_cli::run(command)),
+        Command::Token {
+            topology,
+            user,
+            ttl_secs,
+        } => mint_token(&topology, &user, ttl_secs),
         Command::Run { topology, only } => run(&topology, &only),
         Command::Replay {
             topology,
@@ -148,6 +202,41 @@ fn main() -> ExitCode {
 
 fn out(text: &str) {
     let _ = std::io::stdout().write_all(text.as_bytes());
+}
+
+/// Prints `result` (stdout) or its error (stderr) and turns it into an exit code.
+fn report<E: std::fmt::Display>(result: Result<String, E>) -> ExitCode {
+    match result {
+        Ok(text) => {
+            out(&text);
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("{error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn mint_token(path: &std::path::Path, user: &str, ttl_secs: Option<u64>) -> ExitCode {
+    let topology = match topology::load(path) {
+        Ok(topology) => topology,
+        Err(error) => {
+            eprintln!("{error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let auth = &topology.ingress.auth;
+    report(
+        sluice_ingress::auth::TokenAuthority::from_config(auth, &topology.base_dir)
+            .map_err(|e| e.to_string())
+            .and_then(|tokens| {
+                tokens
+                    .issue_for(user, ttl_secs.unwrap_or(auth.token_ttl_secs))
+                    .map(|token| format!("{token}\n"))
+                    .map_err(|e| e.message)
+            }),
+    )
 }
 
 fn check(path: &std::path::Path) -> ExitCode {

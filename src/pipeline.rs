@@ -6,7 +6,7 @@ use std::time::Duration;
 use sluice_core::log::{self, Log, LogError, StartFrom};
 use sluice_core::shutdown::Shutdown;
 use sluice_core::topology::Topology;
-use sluice_ingress::{Ingress, Users};
+use sluice_ingress::{Ingress, Reloader};
 use sluice_processors::{build_stages, run_stage, StageRunner};
 use sluice_sinks::{open_shard, run_sink_worker, ShardLookup, ShardWriter, SinkWorker};
 use tokio::net::TcpListener;
@@ -46,9 +46,9 @@ pub enum PipelineError {
     /// The log could not be opened or prepared.
     #[error("log: {0}")]
     Log(#[from] LogError),
-    /// The users file could not be loaded.
+    /// The ingress could not be set up.
     #[error(transparent)]
-    Users(#[from] sluice_ingress::users::UsersError),
+    Ingress(#[from] sluice_ingress::IngressError),
     /// A listener could not be bound.
     #[error(
         "cannot listen on {address}: {source}; is another process using the port? change {field}"
@@ -116,6 +116,8 @@ pub async fn run(
     listeners: Option<Listeners>,
     shutdown: Shutdown,
 ) -> Result<(), PipelineError> {
+    // Install the metrics recorder before anything counts.
+    sluice_core::telemetry::metrics_handle();
     log::ensure_topology_topics(log.as_ref(), &topology).await?;
     let shards = open_shards(&topology)?;
     let shard_map = topology
@@ -140,16 +142,22 @@ pub async fn run(
     }
 
     if parts.ingress {
-        let users = Users::load(&topology.resolve_path(&topology.ingress.auth.users_file))?;
-        if users.is_empty() {
-            tracing::warn!("the users file has no users; add one with `sluice users add <name>`");
-        }
+        let lookup = Arc::new(ShardLookup::new(shard_map.clone(), shards.clone()));
+        let ingress = Ingress::new(
+            topology.ingress.clone(),
+            &topology.base_dir,
+            log.clone(),
+            lookup,
+        )?;
+        reload_on_hangup(
+            ingress.reloader(),
+            topology.source.clone(),
+            shutdown.token(),
+        );
         let listeners = match listeners {
             Some(listeners) => listeners,
             None => bind(&topology).await?,
         };
-        let lookup = Arc::new(ShardLookup::new(shard_map.clone(), shards.clone()));
-        let ingress = Ingress::new(topology.ingress.clone(), users, log.clone(), lookup);
         tracing::info!(
             login = %listeners.login.local_addr().map(|a| a.to_string()).unwrap_or_default(),
             order = %listeners.order.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.to_string()).unwrap_or_else(|| "same".into()),
@@ -230,4 +238,31 @@ pub async fn run(
         tracing::info!("pipeline drained; bye");
         Ok(())
     }
+}
+
+/// Reloads token keys and users on SIGHUP, until `stop`.
+fn reload_on_hangup(
+    reloader: Reloader,
+    topology: std::path::PathBuf,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP; keys and users reload only on restart");
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = hangups.recv() => match reloader.reload((!topology.as_os_str().is_empty()).then_some(topology.as_path())) {
+                    Ok(()) => {}
+                    Err(error) => tracing::error!(%error, "reload failed; the previous keys and users stay in force"),
+                },
+            }
+        }
+    });
+    #[cfg(not(unix))]
+    let _ = (reloader, topology, stop);
 }

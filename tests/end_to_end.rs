@@ -218,6 +218,44 @@ async fn orders_from_many_users_are_stored_exactly_once_in_their_shard(backend: 
         "another user's order was disclosed: {body}"
     );
 
+    // Operations: liveness, readiness and Prometheus metrics on both listeners.
+    for base in [&pipeline.base_login, &pipeline.base_order] {
+        assert_eq!(
+            client
+                .get(format!("{base}/healthz"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+        assert_eq!(
+            client
+                .get(format!("{base}/readyz"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+        let metrics = client
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        for name in [
+            "sluice_orders_accepted_total",
+            "sluice_http_requests_total",
+            "sluice_stage_records_out_total",
+            "sluice_sink_rows_total",
+        ] {
+            assert!(metrics.contains(name), "/metrics lacks {name}");
+        }
+    }
+
     // Every login attempt was recorded.
     assert_eq!(
         topic_records(pipeline.log.as_ref(), &format!("{}.auth.logins", test.id)).await,

@@ -340,7 +340,15 @@ async fn bad_requests_are_refused_and_produce_nothing() {
         encode(
             &Header::default(),
             &claims,
-            &EncodingKey::from_secret(topology.ingress.auth.jwt_secret.as_bytes()),
+            &EncodingKey::from_secret(
+                topology
+                    .ingress
+                    .auth
+                    .jwt_secret
+                    .as_deref()
+                    .unwrap()
+                    .as_bytes(),
+            ),
         )
         .unwrap()
     };
@@ -467,10 +475,13 @@ async fn unreachable_broker_means_503_never_2xx() {
     let mut topology = test.topology();
     topology.log.brokers = "127.0.0.1:1".into();
     let log: Arc<dyn Log> = log::open(&topology.log, &topology.base_dir).unwrap();
-    let users =
-        sluice_ingress::Users::load(&topology.resolve_path(&topology.ingress.auth.users_file))
-            .unwrap();
-    let ingress = Ingress::new(topology.ingress.clone(), users, log, Arc::new(NoLookup));
+    let ingress = Ingress::new(
+        topology.ingress.clone(),
+        &topology.base_dir,
+        log,
+        Arc::new(NoLookup),
+    )
+    .unwrap();
     let token = ingress.state().tokens.issue("alice").unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());

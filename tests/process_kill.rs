@@ -228,4 +228,49 @@ async fn kill_9_and_sigterm_lose_and_duplicate_nothing(backend: Backend) {
         .await
         .unwrap();
     assert!(exit.success());
+
+    // With the pipeline stopped, `sluice replay` rebuilds an emptied shard, showing progress as
+    // plain lines (stderr is not a terminal here).
+    let shard = 3;
+    let before = order_lines(&test, shard).await;
+    execute(&test, shard, "DELETE FROM orders").await;
+    let output = tokio::task::spawn_blocking({
+        let path = test.path.clone();
+        move || {
+            Command::new(env!("CARGO_BIN_EXE_sluice"))
+                .args([
+                    "replay",
+                    "--shard",
+                    "shard3",
+                    "--name",
+                    "rebuild",
+                    "--topology",
+                ])
+                .arg(&path)
+                .env("RUST_LOG", "warn")
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "replay failed: {stderr}");
+    assert!(stdout.contains("replay rebuild complete"), "{stdout}");
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.starts_with("replay rebuild -> shard shard3: ") && l.contains("records/s")),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains('\r'),
+        "progress must be plain lines when not on a terminal"
+    );
+    assert_eq!(
+        order_lines(&test, shard).await,
+        before,
+        "the CLI replay did not restore the shard"
+    );
 }

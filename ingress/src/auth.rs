@@ -1,9 +1,21 @@
-//! JWT issuing and verification (HS256, with `iss`, `sub`, `iat` and `exp` required).
+//! JWT issuing and verification with a key ring.
 //!
-//! The algorithm is pinned: tokens signed with any other algorithm, including `none`, fail.
+//! Every key has a key id (`kid`) and exactly one algorithm (HS256, EdDSA or RS256). A token
+//! must name its key (unless the ring holds a single key) and is verified only with that key's
+//! algorithm, so `alg: none`, algorithm confusion (an HS256 token "signed" with a public key)
+//! and unknown key ids all fail. `iss`, `sub`, `iat` and `exp` are required, `nbf` and `aud`
+//! checked, with a configurable leeway. Key files are re-read by [`TokenAuthority::reload`]
+//! (the binary calls it on SIGHUP), so keys rotate without a restart.
 
-use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use jsonwebtoken::{
+    decode, decode_header, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation,
+};
 use serde::{Deserialize, Serialize};
+use sluice_core::topology::{AuthConfig, JwtAlgorithm};
 use warp::http::HeaderMap;
 
 use crate::error::ApiError;
@@ -15,20 +27,173 @@ pub struct Claims {
     pub sub: String,
     /// Issuer.
     pub iss: String,
+    /// Audience, when the service has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<String>,
     /// Issued at (seconds since the Unix epoch).
     pub iat: u64,
+    /// Not valid before (seconds since the Unix epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
     /// Expires at (seconds since the Unix epoch).
     pub exp: u64,
 }
 
-/// Issues and verifies tokens with one HMAC secret.
-#[derive(Clone)]
-pub struct TokenAuthority {
-    encoding: EncodingKey,
+/// Why the key ring could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// A key file could not be read.
+    #[error("ingress.auth.keys {kid:?}: cannot read {path}: {source}")]
+    KeyFile {
+        /// The key.
+        kid: String,
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A key is not valid for its algorithm.
+    #[error("ingress.auth.keys {kid:?}: {message}")]
+    BadKey {
+        /// The key.
+        kid: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+struct VerifyKey {
+    algorithm: Algorithm,
     decoding: DecodingKey,
-    validation: Validation,
-    issuer: String,
-    ttl_secs: u64,
+}
+
+struct SigningKey {
+    kid: String,
+    algorithm: Algorithm,
+    encoding: EncodingKey,
+}
+
+/// The loaded keys.
+struct KeyRing {
+    verify: HashMap<String, VerifyKey>,
+    signing: Option<SigningKey>,
+}
+
+fn algorithm(a: JwtAlgorithm) -> Algorithm {
+    match a {
+        JwtAlgorithm::HS256 => Algorithm::HS256,
+        JwtAlgorithm::EdDSA => Algorithm::EdDSA,
+        JwtAlgorithm::RS256 => Algorithm::RS256,
+    }
+}
+
+fn load_ring(config: &AuthConfig, base_dir: &Path) -> Result<KeyRing, AuthError> {
+    let read = |kid: &str, path: &Path| {
+        let path = if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            base_dir.join(path)
+        };
+        std::fs::read(&path).map_err(|source| AuthError::KeyFile {
+            kid: kid.to_string(),
+            path,
+            source,
+        })
+    };
+    let bad = |kid: &str, error: jsonwebtoken::errors::Error| AuthError::BadKey {
+        kid: kid.to_string(),
+        message: format!("not a valid key for its algorithm: {error}"),
+    };
+    let signing_kid = config.signing_kid.clone().or_else(|| {
+        if config.jwt_secret.is_some() {
+            Some("default".into())
+        } else {
+            config.keys.first().map(|k| k.kid.clone())
+        }
+    });
+    let mut verify = HashMap::new();
+    let mut signing = None;
+    if let Some(secret) = &config.jwt_secret {
+        verify.insert(
+            "default".to_string(),
+            VerifyKey {
+                algorithm: Algorithm::HS256,
+                decoding: DecodingKey::from_secret(secret.as_bytes()),
+            },
+        );
+        if signing_kid.as_deref() == Some("default") {
+            signing = Some(SigningKey {
+                kid: "default".into(),
+                algorithm: Algorithm::HS256,
+                encoding: EncodingKey::from_secret(secret.as_bytes()),
+            });
+        }
+    }
+    for key in &config.keys {
+        let alg = algorithm(key.algorithm);
+        let (decoding, encoding) = match key.algorithm {
+            JwtAlgorithm::HS256 => {
+                let secret = key.secret.as_deref().unwrap_or_default().as_bytes();
+                (
+                    DecodingKey::from_secret(secret),
+                    Some(EncodingKey::from_secret(secret)),
+                )
+            }
+            JwtAlgorithm::EdDSA | JwtAlgorithm::RS256 => {
+                let public = key
+                    .public_key_file
+                    .as_deref()
+                    .ok_or_else(|| AuthError::BadKey {
+                        kid: key.kid.clone(),
+                        message: "needs public_key_file".into(),
+                    })?;
+                let public = read(&key.kid, public)?;
+                let decoding = if key.algorithm == JwtAlgorithm::EdDSA {
+                    DecodingKey::from_ed_pem(&public)
+                } else {
+                    DecodingKey::from_rsa_pem(&public)
+                }
+                .map_err(|e| bad(&key.kid, e))?;
+                let encoding = match &key.private_key_file {
+                    Some(path) => {
+                        let private = read(&key.kid, path)?;
+                        Some(
+                            if key.algorithm == JwtAlgorithm::EdDSA {
+                                EncodingKey::from_ed_pem(&private)
+                            } else {
+                                EncodingKey::from_rsa_pem(&private)
+                            }
+                            .map_err(|e| bad(&key.kid, e))?,
+                        )
+                    }
+                    None => None,
+                };
+                (decoding, encoding)
+            }
+        };
+        if signing_kid.as_deref() == Some(key.kid.as_str()) {
+            signing = encoding.map(|encoding| SigningKey {
+                kid: key.kid.clone(),
+                algorithm: alg,
+                encoding,
+            });
+        }
+        verify.insert(
+            key.kid.clone(),
+            VerifyKey {
+                algorithm: alg,
+                decoding,
+            },
+        );
+    }
+    Ok(KeyRing { verify, signing })
+}
+
+/// Issues and verifies tokens with the configured key ring.
+pub struct TokenAuthority {
+    config: RwLock<Arc<AuthConfig>>,
+    base_dir: PathBuf,
+    ring: RwLock<Arc<KeyRing>>,
 }
 
 fn now_secs() -> u64 {
@@ -39,52 +204,157 @@ fn now_secs() -> u64 {
 }
 
 impl TokenAuthority {
-    /// An authority for `secret`, issuing tokens from `issuer` valid for `ttl_secs`.
-    pub fn new(secret: &str, issuer: &str, ttl_secs: u64) -> Self {
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.set_issuer(&[issuer]);
-        validation.set_required_spec_claims(&["exp", "iat", "sub", "iss"]);
-        validation.leeway = 30;
-        TokenAuthority {
-            encoding: EncodingKey::from_secret(secret.as_bytes()),
-            decoding: DecodingKey::from_secret(secret.as_bytes()),
-            validation,
+    /// Loads the keys of `config`; key files resolve against `base_dir`.
+    pub fn from_config(config: &AuthConfig, base_dir: &Path) -> Result<Self, AuthError> {
+        let ring = load_ring(config, base_dir)?;
+        Ok(TokenAuthority {
+            config: RwLock::new(Arc::new(config.clone())),
+            base_dir: base_dir.to_path_buf(),
+            ring: RwLock::new(Arc::new(ring)),
+        })
+    }
+
+    /// An authority with one HS256 secret (key id `default`), for tools and tests.
+    pub fn with_secret(secret: &str, issuer: &str, ttl_secs: u64) -> Self {
+        let config = AuthConfig {
+            jwt_secret: Some(secret.to_string()),
+            keys: Vec::new(),
+            signing_kid: None,
             issuer: issuer.to_string(),
-            ttl_secs,
+            audience: None,
+            biscuit_public_key_file: None,
+            leeway_secs: 30,
+            token_ttl_secs: ttl_secs,
+            users_file: PathBuf::new(),
+        };
+        // Secrets load without touching files, so this cannot fail.
+        let ring = load_ring(&config, Path::new(".")).unwrap_or(KeyRing {
+            verify: HashMap::new(),
+            signing: None,
+        });
+        TokenAuthority {
+            config: RwLock::new(Arc::new(config)),
+            base_dir: PathBuf::new(),
+            ring: RwLock::new(Arc::new(ring)),
         }
+    }
+
+    /// Re-reads the key files, with `config` replacing the key settings when given (a
+    /// reloaded topology); on error the current keys stay in force.
+    pub fn reload(&self, config: Option<&AuthConfig>) -> Result<(), AuthError> {
+        let config = match config {
+            Some(config) => Arc::new(config.clone()),
+            None => self.config(),
+        };
+        let ring = load_ring(&config, &self.base_dir)?;
+        if let Ok(mut current) = self.ring.write() {
+            *current = Arc::new(ring);
+        }
+        if let Ok(mut current) = self.config.write() {
+            *current = config;
+        }
+        Ok(())
+    }
+
+    fn config(&self) -> Arc<AuthConfig> {
+        self.config
+            .read()
+            .map(|c| c.clone())
+            .unwrap_or_else(|poisoned| poisoned.into_inner().clone())
+    }
+
+    fn ring(&self) -> Arc<KeyRing> {
+        self.ring
+            .read()
+            .map(|r| r.clone())
+            .unwrap_or_else(|poisoned| poisoned.into_inner().clone())
     }
 
     /// Lifetime of issued tokens, in seconds.
     pub fn ttl_secs(&self) -> u64 {
-        self.ttl_secs
+        self.config().token_ttl_secs
     }
 
-    /// A token for `subject`.
+    /// A token for `subject` valid for the configured lifetime.
     pub fn issue(&self, subject: &str) -> Result<String, ApiError> {
+        self.issue_for(subject, self.config().token_ttl_secs)
+    }
+
+    /// A token for `subject` valid for `ttl_secs`.
+    pub fn issue_for(&self, subject: &str, ttl_secs: u64) -> Result<String, ApiError> {
+        let (ring, config) = (self.ring(), self.config());
+        let signing = ring
+            .signing
+            .as_ref()
+            .ok_or_else(|| ApiError::unavailable("no signing key is configured"))?;
         let iat = now_secs();
         let claims = Claims {
             sub: subject.to_string(),
-            iss: self.issuer.clone(),
+            iss: config.issuer.clone(),
+            aud: config.audience.clone(),
             iat,
-            exp: iat + self.ttl_secs,
+            nbf: Some(iat),
+            exp: iat + ttl_secs,
         };
-        encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+        let mut header = Header::new(signing.algorithm);
+        header.kid = Some(signing.kid.clone());
+        encode(&header, &claims, &signing.encoding)
             .map_err(|e| ApiError::unavailable(format!("could not sign a token: {e}")))
     }
 
     /// The claims of a valid token.
     pub fn verify(&self, token: &str) -> Result<Claims, ApiError> {
-        decode::<Claims>(token, &self.decoding, &self.validation)
+        let header =
+            decode_header(token).map_err(|_| ApiError::unauthorized("the token is malformed"))?;
+        let (ring, config) = (self.ring(), self.config());
+        let key = match &header.kid {
+            Some(kid) => ring
+                .verify
+                .get(kid)
+                .ok_or_else(|| ApiError::unauthorized("the token's key id is not known"))?,
+            None if ring.verify.len() == 1 => ring
+                .verify
+                .values()
+                .next()
+                .ok_or_else(|| ApiError::unauthorized("no keys"))?,
+            None => {
+                return Err(ApiError::unauthorized(
+                    "the token does not name its key (kid)",
+                ))
+            }
+        };
+        if header.alg != key.algorithm {
+            return Err(ApiError::unauthorized(
+                "the token's algorithm is not accepted for its key",
+            ));
+        }
+        let mut validation = Validation::new(key.algorithm);
+        validation.set_issuer(&[&config.issuer]);
+        validation.leeway = config.leeway_secs;
+        validation.validate_nbf = true;
+        match &config.audience {
+            Some(audience) => {
+                validation.set_audience(&[audience]);
+                validation.set_required_spec_claims(&["exp", "iat", "sub", "iss", "aud"]);
+            }
+            None => {
+                validation.validate_aud = false;
+                validation.set_required_spec_claims(&["exp", "iat", "sub", "iss"]);
+            }
+        }
+        decode::<Claims>(token, &key.decoding, &validation)
             .map(|data| data.claims)
             .map_err(|error| {
                 use jsonwebtoken::errors::ErrorKind;
                 let why = match error.kind() {
                     ErrorKind::ExpiredSignature => "the token has expired; log in again",
+                    ErrorKind::ImmatureSignature => "the token is not valid yet",
                     ErrorKind::InvalidSignature => "the token's signature is not valid",
                     ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
                         "the token's algorithm is not accepted"
                     }
                     ErrorKind::InvalidIssuer => "the token was not issued by this service",
+                    ErrorKind::InvalidAudience => "the token is not meant for this service",
                     ErrorKind::MissingRequiredClaim(_) => "the token lacks a required claim",
                     _ => "the token is malformed",
                 };
@@ -92,21 +362,26 @@ impl TokenAuthority {
             })
     }
 
-    /// The claims of the `Authorization: Bearer <token>` header.
-    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Claims, ApiError> {
-        let value = headers
-            .get(warp::http::header::AUTHORIZATION)
-            .ok_or_else(|| ApiError::unauthorized("missing Authorization header; send `Authorization: Bearer <token>` from POST /login"))?;
+    /// The bearer token of the `Authorization` header.
+    pub fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
+        let value = headers.get(warp::http::header::AUTHORIZATION).ok_or_else(|| {
+            ApiError::unauthorized("missing Authorization header; send `Authorization: Bearer <token>` from POST /login")
+        })?;
         let value = value
             .to_str()
             .map_err(|_| ApiError::unauthorized("the Authorization header is not text"))?;
-        let token = value
+        value
             .strip_prefix("Bearer ")
             .or_else(|| value.strip_prefix("bearer "))
+            .map(str::trim)
             .ok_or_else(|| {
                 ApiError::unauthorized("the Authorization header must be `Bearer <token>`")
-            })?;
-        self.verify(token.trim())
+            })
+    }
+
+    /// The claims of the `Authorization: Bearer <token>` header.
+    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Claims, ApiError> {
+        self.verify(Self::bearer(headers)?)
     }
 }
 
@@ -114,20 +389,21 @@ impl TokenAuthority {
 mod tests {
     use super::*;
 
+    const SECRET: &str = "secret-one-secret-one-secret-one!";
+
     #[test]
     fn round_trip_and_forgeries() {
-        let authority = TokenAuthority::new("secret-one-secret-one-secret-one!", "sluice", 60);
+        let authority = TokenAuthority::with_secret(SECRET, "sluice", 60);
         let token = authority.issue("alice").unwrap();
         assert_eq!(authority.verify(&token).unwrap().sub, "alice");
 
-        let other = TokenAuthority::new("another-secret-another-secret-xx", "sluice", 60);
+        let other = TokenAuthority::with_secret("another-secret-another-secret-xx", "sluice", 60);
         assert_eq!(
             other.verify(&token).unwrap_err().message,
             "the token's signature is not valid"
         );
 
-        let wrong_issuer =
-            TokenAuthority::new("secret-one-secret-one-secret-one!", "elsewhere", 60);
+        let wrong_issuer = TokenAuthority::with_secret(SECRET, "elsewhere", 60);
         assert_eq!(
             authority
                 .verify(&wrong_issuer.issue("alice").unwrap())
@@ -145,26 +421,97 @@ mod tests {
             authority.verify(&unsigned).unwrap_err().status,
             warp::http::StatusCode::UNAUTHORIZED
         );
+
+        // A tampered payload breaks the signature.
+        let mut parts: Vec<String> = token.split('.').map(str::to_string).collect();
+        parts[1] = parts[1].replacen('e', "f", 1);
+        assert_eq!(
+            authority.verify(&parts.join(".")).unwrap_err().status,
+            warp::http::StatusCode::UNAUTHORIZED
+        );
     }
 
     #[test]
-    fn expired_tokens_fail() {
-        let authority = TokenAuthority::new("secret-one-secret-one-secret-one!", "sluice", 60);
+    fn expired_and_immature_tokens_fail() {
+        let authority = TokenAuthority::with_secret(SECRET, "sluice", 60);
+        let sign = |claims: &Claims| {
+            let mut header = Header::new(Algorithm::HS256);
+            header.kid = Some("default".into());
+            encode(
+                &header,
+                claims,
+                &EncodingKey::from_secret(SECRET.as_bytes()),
+            )
+            .unwrap()
+        };
+        let expired = Claims {
+            sub: "alice".into(),
+            iss: "sluice".into(),
+            aud: None,
+            iat: 1_000,
+            nbf: None,
+            exp: 2_000,
+        };
+        assert_eq!(
+            authority.verify(&sign(&expired)).unwrap_err().message,
+            "the token has expired; log in again"
+        );
+        let now = now_secs();
+        let future = Claims {
+            sub: "alice".into(),
+            iss: "sluice".into(),
+            aud: None,
+            iat: now,
+            nbf: Some(now + 3_600),
+            exp: now + 7_200,
+        };
+        assert_eq!(
+            authority.verify(&sign(&future)).unwrap_err().message,
+            "the token is not valid yet"
+        );
+        // Within the leeway, a slightly early token passes.
+        let skewed = Claims {
+            nbf: Some(now + 10),
+            ..future.clone()
+        };
+        assert!(authority.verify(&sign(&skewed)).is_ok());
+    }
+
+    #[test]
+    fn unknown_kid_and_wrong_algorithm_fail() {
+        let authority = TokenAuthority::with_secret(SECRET, "sluice", 60);
+        let now = now_secs();
         let claims = Claims {
             sub: "alice".into(),
             iss: "sluice".into(),
-            iat: 1_000,
-            exp: 2_000,
+            aud: None,
+            iat: now,
+            nbf: None,
+            exp: now + 60,
         };
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some("nope".into());
         let token = encode(
-            &Header::new(Algorithm::HS256),
+            &header,
             &claims,
-            &EncodingKey::from_secret(b"secret-one-secret-one-secret-one!"),
+            &EncodingKey::from_secret(SECRET.as_bytes()),
         )
         .unwrap();
         assert_eq!(
             authority.verify(&token).unwrap_err().message,
-            "the token has expired; log in again"
+            "the token's key id is not known"
+        );
+        let mut header = Header::new(Algorithm::HS384);
+        header.kid = Some("default".into());
+        let token = encode(
+            &header,
+            &claims,
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap();
+        assert_eq!(
+            authority.verify(&token).unwrap_err().message,
+            "the token's algorithm is not accepted for its key"
         );
     }
 }

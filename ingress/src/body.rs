@@ -70,9 +70,44 @@ where
     Ok(collected.freeze())
 }
 
+/// Deepest JSON nesting accepted; the order and login bodies need 1.
+pub const MAX_JSON_DEPTH: usize = 8;
+
+/// The deepest nesting of objects and arrays in `bytes`, outside strings (a cheap scan that
+/// runs before the parser, so hostile nesting costs nothing).
+pub fn nesting_depth(bytes: &[u8]) -> usize {
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for &b in bytes {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
 /// Parses `bytes` as JSON into `T`: syntax errors are 400 `invalid_json`, shape and type
 /// errors 422 `invalid_body`, each with serde's explanation (field, line and column).
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if nesting_depth(bytes) > MAX_JSON_DEPTH {
+        return Err(ApiError::invalid_json(format!(
+            "the request body nests deeper than {MAX_JSON_DEPTH} levels"
+        )));
+    }
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::invalid_json(
             "the request body is empty; send a JSON object",
@@ -85,4 +120,23 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             _ => ApiError::invalid_json(format!("the request body is not valid JSON: {error}")),
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn depth_ignores_brackets_in_strings() {
+        assert_eq!(nesting_depth(br#"{"a":1}"#), 1);
+        assert_eq!(nesting_depth(br#"{"a":"[[[[{{{{\"]]]"}"#), 1);
+        assert_eq!(nesting_depth(br#"[[[[]]]]"#), 4);
+        let hostile = "[".repeat(100_000);
+        let error = parse_json::<serde_json::Value>(hostile.as_bytes()).unwrap_err();
+        assert!(
+            error.message.contains("nests deeper than 8"),
+            "{}",
+            error.message
+        );
+    }
 }

@@ -21,6 +21,8 @@ pub struct ApiError {
     pub message: String,
     /// For 429 and 503: when to try again.
     pub retry_after: Option<Duration>,
+    /// For 429: the limit's burst, sent as `RateLimit-Limit`.
+    pub rate_limit: Option<u32>,
 }
 
 impl ApiError {
@@ -31,6 +33,7 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after: None,
+            rate_limit: None,
         }
     }
 
@@ -64,9 +67,10 @@ impl ApiError {
     }
 
     /// 429 with a retry hint.
-    pub fn rate_limited(what: &str, retry_after: Duration) -> Self {
+    pub fn rate_limited(what: &str, retry_after: Duration, limit: u32) -> Self {
         ApiError {
             retry_after: Some(retry_after),
+            rate_limit: Some(limit),
             ..Self::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate_limited",
@@ -90,9 +94,14 @@ impl Reply for ApiError {
         let mut response =
             warp::reply::with_status(warp::reply::json(&body), self.status).into_response();
         if let Some(retry_after) = self.retry_after {
-            let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
-            if let Ok(value) = HeaderValue::from_str(&seconds.max(1).to_string()) {
-                response.headers_mut().insert(header::RETRY_AFTER, value);
+            let seconds =
+                (retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0)).max(1);
+            let headers = response.headers_mut();
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+            if let Some(limit) = self.rate_limit {
+                headers.insert("ratelimit-limit", HeaderValue::from(limit));
+                headers.insert("ratelimit-remaining", HeaderValue::from(0u32));
+                headers.insert("ratelimit-reset", HeaderValue::from(seconds));
             }
         }
         response

@@ -13,10 +13,13 @@
 
 pub mod auth;
 pub mod body;
+pub mod capability;
 pub mod error;
 pub mod idempotency;
 pub mod limits;
 pub mod routes;
+pub mod security;
+pub mod server;
 pub mod users;
 
 use std::future::Future;
@@ -46,8 +49,99 @@ pub struct Limits {
     pub orders_per_principal: KeyedLimit<String>,
     /// Orders per client address.
     pub orders_per_address: KeyedLimit<IpAddr>,
-    /// Login attempts per client address.
+    /// Login attempts per client address (IPv6: per /64).
     pub logins_per_address: KeyedLimit<IpAddr>,
+    /// Login attempts per user name, whatever the address (brute force across addresses).
+    pub logins_per_user: KeyedLimit<String>,
+}
+
+/// Reloads token keys and users without a restart; in-flight requests are not disturbed.
+#[derive(Clone)]
+pub struct Reloader {
+    state: Arc<State>,
+}
+
+impl Reloader {
+    /// Re-reads the key files and the users file, and, when the topology's file is known, its
+    /// `[ingress.auth]` key settings (added or retired keys, the signing key). On error the
+    /// previous keys and users stay in force.
+    pub fn reload(&self, topology: Option<&std::path::Path>) -> Result<(), IngressError> {
+        let auth = match topology {
+            Some(path) => Some(
+                sluice_core::topology::load(path)
+                    .map_err(|e| IngressError::Topology(e.to_string()))?
+                    .ingress
+                    .auth,
+            ),
+            None => None,
+        };
+        self.state.tokens.reload(auth.as_ref())?;
+        let users = Users::load(&self.state.users_path)?;
+        let count = users.len();
+        if let Ok(mut current) = self.state.users.write() {
+            *current = Arc::new(users);
+        }
+        tracing::info!(users = count, "token keys and users reloaded");
+        Ok(())
+    }
+}
+
+/// Who a request speaks for, and how it proved it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// A user authenticated by a JWT.
+    Jwt(auth::Claims),
+    /// A user holding a biscuit capability token, still to be authorized per request.
+    Capability {
+        /// The token's user.
+        user: String,
+        /// The token, for the per-request authorization.
+        token: String,
+    },
+}
+
+impl Principal {
+    /// The user the request speaks for.
+    pub fn user(&self) -> &str {
+        match self {
+            Principal::Jwt(claims) => &claims.sub,
+            Principal::Capability { user, .. } => user,
+        }
+    }
+}
+
+impl State {
+    /// Authenticates the bearer token: a JWT, or (when configured) a biscuit capability
+    /// token. A JWT has three dot-separated parts; a biscuit has none.
+    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, ApiError> {
+        let token = TokenAuthority::bearer(headers)?;
+        match &self.capabilities {
+            Some(capabilities) if !token.contains('.') => {
+                let user = capabilities.token_user(token).map_err(ApiError::from)?;
+                Ok(Principal::Capability {
+                    user,
+                    token: token.to_string(),
+                })
+            }
+            _ => self.tokens.verify(token).map(Principal::Jwt),
+        }
+    }
+
+    /// The current users.
+    pub fn users(&self) -> Arc<Users> {
+        self.users
+            .read()
+            .map(|u| u.clone())
+            .unwrap_or_else(|poisoned| poisoned.into_inner().clone())
+    }
+}
+
+fn resolve(base_dir: &std::path::Path, path: &std::path::Path) -> std::path::PathBuf {
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        base_dir.join(path)
+    }
 }
 
 /// Shared state of the request handlers.
@@ -58,10 +152,14 @@ pub struct State {
     pub log: Arc<dyn Log>,
     /// Where order statuses come from.
     pub lookup: Arc<dyn OrderLookup>,
-    /// Known users.
-    pub users: Users,
+    /// Known users (replaced as a whole on reload).
+    pub users: std::sync::RwLock<Arc<Users>>,
+    /// Where the users come from.
+    pub users_path: std::path::PathBuf,
     /// Token issuing and verification.
     pub tokens: TokenAuthority,
+    /// Biscuit capability tokens, when `biscuit_public_key_file` is configured.
+    pub capabilities: Option<capability::CapabilityAuthority>,
     /// Rate limits.
     pub limits: Limits,
     /// Cancelled when the ingress starts draining (readiness turns 503).
@@ -77,19 +175,64 @@ pub struct Ingress {
     state: Arc<State>,
 }
 
+/// Why the ingress could not be built or reloaded.
+#[derive(Debug, thiserror::Error)]
+pub enum IngressError {
+    /// The users file is missing or invalid.
+    #[error(transparent)]
+    Users(#[from] users::UsersError),
+    /// A token key could not be loaded.
+    #[error(transparent)]
+    Keys(#[from] auth::AuthError),
+    /// The biscuit root public key could not be loaded.
+    #[error("ingress.auth.biscuit_public_key_file: {0}")]
+    Capability(String),
+    /// The topology could not be reloaded.
+    #[error("cannot reload the topology: {0}")]
+    Topology(String),
+    /// Production mode found settings that must change first.
+    #[error("production mode refuses to start:\n{}", .0.iter().map(|w| format!("  - {w}")).collect::<Vec<_>>().join("\n"))]
+    Insecure(Vec<String>),
+}
+
 impl Ingress {
-    /// Builds the ingress. Call within a Tokio runtime (rate-limit sweepers are spawned).
+    /// Builds the ingress: loads the users file and the token keys (paths resolve against
+    /// `base_dir`, the topology file's folder). Call within a Tokio runtime (rate-limit
+    /// sweepers are spawned).
     pub fn new(
         config: IngressConfig,
-        users: Users,
+        base_dir: &std::path::Path,
         log: Arc<dyn Log>,
         lookup: Arc<dyn OrderLookup>,
-    ) -> Self {
-        let tokens = TokenAuthority::new(
-            &config.auth.jwt_secret,
-            &config.auth.issuer,
-            config.auth.token_ttl_secs,
-        );
+    ) -> Result<Self, IngressError> {
+        let users_path = resolve(base_dir, &config.auth.users_file);
+        let users = Users::load(&users_path)?;
+        if users.is_empty() {
+            tracing::warn!(file = %users_path.display(), "the users file has no users; add one with `sluice users add <name>`");
+        }
+        let weaknesses = security::weaknesses(&config, &users);
+        match config.mode {
+            sluice_core::topology::Mode::Production if !weaknesses.is_empty() => {
+                return Err(IngressError::Insecure(weaknesses));
+            }
+            sluice_core::topology::Mode::Production => {}
+            sluice_core::topology::Mode::Development => {
+                for weakness in &weaknesses {
+                    tracing::warn!(
+                        weakness = weakness.as_str(),
+                        "DEVELOPMENT MODE: not safe for production"
+                    );
+                }
+            }
+        }
+        let tokens = TokenAuthority::from_config(&config.auth, base_dir)?;
+        let capabilities = match &config.auth.biscuit_public_key_file {
+            Some(path) => Some(
+                capability::CapabilityAuthority::from_public_key_file(resolve(base_dir, path))
+                    .map_err(|e| IngressError::Capability(e.to_string()))?,
+            ),
+            None => None,
+        };
         let rates = &config.rate_limits;
         let limits = Limits {
             orders_per_principal: KeyedLimit::new("per user on /order", rates.orders_per_principal),
@@ -101,6 +244,7 @@ impl Ingress {
                 "per client address on /login",
                 rates.logins_per_address,
             ),
+            logins_per_user: KeyedLimit::new("per user name on /login", rates.logins_per_user),
         };
         let idempotency = idempotency::IdempotencyKeys::new(
             config.idempotency_keys,
@@ -111,15 +255,24 @@ impl Ingress {
             config,
             log,
             lookup,
-            users,
+            users: std::sync::RwLock::new(Arc::new(users)),
+            users_path,
             tokens,
+            capabilities,
             limits,
             draining: CancellationToken::new(),
             idempotency,
             password_checks: tokio::sync::Semaphore::new(2 * cores),
         };
-        Ingress {
+        Ok(Ingress {
             state: Arc::new(state),
+        })
+    }
+
+    /// A handle that reloads the token keys and the users file (the binary calls it on SIGHUP).
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            state: self.state.clone(),
         }
     }
 
@@ -136,51 +289,55 @@ impl Ingress {
         order_listener: Option<TcpListener>,
         shutdown: CancellationToken,
     ) {
-        let draining = self.state.draining.clone();
-        let signal = {
+        {
+            let (shutdown, draining) = (shutdown.clone(), self.state.draining.clone());
+            tokio::spawn(async move {
+                shutdown.cancelled().await;
+                draining.cancel();
+            });
+        }
+        let config = &self.state.config;
+        let limits = server::ConnectionLimits {
+            header_read_timeout: std::time::Duration::from_millis(config.header_read_timeout_ms),
+            max_header_bytes: config.max_header_bytes,
+        };
+        let drain = std::time::Duration::from_millis(config.drain_timeout_ms);
+        let deadline = {
             let shutdown = shutdown.clone();
-            move || {
-                let shutdown = shutdown.clone();
-                let draining = draining.clone();
-                async move {
-                    shutdown.cancelled().await;
-                    draining.cancel();
-                }
+            async move {
+                shutdown.cancelled().await;
+                tokio::time::sleep(drain).await;
             }
         };
-        let drain = std::time::Duration::from_millis(self.state.config.drain_timeout_ms);
-        let deadline = async move {
-            shutdown.cancelled().await;
-            tokio::time::sleep(drain).await;
-        };
+        let state = &self.state;
         let servers = async move {
             match order_listener {
                 None => {
-                    let routes = login_route(&self.state)
-                        .or(order_routes(&self.state))
+                    let routes = login_route(state)
+                        .or(order_routes(state))
                         .unify()
-                        .or(ops_routes(&self.state))
+                        .or(ops_routes(state))
                         .unify();
-                    warp::serve(routes.recover(error::recover))
-                        .incoming(login_listener)
-                        .graceful(signal())
-                        .run()
-                        .await;
+                    let service = warp::service(routes.recover(error::recover));
+                    server::serve(login_listener, service, limits, shutdown).await;
                 }
                 Some(order_listener) => {
-                    let login = login_route(&self.state).or(ops_routes(&self.state)).unify();
-                    let orders = order_routes(&self.state)
-                        .or(ops_routes(&self.state))
-                        .unify();
-                    let login = warp::serve(login.recover(error::recover))
-                        .incoming(login_listener)
-                        .graceful(signal())
-                        .run();
-                    let orders = warp::serve(orders.recover(error::recover))
-                        .incoming(order_listener)
-                        .graceful(signal())
-                        .run();
-                    tokio::join!(login, orders);
+                    let login = warp::service(
+                        login_route(state)
+                            .or(ops_routes(state))
+                            .unify()
+                            .recover(error::recover),
+                    );
+                    let orders = warp::service(
+                        order_routes(state)
+                            .or(ops_routes(state))
+                            .unify()
+                            .recover(error::recover),
+                    );
+                    tokio::join!(
+                        server::serve(login_listener, login, limits, shutdown.clone()),
+                        server::serve(order_listener, orders, limits, shutdown),
+                    );
                 }
             }
         };
@@ -215,7 +372,7 @@ fn login_route(state: &Arc<State>) -> BoxedFilter<(Response,)> {
     warp::path!("login")
         .and(warp::post())
         .and(with_state(state))
-        .and(warp::addr::remote())
+        .and(server::client_addr())
         .and(warp::header::headers_cloned())
         .and(warp::body::stream())
         .then(
@@ -234,14 +391,14 @@ fn order_routes(state: &Arc<State>) -> BoxedFilter<(Response,)> {
     let create = warp::path!("order")
         .and(warp::post())
         .and(with_state(state))
-        .and(warp::addr::remote())
+        .and(server::client_addr())
         .and(warp::header::headers_cloned())
         .and(warp::body::stream())
         .then(
             |state: Arc<State>, client: Option<SocketAddr>, headers: HeaderMap, body| async move {
                 respond("order", async {
                     // Authenticate before reading the body: strangers cannot make us buffer it.
-                    state.tokens.authenticate(&headers)?;
+                    state.authenticate(&headers)?;
                     let body = body::read_limited(&headers, body, &state.config).await?;
                     routes::order::create(&state, &headers, client, &body).await
                 })

@@ -1,7 +1,15 @@
-//! Rate limits: keyed GCRA token buckets (`governor`) per principal and per client address.
+//! Rate limits: keyed GCRA token buckets (`governor`) per principal, user name and client
+//! address. A refusal is a 429 with `Retry-After` and `RateLimit-Limit`, `RateLimit-Remaining`
+//! and `RateLimit-Reset` headers.
+//!
+//! Memory stays bounded under a flood of distinct keys: a background sweep forgets keys whose
+//! bucket is full again, and when more than [`MAX_TRACKED_KEYS`] are tracked the sweep runs at
+//! once. IPv6 clients are keyed by their /64, since one host can own a whole /64.
 
 use std::hash::Hash;
+use std::net::IpAddr;
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,21 +19,47 @@ use sluice_core::topology::Quota;
 
 use crate::error::ApiError;
 
+/// Past this many tracked keys, idle keys are swept at once instead of at the next tick.
+pub const MAX_TRACKED_KEYS: usize = 200_000;
+
+/// The key a client address is limited under: the address itself, or its /64 for IPv6.
+pub fn address_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(prefix.into())
+            }
+        },
+    }
+}
+
 /// A keyed rate limit with a name for its 429 message and metric label.
 pub struct KeyedLimit<K: Hash + Eq + Clone> {
     name: &'static str,
+    burst: u32,
     limiter: Arc<DefaultKeyedRateLimiter<K>>,
+    last_forced_sweep: AtomicU64,
+}
+
+fn governor_quota(quota: Quota) -> GovernorQuota {
+    let burst = NonZeroU32::new(quota.burst.max(1)).unwrap_or(NonZeroU32::MIN);
+    let base = match NonZeroU32::new(quota.per_second) {
+        Some(per_second) => GovernorQuota::per_second(per_second),
+        None => GovernorQuota::per_minute(
+            NonZeroU32::new(quota.per_minute.max(1)).unwrap_or(NonZeroU32::MIN),
+        ),
+    };
+    base.allow_burst(burst)
 }
 
 impl<K: Hash + Eq + Clone + Send + Sync + 'static> KeyedLimit<K> {
     /// A limit of `quota` per key. Keys idle long enough to be full again are forgotten by a
     /// background sweep, so memory follows the number of recently active keys.
     pub fn new(name: &'static str, quota: Quota) -> Self {
-        let per_second = NonZeroU32::new(quota.per_second.max(1)).unwrap_or(NonZeroU32::MIN);
-        let burst = NonZeroU32::new(quota.burst.max(1)).unwrap_or(NonZeroU32::MIN);
-        let limiter = Arc::new(RateLimiter::keyed(
-            GovernorQuota::per_second(per_second).allow_burst(burst),
-        ));
+        let limiter = Arc::new(RateLimiter::keyed(governor_quota(quota)));
         let sweeper = Arc::downgrade(&limiter);
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
@@ -40,24 +74,55 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> KeyedLimit<K> {
                 }
             });
         }
-        KeyedLimit { name, limiter }
+        KeyedLimit {
+            name,
+            burst: quota.burst,
+            limiter,
+            last_forced_sweep: AtomicU64::new(0),
+        }
     }
 
     /// Takes one request for `key`, or a 429 saying when to retry.
     pub fn check(&self, key: &K) -> Result<(), ApiError> {
+        self.bound_memory();
         self.limiter.check_key(key).map_err(|not_until| {
             metrics::counter!(sluice_core::telemetry::RATE_LIMITED, "limit" => self.name)
                 .increment(1);
             ApiError::rate_limited(
                 self.name,
                 not_until.wait_time_from(DefaultClock::default().now()),
+                self.burst,
             )
         })
+    }
+
+    /// Sweeps idle keys at once when too many are tracked (at most once a second).
+    fn bound_memory(&self) {
+        if self.limiter.len() <= MAX_TRACKED_KEYS {
+            return;
+        }
+        let now = sluice_core::order::now_ms() as u64;
+        let last = self.last_forced_sweep.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= 1_000
+            && self
+                .last_forced_sweep
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.limiter.retain_recent();
+            self.limiter.shrink_to_fit();
+        }
     }
 
     /// Number of keys currently tracked.
     pub fn tracked_keys(&self) -> usize {
         self.limiter.len()
+    }
+
+    /// Forgets keys whose bucket is full again (the background sweep, on demand).
+    pub fn sweep(&self) {
+        self.limiter.retain_recent();
+        self.limiter.shrink_to_fit();
     }
 }
 
@@ -66,11 +131,12 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn burst_then_429_with_retry_after() {
+    async fn burst_then_429_with_retry_after_and_ratelimit_headers() {
         let limit = KeyedLimit::new(
             "per user",
             Quota {
                 per_second: 1,
+                per_minute: 0,
                 burst: 3,
             },
         );
@@ -84,8 +150,48 @@ mod tests {
             retry > Duration::ZERO && retry <= Duration::from_secs(1),
             "{retry:?}"
         );
+        let response = warp::Reply::into_response(error);
+        assert_eq!(response.headers()["ratelimit-limit"], "3");
+        assert_eq!(response.headers()["ratelimit-remaining"], "0");
+        assert_eq!(response.headers()["ratelimit-reset"], "1");
         // Another key has its own bucket.
         limit.check(&"bob".to_string()).unwrap();
         assert_eq!(limit.tracked_keys(), 2);
+    }
+
+    #[tokio::test]
+    async fn per_minute_quotas_refill_slowly() {
+        let limit = KeyedLimit::new(
+            "per user name",
+            Quota {
+                per_second: 0,
+                per_minute: 10,
+                burst: 2,
+            },
+        );
+        limit.check(&"alice".to_string()).unwrap();
+        limit.check(&"alice".to_string()).unwrap();
+        let retry = limit
+            .check(&"alice".to_string())
+            .unwrap_err()
+            .retry_after
+            .unwrap();
+        assert!(
+            retry > Duration::from_secs(4) && retry <= Duration::from_secs(6),
+            "{retry:?}"
+        );
+    }
+
+    #[test]
+    fn ipv6_clients_share_their_slash_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(address_key(a), address_key(b));
+        assert_ne!(address_key(a), address_key(c));
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        assert_eq!(address_key(v4), v4);
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(address_key(mapped), v4);
     }
 }

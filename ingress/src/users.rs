@@ -112,6 +112,13 @@ impl Users {
         Self::from_entries(file.users, path)
     }
 
+    /// The user names, sorted.
+    pub fn names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.hashes.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+
     /// Number of users.
     pub fn len(&self) -> usize {
         self.hashes.len()
@@ -151,9 +158,25 @@ fn read_file(path: &Path) -> Result<UsersFile, UsersError> {
     })
 }
 
-/// Adds or replaces `name` in the users file at `path` (created if missing), writing the
-/// file atomically (temporary file, then rename).
+/// Adds or replaces `name` in the users file at `path` (created if missing).
 pub fn upsert_user(path: &Path, name: &str, password: &str) -> Result<(), UsersError> {
+    let invalid = |message: String| UsersError::Invalid {
+        path: path.to_path_buf(),
+        message,
+    };
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.@-".contains(c))
+    {
+        return Err(invalid(format!(
+            "user name {name:?} must be 1 to 64 letters, digits, '_', '.', '@' or '-'"
+        )));
+    }
+    if password.chars().count() < 8 {
+        return Err(invalid("passwords need at least 8 characters".into()));
+    }
     let mut file = if path.exists() {
         read_file(path)?
     } else {
@@ -167,18 +190,58 @@ pub fn upsert_user(path: &Path, name: &str, password: &str) -> Result<(), UsersE
             password_hash,
         }),
     }
-    let text = toml::to_string(&file).map_err(|e| UsersError::Hash(e.to_string()))?;
+    write_file(path, &file)
+}
+
+/// Removes `name` from the users file at `path`; returns whether the user existed.
+pub fn remove_user(path: &Path, name: &str) -> Result<bool, UsersError> {
+    let mut file = read_file(path)?;
+    let before = file.users.len();
+    file.users.retain(|u| u.name != name);
+    if file.users.len() == before {
+        return Ok(false);
+    }
+    write_file(path, &file)?;
+    Ok(true)
+}
+
+/// The user names in the users file at `path`, in file order.
+pub fn list_users(path: &Path) -> Result<Vec<String>, UsersError> {
+    Ok(read_file(path)?.users.into_iter().map(|u| u.name).collect())
+}
+
+/// Writes the users file atomically: a temporary file beside it, synced, then renamed over
+/// it, so a crash leaves either the old or the new file, never half of one. The file is
+/// readable by its owner only.
+fn write_file(path: &Path, file: &UsersFile) -> Result<(), UsersError> {
+    use std::io::Write;
+    let text = toml::to_string(file).map_err(|e| UsersError::Hash(e.to_string()))?;
     let io = |source| UsersError::Io {
         path: path.to_path_buf(),
         source,
     };
     let temporary = path.with_extension("toml.tmp");
-    std::fs::write(
-        &temporary,
-        format!("# Sluice users: argon2id hashes, managed by `sluice users add`.\n{text}"),
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut out = options.open(&temporary).map_err(io)?;
+    out.write_all(
+        format!(
+            "# Sluice users: argon2id hashes, managed by `sluice users add|remove|list`.\n{text}"
+        )
+        .as_bytes(),
     )
     .map_err(io)?;
-    std::fs::rename(&temporary, path).map_err(io)
+    out.sync_all().map_err(io)?;
+    drop(out);
+    std::fs::rename(&temporary, path).map_err(io)?;
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if let Ok(dir) = std::fs::File::open(parent) {
+            let _ = dir.sync_all();
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -190,15 +253,30 @@ mod tests {
         let dir = tempfile_dir();
         let path = dir.join("users.toml");
         upsert_user(&path, "alice", "wonderland").unwrap();
-        upsert_user(&path, "bob", "builder").unwrap();
+        upsert_user(&path, "bob", "builder1").unwrap();
+        assert_eq!(
+            list_users(&path).unwrap(),
+            vec!["alice".to_string(), "bob".to_string()]
+        );
+        assert!(upsert_user(&path, "eve", "short")
+            .unwrap_err()
+            .to_string()
+            .contains("at least 8"));
+        assert!(upsert_user(&path, "bad name", "long enough")
+            .unwrap_err()
+            .to_string()
+            .contains("must be 1 to 64"));
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(!text.contains("wonderland"), "plaintext password written");
         assert!(text.contains("$argon2id$"));
         let users = Users::load(&path).unwrap();
         assert_eq!(users.len(), 2);
         assert!(users.verify("alice", "wonderland"));
-        assert!(!users.verify("alice", "builder"));
+        assert!(!users.verify("alice", "builder1"));
         assert!(!users.verify("nobody", "wonderland"));
+        assert!(remove_user(&path, "alice").unwrap());
+        assert!(!remove_user(&path, "alice").unwrap());
+        assert_eq!(list_users(&path).unwrap(), vec!["bob".to_string()]);
         let _ = std::fs::remove_dir_all(dir);
     }
 

@@ -75,6 +75,7 @@ pub fn parse(text: &str, path: &Path, base_dir: PathBuf) -> Result<Topology, Top
         message: error.to_string(),
     })?;
     topology.base_dir = base_dir;
+    topology.source = path.to_path_buf();
     let issues = validate(&topology);
     if issues.is_empty() {
         Ok(topology)

@@ -42,6 +42,9 @@ pub struct Topology {
     /// Folder the topology was loaded from; relative paths in it resolve against this.
     #[serde(skip)]
     pub base_dir: PathBuf,
+    /// The file the topology was loaded from (empty when parsed from memory).
+    #[serde(skip)]
+    pub source: PathBuf,
 }
 
 /// The log backend.
@@ -96,6 +99,10 @@ pub struct TopicConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct IngressConfig {
+    /// `production` refuses to start with development secrets or default passwords;
+    /// `development` starts anyway and warns.
+    #[serde(default)]
+    pub mode: Mode,
     /// Address serving `POST /login` (and the health and metrics routes).
     #[serde(default = "defaults::login_listen")]
     pub login_listen: SocketAddr,
@@ -118,6 +125,13 @@ pub struct IngressConfig {
     /// How long an `Idempotency-Key` is remembered, in seconds.
     #[serde(default = "defaults::idempotency_ttl_secs")]
     pub idempotency_ttl_secs: u64,
+    /// How long a request's headers may take to arrive before the connection is closed (this
+    /// also closes keep-alive connections idle that long).
+    #[serde(default = "defaults::header_read_timeout_ms")]
+    pub header_read_timeout_ms: u64,
+    /// Largest total size of a request's headers (at least 8192); larger gets 431.
+    #[serde(default = "defaults::max_header_bytes")]
+    pub max_header_bytes: usize,
     /// How long a request body may take to arrive before the answer is 408.
     #[serde(default = "defaults::body_timeout_ms")]
     pub body_timeout_ms: u64,
@@ -136,20 +150,82 @@ pub struct IngressConfig {
     pub rate_limits: RateLimitsConfig,
 }
 
+/// How strict the ingress is about its own settings.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Starts with weak settings, warning about each.
+    #[default]
+    Development,
+    /// Refuses weak settings.
+    Production,
+}
+
 /// `[ingress.auth]`: passwords and tokens.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
-    /// HMAC secret that signs and verifies HS256 JWTs; use `${SLUICE_JWT_SECRET}` in production.
-    pub jwt_secret: String,
+    /// HMAC secret of an HS256 key with key id `default` (a one-key shorthand for `[[keys]]`);
+    /// use `${SLUICE_JWT_SECRET}` and at least 32 random bytes.
+    #[serde(default)]
+    pub jwt_secret: Option<String>,
+    /// Verification keys by key id (`kid`); tokens must name one, and are checked only with
+    /// that key's algorithm. Rotate by adding a key, moving `signing_kid` to it, and removing
+    /// the old one once its tokens have expired; `kill -HUP` reloads key files and users.
+    #[serde(default)]
+    pub keys: Vec<JwtKeyConfig>,
+    /// Key id of the key that signs issued tokens (default: `default` when `jwt_secret` is
+    /// set, else the first of `keys`).
+    #[serde(default)]
+    pub signing_kid: Option<String>,
     /// `iss` claim written into and required from tokens.
     #[serde(default = "defaults::issuer")]
     pub issuer: String,
+    /// `aud` claim written into and, when set, required from tokens.
+    #[serde(default)]
+    pub audience: Option<String>,
+    /// File holding the hex Ed25519 root public key of biscuit capability tokens (made by
+    /// `sluice biscuit keygen`); when set, `POST /order` also accepts such tokens.
+    #[serde(default)]
+    pub biscuit_public_key_file: Option<PathBuf>,
+    /// Clock skew tolerated on `exp` and `nbf`, in seconds.
+    #[serde(default = "defaults::leeway_secs")]
+    pub leeway_secs: u64,
     /// Lifetime of an issued token, in seconds.
     #[serde(default = "defaults::token_ttl_secs")]
     pub token_ttl_secs: u64,
     /// File of users and their argon2id password hashes, relative to the topology file.
     pub users_file: PathBuf,
+}
+
+/// A JWT signature algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+pub enum JwtAlgorithm {
+    /// HMAC-SHA256 with a shared secret.
+    HS256,
+    /// Ed25519 signatures (PEM key files).
+    EdDSA,
+    /// RSA PKCS#1 v1.5 with SHA-256 (PEM key files).
+    RS256,
+}
+
+/// `[[ingress.auth.keys]]`: one JWT key.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtKeyConfig {
+    /// Key id, written in the `kid` header of the tokens this key signs.
+    pub kid: String,
+    /// The only algorithm accepted with this key.
+    pub algorithm: JwtAlgorithm,
+    /// HS256: the shared secret (at least 32 bytes in production).
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// EdDSA/RS256: PEM private key file, needed only by the signing key.
+    #[serde(default)]
+    pub private_key_file: Option<PathBuf>,
+    /// EdDSA/RS256: PEM public key file that verifies this key's tokens.
+    #[serde(default)]
+    pub public_key_file: Option<PathBuf>,
 }
 
 /// `[ingress.rate_limits]`: token buckets per principal and per client address.
@@ -162,9 +238,12 @@ pub struct RateLimitsConfig {
     /// Orders per client address.
     #[serde(default = "defaults::orders_per_address")]
     pub orders_per_address: Quota,
-    /// Login attempts per client address.
+    /// Login attempts per client address (IPv6 addresses count per /64).
     #[serde(default = "defaults::logins_per_address")]
     pub logins_per_address: Quota,
+    /// Login attempts per user name, from any address (against distributed guessing).
+    #[serde(default = "defaults::logins_per_user")]
+    pub logins_per_user: Quota,
 }
 
 impl Default for RateLimitsConfig {
@@ -173,18 +252,27 @@ impl Default for RateLimitsConfig {
             orders_per_principal: defaults::orders_per_principal(),
             orders_per_address: defaults::orders_per_address(),
             logins_per_address: defaults::logins_per_address(),
+            logins_per_user: defaults::logins_per_user(),
         }
     }
 }
 
-/// A token bucket: `per_second` refill, up to `burst` at once.
+/// A token bucket: refilled at `per_second` (or `per_minute`) requests, up to `burst` at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Quota {
-    /// Sustained requests per second.
+    /// Sustained requests per second (give this or `per_minute`).
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub per_second: u32,
+    /// Sustained requests per minute, for slow limits such as logins per user name.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub per_minute: u32,
     /// Requests allowed at once after a quiet period.
     pub burst: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// What a stage does.
@@ -423,6 +511,12 @@ mod defaults {
     pub fn idempotency_ttl_secs() -> u64 {
         86_400
     }
+    pub fn header_read_timeout_ms() -> u64 {
+        30_000
+    }
+    pub fn max_header_bytes() -> usize {
+        16 * 1024
+    }
     pub fn body_timeout_ms() -> u64 {
         10_000
     }
@@ -435,25 +529,38 @@ mod defaults {
     pub fn issuer() -> String {
         "sluice".into()
     }
+    pub fn leeway_secs() -> u64 {
+        30
+    }
     pub fn token_ttl_secs() -> u64 {
         3_600
     }
     pub fn orders_per_principal() -> Quota {
         Quota {
             per_second: 200,
+            per_minute: 0,
             burst: 400,
         }
     }
     pub fn orders_per_address() -> Quota {
         Quota {
             per_second: 2_000,
+            per_minute: 0,
             burst: 4_000,
         }
     }
     pub fn logins_per_address() -> Quota {
         Quota {
             per_second: 5,
+            per_minute: 0,
             burst: 20,
+        }
+    }
+    pub fn logins_per_user() -> Quota {
+        Quota {
+            per_second: 0,
+            per_minute: 10,
+            burst: 5,
         }
     }
     pub fn stage_batch() -> usize {

@@ -202,3 +202,38 @@ fn embedded_backend_needs_no_brokers_but_kafka_does() {
         "log.brokers: the Kafka backend needs bootstrap servers",
     );
 }
+
+mod fuzz {
+    //! Property tests: the parser and validator never panic, whatever the file holds.
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+        #[test]
+        fn mutated_topologies_never_panic(edits in proptest::collection::vec((0usize..10_000, any::<u8>(), 0u8..3), 1..8)) {
+            let mut bytes = SHIPPED.as_bytes().to_vec();
+            for (position, byte, kind) in edits {
+                let at = position % (bytes.len() + 1);
+                match kind {
+                    0 => bytes.insert(at, byte),
+                    1 if at < bytes.len() => { bytes.remove(at); }
+                    _ if at < bytes.len() => bytes[at] = byte,
+                    _ => {}
+                }
+            }
+            let text = String::from_utf8_lossy(&bytes);
+            // Ok or an error with a message, never a panic.
+            if let Err(error) = parse_text(&text) {
+                prop_assert!(!error.to_string().is_empty());
+            }
+        }
+
+        #[test]
+        fn arbitrary_text_never_panics(text in ".{0,400}") {
+            let _ = parse_text(&text);
+        }
+    }
+}

@@ -123,12 +123,7 @@ fn check_ingress(topology: &Topology, issues: &mut Issues) {
         "ingress.logins_topic".into(),
         issues,
     );
-    if ingress.auth.jwt_secret.is_empty() {
-        issues.push(
-            "ingress.auth.jwt_secret",
-            "must not be empty; set it or SLUICE_JWT_SECRET",
-        );
-    }
+    check_keys(&ingress.auth, issues);
     if ingress.auth.token_ttl_secs == 0 {
         issues.push("ingress.auth.token_ttl_secs", "must be at least 1");
     }
@@ -143,12 +138,82 @@ fn check_ingress(topology: &Topology, issues: &mut Issues) {
         ("orders_per_principal", limits.orders_per_principal),
         ("orders_per_address", limits.orders_per_address),
         ("logins_per_address", limits.logins_per_address),
+        ("logins_per_user", limits.logins_per_user),
     ] {
-        if quota.per_second == 0 || quota.burst == 0 {
+        if (quota.per_second == 0) == (quota.per_minute == 0) || quota.burst == 0 {
             issues.push(
                 format!("ingress.rate_limits.{name}"),
-                "per_second and burst must both be at least 1",
+                "give exactly one of per_second or per_minute, and a burst, all at least 1",
             );
+        }
+    }
+}
+
+fn check_keys(auth: &super::model::AuthConfig, issues: &mut Issues) {
+    use super::model::JwtAlgorithm;
+    let mut kids = BTreeSet::new();
+    if let Some(secret) = &auth.jwt_secret {
+        kids.insert("default");
+        if secret.is_empty() {
+            issues.push(
+                "ingress.auth.jwt_secret",
+                "must not be empty; set it or SLUICE_JWT_SECRET",
+            );
+        }
+    }
+    for (index, key) in auth.keys.iter().enumerate() {
+        let at = format!("ingress.auth.keys[{index}] {:?}", key.kid);
+        if key.kid.is_empty() || !kids.insert(key.kid.as_str()) {
+            issues.push(
+                format!("{at}.kid"),
+                "key ids must be unique and not empty (jwt_secret is kid \"default\")",
+            );
+        }
+        match key.algorithm {
+            JwtAlgorithm::HS256 => {
+                if key.secret.as_deref().unwrap_or_default().is_empty() {
+                    issues.push(format!("{at}.secret"), "an HS256 key needs a secret");
+                }
+                if key.public_key_file.is_some() || key.private_key_file.is_some() {
+                    issues.push(at.clone(), "an HS256 key takes a secret, not key files");
+                }
+            }
+            JwtAlgorithm::EdDSA | JwtAlgorithm::RS256 => {
+                if key.public_key_file.is_none() {
+                    issues.push(
+                        format!("{at}.public_key_file"),
+                        "EdDSA and RS256 keys need a PEM public key file",
+                    );
+                }
+                if key.secret.is_some() {
+                    issues.push(
+                        format!("{at}.secret"),
+                        "EdDSA and RS256 keys use key files, not a secret",
+                    );
+                }
+            }
+        }
+    }
+    if kids.is_empty() {
+        issues.push(
+            "ingress.auth",
+            "configure a token key: jwt_secret, or at least one [[ingress.auth.keys]]",
+        );
+    }
+    if let Some(kid) = &auth.signing_kid {
+        match auth.keys.iter().find(|k| &k.kid == kid) {
+            None if kid == "default" && auth.jwt_secret.is_some() => {}
+            None => issues.push(
+                "ingress.auth.signing_kid",
+                format!("no key has kid {kid:?}"),
+            ),
+            Some(key) if key.algorithm != JwtAlgorithm::HS256 && key.private_key_file.is_none() => {
+                issues.push(
+                    "ingress.auth.signing_kid",
+                    format!("key {kid:?} has no private_key_file, so it cannot sign"),
+                )
+            }
+            Some(_) => {}
         }
     }
 }

@@ -31,10 +31,14 @@ pub async fn handle(
 ) -> Result<Response, ApiError> {
     let address = client.map(|a| a.ip());
     if let Some(ip) = address {
-        state.limits.logins_per_address.check(&ip)?;
+        state
+            .limits
+            .logins_per_address
+            .check(&crate::limits::address_key(ip))?;
     }
     let request: LoginRequest = crate::body::parse_json(body)?;
-    let users = state.users.clone();
+    state.limits.logins_per_user.check(&request.username)?;
+    let users = state.users();
     let (name, password) = (request.username.clone(), request.password);
     let success = {
         // At most a few argon2id checks at once: each takes ~19 MiB and a core.

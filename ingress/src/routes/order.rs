@@ -14,8 +14,9 @@ use warp::http::{HeaderMap, StatusCode};
 use warp::reply::Response;
 use warp::Reply;
 
+use crate::capability::OrderRequestFacts;
 use crate::error::ApiError;
-use crate::State;
+use crate::{Principal, State};
 
 /// The order request body.
 #[derive(Deserialize)]
@@ -33,21 +34,39 @@ pub async fn create(
     client: Option<SocketAddr>,
     body: &[u8],
 ) -> Result<Response, ApiError> {
-    let claims = state.tokens.authenticate(headers)?;
-    state.limits.orders_per_principal.check(&claims.sub)?;
+    let principal = state.authenticate(headers)?;
+    state
+        .limits
+        .orders_per_principal
+        .check(&principal.user().to_string())?;
     if let Some(client) = client {
-        state.limits.orders_per_address.check(&client.ip())?;
+        state
+            .limits
+            .orders_per_address
+            .check(&crate::limits::address_key(client.ip()))?;
     }
     let request: OrderRequest = crate::body::parse_json(body)?;
-    if request.user_id != claims.sub {
+    if request.user_id != principal.user() {
         return Err(ApiError::forbidden(format!(
             "userId {:?} is not the token's user",
             request.user_id
         )));
     }
+    if let (Principal::Capability { token, .. }, Some(capabilities)) =
+        (&principal, &state.capabilities)
+    {
+        let facts = OrderRequestFacts {
+            user_id: request.user_id.clone(),
+            product: request.product.clone(),
+            quantity: request.quantity,
+        };
+        capabilities
+            .authorize(token, &facts, std::time::SystemTime::now())
+            .map_err(ApiError::from)?;
+    }
     let idempotent = state
         .idempotency
-        .entry(&claims.sub, headers, body, now_ms())
+        .entry(principal.user(), headers, body, now_ms())
         .await?;
     let (order_id, received_at_ms) = match &idempotent {
         Some(entry) => (entry.order_id, entry.received_at_ms),
@@ -104,7 +123,7 @@ async fn append(state: &State, order: &RawOrder) -> Result<serde_json::Value, Ap
 /// Reports one of the caller's orders: stored (with the row), rejected (with the reason),
 /// pending (recent and not yet anywhere), or 404.
 pub async fn status(state: &State, headers: &HeaderMap, id: &str) -> Result<Response, ApiError> {
-    let claims = state.tokens.authenticate(headers)?;
+    let principal = state.authenticate(headers)?;
     let order_id = Uuid::parse_str(id).map_err(|_| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -114,7 +133,7 @@ pub async fn status(state: &State, headers: &HeaderMap, id: &str) -> Result<Resp
     })?;
     let found = state
         .lookup
-        .find(&claims.sub, order_id)
+        .find(principal.user(), order_id)
         .await
         .map_err(|error| {
             tracing::warn!(%error, "order lookup failed");
@@ -149,4 +168,42 @@ fn is_recent(order_id: Uuid, window_secs: u64) -> bool {
     let (secs, _) = timestamp.to_unix();
     let now = now_ms() / 1000;
     secs as i64 <= now + 60 && (now - secs as i64) <= window_secs as i64
+}
+
+#[cfg(test)]
+mod fuzz {
+    //! Property tests: any body gets a parsed order or a 400/422, never a panic.
+    use proptest::prelude::*;
+
+    use super::OrderRequest;
+    use crate::body::parse_json;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
+
+        #[test]
+        fn arbitrary_bytes_are_an_order_or_a_client_error(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            if let Err(error) = parse_json::<OrderRequest>(&bytes) {
+                prop_assert!(matches!(error.status.as_u16(), 400 | 422), "{}", error.status);
+            }
+        }
+
+        #[test]
+        fn json_shaped_noise_is_an_order_or_a_client_error(
+            user in "\\PC{0,40}", product in "\\PC{0,40}", quantity in any::<i64>(), extra in proptest::option::of("[a-z]{1,8}"),
+        ) {
+            let mut body = serde_json::json!({ "userId": user, "product": product, "quantity": quantity });
+            if let Some(extra) = extra {
+                body[extra] = serde_json::Value::Bool(true);
+            }
+            let bytes = serde_json::to_vec(&body).unwrap();
+            match parse_json::<OrderRequest>(&bytes) {
+                Ok(order) => {
+                    prop_assert_eq!(order.user_id, user);
+                    prop_assert_eq!(order.quantity, quantity);
+                }
+                Err(error) => prop_assert_eq!(error.status.as_u16(), 422),
+            }
+        }
+    }
 }

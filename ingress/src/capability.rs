@@ -1,0 +1,754 @@
+//! Capability tokens ([Biscuit](https://www.biscuitsec.org/)) for `POST /order`.
+//!
+//! A capability token is minted with the root **private** key (Ed25519) and verified at the
+//! ingress with the root **public** key alone. Whoever holds a token can *attenuate* it
+//! offline — append a block of checks that narrows what it allows (products, quantity,
+//! expiry) — without any key; nobody can widen it, and removing or changing a block breaks
+//! the signature chain.
+//!
+//! # Datalog vocabulary
+//!
+//! Authority block (signed by the root key, see [`mint`]):
+//!
+//! - `user("alice")` — the principal the token speaks for;
+//! - `right("order")` — the operation it allows;
+//! - optionally `check if time($t), $t <= <expiry>` — a lifetime.
+//!
+//! Request facts added by the ingress for each request (see [`CapabilityAuthority::authorize`]):
+//!
+//! - `operation("order")`, `request_user("alice")`, `product("widget")`, `quantity(3)`,
+//!   `time(<now>)`.
+//!
+//! Attenuation blocks ([`attenuate`]) only carry checks over those request facts:
+//!
+//! - `check if product($p), {"gizmo", "widget"}.contains($p)` (a set);
+//! - `check if quantity($q), $q <= 5`;
+//! - `check if time($t), $t <= <expiry>`.
+//!
+//! Policies of the ingress, tried in order after every check of every block passed:
+//!
+//! ```text
+//! allow if user($u), request_user($u), right($op), operation($op);
+//! deny if true;
+//! ```
+//!
+//! Policies only trust facts of the authority block and of the ingress itself (biscuit's
+//! default scope): a `user("bob")` or `right(...)` fact in an appended block is ignored, so
+//! attenuation cannot grant anything. Evaluation runs under [`DEFAULT_LIMITS`].
+//!
+//! # Errors and HTTP status
+//!
+//! [`CapabilityError::is_unauthenticated`] (malformed token, bad signature, unknown root key)
+//! maps to `401`; [`CapabilityError::is_forbidden`] (a failed check, a denial, an evaluation
+//! limit) maps to `403`. Every message is safe to show the client: failed checks are
+//! rendered as the Datalog source of the token's own checks, never anything of the key.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use biscuit_auth::builder::{Algorithm, Term};
+use biscuit_auth::error::{FailedCheck, Format, Logic, Token};
+use biscuit_auth::macros::{authorizer, biscuit, block};
+use biscuit_auth::{
+    AuthorizerBuilder, AuthorizerLimits, Biscuit, BlockBuilder, KeyPair, PrivateKey, PublicKey,
+};
+use warp::http::StatusCode;
+
+use crate::error::ApiError;
+
+/// The operation name of order submission (`right("order")`, `operation("order")`).
+pub const ORDER_OPERATION: &str = "order";
+
+/// The longest base64 token accepted, in characters (checked before any decoding).
+pub const MAX_TOKEN_LEN: usize = 16 * 1024;
+
+/// Datalog evaluation limits of one authorization.
+///
+/// Tokens of this vocabulary hold a handful of facts and no rules (one iteration), so the
+/// fact and iteration caps are what bound the work a crafted token can cause. The time is
+/// wall-clock and only checked between evaluation steps: it is a backstop, generous enough
+/// that a loaded machine (or a debug build) does not refuse genuine tokens, whose
+/// evaluation takes well under a millisecond.
+pub const DEFAULT_LIMITS: AuthorizerLimits = AuthorizerLimits {
+    max_facts: 100,
+    max_iterations: 10,
+    max_time: Duration::from_millis(500),
+};
+
+/// Why a capability token was refused, or a tooling operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CapabilityError {
+    /// The token is not a biscuit (bad base64, bad encoding, too long). `401`.
+    #[error("malformed capability token: {0}")]
+    Malformed(String),
+    /// The signature chain does not verify with the root public key (forged, tampered, or
+    /// minted by another root key). `401`.
+    #[error("capability token signature is invalid or from an unknown root key")]
+    BadSignature,
+    /// The token is genuine but some of its checks do not hold for this request (product,
+    /// quantity, expiry, …). Holds the source of each failed check. `403`.
+    #[error("capability check failed: {}", .0.join("; "))]
+    ChecksFailed(Vec<String>),
+    /// Every check held but no allow policy matched (e.g. a token for another user, or
+    /// without `right("order")`). `403`.
+    #[error("capability does not allow this request")]
+    Denied,
+    /// Evaluating the token hit the run limits (too many facts, iterations or time), or an
+    /// expression in it failed. `403`.
+    #[error("capability token could not be evaluated: {0}")]
+    Evaluation(String),
+    /// A key (hex Ed25519, optionally prefixed `ed25519/` or `ed25519-private/`) is unusable.
+    #[error("invalid key: {0}")]
+    InvalidKey(String),
+    /// A key file could not be read.
+    #[error("cannot read {path}: {message}")]
+    Io {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// An argument of a tooling operation is unusable (empty user, no restriction, …).
+    #[error("{0}")]
+    InvalidInput(String),
+    /// Building or serializing a token failed.
+    #[error("capability token error: {0}")]
+    Internal(String),
+}
+
+impl CapabilityError {
+    /// Whether the credential itself is bad (malformed, forged, unknown root): HTTP `401`.
+    pub fn is_unauthenticated(&self) -> bool {
+        matches!(
+            self,
+            CapabilityError::Malformed(_) | CapabilityError::BadSignature
+        )
+    }
+
+    /// Whether the credential is genuine but does not allow the request: HTTP `403`.
+    pub fn is_forbidden(&self) -> bool {
+        matches!(
+            self,
+            CapabilityError::ChecksFailed(_)
+                | CapabilityError::Denied
+                | CapabilityError::Evaluation(_)
+        )
+    }
+
+    /// The HTTP status for this error: `401`, `403`, or `500` for configuration and
+    /// tooling errors (which a request should never cause).
+    pub fn status(&self) -> StatusCode {
+        if self.is_unauthenticated() {
+            StatusCode::UNAUTHORIZED
+        } else if self.is_forbidden() {
+            StatusCode::FORBIDDEN
+        } else {
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
+    }
+}
+
+impl From<CapabilityError> for ApiError {
+    fn from(error: CapabilityError) -> Self {
+        if error.is_unauthenticated() {
+            ApiError::unauthorized(error.to_string())
+        } else if error.is_forbidden() {
+            ApiError::forbidden(error.to_string())
+        } else {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "capability verification is misconfigured",
+            )
+        }
+    }
+}
+
+/// Sorts a biscuit error into a [`CapabilityError`].
+fn classify(error: Token) -> CapabilityError {
+    match error {
+        Token::Base64(e) => CapabilityError::Malformed(format!("not base64: {e}")),
+        Token::Format(format) => match format {
+            Format::Signature(_)
+            | Format::SealedSignature
+            | Format::UnknownPublicKey
+            | Format::UnknownExternalKey
+            | Format::InvalidSignatureSize(_)
+            | Format::SignatureDeserializationError(_)
+            | Format::BlockSignatureDeserializationError(_) => CapabilityError::BadSignature,
+            other => CapabilityError::Malformed(other.to_string()),
+        },
+        Token::FailedLogic(logic) => match logic {
+            Logic::Unauthorized { checks, .. } | Logic::NoMatchingPolicy { checks } => {
+                if checks.is_empty() {
+                    CapabilityError::Denied
+                } else {
+                    CapabilityError::ChecksFailed(checks.iter().map(render_check).collect())
+                }
+            }
+            Logic::InvalidBlockRule(block, rule) => {
+                CapabilityError::Evaluation(format!("invalid rule in block {block}: {rule}"))
+            }
+            Logic::AuthorizerNotEmpty => {
+                CapabilityError::Internal(Logic::AuthorizerNotEmpty.to_string())
+            }
+        },
+        Token::RunLimit(limit) => CapabilityError::Evaluation(limit.to_string()),
+        Token::Execution(e) => CapabilityError::Evaluation(e.to_string()),
+        Token::AppendOnSealed => {
+            CapabilityError::InvalidInput("the token is sealed and cannot be attenuated".into())
+        }
+        other => CapabilityError::Internal(other.to_string()),
+    }
+}
+
+/// A failed check as `block N: <check source>` (or `ingress: …`).
+fn render_check(check: &FailedCheck) -> String {
+    match check {
+        FailedCheck::Block(b) => format!("block {}: {}", b.block_id, b.rule),
+        FailedCheck::Authorizer(a) => format!("ingress: {}", a.rule),
+    }
+}
+
+/// A Datalog date for `t` (whole seconds; times before 1970 are the epoch).
+fn date(t: SystemTime) -> Term {
+    Term::Date(
+        t.duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+    )
+}
+
+/// Parses an Ed25519 public key: hex, optionally prefixed `ed25519/`.
+fn parse_public_key(hex: &str) -> Result<PublicKey, CapabilityError> {
+    let hex = hex.trim();
+    let hex = hex.strip_prefix("ed25519/").unwrap_or(hex);
+    PublicKey::from_bytes_hex(hex, Algorithm::Ed25519)
+        .map_err(|e| CapabilityError::InvalidKey(format!("public key: {e}")))
+}
+
+/// Parses an Ed25519 private key: hex, optionally prefixed `ed25519-private/`.
+fn parse_private_key(hex: &str) -> Result<PrivateKey, CapabilityError> {
+    let hex = hex.trim();
+    let hex = hex.strip_prefix("ed25519-private/").unwrap_or(hex);
+    // The error of the hex decoder could quote the key: say nothing of its content.
+    PrivateKey::from_bytes_hex(hex, Algorithm::Ed25519).map_err(|_| {
+        CapabilityError::InvalidKey("private key: expected 64 hex digits (Ed25519)".into())
+    })
+}
+
+/// Parses and verifies a base64 token against `root`.
+fn parse_token(token_base64: &str, root: PublicKey) -> Result<Biscuit, CapabilityError> {
+    let token = token_base64.trim();
+    if token.is_empty() {
+        return Err(CapabilityError::Malformed("empty token".into()));
+    }
+    if token.len() > MAX_TOKEN_LEN {
+        return Err(CapabilityError::Malformed(format!(
+            "longer than {MAX_TOKEN_LEN} characters"
+        )));
+    }
+    Biscuit::from_base64(token, root).map_err(classify)
+}
+
+/// The facts of one order request that the token's checks and the policies see.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderRequestFacts {
+    /// The user the order is placed for (`request_user(..)`).
+    pub user_id: String,
+    /// The product ordered (`product(..)`).
+    pub product: String,
+    /// The quantity ordered (`quantity(..)`).
+    pub quantity: i64,
+}
+
+/// Verifies capability tokens with the root public key.
+#[derive(Debug, Clone)]
+pub struct CapabilityAuthority {
+    root: PublicKey,
+    limits: AuthorizerLimits,
+}
+
+impl CapabilityAuthority {
+    /// An authority trusting the Ed25519 root public key in hex (as printed by
+    /// `sluice biscuit keygen`; an `ed25519/` prefix is accepted).
+    pub fn from_public_key_hex(hex: &str) -> Result<Self, CapabilityError> {
+        Ok(CapabilityAuthority {
+            root: parse_public_key(hex)?,
+            limits: DEFAULT_LIMITS,
+        })
+    }
+
+    /// An authority trusting the root public key held in hex in `path` (surrounding
+    /// whitespace ignored).
+    pub fn from_public_key_file(path: impl AsRef<Path>) -> Result<Self, CapabilityError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| CapabilityError::Io {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        Self::from_public_key_hex(&text)
+    }
+
+    /// The same authority with other evaluation limits (default: [`DEFAULT_LIMITS`]).
+    pub fn with_limits(mut self, limits: AuthorizerLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The root public key, in hex.
+    pub fn public_key_hex(&self) -> String {
+        self.root.to_bytes_hex()
+    }
+
+    /// The user a genuine token speaks for (its authority `user` fact), without authorizing
+    /// any request: for a caller that must learn the principal before it can describe the
+    /// request. Always follow with [`authorize`](Self::authorize).
+    pub fn token_user(&self, token_base64: &str) -> Result<String, CapabilityError> {
+        let token = parse_token(token_base64, self.root)?;
+        // Not `token.authorizer()`: that one runs under biscuit's default 1 ms time limit.
+        let mut authorizer = AuthorizerBuilder::new()
+            .set_limits(self.limits.clone())
+            .build(&token)
+            .map_err(classify)?;
+        let users: Vec<(String,)> = authorizer
+            .query_with_limits("principal($u) <- user($u)", self.limits.clone())
+            .map_err(classify)?;
+        match users.as_slice() {
+            [(user,)] => Ok(user.clone()),
+            _ => Err(CapabilityError::Denied),
+        }
+    }
+
+    /// Authorizes `request` at time `now` with the token; returns the principal (the token's
+    /// `user`) on success. See the [module documentation](self) for the Datalog involved.
+    pub fn authorize(
+        &self,
+        token_base64: &str,
+        request: &OrderRequestFacts,
+        now: SystemTime,
+    ) -> Result<String, CapabilityError> {
+        let token = parse_token(token_base64, self.root)?;
+        let mut authorizer = authorizer!(
+            r#"
+            operation({operation});
+            request_user({user});
+            product({product});
+            quantity({quantity});
+            time({now});
+            allow if user($u), request_user($u), right($op), operation($op);
+            deny if true;
+            "#,
+            operation = ORDER_OPERATION,
+            user = request.user_id.as_str(),
+            product = request.product.as_str(),
+            quantity = request.quantity,
+            now = date(now),
+        )
+        .set_limits(self.limits.clone())
+        .build(&token)
+        .map_err(classify)?;
+        authorizer.authorize().map_err(classify)?;
+        // The allow policy matched, so the token's `user` is the requested user; read it back
+        // from the token's own facts rather than trusting the request.
+        let principals: Vec<(String,)> = authorizer
+            .query_with_limits(
+                "principal($u) <- user($u), request_user($u)",
+                self.limits.clone(),
+            )
+            .map_err(classify)?;
+        principals
+            .into_iter()
+            .next()
+            .map(|(user,)| user)
+            .ok_or(CapabilityError::Denied)
+    }
+}
+
+/// A new Ed25519 root key pair: `(private key hex, public key hex)`. Keep the private key
+/// secret (it mints tokens); give the public key to the ingress.
+pub fn generate_root_keypair() -> (String, String) {
+    let pair = KeyPair::new();
+    (pair.private().to_bytes_hex(), pair.public().to_bytes_hex())
+}
+
+/// Mints a token for `user` allowing `order`, signed with the root private key (hex); with
+/// `ttl`, the token expires that long from now.
+pub fn mint(
+    private_key_hex: &str,
+    user: &str,
+    ttl: Option<Duration>,
+) -> Result<String, CapabilityError> {
+    if user.trim().is_empty() {
+        return Err(CapabilityError::InvalidInput(
+            "the user must not be empty".into(),
+        ));
+    }
+    let root = KeyPair::from(&parse_private_key(private_key_hex)?);
+    let mut builder = biscuit!(
+        r#"
+        user({user});
+        right({operation});
+        "#,
+        user = user,
+        operation = ORDER_OPERATION,
+    );
+    if let Some(ttl) = ttl {
+        let expiry = SystemTime::now()
+            .checked_add(ttl)
+            .ok_or_else(|| CapabilityError::InvalidInput("the time to live is too long".into()))?;
+        builder = builder.merge(block!(
+            r#"check if time($t), $t <= {expiry};"#,
+            expiry = date(expiry)
+        ));
+    }
+    builder
+        .build(&root)
+        .and_then(|token| token.to_base64())
+        .map_err(classify)
+}
+
+/// Restrictions that [`attenuate`] appends to a token; `None` leaves that aspect as it was.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Restrictions {
+    /// Only these products (`check if product($p), {..}.contains($p)`); must not be empty.
+    pub products: Option<Vec<String>>,
+    /// At most this quantity per order (`check if quantity($q), $q <= N`).
+    pub max_quantity: Option<i64>,
+    /// Not after this time (`check if time($t), $t <= T`; whole seconds).
+    pub expires_at: Option<SystemTime>,
+}
+
+impl Restrictions {
+    /// The block of checks for these restrictions.
+    fn block(&self) -> Result<BlockBuilder, CapabilityError> {
+        let mut block = BlockBuilder::new();
+        let mut any = false;
+        if let Some(products) = &self.products {
+            if products.is_empty() {
+                return Err(CapabilityError::InvalidInput(
+                    "the list of products must not be empty".into(),
+                ));
+            }
+            let set: BTreeSet<Term> = products.iter().map(|p| Term::Str(p.clone())).collect();
+            block = block.merge(block!(
+                r#"check if product($p), {products}.contains($p);"#,
+                products = Term::Set(set),
+            ));
+            any = true;
+        }
+        if let Some(max) = self.max_quantity {
+            block = block.merge(block!(r#"check if quantity($q), $q <= {max};"#, max = max));
+            any = true;
+        }
+        if let Some(expiry) = self.expires_at {
+            block = block.merge(block!(
+                r#"check if time($t), $t <= {expiry};"#,
+                expiry = date(expiry),
+            ));
+            any = true;
+        }
+        if !any {
+            return Err(CapabilityError::InvalidInput(
+                "give at least one restriction (products, max quantity or expiry)".into(),
+            ));
+        }
+        Ok(block)
+    }
+}
+
+/// Appends a block with `restrictions` to a token, after verifying it with the root public
+/// key. No private key is needed: any holder can narrow a token offline.
+pub fn attenuate(
+    token_base64: &str,
+    root_public_hex: &str,
+    restrictions: &Restrictions,
+) -> Result<String, CapabilityError> {
+    let block = restrictions.block()?;
+    let token = parse_token(token_base64, parse_public_key(root_public_hex)?)?;
+    token
+        .append(block)
+        .and_then(|token| token.to_base64())
+        .map_err(classify)
+}
+
+/// A human-readable listing of a verified token: each block's facts, rules and checks as
+/// Datalog, with its revocation id.
+pub fn inspect(token_base64: &str, root_public_hex: &str) -> Result<String, CapabilityError> {
+    let token = parse_token(token_base64, parse_public_key(root_public_hex)?)?;
+    let revocation = token.revocation_identifiers();
+    let mut out = String::new();
+    for index in 0..token.block_count() {
+        let source = token.print_block_source(index).map_err(classify)?;
+        let kind = if index == 0 {
+            "authority"
+        } else {
+            "attenuation"
+        };
+        let _ = writeln!(out, "block {index} ({kind}):");
+        for line in source.lines().filter(|l| !l.trim().is_empty()) {
+            let _ = writeln!(out, "    {line}");
+        }
+        if let Some(id) = revocation.get(index) {
+            let _ = writeln!(out, "    // revocation id: {}", hex_encode(id));
+        }
+    }
+    Ok(out)
+}
+
+fn hex_encode(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(user: &str, product: &str, quantity: i64) -> OrderRequestFacts {
+        OrderRequestFacts {
+            user_id: user.into(),
+            product: product.into(),
+            quantity,
+        }
+    }
+
+    fn setup() -> (String, CapabilityAuthority, String) {
+        let (private, public) = generate_root_keypair();
+        let authority = CapabilityAuthority::from_public_key_hex(&public).unwrap();
+        (private, authority, public)
+    }
+
+    #[test]
+    fn keypair_is_hex_ed25519() {
+        let (private, public) = generate_root_keypair();
+        assert_eq!(private.len(), 64);
+        assert_eq!(public.len(), 64);
+        assert!(private.chars().all(|c| c.is_ascii_hexdigit()));
+        let authority = CapabilityAuthority::from_public_key_hex(&public).unwrap();
+        assert_eq!(authority.public_key_hex(), public);
+        let prefixed = CapabilityAuthority::from_public_key_hex(&format!(" ed25519/{public}\n"));
+        assert_eq!(prefixed.unwrap().public_key_hex(), public);
+        assert!(matches!(
+            CapabilityAuthority::from_public_key_hex("zz"),
+            Err(CapabilityError::InvalidKey(_))
+        ));
+    }
+
+    #[test]
+    fn public_key_file_is_trimmed() {
+        let (_, public) = generate_root_keypair();
+        let dir = std::env::temp_dir().join(format!("sluice-cap-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("root.pub");
+        std::fs::write(&path, format!("  {public}\n\n")).unwrap();
+        let authority = CapabilityAuthority::from_public_key_file(&path).unwrap();
+        assert_eq!(authority.public_key_hex(), public);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(matches!(
+            CapabilityAuthority::from_public_key_file(&path),
+            Err(CapabilityError::Io { .. })
+        ));
+    }
+
+    #[test]
+    fn minted_token_allows_its_user_only() {
+        let (private, authority, _) = setup();
+        let token = mint(&private, "alice", None).unwrap();
+        let now = SystemTime::now();
+        assert_eq!(
+            authority.authorize(&token, &request("alice", "widget", 3), now),
+            Ok("alice".to_string())
+        );
+        let refused = authority
+            .authorize(&token, &request("bob", "widget", 3), now)
+            .unwrap_err();
+        assert_eq!(refused, CapabilityError::Denied);
+        assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+        assert_eq!(authority.token_user(&token), Ok("alice".to_string()));
+    }
+
+    #[test]
+    fn user_names_are_data_not_code() {
+        let (private, authority, _) = setup();
+        let tricky = r#"al"ice"); right("admin"#;
+        let token = mint(&private, tricky, None).unwrap();
+        let now = SystemTime::now();
+        assert_eq!(
+            authority.authorize(&token, &request(tricky, "widget", 1), now),
+            Ok(tricky.to_string())
+        );
+        assert!(authority
+            .authorize(&token, &request("alice", "widget", 1), now)
+            .is_err());
+        assert!(mint(&private, "  ", None).is_err());
+    }
+
+    #[test]
+    fn ttl_expires() {
+        let (private, authority, _) = setup();
+        let token = mint(&private, "alice", Some(Duration::from_secs(60))).unwrap();
+        let now = SystemTime::now();
+        assert!(authority
+            .authorize(&token, &request("alice", "widget", 1), now)
+            .is_ok());
+        let later = now + Duration::from_secs(120);
+        match authority.authorize(&token, &request("alice", "widget", 1), later) {
+            Err(CapabilityError::ChecksFailed(checks)) => {
+                assert_eq!(checks.len(), 1);
+                assert!(
+                    checks[0].starts_with("block 0: check if time($t)"),
+                    "{checks:?}"
+                );
+            }
+            other => panic!("expected a failed check, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn attenuation_narrows() {
+        let (private, authority, public) = setup();
+        let token = mint(&private, "alice", None).unwrap();
+        let now = SystemTime::now();
+        let narrowed = attenuate(
+            &token,
+            &public,
+            &Restrictions {
+                products: Some(vec!["widget".into(), "gizmo".into()]),
+                max_quantity: Some(5),
+                expires_at: Some(now + Duration::from_secs(3600)),
+            },
+        )
+        .unwrap();
+        let ok = |product: &str, quantity: i64, at: SystemTime| {
+            authority.authorize(&narrowed, &request("alice", product, quantity), at)
+        };
+        assert!(ok("widget", 5, now).is_ok());
+        assert!(ok("gizmo", 1, now).is_ok());
+        let gadget = ok("gadget", 1, now).unwrap_err();
+        assert!(gadget.is_forbidden());
+        assert!(gadget.to_string().contains("product($p)"), "{gadget}");
+        assert!(ok("widget", 6, now)
+            .unwrap_err()
+            .to_string()
+            .contains("$q <= 5"));
+        assert!(matches!(
+            ok("widget", 1, now + Duration::from_secs(7200)),
+            Err(CapabilityError::ChecksFailed(_))
+        ));
+        // Several failures are all reported.
+        match ok("gadget", 9, now) {
+            Err(CapabilityError::ChecksFailed(checks)) => assert_eq!(checks.len(), 2),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn attenuation_needs_a_restriction() {
+        let (private, _, public) = setup();
+        let token = mint(&private, "alice", None).unwrap();
+        assert!(matches!(
+            attenuate(&token, &public, &Restrictions::default()),
+            Err(CapabilityError::InvalidInput(_))
+        ));
+        let empty = Restrictions {
+            products: Some(vec![]),
+            ..Restrictions::default()
+        };
+        assert!(matches!(
+            attenuate(&token, &public, &empty),
+            Err(CapabilityError::InvalidInput(_))
+        ));
+    }
+
+    #[test]
+    fn foreign_root_and_garbage_are_unauthenticated() {
+        let (_, authority, _) = setup();
+        let (other_private, _) = generate_root_keypair();
+        let token = mint(&other_private, "alice", None).unwrap();
+        let now = SystemTime::now();
+        let error = authority
+            .authorize(&token, &request("alice", "widget", 1), now)
+            .unwrap_err();
+        assert_eq!(error, CapabilityError::BadSignature);
+        assert_eq!(error.status(), StatusCode::UNAUTHORIZED);
+        for garbage in ["", "not a token!", "AAAA", &"A".repeat(MAX_TOKEN_LEN + 4)] {
+            let error = authority
+                .authorize(garbage, &request("alice", "widget", 1), now)
+                .unwrap_err();
+            assert!(error.is_unauthenticated(), "{garbage:.20}: {error:?}");
+        }
+    }
+
+    #[test]
+    fn inspect_lists_blocks() {
+        let (private, _, public) = setup();
+        let token = mint(&private, "alice", Some(Duration::from_secs(60))).unwrap();
+        let token = attenuate(
+            &token,
+            &public,
+            &Restrictions {
+                products: Some(vec!["widget".into()]),
+                max_quantity: Some(5),
+                expires_at: None,
+            },
+        )
+        .unwrap();
+        let text = inspect(&token, &public).unwrap();
+        assert!(text.contains("block 0 (authority):"), "{text}");
+        assert!(text.contains(r#"user("alice");"#), "{text}");
+        assert!(text.contains(r#"right("order");"#), "{text}");
+        assert!(text.contains("block 1 (attenuation):"), "{text}");
+        assert!(
+            text.contains(r#"check if product($p), {"widget"}.contains($p)"#),
+            "{text}"
+        );
+        assert!(text.contains("check if quantity($q), $q <= 5"), "{text}");
+        assert!(!text.contains(&private), "{text}");
+        let (_, other_public) = generate_root_keypair();
+        assert_eq!(
+            inspect(&token, &other_public),
+            Err(CapabilityError::BadSignature)
+        );
+    }
+
+    #[test]
+    fn runaway_tokens_hit_the_limits() {
+        let (private, authority, public) = setup();
+        let token = mint(&private, "alice", None).unwrap();
+        let parsed = Biscuit::from_base64(&token, parse_public_key(&public).unwrap()).unwrap();
+        let facts: String = (0..40).map(|i| format!("n({i});\n")).collect();
+        let heavy = parsed
+            .append(
+                BlockBuilder::new()
+                    .code(format!("{facts}pair($x, $y) <- n($x), n($y);"))
+                    .unwrap(),
+            )
+            .unwrap()
+            .to_base64()
+            .unwrap();
+        let error = authority
+            .authorize(&heavy, &request("alice", "widget", 1), SystemTime::now())
+            .unwrap_err();
+        assert!(matches!(error, CapabilityError::Evaluation(_)), "{error:?}");
+        assert!(error.is_forbidden());
+    }
+
+    #[test]
+    fn errors_map_to_api_errors() {
+        let api: ApiError = CapabilityError::BadSignature.into();
+        assert_eq!(api.status, StatusCode::UNAUTHORIZED);
+        let api: ApiError =
+            CapabilityError::ChecksFailed(vec!["block 1: check if x".into()]).into();
+        assert_eq!(api.status, StatusCode::FORBIDDEN);
+        assert!(api.message.contains("check if x"));
+        let api: ApiError = CapabilityError::InvalidKey("x".into()).into();
+        assert_eq!(api.status, StatusCode::INTERNAL_SERVER_ERROR);
+    }
+}

@@ -1,0 +1,760 @@
+//! The ingress under attack, over real HTTP: forged, confused, expired and retired tokens;
+//! key rotation without a restart; login brute force; oversized, slow and deeply nested
+//! requests; weak production settings; secrets in logs. Every refused request must produce
+//! nothing in the log.
+
+mod common;
+
+use std::io::Write as _;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use sluice::pipeline::Parts;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const STRONG_SECRET: &str = "6f1c2b9e0a7d4c3b8e5f2a1d9c7b6e4f3a2d1c0b";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn openssl(args: &[&str]) {
+    let status = Command::new("openssl")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl");
+    assert!(status.success(), "openssl {args:?} failed");
+}
+
+/// An Ed25519 key pair as PEM files `<name>.pem` and `<name>.pub.pem` in `dir`.
+fn ed25519_keys(dir: &Path, name: &str) -> (String, String) {
+    let private = dir.join(format!("{name}.pem")).display().to_string();
+    let public = dir.join(format!("{name}.pub.pem")).display().to_string();
+    openssl(&["genpkey", "-algorithm", "ed25519", "-out", &private]);
+    openssl(&["pkey", "-in", &private, "-pubout", "-out", &public]);
+    (private, public)
+}
+
+fn sluice(args: &[&str], topology: &Path, env: &[(&str, &str)]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(args)
+        .arg("--topology")
+        .arg(topology)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap()
+}
+
+fn start(topology: &Path, log: &Path, env: &[(&str, &str)]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["run", "--topology"])
+        .arg(topology)
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+async fn wait_ready(base: &str, child: &mut Child) {
+    let client = reqwest::Client::new();
+    for _ in 0..300 {
+        if client
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "sluice exited during start-up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("sluice did not become ready");
+}
+
+fn stop(mut child: Child) -> std::process::ExitStatus {
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    child.wait().unwrap()
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn claims(sub: &str, aud: Option<&str>, iat: u64, nbf: u64, exp: u64) -> serde_json::Value {
+    let mut claims =
+        serde_json::json!({ "sub": sub, "iss": "sluice", "iat": iat, "nbf": nbf, "exp": exp });
+    if let Some(aud) = aud {
+        claims["aud"] = aud.into();
+    }
+    claims
+}
+
+fn hs256(kid: &str, secret: &[u8], claims: &serde_json::Value) -> String {
+    let mut header = Header::new(Algorithm::HS256);
+    header.kid = Some(kid.into());
+    encode(&header, claims, &EncodingKey::from_secret(secret)).unwrap()
+}
+
+/// Posts one order with `token`; returns the status and the error code, if any.
+async fn order(client: &reqwest::Client, base: &str, token: &str) -> (u16, String) {
+    let response = client
+        .post(format!("{base}/order"))
+        .bearer_auth(token)
+        .body(r#"{"userId":"alice","product":"widget","quantity":1}"#)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    (
+        status,
+        body["error"]["code"].as_str().unwrap_or("").to_string(),
+    )
+}
+
+/// Replaces `[ingress.auth]`'s secret with a key ring; `keys` are `[[ingress.auth.keys]]` tables.
+fn with_key_ring(text: &str, signing_kid: &str, keys: &str) -> String {
+    let secret_line = text
+        .lines()
+        .find(|l| l.starts_with("jwt_secret = "))
+        .unwrap()
+        .to_string();
+    text.replace(
+        &secret_line,
+        &format!("audience = \"sluice-orders\"\nsigning_kid = \"{signing_kid}\""),
+    )
+    .replace(
+        "[ingress.rate_limits]",
+        &format!("{keys}\n[ingress.rate_limits]"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_confused_and_retired_tokens_fail_and_keys_rotate_without_restart() {
+    let (login_port, order_port) = (free_port(), free_port());
+    let test = test_topology_on(Backend::Embedded, "jwt", &["alice"], |t| {
+        t.replacen("127.0.0.1:0", &format!("127.0.0.1:{login_port}"), 1)
+            .replacen("127.0.0.1:0", &format!("127.0.0.1:{order_port}"), 1)
+    });
+    let dir = test.dir.path();
+    let (ed1_private, ed1_public) = ed25519_keys(dir, "ed-1");
+    let old_secret = "an-old-hs256-secret-that-is-being-retired-0001";
+    let ring = |signing: &str, extra: &str| {
+        with_key_ring(
+            &test.text,
+            signing,
+            &format!(
+                "[[ingress.auth.keys]]\nkid = \"ed-1\"\nalgorithm = \"EdDSA\"\nprivate_key_file = {ed1_private:?}\npublic_key_file = {ed1_public:?}\n{extra}"
+            ),
+        )
+    };
+    let hs_old = format!(
+        "[[ingress.auth.keys]]\nkid = \"hs-old\"\nalgorithm = \"HS256\"\nsecret = {old_secret:?}\n"
+    );
+    std::fs::write(&test.path, ring("ed-1", &hs_old)).unwrap();
+
+    let base = format!("http://127.0.0.1:{order_port}");
+    let mut child = start(&test.path, &dir.join("run.log"), &[("RUST_LOG", "warn")]);
+    wait_ready(&base, &mut child).await;
+    let pid = child.id();
+    let client = reqwest::Client::new();
+
+    // `sluice token` mints with the signing key (EdDSA, kid ed-1).
+    let minted = sluice(&["token", "--user", "alice"], &test.path, &[]);
+    assert!(
+        minted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&minted.stderr)
+    );
+    let ed1_token = String::from_utf8(minted.stdout).unwrap().trim().to_string();
+    assert_eq!(order(&client, &base, &ed1_token).await.0, 202);
+
+    let now = now_secs();
+    let good = claims("alice", Some("sluice-orders"), now, now, now + 600);
+    let hs_token = hs256("hs-old", old_secret.as_bytes(), &good);
+    assert_eq!(
+        order(&client, &base, &hs_token).await.0,
+        202,
+        "a second, HS256 key verifies by kid"
+    );
+
+    let attacks: Vec<(&str, String)> = vec![
+        (
+            "no audience",
+            hs256(
+                "hs-old",
+                old_secret.as_bytes(),
+                &claims("alice", None, now, now, now + 600),
+            ),
+        ),
+        (
+            "other audience",
+            hs256(
+                "hs-old",
+                old_secret.as_bytes(),
+                &claims("alice", Some("billing"), now, now, now + 600),
+            ),
+        ),
+        (
+            "algorithm confusion: HS256 keyed with the EdDSA public key",
+            hs256("ed-1", &std::fs::read(&ed1_public).unwrap(), &good),
+        ),
+        ("unknown kid", hs256("hs-new", old_secret.as_bytes(), &good)),
+        (
+            "expired",
+            hs256(
+                "hs-old",
+                old_secret.as_bytes(),
+                &claims(
+                    "alice",
+                    Some("sluice-orders"),
+                    now - 7200,
+                    now - 7200,
+                    now - 3600,
+                ),
+            ),
+        ),
+        (
+            "not valid yet",
+            hs256(
+                "hs-old",
+                old_secret.as_bytes(),
+                &claims("alice", Some("sluice-orders"), now, now + 3600, now + 7200),
+            ),
+        ),
+        (
+            "wrong secret",
+            hs256("hs-old", b"guessed-secret-guessed-secret-guessed!", &good),
+        ),
+        ("tampered payload", {
+            let mut parts: Vec<String> = ed1_token.split('.').map(str::to_string).collect();
+            let forged = claims("alice", Some("sluice-orders"), now, now, now + 86_400 * 365);
+            parts[1] = jsonwebtoken_payload(&forged);
+            parts.join(".")
+        }),
+        (
+            "alg none",
+            format!(
+                "eyJhbGciOiJub25lIiwidHlwIjoiSldUIiwia2lkIjoiZWQtMSJ9.{}.",
+                jsonwebtoken_payload(&good)
+            ),
+        ),
+    ];
+    for (name, token) in &attacks {
+        let (status, code) = order(&client, &base, token).await;
+        assert_eq!(
+            (status, code.as_str()),
+            (401, "unauthorized"),
+            "attack {name:?} was not refused"
+        );
+    }
+
+    // Rotate: add ed-2 and sign with it, retire hs-old; SIGHUP, no restart.
+    let (ed2_private, ed2_public) = ed25519_keys(dir, "ed-2");
+    let ed2 = format!(
+        "[[ingress.auth.keys]]\nkid = \"ed-2\"\nalgorithm = \"EdDSA\"\nprivate_key_file = {ed2_private:?}\npublic_key_file = {ed2_public:?}\n"
+    );
+    std::fs::write(&test.path, ring("ed-2", &ed2)).unwrap();
+    Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .unwrap();
+    let minted = sluice(&["token", "--user", "alice"], &test.path, &[]);
+    let ed2_token = String::from_utf8(minted.stdout).unwrap().trim().to_string();
+    eventually(
+        Duration::from_secs(10),
+        "the reload to retire hs-old",
+        || async { order(&client, &base, &hs_token).await.0 == 401 },
+    )
+    .await;
+    assert_eq!(
+        order(&client, &base, &ed2_token).await.0,
+        202,
+        "the new signing key must be accepted"
+    );
+    assert_eq!(
+        order(&client, &base, &ed1_token).await.0,
+        202,
+        "a key still in the ring keeps verifying"
+    );
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the reload must not restart the process"
+    );
+    assert!(stop(child).success());
+
+    // Four orders were accepted; none of the refused ones was produced.
+    let topology = test.topology();
+    let log = sluice::pipeline::open_log(&topology).unwrap();
+    assert_eq!(
+        topic_records(log.as_ref(), &topology.ingress.orders_topic).await,
+        4
+    );
+}
+
+/// The base64url (unpadded) JSON of `claims`, as a JWT payload segment.
+fn jsonwebtoken_payload(claims: &serde_json::Value) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let bytes = serde_json::to_vec(claims).unwrap();
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..=chunk.len() {
+            out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_brute_force_is_limited_per_user_name_and_failures_look_alike() {
+    let test = test_topology_on(Backend::Embedded, "brute", &["alice", "bob"], |t| {
+        t.replace(
+            "logins_per_user = { per_minute = 10, burst = 5 }",
+            "logins_per_user = { per_minute = 10, burst = 12 }",
+        )
+    });
+    let pipeline = RunningPipeline::start(
+        &test,
+        Parts {
+            ingress: true,
+            processors: false,
+            sinks: false,
+        },
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let attempt = |user: &str, password: &str| {
+        client
+            .post(format!("{}/login", pipeline.base_login))
+            .body(format!(
+                r#"{{"username":"{user}","password":"{password}"}}"#
+            ))
+            .send()
+    };
+
+    // Unknown user and wrong password: same status, same body, about the same time.
+    let (mut unknown, mut wrong) = (Vec::new(), Vec::new());
+    let mut bodies = std::collections::HashSet::new();
+    for _ in 0..5 {
+        let started = Instant::now();
+        let response = attempt("mallory", "guess-guess-guess").await.unwrap();
+        unknown.push(started.elapsed());
+        assert_eq!(response.status(), 401);
+        bodies.insert(response.text().await.unwrap());
+        let started = Instant::now();
+        let response = attempt("alice", "guess-guess-guess").await.unwrap();
+        wrong.push(started.elapsed());
+        assert_eq!(response.status(), 401);
+        bodies.insert(response.text().await.unwrap());
+    }
+    assert_eq!(
+        bodies.len(),
+        1,
+        "unknown user and wrong password must answer alike: {bodies:?}"
+    );
+    unknown.sort();
+    wrong.sort();
+    let (u, w) = (unknown[2].as_secs_f64(), wrong[2].as_secs_f64());
+    assert!(
+        u / w < 2.0 && w / u < 2.0,
+        "median times differ too much: unknown {u:.4}s, wrong password {w:.4}s"
+    );
+
+    // Alice has 12 attempts a burst; 5 are used. Seven more wrong ones, then 429 even with the
+    // right password, from this address; Bob is unaffected.
+    for _ in 0..7 {
+        assert_eq!(
+            attempt("alice", "guess-guess-guess")
+                .await
+                .unwrap()
+                .status(),
+            401
+        );
+    }
+    let limited = attempt("alice", PASSWORD).await.unwrap();
+    assert_eq!(limited.status(), 429);
+    for header in [
+        "retry-after",
+        "ratelimit-limit",
+        "ratelimit-remaining",
+        "ratelimit-reset",
+    ] {
+        assert!(limited.headers().contains_key(header), "429 lacks {header}");
+    }
+    assert_eq!(attempt("bob", PASSWORD).await.unwrap().status(), 200);
+    pipeline.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_headers_slow_headers_and_deep_json_are_refused() {
+    let test = test_topology_on(Backend::Embedded, "abuse", &["alice"], |t| {
+        t.replace(
+            "ack_timeout_ms = 5000",
+            "ack_timeout_ms = 5000\nheader_read_timeout_ms = 1000\nmax_header_bytes = 8192",
+        )
+    });
+    let pipeline = RunningPipeline::start(
+        &test,
+        Parts {
+            ingress: true,
+            processors: false,
+            sinks: false,
+        },
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let token = login(&client, &pipeline.base_login, "alice").await;
+    let url = format!("{}/order", pipeline.base_order);
+
+    let huge = client
+        .post(&url)
+        .bearer_auth(&token)
+        .header("x-padding", "p".repeat(20_000))
+        .body("{}")
+        .send()
+        .await;
+    match huge {
+        Ok(response) => assert_eq!(response.status(), 431),
+        Err(error) => assert!(
+            error.is_request() || error.is_connect(),
+            "unexpected error: {error}"
+        ),
+    }
+
+    let deep = format!("{}{}", "[".repeat(50), "]".repeat(50));
+    let response = client
+        .post(&url)
+        .bearer_auth(&token)
+        .body(deep)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("nests deeper"),
+        "{body}"
+    );
+
+    // Slowloris: headers trickle in and never finish; the server hangs up.
+    let address = pipeline
+        .base_order
+        .trim_start_matches("http://")
+        .to_string();
+    let mut slow = tokio::net::TcpStream::connect(&address).await.unwrap();
+    slow.write_all(b"POST /order HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut buffer = [0u8; 512];
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match slow.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "a client that never finishes its headers must be disconnected"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(800),
+        "disconnected before the header timeout"
+    );
+
+    let topology = test.topology();
+    assert_eq!(
+        topic_records(pipeline.log.as_ref(), &topology.ingress.orders_topic).await,
+        0
+    );
+    pipeline.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn production_mode_refuses_weak_settings_and_says_what_to_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let topology = dir.path().join("topology.toml");
+    std::fs::write(&topology, SHIPPED).unwrap();
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/users.toml"),
+        dir.path().join("users.toml"),
+    )
+    .unwrap();
+    let production = [
+        ("SLUICE_MODE", "production"),
+        ("SLUICE_LOGIN_LISTEN", "127.0.0.1:0"),
+        ("SLUICE_ORDER_LISTEN", "127.0.0.1:0"),
+    ];
+    let output = sluice(&["run"], &topology, &production);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("production mode refuses to start"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("ingress.auth.jwt_secret is the development default"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("user \"alice\"") && stderr.contains("default password"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("wonderland"),
+        "the error must not repeat the password"
+    );
+
+    let short = [production.as_slice(), &[("SLUICE_JWT_SECRET", "too-short")]].concat();
+    let stderr = String::from_utf8_lossy(&sluice(&["run"], &topology, &short).stderr).to_string();
+    assert!(
+        stderr.contains("is 9 bytes; HS256 needs at least 32"),
+        "{stderr}"
+    );
+
+    // Strong secret and a changed password: it starts (and drains on SIGTERM).
+    let mut add = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["users", "add", "alice", "--file"])
+        .arg(dir.path().join("users.toml"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    add.stdin
+        .take()
+        .unwrap()
+        .write_all(b"a much better passphrase\n")
+        .unwrap();
+    assert!(add.wait().unwrap().success());
+    let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["users", "remove", "bob", "--file"])
+        .arg(dir.path().join("users.toml"))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&output.stdout).contains("user bob removed"));
+    let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["users", "list", "--file"])
+        .arg(dir.path().join("users.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "alice\n");
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let strong = [
+        ("SLUICE_MODE", "production"),
+        ("SLUICE_JWT_SECRET", STRONG_SECRET),
+        ("SLUICE_LOGIN_LISTEN", listen.as_str()),
+        ("SLUICE_ORDER_LISTEN", listen.as_str()),
+    ];
+    let mut child = start(&topology, &dir.path().join("run.log"), &strong);
+    wait_ready(&format!("http://{listen}"), &mut child).await;
+    assert!(stop(child).success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_passwords_and_tokens_never_reach_the_logs() {
+    let port = free_port();
+    let test = test_topology_on(Backend::Embedded, "secrets", &["alice"], |t| {
+        t.replace("127.0.0.1:0", &format!("127.0.0.1:{port}"))
+    });
+    let text = test.text.replace(
+        test.text
+            .lines()
+            .find(|l| l.starts_with("jwt_secret = "))
+            .unwrap(),
+        &format!("jwt_secret = {STRONG_SECRET:?}"),
+    );
+    std::fs::write(&test.path, text).unwrap();
+    let log_file = test.dir.path().join("run.log");
+    let base = format!("http://127.0.0.1:{port}");
+    let mut child = start(&test.path, &log_file, &[("RUST_LOG", "trace")]);
+    wait_ready(&base, &mut child).await;
+    let client = reqwest::Client::new();
+    let token = login(&client, &base, "alice").await;
+    assert_eq!(order(&client, &base, &token).await.0, 202);
+    let wrong = "not-the-password-but-secret-too";
+    client
+        .post(format!("{base}/login"))
+        .body(format!(r#"{{"username":"alice","password":"{wrong}"}}"#))
+        .send()
+        .await
+        .unwrap();
+    let forged = format!("{}.forged-signature", &token[..token.rfind('.').unwrap()]);
+    assert_eq!(order(&client, &base, &forged).await.0, 401);
+    client
+        .post(format!("{base}/order"))
+        .header("authorization", format!("Basic {STRONG_SECRET}"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert!(stop(child).success());
+
+    let log = std::fs::read_to_string(&log_file).unwrap();
+    assert!(log.lines().count() > 20, "expected a verbose log to search");
+    let signature = &token[token.rfind('.').unwrap() + 1..];
+    for (what, secret) in [
+        ("password", PASSWORD),
+        ("wrong password", wrong),
+        ("token signature", signature),
+        ("JWT secret", STRONG_SECRET),
+        ("password hash", "$argon2id$"),
+    ] {
+        assert!(!log.contains(secret), "the log contains the {what}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn biscuit_capabilities_are_enforced_inside_and_outside_their_checks() {
+    use sluice_ingress::capability::{attenuate, generate_root_keypair, mint, Restrictions};
+    let (private, public) = generate_root_keypair();
+    let test = test_topology_on(Backend::Embedded, "biscuit", &["alice"], |t| t);
+    let key_file = test.dir.path().join("biscuit-root.pub");
+    std::fs::write(&key_file, &public).unwrap();
+    let users_line = test
+        .text
+        .lines()
+        .find(|l| l.starts_with("users_file = "))
+        .unwrap()
+        .to_string();
+    let text = test.text.replace(
+        &users_line,
+        &format!(
+            "{users_line}\nbiscuit_public_key_file = {:?}",
+            key_file.display().to_string()
+        ),
+    );
+    std::fs::write(&test.path, text).unwrap();
+    let pipeline = RunningPipeline::start(
+        &test,
+        Parts {
+            ingress: true,
+            processors: false,
+            sinks: false,
+        },
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/order", pipeline.base_order);
+    let post =
+        |token: String, body: &'static str| client.post(&url).bearer_auth(token).body(body).send();
+
+    let token = mint(&private, "alice", Some(Duration::from_secs(600))).unwrap();
+    let attenuated = attenuate(
+        &token,
+        &public,
+        &Restrictions {
+            products: Some(vec!["widget".into()]),
+            max_quantity: Some(5),
+            expires_at: Some(std::time::SystemTime::now() + Duration::from_secs(300)),
+        },
+    )
+    .unwrap();
+    let (other_private, _) = generate_root_keypair();
+    let foreign = mint(&other_private, "alice", None).unwrap();
+    let mut tampered = token.clone().into_bytes();
+    let middle = tampered.len() / 2;
+    tampered[middle] = if tampered[middle] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(tampered).unwrap();
+
+    let cases: Vec<(&str, String, &'static str, u16)> = vec![
+        (
+            "full token",
+            token.clone(),
+            r#"{"userId":"alice","product":"gizmo","quantity":50}"#,
+            202,
+        ),
+        (
+            "attenuated, inside its checks",
+            attenuated.clone(),
+            r#"{"userId":"alice","product":"widget","quantity":5}"#,
+            202,
+        ),
+        (
+            "attenuated, other product",
+            attenuated.clone(),
+            r#"{"userId":"alice","product":"gadget","quantity":1}"#,
+            403,
+        ),
+        (
+            "attenuated, quantity above its bound",
+            attenuated.clone(),
+            r#"{"userId":"alice","product":"widget","quantity":6}"#,
+            403,
+        ),
+        (
+            "another user's orders",
+            token.clone(),
+            r#"{"userId":"bob","product":"widget","quantity":1}"#,
+            403,
+        ),
+        (
+            "signed by another root key",
+            foreign,
+            r#"{"userId":"alice","product":"widget","quantity":1}"#,
+            401,
+        ),
+        (
+            "tampered",
+            tampered,
+            r#"{"userId":"alice","product":"widget","quantity":1}"#,
+            401,
+        ),
+    ];
+    let mut accepted = 0;
+    for (name, token, body, status) in cases {
+        let response = post(token, body).await.unwrap();
+        assert_eq!(response.status().as_u16(), status, "{name}");
+        if status == 202 {
+            accepted += 1;
+        } else {
+            let body: serde_json::Value = response.json().await.unwrap();
+            assert!(body["error"]["code"].is_string(), "{name}: {body}");
+        }
+    }
+    // JWTs still work beside capabilities.
+    let jwt = login(&client, &pipeline.base_login, "alice").await;
+    assert_eq!(
+        post(jwt, r#"{"userId":"alice","product":"widget","quantity":1}"#)
+            .await
+            .unwrap()
+            .status(),
+        202
+    );
+    let topology = test.topology();
+    assert_eq!(
+        topic_records(pipeline.log.as_ref(), &topology.ingress.orders_topic).await,
+        accepted + 1
+    );
+    pipeline.stop().await;
+}
