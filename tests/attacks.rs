@@ -758,3 +758,56 @@ async fn biscuit_capabilities_are_enforced_inside_and_outside_their_checks() {
     );
     pipeline.stop().await;
 }
+
+#[test]
+fn rs256_keys_sign_and_verify_and_refuse_confusion() {
+    use sluice_core::topology::{AuthConfig, JwtAlgorithm, JwtKeyConfig};
+    use sluice_ingress::auth::TokenAuthority;
+    let dir = tempfile::tempdir().unwrap();
+    let private = dir.path().join("rsa.pem").display().to_string();
+    let public = dir.path().join("rsa.pub.pem").display().to_string();
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "RSA",
+        "-pkeyopt",
+        "rsa_keygen_bits:2048",
+        "-out",
+        &private,
+    ]);
+    openssl(&["pkey", "-in", &private, "-pubout", "-out", &public]);
+    let config = AuthConfig {
+        jwt_secret: None,
+        keys: vec![JwtKeyConfig {
+            kid: "rsa-1".into(),
+            algorithm: JwtAlgorithm::RS256,
+            secret: None,
+            private_key_file: Some(private.into()),
+            public_key_file: Some(public.clone().into()),
+        }],
+        signing_kid: None,
+        issuer: "sluice".into(),
+        audience: Some("sluice-orders".into()),
+        biscuit_public_key_file: None,
+        leeway_secs: 5,
+        token_ttl_secs: 60,
+        users_file: "users.toml".into(),
+    };
+    let authority = TokenAuthority::from_config(&config, dir.path()).unwrap();
+    let token = authority.issue("alice").unwrap();
+    let claims = authority.verify(&token).unwrap();
+    assert_eq!(
+        (claims.sub.as_str(), claims.aud.as_deref()),
+        ("alice", Some("sluice-orders"))
+    );
+    let now = now_secs();
+    let confused = hs256("rsa-1", &std::fs::read(&public).unwrap(), &claims_json(now));
+    assert_eq!(
+        authority.verify(&confused).unwrap_err().message,
+        "the token's algorithm is not accepted for its key"
+    );
+}
+
+fn claims_json(now: u64) -> serde_json::Value {
+    claims("alice", Some("sluice-orders"), now, now, now + 60)
+}
