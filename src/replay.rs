@@ -82,6 +82,36 @@ pub struct ReplayOutcome {
     pub complete: bool,
 }
 
+impl ReplayOutcome {
+    /// Records to cover in `(partition, start, end)` ranges.
+    fn total_of(ranges: &[(i32, i64, i64)]) -> u64 {
+        ranges
+            .iter()
+            .map(|(_, start, end)| (end - start) as u64)
+            .sum()
+    }
+
+    /// A run that reached its end.
+    fn finished(records: u64, total: u64) -> Self {
+        ReplayOutcome {
+            records,
+            total,
+            complete: true,
+        }
+    }
+
+    /// The outcome of a runner that returned. It returns early only when cancelled; records
+    /// removed by retention during the run can leave `records` short of `total` in a run that
+    /// did finish.
+    fn after_run(records: u64, total: u64, cancel: &CancellationToken) -> Self {
+        ReplayOutcome {
+            records,
+            total,
+            complete: !cancel.is_cancelled() || records >= total,
+        }
+    }
+}
+
 /// Progress callback: `(records done, records to do)`.
 pub type ProgressFn = Arc<dyn Fn(u64, u64) + Send + Sync>;
 
@@ -170,16 +200,9 @@ pub async fn replay(
             }
             drop(consumer);
             let ranges = plan(log.as_ref(), &topic, spec, &resumed).await?;
-            let total: u64 = ranges
-                .iter()
-                .map(|(_, start, end)| (end - start) as u64)
-                .sum();
+            let total = ReplayOutcome::total_of(&ranges);
             if ranges.is_empty() {
-                return Ok(ReplayOutcome {
-                    records: 0,
-                    total: 0,
-                    complete: true,
-                });
+                return Ok(ReplayOutcome::finished(0, 0));
             }
             let stage =
                 build_stage(topology, config).map_err(|e| ReplayError::Stage(e.to_string()))?;
@@ -211,13 +234,7 @@ pub async fn replay(
                 .map_err(|e| ReplayError::Stage(e.to_string()))?;
             metrics::counter!(telemetry::REPLAY_RECORDS, "target" => format!("stage:{name}"))
                 .increment(records);
-            // A runner returns early only when cancelled; records removed by retention during
-            // the run can leave `records` short of `total` in a run that did finish.
-            Ok(ReplayOutcome {
-                records,
-                total,
-                complete: !cancel.is_cancelled() || records >= total,
-            })
+            Ok(ReplayOutcome::after_run(records, total, &cancel))
         }
         Target::Shard(name) => {
             let (index, config) = topology
@@ -240,16 +257,9 @@ pub async fn replay(
                 .map(|p| (p.partition, p.next_offset))
                 .collect();
             let ranges = plan(log.as_ref(), &topic, spec, &resumed).await?;
-            let total: u64 = ranges
-                .iter()
-                .map(|(_, start, end)| (end - start) as u64)
-                .sum();
+            let total = ReplayOutcome::total_of(&ranges);
             if ranges.is_empty() {
-                return Ok(ReplayOutcome {
-                    records: 0,
-                    total: 0,
-                    complete: true,
-                });
+                return Ok(ReplayOutcome::finished(0, 0));
             }
             let worker = SinkWorker {
                 shard: config.name.clone(),
@@ -279,13 +289,7 @@ pub async fn replay(
             writer.close().await;
             metrics::counter!(telemetry::REPLAY_RECORDS, "target" => format!("shard:{name}"))
                 .increment(records);
-            // A runner returns early only when cancelled; records removed by retention during
-            // the run can leave `records` short of `total` in a run that did finish.
-            Ok(ReplayOutcome {
-                records,
-                total,
-                complete: !cancel.is_cancelled() || records >= total,
-            })
+            Ok(ReplayOutcome::after_run(records, total, &cancel))
         }
     }
 }

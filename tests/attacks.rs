@@ -7,7 +7,7 @@ mod common;
 
 use std::io::Write as _;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -16,14 +16,6 @@ use sluice::pipeline::Parts;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const STRONG_SECRET: &str = "6f1c2b9e0a7d4c3b8e5f2a1d9c7b6e4f3a2d1c0b";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn openssl(args: &[&str]) {
     let status = Command::new("openssl")
@@ -52,45 +44,6 @@ fn sluice(args: &[&str], topology: &Path, env: &[(&str, &str)]) -> std::process:
         .envs(env.iter().copied())
         .output()
         .unwrap()
-}
-
-fn start(topology: &Path, log: &Path, env: &[(&str, &str)]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["run", "--topology"])
-        .arg(topology)
-        .envs(env.iter().copied())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .unwrap()
-}
-
-async fn wait_ready(base: &str, child: &mut Child) {
-    let client = reqwest::Client::new();
-    for _ in 0..300 {
-        if client
-            .get(format!("{base}/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            return;
-        }
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "sluice exited during start-up"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("sluice did not become ready");
-}
-
-fn stop(mut child: Child) -> std::process::ExitStatus {
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    child.wait().unwrap()
 }
 
 fn now_secs() -> u64 {
@@ -174,7 +127,7 @@ async fn forged_confused_and_retired_tokens_fail_and_keys_rotate_without_restart
     std::fs::write(&test.path, ring("ed-1", &hs_old)).unwrap();
 
     let base = format!("http://127.0.0.1:{order_port}");
-    let mut child = start(&test.path, &dir.join("run.log"), &[("RUST_LOG", "warn")]);
+    let mut child = start_sluice(&test.path, &dir.join("run.log"), &[("RUST_LOG", "warn")]);
     wait_ready(&base, &mut child).await;
     let pid = child.id();
     let client = reqwest::Client::new();
@@ -301,7 +254,7 @@ async fn forged_confused_and_retired_tokens_fail_and_keys_rotate_without_restart
         child.try_wait().unwrap().is_none(),
         "the reload must not restart the process"
     );
-    assert!(stop(child).success());
+    assert!(terminate(child).success());
 
     // Four orders were accepted; none of the refused ones was produced.
     let topology = test.topology();
@@ -314,19 +267,7 @@ async fn forged_confused_and_retired_tokens_fail_and_keys_rotate_without_restart
 
 /// The base64url (unpadded) JSON of `claims`, as a JWT payload segment.
 fn jsonwebtoken_payload(claims: &serde_json::Value) -> String {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let bytes = serde_json::to_vec(claims).unwrap();
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
-        for i in 0..=chunk.len() {
-            out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
-        }
-    }
-    out
+    base64url(&serde_json::to_vec(claims).unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -576,9 +517,9 @@ async fn production_mode_refuses_weak_settings_and_says_what_to_change() {
         ("SLUICE_LOGIN_LISTEN", listen.as_str()),
         ("SLUICE_ORDER_LISTEN", listen.as_str()),
     ];
-    let mut child = start(&topology, &dir.path().join("run.log"), &strong);
+    let mut child = start_sluice(&topology, &dir.path().join("run.log"), &strong);
     wait_ready(&format!("http://{listen}"), &mut child).await;
-    assert!(stop(child).success());
+    assert!(terminate(child).success());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -597,7 +538,7 @@ async fn secrets_passwords_and_tokens_never_reach_the_logs() {
     std::fs::write(&test.path, text).unwrap();
     let log_file = test.dir.path().join("run.log");
     let base = format!("http://127.0.0.1:{port}");
-    let mut child = start(&test.path, &log_file, &[("RUST_LOG", "trace")]);
+    let mut child = start_sluice(&test.path, &log_file, &[("RUST_LOG", "trace")]);
     wait_ready(&base, &mut child).await;
     let client = reqwest::Client::new();
     let token = login(&client, &base, "alice").await;
@@ -618,7 +559,7 @@ async fn secrets_passwords_and_tokens_never_reach_the_logs() {
         .send()
         .await
         .unwrap();
-    assert!(stop(child).success());
+    assert!(terminate(child).success());
 
     let log = std::fs::read_to_string(&log_file).unwrap();
     assert!(log.lines().count() > 20, "expected a verbose log to search");

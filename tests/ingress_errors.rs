@@ -26,27 +26,8 @@ async fn error_of(response: reqwest::Response) -> (u16, String, String) {
 }
 
 fn forge(header: &str, claims: &str, signature: &str) -> String {
-    use base64_like::encode;
+    let encode = |text: &str| base64url(text.as_bytes());
     format!("{}.{}.{}", encode(header), encode(claims), signature)
-}
-
-/// Minimal base64url without padding, so the test can forge tokens by hand.
-mod base64_like {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    pub fn encode(text: &str) -> String {
-        let bytes = text.as_bytes();
-        let mut out = String::new();
-        for chunk in bytes.chunks(3) {
-            let n = chunk
-                .iter()
-                .enumerate()
-                .fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
-            for i in 0..=chunk.len() {
-                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            }
-        }
-        out
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,49 +5,15 @@
 mod common;
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn start(test: &TestTopology, run: usize) -> Child {
-    let log = std::fs::File::create(test.dir.path().join(format!("sluice-{run}.log"))).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["run", "--topology"])
-        .arg(&test.path)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("start sluice")
-}
-
-async fn wait_ready(client: &reqwest::Client, base: &str, child: &mut Child) {
-    for _ in 0..300 {
-        if client
-            .get(format!("{base}/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            return;
-        }
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "sluice exited during start-up"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("sluice did not become ready");
+    let log = test.dir.path().join(format!("sluice-{run}.log"));
+    start_sluice(&test.path, &log, &[("RUST_LOG", "warn")])
 }
 
 /// Sends orders with 16 in flight until `stop` is set; records the ids that got a 2xx.
@@ -138,7 +104,7 @@ async fn kill_9_and_sigterm_lose_and_duplicate_nothing(backend: Backend) {
 
     // Run 1: kill -9 under load.
     let mut child = start(&test, 1);
-    wait_ready(&client, &order_base, &mut child).await;
+    wait_ready(&order_base, &mut child).await;
     let mut tokens = HashMap::new();
     for user in &users {
         tokens.insert(user.clone(), login(&client, &login_base, user).await);
@@ -165,7 +131,7 @@ async fn kill_9_and_sigterm_lose_and_duplicate_nothing(backend: Backend) {
 
     // Run 2: start again, load, then SIGTERM under load: it must drain and exit 0.
     let mut child = start(&test, 2);
-    wait_ready(&client, &order_base, &mut child).await;
+    wait_ready(&order_base, &mut child).await;
     stop.store(false, std::sync::atomic::Ordering::SeqCst);
     let load = spawn_load(
         client.clone(),
@@ -192,7 +158,7 @@ async fn kill_9_and_sigterm_lose_and_duplicate_nothing(backend: Backend) {
 
     // Run 3: let it finish whatever is still in the topics, then check every shard.
     let mut child = start(&test, 3);
-    wait_ready(&client, &order_base, &mut child).await;
+    wait_ready(&order_base, &mut child).await;
     let accepted: Vec<String> = accepted.lock().unwrap().clone();
     let expected: std::collections::HashSet<&String> = accepted.iter().collect();
     assert_eq!(

@@ -427,3 +427,74 @@ where
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Unpadded base64url of `bytes`, so tests can forge tokens by hand.
+pub fn base64url(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..=chunk.len() {
+            out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+/// A TCP port free on 127.0.0.1 right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts `sluice run --topology <topology>` as a user would, stderr into `log`.
+pub fn start_sluice(
+    topology: &std::path::Path,
+    log: &std::path::Path,
+    env: &[(&str, &str)],
+) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["run", "--topology"])
+        .arg(topology)
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .expect("start sluice")
+}
+
+/// Waits until the process serving `base` is ready; fails if it exits first.
+pub async fn wait_ready(base: &str, child: &mut std::process::Child) {
+    let client = reqwest::Client::new();
+    for _ in 0..300 {
+        if client
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "sluice exited during start-up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("sluice did not become ready");
+}
+
+/// Sends SIGTERM and waits for the exit status.
+pub fn terminate(mut child: std::process::Child) -> std::process::ExitStatus {
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    child.wait().unwrap()
+}

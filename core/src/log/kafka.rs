@@ -18,6 +18,7 @@ use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
+use super::blocking;
 use super::{
     Assignment, Delivery, Log, LogConsumer, LogError, OutRecord, Position, Record, StartFrom,
 };
@@ -79,14 +80,6 @@ impl KafkaLog {
     fn admin(&self) -> Result<AdminClient<DefaultClientContext>, LogError> {
         self.base.create().map_err(backend)
     }
-}
-
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, LogError> + Send + 'static,
-) -> Result<T, LogError> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| LogError::Backend(format!("worker thread failed: {e}")))?
 }
 
 #[async_trait]

@@ -261,6 +261,16 @@ pub async fn assign_all(
     Ok(assignments)
 }
 
+/// Runs blocking backend work (librdkafka metadata calls, redb transactions) off the async
+/// threads.
+pub(crate) async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, LogError> + Send + 'static,
+) -> Result<T, LogError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| LogError::Backend(format!("worker thread failed: {e}")))?
+}
+
 /// A stored position moved into `[low, high]`. Below `low`, retention deleted records the
 /// consumer never read: that is reported as an error and counted, never silently skipped.
 pub(crate) fn clamp_position(topic: &str, partition: i32, stored: i64, low: i64, high: i64) -> i64 {

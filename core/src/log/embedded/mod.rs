@@ -31,6 +31,7 @@ use tokio::sync::{oneshot, watch};
 pub use codec::StoredRecord;
 pub use partitioner::{murmur2, partition_for};
 
+use super::blocking;
 use super::{
     Assignment, Delivery, Log, LogConsumer, LogError, OutRecord, Position, Record, StartFrom,
 };
@@ -186,14 +187,6 @@ impl Drop for EmbeddedLog {
             let _ = writer.join();
         }
     }
-}
-
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, LogError> + Send + 'static,
-) -> Result<T, LogError> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| LogError::Backend(format!("worker thread failed: {e}")))?
 }
 
 fn now_ms() -> i64 {
