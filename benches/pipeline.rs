@@ -363,8 +363,9 @@ async fn bench_end_to_end(backend: Backend, orders: usize) -> String {
 }
 
 fn main() {
-    if std::env::args().any(|a| a == "--list" || a == "--test") {
-        return; // `cargo test --all-targets` runs benches in test mode: nothing to do.
+    // `cargo bench` passes --bench; `cargo test --all-targets` runs this binary without it.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
     }
     let orders = size("SLUICE_BENCH_ORDERS", 20_000);
     let rows = size("SLUICE_BENCH_ROWS", 200_000);

@@ -41,9 +41,12 @@ impl IdempotencyKeys {
     /// Remembers up to `capacity` keys, each for `ttl`.
     pub fn new(capacity: u64, ttl: Duration) -> Self {
         IdempotencyKeys {
+            // Least-recently-used eviction: a new key is always admitted (the default admission
+            // policy may refuse one when the cache is full, silently dropping the guarantee).
             keys: Cache::builder()
                 .max_capacity(capacity)
                 .time_to_live(ttl)
+                .eviction_policy(moka::policy::EvictionPolicy::lru())
                 .build(),
         }
     }

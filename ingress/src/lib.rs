@@ -75,8 +75,19 @@ impl Reloader {
             ),
             None => None,
         };
-        self.state.tokens.reload(auth.as_ref())?;
+        // Everything is loaded and checked before anything is swapped.
         let users = Users::load(&self.state.users_path)?;
+        if self.state.config.mode == sluice_core::topology::Mode::Production {
+            let mut config = self.state.config.clone();
+            if let Some(auth) = &auth {
+                config.auth = auth.clone();
+            }
+            let weaknesses = security::weaknesses(&config, &users);
+            if !weaknesses.is_empty() {
+                return Err(IngressError::Insecure(weaknesses));
+            }
+        }
+        self.state.tokens.reload(auth.as_ref())?;
         let count = users.len();
         if let Ok(mut current) = self.state.users.write() {
             *current = Arc::new(users);
@@ -115,16 +126,21 @@ impl State {
     /// token. A JWT has three dot-separated parts; a biscuit has none.
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, ApiError> {
         let token = TokenAuthority::bearer(headers)?;
-        match &self.capabilities {
+        let principal = match &self.capabilities {
             Some(capabilities) if !token.contains('.') => {
                 let user = capabilities.token_user(token).map_err(ApiError::from)?;
-                Ok(Principal::Capability {
+                Principal::Capability {
                     user,
                     token: token.to_string(),
-                })
+                }
             }
-            _ => self.tokens.verify(token).map(Principal::Jwt),
+            _ => Principal::Jwt(self.tokens.verify(token)?),
+        };
+        // Removing a user (and reloading) revokes their tokens at once.
+        if !self.users().contains(principal.user()) {
+            return Err(ApiError::unauthorized("the token's user is not known"));
         }
+        Ok(principal)
     }
 
     /// The current users.
@@ -298,6 +314,7 @@ impl Ingress {
         }
         let config = &self.state.config;
         let limits = server::ConnectionLimits {
+            max_connections: config.max_connections,
             header_read_timeout: std::time::Duration::from_millis(config.header_read_timeout_ms),
             max_header_bytes: config.max_header_bytes,
         };

@@ -32,6 +32,8 @@ pub fn client_addr() -> impl Filter<Extract = (Option<SocketAddr>,), Error = Inf
 /// Limits applied to every connection.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectionLimits {
+    /// Most connections open at once; further clients wait in the accept queue.
+    pub max_connections: usize,
     /// Time allowed for a request's headers to arrive.
     pub header_read_timeout: Duration,
     /// Largest total size of a request's headers, in bytes (at least 8192).
@@ -52,17 +54,25 @@ pub async fn serve<S>(
         + 'static,
     S::Future: Send + 'static,
 {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // HTTP/1.1 only: its header timer also runs while a connection waits for its first
+    // request, so idle connections cannot pile up.
+    let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.max_header_bytes.max(8192));
-    builder
-        .http2()
-        .max_header_list_size(limits.max_header_bytes.max(8192) as u32);
     let graceful = GracefulShutdown::new();
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
     loop {
+        let permit = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+        };
         let (stream, client) = tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
@@ -89,6 +99,7 @@ pub async fn serve<S>(
             if let Err(error) = connection.await {
                 tracing::debug!(%client, %error, "connection ended with an error");
             }
+            drop(permit);
         });
     }
     drop(listener);

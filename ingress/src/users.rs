@@ -112,6 +112,11 @@ impl Users {
         Self::from_entries(file.users, path)
     }
 
+    /// Whether `name` is a user.
+    pub fn contains(&self, name: &str) -> bool {
+        self.hashes.contains_key(name)
+    }
+
     /// The user names, sorted.
     pub fn names(&self) -> Vec<&str> {
         let mut names: Vec<&str> = self.hashes.keys().map(String::as_str).collect();
@@ -278,6 +283,24 @@ mod tests {
         assert!(!remove_user(&path, "alice").unwrap());
         assert_eq!(list_users(&path).unwrap(), vec!["bob".to_string()]);
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn unknown_users_cost_one_verification_with_the_same_parameters() {
+        let users = Users::from_entries(
+            vec![UserEntry {
+                name: "alice".into(),
+                password_hash: hash_password("wonderland").unwrap(),
+            }],
+            Path::new("users.toml"),
+        )
+        .unwrap();
+        let params = |hash: &str| PasswordHash::new(hash).unwrap().params.to_string();
+        assert_eq!(
+            params(&users.decoy),
+            params(&users.hashes["alice"]),
+            "the decoy must cost what a real check costs"
+        );
     }
 
     #[test]

@@ -64,15 +64,27 @@ pub fn load(path: &Path) -> Result<Topology, TopologyError> {
 
 /// Like [`load`], for topology text already in memory; `path` only names it in errors.
 pub fn parse(text: &str, path: &Path, base_dir: PathBuf) -> Result<Topology, TopologyError> {
-    let text = interpolate(text, |name| std::env::var(name).ok()).map_err(|names| {
-        TopologyError::MissingVariables {
-            path: path.to_path_buf(),
-            names,
+    let substituted = std::cell::RefCell::new(Vec::new());
+    let text = interpolate(text, |name| {
+        let value = std::env::var(name).ok();
+        if let Some(value) = &value {
+            substituted.borrow_mut().push(value.clone());
         }
+        value
+    })
+    .map_err(|names| TopologyError::MissingVariables {
+        path: path.to_path_buf(),
+        names,
     })?;
     let mut topology: Topology = toml::from_str(&text).map_err(|error| TopologyError::Parse {
         path: path.to_path_buf(),
-        message: error.to_string(),
+        // The parser quotes the failing line, which may hold a value from the environment
+        // (a secret): those values are masked.
+        message: substituted
+            .borrow()
+            .iter()
+            .filter(|v| v.len() >= 4)
+            .fold(error.to_string(), |m, v| m.replace(v.as_str(), "***")),
     })?;
     topology.base_dir = base_dir;
     topology.source = path.to_path_buf();

@@ -125,6 +125,9 @@ pub struct IngressConfig {
     /// How long an `Idempotency-Key` is remembered, in seconds.
     #[serde(default = "defaults::idempotency_ttl_secs")]
     pub idempotency_ttl_secs: u64,
+    /// Most client connections open at once per listener; more wait in the accept queue.
+    #[serde(default = "defaults::max_connections")]
+    pub max_connections: usize,
     /// How long a request's headers may take to arrive before the connection is closed (this
     /// also closes keep-alive connections idle that long).
     #[serde(default = "defaults::header_read_timeout_ms")]
@@ -510,6 +513,9 @@ mod defaults {
     }
     pub fn idempotency_ttl_secs() -> u64 {
         86_400
+    }
+    pub fn max_connections() -> usize {
+        10_000
     }
     pub fn header_read_timeout_ms() -> u64 {
         30_000

@@ -124,6 +124,16 @@ async fn append(state: &State, order: &RawOrder) -> Result<serde_json::Value, Ap
 /// pending (recent and not yet anywhere), or 404.
 pub async fn status(state: &State, headers: &HeaderMap, id: &str) -> Result<Response, ApiError> {
     let principal = state.authenticate(headers)?;
+    if matches!(principal, Principal::Capability { .. }) {
+        // Capability tokens grant placing orders under their checks, nothing more.
+        return Err(ApiError::forbidden(
+            "capability tokens can only place orders; read orders with a token from POST /login",
+        ));
+    }
+    state
+        .limits
+        .orders_per_principal
+        .check(&principal.user().to_string())?;
     let order_id = Uuid::parse_str(id).map_err(|_| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
