@@ -149,15 +149,7 @@ async fn bench_ingress(backend: Backend, orders: usize) -> (String, String) {
     let users = bench_users();
     let refs: Vec<&str> = users.iter().map(String::as_str).collect();
     let test = test_topology_on(backend, "bingress", &refs, |t| t);
-    let pipeline = RunningPipeline::start(
-        &test,
-        Parts {
-            ingress: true,
-            processors: false,
-            sinks: false,
-        },
-    )
-    .await;
+    let pipeline = RunningPipeline::start(&test, Parts::INGRESS).await;
     let tokens = tokens(&pipeline.base_login, &users).await;
     post_orders(&pipeline.base_order, &tokens, 500, 64).await; // warm-up
     let started = Instant::now();

@@ -219,18 +219,14 @@ fn report<E: std::fmt::Display>(result: Result<String, E>) -> ExitCode {
 }
 
 fn mint_token(path: &std::path::Path, user: &str, ttl_secs: Option<u64>) -> ExitCode {
-    let topology = match topology::load(path) {
-        Ok(topology) => topology,
-        Err(error) => {
-            eprintln!("{error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let auth = &topology.ingress.auth;
     report(
-        sluice_ingress::auth::TokenAuthority::from_config(auth, &topology.base_dir)
+        topology::load(path)
             .map_err(|e| e.to_string())
-            .and_then(|tokens| {
+            .and_then(|topology| {
+                let auth = &topology.ingress.auth;
+                let tokens =
+                    sluice_ingress::auth::TokenAuthority::from_config(auth, &topology.base_dir)
+                        .map_err(|e| e.to_string())?;
                 tokens
                     .issue_for(user, ttl_secs.unwrap_or(auth.token_ttl_secs))
                     .map(|token| format!("{token}\n"))
@@ -240,40 +236,39 @@ fn mint_token(path: &std::path::Path, user: &str, ttl_secs: Option<u64>) -> Exit
 }
 
 fn check(path: &std::path::Path) -> ExitCode {
-    match topology::load(path) {
-        Ok(topology) => {
-            out(&format!(
-                "{}: ok ({} topics, {} stages, {} shards over {} buckets)\n",
-                path.display(),
-                topology.topics.len(),
-                topology.stages.len(),
-                topology.shards.len(),
-                topology.sharding.buckets
-            ));
-            ExitCode::SUCCESS
-        }
-        Err(error) => {
-            eprintln!("{error}");
-            ExitCode::FAILURE
-        }
-    }
+    report(topology::load(path).map(|topology| {
+        format!(
+            "{}: ok ({} topics, {} stages, {} shards over {} buckets)\n",
+            path.display(),
+            topology.topics.len(),
+            topology.stages.len(),
+            topology.shards.len(),
+            topology.sharding.buckets
+        )
+    }))
 }
 
 fn graph(path: &std::path::Path, format: Format) -> ExitCode {
-    match topology::load(path) {
-        Ok(topology) => {
-            let format = match format {
-                Format::Mermaid => GraphFormat::Mermaid,
-                Format::Dot => GraphFormat::Dot,
-            };
-            out(&topology::render(&topology, format));
-            ExitCode::SUCCESS
-        }
-        Err(error) => {
-            eprintln!("{error}");
-            ExitCode::FAILURE
-        }
-    }
+    let format = match format {
+        Format::Mermaid => GraphFormat::Mermaid,
+        Format::Dot => GraphFormat::Dot,
+    };
+    report(topology::load(path).map(|topology| topology::render(&topology, format)))
+}
+
+/// Loads the topology and starts the async runtime for `run` and `replay`, or prints why not.
+fn prepare(
+    path: &std::path::Path,
+) -> Result<(topology::Topology, tokio::runtime::Runtime), ExitCode> {
+    sluice_core::telemetry::init_logging();
+    let fail = |message: String| {
+        eprintln!("{message}");
+        ExitCode::FAILURE
+    };
+    let topology = topology::load(path).map_err(|e| fail(e.to_string()))?;
+    let runtime = tokio::runtime::Runtime::new()
+        .map_err(|e| fail(format!("cannot start the async runtime: {e}")))?;
+    Ok((topology, runtime))
 }
 
 fn add_user(name: &str, file: &std::path::Path) -> ExitCode {
@@ -287,33 +282,16 @@ fn add_user(name: &str, file: &std::path::Path) -> ExitCode {
         eprintln!("no password given on standard input");
         return ExitCode::FAILURE;
     }
-    match sluice_ingress::users::upsert_user(file, name, password.trim_end_matches(['\r', '\n'])) {
-        Ok(()) => {
-            out(&format!("user {name} saved in {}\n", file.display()));
-            ExitCode::SUCCESS
-        }
-        Err(error) => {
-            eprintln!("{error}");
-            ExitCode::FAILURE
-        }
-    }
+    report(
+        sluice_ingress::users::upsert_user(file, name, password.trim_end_matches(['\r', '\n']))
+            .map(|()| format!("user {name} saved in {}\n", file.display())),
+    )
 }
 
 fn replay(path: &std::path::Path, spec: sluice::replay::ReplaySpec) -> ExitCode {
-    sluice_core::telemetry::init_logging();
-    let topology = match topology::load(path) {
-        Ok(topology) => topology,
-        Err(error) => {
-            eprintln!("{error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("cannot start the async runtime: {error}");
-            return ExitCode::FAILURE;
-        }
+    let (topology, runtime) = match prepare(path) {
+        Ok(prepared) => prepared,
+        Err(code) => return code,
     };
     let label = match &spec.target {
         sluice::replay::Target::Stage(name) => format!("replay {} -> stage {name}", spec.name),
@@ -351,14 +329,9 @@ fn replay(path: &std::path::Path, spec: sluice::replay::ReplaySpec) -> ExitCode 
 }
 
 fn run(path: &std::path::Path, only: &[Part]) -> ExitCode {
-    sluice_core::telemetry::init_logging();
-    sluice_core::telemetry::metrics_handle();
-    let topology = match topology::load(path) {
-        Ok(topology) => topology,
-        Err(error) => {
-            eprintln!("{error}");
-            return ExitCode::FAILURE;
-        }
+    let (topology, runtime) = match prepare(path) {
+        Ok(prepared) => prepared,
+        Err(code) => return code,
     };
     let parts = if only.is_empty() {
         Parts::ALL
@@ -367,13 +340,6 @@ fn run(path: &std::path::Path, only: &[Part]) -> ExitCode {
             ingress: only.iter().any(|p| matches!(p, Part::Ingress)),
             processors: only.iter().any(|p| matches!(p, Part::Processors)),
             sinks: only.iter().any(|p| matches!(p, Part::Sinks)),
-        }
-    };
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("cannot start the async runtime: {error}");
-            return ExitCode::FAILURE;
         }
     };
     let result = runtime.block_on(async {

@@ -30,6 +30,12 @@ impl Parts {
         processors: true,
         sinks: true,
     };
+    /// The ingress alone.
+    pub const INGRESS: Parts = Parts {
+        ingress: true,
+        processors: false,
+        sinks: false,
+    };
 }
 
 /// Listeners bound by the caller (tests bind port 0); `None` binds the topology's addresses.

@@ -310,15 +310,7 @@ async fn login_brute_force_is_limited_per_user_name_and_failures_look_alike() {
             "logins_per_user = { per_minute = 10, burst = 12 }",
         )
     });
-    let pipeline = RunningPipeline::start(
-        &test,
-        Parts {
-            ingress: true,
-            processors: false,
-            sinks: false,
-        },
-    )
-    .await;
+    let pipeline = RunningPipeline::start(&test, Parts::INGRESS).await;
     let client = reqwest::Client::new();
     let attempt = |user: &str, password: &str| {
         client
@@ -391,15 +383,7 @@ async fn oversized_headers_slow_headers_and_deep_json_are_refused() {
             "ack_timeout_ms = 5000\nheader_read_timeout_ms = 1000\nmax_header_bytes = 8192",
         )
     });
-    let pipeline = RunningPipeline::start(
-        &test,
-        Parts {
-            ingress: true,
-            processors: false,
-            sinks: false,
-        },
-    )
-    .await;
+    let pipeline = RunningPipeline::start(&test, Parts::INGRESS).await;
     let client = reqwest::Client::new();
     let token = login(&client, &pipeline.base_login, "alice").await;
     let url = format!("{}/order", pipeline.base_order);
@@ -629,15 +613,7 @@ async fn biscuit_capabilities_are_enforced_inside_and_outside_their_checks() {
         ),
     );
     std::fs::write(&test.path, text).unwrap();
-    let pipeline = RunningPipeline::start(
-        &test,
-        Parts {
-            ingress: true,
-            processors: false,
-            sinks: false,
-        },
-    )
-    .await;
+    let pipeline = RunningPipeline::start(&test, Parts::INGRESS).await;
     let client = reqwest::Client::new();
     let url = format!("{}/order", pipeline.base_order);
     let post =

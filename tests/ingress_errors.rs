@@ -374,15 +374,7 @@ async fn rate_limits_answer_429_with_retry_after() {
             "logins_per_address = { per_second = 1, burst = 2 }",
         )
     });
-    let pipeline = RunningPipeline::start(
-        &test,
-        Parts {
-            ingress: true,
-            processors: false,
-            sinks: false,
-        },
-    )
-    .await;
+    let pipeline = RunningPipeline::start(&test, Parts::INGRESS).await;
     let client = reqwest::Client::new();
     let token = login(&client, &pipeline.base_login, "alice").await;
     let mut statuses = Vec::new();
@@ -502,15 +494,7 @@ async fn unreachable_broker_means_503_never_2xx() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotency_key_returns_the_same_order_and_produces_it_once() {
     let test = test_topology("idem", &["alice"], |t| t);
-    let pipeline = RunningPipeline::start(
-        &test,
-        Parts {
-            ingress: true,
-            processors: false,
-            sinks: false,
-        },
-    )
-    .await;
+    let pipeline = RunningPipeline::start(&test, Parts::INGRESS).await;
     let client = reqwest::Client::new();
     let token = login(&client, &pipeline.base_login, "alice").await;
     let url = format!("{}/order", pipeline.base_order);
@@ -580,15 +564,7 @@ async fn a_stalled_body_gets_408_and_shutdown_does_not_wait_for_it_forever() {
             "ack_timeout_ms = 5000\nbody_timeout_ms = 500\ndrain_timeout_ms = 1000",
         )
     });
-    let pipeline = RunningPipeline::start(
-        &test,
-        Parts {
-            ingress: true,
-            processors: false,
-            sinks: false,
-        },
-    )
-    .await;
+    let pipeline = RunningPipeline::start(&test, Parts::INGRESS).await;
     let client = reqwest::Client::new();
     let token = login(&client, &pipeline.base_login, "alice").await;
     let address = pipeline

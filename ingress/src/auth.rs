@@ -89,11 +89,7 @@ fn algorithm(a: JwtAlgorithm) -> Algorithm {
 
 fn load_ring(config: &AuthConfig, base_dir: &Path) -> Result<KeyRing, AuthError> {
     let read = |kid: &str, path: &Path| {
-        let path = if path.is_absolute() {
-            path.to_path_buf()
-        } else {
-            base_dir.join(path)
-        };
+        let path = sluice_core::topology::resolve_relative(base_dir, path);
         std::fs::read(&path).map_err(|source| AuthError::KeyFile {
             kid: kid.to_string(),
             path,

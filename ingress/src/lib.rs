@@ -152,14 +152,6 @@ impl State {
     }
 }
 
-fn resolve(base_dir: &std::path::Path, path: &std::path::Path) -> std::path::PathBuf {
-    if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        base_dir.join(path)
-    }
-}
-
 /// Shared state of the request handlers.
 pub struct State {
     /// The `[ingress]` settings.
@@ -221,7 +213,7 @@ impl Ingress {
         log: Arc<dyn Log>,
         lookup: Arc<dyn OrderLookup>,
     ) -> Result<Self, IngressError> {
-        let users_path = resolve(base_dir, &config.auth.users_file);
+        let users_path = sluice_core::topology::resolve_relative(base_dir, &config.auth.users_file);
         let users = Users::load(&users_path)?;
         if users.is_empty() {
             tracing::warn!(file = %users_path.display(), "the users file has no users; add one with `sluice users add <name>`");
@@ -244,8 +236,10 @@ impl Ingress {
         let tokens = TokenAuthority::from_config(&config.auth, base_dir)?;
         let capabilities = match &config.auth.biscuit_public_key_file {
             Some(path) => Some(
-                capability::CapabilityAuthority::from_public_key_file(resolve(base_dir, path))
-                    .map_err(|e| IngressError::Capability(e.to_string()))?,
+                capability::CapabilityAuthority::from_public_key_file(
+                    sluice_core::topology::resolve_relative(base_dir, path),
+                )
+                .map_err(|e| IngressError::Capability(e.to_string()))?,
             ),
             None => None,
         };

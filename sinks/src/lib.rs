@@ -28,12 +28,7 @@ pub fn open_shard(
     base_dir: &Path,
 ) -> Result<Arc<dyn ShardWriter>, SinkError> {
     if let Some(path) = url.strip_prefix("sqlite://") {
-        let path = Path::new(path);
-        let path = if path.is_absolute() {
-            path.to_path_buf()
-        } else {
-            base_dir.join(path)
-        };
+        let path = sluice_core::topology::resolve_relative(base_dir, Path::new(path));
         Ok(Arc::new(sqlite::SqliteShard::new(name, &path)))
     } else if url.starts_with("mysql://") {
         Ok(Arc::new(mysql::MysqlShard::new(name, url)?))

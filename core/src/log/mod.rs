@@ -212,11 +212,7 @@ pub fn open(config: &LogConfig, base_dir: &Path) -> Result<std::sync::Arc<dyn Lo
     match config.backend {
         LogBackend::Kafka => Ok(std::sync::Arc::new(KafkaLog::new(config)?)),
         LogBackend::Embedded => {
-            let path = if config.path.is_absolute() {
-                config.path.clone()
-            } else {
-                base_dir.join(&config.path)
-            };
+            let path = crate::topology::resolve_relative(base_dir, &config.path);
             let retention = embedded::Retention {
                 max_age: config
                     .retention_hours

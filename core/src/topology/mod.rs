@@ -52,6 +52,16 @@ pub enum TopologyError {
     },
 }
 
+/// `path` as written in a topology: absolute as is, relative to `base_dir` (the topology
+/// file's folder) otherwise.
+pub fn resolve_relative(base_dir: &Path, path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        base_dir.join(path)
+    }
+}
+
 /// Reads, substitutes, parses and validates the topology at `path`.
 pub fn load(path: &Path) -> Result<Topology, TopologyError> {
     let text = std::fs::read_to_string(path).map_err(|source| TopologyError::Read {

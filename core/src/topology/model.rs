@@ -451,11 +451,7 @@ impl Topology {
 
     /// Resolves a path from the topology against the topology's folder.
     pub fn resolve_path(&self, path: &std::path::Path) -> PathBuf {
-        if path.is_absolute() {
-            path.to_path_buf()
-        } else {
-            self.base_dir.join(path)
-        }
+        super::resolve_relative(&self.base_dir, path)
     }
 }
 
