@@ -10,7 +10,7 @@
 //! Sizes can be changed with SLUICE_BENCH_ORDERS, SLUICE_BENCH_ROWS and SLUICE_BENCH_RECORDS.
 #![allow(clippy::print_stdout)] // a benchmark prints its figures
 
-#[path = "../tests/common/mod.rs"]
+#[path = "../tests/integration/common/mod.rs"]
 mod common;
 
 use std::sync::Arc;

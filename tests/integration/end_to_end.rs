@@ -2,12 +2,10 @@
 //! every order that got a 2xx is stored exactly once, in the shard its bucket maps to, with
 //! the enriched fields right; rejected orders are reported with their reason.
 
-mod common;
-
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use futures::StreamExt;
 use sluice::pipeline::Parts;
 use sluice_core::sharding::bucket_of;

@@ -14,7 +14,7 @@ use sluice_core::shutdown::Shutdown;
 use sluice_core::topology::{self, Topology};
 use tokio::net::TcpListener;
 
-pub const SHIPPED: &str = include_str!("../../topology.toml");
+pub const SHIPPED: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/topology.toml"));
 pub const PASSWORD: &str = "correct horse battery staple";
 
 /// Addresses of the test infrastructure.

@@ -2,14 +2,12 @@
 //! then SIGTERM it while orders are in flight: every order that got a 2xx is stored exactly once,
 //! and the graceful stop exits 0.
 
-mod common;
-
 use std::collections::HashMap;
 use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 fn start(test: &TestTopology, run: usize) -> Child {
     let log = test.dir.path().join(format!("sluice-{run}.log"));

@@ -2,13 +2,11 @@
 //! or from the enriched topic; bounds by offset and by time; a stage replay that is interrupted
 //! resumes where it stopped, and never duplicates a row.
 
-mod common;
-
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use futures::StreamExt;
 use sluice::pipeline::Parts;
 use sluice::replay::{replay, Bound, ReplaySpec, Target};

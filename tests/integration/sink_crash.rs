@@ -1,12 +1,10 @@
 //! A sink worker killed in the middle of a stream and restarted loses and duplicates nothing:
 //! rows and positions commit together, and the restart resumes exactly where the shard says.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use mysql_async::prelude::Queryable;
 use sluice_core::log::{self, OutRecord, StartFrom};
 use sluice_core::order::EnrichedOrder;

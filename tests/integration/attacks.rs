@@ -3,14 +3,12 @@
 //! requests; weak production settings; secrets in logs. Every refused request must produce
 //! nothing in the log.
 
-mod common;
-
 use std::io::Write as _;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use sluice::pipeline::Parts;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

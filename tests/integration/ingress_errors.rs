@@ -1,11 +1,9 @@
 //! Every bad input gets its status and JSON error, and produces nothing in the orders topic.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use sluice::pipeline::Parts;
 use sluice_core::log::{self, Log};
 use sluice_core::lookup::{LookupError, OrderLookup, OrderStatus};

@@ -1,0 +1,16 @@
+//! Sluice's integration tests: the `sluice` binary and its libraries against a real broker,
+//! real MariaDB shards and real HTTP clients (and the same tests on the embedded log with
+//! SQLite shards).
+//!
+//! All suites live in this one test binary so the workspace links it once instead of once per
+//! file; run a single suite with `cargo test --test integration end_to_end::`.
+
+mod common;
+
+mod attacks;
+mod capability;
+mod end_to_end;
+mod ingress_errors;
+mod process_kill;
+mod replay;
+mod sink_crash;
