@@ -232,12 +232,23 @@ async fn forged_confused_and_retired_tokens_fail_and_keys_rotate_without_restart
         .unwrap();
     let minted = sluice(&["token", "--user", "alice"], &test.path, &[]);
     let ed2_token = String::from_utf8(minted.stdout).unwrap().trim().to_string();
+    // Probed with a read, so that no order is placed while the reload lands.
+    let probe = format!("{base}/order/01a2136e-1011-7166-b62d-77bb390cf211");
+    let status_with = |token: &str| {
+        let request = client.get(&probe).bearer_auth(token);
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
     eventually(
         Duration::from_secs(10),
         "the reload to retire hs-old",
-        || async { order(&client, &base, &hs_token).await.0 == 401 },
+        || async { status_with(&hs_token).await == 401 },
     )
     .await;
+    assert_eq!(
+        order(&client, &base, &hs_token).await,
+        (401, "unauthorized".to_string()),
+        "the retired key must be refused for orders too"
+    );
     assert_eq!(
         order(&client, &base, &ed2_token).await.0,
         202,
@@ -263,21 +274,10 @@ async fn forged_confused_and_retired_tokens_fail_and_keys_rotate_without_restart
         .args(["-HUP", &pid.to_string()])
         .status()
         .unwrap();
-    // (Probed with a read, so that no order is placed while the reload lands.)
-    let probe = format!("{base}/order/01a2136e-1011-7166-b62d-77bb390cf211");
     eventually(
         Duration::from_secs(10),
         "alice's tokens to be revoked",
-        || async {
-            client
-                .get(&probe)
-                .bearer_auth(&ed2_token)
-                .send()
-                .await
-                .unwrap()
-                .status()
-                == 401
-        },
+        || async { status_with(&ed2_token).await == 401 },
     )
     .await;
     assert_eq!(
