@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use mysql_async::prelude::Queryable;
+
 use sluice_core::log::Position;
 use sluice_core::lookup::OrderStatus;
 use sluice_core::order::EnrichedOrder;
@@ -217,6 +219,13 @@ async fn mysql_backend_conforms() {
     let id = Uuid::now_v7().simple().to_string();
     let url = format!("{server}/t_conf_{}", &id[id.len() - 10..]);
     conformance(Arc::new(MysqlShard::new("s0", &url).unwrap())).await;
+    // Passed: remove the test database so repeated runs do not fill the shard's disk.
+    let mut conn = mysql_async::Conn::from_url(server).await.unwrap();
+    let database = url.rsplit('/').next().unwrap();
+    conn.query_drop(format!("DROP DATABASE `{database}`"))
+        .await
+        .unwrap();
+    conn.disconnect().await.unwrap();
 }
 
 #[tokio::test]

@@ -8,6 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
+use rdkafka::admin::{AdminClient, AdminOptions};
+use rdkafka::client::DefaultClientContext;
 use sluice::pipeline::{self, Listeners, Parts};
 use sluice_core::log::Log;
 use sluice_core::shutdown::Shutdown;
@@ -74,6 +76,64 @@ impl TestTopology {
     /// The database URL of shard `index`.
     pub fn shard_url(&self, index: usize) -> String {
         self.topology().shards[index].url.clone()
+    }
+}
+
+impl Drop for TestTopology {
+    /// Removes what the test created on the shared servers (its shard databases and its
+    /// topics), so repeated `make test` runs do not fill the disk. A failed test keeps them
+    /// for inspection.
+    fn drop(&mut self) {
+        if self.backend != Backend::Services || std::thread::panicking() {
+            return;
+        }
+        let Ok(topology) = topology::load(&self.path) else {
+            return;
+        };
+        // Drop may run inside a test's runtime, which cannot be blocked on: use a thread.
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let removal = remove_from_services(&topology);
+                if tokio::time::timeout(Duration::from_secs(20), removal)
+                    .await
+                    .is_err()
+                {
+                    eprintln!("test clean-up timed out; its databases and topics stay");
+                }
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
+/// Drops a test topology's shard databases and deletes its topics.
+async fn remove_from_services(topology: &Topology) {
+    for shard in &topology.shards {
+        let Ok(opts) = mysql_async::Opts::from_url(&shard.url) else {
+            continue;
+        };
+        let Some(database) = opts.db_name().map(str::to_string) else {
+            continue;
+        };
+        let server = mysql_async::OptsBuilder::from_opts(opts).db_name(None::<String>);
+        if let Ok(mut conn) = mysql_async::Conn::new(server).await {
+            let _ = conn
+                .query_drop(format!("DROP DATABASE IF EXISTS `{database}`"))
+                .await;
+            let _ = conn.disconnect().await;
+        }
+    }
+    let brokers = infra().brokers;
+    let admin: Result<AdminClient<DefaultClientContext>, _> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create();
+    if let Ok(admin) = admin {
+        let topics: Vec<&str> = topology.topics.keys().map(String::as_str).collect();
+        let _ = admin.delete_topics(&topics, &AdminOptions::new()).await;
     }
 }
 
