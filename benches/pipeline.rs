@@ -7,7 +7,8 @@
 //!    500-row multi-row INSERT into the same MariaDB shards;
 //! 4. end to end: orders/s from HTTP to stored rows.
 //!
-//! Sizes can be changed with SLUICE_BENCH_ORDERS, SLUICE_BENCH_ROWS and SLUICE_BENCH_RECORDS.
+//! Sizes can be changed with SLUICE_BENCH_ORDERS, SLUICE_BENCH_ROWS and SLUICE_BENCH_RECORDS;
+//! SLUICE_BENCH_ONLY=log,ingress,sinks,e2e (any subset) runs only those sections.
 #![allow(clippy::print_stdout)] // a benchmark prints its figures
 
 #[path = "../tests/integration/common/mod.rs"]
@@ -34,6 +35,14 @@ fn size(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// Whether SLUICE_BENCH_ONLY (a comma-separated list of sections) asks for `section`; unset
+/// means every section.
+fn wanted(section: &str) -> bool {
+    std::env::var("SLUICE_BENCH_ONLY")
+        .map(|only| only.split(',').any(|s| s.trim() == section))
+        .unwrap_or(true)
 }
 
 /// One line of the result table: a figure per backend (None: not measured there).
@@ -377,14 +386,22 @@ fn main() {
         let mut sinks = [None, None];
         let mut end_to_end = [None, None];
         for (i, backend) in BACKENDS.into_iter().enumerate() {
-            let (a, r) = bench_log(backend, records).await;
-            appended[i] = Some(a);
-            read[i] = Some(r);
-            let (t, l) = bench_ingress(backend, orders).await;
-            ingress[i] = Some(t);
-            latency[i] = Some(l);
-            sinks[i] = Some(bench_sinks(backend, rows).await);
-            end_to_end[i] = Some(bench_end_to_end(backend, orders).await);
+            if wanted("log") {
+                let (a, r) = bench_log(backend, records).await;
+                appended[i] = Some(a);
+                read[i] = Some(r);
+            }
+            if wanted("ingress") {
+                let (t, l) = bench_ingress(backend, orders).await;
+                ingress[i] = Some(t);
+                latency[i] = Some(l);
+            }
+            if wanted("sinks") {
+                sinks[i] = Some(bench_sinks(backend, rows).await);
+            }
+            if wanted("e2e") {
+                end_to_end[i] = Some(bench_end_to_end(backend, orders).await);
+            }
         }
         both(
             format!("log: durable appends, 256 B, 512 in flight ({records})"),
@@ -405,7 +422,13 @@ fn main() {
         );
         both(
             format!("raw 500-row prepared INSERT per transaction ({rows})"),
-            [Some(bench_raw_insert(rows).await), None],
+            [
+                match wanted("sinks") {
+                    true => Some(bench_raw_insert(rows).await),
+                    false => None,
+                },
+                None,
+            ],
         );
         both(
             format!("end to end: HTTP -> validate -> enrich -> route -> rows ({orders})"),

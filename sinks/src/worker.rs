@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use sluice_core::log::{Assignment, Log, Position, Record, StartFrom};
+use sluice_core::log::{Assignment, Log, LogConsumer, Position, Record, StartFrom};
 use sluice_core::order::{
     now_ms, EnrichedOrder, HEADER_DLQ_REASON, HEADER_DLQ_STAGE, HEADER_ORDER_ID,
 };
@@ -143,7 +143,46 @@ pub async fn run_sink_worker(
     consumer.assign(assignments).await.map_err(log_error)?;
     tracing::info!(shard = worker.shard, topics = ?topics, resumed = stored.len(), "sink worker started");
 
-    let mut done = 0u64;
+    // The reader assembles the next batch while the writer commits the current one: with a
+    // queue of one, reading and writing overlap and at most three batches are in memory.
+    let (ready, mut queued) = tokio::sync::mpsc::channel::<ReadBatch>(1);
+    let read = read_batches(consumer.as_mut(), &worker, &map, remaining, &cancel, ready);
+    let write = async {
+        let mut done = 0u64;
+        while let Some(read) = queued.recv().await {
+            write_with_retry(writer.as_ref(), &worker, &read.batch, &cancel).await?;
+            done += read.consumed as u64;
+            if let Some(progress) = &progress {
+                progress(done);
+            }
+        }
+        Ok::<u64, SinkError>(done)
+    };
+    // A failed write ends `write`, which drops the queue's receiver and so stops the reader.
+    let ((), done) = tokio::join!(read, write);
+    let done = done?;
+    tracing::info!(shard = worker.shard, records = done, "sink worker stopped");
+    Ok(done)
+}
+
+/// A batch ready to write, with the number of records it consumed (records of other shards'
+/// users and unreadable records count as consumed: their positions are stored too).
+struct ReadBatch {
+    batch: Batch,
+    consumed: usize,
+}
+
+/// Reads records into batches of at most `max_rows`, closed `max_wait` after their first
+/// record, and queues them for the writer, until `cancel` fires (the batch in hand is still
+/// queued), every `remaining` partition reaches its end, or the writer stops.
+async fn read_batches(
+    consumer: &mut dyn LogConsumer,
+    worker: &SinkWorker,
+    map: &ShardMap,
+    mut remaining: Option<HashMap<(String, i32), i64>>,
+    cancel: &CancellationToken,
+    ready: tokio::sync::mpsc::Sender<ReadBatch>,
+) {
     'run: loop {
         if remaining.as_ref().is_some_and(HashMap::is_empty) {
             break;
@@ -166,6 +205,7 @@ pub async fn run_sink_worker(
                     if consumed == 0 { break 'run; }
                     break;
                 }
+                _ = ready.closed() => break 'run,
                 polled = consumer.poll(worker.max_rows - consumed, wait) => match polled {
                     Ok(records) => records,
                     Err(error) => {
@@ -177,14 +217,7 @@ pub async fn run_sink_worker(
                 },
             };
             if records.is_empty() {
-                if deadline.is_none() {
-                    // Nothing arrived yet: keep waiting for a first record.
-                    if cancel.is_cancelled() {
-                        break 'run;
-                    }
-                    continue;
-                }
-                continue;
+                continue; // nothing yet; the deadline (if a batch has started) ends the wait
             }
             deadline.get_or_insert_with(|| Instant::now() + worker.max_wait);
             for record in &records {
@@ -201,7 +234,7 @@ pub async fn run_sink_worker(
                         None => continue,
                     }
                 }
-                classify(&worker, &map, record, &mut batch);
+                classify(worker, map, record, &mut batch);
                 positions.insert(key, record.offset + 1);
                 consumed += 1;
             }
@@ -209,15 +242,6 @@ pub async fn run_sink_worker(
         if positions.is_empty() {
             continue;
         }
-        batch.positions = positions
-            .iter()
-            .map(|((topic, partition), &next_offset)| Position {
-                topic: topic.clone(),
-                partition: *partition,
-                next_offset,
-            })
-            .collect();
-        write_with_retry(writer.as_ref(), &worker, &batch, &cancel).await?;
         if let Some(ends) = &mut remaining {
             for (key, next) in &positions {
                 if ends.get(key).is_some_and(|end| next >= end) {
@@ -225,13 +249,18 @@ pub async fn run_sink_worker(
                 }
             }
         }
-        done += consumed as u64;
-        if let Some(progress) = &progress {
-            progress(done);
+        batch.positions = positions
+            .into_iter()
+            .map(|((topic, partition), next_offset)| Position {
+                topic,
+                partition,
+                next_offset,
+            })
+            .collect();
+        if ready.send(ReadBatch { batch, consumed }).await.is_err() {
+            break; // the writer failed; it reports why
         }
     }
-    tracing::info!(shard = worker.shard, records = done, "sink worker stopped");
-    Ok(done)
 }
 
 /// Longest time one batch write may take before it counts as failed (and is retried).
