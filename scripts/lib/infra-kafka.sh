@@ -9,6 +9,9 @@ KAFKA_STATE="$SLUICE_INFRA_STATE/kafka"
 KAFKA_DATA="$KAFKA_STATE/data"
 KAFKA_CONFIG="$KAFKA_STATE/server.properties"
 KAFKA_PIDFILE="$KAFKA_STATE/kafka.pid"
+# Holds the pid of the broker once it answered a client; the server log rolls over at 20 MB,
+# so its "Kafka Server started" line cannot tell later runs that the broker is up.
+KAFKA_READY_FILE="$KAFKA_STATE/ready.pid"
 KAFKA_SERVER_LOG="$KAFKA_STATE/server.log"
 KAFKA_STDOUT_LOG="$KAFKA_STATE/stdout.log"
 KAFKA_HEAP_OPTS="${SLUICE_KAFKA_HEAP_OPTS:--Xmx512m -Xms256m}"
@@ -207,7 +210,7 @@ kafka_tool() {
 # kafka_spawn: configure, format and launch the broker in the background (no waiting).
 kafka_spawn() {
   mkdir -p "$KAFKA_STATE"
-  rm -f "$KAFKA_PIDFILE"
+  rm -f "$KAFKA_PIDFILE" "$KAFKA_READY_FILE"
   require_port_free "$KAFKA_PORT" kafka
   require_port_free "$KAFKA_CONTROLLER_PORT" "kafka controller"
   kafka_write_log4j
@@ -230,7 +233,7 @@ kafka_spawn() {
 
 # kafka_wait_ready: wait until the broker serves metadata requests, or fail with its log.
 kafka_wait_ready() {
-  local deadline=$((SECONDS + INFRA_START_TIMEOUT)) pid
+  local deadline=$((SECONDS + INFRA_START_TIMEOUT)) next_probe=$((SECONDS + 5)) pid
   pid=$(tr -dc '0-9' <"$KAFKA_PIDFILE")
   while :; do
     if ! spawned_alive "$KAFKA_PIDFILE"; then
@@ -240,6 +243,14 @@ kafka_wait_ready() {
     fi
     if port_open "$KAFKA_PORT" && grep -q 'Kafka Server started' "$KAFKA_SERVER_LOG" 2>/dev/null; then
       break
+    fi
+    # A broker started long ago may have rolled that line out of its log: ask it directly.
+    if ((SECONDS >= next_probe)) && port_open "$KAFKA_PORT"; then
+      next_probe=$((SECONDS + 5))
+      if kafka_tool org.apache.kafka.tools.TopicCommand --bootstrap-server "$INFRA_HOST:$KAFKA_PORT" \
+        --list >/dev/null 2>&1; then
+        break
+      fi
     fi
     if ((SECONDS >= deadline)); then
       show_log_tail "$KAFKA_SERVER_LOG"
@@ -254,6 +265,7 @@ kafka_wait_ready() {
     show_log_tail "$KAFKA_SERVER_LOG"
     die "Kafka is listening but does not answer a topic listing"
   fi
+  echo "$pid" >"$KAFKA_READY_FILE"
   log "Kafka ready on $INFRA_HOST:$KAFKA_PORT (pid $pid)"
 }
 
@@ -264,7 +276,7 @@ kafka_start() {
   KAFKA_NEEDS_WAIT=0
   kafka_ensure_libs
   if pid=$(kafka_pid); then
-    if port_open "$KAFKA_PORT" && grep -q 'Kafka Server started' "$KAFKA_SERVER_LOG" 2>/dev/null; then
+    if port_open "$KAFKA_PORT" && [[ $(cat "$KAFKA_READY_FILE" 2>/dev/null) == "$pid" ]]; then
       log "Kafka already running (pid $pid) on $INFRA_HOST:$KAFKA_PORT"
       return 0
     fi
@@ -282,7 +294,7 @@ kafka_stop() {
     log "stopping Kafka (pid $pid)"
     stop_pid "$pid" kafka
   fi
-  rm -f "$KAFKA_PIDFILE"
+  rm -f "$KAFKA_PIDFILE" "$KAFKA_READY_FILE"
 }
 
 # kafka_status: print one status line; non-zero when the broker is down.
