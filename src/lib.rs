@@ -7,3 +7,4 @@ pub mod capability_cli;
 pub mod ops;
 pub mod pipeline;
 pub mod replay;
+pub mod replay_socket;

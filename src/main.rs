@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use sluice::pipeline::{self, Parts};
 use sluice_core::shutdown::Shutdown;
-use sluice_core::topology::{self, GraphFormat};
+use sluice_core::topology::{self, GraphFormat, LogBackend};
 
 /// Sluice: HTTP ingress → stream processors → sharded MySQL, over Kafka.
 #[derive(Parser)]
@@ -300,8 +300,23 @@ fn replay(path: &std::path::Path, spec: sluice::replay::ReplaySpec) -> ExitCode 
     let result = runtime.block_on(async {
         let shutdown = Shutdown::new();
         shutdown.listen_for_signals();
-        let log = pipeline::open_log(&topology).map_err(|e| e.to_string())?;
         let progress = sluice::replay::progress_printer(label, std::time::Duration::from_secs(2));
+        if topology.log.backend == LogBackend::Embedded {
+            // A running `sluice run` holds the embedded log: hand it the replay.
+            let log_file = topology.resolve_path(&topology.log.path);
+            if let Some(stream) = sluice::replay_socket::connect(&log_file).await {
+                eprintln!("the pipeline is running: the replay runs inside it");
+                return sluice::replay_socket::request(
+                    stream,
+                    &spec,
+                    Some(progress),
+                    shutdown.token(),
+                )
+                .await
+                .map_err(|e| e.to_string());
+            }
+        }
+        let log = pipeline::open_log(&topology).map_err(|e| e.to_string())?;
         sluice::replay::replay(&topology, log, &spec, shutdown.token(), Some(progress))
             .await
             .map_err(|e| e.to_string())

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use sluice_core::log::{self, Log, LogError, StartFrom};
 use sluice_core::shutdown::Shutdown;
-use sluice_core::topology::Topology;
+use sluice_core::topology::{LogBackend, Topology};
 use sluice_ingress::{Ingress, Reloader};
 use sluice_processors::{build_stages, run_stage, StageRunner};
 use sluice_sinks::{open_shard, run_sink_worker, ShardLookup, ShardWriter, SinkWorker};
@@ -144,6 +144,19 @@ pub async fn run(
         tasks.spawn(async move {
             crate::ops::serve(listener, log, token).await;
             ("ops listener".to_string(), Ok(()))
+        });
+    }
+
+    if topology.log.backend == LogBackend::Embedded {
+        // The log file serves this process only: replays of it come here over a socket.
+        let socket = crate::replay_socket::socket_path(&topology.resolve_path(&topology.log.path));
+        let (topology, log, token) = (topology.clone(), log.clone(), shutdown.token());
+        tasks.spawn(async move {
+            if let Err(error) = crate::replay_socket::serve(socket.clone(), topology, log, token.clone()).await {
+                tracing::warn!(socket = %socket.display(), %error, "no replay socket: `sluice replay` needs this process stopped");
+                token.cancelled().await;
+            }
+            ("replay socket".to_string(), Ok(()))
         });
     }
 

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
 use sluice_core::log::{Assignment, Log, LogError, StartFrom};
 use sluice_core::telemetry;
 use sluice_core::topology::Topology;
@@ -20,7 +21,8 @@ use sluice_sinks::{open_shard, run_sink_worker, SinkWorker};
 use tokio_util::sync::CancellationToken;
 
 /// Where a replay starts or stops.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Bound {
     /// The oldest retained record.
     Beginning,
@@ -31,7 +33,8 @@ pub enum Bound {
 }
 
 /// What receives the replayed records.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Target {
     /// A stage of the topology, by name: its outputs go to its live output topics.
     Stage(String),
@@ -40,7 +43,7 @@ pub enum Target {
 }
 
 /// One replay.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ReplaySpec {
     /// Topic to read; defaults to the stage's input or the shard's topic.
     pub topic: Option<String>,
@@ -69,10 +72,13 @@ pub enum ReplayError {
     /// The shard failed.
     #[error(transparent)]
     Shard(#[from] sluice_sinks::SinkError),
+    /// The running `sluice` process that holds the embedded log refused or failed the replay.
+    #[error("{0}")]
+    Remote(String),
 }
 
 /// How far a replay got.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplayOutcome {
     /// Records delivered to the target in this run.
     pub records: u64,

@@ -250,3 +250,133 @@ async fn replay_restores_shards_and_resumes(backend: Backend) {
     assert_eq!(total_rows(&test).await, valid, "a replay duplicated rows");
     pipeline.stop().await;
 }
+
+/// Runs `sluice replay` with `args` against `test`'s topology, as a user would.
+async fn replay_command(test: &TestTopology, args: &[&str]) -> std::process::Output {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"));
+    command.arg("replay").arg("--topology").arg(&test.path);
+    command.args(args);
+    tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap()
+}
+
+/// The embedded log is held by the running `sluice run`; `sluice replay` hands its replay to
+/// that process over the socket beside the log, and restores an emptied shard exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_command_runs_inside_the_running_embedded_pipeline() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let probe = test_topology_on(Backend::Embedded, "probe", &[], |t| t);
+    let users = users_covering_shards(&probe.text, 1);
+    let refs: Vec<&str> = users.iter().map(String::as_str).collect();
+    let (login_port, order_port) = (free_port(), free_port());
+    let test = test_topology_on(Backend::Embedded, "livereplay", &refs, |t| {
+        t.replacen("127.0.0.1:0", &format!("127.0.0.1:{login_port}"), 1)
+            .replacen("127.0.0.1:0", &format!("127.0.0.1:{order_port}"), 1)
+    });
+    let topology = test.topology();
+    let base_order = format!("http://127.0.0.1:{order_port}");
+    let mut child = start_sluice(
+        &test.path,
+        &test.dir.path().join("sluice.log"),
+        &[("RUST_LOG", "warn")],
+    );
+    wait_ready(&base_order, &mut child).await;
+    let client = reqwest::Client::new();
+    let mut tokens = Vec::new();
+    for user in &users {
+        let token = login(&client, &format!("http://127.0.0.1:{login_port}"), user).await;
+        tokens.push((user.clone(), token));
+    }
+    post_orders(&client, &base_order, &tokens, 200).await;
+    let valid = 200 - 8;
+    eventually(Duration::from_secs(60), "the orders stored", || async {
+        total_rows(&test).await == valid
+    })
+    .await;
+
+    let socket = sluice::replay_socket::socket_path(&topology.resolve_path(&topology.log.path));
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
+    assert_eq!(
+        mode & 0o777,
+        0o600,
+        "the replay socket must be the owner's only"
+    );
+
+    // Empty a shard while the pipeline runs; the replay command restores exactly its rows.
+    let shard = 1;
+    let shard_name = topology.shards[shard].name.clone();
+    let before = order_lines(&test, shard).await;
+    assert!(!before.is_empty());
+    execute(&test, shard, "DELETE FROM orders").await;
+    let output = replay_command(
+        &test,
+        &[
+            "--shard",
+            &shard_name,
+            "--from",
+            "beginning",
+            "--name",
+            "restore",
+        ],
+    )
+    .await;
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert!(stderr.contains("the replay runs inside it"), "{stderr}");
+    assert!(stderr.contains("records/s"), "no progress shown: {stderr}");
+    assert!(
+        stdout.contains(&format!("complete: {} records", before.len())),
+        "{stdout}"
+    );
+    assert_eq!(
+        order_lines(&test, shard).await,
+        before,
+        "the replay did not restore the shard exactly"
+    );
+
+    // A mistake is reported by the running process, which keeps running.
+    let output = replay_command(&test, &["--shard", "nope", "--from", "beginning"]).await;
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no shard named \"nope\""), "{stderr}");
+    assert!(child.try_wait().unwrap().is_none());
+
+    // Interrupted at once (the connection closes), then resumed: between them the two runs
+    // cover the shard's topic exactly once.
+    let spec = ReplaySpec {
+        topic: None,
+        from: Bound::Beginning,
+        to: None,
+        target: Target::Shard(shard_name.clone()),
+        name: "interrupted".into(),
+    };
+    let log_file = topology.resolve_path(&topology.log.path);
+    let interrupt = CancellationToken::new();
+    interrupt.cancel();
+    let stream = sluice::replay_socket::connect(&log_file).await.unwrap();
+    let first = sluice::replay_socket::request(stream, &spec, None, interrupt)
+        .await
+        .unwrap();
+    let stream = sluice::replay_socket::connect(&log_file).await.unwrap();
+    let second = sluice::replay_socket::request(stream, &spec, None, CancellationToken::new())
+        .await
+        .unwrap();
+    assert!(second.complete);
+    assert_eq!(
+        first.records + second.records,
+        before.len() as u64,
+        "the resumed replay re-did or skipped records ({first:?}, {second:?})"
+    );
+    assert_eq!(order_lines(&test, shard).await, before);
+
+    assert!(terminate(child).success());
+    assert!(
+        !socket.exists(),
+        "the replay socket must go with the process"
+    );
+}

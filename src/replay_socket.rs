@@ -1,0 +1,223 @@
+//! Replays handed to the running process, for the embedded log.
+//!
+//! The embedded log is a file that one process holds, so a second `sluice replay` process
+//! cannot open it while `sluice run` is up. Instead the running process listens on a Unix
+//! socket beside the log file (`<log file>.replay.sock`, mode 0600, so only the user who can
+//! read the log can use it) and runs the replays handed to it there, under their own
+//! positions as always. `sluice replay` connects to the socket when it finds one, and prints
+//! the progress streamed back. Closing the connection (Ctrl-C on the command) cancels the
+//! replay, which the same command resumes later.
+//!
+//! The protocol is one JSON [`ReplaySpec`] line from the client, then [`Reply`] lines from the
+//! process: progress, and at last the outcome or the error.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use sluice_core::log::Log;
+use sluice_core::topology::Topology;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::replay::{replay, ProgressFn, ReplayError, ReplayOutcome, ReplaySpec};
+
+/// Longest request line accepted on the socket.
+const MAX_REQUEST_BYTES: u64 = 64 * 1024;
+
+/// The socket of the process that holds the embedded log at `log_file`.
+pub fn socket_path(log_file: &Path) -> PathBuf {
+    let mut name = log_file.as_os_str().to_owned();
+    name.push(".replay.sock");
+    PathBuf::from(name)
+}
+
+/// One line from the running process to the replay command.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reply {
+    /// Records done so far, of the records to do.
+    Progress {
+        /// Records delivered to the target.
+        done: u64,
+        /// Records the replay has to cover.
+        total: u64,
+    },
+    /// The replay ended (complete, or cancelled because the connection closed).
+    Finished(ReplayOutcome),
+    /// The replay could not run.
+    Failed {
+        /// What went wrong, for the user.
+        error: String,
+    },
+}
+
+/// Serves replay requests on `path` for the pipeline running `topology` over `log`, until
+/// `stop`; replays still running then are cancelled (and resume when run again).
+pub async fn serve(
+    path: PathBuf,
+    topology: Topology,
+    log: Arc<dyn Log>,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    // This process holds the log file, so a socket left here belongs to a process that died.
+    match std::fs::remove_file(&path) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(error),
+        _ => {}
+    }
+    let listener = UnixListener::bind(&path)?;
+    restrict_to_owner(&path)?;
+    tracing::info!(socket = %path.display(), "replay socket up");
+    let topology = Arc::new(topology);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let (topology, log, stop) = (topology.clone(), log.clone(), stop.clone());
+                    tokio::spawn(async move {
+                        if let Err(error) = handle(stream, &topology, log, stop).await {
+                            tracing::warn!(%error, "replay connection failed");
+                        }
+                    });
+                }
+                Err(error) => tracing::warn!(%error, "replay socket accept failed"),
+            },
+        }
+    }
+    let _ = std::fs::remove_file(&path);
+    Ok(())
+}
+
+#[cfg(unix)]
+fn restrict_to_owner(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+}
+
+/// Runs the one replay a connection asks for, streaming its progress back.
+async fn handle(
+    stream: UnixStream,
+    topology: &Topology,
+    log: Arc<dyn Log>,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut read = BufReader::new(read.take(MAX_REQUEST_BYTES));
+    let mut request = String::new();
+    read.read_line(&mut request).await?;
+    let spec: ReplaySpec = match serde_json::from_str(&request) {
+        Ok(spec) => spec,
+        Err(error) => {
+            let reply = Reply::Failed {
+                error: format!("not a replay request: {error}"),
+            };
+            return send(&mut write, &reply).await;
+        }
+    };
+    tracing::info!(name = spec.name, target = ?spec.target, "replay requested over the socket");
+    let cancel = stop.child_token();
+    // The client sends nothing more: the end of its stream means it went away.
+    let mut rest = read.into_inner().into_inner();
+    let watch = {
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            let mut sink = [0u8; 64];
+            while matches!(rest.read(&mut sink).await, Ok(n) if n > 0) {}
+            cancel.cancel();
+        })
+    };
+    let (progress_tx, mut progress_rx) = mpsc::unbounded_channel();
+    let progress: ProgressFn = Arc::new(move |done, total| {
+        let _ = progress_tx.send(Reply::Progress { done, total });
+    });
+    let run = replay(topology, log, &spec, cancel.clone(), Some(progress));
+    tokio::pin!(run);
+    let result = loop {
+        tokio::select! {
+            result = &mut run => break result,
+            Some(reply) = progress_rx.recv() => {
+                if send(&mut write, &reply).await.is_err() {
+                    cancel.cancel(); // the client is gone; the replay stops and can resume
+                }
+            }
+        }
+    };
+    while let Ok(reply) = progress_rx.try_recv() {
+        let _ = send(&mut write, &reply).await;
+    }
+    watch.abort();
+    let reply = match result {
+        Ok(outcome) => Reply::Finished(outcome),
+        Err(error) => Reply::Failed {
+            error: error.to_string(),
+        },
+    };
+    send(&mut write, &reply).await
+}
+
+async fn send(write: &mut (impl AsyncWriteExt + Unpin), reply: &Reply) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(reply).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    write.write_all(&line).await
+}
+
+/// Connects to the process holding the embedded log at `log_file`, if one is listening.
+pub async fn connect(log_file: &Path) -> Option<UnixStream> {
+    UnixStream::connect(socket_path(log_file)).await.ok()
+}
+
+/// Hands `spec` to the running process on `stream` and follows it to its end, reporting
+/// progress. When `interrupt` fires, the connection's sending side closes, which cancels the
+/// replay in the process; its outcome (not complete) still comes back.
+pub async fn request(
+    stream: UnixStream,
+    spec: &ReplaySpec,
+    progress: Option<ProgressFn>,
+    interrupt: CancellationToken,
+) -> Result<ReplayOutcome, ReplayError> {
+    let lost = |error: std::io::Error| {
+        ReplayError::Remote(format!(
+            "lost the connection to the running sluice: {error}"
+        ))
+    };
+    let (read, mut write) = stream.into_split();
+    let mut line = serde_json::to_vec(spec).map_err(|e| ReplayError::Remote(e.to_string()))?;
+    line.push(b'\n');
+    write.write_all(&line).await.map_err(lost)?;
+    let mut lines = BufReader::new(read).lines();
+    let mut write = Some(write);
+    loop {
+        let next = tokio::select! {
+            next = lines.next_line() => next.map_err(lost)?,
+            _ = interrupt.cancelled(), if write.is_some() => {
+                if let Some(mut write) = write.take() {
+                    let _ = write.shutdown().await;
+                }
+                continue;
+            }
+        };
+        let Some(next) = next else {
+            return Err(ReplayError::Remote(
+                "the running sluice closed the connection before the replay ended (was it stopped?)"
+                    .into(),
+            ));
+        };
+        match serde_json::from_str::<Reply>(&next) {
+            Ok(Reply::Progress { done, total }) => {
+                if let Some(progress) = &progress {
+                    progress(done, total);
+                }
+            }
+            Ok(Reply::Finished(outcome)) => return Ok(outcome),
+            Ok(Reply::Failed { error }) => return Err(ReplayError::Remote(error)),
+            Err(error) => {
+                return Err(ReplayError::Remote(format!(
+                    "unexpected reply from the running sluice: {error}"
+                )))
+            }
+        }
+    }
+}
