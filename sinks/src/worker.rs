@@ -147,18 +147,20 @@ pub async fn run_sink_worker(
     // queue of one, reading and writing overlap and at most three batches are in memory.
     let (ready, mut queued) = tokio::sync::mpsc::channel::<ReadBatch>(1);
     let read = read_batches(consumer.as_mut(), &worker, &map, remaining, &cancel, ready);
-    let write = async {
+    let (writer, worker_ref, cancel_ref, progress) = (&writer, &worker, &cancel, &progress);
+    // `move`: the queue's receiver belongs to `write`, so a failed write drops it, which
+    // fails the reader's pending send and stops the reader.
+    let write = async move {
         let mut done = 0u64;
         while let Some(read) = queued.recv().await {
-            write_with_retry(writer.as_ref(), &worker, &read.batch, &cancel).await?;
+            write_with_retry(writer.as_ref(), worker_ref, &read.batch, cancel_ref).await?;
             done += read.consumed as u64;
-            if let Some(progress) = &progress {
+            if let Some(progress) = progress {
                 progress(done);
             }
         }
         Ok::<u64, SinkError>(done)
     };
-    // A failed write ends `write`, which drops the queue's receiver and so stops the reader.
     let ((), done) = tokio::join!(read, write);
     let done = done?;
     tracing::info!(shard = worker.shard, records = done, "sink worker stopped");
@@ -295,8 +297,17 @@ async fn write_with_retry(
                         return Err(error);
                     }
                 }
-                tracing::warn!(shard = worker.shard, %error, retry_in = ?backoff, "batch write failed; retrying");
-                tokio::time::sleep(backoff).await;
+                // While draining, retry briefly: a shutdown should not wait on a broken shard.
+                let pause = if cancel.is_cancelled() {
+                    backoff.min(Duration::from_millis(200))
+                } else {
+                    backoff
+                };
+                tracing::warn!(shard = worker.shard, %error, retry_in = ?pause, "batch write failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = cancel.cancelled(), if !cancel.is_cancelled() => {}
+                }
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }

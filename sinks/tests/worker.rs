@@ -1,0 +1,104 @@
+//! The shard worker over a real embedded log and a real SQLite shard: when the shard refuses
+//! every write and the worker is cancelled, it stops with the error instead of hanging, even
+//! with its reader blocked on a full queue of batches.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_core::log::embedded::{EmbeddedLog, Retention};
+use sluice_core::log::{Log, OutRecord, StartFrom};
+use sluice_core::order::EnrichedOrder;
+use sluice_core::sharding::{BucketRange, ShardMap};
+use sluice_sinks::sqlite::SqliteShard;
+use sluice_sinks::{run_sink_worker, ShardWriter, SinkWorker};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_whose_shard_refuses_writes_stops_with_the_error_when_cancelled() {
+    let dir = tempfile::tempdir().unwrap();
+    let log: Arc<dyn Log> = Arc::new(
+        EmbeddedLog::open(
+            &dir.path().join("log.redb"),
+            Retention {
+                max_age: None,
+                max_records: None,
+            },
+        )
+        .unwrap(),
+    );
+    let topic = "orders.shard.0".to_string();
+    log.ensure_topics(&[(topic.clone(), 1, 1)]).await.unwrap();
+    let map = ShardMap::new(16, &[("s0".into(), BucketRange { first: 0, last: 15 })]).unwrap();
+    let mut sends = Vec::new();
+    for _ in 0..2_000 {
+        let order = EnrichedOrder {
+            order_id: Uuid::now_v7(),
+            user_id: "u1".into(),
+            product: "widget".into(),
+            quantity: 1,
+            unit_price_minor: 999,
+            line_total_minor: 999,
+            currency: "EUR".into(),
+            received_at_ms: 1,
+            enriched_at_ms: 2,
+            bucket: map.bucket("u1"),
+            shard: "s0".into(),
+        };
+        let record = OutRecord::new("u1", serde_json::to_vec(&order).unwrap());
+        let (log, topic) = (log.clone(), topic.clone());
+        sends.push(async move { log.send(&topic, record, Duration::from_secs(10)).await });
+    }
+    for sent in futures::future::join_all(sends).await {
+        sent.unwrap();
+    }
+
+    // A shard that refuses every order row (a trigger aborts the insert): every batch fails.
+    let file = dir.path().join("shard0.db");
+    let shard = Arc::new(SqliteShard::new("s0", &file));
+    shard.migrate().await.unwrap();
+    rusqlite::Connection::open(&file)
+        .unwrap()
+        .execute_batch(
+            "CREATE TRIGGER refuse_orders BEFORE INSERT ON orders \
+             BEGIN SELECT RAISE(ABORT, 'orders refused'); END",
+        )
+        .unwrap();
+
+    let cancel = CancellationToken::new();
+    let worker = tokio::spawn(run_sink_worker(
+        log.clone(),
+        shard.clone(),
+        map,
+        SinkWorker {
+            shard: "s0".into(),
+            shard_index: 0,
+            topic: topic.clone(),
+            rejections_topic: None,
+            consumer: "sink".into(),
+            max_rows: 100,
+            max_wait: Duration::from_millis(10),
+            start: StartFrom::Beginning,
+            start_offsets: Default::default(),
+            stop_at: None,
+        },
+        cancel.clone(),
+        None,
+    ));
+    // Long enough for the writer to be retrying and the reader to have filled the queue.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !worker.is_finished(),
+        "the worker gave up before it was cancelled"
+    );
+    cancel.cancel();
+    let stopped = tokio::time::timeout(Duration::from_secs(30), worker)
+        .await
+        .expect("the cancelled worker hung instead of stopping");
+    let error = stopped
+        .unwrap()
+        .expect_err("the writes failed, so must the worker");
+    assert!(error.to_string().contains("orders refused"), "{error}");
+    // Nothing was stored, so no position was either: a restart reads everything again.
+    assert!(shard.positions("sink").await.unwrap().is_empty());
+}
