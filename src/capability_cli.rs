@@ -209,6 +209,35 @@ fn read_key_file(path: &Path, what: &str) -> Result<String, String> {
     Ok(key.to_string())
 }
 
+/// Runs `verify` with each root public key of `path` (hex, one per line, as the ingress reads
+/// `biscuit_public_key_file`; blank lines and `#` comments ignored) until one verifies the
+/// token: during a rotation the file lists the old and the new root.
+fn with_public_keys<T>(
+    path: &Path,
+    verify: impl Fn(&str) -> Result<T, capability::CapabilityError>,
+) -> Result<Result<T, capability::CapabilityError>, String> {
+    let keys = read_key_file(path, "public")?;
+    Ok(first_verifying(&keys, verify))
+}
+
+fn first_verifying<T>(
+    keys: &str,
+    verify: impl Fn(&str) -> Result<T, capability::CapabilityError>,
+) -> Result<T, capability::CapabilityError> {
+    let mut refused = capability::CapabilityError::BadSignature;
+    for key in keys
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        match verify(key) {
+            Err(error @ capability::CapabilityError::BadSignature) => refused = error,
+            other => return other,
+        }
+    }
+    Err(refused)
+}
+
 /// Mints a token for `user` with the private key in `private_key_file`, valid for `ttl_secs`
 /// if given. Prints the token.
 pub fn mint(private_key_file: &Path, user: &str, ttl_secs: Option<u64>) -> Result<String, String> {
@@ -221,7 +250,7 @@ pub fn mint(private_key_file: &Path, user: &str, ttl_secs: Option<u64>) -> Resul
     Ok(format!("{token}\n"))
 }
 
-/// Narrows `token` (verified with the public key in `public_key_file`) to `products` (if not
+/// Narrows `token` (verified with a root public key in `public_key_file`) to `products` (if not
 /// empty), `max_quantity` and `expires`. Prints the new token.
 pub fn attenuate(
     public_key_file: &Path,
@@ -230,7 +259,6 @@ pub fn attenuate(
     max_quantity: Option<i64>,
     expires: Option<SystemTime>,
 ) -> Result<String, String> {
-    let public = read_key_file(public_key_file, "public")?;
     if let Some(expires) = expires {
         if expires <= SystemTime::now() {
             return Err("--expires is in the past: the token would never be valid".into());
@@ -241,7 +269,10 @@ pub fn attenuate(
         max_quantity,
         expires_at: expires,
     };
-    let token = capability::attenuate(token, &public, &restrictions).map_err(|e| match e {
+    let attenuated = with_public_keys(public_key_file, |public| {
+        capability::attenuate(token, public, &restrictions)
+    })?;
+    let token = attenuated.map_err(|e| match e {
         capability::CapabilityError::InvalidInput(_) => {
             format!("{e}: give --product, --max-quantity or --expires")
         }
@@ -250,10 +281,10 @@ pub fn attenuate(
     Ok(format!("{token}\n"))
 }
 
-/// Verifies `token` with the public key in `public_key_file` and lists its blocks.
+/// Verifies `token` with a root public key in `public_key_file` and lists its blocks.
 pub fn inspect(public_key_file: &Path, token: &str) -> Result<String, String> {
-    let public = read_key_file(public_key_file, "public")?;
-    capability::inspect(token, &public).map_err(|e| e.to_string())
+    with_public_keys(public_key_file, |public| capability::inspect(token, public))?
+        .map_err(|e| e.to_string())
 }
 
 /// Parses an `--expires` value: RFC 3339 (`2026-11-25T10:00:00Z`, any offset) or
@@ -413,5 +444,37 @@ mod tests {
         assert!(attenuate(&public, token.trim(), &[], None, None).is_err());
         assert!(mint(&private, "alice", Some(0)).is_err());
         assert!(mint(&dir.path().join("missing"), "alice", None).is_err());
+    }
+
+    #[test]
+    fn a_rotation_key_file_verifies_tokens_of_either_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let (old_private, old_public) = (dir.path().join("old.key"), dir.path().join("old.pub"));
+        let (new_private, new_public) = (dir.path().join("new.key"), dir.path().join("new.pub"));
+        keygen(Some(&old_private), Some(&old_public), false).unwrap();
+        keygen(Some(&new_private), Some(&new_public), false).unwrap();
+        let both = dir.path().join("roots.pub");
+        let read = |p: &Path| std::fs::read_to_string(p).unwrap();
+        std::fs::write(
+            &both,
+            format!(
+                "# new root\n{}\n# old root, until its tokens expire\n{}",
+                read(&new_public),
+                read(&old_public)
+            ),
+        )
+        .unwrap();
+        for private in [&old_private, &new_private] {
+            let token = mint(private, "alice", Some(600)).unwrap();
+            assert!(inspect(&both, token.trim())
+                .unwrap()
+                .contains(r#"user("alice")"#));
+            assert!(attenuate(&both, token.trim(), &[], Some(2), None).is_ok());
+        }
+        let (stranger, stranger_public) = (dir.path().join("s.key"), dir.path().join("s.pub"));
+        keygen(Some(&stranger), Some(&stranger_public), false).unwrap();
+        let foreign = mint(&stranger, "alice", None).unwrap();
+        let refused = inspect(&both, foreign.trim()).unwrap_err();
+        assert!(refused.contains("unknown root key"), "{refused}");
     }
 }

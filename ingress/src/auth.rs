@@ -219,6 +219,7 @@ impl TokenAuthority {
             issuer: issuer.to_string(),
             audience: None,
             biscuit_public_key_file: None,
+            biscuit_revocation_file: None,
             leeway_secs: 30,
             token_ttl_secs: ttl_secs,
             users_file: PathBuf::new(),

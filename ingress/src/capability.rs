@@ -43,7 +43,7 @@
 //! limit) maps to `403`. Every message is safe to show the client: failed checks are
 //! rendered as the Datalog source of the token's own checks, never anything of the key.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::fmt::Write as _;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -60,6 +60,9 @@ use crate::error::ApiError;
 
 /// The operation name of order submission (`right("order")`, `operation("order")`).
 pub const ORDER_OPERATION: &str = "order";
+
+/// Length of a revocation id: the Ed25519 signature of a block.
+pub const REVOCATION_ID_BYTES: usize = 64;
 
 /// The longest base64 token accepted, in characters (checked before any decoding).
 pub const MAX_TOKEN_LEN: usize = 16 * 1024;
@@ -87,6 +90,9 @@ pub enum CapabilityError {
     /// minted by another root key). `401`.
     #[error("capability token signature is invalid or from an unknown root key")]
     BadSignature,
+    /// One of the token's blocks has a revocation id listed in the revocation file. `401`.
+    #[error("capability token has been revoked")]
+    Revoked,
     /// The token is genuine but some of its checks do not hold for this request (product,
     /// quantity, expiry, …). Holds the source of each failed check. `403`.
     #[error("capability check failed: {}", .0.join("; "))]
@@ -123,7 +129,9 @@ impl CapabilityError {
     pub fn is_unauthenticated(&self) -> bool {
         matches!(
             self,
-            CapabilityError::Malformed(_) | CapabilityError::BadSignature
+            CapabilityError::Malformed(_)
+                | CapabilityError::BadSignature
+                | CapabilityError::Revoked
         )
     }
 
@@ -264,10 +272,12 @@ pub struct OrderRequestFacts {
     pub quantity: i64,
 }
 
-/// Verifies capability tokens with the root public key.
+/// Verifies capability tokens: the signature chain must start at one of the trusted root
+/// public keys (several during a rotation), and no block may be revoked.
 #[derive(Debug, Clone)]
 pub struct CapabilityAuthority {
-    root: PublicKey,
+    roots: Vec<PublicKey>,
+    revoked: HashSet<Vec<u8>>,
     limits: AuthorizerLimits,
 }
 
@@ -276,20 +286,61 @@ impl CapabilityAuthority {
     /// `sluice biscuit keygen`; an `ed25519/` prefix is accepted).
     pub fn from_public_key_hex(hex: &str) -> Result<Self, CapabilityError> {
         Ok(CapabilityAuthority {
-            root: parse_public_key(hex)?,
+            roots: vec![parse_public_key(hex)?],
+            revoked: HashSet::new(),
             limits: DEFAULT_LIMITS,
         })
     }
 
-    /// An authority trusting the root public key held in hex in `path` (surrounding
-    /// whitespace ignored).
+    /// An authority trusting every root public key in `path`: hex, one per line; blank lines
+    /// and `#` comments are ignored. To rotate the root key, list the new key beside the old
+    /// one, mint new tokens with the new private key, and remove the old key once its
+    /// tokens have expired.
     pub fn from_public_key_file(path: impl AsRef<Path>) -> Result<Self, CapabilityError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| CapabilityError::Io {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        })?;
-        Self::from_public_key_hex(&text)
+        let mut roots = Vec::new();
+        for (number, line) in content_lines(path)? {
+            roots.push(parse_public_key(&line).map_err(|error| {
+                CapabilityError::InvalidKey(format!("{} line {number}: {error}", path.display()))
+            })?);
+        }
+        if roots.is_empty() {
+            return Err(CapabilityError::InvalidKey(format!(
+                "{} holds no public key",
+                path.display()
+            )));
+        }
+        Ok(CapabilityAuthority {
+            roots,
+            revoked: HashSet::new(),
+            limits: DEFAULT_LIMITS,
+        })
+    }
+
+    /// The same authority refusing every token with a block whose revocation id (hex, as
+    /// `sluice biscuit inspect` prints it) is listed in `path`, one per line; blank lines and
+    /// `#` comments are ignored.
+    pub fn with_revocation_file(mut self, path: impl AsRef<Path>) -> Result<Self, CapabilityError> {
+        let path = path.as_ref();
+        for (number, line) in content_lines(path)? {
+            // An id is a block's Ed25519 signature: a shortened one would silently never match.
+            let id = hex_decode(&line)
+                .filter(|id| id.len() == REVOCATION_ID_BYTES)
+                .ok_or_else(|| {
+                    CapabilityError::InvalidInput(format!(
+                        "{} line {number}: not a revocation id ({} hex digits expected, as `sluice biscuit inspect` prints them)",
+                        path.display(),
+                        2 * REVOCATION_ID_BYTES
+                    ))
+                })?;
+            self.revoked.insert(id);
+        }
+        Ok(self)
+    }
+
+    /// Number of revoked ids in force.
+    pub fn revoked_count(&self) -> usize {
+        self.revoked.len()
     }
 
     /// The same authority with other evaluation limits (default: [`DEFAULT_LIMITS`]).
@@ -298,16 +349,41 @@ impl CapabilityAuthority {
         self
     }
 
-    /// The root public key, in hex.
+    /// The first trusted root public key, in hex.
     pub fn public_key_hex(&self) -> String {
-        self.root.to_bytes_hex()
+        self.roots[0].to_bytes_hex()
+    }
+
+    /// Parses `token_base64` and verifies it against the trusted roots and the revocation
+    /// list.
+    fn verify(&self, token_base64: &str) -> Result<Biscuit, CapabilityError> {
+        let mut refused = CapabilityError::BadSignature;
+        for root in &self.roots {
+            match parse_token(token_base64, *root) {
+                Ok(token) => {
+                    let revoked = token
+                        .revocation_identifiers()
+                        .iter()
+                        .any(|id| self.revoked.contains(id));
+                    return if revoked {
+                        Err(CapabilityError::Revoked)
+                    } else {
+                        Ok(token)
+                    };
+                }
+                // Signed by another root, maybe the next one.
+                Err(error @ CapabilityError::BadSignature) => refused = error,
+                Err(error) => return Err(error),
+            }
+        }
+        Err(refused)
     }
 
     /// The user a genuine token speaks for (its authority `user` fact), without authorizing
     /// any request: for a caller that must learn the principal before it can describe the
     /// request. Always follow with [`authorize`](Self::authorize).
     pub fn token_user(&self, token_base64: &str) -> Result<String, CapabilityError> {
-        let token = parse_token(token_base64, self.root)?;
+        let token = self.verify(token_base64)?;
         // Not `token.authorizer()`: that one runs under biscuit's default 1 ms time limit.
         let mut authorizer = AuthorizerBuilder::new()
             .set_limits(self.limits.clone())
@@ -330,7 +406,7 @@ impl CapabilityAuthority {
         request: &OrderRequestFacts,
         now: SystemTime,
     ) -> Result<String, CapabilityError> {
-        let token = parse_token(token_base64, self.root)?;
+        let token = self.verify(token_base64)?;
         let mut authorizer = authorizer!(
             r#"
             operation({operation});
@@ -496,6 +572,31 @@ pub fn inspect(token_base64: &str, root_public_hex: &str) -> Result<String, Capa
         }
     }
     Ok(out)
+}
+
+/// The lines of `path` that hold something: `(line number, trimmed text)`, without blank
+/// lines and `#` comments.
+fn content_lines(path: &Path) -> Result<Vec<(usize, String)>, CapabilityError> {
+    let text = std::fs::read_to_string(path).map_err(|e| CapabilityError::Io {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    Ok(text
+        .lines()
+        .enumerate()
+        .map(|(index, line)| (index + 1, line.trim().to_string()))
+        .filter(|(_, line)| !line.is_empty() && !line.starts_with('#'))
+        .collect())
+}
+
+fn hex_decode(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok())
+        .collect()
 }
 
 fn hex_encode(bytes: &[u8]) -> String {

@@ -62,9 +62,9 @@ pub struct Reloader {
 }
 
 impl Reloader {
-    /// Re-reads the key files and the users file, and, when the topology's file is known, its
-    /// `[ingress.auth]` key settings (added or retired keys, the signing key). On error the
-    /// previous keys and users stay in force.
+    /// Re-reads the key files, the biscuit root keys and revocation list, and the users file,
+    /// and, when the topology's file is known, its `[ingress.auth]` key settings (added or
+    /// retired keys, the signing key). On error the previous keys and users stay in force.
     pub fn reload(&self, topology: Option<&std::path::Path>) -> Result<(), IngressError> {
         let auth = match topology {
             Some(path) => Some(
@@ -87,14 +87,49 @@ impl Reloader {
                 return Err(IngressError::Insecure(weaknesses));
             }
         }
+        let capabilities = load_capabilities(
+            auth.as_ref().unwrap_or(&self.state.config.auth),
+            &self.state.base_dir,
+        )?;
         self.state.tokens.reload(auth.as_ref())?;
         let count = users.len();
-        if let Ok(mut current) = self.state.users.write() {
-            *current = Arc::new(users);
-        }
-        tracing::info!(users = count, "token keys and users reloaded");
+        let revoked = capabilities.as_ref().map_or(0, |c| c.revoked_count());
+        *self
+            .state
+            .users
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(users);
+        *self
+            .state
+            .capabilities
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = capabilities;
+        tracing::info!(
+            users = count,
+            revoked_capabilities = revoked,
+            "token keys, capability keys and users reloaded"
+        );
         Ok(())
     }
+}
+
+/// Loads the biscuit root key(s) and revocation list that `auth` names, if any.
+fn load_capabilities(
+    auth: &sluice_core::topology::AuthConfig,
+    base_dir: &std::path::Path,
+) -> Result<Option<Arc<capability::CapabilityAuthority>>, IngressError> {
+    let Some(keys) = &auth.biscuit_public_key_file else {
+        return Ok(None);
+    };
+    let resolve = |path| sluice_core::topology::resolve_relative(base_dir, path);
+    let mut authority = capability::CapabilityAuthority::from_public_key_file(resolve(keys))
+        .map_err(|e| IngressError::Capability(e.to_string()))?;
+    if let Some(revoked) = &auth.biscuit_revocation_file {
+        authority = authority
+            .with_revocation_file(resolve(revoked))
+            .map_err(|e| IngressError::Revocation(e.to_string()))?;
+    }
+    Ok(Some(Arc::new(authority)))
 }
 
 /// Who a request speaks for, and how it proved it.
@@ -126,7 +161,7 @@ impl State {
     /// token. A JWT has three dot-separated parts; a biscuit has none.
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, ApiError> {
         let token = TokenAuthority::bearer(headers)?;
-        let principal = match &self.capabilities {
+        let principal = match self.capabilities() {
             Some(capabilities) if !token.contains('.') => {
                 let user = capabilities.token_user(token).map_err(ApiError::from)?;
                 Principal::Capability {
@@ -141,6 +176,14 @@ impl State {
             return Err(ApiError::unauthorized("the token's user is not known"));
         }
         Ok(principal)
+    }
+
+    /// The current biscuit authority, when capability tokens are configured.
+    pub fn capabilities(&self) -> Option<Arc<capability::CapabilityAuthority>> {
+        self.capabilities
+            .read()
+            .map(|c| c.clone())
+            .unwrap_or_else(|poisoned| poisoned.into_inner().clone())
     }
 
     /// The current users.
@@ -166,8 +209,11 @@ pub struct State {
     pub users_path: std::path::PathBuf,
     /// Token issuing and verification.
     pub tokens: TokenAuthority,
-    /// Biscuit capability tokens, when `biscuit_public_key_file` is configured.
-    pub capabilities: Option<capability::CapabilityAuthority>,
+    /// Biscuit capability tokens, when `biscuit_public_key_file` is configured (replaced as a
+    /// whole on reload).
+    pub capabilities: std::sync::RwLock<Option<Arc<capability::CapabilityAuthority>>>,
+    /// The topology file's folder, against which reloaded file paths resolve.
+    pub base_dir: std::path::PathBuf,
     /// Rate limits.
     pub limits: Limits,
     /// Cancelled when the ingress starts draining (readiness turns 503).
@@ -195,6 +241,9 @@ pub enum IngressError {
     /// The biscuit root public key could not be loaded.
     #[error("ingress.auth.biscuit_public_key_file: {0}")]
     Capability(String),
+    /// The biscuit revocation list could not be loaded.
+    #[error("ingress.auth.biscuit_revocation_file: {0}")]
+    Revocation(String),
     /// The topology could not be reloaded.
     #[error("cannot reload the topology: {0}")]
     Topology(String),
@@ -234,15 +283,7 @@ impl Ingress {
             }
         }
         let tokens = TokenAuthority::from_config(&config.auth, base_dir)?;
-        let capabilities = match &config.auth.biscuit_public_key_file {
-            Some(path) => Some(
-                capability::CapabilityAuthority::from_public_key_file(
-                    sluice_core::topology::resolve_relative(base_dir, path),
-                )
-                .map_err(|e| IngressError::Capability(e.to_string()))?,
-            ),
-            None => None,
-        };
+        let capabilities = load_capabilities(&config.auth, base_dir)?;
         let rates = &config.rate_limits;
         let limits = Limits {
             orders_per_principal: KeyedLimit::new("per user on /order", rates.orders_per_principal),
@@ -268,7 +309,8 @@ impl Ingress {
             users: std::sync::RwLock::new(Arc::new(users)),
             users_path,
             tokens,
-            capabilities,
+            capabilities: std::sync::RwLock::new(capabilities),
+            base_dir: base_dir.to_path_buf(),
             limits,
             draining: CancellationToken::new(),
             idempotency,

@@ -187,10 +187,16 @@ pub struct AuthConfig {
     /// `aud` claim written into and, when set, required from tokens.
     #[serde(default)]
     pub audience: Option<String>,
-    /// File holding the hex Ed25519 root public key of biscuit capability tokens (made by
-    /// `sluice biscuit keygen`); when set, `POST /order` also accepts such tokens.
+    /// File holding the hex Ed25519 root public key(s) of biscuit capability tokens (made by
+    /// `sluice biscuit keygen`; one per line); when set, `POST /order` also accepts such
+    /// tokens.
     #[serde(default)]
     pub biscuit_public_key_file: Option<PathBuf>,
+    /// File of revoked biscuit token ids (hex, one per line, as `sluice biscuit inspect`
+    /// prints them); a token with any revoked block is refused. Reloaded on SIGHUP, like the
+    /// public key file, which may list several root keys during a rotation.
+    #[serde(default)]
+    pub biscuit_revocation_file: Option<PathBuf>,
     /// Clock skew tolerated on `exp` and `nbf`, in seconds.
     #[serde(default = "defaults::leeway_secs")]
     pub leeway_secs: u64,

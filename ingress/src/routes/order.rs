@@ -52,9 +52,13 @@ pub async fn create(
             request.user_id
         )));
     }
-    if let (Principal::Capability { token, .. }, Some(capabilities)) =
-        (&principal, &state.capabilities)
-    {
+    if let Principal::Capability { token, .. } = &principal {
+        // Read again: a reload since authentication may have removed capability tokens.
+        let Some(capabilities) = state.capabilities() else {
+            return Err(ApiError::unauthorized(
+                "capability tokens are not accepted any more",
+            ));
+        };
         let facts = OrderRequestFacts {
             user_id: request.user_id.clone(),
             product: request.product.clone(),
