@@ -2,17 +2,19 @@
 //!
 //! The embedded log is a file that one process holds, so a second `sluice replay` process
 //! cannot open it while `sluice run` is up. Instead the running process listens on a Unix
-//! socket beside the log file (`<log file>.replay.sock`, mode 0600, so only the user who can
-//! read the log can use it) and runs the replays handed to it there, under their own
-//! positions as always. `sluice replay` connects to the socket when it finds one, and prints
+//! socket beside the log file (`<log file>.replay.sock`, mode 0600, and every connection's
+//! peer must be the user running sluice) and runs the replays handed to it there, under their
+//! own positions as always, one at a time per name and target. `sluice replay` connects to the socket when it finds one, and prints
 //! the progress streamed back. Closing the connection (Ctrl-C on the command) cancels the
 //! replay, which the same command resumes later.
 //!
 //! The protocol is one JSON [`ReplaySpec`] line from the client, then [`Reply`] lines from the
 //! process: progress, and at last the outcome or the error.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use sluice_core::log::Log;
@@ -20,12 +22,16 @@ use sluice_core::topology::Topology;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::replay::{replay, ProgressFn, ReplayError, ReplayOutcome, ReplaySpec};
 
 /// Longest request line accepted on the socket.
 const MAX_REQUEST_BYTES: u64 = 64 * 1024;
+
+/// How long a client has to send its request line.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The socket of the process that holds the embedded log at `log_file`.
 pub fn socket_path(log_file: &Path) -> PathBuf {
@@ -68,46 +74,88 @@ pub async fn serve(
         _ => {}
     }
     let listener = UnixListener::bind(&path)?;
-    restrict_to_owner(&path)?;
+    let owner = restrict_to_owner(&path)?;
     tracing::info!(socket = %path.display(), "replay socket up");
     let topology = Arc::new(topology);
+    let running = Arc::new(Mutex::new(HashSet::new()));
+    let mut connections = JoinSet::new();
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    let (topology, log, stop) = (topology.clone(), log.clone(), stop.clone());
-                    tokio::spawn(async move {
-                        if let Err(error) = handle(stream, &topology, log, stop).await {
+                    let (topology, log, stop, running) =
+                        (topology.clone(), log.clone(), stop.clone(), running.clone());
+                    connections.spawn(async move {
+                        if let Err(error) = handle(stream, owner, &topology, log, stop, &running).await {
                             tracing::warn!(%error, "replay connection failed");
                         }
                     });
                 }
-                Err(error) => tracing::warn!(%error, "replay socket accept failed"),
+                Err(error) => {
+                    tracing::warn!(%error, "replay socket accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
             },
         }
     }
+    // Replays in progress were cancelled with `stop`: let them store their positions and
+    // tell their clients how far they got.
+    while connections.join_next().await.is_some() {}
     let _ = std::fs::remove_file(&path);
     Ok(())
 }
 
-#[cfg(unix)]
-fn restrict_to_owner(path: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+/// Makes the socket the owner's only and returns the owner's uid. The mode is set just after
+/// the socket is created, so connections are also checked against the uid (see [`handle`]).
+fn restrict_to_owner(path: &Path) -> std::io::Result<u32> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(std::fs::metadata(path)?.uid())
 }
 
-/// Runs the one replay a connection asks for, streaming its progress back.
+/// Marks a replay as running for as long as it lives.
+struct RunningReplay<'a> {
+    running: &'a Mutex<HashSet<String>>,
+    key: String,
+}
+
+impl Drop for RunningReplay<'_> {
+    fn drop(&mut self) {
+        self.running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&self.key);
+    }
+}
+
+/// Runs the one replay a connection asks for, streaming its progress back. Only the socket
+/// owner's processes are served, and one replay of a given name and target at a time.
 async fn handle(
     stream: UnixStream,
+    owner: u32,
     topology: &Topology,
     log: Arc<dyn Log>,
     stop: CancellationToken,
+    running: &Mutex<HashSet<String>>,
 ) -> std::io::Result<()> {
+    let peer = stream.peer_cred()?.uid();
     let (read, mut write) = stream.into_split();
+    if peer != owner {
+        let error =
+            format!("replays are for the user running sluice (uid {owner}), not uid {peer}");
+        return send(&mut write, &Reply::Failed { error }).await;
+    }
     let mut read = BufReader::new(read.take(MAX_REQUEST_BYTES));
     let mut request = String::new();
-    read.read_line(&mut request).await?;
+    let received = tokio::time::timeout(REQUEST_TIMEOUT, read.read_line(&mut request)).await;
+    if !matches!(received, Ok(Ok(_))) || !request.ends_with('\n') {
+        let error = format!(
+            "send the replay as one JSON line ending in a newline, of at most {MAX_REQUEST_BYTES} bytes, within {REQUEST_TIMEOUT:?}"
+        );
+        return send(&mut write, &Reply::Failed { error }).await;
+    }
     let spec: ReplaySpec = match serde_json::from_str(&request) {
         Ok(spec) => spec,
         Err(error) => {
@@ -117,6 +165,19 @@ async fn handle(
             return send(&mut write, &reply).await;
         }
     };
+    let key = format!("{:?} {}", spec.target, spec.name);
+    if !running
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert(key.clone())
+    {
+        let error = format!(
+            "replay {:?} into {:?} is already running; wait for it, or stop it first",
+            spec.name, spec.target
+        );
+        return send(&mut write, &Reply::Failed { error }).await;
+    }
+    let _running = RunningReplay { running, key };
     tracing::info!(name = spec.name, target = ?spec.target, "replay requested over the socket");
     let cancel = stop.child_token();
     // The client sends nothing more: the end of its stream means it went away.
