@@ -177,7 +177,7 @@ async fn handle(
         );
         return send(&mut write, &Reply::Failed { error }).await;
     }
-    let _running = RunningReplay { running, key };
+    let running_guard = RunningReplay { running, key };
     tracing::info!(name = spec.name, target = ?spec.target, "replay requested over the socket");
     let cancel = stop.child_token();
     // The client sends nothing more: the end of its stream means it went away.
@@ -210,6 +210,8 @@ async fn handle(
         let _ = send(&mut write, &reply).await;
     }
     watch.abort();
+    // No longer running once the client learns the outcome, so it may start the next one.
+    drop(running_guard);
     let reply = match result {
         Ok(outcome) => Reply::Finished(outcome),
         Err(error) => Reply::Failed {

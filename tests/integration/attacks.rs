@@ -102,11 +102,8 @@ fn with_key_ring(text: &str, signing_kid: &str, keys: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_confused_and_retired_tokens_fail_and_keys_rotate_without_restart() {
-    let (login_port, order_port) = (free_port(), free_port());
-    let test = test_topology_on(Backend::Embedded, "jwt", &["alice"], |t| {
-        t.replacen("127.0.0.1:0", &format!("127.0.0.1:{login_port}"), 1)
-            .replacen("127.0.0.1:0", &format!("127.0.0.1:{order_port}"), 1)
-    });
+    let ports = Ports::free();
+    let test = test_topology_on(Backend::Embedded, "jwt", &["alice"], |t| ports.apply(t));
     let dir = test.dir.path();
     let (ed1_private, ed1_public) = ed25519_keys(dir, "ed-1");
     let old_secret = "an-old-hs256-secret-that-is-being-retired-0001";
@@ -124,7 +121,7 @@ async fn forged_confused_and_retired_tokens_fail_and_keys_rotate_without_restart
     );
     std::fs::write(&test.path, ring("ed-1", &hs_old)).unwrap();
 
-    let base = format!("http://127.0.0.1:{order_port}");
+    let base = ports.order_base();
     let mut child = start_sluice(&test.path, &dir.join("run.log"), &[("RUST_LOG", "warn")]);
     wait_ready(&base, &mut child).await;
     let pid = child.id();
@@ -409,15 +406,9 @@ async fn oversized_headers_slow_headers_and_deep_json_are_refused() {
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 400);
-    let body: serde_json::Value = response.json().await.unwrap();
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("nests deeper"),
-        "{body}"
-    );
+    let (status, _, message) = error_of(response).await;
+    assert_eq!(status, 400);
+    assert!(message.contains("nests deeper"), "{message}");
 
     // Slowloris: headers trickle in and never finish; the server hangs up.
     let address = pipeline
@@ -590,6 +581,15 @@ async fn secrets_passwords_and_tokens_never_reach_the_logs() {
     }
 }
 
+/// `text` with `settings` (TOML lines) added to its `[ingress.auth]` table.
+fn with_auth_settings(text: &str, settings: &str) -> String {
+    let users_line = text
+        .lines()
+        .find(|l| l.starts_with("users_file = "))
+        .expect("the test topology sets [ingress.auth] users_file");
+    text.replace(users_line, &format!("{users_line}\n{settings}"))
+}
+
 /// The revocation id of a token's first (authority) block, in hex.
 fn authority_revocation_id(token: &str, root_public: &str) -> String {
     let root = biscuit_auth::PublicKey::from_bytes_hex(
@@ -607,33 +607,21 @@ fn authority_revocation_id(token: &str, root_public: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn biscuit_root_keys_rotate_and_tokens_are_revoked_without_restart() {
     use sluice_ingress::capability::{attenuate, generate_root_keypair, mint, Restrictions};
-    let (login_port, order_port) = (free_port(), free_port());
-    let test = test_topology_on(Backend::Embedded, "bisrot", &["alice"], |t| {
-        t.replacen("127.0.0.1:0", &format!("127.0.0.1:{login_port}"), 1)
-            .replacen("127.0.0.1:0", &format!("127.0.0.1:{order_port}"), 1)
-    });
+    let ports = Ports::free();
+    let test = test_topology_on(Backend::Embedded, "bisrot", &["alice"], |t| ports.apply(t));
     let dir = test.dir.path();
     let (key_file, revoked_file) = (dir.join("biscuit-roots.pub"), dir.join("revoked.txt"));
     let (old_private, old_public) = generate_root_keypair();
     let (new_private, new_public) = generate_root_keypair();
     std::fs::write(&key_file, format!("# current root\n{old_public}\n")).unwrap();
     std::fs::write(&revoked_file, "# revoked capability tokens\n").unwrap();
-    let users_line = test
-        .text
-        .lines()
-        .find(|l| l.starts_with("users_file = "))
-        .unwrap()
-        .to_string();
-    let text = test.text.replace(
-        &users_line,
-        &format!(
-            "{users_line}\nbiscuit_public_key_file = {:?}\nbiscuit_revocation_file = {:?}",
-            key_file.display().to_string(),
-            revoked_file.display().to_string()
-        ),
+    let settings = format!(
+        "biscuit_public_key_file = {:?}\nbiscuit_revocation_file = {:?}",
+        key_file.display().to_string(),
+        revoked_file.display().to_string()
     );
-    std::fs::write(&test.path, text).unwrap();
-    let base = format!("http://127.0.0.1:{order_port}");
+    std::fs::write(&test.path, with_auth_settings(&test.text, &settings)).unwrap();
+    let base = ports.order_base();
     let mut child = start_sluice(&test.path, &dir.join("run.log"), &[("RUST_LOG", "warn")]);
     wait_ready(&base, &mut child).await;
     let hangup = || {
@@ -650,6 +638,17 @@ async fn biscuit_root_keys_rotate_and_tokens_are_revoked_without_restart() {
         let request = client.get(&probe).bearer_auth(token);
         async move { request.send().await.unwrap().status().as_u16() }
     };
+    // Reloads (SIGHUP), then waits until `token` reads as `status` (403: accepted, 401: refused).
+    let reload_until = |what: &'static str, token: &str, status: u16| {
+        hangup();
+        let (token, read_status) = (token.to_string(), &read_status);
+        async move {
+            eventually(Duration::from_secs(10), what, || async {
+                read_status(&token).await == status
+            })
+            .await
+        }
+    };
     let mut accepted = 0;
 
     let revoked_later = mint(&old_private, "alice", Some(Duration::from_secs(600))).unwrap();
@@ -665,13 +664,7 @@ async fn biscuit_root_keys_rotate_and_tokens_are_revoked_without_restart() {
 
     // Rotation, step 1: trust both roots; tokens of either work.
     std::fs::write(&key_file, format!("{new_public}\n{old_public}\n")).unwrap();
-    hangup();
-    eventually(
-        Duration::from_secs(10),
-        "the new root to be trusted",
-        || async { read_status(&from_new_root).await == 403 },
-    )
-    .await;
+    reload_until("the new root to be trusted", &from_new_root, 403).await;
     for token in [&from_new_root, &kept] {
         assert_eq!(order(&client, &base, token).await.0, 202);
         accepted += 1;
@@ -690,13 +683,7 @@ async fn biscuit_root_keys_rotate_and_tokens_are_revoked_without_restart() {
     .unwrap();
     let id = authority_revocation_id(&revoked_later, &old_public);
     std::fs::write(&revoked_file, format!("# leaked on 2026-11-25\n{id}\n")).unwrap();
-    hangup();
-    eventually(
-        Duration::from_secs(10),
-        "the token to be revoked",
-        || async { read_status(&revoked_later).await == 401 },
-    )
-    .await;
+    reload_until("the token to be revoked", &revoked_later, 401).await;
     for token in [&revoked_later, &attenuated] {
         let response = client
             .post(format!("{base}/order"))
@@ -705,15 +692,9 @@ async fn biscuit_root_keys_rotate_and_tokens_are_revoked_without_restart() {
             .send()
             .await
             .unwrap();
-        assert_eq!(response.status(), 401);
-        let body: serde_json::Value = response.json().await.unwrap();
-        assert!(
-            body["error"]["message"]
-                .as_str()
-                .unwrap()
-                .contains("revoked"),
-            "{body}"
-        );
+        let (status, _, message) = error_of(response).await;
+        assert_eq!(status, 401);
+        assert!(message.contains("revoked"), "{message}");
     }
     assert_eq!(order(&client, &base, &kept).await.0, 202);
     accepted += 1;
@@ -743,13 +724,7 @@ async fn biscuit_root_keys_rotate_and_tokens_are_revoked_without_restart() {
 
     // Rotation, step 2: retire the old root; its tokens stop, the new root's go on.
     std::fs::write(&key_file, format!("{new_public}\n")).unwrap();
-    hangup();
-    eventually(
-        Duration::from_secs(10),
-        "the old root to be retired",
-        || async { read_status(&kept).await == 401 },
-    )
-    .await;
+    reload_until("the old root to be retired", &kept, 401).await;
     assert_eq!(order(&client, &base, &from_new_root).await.0, 202);
     accepted += 1;
     assert!(
@@ -773,20 +748,11 @@ async fn biscuit_capabilities_are_enforced_inside_and_outside_their_checks() {
     let test = test_topology_on(Backend::Embedded, "biscuit", &["alice"], |t| t);
     let key_file = test.dir.path().join("biscuit-root.pub");
     std::fs::write(&key_file, &public).unwrap();
-    let users_line = test
-        .text
-        .lines()
-        .find(|l| l.starts_with("users_file = "))
-        .unwrap()
-        .to_string();
-    let text = test.text.replace(
-        &users_line,
-        &format!(
-            "{users_line}\nbiscuit_public_key_file = {:?}",
-            key_file.display().to_string()
-        ),
+    let settings = format!(
+        "biscuit_public_key_file = {:?}",
+        key_file.display().to_string()
     );
-    std::fs::write(&test.path, text).unwrap();
+    std::fs::write(&test.path, with_auth_settings(&test.text, &settings)).unwrap();
     let pipeline = RunningPipeline::start(&test, Parts::INGRESS).await;
     let client = reqwest::Client::new();
     let url = format!("{}/order", pipeline.base_order);

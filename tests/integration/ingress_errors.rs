@@ -9,20 +9,6 @@ use sluice_core::log::{self, Log};
 use sluice_core::lookup::{LookupError, OrderLookup, OrderStatus};
 use sluice_ingress::Ingress;
 
-async fn error_of(response: reqwest::Response) -> (u16, String, String) {
-    let status = response.status().as_u16();
-    let body: serde_json::Value = response.json().await.expect("error bodies are JSON");
-    let code = body["error"]["code"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no error.code in {body}"))
-        .to_string();
-    let message = body["error"]["message"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no error.message in {body}"))
-        .to_string();
-    (status, code, message)
-}
-
 fn forge(header: &str, claims: &str, signature: &str) -> String {
     let encode = |text: &str| base64url(text.as_bytes());
     format!("{}.{}.{}", encode(header), encode(claims), signature)

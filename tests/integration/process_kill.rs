@@ -88,15 +88,9 @@ async fn kill_9_and_sigterm_lose_and_duplicate_nothing(backend: Backend) {
     let probe = test_topology_on(Backend::Embedded, "probe", &[], |t| t);
     let users = users_covering_shards(&probe.text, 1);
     let user_refs: Vec<&str> = users.iter().map(String::as_str).collect();
-    let (login_port, order_port) = (free_port(), free_port());
-    let test = test_topology_on(backend, "kill", &user_refs, |t| {
-        t.replacen("127.0.0.1:0", &format!("127.0.0.1:{login_port}"), 1)
-            .replacen("127.0.0.1:0", &format!("127.0.0.1:{order_port}"), 1)
-    });
-    let (login_base, order_base) = (
-        format!("http://127.0.0.1:{login_port}"),
-        format!("http://127.0.0.1:{order_port}"),
-    );
+    let ports = Ports::free();
+    let test = test_topology_on(backend, "kill", &user_refs, |t| ports.apply(t));
+    let (login_base, order_base) = (ports.login_base(), ports.order_base());
     let client = reqwest::Client::new();
     let accepted = Arc::new(Mutex::new(Vec::new()));
 

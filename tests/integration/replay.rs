@@ -270,13 +270,10 @@ async fn replay_command_runs_inside_the_running_embedded_pipeline() {
     let probe = test_topology_on(Backend::Embedded, "probe", &[], |t| t);
     let users = users_covering_shards(&probe.text, 1);
     let refs: Vec<&str> = users.iter().map(String::as_str).collect();
-    let (login_port, order_port) = (free_port(), free_port());
-    let test = test_topology_on(Backend::Embedded, "livereplay", &refs, |t| {
-        t.replacen("127.0.0.1:0", &format!("127.0.0.1:{login_port}"), 1)
-            .replacen("127.0.0.1:0", &format!("127.0.0.1:{order_port}"), 1)
-    });
+    let ports = Ports::free();
+    let test = test_topology_on(Backend::Embedded, "livereplay", &refs, |t| ports.apply(t));
     let topology = test.topology();
-    let base_order = format!("http://127.0.0.1:{order_port}");
+    let base_order = ports.order_base();
     let mut child = start_sluice(
         &test.path,
         &test.dir.path().join("sluice.log"),
@@ -286,7 +283,7 @@ async fn replay_command_runs_inside_the_running_embedded_pipeline() {
     let client = reqwest::Client::new();
     let mut tokens = Vec::new();
     for user in &users {
-        let token = login(&client, &format!("http://127.0.0.1:{login_port}"), user).await;
+        let token = login(&client, &ports.login_base(), user).await;
         tokens.push((user.clone(), token));
     }
     post_orders(&client, &base_order, &tokens, 200).await;

@@ -558,3 +558,52 @@ pub fn terminate(mut child: std::process::Child) -> std::process::ExitStatus {
         .unwrap();
     child.wait().unwrap()
 }
+
+/// The status, `error.code` and `error.message` of an error response (error bodies are JSON).
+pub async fn error_of(response: reqwest::Response) -> (u16, String, String) {
+    let status = response.status().as_u16();
+    let body: serde_json::Value = response.json().await.expect("error bodies are JSON");
+    let code = body["error"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error.code in {body}"))
+        .to_string();
+    let message = body["error"]["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error.message in {body}"))
+        .to_string();
+    (status, code, message)
+}
+
+/// Fixed listener ports for a topology run by the `sluice` binary (whose own listeners cannot
+/// be handed over like an in-process pipeline's).
+#[derive(Debug, Clone, Copy)]
+pub struct Ports {
+    pub login: u16,
+    pub order: u16,
+}
+
+impl Ports {
+    /// Two free ports.
+    pub fn free() -> Self {
+        Ports {
+            login: free_port(),
+            order: free_port(),
+        }
+    }
+
+    /// `text` (a test topology, listening on port 0) listening on these ports.
+    pub fn apply(&self, text: String) -> String {
+        text.replacen("127.0.0.1:0", &format!("127.0.0.1:{}", self.login), 1)
+            .replacen("127.0.0.1:0", &format!("127.0.0.1:{}", self.order), 1)
+    }
+
+    /// Base URL of the login listener.
+    pub fn login_base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.login)
+    }
+
+    /// Base URL of the order listener.
+    pub fn order_base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.order)
+    }
+}
