@@ -148,14 +148,9 @@ async fn tokens(base: &str, users: &[String]) -> Vec<(String, String)> {
     tokens
 }
 
-fn bench_users() -> Vec<String> {
-    let probe = test_topology_on(Backend::Embedded, "bprobe", &[], |t| t);
-    users_covering_shards(&probe.text, 4)
-}
-
 /// Orders/s through the ingress alone (auth on, 202 after the durable ack), and latency.
 async fn bench_ingress(backend: Backend, orders: usize) -> (String, String) {
-    let users = bench_users();
+    let users = users_covering_shards(4);
     let refs: Vec<&str> = users.iter().map(String::as_str).collect();
     let test = test_topology_on(backend, "bingress", &refs, |t| t);
     let pipeline = RunningPipeline::start(&test, Parts::INGRESS).await;
@@ -255,16 +250,8 @@ async fn bench_sinks(backend: Backend, rows: usize) -> String {
     for (index, shard) in topology.shards.iter().enumerate() {
         let writer = open_shard(&shard.name, &shard.url, &topology.base_dir).unwrap();
         let worker = SinkWorker {
-            shard: shard.name.clone(),
-            shard_index: index,
-            topic: shard.topic.clone(),
             rejections_topic: None,
-            consumer: "sink".into(),
-            max_rows: topology.sink.max_rows,
-            max_wait: Duration::from_millis(topology.sink.max_wait_ms),
-            start: StartFrom::Beginning,
-            start_offsets: Default::default(),
-            stop_at: None,
+            ..SinkWorker::live(&topology, index)
         };
         workers.push(tokio::spawn(run_sink_worker(
             log.clone(),
@@ -343,7 +330,7 @@ async fn bench_raw_insert(rows: usize) -> String {
 
 /// Orders/s from HTTP to stored rows, through every stage.
 async fn bench_end_to_end(backend: Backend, orders: usize) -> String {
-    let users = bench_users();
+    let users = users_covering_shards(4);
     let refs: Vec<&str> = users.iter().map(String::as_str).collect();
     let test = test_topology_on(backend, "be2e", &refs, |t| t);
     let pipeline = RunningPipeline::start(&test, Parts::ALL).await;

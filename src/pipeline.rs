@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sluice_core::log::{self, Log, LogError, StartFrom};
+use sluice_core::log::{self, Log, LogError};
 use sluice_core::shutdown::Shutdown;
 use sluice_core::topology::{LogBackend, Topology};
 use sluice_ingress::{Ingress, Reloader};
@@ -205,18 +205,7 @@ pub async fn run(
 
     if parts.sinks {
         for (index, (config, shard)) in topology.shards.iter().zip(&shards).enumerate() {
-            let worker = SinkWorker {
-                shard: config.name.clone(),
-                shard_index: index,
-                topic: config.topic.clone(),
-                rejections_topic: topology.sink.rejections_topic.clone(),
-                consumer: "sink".into(),
-                max_rows: topology.sink.max_rows,
-                max_wait: Duration::from_millis(topology.sink.max_wait_ms),
-                start: StartFrom::Beginning,
-                start_offsets: Default::default(),
-                stop_at: None,
-            };
+            let worker = SinkWorker::live(&topology, index);
             let (log, writer, map, token) = (
                 log.clone(),
                 shard.clone(),

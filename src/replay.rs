@@ -268,14 +268,9 @@ pub async fn replay(
                 return Ok(ReplayOutcome::finished(0, 0));
             }
             let worker = SinkWorker {
-                shard: config.name.clone(),
-                shard_index: index,
                 topic: topic.clone(),
                 rejections_topic: None,
                 consumer,
-                max_rows: topology.sink.max_rows,
-                max_wait: Duration::from_millis(topology.sink.max_wait_ms),
-                start: StartFrom::Beginning,
                 start_offsets: ranges
                     .iter()
                     .map(|&(p, start, _)| ((topic.clone(), p), start))
@@ -286,6 +281,7 @@ pub async fn replay(
                         .map(|&(p, _, end)| ((topic.clone(), p), end))
                         .collect(),
                 ),
+                ..SinkWorker::live(topology, index)
             };
             let reporter = progress.map(|p| {
                 Arc::new(move |done: u64| p(done, total)) as Arc<dyn Fn(u64) + Send + Sync>

@@ -9,6 +9,7 @@ use sluice_core::order::{
     now_ms, EnrichedOrder, HEADER_DLQ_REASON, HEADER_DLQ_STAGE, HEADER_ORDER_ID,
 };
 use sluice_core::sharding::ShardMap;
+use sluice_core::topology::Topology;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -39,6 +40,27 @@ pub struct SinkWorker {
     pub start_offsets: HashMap<(String, i32), i64>,
     /// Stop once every partition reaches these offsets (replay); `None` runs until cancelled.
     pub stop_at: Option<HashMap<(String, i32), i64>>,
+}
+
+impl SinkWorker {
+    /// The live worker of shard `index` of `topology`: it stores the shard's own topic and its
+    /// users' rejections, under the positions named `"sink"`, in batches set by `[sink]`, and
+    /// reads partitions with no stored position from the beginning.
+    pub fn live(topology: &Topology, index: usize) -> Self {
+        let shard = &topology.shards[index];
+        SinkWorker {
+            shard: shard.name.clone(),
+            shard_index: index,
+            topic: shard.topic.clone(),
+            rejections_topic: topology.sink.rejections_topic.clone(),
+            consumer: "sink".into(),
+            max_rows: topology.sink.max_rows,
+            max_wait: Duration::from_millis(topology.sink.max_wait_ms),
+            start: StartFrom::Beginning,
+            start_offsets: HashMap::new(),
+            stop_at: None,
+        }
+    }
 }
 
 /// Turns a record into a row for this shard, or nothing: a record of another shard's user

@@ -4,6 +4,7 @@ use async_trait::async_trait;
 use sluice_core::log::Position;
 use sluice_core::lookup::OrderStatus;
 use sluice_core::order::EnrichedOrder;
+use sluice_core::telemetry;
 use uuid::Uuid;
 
 /// A rejected order, recorded in its user's shard so `GET /order/{id}` can report it.
@@ -37,6 +38,20 @@ impl Batch {
     pub fn is_empty(&self) -> bool {
         self.orders.is_empty() && self.rejections.is_empty() && self.positions.is_empty()
     }
+}
+
+/// Records the metrics of a batch that `shard` committed: the commit's duration since
+/// `started`, and the rows per table.
+pub(crate) fn record_committed(shard: &str, batch: &Batch, started: std::time::Instant) {
+    let shard = shard.to_string();
+    metrics::histogram!(telemetry::SINK_COMMIT_DURATION, "shard" => shard.clone())
+        .record(started.elapsed().as_secs_f64());
+    metrics::histogram!(telemetry::SINK_BATCH_ROWS, "shard" => shard.clone())
+        .record(batch.orders.len() as f64);
+    metrics::counter!(telemetry::SINK_ROWS, "shard" => shard.clone(), "table" => "orders")
+        .increment(batch.orders.len() as u64);
+    metrics::counter!(telemetry::SINK_ROWS, "shard" => shard, "table" => "rejected_orders")
+        .increment(batch.rejections.len() as u64);
 }
 
 /// Errors from a shard backend.

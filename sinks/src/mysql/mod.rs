@@ -16,7 +16,6 @@ use mysql_async::{Opts, OptsBuilder, Params, Pool, TxOpts, Value};
 use sluice_core::log::Position;
 use sluice_core::lookup::OrderStatus;
 use sluice_core::order::{now_ms, EnrichedOrder};
-use sluice_core::telemetry;
 use uuid::Uuid;
 
 use crate::writer::{Batch, ShardWriter, SinkError};
@@ -295,14 +294,7 @@ impl ShardWriter for MysqlShard {
                 .map_err(|e| self.db_error(e))?;
         }
         tx.commit().await.map_err(|e| self.db_error(e))?;
-        metrics::histogram!(telemetry::SINK_COMMIT_DURATION, "shard" => self.name.clone())
-            .record(started.elapsed().as_secs_f64());
-        metrics::histogram!(telemetry::SINK_BATCH_ROWS, "shard" => self.name.clone())
-            .record(batch.orders.len() as f64);
-        metrics::counter!(telemetry::SINK_ROWS, "shard" => self.name.clone(), "table" => "orders")
-            .increment(batch.orders.len() as u64);
-        metrics::counter!(telemetry::SINK_ROWS, "shard" => self.name.clone(), "table" => "rejected_orders")
-            .increment(batch.rejections.len() as u64);
+        crate::writer::record_committed(&self.name, batch, started);
         Ok(())
     }
 

@@ -13,7 +13,6 @@ use rusqlite::{params, Connection, OptionalExtension};
 use sluice_core::log::Position;
 use sluice_core::lookup::OrderStatus;
 use sluice_core::order::{now_ms, EnrichedOrder};
-use sluice_core::telemetry;
 use uuid::Uuid;
 
 use crate::writer::{Batch, ShardWriter, SinkError};
@@ -191,14 +190,7 @@ impl ShardWriter for SqliteShard {
             tx.commit()
         })
         .await?;
-        metrics::histogram!(telemetry::SINK_COMMIT_DURATION, "shard" => self.name.clone())
-            .record(started.elapsed().as_secs_f64());
-        metrics::histogram!(telemetry::SINK_BATCH_ROWS, "shard" => self.name.clone())
-            .record(batch.orders.len() as f64);
-        metrics::counter!(telemetry::SINK_ROWS, "shard" => self.name.clone(), "table" => "orders")
-            .increment(batch.orders.len() as u64);
-        metrics::counter!(telemetry::SINK_ROWS, "shard" => self.name.clone(), "table" => "rejected_orders")
-            .increment(batch.rejections.len() as u64);
+        crate::writer::record_committed(&self.name, batch, started);
         Ok(())
     }
 
