@@ -4,32 +4,22 @@
 
 use std::sync::Arc;
 
-use serde_json::json;
 use sluice_core::log::Log;
+use sluice_ingress::routes::health::{healthz, log_readiness, metrics};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use warp::http::StatusCode;
-use warp::{Filter, Reply};
+use warp::Filter;
 
 /// Serves the operations routes on `listener` until `shutdown` fires.
 pub async fn serve(listener: TcpListener, log: Arc<dyn Log>, shutdown: CancellationToken) {
-    let healthz = warp::path!("healthz")
-        .and(warp::get())
-        .map(|| warp::reply::json(&json!({ "status": "ok" })).into_response());
+    let healthz = warp::path!("healthz").and(warp::get()).map(healthz);
     let probe = Arc::new(Probe { log });
     let with_log = warp::any().map(move || probe.clone());
     let readyz = warp::path!("readyz")
         .and(warp::get())
         .and(with_log)
         .then(readiness);
-    let metrics = warp::path!("metrics").and(warp::get()).map(|| {
-        warp::reply::with_header(
-            sluice_core::telemetry::metrics_handle().render(),
-            "content-type",
-            "text/plain; version=0.0.4",
-        )
-        .into_response()
-    });
+    let metrics = warp::path!("metrics").and(warp::get()).map(metrics);
     let routes = healthz.or(readyz).unify().or(metrics).unify();
     warp::serve(routes)
         .incoming(listener)
@@ -38,18 +28,11 @@ pub async fn serve(listener: TcpListener, log: Arc<dyn Log>, shutdown: Cancellat
         .await;
 }
 
-/// What `/readyz` asks.
+/// What `/readyz` asks (a sized wrapper: warp's filters need one around a trait object).
 struct Probe {
     log: Arc<dyn Log>,
 }
 
 async fn readiness(probe: Arc<Probe>) -> warp::reply::Response {
-    match probe.log.check_ready().await {
-        Ok(()) => warp::reply::json(&json!({ "status": "ready" })).into_response(),
-        Err(error) => warp::reply::with_status(
-            warp::reply::json(&json!({ "status": "not_ready", "reason": error.to_string() })),
-            StatusCode::SERVICE_UNAVAILABLE,
-        )
-        .into_response(),
-    }
+    log_readiness(probe.log.as_ref()).await
 }

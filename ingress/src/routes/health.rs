@@ -1,6 +1,7 @@
 //! `/healthz` (the process answers), `/readyz` (the log answers), `/metrics` (Prometheus).
 
 use serde_json::json;
+use sluice_core::log::Log;
 use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::Reply;
@@ -21,7 +22,13 @@ pub async fn readyz(state: &State) -> Response {
         )
         .into_response();
     }
-    match state.log.check_ready().await {
+    log_readiness(state.log.as_ref()).await
+}
+
+/// Readiness of a process without an ingress: 200 when the log answers, else 503 with the
+/// reason.
+pub async fn log_readiness(log: &dyn Log) -> Response {
+    match log.check_ready().await {
         Ok(()) => warp::reply::json(&json!({ "status": "ready" })).into_response(),
         Err(error) => warp::reply::with_status(
             warp::reply::json(&json!({ "status": "not_ready", "reason": error.to_string() })),
