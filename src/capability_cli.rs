@@ -209,33 +209,10 @@ fn read_key_file(path: &Path, what: &str) -> Result<String, String> {
     Ok(key.to_string())
 }
 
-/// Runs `verify` with each root public key of `path` (hex, one per line, as the ingress reads
-/// `biscuit_public_key_file`; blank lines and `#` comments ignored) until one verifies the
-/// token: during a rotation the file lists the old and the new root.
-fn with_public_keys<T>(
-    path: &Path,
-    verify: impl Fn(&str) -> Result<T, capability::CapabilityError>,
-) -> Result<Result<T, capability::CapabilityError>, String> {
-    let keys = read_key_file(path, "public")?;
-    Ok(first_verifying(&keys, verify))
-}
-
-fn first_verifying<T>(
-    keys: &str,
-    verify: impl Fn(&str) -> Result<T, capability::CapabilityError>,
-) -> Result<T, capability::CapabilityError> {
-    let mut refused = capability::CapabilityError::BadSignature;
-    for key in keys
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-    {
-        match verify(key) {
-            Err(error @ capability::CapabilityError::BadSignature) => refused = error,
-            other => return other,
-        }
-    }
-    Err(refused)
+/// The root public keys of `path`, read as the ingress reads `biscuit_public_key_file` (one
+/// per line; during a rotation the old and the new root).
+fn root_keys(path: &Path) -> Result<capability::CapabilityAuthority, String> {
+    capability::CapabilityAuthority::from_public_key_file(path).map_err(|e| e.to_string())
 }
 
 /// Mints a token for `user` with the private key in `private_key_file`, valid for `ttl_secs`
@@ -269,21 +246,21 @@ pub fn attenuate(
         max_quantity,
         expires_at: expires,
     };
-    let attenuated = with_public_keys(public_key_file, |public| {
-        capability::attenuate(token, public, &restrictions)
-    })?;
-    let token = attenuated.map_err(|e| match e {
-        capability::CapabilityError::InvalidInput(_) => {
-            format!("{e}: give --product, --max-quantity or --expires")
-        }
-        other => other.to_string(),
-    })?;
+    let token = root_keys(public_key_file)?
+        .attenuate(token, &restrictions)
+        .map_err(|e| match e {
+            capability::CapabilityError::InvalidInput(_) => {
+                format!("{e}: give --product, --max-quantity or --expires")
+            }
+            other => other.to_string(),
+        })?;
     Ok(format!("{token}\n"))
 }
 
 /// Verifies `token` with a root public key in `public_key_file` and lists its blocks.
 pub fn inspect(public_key_file: &Path, token: &str) -> Result<String, String> {
-    with_public_keys(public_key_file, |public| capability::inspect(token, public))?
+    root_keys(public_key_file)?
+        .inspect(token)
         .map_err(|e| e.to_string())
 }
 

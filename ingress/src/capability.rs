@@ -354,6 +354,44 @@ impl CapabilityAuthority {
         self.roots[0].to_bytes_hex()
     }
 
+    /// Appends a block with `restrictions` to a token this authority verifies. No private key
+    /// is needed: any holder can narrow a token offline.
+    pub fn attenuate(
+        &self,
+        token_base64: &str,
+        restrictions: &Restrictions,
+    ) -> Result<String, CapabilityError> {
+        let block = restrictions.block()?;
+        self.verify(token_base64)?
+            .append(block)
+            .and_then(|token| token.to_base64())
+            .map_err(classify)
+    }
+
+    /// A human-readable listing of a token this authority verifies: each block's facts, rules
+    /// and checks as Datalog, with its revocation id.
+    pub fn inspect(&self, token_base64: &str) -> Result<String, CapabilityError> {
+        let token = self.verify(token_base64)?;
+        let revocation = token.revocation_identifiers();
+        let mut out = String::new();
+        for index in 0..token.block_count() {
+            let source = token.print_block_source(index).map_err(classify)?;
+            let kind = if index == 0 {
+                "authority"
+            } else {
+                "attenuation"
+            };
+            let _ = writeln!(out, "block {index} ({kind}):");
+            for line in source.lines().filter(|l| !l.trim().is_empty()) {
+                let _ = writeln!(out, "    {line}");
+            }
+            if let Some(id) = revocation.get(index) {
+                let _ = writeln!(out, "    // revocation id: {}", hex_encode(id));
+            }
+        }
+        Ok(out)
+    }
+
     /// Parses `token_base64` and verifies it against the trusted roots and the revocation
     /// list.
     fn verify(&self, token_base64: &str) -> Result<Biscuit, CapabilityError> {
@@ -542,36 +580,13 @@ pub fn attenuate(
     root_public_hex: &str,
     restrictions: &Restrictions,
 ) -> Result<String, CapabilityError> {
-    let block = restrictions.block()?;
-    let token = parse_token(token_base64, parse_public_key(root_public_hex)?)?;
-    token
-        .append(block)
-        .and_then(|token| token.to_base64())
-        .map_err(classify)
+    CapabilityAuthority::from_public_key_hex(root_public_hex)?.attenuate(token_base64, restrictions)
 }
 
 /// A human-readable listing of a verified token: each block's facts, rules and checks as
 /// Datalog, with its revocation id.
 pub fn inspect(token_base64: &str, root_public_hex: &str) -> Result<String, CapabilityError> {
-    let token = parse_token(token_base64, parse_public_key(root_public_hex)?)?;
-    let revocation = token.revocation_identifiers();
-    let mut out = String::new();
-    for index in 0..token.block_count() {
-        let source = token.print_block_source(index).map_err(classify)?;
-        let kind = if index == 0 {
-            "authority"
-        } else {
-            "attenuation"
-        };
-        let _ = writeln!(out, "block {index} ({kind}):");
-        for line in source.lines().filter(|l| !l.trim().is_empty()) {
-            let _ = writeln!(out, "    {line}");
-        }
-        if let Some(id) = revocation.get(index) {
-            let _ = writeln!(out, "    // revocation id: {}", hex_encode(id));
-        }
-    }
-    Ok(out)
+    CapabilityAuthority::from_public_key_hex(root_public_hex)?.inspect(token_base64)
 }
 
 /// The lines of `path` that hold something: `(line number, trimmed text)`, without blank
