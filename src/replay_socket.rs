@@ -21,7 +21,7 @@ use sluice_core::log::Log;
 use sluice_core::topology::Topology;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::mpsc;
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -190,24 +190,31 @@ async fn handle(
             cancel.cancel();
         })
     };
-    let (progress_tx, mut progress_rx) = mpsc::unbounded_channel();
+    // Only the latest progress matters: a slow client skips updates instead of queueing them.
+    let (progress_tx, mut progress_rx) = watch::channel((0, 0));
     let progress: ProgressFn = Arc::new(move |done, total| {
-        let _ = progress_tx.send(Reply::Progress { done, total });
+        progress_tx.send_replace((done, total));
     });
     let run = replay(topology, log, &spec, cancel.clone(), Some(progress));
     tokio::pin!(run);
+    let mut sent = (0, 0);
     let result = loop {
         tokio::select! {
             result = &mut run => break result,
-            Some(reply) = progress_rx.recv() => {
-                if send(&mut write, &reply).await.is_err() {
+            Ok(()) = progress_rx.changed() => {
+                sent = *progress_rx.borrow_and_update();
+                let (done, total) = sent;
+                if send(&mut write, &Reply::Progress { done, total }).await.is_err() {
                     cancel.cancel(); // the client is gone; the replay stops and can resume
                 }
             }
         }
     };
-    while let Ok(reply) = progress_rx.try_recv() {
-        let _ = send(&mut write, &reply).await;
+    // The last update may have come with the end of the run: the client still sees it.
+    let latest = *progress_rx.borrow();
+    if latest != sent {
+        let (done, total) = latest;
+        let _ = send(&mut write, &Reply::Progress { done, total }).await;
     }
     watch.abort();
     // No longer running once the client learns the outcome, so it may start the next one.
