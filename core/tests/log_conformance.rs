@@ -240,6 +240,27 @@ async fn kafka_log_conforms() {
     conformance(Arc::new(KafkaLog::new(&config).unwrap())).await;
 }
 
+/// Creates `topic` with one partition, appends `count` records (payloads "0", "1", …) and
+/// commits group "g" at `offset`.
+async fn fill_and_commit(log: &EmbeddedLog, topic: &str, count: usize, offset: i64) {
+    log.ensure_topics(&[(topic.to_string(), 1, 1)])
+        .await
+        .unwrap();
+    for n in 0..count {
+        let record = OutRecord::new(b"k".to_vec(), format!("{n}").into_bytes());
+        log.send(topic, record, ACK).await.unwrap();
+    }
+    let mut consumer = log.consumer("g").await.unwrap();
+    consumer
+        .commit(&[Position {
+            topic: topic.to_string(),
+            partition: 0,
+            next_offset: offset,
+        }])
+        .await
+        .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_log_survives_reopen_and_enforces_retention() {
     let dir = tempfile::tempdir().unwrap();
@@ -254,25 +275,7 @@ async fn embedded_log_survives_reopen_and_enforces_retention() {
             },
         )
         .unwrap();
-        log.ensure_topics(&[(topic.clone(), 1, 1)]).await.unwrap();
-        for n in 0..25 {
-            log.send(
-                &topic,
-                OutRecord::new(b"k".to_vec(), format!("{n}").into_bytes()),
-                ACK,
-            )
-            .await
-            .unwrap();
-        }
-        let mut consumer = log.consumer("g").await.unwrap();
-        consumer
-            .commit(&[Position {
-                topic: topic.clone(),
-                partition: 0,
-                next_offset: 7,
-            }])
-            .await
-            .unwrap();
+        fill_and_commit(&log, &topic, 25, 7).await;
         assert!(
             EmbeddedLog::open(
                 &path,
@@ -347,25 +350,7 @@ async fn embedded_offsets_never_repeat_after_retention_empties_a_partition() {
     };
     {
         let log = EmbeddedLog::open(&path, retention).unwrap();
-        log.ensure_topics(&[(topic.clone(), 1, 1)]).await.unwrap();
-        for n in 0..5 {
-            log.send(
-                &topic,
-                OutRecord::new(b"k".to_vec(), format!("{n}").into_bytes()),
-                ACK,
-            )
-            .await
-            .unwrap();
-        }
-        let mut consumer = log.consumer("g").await.unwrap();
-        consumer
-            .commit(&[Position {
-                topic: topic.clone(),
-                partition: 0,
-                next_offset: 5,
-            }])
-            .await
-            .unwrap();
+        fill_and_commit(&log, &topic, 5, 5).await;
         tokio::time::sleep(Duration::from_millis(120)).await;
         assert_eq!(log.enforce_retention().await.unwrap(), 5);
         assert_eq!(

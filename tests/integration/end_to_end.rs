@@ -34,8 +34,7 @@ async fn on_the_embedded_defaults_every_order_is_stored_exactly_once_in_its_shar
 }
 
 async fn orders_from_many_users_are_stored_exactly_once_in_their_shard(backend: Backend) {
-    let probe = test_topology_on(Backend::Embedded, "probe", &[], |t| t);
-    let users = users_covering_shards(&probe.text, 3);
+    let users = users_covering_shards(3);
     let user_refs: Vec<&str> = users.iter().map(String::as_str).collect();
     let test = test_topology_on(backend, "e2e", &user_refs, |t| t);
     let topology = test.topology();
@@ -169,17 +168,18 @@ async fn orders_from_many_users_are_stored_exactly_once_in_their_shard(backend: 
 
     // GET /order/{id}: stored, rejected, pending, other user's.
     let dashed = |hex: &str| uuid::Uuid::parse_str(hex).unwrap().to_string();
+    let order_status = |id: &str, user: &str| {
+        let request = client
+            .get(format!("{}/order/{id}", pipeline.base_order))
+            .bearer_auth(&tokens[user]);
+        async move {
+            let body: serde_json::Value = request.send().await.unwrap().json().await.unwrap();
+            body
+        }
+    };
     let (stored_id, stored) = accepted.iter().find(|(_, s)| s.quantity > 0).unwrap();
     let stored_id = dashed(stored_id);
-    let body: serde_json::Value = client
-        .get(format!("{}/order/{stored_id}", pipeline.base_order))
-        .bearer_auth(&tokens[&stored.user])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body = order_status(&stored_id, &stored.user).await;
     assert_eq!(body["status"], "stored", "{body}");
     assert_eq!(
         body["order"]["lineTotalMinor"],
@@ -188,29 +188,13 @@ async fn orders_from_many_users_are_stored_exactly_once_in_their_shard(backend: 
 
     let (rejected_id, rejected) = accepted.iter().find(|(_, s)| s.quantity == 0).unwrap();
     let rejected_id = dashed(rejected_id);
-    let body: serde_json::Value = client
-        .get(format!("{}/order/{rejected_id}", pipeline.base_order))
-        .bearer_auth(&tokens[&rejected.user])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body = order_status(&rejected_id, &rejected.user).await;
     assert_eq!(body["status"], "rejected", "{body}");
     assert_eq!(body["stage"], "validate");
     assert_eq!(body["reason"], "quantity 0 is outside 1..=1000");
 
     let other_user = users.iter().find(|u| **u != stored.user).unwrap();
-    let body: serde_json::Value = client
-        .get(format!("{}/order/{stored_id}", pipeline.base_order))
-        .bearer_auth(&tokens[other_user])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body = order_status(&stored_id, other_user).await;
     assert_ne!(
         body["status"], "stored",
         "another user's order was disclosed: {body}"

@@ -85,8 +85,7 @@ async fn on_the_embedded_defaults_kill_9_and_sigterm_lose_and_duplicate_nothing(
 }
 
 async fn kill_9_and_sigterm_lose_and_duplicate_nothing(backend: Backend) {
-    let probe = test_topology_on(Backend::Embedded, "probe", &[], |t| t);
-    let users = users_covering_shards(&probe.text, 1);
+    let users = users_covering_shards(1);
     let user_refs: Vec<&str> = users.iter().map(String::as_str).collect();
     let ports = Ports::free();
     let test = test_topology_on(backend, "kill", &user_refs, |t| ports.apply(t));

@@ -53,8 +53,7 @@ async fn replay_on_the_embedded_defaults() {
 }
 
 async fn replay_restores_shards_and_resumes(backend: Backend) {
-    let probe = test_topology_on(Backend::Embedded, "probe", &[], |t| t);
-    let users = users_covering_shards(&probe.text, 2);
+    let users = users_covering_shards(2);
     let refs: Vec<&str> = users.iter().map(String::as_str).collect();
     let test = test_topology_on(backend, "replay", &refs, |t| {
         t.replace(
@@ -267,8 +266,7 @@ async fn replay_command(test: &TestTopology, args: &[&str]) -> std::process::Out
 async fn replay_command_runs_inside_the_running_embedded_pipeline() {
     use std::os::unix::fs::PermissionsExt;
 
-    let probe = test_topology_on(Backend::Embedded, "probe", &[], |t| t);
-    let users = users_covering_shards(&probe.text, 1);
+    let users = users_covering_shards(1);
     let refs: Vec<&str> = users.iter().map(String::as_str).collect();
     let ports = Ports::free();
     let test = test_topology_on(Backend::Embedded, "livereplay", &refs, |t| ports.apply(t));
