@@ -33,6 +33,9 @@ pub const SINK_BATCH_ROWS: &str = "sluice_sink_batch_rows";
 pub const SINK_COMMIT_DURATION: &str = "sluice_sink_commit_duration_seconds";
 /// Counter: failed sink transactions that were retried, labelled `shard`.
 pub const SINK_RETRIES: &str = "sluice_sink_retries_total";
+/// Counter: orders a shard refused for good (a value too long for its column, a constraint),
+/// recorded as rejected by stage `sink` instead of stored, labelled `shard`.
+pub const SINK_ROWS_REFUSED: &str = "sluice_sink_rows_refused_total";
 /// Counter: records deleted by retention before a consumer read them, labelled `topic`.
 pub const LOG_RECORDS_SKIPPED: &str = "sluice_log_records_skipped_total";
 /// Counter: records a replay delivered, labelled `target`.

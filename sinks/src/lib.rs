@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 pub use lookup::ShardLookup;
 pub use worker::{run_sink_worker, SinkWorker};
-pub use writer::{Batch, Rejection, ShardWriter, SinkError};
+pub use writer::{Batch, DatabaseError, Fault, Rejection, ShardWriter, SinkError};
 
 /// Opens the shard backend named by `url`: `mysql://…` or `sqlite://path` (a relative path
 /// resolves against `base_dir`, the topology file's folder).

@@ -9,12 +9,13 @@ use sluice_core::order::{
     now_ms, EnrichedOrder, HEADER_DLQ_REASON, HEADER_DLQ_STAGE, HEADER_ORDER_ID,
 };
 use sluice_core::sharding::ShardMap;
+use sluice_core::telemetry;
 use sluice_core::topology::Topology;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::writer::{Batch, Rejection, ShardWriter, SinkError};
+use crate::writer::{Batch, Fault, Rejection, ShardWriter, SinkError};
 
 /// Settings of one shard's worker.
 #[derive(Clone)]
@@ -169,13 +170,22 @@ pub async fn run_sink_worker(
     // queue of one, reading and writing overlap and at most three batches are in memory.
     let (ready, mut queued) = tokio::sync::mpsc::channel::<ReadBatch>(1);
     let read = read_batches(consumer.as_mut(), &worker, &map, remaining, &cancel, ready);
+    let metrics = WriteMetrics::new(&worker.shard);
     let (writer, worker_ref, cancel_ref, progress) = (&writer, &worker, &cancel, &progress);
+    let metrics_ref = &metrics;
     // `move`: the queue's receiver belongs to `write`, so a failed write drops it, which
     // fails the reader's pending send and stops the reader.
     let write = async move {
         let mut done = 0u64;
         while let Some(read) = queued.recv().await {
-            write_with_retry(writer.as_ref(), worker_ref, &read.batch, cancel_ref).await?;
+            write_with_retry(
+                writer.as_ref(),
+                worker_ref,
+                &read.batch,
+                cancel_ref,
+                metrics_ref,
+            )
+            .await?;
             done += read.consumed as u64;
             if let Some(progress) = progress {
                 progress(done);
@@ -290,48 +300,227 @@ async fn read_batches(
 /// Longest time one batch write may take before it counts as failed (and is retried).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Writes the batch, retrying transient failures with backoff. While draining (cancelled) it
-/// still tries a few times, then gives up: the positions were not stored, so nothing is lost.
+/// Longest reason stored with a row the shard refused (the database's message).
+const MAX_REASON_CHARS: usize = 1000;
+
+/// The metric handles of one shard's worker, registered once.
+pub(crate) struct WriteMetrics {
+    /// Failed writes that were retried.
+    retries: metrics::Counter,
+    /// Orders the shard refused for good and that were recorded as rejected.
+    refused: metrics::Counter,
+}
+
+impl WriteMetrics {
+    pub(crate) fn new(shard: &str) -> Self {
+        WriteMetrics {
+            retries: metrics::counter!(telemetry::SINK_RETRIES, "shard" => shard.to_string()),
+            refused: metrics::counter!(telemetry::SINK_ROWS_REFUSED, "shard" => shard.to_string()),
+        }
+    }
+}
+
+/// Writes the batch, rows and positions in one transaction, retrying transient failures
+/// with backoff. If the shard refuses some rows for good ([`Fault::Permanent`]), the batch is
+/// split to find them ([`store_around_refusals`]): they are recorded as rejected and the rest
+/// is stored, so one bad row never stalls the shard.
 async fn write_with_retry(
     writer: &dyn ShardWriter,
     worker: &SinkWorker,
     batch: &Batch,
     cancel: &CancellationToken,
+    metrics: &WriteMetrics,
+) -> Result<(), SinkError> {
+    match write_retrying(writer, worker, batch, cancel, metrics).await {
+        Err(error) if error.fault() == Fault::Permanent => {
+            tracing::warn!(
+                shard = worker.shard, %error, rows = batch.orders.len() + batch.rejections.len(),
+                "the shard refused a row of the batch for good; splitting the batch to find it"
+            );
+            store_around_refusals(writer, worker, batch, cancel, metrics).await
+        }
+        other => other,
+    }
+}
+
+/// Writes `batch` until it is stored, it fails with a [`Fault::Permanent`] error (returned at
+/// once), or the worker is cancelled and a few more attempts failed too. While draining
+/// (cancelled) it retries only briefly: the positions were not stored, so nothing is lost.
+async fn write_retrying(
+    writer: &dyn ShardWriter,
+    worker: &SinkWorker,
+    batch: &Batch,
+    cancel: &CancellationToken,
+    metrics: &WriteMetrics,
 ) -> Result<(), SinkError> {
     let mut backoff = Duration::from_millis(100);
     let mut attempts_after_cancel = 0;
     loop {
         let attempt =
             tokio::time::timeout(WRITE_TIMEOUT, writer.write_batch(&worker.consumer, batch)).await;
-        let attempt = attempt.unwrap_or_else(|_| {
-            Err(SinkError::Database {
+        let error = match attempt {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(error)) => error,
+            Err(_) => SinkError::Timeout {
                 shard: worker.shard.clone(),
-                message: format!("the batch write did not finish within {WRITE_TIMEOUT:?}"),
-            })
-        });
-        match attempt {
-            Ok(()) => return Ok(()),
-            Err(error) => {
-                metrics::counter!(sluice_core::telemetry::SINK_RETRIES, "shard" => worker.shard.clone()).increment(1);
-                if cancel.is_cancelled() {
-                    attempts_after_cancel += 1;
-                    if attempts_after_cancel >= 3 {
-                        return Err(error);
-                    }
-                }
-                // While draining, retry briefly: a shutdown should not wait on a broken shard.
-                let pause = if cancel.is_cancelled() {
-                    backoff.min(Duration::from_millis(200))
-                } else {
-                    backoff
-                };
-                tracing::warn!(shard = worker.shard, %error, retry_in = ?pause, "batch write failed; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(pause) => {}
-                    _ = cancel.cancelled(), if !cancel.is_cancelled() => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                after: WRITE_TIMEOUT,
+            },
+        };
+        let fault = error.fault();
+        if fault == Fault::Permanent {
+            return Err(error);
+        }
+        metrics.retries.increment(1);
+        if cancel.is_cancelled() {
+            attempts_after_cancel += 1;
+            if attempts_after_cancel >= 3 {
+                return Err(error);
             }
         }
+        // While draining, retry briefly: a shutdown should not wait on a broken shard.
+        let pause = if cancel.is_cancelled() {
+            backoff.min(Duration::from_millis(200))
+        } else {
+            backoff
+        };
+        if fault == Fault::Transient {
+            tracing::warn!(shard = worker.shard, %error, retry_in = ?pause, "batch write failed; retrying");
+        } else {
+            tracing::error!(
+                shard = worker.shard, %error, retry_in = ?pause,
+                "batch write failed for a reason that is neither transient nor a refused row; \
+                 retrying until it is fixed"
+            );
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = cancel.cancelled(), if !cancel.is_cancelled() => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// One row of a batch being split.
+#[derive(Clone, Copy)]
+enum Row<'a> {
+    Order(&'a EnrichedOrder),
+    Rejection(&'a Rejection),
+}
+
+/// A batch of `rows` without positions.
+fn rows_batch(rows: &[Row<'_>]) -> Batch {
+    let mut batch = Batch::default();
+    for row in rows {
+        match row {
+            Row::Order(order) => batch.orders.push((*order).clone()),
+            Row::Rejection(rejection) => batch.rejections.push((*rejection).clone()),
+        }
+    }
+    batch
+}
+
+/// Stores a batch the shard refused for good: splits its rows in halves, and halves of the
+/// halves that are refused too, until each refused row stands alone; every piece that is
+/// accepted is stored (without positions) as it is found. Then one last transaction records
+/// the refused orders as rejected by stage `sink`, with the database's reason, together
+/// with the positions of the whole batch.
+///
+/// Positions move only in that last transaction, after every good row is stored. A crash
+/// before it leaves the positions where they were: the batch is read and split again, and
+/// since rows are idempotent by `order_id`, the pieces already stored are written again
+/// without effect. Transient errors on the way are retried as for any batch.
+async fn store_around_refusals(
+    writer: &dyn ShardWriter,
+    worker: &SinkWorker,
+    batch: &Batch,
+    cancel: &CancellationToken,
+    metrics: &WriteMetrics,
+) -> Result<(), SinkError> {
+    let rows: Vec<Row<'_>> = batch
+        .orders
+        .iter()
+        .map(Row::Order)
+        .chain(batch.rejections.iter().map(Row::Rejection))
+        .collect();
+    // A stack of pieces still to write, the next one on top.
+    let mut pieces: Vec<&[Row<'_>]> = Vec::new();
+    let (first, second) = rows.split_at(rows.len() / 2);
+    pieces.extend([second, first].into_iter().filter(|p| !p.is_empty()));
+    let mut refused: Vec<Rejection> = Vec::new();
+    while let Some(piece) = pieces.pop() {
+        let error = match write_retrying(writer, worker, &rows_batch(piece), cancel, metrics).await
+        {
+            Ok(()) => continue,
+            Err(error) if error.fault() == Fault::Permanent => error,
+            Err(error) => return Err(error),
+        };
+        match piece {
+            [Row::Order(order)] => {
+                let reason = truncate(&error.refusal_reason(), MAX_REASON_CHARS);
+                tracing::warn!(
+                    shard = worker.shard, order_id = %order.order_id, user_id = order.user_id, reason,
+                    "the shard refused an order for good; recording it as rejected"
+                );
+                refused.push(Rejection {
+                    order_id: order.order_id,
+                    user_id: order.user_id.clone(),
+                    stage: "sink".into(),
+                    reason,
+                    rejected_at_ms: now_ms(),
+                });
+            }
+            [Row::Rejection(rejection)] => tracing::error!(
+                shard = worker.shard, order_id = %rejection.order_id, stage = rejection.stage, %error,
+                "the shard refused to record a dead-lettered order's rejection; skipping the record"
+            ),
+            _ => {
+                let (first, second) = piece.split_at(piece.len() / 2);
+                pieces.extend([second, first]);
+            }
+        }
+    }
+    let closing = Batch {
+        orders: Vec::new(),
+        rejections: refused,
+        positions: batch.positions.clone(),
+    };
+    match write_retrying(writer, worker, &closing, cancel, metrics).await {
+        Ok(()) => {
+            metrics.refused.increment(closing.rejections.len() as u64);
+            return Ok(());
+        }
+        Err(error) if error.fault() == Fault::Permanent => {
+            tracing::error!(shard = worker.shard, %error, "the shard refused a rejection record; recording them one by one");
+        }
+        Err(error) => return Err(error),
+    }
+    // Some rejection record is refused itself (say, a user id longer than the shard stores):
+    // record each one that the shard takes, then the positions.
+    for rejection in &closing.rejections {
+        let single = Batch {
+            rejections: vec![rejection.clone()],
+            ..Batch::default()
+        };
+        match write_retrying(writer, worker, &single, cancel, metrics).await {
+            Ok(()) => metrics.refused.increment(1),
+            Err(error) if error.fault() == Fault::Permanent => tracing::error!(
+                shard = worker.shard, order_id = %rejection.order_id, user_id = rejection.user_id, %error,
+                "the shard refused an order and its rejection record; the order is neither stored nor recorded"
+            ),
+            Err(error) => return Err(error),
+        }
+    }
+    let positions = Batch {
+        positions: batch.positions.clone(),
+        ..Batch::default()
+    };
+    write_retrying(writer, worker, &positions, cancel, metrics).await
+}
+
+/// `text` cut to at most `max` characters.
+fn truncate(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((end, _)) => text[..end].to_string(),
+        None => text.to_string(),
     }
 }

@@ -54,6 +54,82 @@ pub(crate) fn record_committed(shard: &str, batch: &Batch, started: std::time::I
         .increment(batch.rejections.len() as u64);
 }
 
+/// Whether a failed write can succeed if it is tried again, which decides what the sink
+/// worker does with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The database or the way to it is unavailable for now: connection lost or refused,
+    /// timeout, lock wait timeout, deadlock, server read-only or shutting down, too many
+    /// connections, SQLite busy or locked, disk full. The same write is retried with backoff.
+    Transient,
+    /// The database refuses the data of some row for good: a value too long for its column,
+    /// out of range or incorrect, a constraint violation. Retrying cannot help; the worker
+    /// splits the batch to find the refused rows, records them as rejected and stores the rest.
+    Permanent,
+    /// Neither of the above, or not known to be: a missing table or privilege, a driver
+    /// error. It is not the rows' fault, so no row is rejected for it; the write is retried
+    /// (and logged as an error) until the cause is fixed.
+    Other,
+}
+
+impl std::fmt::Display for Fault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Fault::Transient => "transient",
+            Fault::Permanent => "permanent",
+            Fault::Other => "unclassified",
+        })
+    }
+}
+
+/// The error a database driver reported, kept whole so it can be classified and reported.
+#[derive(Debug, thiserror::Error)]
+pub enum DatabaseError {
+    /// From the MariaDB / MySQL driver.
+    #[error(transparent)]
+    Mysql(#[from] mysql_async::Error),
+    /// From SQLite.
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
+    /// From the file system (creating a SQLite shard's folder).
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// The thread that ran a SQLite call failed (it panicked or was cancelled).
+    #[error("the thread running the SQLite call failed: {0}")]
+    Thread(#[from] tokio::task::JoinError),
+    /// An earlier SQLite call panicked while holding the connection.
+    #[error("the SQLite connection is unusable: an earlier call panicked while holding it")]
+    Poisoned,
+}
+
+impl DatabaseError {
+    /// Whether retrying can help (see [`Fault`]).
+    pub fn fault(&self) -> Fault {
+        match self {
+            DatabaseError::Mysql(error) => crate::mysql::classify(error),
+            DatabaseError::Sqlite(error) => crate::sqlite::classify(error),
+            DatabaseError::Io(_) | DatabaseError::Thread(_) | DatabaseError::Poisoned => {
+                Fault::Other
+            }
+        }
+    }
+
+    /// The database's own words for a refusal, as stored with a rejected row: the server's
+    /// message with its error code for MariaDB / MySQL, SQLite's message for SQLite.
+    pub fn reason(&self) -> String {
+        match self {
+            DatabaseError::Mysql(mysql_async::Error::Server(server)) => format!(
+                "{} (MariaDB error {}, SQLSTATE {})",
+                server.message, server.code, server.state
+            ),
+            DatabaseError::Sqlite(rusqlite::Error::SqliteFailure(failure, Some(message))) => {
+                format!("{message} (SQLite error {})", failure.extended_code)
+            }
+            other => other.to_string(),
+        }
+    }
+}
+
 /// Errors from a shard backend.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -66,12 +142,32 @@ pub enum SinkError {
         message: String,
     },
     /// The database refused or failed an operation.
-    #[error("shard {shard:?}: database error: {message}")]
+    #[error("shard {shard:?}: database error ({fault}): {source}", fault = .source.fault())]
     Database {
         /// The shard.
         shard: String,
-        /// The driver's message.
-        message: String,
+        /// The driver's error.
+        #[source]
+        source: DatabaseError,
+    },
+    /// The SQLite shard file cannot be opened or created.
+    #[error("shard {shard:?}: cannot open {}: {source}; check that its folder is writable and the disk has room", path.display())]
+    Open {
+        /// The shard.
+        shard: String,
+        /// The database file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: DatabaseError,
+    },
+    /// A batch write did not finish in time: the server is frozen, overloaded or unreachable.
+    #[error("shard {shard:?}: the batch write did not finish within {after:?}; is the database server frozen or unreachable?")]
+    Timeout {
+        /// The shard.
+        shard: String,
+        /// The time limit.
+        after: std::time::Duration,
     },
     /// The log failed.
     #[error("shard {shard:?}: {source}")]
@@ -81,6 +177,31 @@ pub enum SinkError {
         /// The log error.
         source: sluice_core::log::LogError,
     },
+}
+
+impl SinkError {
+    /// Whether retrying can help (see [`Fault`]). Only a database error can be
+    /// [`Fault::Permanent`]; time-outs and log errors are transient.
+    pub fn fault(&self) -> Fault {
+        match self {
+            SinkError::Database { source, .. } => source.fault(),
+            SinkError::Open { source, .. } => match source.fault() {
+                // Opening a file does not store a row: nothing to reject.
+                Fault::Permanent => Fault::Other,
+                fault => fault,
+            },
+            SinkError::Timeout { .. } | SinkError::Log { .. } => Fault::Transient,
+            SinkError::Url { .. } => Fault::Other,
+        }
+    }
+
+    /// The reason to record with a row this error refused: the database's own message.
+    pub fn refusal_reason(&self) -> String {
+        match self {
+            SinkError::Database { source, .. } => source.reason(),
+            other => other.to_string(),
+        }
+    }
 }
 
 /// Stores batches of one shard atomically, together with consumer positions.

@@ -1,6 +1,6 @@
-//! The shard worker over a real embedded log and a real SQLite shard: when the shard refuses
-//! every write and the worker is cancelled, it stops with the error instead of hanging, even
-//! with its reader blocked on a full queue of batches.
+//! The shard worker over a real embedded log and a real SQLite shard: when every write fails
+//! transiently (the shard stays locked) and the worker is cancelled, it stops with the error
+//! instead of hanging, even with its reader blocked on a full queue of batches.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,12 +10,12 @@ use sluice_core::log::{Log, OutRecord, StartFrom};
 use sluice_core::order::EnrichedOrder;
 use sluice_core::sharding::{BucketRange, ShardMap};
 use sluice_sinks::sqlite::SqliteShard;
-use sluice_sinks::{run_sink_worker, ShardWriter, SinkWorker};
+use sluice_sinks::{run_sink_worker, Fault, ShardWriter, SinkWorker};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_worker_whose_shard_refuses_writes_stops_with_the_error_when_cancelled() {
+async fn a_worker_whose_shard_stays_locked_stops_with_the_error_when_cancelled() {
     let dir = tempfile::tempdir().unwrap();
     let log: Arc<dyn Log> = Arc::new(
         EmbeddedLog::open(
@@ -53,17 +53,13 @@ async fn a_worker_whose_shard_refuses_writes_stops_with_the_error_when_cancelled
         sent.unwrap();
     }
 
-    // A shard that refuses every order row (a trigger aborts the insert): every batch fails.
+    // A shard that another connection keeps locked for writing: every batch fails with
+    // "database is locked", a transient error that is retried, never taken for a refusal.
     let file = dir.path().join("shard0.db");
     let shard = Arc::new(SqliteShard::new("s0", &file));
     shard.migrate().await.unwrap();
-    rusqlite::Connection::open(&file)
-        .unwrap()
-        .execute_batch(
-            "CREATE TRIGGER refuse_orders BEFORE INSERT ON orders \
-             BEGIN SELECT RAISE(ABORT, 'orders refused'); END",
-        )
-        .unwrap();
+    let holder = rusqlite::Connection::open(&file).unwrap();
+    holder.execute_batch("BEGIN IMMEDIATE").unwrap();
 
     let cancel = CancellationToken::new();
     let worker = tokio::spawn(run_sink_worker(
@@ -98,7 +94,13 @@ async fn a_worker_whose_shard_refuses_writes_stops_with_the_error_when_cancelled
     let error = stopped
         .unwrap()
         .expect_err("the writes failed, so must the worker");
-    assert!(error.to_string().contains("orders refused"), "{error}");
+    assert_eq!(error.fault(), Fault::Transient, "{error}");
+    assert!(error.to_string().contains("database is locked"), "{error}");
+    holder.execute_batch("ROLLBACK").unwrap();
     // Nothing was stored, so no position was either: a restart reads everything again.
     assert!(shard.positions("sink").await.unwrap().is_empty());
+    let rejected: i64 = holder
+        .query_row("SELECT COUNT(*) FROM rejected_orders", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(rejected, 0, "a transient failure became a rejection");
 }

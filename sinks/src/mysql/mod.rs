@@ -18,7 +18,7 @@ use sluice_core::lookup::OrderStatus;
 use sluice_core::order::{now_ms, EnrichedOrder};
 use uuid::Uuid;
 
-use crate::writer::{Batch, ShardWriter, SinkError};
+use crate::writer::{Batch, Fault, ShardWriter, SinkError};
 
 /// Largest number of rows in one INSERT statement.
 pub const ROWS_PER_STATEMENT: usize = 500;
@@ -77,7 +77,7 @@ impl MysqlShard {
     fn db_error(&self, error: mysql_async::Error) -> SinkError {
         SinkError::Database {
             shard: self.name.clone(),
-            message: error.to_string(),
+            source: error.into(),
         }
     }
 
@@ -106,6 +106,73 @@ impl MysqlShard {
         .await
         .map_err(|e| self.db_error(e))?;
         conn.disconnect().await.map_err(|e| self.db_error(e))
+    }
+}
+
+/// Whether retrying a write that failed with `error` can help.
+///
+/// Lost, refused or broken connections are [`Fault::Transient`], and so are the server's
+/// answers that mean "not now" (see [`server_fault`]). Errors about the data of a row are
+/// [`Fault::Permanent`]. Everything else is [`Fault::Other`].
+pub fn classify(error: &mysql_async::Error) -> Fault {
+    use mysql_async::DriverError;
+    match error {
+        mysql_async::Error::Io(_) => Fault::Transient,
+        mysql_async::Error::Driver(
+            DriverError::ConnectionClosed
+            | DriverError::PoolDisconnected
+            | DriverError::PacketOutOfOrder
+            | DriverError::UnexpectedPacket { .. },
+        ) => Fault::Transient,
+        mysql_async::Error::Server(server) => server_fault(server.code, &server.state),
+        _ => Fault::Other,
+    }
+}
+
+/// Classifies a MariaDB / MySQL server error by its code, then by its SQLSTATE class.
+pub fn server_fault(code: u16, sqlstate: &str) -> Fault {
+    match code {
+        // Transient: the server cannot take the write now.
+        1021 // ER_DISK_FULL
+        | 1037 | 1038 | 1041 // out of memory
+        | 1040 // ER_CON_COUNT_ERROR: too many connections
+        | 1053 // ER_SERVER_SHUTDOWN
+        | 1114 // ER_RECORD_FILE_FULL: the table (its disk) is full
+        | 1135 // ER_CANT_CREATE_THREAD
+        | 1152 | 1184 // aborted connection
+        | 1158..=1161 // network read / write errors and interruptions
+        | 1180 | 1181 // error during COMMIT / ROLLBACK
+        | 1203 // ER_TOO_MANY_USER_CONNECTIONS
+        | 1205 // ER_LOCK_WAIT_TIMEOUT
+        | 1213 // ER_LOCK_DEADLOCK
+        | 1226 // ER_USER_LIMIT_REACHED
+        | 1290 // ER_OPTION_PREVENTS_STATEMENT: --read-only
+        | 1317 // ER_QUERY_INTERRUPTED
+        | 1637 // ER_TOO_MANY_CONCURRENT_TRXS
+        | 1792 // ER_CANT_EXECUTE_IN_READ_ONLY_TRANSACTION
+        | 1836 // ER_READ_ONLY_MODE
+        | 1927 // ER_CONNECTION_KILLED (MariaDB)
+        | 1969 // ER_STATEMENT_TIMEOUT (MariaDB max_statement_time)
+        | 3024 // ER_QUERY_TIMEOUT (MySQL max_execution_time)
+        | 4031 // ER_CLIENT_INTERACTION_TIMEOUT (MySQL)
+        => Fault::Transient,
+        // Permanent: the data of a row is refused (whatever their SQLSTATE).
+        1048 // ER_BAD_NULL_ERROR
+        | 1264 // ER_WARN_DATA_OUT_OF_RANGE
+        | 1265 // WARN_DATA_TRUNCATED (an error in strict mode)
+        | 1292 // ER_TRUNCATED_WRONG_VALUE
+        | 1366 // ER_TRUNCATED_WRONG_VALUE_FOR_FIELD: incorrect value / string value
+        | 1367 // ER_ILLEGAL_VALUE_FOR_TYPE
+        | 1406 // ER_DATA_TOO_LONG
+        | 1451 | 1452 // foreign key constraint
+        | 1690 // ER_DATA_OUT_OF_RANGE
+        | 3819 // ER_CHECK_CONSTRAINT_VIOLATED (MySQL)
+        | 4025 // ER_CONSTRAINT_FAILED (MariaDB CHECK)
+        => Fault::Permanent,
+        _ if sqlstate.starts_with("08") || sqlstate == "40001" => Fault::Transient,
+        // Class 22: data exception; class 23: integrity constraint violation.
+        _ if sqlstate.starts_with("22") || sqlstate.starts_with("23") => Fault::Permanent,
+        _ => Fault::Other,
     }
 }
 

@@ -15,7 +15,7 @@ use sluice_core::lookup::OrderStatus;
 use sluice_core::order::{now_ms, EnrichedOrder};
 use uuid::Uuid;
 
-use crate::writer::{Batch, ShardWriter, SinkError};
+use crate::writer::{Batch, DatabaseError, Fault, ShardWriter, SinkError};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS orders (
@@ -72,13 +72,6 @@ impl SqliteShard {
         &self.path
     }
 
-    fn error(name: &str, error: impl std::fmt::Display) -> SinkError {
-        SinkError::Database {
-            shard: name.to_string(),
-            message: error.to_string(),
-        }
-    }
-
     /// Runs `work` on the shard's connection in a blocking thread, opening it on first use.
     async fn with_conn<T: Send + 'static>(
         &self,
@@ -86,23 +79,64 @@ impl SqliteShard {
     ) -> Result<T, SinkError> {
         let (conn, path, name) = (self.conn.clone(), self.path.clone(), self.name.clone());
         tokio::task::spawn_blocking(move || {
-            let mut guard = conn.lock().map_err(|_| Self::error(&name, "connection lock poisoned"))?;
-            if guard.is_none() {
-                if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(parent)
-                        .map_err(|e| Self::error(&name, format!("cannot create {}: {e}", parent.display())))?;
+            let database = |source: DatabaseError| SinkError::Database {
+                shard: name.clone(),
+                source,
+            };
+            let open = |source: DatabaseError| SinkError::Open {
+                shard: name.clone(),
+                path: path.clone(),
+                source,
+            };
+            let mut guard = conn.lock().map_err(|_| database(DatabaseError::Poisoned))?;
+            let conn = match &mut *guard {
+                Some(conn) => conn,
+                empty => {
+                    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                        std::fs::create_dir_all(parent).map_err(|e| open(e.into()))?;
+                    }
+                    let opened = Connection::open(&path).map_err(|e| open(e.into()))?;
+                    opened
+                        .execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;")
+                        .map_err(|e| open(e.into()))?;
+                    empty.insert(opened)
                 }
-                let opened = Connection::open(&path).map_err(|e| Self::error(&name, format!("{}: {e}", path.display())))?;
-                opened
-                    .execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;")
-                    .map_err(|e| Self::error(&name, e))?;
-                *guard = Some(opened);
-            }
-            let conn = guard.as_mut().ok_or_else(|| Self::error(&name, "no connection"))?;
-            work(conn).map_err(|e| Self::error(&name, e))
+            };
+            work(conn).map_err(|e| database(e.into()))
         })
         .await
-        .map_err(|e| Self::error(&self.name, format!("worker thread failed: {e}")))?
+        .map_err(|e| SinkError::Database {
+            shard: self.name.clone(),
+            source: e.into(),
+        })?
+    }
+}
+
+/// Whether retrying a write that failed with `error` can help: a busy or locked database, a
+/// full disk, a read-only file or an I/O error are [`Fault::Transient`]; a constraint
+/// violation (`NOT NULL`, `CHECK`, a trigger's `RAISE(ABORT, …)`), a value too big or of the
+/// wrong type is [`Fault::Permanent`]; anything else is [`Fault::Other`].
+pub fn classify(error: &rusqlite::Error) -> Fault {
+    use rusqlite::ErrorCode;
+    match error {
+        rusqlite::Error::SqliteFailure(failure, _) => match failure.code {
+            ErrorCode::DatabaseBusy
+            | ErrorCode::DatabaseLocked
+            | ErrorCode::DiskFull
+            | ErrorCode::ReadOnly
+            | ErrorCode::SystemIoFailure
+            | ErrorCode::OutOfMemory
+            | ErrorCode::OperationInterrupted
+            | ErrorCode::CannotOpen
+            | ErrorCode::FileLockingProtocolFailed
+            | ErrorCode::SchemaChanged => Fault::Transient,
+            ErrorCode::ConstraintViolation | ErrorCode::TooBig | ErrorCode::TypeMismatch => {
+                Fault::Permanent
+            }
+            _ => Fault::Other,
+        },
+        rusqlite::Error::ToSqlConversionFailure(_) => Fault::Permanent,
+        _ => Fault::Other,
     }
 }
 
