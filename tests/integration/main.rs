@@ -14,3 +14,4 @@ mod ingress_errors;
 mod process_kill;
 mod replay;
 mod sink_crash;
+mod sink_refusal;

@@ -1,0 +1,103 @@
+//! An order its shard refuses for good never stalls the shard: on Kafka and MariaDB, an
+//! order for a product the catalog sells but whose name is longer than the shard's column
+//! ends up `rejected` by stage `sink` with MariaDB's reason, and the orders around it, and
+//! those that come after it, are stored.
+
+use std::time::Duration;
+
+use crate::common::*;
+use sluice::pipeline::Parts;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_order_its_shard_refuses_is_rejected_and_the_shard_goes_on() {
+    // Sold by the catalog (so validate and enrich let it through) but 300 characters long,
+    // more than MariaDB's `product VARCHAR(255)` stores in strict mode.
+    let long_product = "x".repeat(300);
+    let users = users_covering_shards(1);
+    let user = users[0].as_str();
+    let test = test_topology("refuse", &[user], |text| {
+        text.replacen(
+            "[catalog.widget]",
+            &format!(
+                "[catalog.{long_product}]\nprice = \"1.00\"\ncurrency = \"EUR\"\n[catalog.widget]"
+            ),
+            1,
+        )
+    });
+    let pipeline = RunningPipeline::start(&test, Parts::ALL).await;
+    let client = reqwest::Client::new();
+    let token = login(&client, &pipeline.base_login, user).await;
+    let post = |product: &str| {
+        let request = client
+            .post(format!("{}/order", pipeline.base_order))
+            .bearer_auth(&token)
+            .json(&serde_json::json!({ "userId": user, "product": product, "quantity": 1 }));
+        async move {
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), 202);
+            let body: serde_json::Value = response.json().await.unwrap();
+            body["orderId"].as_str().unwrap().to_string()
+        }
+    };
+    let status = |id: String| {
+        let request = client
+            .get(format!("{}/order/{id}", pipeline.base_order))
+            .bearer_auth(&token);
+        async move {
+            let body: serde_json::Value = request.send().await.unwrap().json().await.unwrap();
+            body
+        }
+    };
+
+    let mut good = Vec::new();
+    for _ in 0..5 {
+        good.push(post("widget").await);
+    }
+    let refused = post(&long_product).await;
+    for _ in 0..5 {
+        good.push(post("widget").await);
+    }
+    eventually(
+        Duration::from_secs(60),
+        "the refused order to be reported",
+        || async {
+            let body = status(refused.clone()).await;
+            body["status"] == "rejected" || body["status"] == "stored"
+        },
+    )
+    .await;
+    let body = status(refused.clone()).await;
+    assert_eq!(body["status"], "rejected", "{body}");
+    assert_eq!(body["stage"], "sink", "{body}");
+    let reason = body["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("Data too long for column 'product'"),
+        "MariaDB's reason is missing: {reason}"
+    );
+
+    // Orders after the refused one are stored too: the shard did not stall.
+    for _ in 0..5 {
+        good.push(post("gadget").await);
+    }
+    for id in &good {
+        eventually(
+            Duration::from_secs(60),
+            "a good order to be stored",
+            || async { status(id.clone()).await["status"] == "stored" },
+        )
+        .await;
+    }
+    let metrics = client
+        .get(format!("{}/metrics", pipeline.base_order))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("sluice_sink_rows_refused_total"),
+        "/metrics lacks sluice_sink_rows_refused_total"
+    );
+    pipeline.stop().await;
+}
