@@ -27,14 +27,34 @@ const ORDER_COLUMNS: &str =
     "order_id, user_id, product, quantity, unit_price_minor, line_total_minor, currency, \
      received_at_ms, enriched_at_ms, stored_at_ms, bucket, shard";
 const ORDER_PLACEHOLDERS: &str = "(?,?,?,?,?,?,?,?,?,?,?,?)";
-/// Upsert clause: a stored row takes the incoming prices only if they were enriched later.
-/// `enriched_at_ms` is assigned last because MySQL evaluates the assignments in order.
-const LATEST_ENRICHMENT_WINS: &str = "ON DUPLICATE KEY UPDATE \
-     unit_price_minor = IF(VALUES(enriched_at_ms) > enriched_at_ms, VALUES(unit_price_minor), unit_price_minor), \
-     line_total_minor = IF(VALUES(enriched_at_ms) > enriched_at_ms, VALUES(line_total_minor), line_total_minor), \
-     currency = IF(VALUES(enriched_at_ms) > enriched_at_ms, VALUES(currency), currency), \
-     stored_at_ms = IF(VALUES(enriched_at_ms) > enriched_at_ms, VALUES(stored_at_ms), stored_at_ms), \
-     enriched_at_ms = GREATEST(enriched_at_ms, VALUES(enriched_at_ms))";
+/// When a repeated row may replace the stored prices: it is a later enrichment of the *same*
+/// order (same user, product and quantity, compared byte for byte). A repeat of the order id with
+/// another body (an `Idempotency-Key` reused after the ingress forgot it) changes nothing: the
+/// first stored body wins.
+macro_rules! later_enrichment_of_the_same_order {
+    () => {
+        "VALUES(enriched_at_ms) > enriched_at_ms \
+         AND CAST(VALUES(user_id) AS BINARY) = CAST(user_id AS BINARY) \
+         AND CAST(VALUES(product) AS BINARY) = CAST(product AS BINARY) \
+         AND VALUES(quantity) = quantity"
+    };
+}
+/// Upsert clause: a stored row takes the incoming prices only from a later enrichment of the
+/// same order (a repricing replay); it never changes what was ordered. `enriched_at_ms` is
+/// assigned last because MySQL evaluates the assignments in order.
+const LATEST_ENRICHMENT_WINS: &str = concat!(
+    "ON DUPLICATE KEY UPDATE unit_price_minor = IF(",
+    later_enrichment_of_the_same_order!(),
+    ", VALUES(unit_price_minor), unit_price_minor), line_total_minor = IF(",
+    later_enrichment_of_the_same_order!(),
+    ", VALUES(line_total_minor), line_total_minor), currency = IF(",
+    later_enrichment_of_the_same_order!(),
+    ", VALUES(currency), currency), stored_at_ms = IF(",
+    later_enrichment_of_the_same_order!(),
+    ", VALUES(stored_at_ms), stored_at_ms), enriched_at_ms = IF(",
+    later_enrichment_of_the_same_order!(),
+    ", VALUES(enriched_at_ms), enriched_at_ms)"
+);
 
 /// One MySQL shard.
 pub struct MysqlShard {

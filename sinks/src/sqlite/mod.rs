@@ -145,13 +145,17 @@ fn insert_order(
     order: &EnrichedOrder,
     stored_at_ms: i64,
 ) -> Result<(), rusqlite::Error> {
+    // A repeated order id takes the incoming prices only from a later enrichment of the same
+    // order (same user, product and quantity: a repricing replay). A repeat with another body
+    // (an Idempotency-Key reused after the ingress forgot it) changes nothing: the first wins.
     let mut statement = tx.prepare_cached(
         "INSERT INTO orders (order_id, user_id, product, quantity, unit_price_minor, line_total_minor, currency, \
          received_at_ms, enriched_at_ms, stored_at_ms, bucket, shard) VALUES (?,?,?,?,?,?,?,?,?,?,?,?) \
          ON CONFLICT (order_id) DO UPDATE SET unit_price_minor = excluded.unit_price_minor, \
          line_total_minor = excluded.line_total_minor, currency = excluded.currency, \
          stored_at_ms = excluded.stored_at_ms, enriched_at_ms = excluded.enriched_at_ms \
-         WHERE excluded.enriched_at_ms > orders.enriched_at_ms",
+         WHERE excluded.enriched_at_ms > orders.enriched_at_ms AND excluded.user_id = orders.user_id \
+         AND excluded.product = orders.product AND excluded.quantity = orders.quantity",
     )?;
     statement.execute(params![
         order.order_id.as_bytes().as_slice(),
