@@ -20,7 +20,8 @@ pub const HEADER_ORDER_ID: &str = "sluice.order_id";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RawOrder {
-    /// Time-ordered (UUIDv7) id assigned by the ingress.
+    /// Id assigned by the ingress: time-ordered (UUIDv7), or for an order placed with an
+    /// `Idempotency-Key` derived from the user and the key (UUIDv8, see the ingress).
     pub order_id: Uuid,
     /// The ordering user; also the record key and the shard key.
     pub user_id: String,
@@ -36,7 +37,8 @@ pub struct RawOrder {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct EnrichedOrder {
-    /// Time-ordered (UUIDv7) id assigned by the ingress.
+    /// Id assigned by the ingress: time-ordered (UUIDv7), or for an order placed with an
+    /// `Idempotency-Key` derived from the user and the key (UUIDv8, see the ingress).
     pub order_id: Uuid,
     /// The ordering user.
     pub user_id: String,

@@ -3,7 +3,8 @@
 //! - `POST /login` checks a password against argon2id hashes, records a login event in the
 //!   log, and returns an HS256 JWT;
 //! - `POST /order` authenticates the JWT, rate-limits per user and per client address,
-//!   assigns a UUIDv7 order id, appends the order to the log keyed by user id, and answers
+//!   assigns a UUIDv7 order id (or, with an `Idempotency-Key`, an id derived from the user and
+//!   the key: see [`idempotency`]), appends the order to the log keyed by user id, and answers
 //!   `202` **only after the log acknowledged it** (503 if it cannot within the ack timeout);
 //! - `GET /order/{id}` reports one of the caller's orders: stored, rejected or pending;
 //! - `/healthz`, `/readyz`, `/metrics` for operations.

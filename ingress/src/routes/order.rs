@@ -72,6 +72,9 @@ pub async fn create(
         .idempotency
         .entry(principal.user(), headers, body, now_ms())
         .await?;
+    // A keyed order's id is derived from the user and the key, so a retry reaching another or a
+    // restarted process appends the same id and its shard stores it once; an order without a
+    // key gets a time-ordered UUIDv7 (much cheaper to insert into InnoDB).
     let (order_id, received_at_ms) = match &idempotent {
         Some(entry) => (entry.order_id, entry.received_at_ms),
         None => (Uuid::now_v7(), now_ms()),
@@ -101,9 +104,17 @@ async fn append(state: &State, order: &RawOrder) -> Result<serde_json::Value, Ap
     let timeout = Duration::from_millis(state.config.ack_timeout_ms);
     let delivery = state
         .log
-        .send(&state.config.orders_topic, OutRecord::new(order.user_id.as_bytes(), payload), timeout)
+        .try_send(&state.config.orders_topic, OutRecord::new(order.user_id.as_bytes(), payload), timeout)
         .await
         .map_err(|error| {
+            if let LogError::Overloaded(reason) = &error {
+                // Refused before it was taken: nothing was stored. Refusals come in floods, so
+                // they are counted by the log's metrics rather than logged one by one.
+                tracing::debug!(%error, order_id = %order.order_id, "log has no room; answering 503");
+                return ApiError::unavailable(format!(
+                    "the event log has no room for new orders now ({reason}); the order was not taken: retry after Retry-After"
+                ));
+            }
             tracing::warn!(%error, order_id = %order.order_id, "order not acknowledged; answering 503");
             let why = match error {
                 LogError::Timeout(_) => "the event log did not acknowledge the order in time",
@@ -160,28 +171,45 @@ pub async fn status(state: &State, headers: &HeaderMap, id: &str) -> Result<Resp
         OrderStatus::Rejected { stage, reason } => {
             json!({ "orderId": order_id, "status": "rejected", "stage": stage, "reason": reason })
         }
-        OrderStatus::Unknown if is_recent(order_id, state.config.pending_window_secs) => {
+        OrderStatus::Unknown
+            if is_recent(
+                order_id,
+                state.idempotency.received_at_ms(order_id).await,
+                state.config.pending_window_secs,
+            ) =>
+        {
             json!({ "orderId": order_id, "status": "pending" })
         }
         OrderStatus::Unknown => {
+            let message = if order_id.get_version() == Some(uuid::Version::Custom) {
+                "no such order among yours (an order placed with an Idempotency-Key reads as \
+                 unknown to other Sluice processes than the one that accepted it until it is \
+                 stored: ask again later)"
+            } else {
+                "no such order among yours"
+            };
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
                 "order_not_found",
-                "no such order among yours",
+                message,
             ));
         }
     };
     Ok(warp::reply::json(&body).into_response())
 }
 
-/// Whether a UUIDv7's embedded time is within the last `window_secs`.
-fn is_recent(order_id: Uuid, window_secs: u64) -> bool {
-    let Some(timestamp) = order_id.get_timestamp() else {
-        return false;
+/// Whether the order was received within the last `window_secs`: by the time embedded in a
+/// UUIDv7 (an order without a key), or else by `keyed_received_at_ms`, when this process
+/// remembers receiving the keyed order (a derived id carries no time; a keyed order that another
+/// or an earlier process accepted reads as unknown until it is stored).
+fn is_recent(order_id: Uuid, keyed_received_at_ms: Option<i64>, window_secs: u64) -> bool {
+    let received_secs = match (order_id.get_timestamp(), keyed_received_at_ms) {
+        (Some(timestamp), _) => timestamp.to_unix().0 as i64,
+        (None, Some(ms)) => ms / 1000,
+        (None, None) => return false,
     };
-    let (secs, _) = timestamp.to_unix();
     let now = now_ms() / 1000;
-    secs as i64 <= now + 60 && (now - secs as i64) <= window_secs as i64
+    received_secs <= now + 60 && (now - received_secs) <= window_secs as i64
 }
 
 #[cfg(test)]
