@@ -304,7 +304,7 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_REASON_CHARS: usize = 1000;
 
 /// The metric handles of one shard's worker, registered once.
-pub(crate) struct WriteMetrics {
+struct WriteMetrics {
     /// Failed writes that were retried.
     retries: metrics::Counter,
     /// Orders the shard refused for good and that were recorded as rejected.
@@ -312,7 +312,7 @@ pub(crate) struct WriteMetrics {
 }
 
 impl WriteMetrics {
-    pub(crate) fn new(shard: &str) -> Self {
+    fn new(shard: &str) -> Self {
         WriteMetrics {
             retries: metrics::counter!(telemetry::SINK_RETRIES, "shard" => shard.to_string()),
             refused: metrics::counter!(telemetry::SINK_ROWS_REFUSED, "shard" => shard.to_string()),

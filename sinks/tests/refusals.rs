@@ -547,3 +547,129 @@ async fn a_missing_table_rejects_nothing_and_is_retried_until_fixed() {
     cancel.cancel();
     worker.await.unwrap().unwrap();
 }
+
+/// A real SQLite shard whose writes start failing (as if the process died) after a number
+/// of successful ones: injects a stop in the middle of a split batch.
+struct StopsAfter {
+    inner: Arc<SqliteShard>,
+    writes_left: std::sync::atomic::AtomicUsize,
+    cancel: CancellationToken,
+}
+
+#[async_trait::async_trait]
+impl ShardWriter for StopsAfter {
+    async fn migrate(&self) -> Result<(), SinkError> {
+        self.inner.migrate().await
+    }
+    async fn positions(&self, consumer: &str) -> Result<Vec<Position>, SinkError> {
+        self.inner.positions(consumer).await
+    }
+    async fn write_batch(&self, consumer: &str, batch: &Batch) -> Result<(), SinkError> {
+        use std::sync::atomic::Ordering;
+        if self
+            .writes_left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_err()
+        {
+            self.cancel.cancel();
+            return Err(SinkError::Timeout {
+                shard: "s0".into(),
+                after: Duration::ZERO,
+            });
+        }
+        self.inner.write_batch(consumer, batch).await
+    }
+    async fn find(&self, user_id: &str, order_id: Uuid) -> Result<OrderStatus, SinkError> {
+        self.inner.find(user_id, order_id).await
+    }
+}
+
+/// Stopped in the middle of splitting a refused batch, the worker has stored some good rows
+/// but no position and no rejection; started again, it stores every good row once, records
+/// the refused ones and moves the positions once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_in_the_middle_of_a_split_loses_and_duplicates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("shard0.db");
+    let shard = Arc::new(SqliteShard::new("split-stop", &file));
+    shard.migrate().await.unwrap();
+    // As in the SQLite refusal test: this database file refuses long products.
+    let outside = rusqlite::Connection::open(&file).unwrap();
+    outside
+        .execute_batch(
+            "CREATE TRIGGER refuse_long_products BEFORE INSERT ON orders \
+             WHEN length(NEW.product) > 255 \
+             BEGIN SELECT RAISE(ABORT, 'product longer than 255 characters'); END",
+        )
+        .unwrap();
+    let log = embedded_log(dir.path()).await;
+    let mut orders: Vec<EnrichedOrder> = (0..40).map(|_| order("u1", "widget")).collect();
+    orders[5].product = too_long_product();
+    orders[31].product = too_long_product();
+    send_all(&log, &orders).await;
+    let count = |table: &str| -> i64 {
+        outside
+            .query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |row| {
+                row.get(0)
+            })
+            .unwrap()
+    };
+
+    // The whole batch (refused), its first half (refused), then the first quarter (refused:
+    // it holds row 5), then its first eighth (accepted): four writes, then the stop.
+    let cancel = CancellationToken::new();
+    let stopping = Arc::new(StopsAfter {
+        inner: shard.clone(),
+        writes_left: 4.into(),
+        cancel: cancel.clone(),
+    });
+    let stopped = run_sink_worker(
+        log.clone(),
+        stopping,
+        one_shard_map(),
+        live_worker("split-stop"),
+        cancel,
+        None,
+    )
+    .await;
+    assert!(stopped.is_err(), "the worker was stopped mid-split");
+    assert!(count("orders") > 0, "no piece was stored before the stop");
+    assert!(
+        count("orders") < 38,
+        "every piece was stored before the stop"
+    );
+    assert_eq!(count("rejected_orders"), 0);
+    assert!(
+        shard.positions("sink").await.unwrap().is_empty(),
+        "positions moved before the batch was done"
+    );
+
+    // Started again: it reads the same records and finishes the job.
+    let cancel = CancellationToken::new();
+    let worker = tokio::spawn(run_sink_worker(
+        log.clone(),
+        shard.clone(),
+        one_shard_map(),
+        live_worker("split-stop"),
+        cancel.clone(),
+        None,
+    ));
+    wait_for_position(shard.as_ref(), 40).await;
+    cancel.cancel();
+    worker.await.unwrap().unwrap();
+    assert_eq!(count("orders"), 38);
+    assert_eq!(count("rejected_orders"), 2);
+    for (index, order) in orders.iter().enumerate() {
+        let status = shard.find("u1", order.order_id).await.unwrap();
+        if index == 5 || index == 31 {
+            assert!(matches!(status, OrderStatus::Rejected { .. }), "{status:?}");
+        } else {
+            assert_eq!(
+                status,
+                OrderStatus::Stored {
+                    order: order.clone()
+                }
+            );
+        }
+    }
+}
