@@ -1,5 +1,5 @@
 # One entry per habit. `make test` starts the real infrastructure it needs first.
-.PHONY: run run-services test lint fmt bench infra-up infra-down check
+.PHONY: run run-services test chaos lint fmt bench infra-up infra-down check
 
 # The whole pipeline on its embedded defaults (no Kafka, no MySQL): same as `cargo run --release`.
 run:
@@ -11,6 +11,13 @@ run-services: infra-up
 
 test: infra-up
 	eval "$$(bash scripts/infra env)" && cargo test --workspace --all-targets
+
+# The long fault-injection run (release build): every fault on a private Kafka + MariaDB
+# instance and on the embedded log, with more load, longer faults at random moments and
+# several rounds. SLUICE_CHAOS_SEED=<seed> replays a printed seed, SLUICE_CHAOS_ONLY=a,b picks
+# faults, SLUICE_CHAOS_ROUNDS and SLUICE_CHAOS_CLIENTS set the rounds and the load.
+chaos: infra-up
+	eval "$$(bash scripts/infra env)" && cargo test --release --test integration faults::chaos -- --ignored --nocapture --test-threads=1
 
 lint:
 	cargo fmt --all -- --check

@@ -78,6 +78,8 @@ spawned_alive() {
 stop_pid() {
   local pid=$1 name=$2 waited=0
   kill -TERM "$pid" 2>/dev/null || return 0
+  # A frozen (SIGSTOP) process handles SIGTERM only once it runs again.
+  kill -CONT "$pid" 2>/dev/null || true
   while kill -0 "$pid" 2>/dev/null; do
     if ((waited >= INFRA_STOP_TIMEOUT * 10)); then
       log "$name (pid $pid) ignored SIGTERM for ${INFRA_STOP_TIMEOUT}s; sending SIGKILL"

@@ -10,6 +10,7 @@ mod common;
 mod attacks;
 mod capability;
 mod end_to_end;
+mod faults;
 mod idempotency;
 mod ingress_errors;
 mod process_kill;
