@@ -11,7 +11,9 @@
 //! One line per fault: orders acknowledged (2xx), stored (under the acknowledged id), lost,
 //! duplicated (extra rows for one request), stored although the last answer was a 503, the
 //! time from the end of the fault until `/readyz` answers 200 and until every order
-//! acknowledged before the end of the fault is stored, and the peak RSS of the Sluice process.
+//! acknowledged before the end of the fault is stored, and the peak RSS of the Sluice process
+//! (serving the ingress) during the fault, which must stay under `Settings::rss_bound_mib`,
+//! and over the whole run.
 //! The end of a fault is when the failed component is back (broker or shard answering,
 //! process thawed, Sluice restarted).
 
@@ -293,7 +295,10 @@ struct Proc {
 
 /// The Sluice processes of one fault run, started from the binary as an operator would.
 struct Deployment {
-    test: TestTopology,
+    /// Always `Some` until dropped; taken out to keep a failed run's databases.
+    test: Option<TestTopology>,
+    /// Keep the topology's databases and files (a failed run).
+    keep: bool,
     ports: Ports,
     procs: Vec<Proc>,
     /// Pid of the process that serves the ingress (for RSS samples).
@@ -311,7 +316,8 @@ impl Deployment {
             vec![None]
         };
         Deployment {
-            test,
+            test: Some(test),
+            keep: false,
             ports,
             procs: parts
                 .into_iter()
@@ -324,22 +330,26 @@ impl Deployment {
         }
     }
 
+    fn test(&self) -> &TestTopology {
+        self.test.as_ref().expect("the deployment's topology")
+    }
+
     /// Starts process `index`.
     fn spawn(&mut self, index: usize) {
         self.starts += 1;
-        let proc = &mut self.procs[index];
-        let part = proc.only.unwrap_or("all");
+        let only = self.procs[index].only;
+        let part = only.unwrap_or("all");
         let log = self
             .log_dir
             .join(format!("{}-{part}-{}.log", self.tag, self.starts));
         let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
         command.arg("run");
-        if let Some(only) = proc.only {
+        if let Some(only) = only {
             command.args(["--only", only]);
         }
         let child = command
             .arg("--topology")
-            .arg(&self.test.path)
+            .arg(&self.test().path)
             .env("RUST_LOG", "warn")
             .stdout(std::process::Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -348,7 +358,7 @@ impl Deployment {
         if index == 0 {
             self.pid.store(child.id(), Ordering::SeqCst);
         }
-        proc.child = Some(child);
+        self.procs[index].child = Some(child);
     }
 
     fn start_all(&mut self) {
@@ -444,6 +454,10 @@ impl Drop for Deployment {
         for index in 0..self.procs.len() {
             self.kill9(index);
         }
+        if self.keep {
+            // No clean-up: the shard databases and the topology stay for inspection.
+            std::mem::forget(self.test.take());
+        }
     }
 }
 
@@ -473,10 +487,33 @@ async fn inject(
     let infra = || infra.ok_or_else(|| "this fault needs the private infrastructure".to_string());
     match fault {
         Fault::BrokerKill => {
-            infra()?.exec(&["kafka-kill"]).await?;
+            let address = infra()?;
+            address.exec(&["kafka-kill"]).await?;
             tokio::time::sleep(pick(rng, settings.broker_down_ms)).await;
-            outage = Some((start, Instant::now()));
-            infra()?.exec(&["kafka-start"]).await?;
+            // The broker is away until its port accepts connections again, well into the
+            // restart (the JVM takes seconds to listen).
+            let port = address.kafka_port;
+            let listening = tokio::spawn(async move {
+                loop {
+                    let at = Instant::now();
+                    if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                        .await
+                        .is_ok()
+                    {
+                        return at;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            });
+            let restarted = address.exec(&["kafka-start"]).await;
+            let back = if listening.is_finished() {
+                listening.await.unwrap_or_else(|_| Instant::now())
+            } else {
+                listening.abort();
+                Instant::now()
+            };
+            outage = Some((start, back));
+            restarted?;
         }
         Fault::BrokerPause => {
             infra()?.exec(&["kafka-pause"]).await?;
@@ -678,6 +715,7 @@ async fn run_fault(
         tokens,
     );
     let probes = Probes::start(ports.order_base(), deployment.pid.clone());
+    let run_started = Instant::now();
 
     let mut window = None;
     match load
@@ -704,7 +742,7 @@ async fn run_fault(
     }
     let fault_end = window.as_ref().map_or_else(Instant::now, |w| w.end);
     let acknowledged_before_end = load.acknowledged_ids();
-    let shards = Shards::of(&deployment.test);
+    let shards = Shards::of(deployment.test());
     let drain_watch = {
         let (shards, limit) = (shards.clone(), settings.drain_limit);
         tokio::spawn(async move {
@@ -742,18 +780,20 @@ async fn run_fault(
     let drained = drain_watch.await.ok().flatten();
     let tally = load::tally(&ledger, &rows, &users);
     let ready_after = probes.ready_after(fault_end);
-    let rss_peak = window.as_ref().map_or(0, |w| {
-        probes.rss_peak_mib(w.start, w.end + settings.after_fault)
-    });
+    // The bound holds while the fault lasts; the catch-up afterwards is reported beside it.
+    let rss_peak = window
+        .as_ref()
+        .map_or(0, |w| probes.rss_peak_mib(w.start, w.end));
+    let rss_run_peak = probes.rss_peak_mib(run_started, Instant::now());
 
     // Checks.
     if !tally.lost.is_empty() {
         let mut message = format!("{} acknowledged orders were not stored", tally.lost.len());
-        if deployment.test.backend == Backend::Services {
+        if deployment.test().backend == Backend::Services {
             if let Some(infra) = &infra {
                 message.push('\n');
                 message
-                    .push_str(&diagnose::lost_orders(infra, &deployment.test, &tally.lost).await);
+                    .push_str(&diagnose::lost_orders(infra, deployment.test(), &tally.lost).await);
             }
         } else {
             for lost in tally.lost.iter().take(20) {
@@ -797,7 +837,7 @@ async fn run_fault(
     }
     if rss_peak > settings.rss_bound_mib {
         failures.push(format!(
-            "RSS peaked at {rss_peak} MiB, above the {} MiB bound",
+            "RSS peaked at {rss_peak} MiB during the fault, above the {} MiB bound",
             settings.rss_bound_mib
         ));
     }
@@ -835,11 +875,18 @@ async fn run_fault(
         }
     }
     failures.extend(deployment.stop_all().await);
+    deployment.keep = !failures.is_empty();
+    if deployment.keep {
+        failures.push(format!(
+            "its topology, shard databases and log are kept ({})",
+            deployment.test().dir.path().display()
+        ));
+    }
 
     let line = format!(
         "{:<14} seed={seed:#018x} acknowledged={:<6} stored={:<6} lost={:<3} duplicated={:<3} \
          final-503={} (stored {}) unanswered={} (stored {}) ready-after={} drained-after={} \
-         rss-peak={}MiB{}",
+         rss-peak={}MiB (run {}MiB){}",
         fault.name(),
         tally.acknowledged,
         tally.stored,
@@ -852,6 +899,7 @@ async fn run_fault(
         secs(ready_after),
         secs(drained),
         rss_peak,
+        rss_run_peak,
         if failures.is_empty() { "" } else { "  FAILED" },
     );
     FaultResult { line, failures }
