@@ -40,6 +40,17 @@ pub const SINK_ROWS_REFUSED: &str = "sluice_sink_rows_refused_total";
 pub const LOG_RECORDS_SKIPPED: &str = "sluice_log_records_skipped_total";
 /// Counter: records a replay delivered, labelled `target`.
 pub const REPLAY_RECORDS: &str = "sluice_replay_records_total";
+/// Gauge: 1 while the embedded log refuses new orders, labelled `reason` (`write_failure`:
+/// the disk refused a write and the log retries; `low_disk_space`: free space is below
+/// `[log] min_free_mib`), else 0.
+pub const LOG_WRITE_BLOCKED: &str = "sluice_log_write_blocked";
+/// Gauge: free bytes on the embedded log's filesystem.
+pub const LOG_FREE_BYTES: &str = "sluice_log_free_bytes";
+/// Gauge: records waiting in the embedded log's append queue.
+pub const LOG_APPEND_QUEUE: &str = "sluice_log_append_queue_records";
+/// Counter: new records the embedded log refused, labelled `reason` (`write_failure`,
+/// `low_disk_space`, `queue_full`).
+pub const LOG_APPENDS_REFUSED: &str = "sluice_log_appends_refused_total";
 
 /// The process-wide Prometheus recorder, installed on first use.
 pub fn metrics_handle() -> &'static PrometheusHandle {

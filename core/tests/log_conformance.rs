@@ -236,6 +236,8 @@ async fn kafka_log_conforms() {
         retention_records: None,
         consumer_group_prefix: unique("conf"),
         kafka: Default::default(),
+        min_free_mib: 0,
+        max_pending_appends: 8192,
     };
     conformance(Arc::new(KafkaLog::new(&config).unwrap())).await;
 }

@@ -9,6 +9,7 @@ mod common;
 
 mod attacks;
 mod capability;
+mod disk_full;
 mod end_to_end;
 mod faults;
 mod idempotency;

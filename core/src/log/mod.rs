@@ -148,6 +148,10 @@ pub enum LogError {
     /// The topic does not exist.
     #[error("topic {0:?} does not exist; declare it in topology.toml so `sluice run` creates it")]
     UnknownTopic(String),
+    /// The log has no room for new records now (its append queue is full, or its disk is
+    /// nearly full); the record was not taken. Retrying later can succeed.
+    #[error("the log cannot take more records now: {0}; retry shortly")]
+    Overloaded(String),
 }
 
 /// A partitioned, replayable log.
@@ -178,6 +182,20 @@ pub trait Log: Send + Sync + 'static {
         partition: i32,
         time_ms: i64,
     ) -> Result<i64, LogError>;
+
+    /// Appends a record that brings new work into the pipeline (an order from a client), like
+    /// [`Log::send`], except that when the log has no room for more it fails at once with
+    /// [`LogError::Overloaded`] instead of waiting, so the caller can answer "retry later"
+    /// while the log keeps its room for the work already inside (stage outputs use
+    /// [`Log::send`], which waits for room).
+    async fn try_send(
+        &self,
+        topic: &str,
+        record: OutRecord,
+        timeout: Duration,
+    ) -> Result<Delivery, LogError> {
+        self.send(topic, record, timeout).await
+    }
 
     /// Whether the backend answers now (for `/readyz`).
     async fn check_ready(&self) -> Result<(), LogError>;
@@ -219,7 +237,14 @@ pub fn open(config: &LogConfig, base_dir: &Path) -> Result<std::sync::Arc<dyn Lo
                     .map(|h| Duration::from_secs(h * 3600)),
                 max_records: config.retention_records,
             };
-            let log = EmbeddedLog::open(&path, retention)?;
+            let log = EmbeddedLog::open_with(
+                &path,
+                embedded::Options {
+                    min_free_bytes: config.min_free_mib.saturating_mul(1 << 20),
+                    max_pending_appends: config.max_pending_appends,
+                    ..embedded::Options::new(retention)
+                },
+            )?;
             if tokio::runtime::Handle::try_current().is_ok() {
                 log.spawn_retention(Duration::from_secs(60));
             }

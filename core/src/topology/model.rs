@@ -76,6 +76,17 @@ pub struct LogConfig {
     /// Embedded backend: at most this many records are kept per partition (oldest go first).
     #[serde(default)]
     pub retention_records: Option<u64>,
+    /// Embedded backend: when less than this many MiB are free on the log's filesystem, the
+    /// ingress refuses new orders (503, and `/readyz` answers 503 with the reason) while the
+    /// stages go on writing their outputs, so the log can still commit what it holds and the
+    /// pipeline drains before the disk is actually full. `0` turns the check off.
+    #[serde(default = "defaults::min_free_mib")]
+    pub min_free_mib: u64,
+    /// Embedded backend: most records waiting to be written at once. When the queue is full,
+    /// new orders get 503 with `Retry-After` at once, and stage outputs wait for room, so
+    /// memory stays bounded while the disk is slow.
+    #[serde(default = "defaults::max_pending_appends")]
+    pub max_pending_appends: usize,
     /// Prefix of every consumer group name; a stage's group is `<prefix>.<stage name>`.
     #[serde(default = "defaults::group_prefix")]
     pub consumer_group_prefix: String,
@@ -491,6 +502,12 @@ mod defaults {
     }
     pub fn retention_hours() -> Option<u64> {
         Some(168)
+    }
+    pub fn min_free_mib() -> u64 {
+        64
+    }
+    pub fn max_pending_appends() -> usize {
+        8192
     }
     pub fn group_prefix() -> String {
         "sluice".into()

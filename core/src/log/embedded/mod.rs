@@ -12,6 +12,12 @@
 //!   a binary search.
 //! - **Retention**: records older than `retention_hours`, and beyond `retention_records` per
 //!   partition, are deleted from the front of each partition.
+//! - **Bounded, and honest about the disk**: at most `max_pending_appends` records wait to be
+//!   written; [`Log::try_send`] (new orders) is refused at once when the queue is full, when
+//!   free disk space is below the watermark, or while writing fails, and [`Log::check_ready`]
+//!   says why; [`Log::send`] (stage outputs) waits for room. After a failed write (no space,
+//!   an I/O error: redb then refuses every write until it is reopened) the writer reopens the
+//!   file every half second until a commit works, and carries on with what is queued.
 //!
 //! The file is locked by the process that opens it: the embedded log serves one `sluice`
 //! process. Deployments that split the parts over several processes use Kafka.
@@ -21,12 +27,13 @@ mod partitioner;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{oneshot, watch, OwnedSemaphorePermit, Semaphore};
 
 pub use codec::StoredRecord;
 pub use partitioner::{murmur2, partition_for};
@@ -55,6 +62,14 @@ fn storage(error: impl std::fmt::Display) -> LogError {
     LogError::Backend(format!("embedded log storage: {error}"))
 }
 
+/// The message of `error` without the variant's prefix.
+fn message(error: &LogError) -> String {
+    match error {
+        LogError::Backend(message) => message.clone(),
+        other => other.to_string(),
+    }
+}
+
 /// Where each partition begins and ends, and its newest timestamp.
 #[derive(Debug, Clone, Copy, Default)]
 struct PartitionState {
@@ -75,10 +90,53 @@ pub struct Retention {
     pub max_records: Option<u64>,
 }
 
+/// Options of the embedded log beyond its file.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// What retention deletes.
+    pub retention: Retention,
+    /// Below this many free bytes on the log's filesystem, [`Log::try_send`] refuses new
+    /// records and [`Log::check_ready`] fails; `0` turns the check off.
+    pub min_free_bytes: u64,
+    /// Most appends waiting to be written at once.
+    pub max_pending_appends: usize,
+    /// Fault injection for tests: while this file exists, the writer pauses before every
+    /// commit (a stalled disk).
+    pub stall_file: Option<PathBuf>,
+    /// Fault injection for tests: while this file exists, every commit fails as an I/O error
+    /// would (a failing disk).
+    pub fail_file: Option<PathBuf>,
+}
+
+impl Options {
+    /// The defaults (64 MiB free-space watermark, 8192 pending appends) with `retention`;
+    /// the fault-injection files come from `SLUICE_FAULT_LOG_STALL_FILE` and
+    /// `SLUICE_FAULT_LOG_FAIL_FILE` when set.
+    pub fn new(retention: Retention) -> Self {
+        let file = |name: &str| std::env::var_os(name).map(PathBuf::from);
+        Options {
+            retention,
+            min_free_bytes: DEFAULT_MIN_FREE_BYTES,
+            max_pending_appends: DEFAULT_MAX_PENDING_APPENDS,
+            stall_file: file("SLUICE_FAULT_LOG_STALL_FILE"),
+            fail_file: file("SLUICE_FAULT_LOG_FAIL_FILE"),
+        }
+    }
+}
+
+/// Default free-space watermark: 64 MiB.
+pub const DEFAULT_MIN_FREE_BYTES: u64 = 64 << 20;
+/// Default bound of the append queue.
+pub const DEFAULT_MAX_PENDING_APPENDS: usize = 8192;
+/// How often the writer measures free space while idle, and retries after a write failure.
+const CHECK_INTERVAL: Duration = Duration::from_millis(500);
+
 struct Append {
     topic: String,
     record: OutRecord,
     reply: oneshot::Sender<Result<Delivery, LogError>>,
+    /// This append's place in the bounded queue, given back once it is answered.
+    _slot: OwnedSemaphorePermit,
 }
 
 enum Command {
@@ -86,13 +144,65 @@ enum Command {
     Flush(oneshot::Sender<()>),
 }
 
+/// What keeps the log from taking new records, if anything.
+#[derive(Debug, Default)]
+struct Health {
+    /// Why the last write failed, while writing does not work.
+    write_failure: Option<String>,
+    /// When writing stopped working.
+    failed_since: Option<std::time::Instant>,
+    /// The free-space report while below the watermark.
+    low_space: Option<String>,
+}
+
+/// Metric handles, registered once when the log opens.
+struct Gauges {
+    write_failure: metrics::Gauge,
+    low_space: metrics::Gauge,
+    free_bytes: metrics::Gauge,
+    queue: metrics::Gauge,
+    refused_write_failure: metrics::Counter,
+    refused_low_space: metrics::Counter,
+    refused_queue_full: metrics::Counter,
+}
+
+impl Gauges {
+    fn register() -> Self {
+        use crate::telemetry::{
+            LOG_APPENDS_REFUSED, LOG_APPEND_QUEUE, LOG_FREE_BYTES, LOG_WRITE_BLOCKED,
+        };
+        // Handles taken before a recorder is installed would count nowhere.
+        crate::telemetry::metrics_handle();
+        Gauges {
+            write_failure: metrics::gauge!(LOG_WRITE_BLOCKED, "reason" => "write_failure"),
+            low_space: metrics::gauge!(LOG_WRITE_BLOCKED, "reason" => "low_disk_space"),
+            free_bytes: metrics::gauge!(LOG_FREE_BYTES),
+            queue: metrics::gauge!(LOG_APPEND_QUEUE),
+            refused_write_failure: metrics::counter!(LOG_APPENDS_REFUSED, "reason" => "write_failure"),
+            refused_low_space: metrics::counter!(LOG_APPENDS_REFUSED, "reason" => "low_disk_space"),
+            refused_queue_full: metrics::counter!(LOG_APPENDS_REFUSED, "reason" => "queue_full"),
+        }
+    }
+}
+
 struct Shared {
-    db: Database,
+    /// The open database; `None` only while the writer reopens it after a write failure.
+    db: RwLock<Option<Arc<Database>>>,
     path: PathBuf,
     topics: RwLock<HashMap<String, Vec<PartitionState>>>,
     /// Bumped after every commit of appends, so waiting consumers wake up.
     appended: watch::Sender<u64>,
     retention: Retention,
+    /// Places in the append queue.
+    slots: Arc<Semaphore>,
+    max_pending_appends: usize,
+    min_free_bytes: u64,
+    health: Mutex<Health>,
+    gauges: Gauges,
+    /// Set when the log is dropped, so a writer waiting for the disk gives up.
+    closing: AtomicBool,
+    stall_file: Option<PathBuf>,
+    fail_file: Option<PathBuf>,
 }
 
 /// A durable, partitioned log in one local file.
@@ -102,9 +212,26 @@ pub struct EmbeddedLog {
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
+/// Opens the redb file at `path`, with errors that say what to do.
+fn open_database(path: &Path) -> Result<Database, LogError> {
+    Database::create(path).map_err(|error| match error {
+        redb::DatabaseError::DatabaseAlreadyOpen => LogError::Backend(format!(
+            "{} is in use by another process: the embedded log serves one `sluice` process (run every part in one \
+             `sluice run`, or switch [log] to Kafka)",
+            path.display()
+        )),
+        other => LogError::Backend(format!("cannot open the embedded log {}: {other}", path.display())),
+    })
+}
+
 impl EmbeddedLog {
-    /// Opens (or creates) the log stored at `path`.
+    /// Opens (or creates) the log stored at `path`, with the default [`Options`].
     pub fn open(path: &Path, retention: Retention) -> Result<Self, LogError> {
+        Self::open_with(path, Options::new(retention))
+    }
+
+    /// Opens (or creates) the log stored at `path`.
+    pub fn open_with(path: &Path, options: Options) -> Result<Self, LogError> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| {
                 LogError::Backend(format!(
@@ -113,23 +240,28 @@ impl EmbeddedLog {
                 ))
             })?;
         }
-        let db = Database::create(path).map_err(|error| match error {
-            redb::DatabaseError::DatabaseAlreadyOpen => LogError::Backend(format!(
-                "{} is in use by another process: the embedded log serves one `sluice` process (run every part in one \
-                 `sluice run`, or switch [log] to Kafka)",
-                path.display()
-            )),
-            other => LogError::Backend(format!("cannot open the embedded log {}: {other}", path.display())),
-        })?;
+        let db = open_database(path)?;
         let topics = load_state(&db)?;
         let (appended, _) = watch::channel(0);
+        let max_pending_appends = options.max_pending_appends.max(1);
         let shared = Arc::new(Shared {
-            db,
+            db: RwLock::new(Some(Arc::new(db))),
             path: path.to_path_buf(),
             topics: RwLock::new(topics),
             appended,
-            retention,
+            retention: options.retention,
+            slots: Arc::new(Semaphore::new(max_pending_appends)),
+            max_pending_appends,
+            min_free_bytes: options.min_free_bytes,
+            health: Mutex::new(Health::default()),
+            gauges: Gauges::register(),
+            closing: AtomicBool::new(false),
+            stall_file: options.stall_file,
+            fail_file: options.fail_file,
         });
+        shared.gauges.write_failure.set(0.0);
+        shared.gauges.low_space.set(0.0);
+        refresh_free_space(&shared);
         let (commands, receiver) = std::sync::mpsc::channel();
         let writer_shared = shared.clone();
         let writer = std::thread::Builder::new()
@@ -176,11 +308,39 @@ impl EmbeddedLog {
             }
         });
     }
+
+    /// Queues one append holding `slot` and waits for its answer until `deadline`.
+    async fn enqueue(
+        &self,
+        topic: &str,
+        record: OutRecord,
+        slot: OwnedSemaphorePermit,
+        timeout: Duration,
+        deadline: tokio::time::Instant,
+    ) -> Result<Delivery, LogError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Append(Append {
+                topic: topic.to_string(),
+                record,
+                reply,
+                _slot: slot,
+            }))
+            .map_err(|_| LogError::Backend("the embedded log is closed".into()))?;
+        // A caller that gives up drops `answer`; the writer then leaves the record out.
+        match tokio::time::timeout_at(deadline, answer).await {
+            Err(_) => Err(LogError::Timeout(timeout)),
+            Ok(Err(_)) => Err(LogError::Backend("the embedded log writer stopped".into())),
+            Ok(Ok(result)) => result,
+        }
+    }
 }
 
 impl Drop for EmbeddedLog {
     fn drop(&mut self) {
-        // Closing the channel ends the writer after it has committed what it holds.
+        // Closing the channel ends the writer after it has committed what it holds (a writer
+        // waiting for the disk to work again fails what it holds instead).
+        self.shared.closing.store(true, Ordering::Release);
         let (closed, _) = std::sync::mpsc::channel();
         drop(std::mem::replace(&mut self.commands, closed));
         if let Some(writer) = self.writer.lock().ok().and_then(|mut w| w.take()) {
@@ -251,14 +411,41 @@ fn store_bounds(
     Ok(())
 }
 
-/// The writer thread: group-commits appends until the channel closes.
+/// The writer thread: group-commits appends until the channel closes. After a failed write it
+/// stops taking appends (they wait in the queue) and reopens the file until writing works
+/// again.
 fn write_loop(shared: &Shared, commands: &std::sync::mpsc::Receiver<Command>) {
-    while let Ok(first) = commands.recv() {
+    use std::sync::mpsc::RecvTimeoutError;
+    let mut space_checked = std::time::Instant::now();
+    loop {
+        if shared.write_failure().is_some() {
+            if shared.closing.load(Ordering::Acquire) {
+                fail_queued(shared, commands);
+                return;
+            }
+            std::thread::sleep(CHECK_INTERVAL);
+            refresh_free_space(shared);
+            space_checked = std::time::Instant::now();
+            recover(shared);
+            continue;
+        }
+        let first = match commands.recv_timeout(CHECK_INTERVAL) {
+            Ok(command) => command,
+            Err(RecvTimeoutError::Timeout) => {
+                refresh_free_space(shared);
+                space_checked = std::time::Instant::now();
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
         let mut appends = Vec::new();
         let mut flushes = Vec::new();
         let mut next = Some(first);
         while let Some(command) = next.take() {
             match command {
+                // A caller that gave up (timed out) has been told the record may not be
+                // stored; leaving it out keeps its retry from storing it twice.
+                Command::Append(append) if append.reply.is_closed() => {}
                 Command::Append(append) => appends.push(append),
                 Command::Flush(done) => flushes.push(done),
             }
@@ -266,12 +453,191 @@ fn write_loop(shared: &Shared, commands: &std::sync::mpsc::Receiver<Command>) {
                 next = commands.try_recv().ok();
             }
         }
+        stall_while_asked(shared);
+        appends.retain(|append| !append.reply.is_closed());
         if !appends.is_empty() {
             commit_group(shared, appends);
         }
         for done in flushes {
             let _ = done.send(());
         }
+        let free_slots = shared.slots.available_permits();
+        let queued = shared.max_pending_appends.saturating_sub(free_slots);
+        shared.gauges.queue.set(queued as f64);
+        if space_checked.elapsed() >= CHECK_INTERVAL {
+            refresh_free_space(shared);
+            space_checked = std::time::Instant::now();
+        }
+    }
+}
+
+/// Fault injection: waits while the stall file exists (a disk that does not answer).
+fn stall_while_asked(shared: &Shared) {
+    let Some(file) = &shared.stall_file else {
+        return;
+    };
+    while file.exists() && !shared.closing.load(Ordering::Acquire) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Fault injection: an I/O error while the fail file exists.
+fn injected_failure(shared: &Shared) -> Result<(), LogError> {
+    match &shared.fail_file {
+        Some(file) if file.exists() => Err(storage(format!(
+            "injected write failure (remove {} to end it)",
+            file.display()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// On shutdown while the disk does not work: fails every queued append.
+fn fail_queued(shared: &Shared, commands: &std::sync::mpsc::Receiver<Command>) {
+    let why = shared
+        .write_failure()
+        .unwrap_or_else(|| "the embedded log closed".into());
+    while let Ok(command) = commands.try_recv() {
+        match command {
+            Command::Append(append) => {
+                let _ = append.reply.send(Err(LogError::Backend(why.clone())));
+            }
+            Command::Flush(done) => {
+                let _ = done.send(());
+            }
+        }
+    }
+}
+
+/// Marks the log as unable to write, loudly, once per failure.
+fn record_write_failure(shared: &Shared, error: &LogError) {
+    let reason = format!(
+        "the embedded log cannot write to {}: {}; new orders are refused until writing works again (it retries by itself)",
+        shared.path.display(),
+        message(error)
+    );
+    let Ok(mut health) = shared.health.lock() else {
+        return;
+    };
+    if health.write_failure.is_none() {
+        tracing::error!(
+            path = %shared.path.display(),
+            %error,
+            "embedded log write failed; refusing new orders and retrying until the disk takes writes again"
+        );
+        health.failed_since = Some(std::time::Instant::now());
+    }
+    health.write_failure = Some(reason);
+    shared.gauges.write_failure.set(1.0);
+}
+
+/// After a write failure: closes the database, opens it again and reloads where every
+/// partition ends (redb refuses every write after an I/O error until it is reopened). The
+/// log takes appends again once that worked and a commit succeeded.
+fn recover(shared: &Shared) {
+    let attempt = || -> Result<(), LogError> {
+        injected_failure(shared)?;
+        if shared.min_free_bytes > 0 {
+            // Writing again into a disk that is still full only fails again.
+            if let Some(free) = free_bytes(&shared.path) {
+                if free < shared.min_free_bytes.min(1 << 20) {
+                    return Err(storage(format!("only {free} bytes free")));
+                }
+            }
+        }
+        drop(shared.replace_db(None)?);
+        let db = open_database(&shared.path)?;
+        // `load_state` commits a transaction: the proof that writing works again.
+        let topics = match load_state(&db) {
+            Ok(topics) => topics,
+            Err(error) => {
+                shared.replace_db(Some(Arc::new(db)))?;
+                return Err(error);
+            }
+        };
+        *shared
+            .topics
+            .write()
+            .map_err(|_| storage("state lock poisoned"))? = topics;
+        shared.replace_db(Some(Arc::new(db)))?;
+        Ok(())
+    };
+    match attempt() {
+        Ok(()) => {
+            if let Ok(mut health) = shared.health.lock() {
+                let down = health.failed_since.take().map(|t| t.elapsed());
+                health.write_failure = None;
+                tracing::info!(
+                    path = %shared.path.display(),
+                    down_ms = down.map_or(0, |d| d.as_millis() as u64),
+                    "embedded log writes again"
+                );
+            }
+            shared.gauges.write_failure.set(0.0);
+            shared.appended.send_modify(|n| *n += 1);
+        }
+        // `/readyz` keeps the reason of the first failure.
+        Err(error) => tracing::debug!(%error, "embedded log still cannot write"),
+    }
+}
+
+/// Free bytes (for unprivileged users) on the filesystem holding `path`.
+#[cfg(unix)]
+fn free_bytes(path: &Path) -> Option<u64> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let stat = rustix::fs::statvfs(dir).ok()?;
+    Some(stat.f_bavail.saturating_mul(stat.f_frsize))
+}
+
+/// Free space is not measured on this platform.
+#[cfg(not(unix))]
+fn free_bytes(_path: &Path) -> Option<u64> {
+    None
+}
+
+/// Measures free space and updates the watermark state, logging each change once.
+fn refresh_free_space(shared: &Shared) {
+    let Some(free) = free_bytes(&shared.path) else {
+        return;
+    };
+    shared.gauges.free_bytes.set(free as f64);
+    if shared.min_free_bytes == 0 {
+        return;
+    }
+    let low = free < shared.min_free_bytes;
+    let Ok(mut health) = shared.health.lock() else {
+        return;
+    };
+    match (low, health.low_space.is_some()) {
+        (true, _) => {
+            if health.low_space.is_none() {
+                tracing::error!(
+                    path = %shared.path.display(),
+                    free_bytes = free,
+                    min_free_bytes = shared.min_free_bytes,
+                    "disk space of the embedded log is below [log] min_free_mib; refusing new orders until space is freed"
+                );
+            }
+            health.low_space = Some(format!(
+                "only {} MiB of disk space free for the embedded log, below [log] min_free_mib = {}: new orders are refused until space is freed",
+                free >> 20,
+                shared.min_free_bytes >> 20
+            ));
+            shared.gauges.low_space.set(1.0);
+        }
+        (false, true) => {
+            tracing::info!(
+                path = %shared.path.display(),
+                free_bytes = free,
+                "disk space of the embedded log is above [log] min_free_mib again; taking new orders"
+            );
+            health.low_space = None;
+            shared.gauges.low_space.set(0.0);
+        }
+        (false, false) => {}
     }
 }
 
@@ -282,16 +648,15 @@ fn commit_group(shared: &Shared, appends: Vec<Append>) {
         Err(_) => return,
     };
     let now = now_ms();
-    let mut placed: Vec<(Append, Result<Delivery, LogError>)> = Vec::with_capacity(appends.len());
+    let mut deliveries: Vec<Result<Delivery, LogError>> = Vec::with_capacity(appends.len());
     let mut touched = std::collections::BTreeSet::new();
     let result = (|| -> Result<(), LogError> {
-        let write = shared.db.begin_write().map_err(storage)?;
+        let write = shared.db()?.begin_write().map_err(storage)?;
         {
             let mut records = write.open_table(RECORDS).map_err(storage)?;
-            for append in appends {
+            for append in &appends {
                 let Some(partitions) = states.get_mut(&append.topic) else {
-                    let topic = append.topic.clone();
-                    placed.push((append, Err(LogError::UnknownTopic(topic))));
+                    deliveries.push(Err(LogError::UnknownTopic(append.topic.clone())));
                     continue;
                 };
                 let partition = partition_for(&append.record.key, partitions.len() as u32);
@@ -312,16 +677,15 @@ fn commit_group(shared: &Shared, appends: Vec<Append>) {
                         codec::encode(&stored).as_slice(),
                     )
                     .map_err(storage)?;
-                placed.push((
-                    append,
-                    Ok(Delivery {
-                        partition,
-                        offset: offset as i64,
-                    }),
-                ));
+                deliveries.push(Ok(Delivery {
+                    partition,
+                    offset: offset as i64,
+                }));
             }
         }
         store_bounds(&write, &states, &touched)?;
+        // Dropping the transaction without committing aborts it.
+        injected_failure(shared)?;
         write.commit().map_err(storage)
     })();
     match result {
@@ -338,14 +702,17 @@ fn commit_group(shared: &Shared, appends: Vec<Append>) {
                 }
             }
             shared.appended.send_modify(|n| *n += 1);
-            for (append, delivery) in placed {
+            for (append, delivery) in appends.into_iter().zip(deliveries) {
                 let _ = append.reply.send(delivery);
             }
         }
         Err(error) => {
-            tracing::error!(%error, "embedded log commit failed");
-            for (append, _) in placed {
-                let _ = append.reply.send(Err(LogError::Backend(error.to_string())));
+            record_write_failure(shared, &error);
+            for append in appends {
+                let _ = append.reply.send(Err(LogError::Backend(format!(
+                    "the embedded log could not write the record: {}",
+                    message(&error)
+                ))));
             }
         }
     }
@@ -393,7 +760,7 @@ fn enforce_retention(shared: &Shared) -> Result<u64, LogError> {
         let mut from = low;
         while from < cutoff {
             let to = cutoff.min(from + RETENTION_CHUNK);
-            let write = shared.db.begin_write().map_err(storage)?;
+            let write = shared.db()?.begin_write().map_err(storage)?;
             {
                 let mut records = write.open_table(RECORDS).map_err(storage)?;
                 records
@@ -436,7 +803,7 @@ fn offset_for_time_sync(
     state: &PartitionState,
     time_ms: i64,
 ) -> Result<u64, LogError> {
-    let read = shared.db.begin_read().map_err(storage)?;
+    let read = shared.db()?.begin_read().map_err(storage)?;
     let records = read.open_table(RECORDS).map_err(storage)?;
     let (mut low, mut high) = (state.low, state.next);
     while low < high {
@@ -457,6 +824,49 @@ fn offset_for_time_sync(
 }
 
 impl Shared {
+    /// The open database (an error only while the writer reopens it after a write failure).
+    fn db(&self) -> Result<Arc<Database>, LogError> {
+        self.db
+            .read()
+            .map_err(|_| storage("database lock poisoned"))?
+            .clone()
+            .ok_or_else(|| {
+                LogError::Backend(format!(
+                    "the embedded log {} is being reopened after a write failure",
+                    self.path.display()
+                ))
+            })
+    }
+
+    /// Puts `db` in place of the open database and returns the one it replaces.
+    fn replace_db(&self, db: Option<Arc<Database>>) -> Result<Option<Arc<Database>>, LogError> {
+        let mut current = self
+            .db
+            .write()
+            .map_err(|_| storage("database lock poisoned"))?;
+        Ok(std::mem::replace(&mut *current, db))
+    }
+
+    /// Why writing does not work, while it does not.
+    fn write_failure(&self) -> Option<String> {
+        self.health.lock().ok()?.write_failure.clone()
+    }
+
+    /// Whether the log takes new work now: not while writing fails or disk space is low.
+    fn admit(&self) -> Result<(), LogError> {
+        let health = self
+            .health
+            .lock()
+            .map_err(|_| storage("health lock poisoned"))?;
+        if let Some(reason) = &health.write_failure {
+            return Err(LogError::Backend(reason.clone()));
+        }
+        if let Some(reason) = &health.low_space {
+            return Err(LogError::Overloaded(reason.clone()));
+        }
+        Ok(())
+    }
+
     fn partition(&self, topic: &str, partition: i32) -> Result<PartitionState, LogError> {
         let topics = self
             .topics
@@ -491,7 +901,7 @@ impl Log for EmbeddedLog {
             if missing.is_empty() {
                 return Ok(());
             }
-            let write = shared.db.begin_write().map_err(storage)?;
+            let write = shared.db()?.begin_write().map_err(storage)?;
             {
                 let mut table = write.open_table(TOPICS).map_err(storage)?;
                 for (name, partitions, _) in &missing {
@@ -516,19 +926,39 @@ impl Log for EmbeddedLog {
         record: OutRecord,
         timeout: Duration,
     ) -> Result<Delivery, LogError> {
-        let (reply, answer) = oneshot::channel();
-        self.commands
-            .send(Command::Append(Append {
-                topic: topic.to_string(),
-                record,
-                reply,
-            }))
-            .map_err(|_| LogError::Backend("the embedded log is closed".into()))?;
-        match tokio::time::timeout(timeout, answer).await {
-            Err(_) => Err(LogError::Timeout(timeout)),
-            Ok(Err(_)) => Err(LogError::Backend("the embedded log writer stopped".into())),
-            Ok(Ok(result)) => result,
+        // Work already inside the pipeline waits for room in the queue (and for the disk).
+        let deadline = tokio::time::Instant::now() + timeout;
+        let room = self.shared.slots.clone().acquire_owned();
+        let slot = match tokio::time::timeout_at(deadline, room).await {
+            Err(_) => return Err(LogError::Timeout(timeout)),
+            Ok(Err(_)) => return Err(LogError::Backend("the embedded log is closed".into())),
+            Ok(Ok(slot)) => slot,
+        };
+        self.enqueue(topic, record, slot, timeout, deadline).await
+    }
+
+    async fn try_send(
+        &self,
+        topic: &str,
+        record: OutRecord,
+        timeout: Duration,
+    ) -> Result<Delivery, LogError> {
+        if let Err(error) = self.shared.admit() {
+            match error {
+                LogError::Overloaded(_) => self.shared.gauges.refused_low_space.increment(1),
+                _ => self.shared.gauges.refused_write_failure.increment(1),
+            }
+            return Err(error);
         }
+        let slot = self.shared.slots.clone().try_acquire_owned().map_err(|_| {
+            self.shared.gauges.refused_queue_full.increment(1);
+            LogError::Overloaded(format!(
+                "{} records are waiting to be written to the embedded log ([log] max_pending_appends)",
+                self.shared.max_pending_appends
+            ))
+        })?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        self.enqueue(topic, record, slot, timeout, deadline).await
     }
 
     async fn partition_count(&self, topic: &str) -> Result<u32, LogError> {
@@ -564,7 +994,7 @@ impl Log for EmbeddedLog {
     }
 
     async fn check_ready(&self) -> Result<(), LogError> {
-        Ok(())
+        self.shared.admit()
     }
 
     async fn consumer(&self, group: &str) -> Result<Box<dyn LogConsumer>, LogError> {
@@ -603,7 +1033,7 @@ struct EmbeddedConsumer {
 
 impl EmbeddedConsumer {
     fn stored_position(&self, topic: &str, partition: u32) -> Result<Option<u64>, LogError> {
-        let read = self.shared.db.begin_read().map_err(storage)?;
+        let read = self.shared.db()?.begin_read().map_err(storage)?;
         let positions = read.open_table(POSITIONS).map_err(storage)?;
         Ok(positions
             .get((self.group.as_str(), topic, partition))
@@ -624,7 +1054,7 @@ fn read_batch(
     if assigned.is_empty() {
         return Ok(out);
     }
-    let read = shared.db.begin_read().map_err(storage)?;
+    let read = shared.db()?.begin_read().map_err(storage)?;
     let records = read.open_table(RECORDS).map_err(storage)?;
     let count = assigned.len();
     for step in 0..count {
@@ -735,7 +1165,7 @@ impl LogConsumer for EmbeddedConsumer {
         let (shared, group, positions) =
             (self.shared.clone(), self.group.clone(), positions.to_vec());
         blocking(move || {
-            let write = shared.db.begin_write().map_err(storage)?;
+            let write = shared.db()?.begin_write().map_err(storage)?;
             {
                 let mut table = write.open_table(POSITIONS).map_err(storage)?;
                 for p in &positions {
