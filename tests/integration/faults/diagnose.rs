@@ -1,7 +1,7 @@
 //! Evidence for lost orders on Kafka: where each lost order is in the topics, how far each
 //! stage's committed position and each shard's stored position are, and the high watermarks.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use mysql_async::prelude::Queryable;
@@ -12,7 +12,7 @@ use super::infra::InfraAddress;
 use super::load::LostOrder;
 use crate::common::TestTopology;
 
-/// A report on `lost` (at most a few dozen orders are listed one by one).
+/// A report on `lost` (the first ten orders are listed one by one).
 pub async fn lost_orders(infra: &InfraAddress, test: &TestTopology, lost: &[LostOrder]) -> String {
     let topology = test.topology();
     let brokers = infra.brokers();
@@ -54,7 +54,7 @@ pub async fn lost_orders(infra: &InfraAddress, test: &TestTopology, lost: &[Lost
         let positions = sink_positions(&shard.url).await;
         report.push_str(&format!("  shard{index} sluice_offsets: {positions}\n"));
     }
-    let listed = lost.iter().zip(&ids).take(40);
+    let listed = lost.iter().zip(&ids).take(10);
     let mut lines = String::new();
     for (lost, id) in listed {
         lines.push_str(&format!(
@@ -65,7 +65,8 @@ pub async fn lost_orders(infra: &InfraAddress, test: &TestTopology, lost: &[Lost
     format!("{lines}{report}")
 }
 
-/// Reads every topic from the start and lists where each id occurs; then the watermarks and
+/// Reads every topic from the start and finds the records of the lost ids: per partition how
+/// many and their offset range, and for the first few ids every place; then the watermarks and
 /// the stages' committed positions.
 fn scan_topics(
     brokers: &str,
@@ -81,12 +82,17 @@ fn scan_topics(
         .create()
         .expect("diagnosis consumer");
     let timeout = Duration::from_secs(10);
+    let wanted: HashSet<&str> = ids.iter().map(String::as_str).collect();
+    let listed: HashSet<&str> = ids.iter().take(10).map(String::as_str).collect();
     let mut out = String::new();
-    let mut found: HashMap<&str, Vec<String>> = HashMap::new();
+    let mut places: HashMap<&str, Vec<String>> = HashMap::new();
     let mut watermarks: HashMap<(String, i32), i64> = HashMap::new();
     for topic in topics {
+        let short = topic
+            .rsplit_once(".orders.")
+            .map_or(topic.clone(), |(_, t)| format!("orders.{t}"));
         let Ok(metadata) = consumer.fetch_metadata(Some(topic), timeout) else {
-            out.push_str(&format!("  {topic}: no metadata\n"));
+            out.push_str(&format!("  {short}: no metadata\n"));
             continue;
         };
         let partitions: Vec<i32> = metadata
@@ -95,7 +101,7 @@ fn scan_topics(
             .flat_map(|t| t.partitions().iter().map(|p| p.id()))
             .collect();
         let mut list = TopicPartitionList::new();
-        let mut remaining = 0;
+        let mut pending: HashMap<i32, i64> = HashMap::new();
         let mut highs = Vec::new();
         for &partition in &partitions {
             let high = consumer
@@ -107,39 +113,63 @@ fn scan_topics(
             if high > 0 {
                 list.add_partition_offset(topic, partition, Offset::Beginning)
                     .unwrap();
-                remaining += 1;
+                pending.insert(partition, high);
             }
         }
-        out.push_str(&format!("  {topic}: high watermarks {}\n", highs.join(" ")));
-        if remaining == 0 {
-            continue;
-        }
-        consumer.assign(&list).unwrap();
-        let mut done: HashMap<i32, bool> = HashMap::new();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while done.len() < remaining && Instant::now() < deadline {
-            let Some(message) = consumer.poll(Duration::from_millis(500)) else {
-                continue;
-            };
-            let Ok(message) = message else { continue };
-            let payload = String::from_utf8_lossy(message.payload().unwrap_or_default());
-            for id in ids {
-                if payload.contains(id.as_str()) {
-                    found.entry(id.as_str()).or_default().push(format!(
-                        "{}[{}]@{}",
-                        topic
-                            .rsplit_once(".orders.")
-                            .map_or(topic.as_str(), |(_, t)| t),
-                        message.partition(),
-                        message.offset()
-                    ));
+        // Offsets of lost orders found, per partition.
+        let mut hits: HashMap<i32, Vec<i64>> = HashMap::new();
+        if !pending.is_empty() {
+            consumer.assign(&list).unwrap();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !pending.is_empty() && Instant::now() < deadline {
+                let Some(message) = consumer.poll(Duration::from_millis(500)) else {
+                    continue;
+                };
+                let Ok(message) = message else { continue };
+                let (partition, offset) = (message.partition(), message.offset());
+                let order_id = message
+                    .payload()
+                    .and_then(|p| serde_json::from_slice::<serde_json::Value>(p).ok())
+                    .and_then(|v| v["orderId"].as_str().map(str::to_string));
+                if let Some(id) = order_id.as_deref().and_then(|id| wanted.get(id)) {
+                    hits.entry(partition).or_default().push(offset);
+                    if listed.contains(id) {
+                        places
+                            .entry(id)
+                            .or_default()
+                            .push(format!("{short}[{partition}]@{offset}"));
+                    }
+                }
+                if pending
+                    .get(&partition)
+                    .is_some_and(|high| offset + 1 >= *high)
+                {
+                    pending.remove(&partition);
                 }
             }
-            let high = watermarks[&(topic.clone(), message.partition())];
-            if message.offset() + 1 >= high {
-                done.insert(message.partition(), true);
-            }
         }
+        let mut found: Vec<String> = hits
+            .iter()
+            .map(|(partition, offsets)| {
+                let (low, high) = (offsets.iter().min().unwrap(), offsets.iter().max().unwrap());
+                format!("p{partition}: {} at offsets {low}..={high}", offsets.len())
+            })
+            .collect();
+        found.sort();
+        out.push_str(&format!(
+            "  {short}: high watermarks {}; lost orders found: {}{}\n",
+            highs.join(" "),
+            if found.is_empty() {
+                "none".to_string()
+            } else {
+                found.join(", ")
+            },
+            if pending.is_empty() {
+                ""
+            } else {
+                " (not read to the end)"
+            }
+        ));
     }
     for (group, input) in groups {
         let Ok(committer) = rdkafka::ClientConfig::new()
@@ -164,21 +194,25 @@ fn scan_topics(
                             .get(&(input.clone(), e.partition()))
                             .copied()
                             .unwrap_or(-1);
-                        format!("p{}={:?}/{high}", e.partition(), e.offset())
+                        let at = match e.offset() {
+                            Offset::Offset(n) => n.to_string(),
+                            other => format!("{other:?}"),
+                        };
+                        format!("p{}={at}/{high}", e.partition())
                     })
                     .collect::<Vec<_>>()
                     .join(" ")
             })
             .unwrap_or_else(|e| e.to_string());
         out.push_str(&format!(
-            "  group {group} on {input}: committed/high {positions}\n"
+            "  stage group {group}: committed/high {positions}\n"
         ));
     }
     let mut where_found = String::new();
-    for id in ids.iter().take(40) {
+    for id in ids.iter().take(10) {
         where_found.push_str(&format!(
-            "  {id} found in: {}\n",
-            found
+            "  {id} is in: {}\n",
+            places
                 .get(id.as_str())
                 .map(|places| places.join(", "))
                 .unwrap_or_else(|| "no topic".into())

@@ -602,8 +602,13 @@ async fn time_until_stored(
     }
 }
 
+/// How long the shards may store nothing while acknowledged orders are missing before the
+/// pipeline counts as stalled.
+const STALL: Duration = Duration::from_secs(60);
+
 /// Waits until every acknowledged order is stored and the row count has not changed for 3 s
-/// (so late orders answered 503 are in too), at most `limit`; the rows found last.
+/// (so late orders answered 503 are in too), at most `limit` (or until nothing was stored for
+/// `STALL` while orders are missing); the rows found last.
 async fn settled_rows(
     shards: &Shards,
     acknowledged: &[String],
@@ -626,6 +631,11 @@ async fn settled_rows(
                 match last {
                     Some((n, since)) if n == count => {
                         if complete && since.elapsed() >= Duration::from_secs(3) {
+                            return Ok(rows);
+                        }
+                        // Orders missing and nothing stored for a long while: a stall, not a
+                        // slow catch-up. Report it rather than wait out the whole limit.
+                        if !complete && since.elapsed() >= STALL {
                             return Ok(rows);
                         }
                     }
@@ -743,7 +753,7 @@ async fn run_fault(
     let fault_end = window.as_ref().map_or_else(Instant::now, |w| w.end);
     let acknowledged_before_end = load.acknowledged_ids();
     let shards = Shards::of(deployment.test());
-    let drain_watch = {
+    let mut drain_watch = {
         let (shards, limit) = (shards.clone(), settings.drain_limit);
         tokio::spawn(async move {
             time_until_stored(&shards, acknowledged_before_end, fault_end, limit).await
@@ -777,7 +787,14 @@ async fn run_fault(
             Vec::new()
         }
     };
-    let drained = drain_watch.await.ok().flatten();
+    // The shards have settled: the watch has its answer by now, or never will.
+    let drained = match tokio::time::timeout(Duration::from_secs(5), &mut drain_watch).await {
+        Ok(result) => result.ok().flatten(),
+        Err(_) => {
+            drain_watch.abort();
+            None
+        }
+    };
     let tally = load::tally(&ledger, &rows, &users);
     let ready_after = probes.ready_after(fault_end);
     // The bound holds while the fault lasts; the catch-up afterwards is reported beside it.
