@@ -5,9 +5,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use sluice_core::log::embedded::{partition_for, Retention};
 use sluice_core::log::{
-    Assignment, EmbeddedLog, KafkaLog, Log, LogConsumer, OutRecord, Position, Record, StartFrom,
+    Assignment, EmbeddedLog, KafkaLog, Log, LogConsumer, LogError, OutRecord, PartitionReader,
+    Position, Record, StartFrom,
 };
 use sluice_core::topology::{LogBackend, LogConfig};
 
@@ -18,7 +20,7 @@ fn unique(name: &str) -> String {
     format!("t_{name}_{}", &id[id.len() - 10..])
 }
 
-async fn read_all(consumer: &mut dyn LogConsumer, expected: usize) -> Vec<Record> {
+async fn read_all(consumer: &mut LogConsumer, expected: usize) -> Vec<Record> {
     let mut records = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while records.len() < expected && tokio::time::Instant::now() < deadline {
@@ -32,7 +34,7 @@ async fn read_all(consumer: &mut dyn LogConsumer, expected: usize) -> Vec<Record
     records
 }
 
-async fn assign(consumer: &mut dyn LogConsumer, topic: &str, partitions: i32, start: StartFrom) {
+async fn assign(consumer: &mut LogConsumer, topic: &str, partitions: i32, start: StartFrom) {
     let assignments = (0..partitions)
         .map(|partition| Assignment {
             topic: topic.into(),
@@ -96,8 +98,8 @@ async fn conformance(log: Arc<dyn Log>) {
     // Reading from the beginning returns every record, in order within each partition.
     let group = unique("group");
     let mut consumer = log.consumer(&group).await.unwrap();
-    assign(consumer.as_mut(), &topic, 4, StartFrom::Beginning).await;
-    let records = read_all(consumer.as_mut(), 200).await;
+    assign(&mut consumer, &topic, 4, StartFrom::Beginning).await;
+    let records = read_all(&mut consumer, 200).await;
     assert_eq!(records.len(), 200);
     let mut seen: HashMap<i32, Vec<i64>> = HashMap::new();
     for record in &records {
@@ -128,8 +130,8 @@ async fn conformance(log: Arc<dyn Log>) {
     assert_eq!(consumer.committed(&topic, 2).await.unwrap(), Some(3));
     drop(consumer);
     let mut resumed = log.consumer(&group).await.unwrap();
-    assign(resumed.as_mut(), &topic, 4, StartFrom::Committed).await;
-    let rest = read_all(resumed.as_mut(), 200 - 12).await;
+    assign(&mut resumed, &topic, 4, StartFrom::Committed).await;
+    let rest = read_all(&mut resumed, 200 - 12).await;
     assert_eq!(
         rest.len(),
         200 - 12,
@@ -138,9 +140,9 @@ async fn conformance(log: Arc<dyn Log>) {
     assert!(rest.iter().all(|r| r.offset >= 3));
     let mut fresh = log.consumer(&unique("fresh")).await.unwrap();
     assert_eq!(fresh.committed(&topic, 0).await.unwrap(), None);
-    assign(fresh.as_mut(), &topic, 4, StartFrom::Committed).await;
+    assign(&mut fresh, &topic, 4, StartFrom::Committed).await;
     assert_eq!(
-        read_all(fresh.as_mut(), 200).await.len(),
+        read_all(&mut fresh, 200).await.len(),
         200,
         "no committed position means the beginning"
     );
@@ -155,14 +157,14 @@ async fn conformance(log: Arc<dyn Log>) {
     }])
     .await
     .unwrap();
-    let from_five = read_all(seek.as_mut(), by_partition[&busiest].len() - 5).await;
+    let from_five = read_all(&mut seek, by_partition[&busiest].len() - 5).await;
     assert_eq!(from_five.first().map(|r| r.offset), Some(5));
 
     tokio::time::sleep(Duration::from_millis(20)).await;
     let cut = sluice_core::order::now_ms();
     tokio::time::sleep(Duration::from_millis(20)).await;
     let mut tail = log.consumer(&unique("tail")).await.unwrap();
-    assign(tail.as_mut(), &topic, 4, StartFrom::End).await;
+    assign(&mut tail, &topic, 4, StartFrom::End).await;
     assert!(
         tail.poll(100, Duration::from_millis(300))
             .await
@@ -178,7 +180,7 @@ async fn conformance(log: Arc<dyn Log>) {
         )
         .await
         .unwrap();
-    let got = read_all(tail.as_mut(), 1).await;
+    let got = read_all(&mut tail, 1).await;
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].payload, b"late");
     assert_eq!(
@@ -195,8 +197,8 @@ async fn conformance(log: Arc<dyn Log>) {
         "a time after the newest record maps to the high watermark"
     );
     let mut by_time = log.consumer(&unique("time")).await.unwrap();
-    assign(by_time.as_mut(), &topic, 4, StartFrom::Time(cut)).await;
-    let after_cut = read_all(by_time.as_mut(), 1).await;
+    assign(&mut by_time, &topic, 4, StartFrom::Time(cut)).await;
+    let after_cut = read_all(&mut by_time, 1).await;
     assert_eq!(
         after_cut
             .iter()
@@ -210,6 +212,184 @@ async fn conformance(log: Arc<dyn Log>) {
     log.flush(Duration::from_secs(5)).await.unwrap();
 }
 
+/// A backend's real reader with the faults of a broker outage or a storage error injected
+/// between records: every fourth poll takes records and then fails, losing them, and every
+/// fourth poll (another one) drops records from the middle of its batch. Like librdkafka, the
+/// reader's own position has moved past every record it took either way.
+struct FaultyReader {
+    inner: Box<dyn PartitionReader>,
+    polls: u64,
+    injected: u64,
+}
+
+#[async_trait]
+impl PartitionReader for FaultyReader {
+    async fn assign(&mut self, assignments: Vec<Assignment>) -> Result<Vec<Position>, LogError> {
+        self.inner.assign(assignments).await
+    }
+
+    async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Record>, LogError> {
+        let records = self.inner.poll(max, wait).await?;
+        if records.is_empty() {
+            return Ok(records);
+        }
+        self.polls += 1;
+        match self.polls % 4 {
+            1 => {
+                self.injected += records.len() as u64;
+                Err(LogError::Backend(
+                    "injected: connection to the broker lost".into(),
+                ))
+            }
+            2 => Ok(records
+                .into_iter()
+                .enumerate()
+                .filter(|(n, _)| {
+                    let keep = n % 3 != 1;
+                    if !keep {
+                        self.injected += 1;
+                    }
+                    keep
+                })
+                .map(|(_, record)| record)
+                .collect()),
+            _ => Ok(records),
+        }
+    }
+
+    async fn commit(&mut self, positions: &[Position]) -> Result<(), LogError> {
+        self.inner.commit(positions).await
+    }
+
+    async fn committed(&mut self, topic: &str, partition: i32) -> Result<Option<i64>, LogError> {
+        self.inner.committed(topic, partition).await
+    }
+}
+
+/// A consumer whose backend loses records on errors still hands out every record once, in
+/// order, and refuses to commit past what it handed out.
+async fn no_record_is_skipped_when_the_reader_fails(log: Arc<dyn Log>) {
+    let topic = unique("faults");
+    log.ensure_topics(&[(topic.clone(), 4, 1)]).await.unwrap();
+    let total = 300;
+    for n in 0..total {
+        let record = OutRecord::new(format!("user-{}", n % 13).into_bytes(), n.to_string());
+        log.send(&topic, record, ACK).await.unwrap();
+    }
+    let group = unique("faults");
+    let mut faulty = FaultyReader {
+        inner: log.reader(&group).await.unwrap(),
+        polls: 0,
+        injected: 0,
+    };
+    // Check the fault really loses records when nothing guards the reader.
+    faulty
+        .assign(
+            (0..4)
+                .map(|partition| Assignment {
+                    topic: topic.clone(),
+                    partition,
+                    start: StartFrom::Beginning,
+                })
+                .collect(),
+        )
+        .await
+        .unwrap();
+    let mut unguarded = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while tokio::time::Instant::now() < deadline {
+        match faulty.poll(7, Duration::from_millis(300)).await {
+            Ok(records) if records.is_empty() => break,
+            Ok(records) => unguarded += records.len(),
+            Err(_) => {}
+        }
+    }
+    assert!(
+        unguarded < total && faulty.injected > 0,
+        "the injected faults must lose records of a bare reader ({unguarded} of {total} read)"
+    );
+
+    let mut consumer = LogConsumer::new(Box::new(faulty));
+    assign(&mut consumer, &topic, 4, StartFrom::Beginning).await;
+    let mut records = Vec::new();
+    let mut errors = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while records.len() < total && tokio::time::Instant::now() < deadline {
+        match consumer.poll(7, Duration::from_millis(200)).await {
+            Ok(batch) => records.extend(batch),
+            Err(_) => errors += 1,
+        }
+    }
+    assert!(errors > 0, "the faulty reader must have failed some polls");
+    assert_eq!(
+        records.len(),
+        total,
+        "every record once, despite {errors} failed polls"
+    );
+    let mut by_partition: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
+    for record in &records {
+        by_partition
+            .entry(record.partition)
+            .or_default()
+            .push(record.offset);
+    }
+    for (partition, offsets) in &by_partition {
+        let expected: Vec<i64> = (0..offsets.len() as i64).collect();
+        assert_eq!(
+            offsets, &expected,
+            "partition {partition}: offsets handed out in order, none skipped or repeated"
+        );
+    }
+    let mut payloads: Vec<usize> = records
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.payload).parse().unwrap())
+        .collect();
+    payloads.sort_unstable();
+    assert_eq!(payloads, (0..total).collect::<Vec<_>>());
+
+    // Positions up to what was read commit; one past it is refused.
+    let (&busiest, offsets) = by_partition.iter().max_by_key(|(_, o)| o.len()).unwrap();
+    let read = offsets.len() as i64;
+    consumer
+        .commit(&[Position {
+            topic: topic.clone(),
+            partition: busiest,
+            next_offset: read,
+        }])
+        .await
+        .unwrap();
+    assert_eq!(
+        consumer.committed(&topic, busiest).await.unwrap(),
+        Some(read)
+    );
+    let refused = consumer
+        .commit(&[Position {
+            topic: topic.clone(),
+            partition: busiest,
+            next_offset: read + 1,
+        }])
+        .await;
+    assert!(
+        matches!(refused, Err(LogError::CommitPastRead { .. })),
+        "a commit past what was read must be refused, got {refused:?}"
+    );
+    let unassigned = consumer
+        .commit(&[Position {
+            topic: unique("never_read"),
+            partition: 0,
+            next_offset: 1,
+        }])
+        .await;
+    assert!(matches!(
+        unassigned,
+        Err(LogError::CommitPastRead { read: None, .. })
+    ));
+    assert_eq!(
+        consumer.committed(&topic, busiest).await.unwrap(),
+        Some(read)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_log_conforms() {
     let dir = tempfile::tempdir().unwrap();
@@ -221,7 +401,9 @@ async fn embedded_log_conforms() {
         },
     )
     .unwrap();
-    conformance(Arc::new(log)).await;
+    let log: Arc<dyn Log> = Arc::new(log);
+    conformance(log.clone()).await;
+    no_record_is_skipped_when_the_reader_fails(log).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -239,11 +421,13 @@ async fn kafka_log_conforms() {
         min_free_mib: 0,
         max_pending_appends: 8192,
     };
-    conformance(Arc::new(KafkaLog::new(&config).unwrap())).await;
+    let log: Arc<dyn Log> = Arc::new(KafkaLog::new(&config).unwrap());
+    conformance(log.clone()).await;
+    no_record_is_skipped_when_the_reader_fails(log).await;
 }
 
-/// Creates `topic` with one partition, appends `count` records (payloads "0", "1", …) and
-/// commits group "g" at `offset`.
+/// Creates `topic` with one partition, appends `count` records (payloads "0", "1", …), reads
+/// them and commits group "g" at `offset`.
 async fn fill_and_commit(log: &EmbeddedLog, topic: &str, count: usize, offset: i64) {
     log.ensure_topics(&[(topic.to_string(), 1, 1)])
         .await
@@ -253,6 +437,9 @@ async fn fill_and_commit(log: &EmbeddedLog, topic: &str, count: usize, offset: i
         log.send(topic, record, ACK).await.unwrap();
     }
     let mut consumer = log.consumer("g").await.unwrap();
+    assign(&mut consumer, topic, 1, StartFrom::Beginning).await;
+    let read = read_all(&mut consumer, count).await;
+    assert_eq!(read.len(), count);
     consumer
         .commit(&[Position {
             topic: topic.to_string(),
@@ -323,7 +510,7 @@ async fn embedded_log_survives_reopen_and_enforces_retention() {
         }])
         .await
         .unwrap();
-    let records = read_all(consumer.as_mut(), 10).await;
+    let records = read_all(&mut consumer, 10).await;
     assert_eq!(
         records.first().map(|r| r.offset),
         Some(15),
@@ -381,11 +568,57 @@ async fn embedded_offsets_never_repeat_after_retention_empties_a_partition() {
         }])
         .await
         .unwrap();
-    let records = read_all(consumer.as_mut(), 1).await;
+    let records = read_all(&mut consumer, 1).await;
     assert_eq!(
         records.len(),
         1,
         "the group's committed position must see the new record"
     );
     assert_eq!(records[0].payload, b"new");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_passes_records_retention_removed_under_it_and_loses_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = EmbeddedLog::open(
+        &dir.path().join("log.redb"),
+        Retention {
+            max_age: None,
+            max_records: Some(10),
+        },
+    )
+    .unwrap();
+    let topic = "orders".to_string();
+    log.ensure_topics(&[(topic.clone(), 1, 1)]).await.unwrap();
+    for n in 0..5 {
+        log.send(&topic, OutRecord::new(b"k".to_vec(), format!("{n}")), ACK)
+            .await
+            .unwrap();
+    }
+    let mut consumer = log.consumer("g").await.unwrap();
+    assign(&mut consumer, &topic, 1, StartFrom::Beginning).await;
+    let first = read_all(&mut consumer, 5).await;
+    assert_eq!(first.len(), 5);
+    // While the consumer is at offset 5, 20 more records arrive and retention keeps only 10.
+    for n in 5..25 {
+        log.send(&topic, OutRecord::new(b"k".to_vec(), format!("{n}")), ACK)
+            .await
+            .unwrap();
+    }
+    assert_eq!(log.enforce_retention().await.unwrap(), 15);
+    let rest = read_all(&mut consumer, 10).await;
+    assert_eq!(
+        rest.iter().map(|r| r.offset).collect::<Vec<_>>(),
+        (15..25).collect::<Vec<_>>(),
+        "the consumer moves past the removed records once and reads every retained one"
+    );
+    assert_eq!(consumer.next_offset(&topic, 0), Some(25));
+    consumer
+        .commit(&[Position {
+            topic: topic.clone(),
+            partition: 0,
+            next_offset: 25,
+        }])
+        .await
+        .expect("the positions past a reported retention gap are committable");
 }

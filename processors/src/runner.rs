@@ -177,7 +177,7 @@ pub async fn run_stage(
             break;
         }
         let positions: Vec<Position> = positions.into_values().collect();
-        if !commit_with_retry(consumer.as_mut(), &runner.name, &positions, &cancel).await {
+        if !commit_with_retry(&mut consumer, &runner.name, &positions, &cancel).await {
             tracing::warn!(
                 stage = runner.name,
                 "cancelled before the batch was committed; it will be replayed"
@@ -208,7 +208,7 @@ pub async fn run_stage(
 /// Commits positions, retrying failures with backoff. Returns false if cancelled first (the
 /// batch is then processed again after a restart: at-least-once).
 async fn commit_with_retry(
-    consumer: &mut dyn sluice_core::log::LogConsumer,
+    consumer: &mut sluice_core::log::LogConsumer,
     stage: &str,
     positions: &[Position],
     cancel: &CancellationToken,

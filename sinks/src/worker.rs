@@ -149,7 +149,8 @@ pub async fn run_sink_worker(
                 continue; // a bounded replay reads only the partitions it still has to cover
             }
             let start = match (stored.get(&key), worker.start_offsets.get(&key)) {
-                (Some(&offset), _) | (None, Some(&offset)) => StartFrom::Offset(offset),
+                (Some(&offset), _) => StartFrom::Resume(offset),
+                (None, Some(&offset)) => StartFrom::Offset(offset),
                 (None, None) => worker.start,
             };
             assignments.push(Assignment {
@@ -169,7 +170,7 @@ pub async fn run_sink_worker(
     // The reader assembles the next batch while the writer commits the current one: with a
     // queue of one, reading and writing overlap and at most three batches are in memory.
     let (ready, mut queued) = tokio::sync::mpsc::channel::<ReadBatch>(1);
-    let read = read_batches(consumer.as_mut(), &worker, &map, remaining, &cancel, ready);
+    let read = read_batches(&mut consumer, &worker, &map, remaining, &cancel, ready);
     let metrics = WriteMetrics::new(&worker.shard);
     let (writer, worker_ref, cancel_ref, progress) = (&writer, &worker, &cancel, &progress);
     let metrics_ref = &metrics;
@@ -210,7 +211,7 @@ struct ReadBatch {
 /// record, and queues them for the writer, until `cancel` fires (the batch in hand is still
 /// queued), every `remaining` partition reaches its end, or the writer stops.
 async fn read_batches(
-    consumer: &mut dyn LogConsumer,
+    consumer: &mut LogConsumer,
     worker: &SinkWorker,
     map: &ShardMap,
     mut remaining: Option<HashMap<(String, i32), i64>>,

@@ -4,6 +4,7 @@
 //! replica and retries never duplicate it. Keys are partitioned with `murmur2_random`, the
 //! Java client's partitioner, so other Kafka clients agree on where a key lives.
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,17 +21,77 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::blocking;
 use super::{
-    Assignment, Delivery, Log, LogConsumer, LogError, OutRecord, Position, Record, StartFrom,
+    Assignment, Delivery, Log, LogError, OutRecord, PartitionReader, Position, Record, StartFrom,
 };
 use crate::topology::LogConfig;
 
 /// How long metadata and offset queries may take before they count as failed.
 const META_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most records the producer holds while the broker has not acknowledged them (unless
+/// `queue.buffering.max.messages` is set in `[log.kafka]`). Beyond it new orders get 503 at
+/// once, so a slow or absent broker cannot grow the process's memory without bound.
+const QUEUE_MAX_MESSAGES: &str = "100000";
+/// How often every client refreshes its metadata (unless `topic.metadata.refresh.interval.ms`
+/// is set in `[log.kafka]`), which bounds how long a partition can stay without a known leader.
+const METADATA_REFRESH_MS: &str = "5000";
+/// Records waiting this long without any acknowledgement make the log not ready.
+const ACK_STALL: Duration = Duration::from_secs(2);
+/// Most KiB of records the producer holds (unless `queue.buffering.max.kbytes` is set).
+const QUEUE_MAX_KBYTES: &str = "65536";
+
+/// Sends waiting for the broker, to tell a broker that stopped acknowledging.
+#[derive(Default)]
+struct AckWatch {
+    /// Sends waiting for their acknowledgement now.
+    waiting: AtomicI64,
+    /// When the last acknowledgement came, or when sends started waiting with none waiting
+    /// before (ms since the Unix epoch).
+    progress_ms: AtomicI64,
+}
+
+/// One waiting send; dropping it (answered, failed or given up) ends the wait.
+struct Waiting<'a>(&'a AckWatch);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl AckWatch {
+    fn waiting(watch: &AckWatch) -> Waiting<'_> {
+        if watch.waiting.fetch_add(1, Ordering::Relaxed) == 0 {
+            watch
+                .progress_ms
+                .fetch_max(crate::order::now_ms(), Ordering::Relaxed);
+        }
+        Waiting(watch)
+    }
+
+    fn acknowledged(&self) {
+        self.progress_ms
+            .fetch_max(crate::order::now_ms(), Ordering::Relaxed);
+    }
+
+    /// `(waiting sends, ms without progress)` when sends have waited longer than `limit`
+    /// without any acknowledgement.
+    fn stalled(&self, limit: Duration) -> Option<(i64, i64)> {
+        let waiting = self.waiting.load(Ordering::Relaxed);
+        let silent_ms = crate::order::now_ms() - self.progress_ms.load(Ordering::Relaxed);
+        (waiting > 0 && silent_ms > limit.as_millis() as i64).then_some((waiting, silent_ms))
+    }
+}
 
 /// A Kafka cluster as a [`Log`].
 pub struct KafkaLog {
     base: ClientConfig,
-    producer: FutureProducer,
+    /// The producer's settings, to build a new one after a fatal error.
+    producer_config: ClientConfig,
+    /// The idempotent producer; replaced when librdkafka declares it unusable.
+    producer: std::sync::RwLock<FutureProducer>,
+    /// Sends waiting for an acknowledgement, and since when they have been waiting without
+    /// one, for readiness.
+    acks: AckWatch,
     /// Client for metadata and watermark queries (no group, never subscribes).
     meta: Arc<StreamConsumer>,
 }
@@ -44,16 +105,34 @@ impl KafkaLog {
     pub fn new(config: &LogConfig) -> Result<Self, LogError> {
         let mut base = ClientConfig::new();
         base.set("bootstrap.servers", &config.brokers);
+        // After a broker comes back, librdkafka can be left with partitions whose "new leader
+        // is not found in cache"; they stay without a leader (no fetches, no produces) until
+        // the next periodic metadata refresh, which is 5 minutes by default.
+        base.set("topic.metadata.refresh.interval.ms", METADATA_REFRESH_MS);
         for (key, value) in &config.kafka {
             base.set(key, value);
         }
-        let producer: FutureProducer = base
-            .clone()
+        let mut producer_config = base.clone();
+        producer_config
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("partitioner", "murmur2_random")
             .set("linger.ms", "2")
             .set("compression.type", "lz4")
+            .set(
+                "queue.buffering.max.messages",
+                config
+                    .kafka
+                    .get("queue.buffering.max.messages")
+                    .map_or(QUEUE_MAX_MESSAGES, String::as_str),
+            )
+            .set(
+                "queue.buffering.max.kbytes",
+                config
+                    .kafka
+                    .get("queue.buffering.max.kbytes")
+                    .map_or(QUEUE_MAX_KBYTES, String::as_str),
+            )
             // Give up on a record well before librdkafka's 5-minute default, so a record the
             // ingress answered 503 for is not still being retried long after.
             .set(
@@ -62,9 +141,8 @@ impl KafkaLog {
                     .kafka
                     .get("message.timeout.ms")
                     .map_or("30000", String::as_str),
-            )
-            .create()
-            .map_err(backend)?;
+            );
+        let producer: FutureProducer = producer_config.create().map_err(backend)?;
         let meta: StreamConsumer = base
             .clone()
             .set("group.id", format!("{}.meta", config.consumer_group_prefix))
@@ -72,13 +150,105 @@ impl KafkaLog {
             .map_err(backend)?;
         Ok(KafkaLog {
             base,
-            producer,
+            producer_config,
+            producer: std::sync::RwLock::new(producer),
+            acks: AckWatch::default(),
             meta: Arc::new(meta),
         })
     }
 
     fn admin(&self) -> Result<AdminClient<DefaultClientContext>, LogError> {
         self.base.create().map_err(backend)
+    }
+
+    /// Produces one record: waits at most `queue_wait` for room in the producer's bounded
+    /// queue, then at most `timeout` in all for the acknowledgement.
+    async fn produce(
+        &self,
+        topic: &str,
+        record: &OutRecord,
+        queue_wait: Duration,
+        timeout: Duration,
+    ) -> Result<Delivery, LogError> {
+        let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
+        for (name, value) in &record.headers {
+            headers = headers.insert(Header {
+                key: name,
+                value: Some(value),
+            });
+        }
+        let producer = self.current_producer();
+        let _waiting = AckWatch::waiting(&self.acks);
+        let future = producer.send(
+            FutureRecord::to(topic)
+                .key(&record.key)
+                .payload(&record.payload)
+                .headers(headers),
+            queue_wait,
+        );
+        match tokio::time::timeout(timeout, future).await {
+            Err(_) => Err(LogError::Timeout(timeout)),
+            Ok(Ok(delivery)) => {
+                self.acks.acknowledged();
+                Ok(Delivery {
+                    partition: delivery.partition,
+                    offset: delivery.offset,
+                })
+            }
+            Ok(Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut), _))) => {
+                Err(LogError::Timeout(timeout))
+            }
+            Ok(Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _))) => {
+                Err(LogError::Overloaded(
+                    "the Kafka producer queue is full: the broker has not acknowledged \
+                     `queue.buffering.max.messages` records or `queue.buffering.max.kbytes` KiB"
+                        .into(),
+                ))
+            }
+            Ok(Err((
+                KafkaError::MessageProduction(RDKafkaErrorCode::UnknownTopicOrPartition),
+                _,
+            ))) => Err(LogError::UnknownTopic(topic.to_string())),
+            Ok(Err((error, _))) => {
+                self.replace_if_fatal(&producer);
+                Err(backend(error))
+            }
+        }
+    }
+
+    /// The producer in use now.
+    fn current_producer(&self) -> FutureProducer {
+        match self.producer.read() {
+            Ok(producer) => producer.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// An idempotent producer can fail for good (librdkafka's fatal errors, such as a sequence
+    /// desynchronisation after a broker came back): every later record would fail too. Replace
+    /// it with a new producer, so the log recovers without a restart. Records that failed are
+    /// retried by their senders (stages retry; the ingress answered 503).
+    fn replace_if_fatal(&self, failed: &FutureProducer) {
+        let Some((code, reason)) = failed.client().fatal_error() else {
+            return;
+        };
+        let Ok(mut current) = self.producer.write() else {
+            return;
+        };
+        if current.client().fatal_error().is_none() {
+            return; // another sender replaced it already
+        }
+        match self.producer_config.create::<FutureProducer>() {
+            Ok(fresh) => {
+                tracing::error!(%code, reason, "the Kafka producer failed for good; replaced it with a new one");
+                let old = std::mem::replace(&mut *current, fresh);
+                // Dropping a producer waits for its threads: not on an async worker.
+                tokio::task::spawn_blocking(move || drop(old));
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot create a new Kafka producer; will try again")
+            }
+        }
     }
 }
 
@@ -126,35 +296,18 @@ impl Log for KafkaLog {
         record: OutRecord,
         timeout: Duration,
     ) -> Result<Delivery, LogError> {
-        let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
-        for (name, value) in &record.headers {
-            headers = headers.insert(Header {
-                key: name,
-                value: Some(value),
-            });
-        }
-        let future = self.producer.send(
-            FutureRecord::to(topic)
-                .key(&record.key)
-                .payload(&record.payload)
-                .headers(headers),
-            timeout,
-        );
-        match tokio::time::timeout(timeout, future).await {
-            Err(_) => Err(LogError::Timeout(timeout)),
-            Ok(Ok(delivery)) => Ok(Delivery {
-                partition: delivery.partition,
-                offset: delivery.offset,
-            }),
-            Ok(Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut), _))) => {
-                Err(LogError::Timeout(timeout))
-            }
-            Ok(Err((
-                KafkaError::MessageProduction(RDKafkaErrorCode::UnknownTopicOrPartition),
-                _,
-            ))) => Err(LogError::UnknownTopic(topic.to_string())),
-            Ok(Err((error, _))) => Err(backend(error)),
-        }
+        // Waits up to `timeout` for room in the producer's bounded queue.
+        self.produce(topic, &record, timeout, timeout).await
+    }
+
+    async fn try_send(
+        &self,
+        topic: &str,
+        record: OutRecord,
+        timeout: Duration,
+    ) -> Result<Delivery, LogError> {
+        // A full producer queue (the broker is slow or away) refuses the record at once.
+        self.produce(topic, &record, Duration::ZERO, timeout).await
     }
 
     async fn partition_count(&self, topic: &str) -> Result<u32, LogError> {
@@ -223,6 +376,15 @@ impl Log for KafkaLog {
     }
 
     async fn check_ready(&self) -> Result<(), LogError> {
+        // A broker that is frozen rather than gone keeps its connections open, so metadata may
+        // still look fine: records waiting for an acknowledgement that does not come are the
+        // surer sign.
+        if let Some((waiting, silent_ms)) = self.acks.stalled(ACK_STALL) {
+            return Err(LogError::Backend(format!(
+                "the broker has acknowledged none of {waiting} waiting records for {:.1}s",
+                silent_ms as f64 / 1000.0
+            )));
+        }
         let meta = self.meta.clone();
         blocking(move || {
             let metadata = meta
@@ -237,35 +399,44 @@ impl Log for KafkaLog {
         .await
     }
 
-    async fn consumer(&self, group: &str) -> Result<Box<dyn LogConsumer>, LogError> {
-        let consumer: StreamConsumer = self
-            .base
-            .clone()
+    async fn reader(&self, group: &str) -> Result<Box<dyn PartitionReader>, LogError> {
+        let mut config = self.base.clone();
+        config
             .set("group.id", group)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false")
-            .set("fetch.wait.max.ms", "50")
-            .create()
-            .map_err(backend)?;
-        Ok(Box::new(KafkaConsumer {
+            .set("fetch.wait.max.ms", "50");
+        let consumer: StreamConsumer = config.create().map_err(backend)?;
+        Ok(Box::new(KafkaReader {
             inner: Arc::new(consumer),
             group: group.to_string(),
+            config,
+            commit_failing_since: None,
         }))
     }
 
     async fn flush(&self, timeout: Duration) -> Result<(), LogError> {
-        let producer = self.producer.clone();
+        let producer = self.current_producer();
         blocking(move || producer.flush(timeout).map_err(backend)).await
     }
 }
 
 /// A Kafka consumer with manual partition assignment and explicit commits.
-struct KafkaConsumer {
+struct KafkaReader {
     inner: Arc<StreamConsumer>,
     group: String,
+    /// The client settings, to build a fresh client when this one is stuck.
+    config: ClientConfig,
+    /// Since when commits have been failing, if they are.
+    commit_failing_since: Option<std::time::Instant>,
 }
+
+/// Commits failing this long (or one commit attempt taking this long) mean the client is
+/// stuck, typically still "waiting for coordinator" after the broker came back: a fresh client
+/// finds the coordinator again.
+const STUCK_COMMITS: Duration = Duration::from_secs(10);
 
 fn to_record(message: &rdkafka::message::BorrowedMessage<'_>) -> Record {
     let headers = message
@@ -292,10 +463,22 @@ fn to_record(message: &rdkafka::message::BorrowedMessage<'_>) -> Record {
     }
 }
 
-impl KafkaConsumer {
+impl KafkaReader {
+    /// Replaces the client with a fresh one that has no assignment; the consumer rewinds it
+    /// to its positions before reading again.
+    fn renew(&mut self) -> Result<(), LogError> {
+        let fresh: StreamConsumer = self.config.create().map_err(backend)?;
+        let old = std::mem::replace(&mut self.inner, Arc::new(fresh));
+        // Closing a client waits for its threads: not on an async worker.
+        tokio::task::spawn_blocking(move || drop(old));
+        self.commit_failing_since = None;
+        Ok(())
+    }
+
     /// Resolves every start position to an offset now, so that `End` means the end at
     /// assignment time (librdkafka would resolve it later, racing producers), then assigns.
-    async fn try_assign(&self, assignments: Vec<Assignment>) -> Result<(), LogError> {
+    /// Returns the offset each partition starts at.
+    async fn try_assign(&self, assignments: Vec<Assignment>) -> Result<Vec<Position>, LogError> {
         let consumer = self.inner.clone();
         let group = self.group.clone();
         blocking(move || {
@@ -314,6 +497,7 @@ impl KafkaConsumer {
                 committed
             };
             let mut list = TopicPartitionList::new();
+            let mut starts = Vec::with_capacity(assignments.len());
             for a in &assignments {
                 let watermarks = || {
                     consumer
@@ -335,7 +519,7 @@ impl KafkaConsumer {
                     }
                     StartFrom::Beginning => watermarks()?.0,
                     StartFrom::End => watermarks()?.1,
-                    StartFrom::Offset(n) => {
+                    StartFrom::Offset(n) | StartFrom::Resume(n) => {
                         let (low, high) = watermarks()?;
                         n.clamp(low, high)
                     }
@@ -356,17 +540,23 @@ impl KafkaConsumer {
                 };
                 list.add_partition_offset(&a.topic, a.partition, Offset::Offset(offset))
                     .map_err(backend)?;
+                starts.push(Position {
+                    topic: a.topic.clone(),
+                    partition: a.partition,
+                    next_offset: offset,
+                });
             }
             tracing::debug!(group, partitions = list.count(), "assigning partitions");
-            consumer.assign(&list).map_err(backend)
+            consumer.assign(&list).map_err(backend)?;
+            Ok(starts)
         })
         .await
     }
 }
 
 #[async_trait]
-impl LogConsumer for KafkaConsumer {
-    async fn assign(&mut self, assignments: Vec<Assignment>) -> Result<(), LogError> {
+impl PartitionReader for KafkaReader {
+    async fn assign(&mut self, assignments: Vec<Assignment>) -> Result<Vec<Position>, LogError> {
         // Right after topics are created their leaders may still be settling; retry briefly.
         let mut attempt = 0;
         loop {
@@ -389,16 +579,36 @@ impl LogConsumer for KafkaConsumer {
         };
         records.push(to_record(&first));
         drop(first);
-        // Take whatever else is already fetched, without waiting for more.
+        // Take whatever else is already fetched, without waiting for more. An error event in
+        // that stream (a broker going away, say) ends the batch but never discards the records
+        // already taken: librdkafka's position is past them, so they would be lost.
         let mut stream = self.inner.stream();
         while records.len() < max {
             match stream.next().now_or_never() {
                 Some(Some(Ok(message))) => records.push(to_record(&message)),
-                Some(Some(Err(error))) => return Err(backend(error)),
+                Some(Some(Err(error))) => {
+                    tracing::warn!(group = self.group, %error, "the Kafka consumer reported an error; returning the records read so far");
+                    break;
+                }
                 _ => break,
             }
         }
         Ok(records)
+    }
+
+    /// Assigns the exact offsets, with no round trip to the broker, so a rewind works at once
+    /// even while the broker is away. An offset that retention removed meanwhile makes
+    /// librdkafka start at the oldest record (`auto.offset.reset=earliest`), which the
+    /// consumer sees as a gap and reports.
+    async fn rewind(&mut self, positions: Vec<Position>) -> Result<Vec<Position>, LogError> {
+        let mut list = TopicPartitionList::new();
+        for p in &positions {
+            list.add_partition_offset(&p.topic, p.partition, Offset::Offset(p.next_offset))
+                .map_err(backend)?;
+        }
+        let consumer = self.inner.clone();
+        blocking(move || consumer.assign(&list).map_err(backend)).await?;
+        Ok(positions)
     }
 
     async fn commit(&mut self, positions: &[Position]) -> Result<(), LogError> {
@@ -411,7 +621,20 @@ impl LogConsumer for KafkaConsumer {
                 .map_err(backend)?;
         }
         let consumer = self.inner.clone();
-        blocking(move || consumer.commit(&list, CommitMode::Sync).map_err(backend)).await
+        let started = std::time::Instant::now();
+        let result =
+            blocking(move || consumer.commit(&list, CommitMode::Sync).map_err(backend)).await;
+        match &result {
+            Ok(()) => self.commit_failing_since = None,
+            Err(error) => {
+                let since = *self.commit_failing_since.get_or_insert(started);
+                if since.elapsed() >= STUCK_COMMITS || started.elapsed() >= STUCK_COMMITS {
+                    tracing::warn!(group = self.group, %error, "commits keep failing; replacing the Kafka consumer client");
+                    self.renew()?;
+                }
+            }
+        }
+        result
     }
 
     async fn committed(&mut self, topic: &str, partition: i32) -> Result<Option<i64>, LogError> {
@@ -428,5 +651,43 @@ impl LogConsumer for KafkaConsumer {
             }))
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sends_waiting_without_an_acknowledgement_are_a_stall() {
+        let watch = AckWatch::default();
+        assert_eq!(watch.stalled(Duration::ZERO), None, "nothing waits");
+        let waiting = AckWatch::waiting(&watch);
+        assert_eq!(
+            watch.stalled(Duration::from_secs(60)),
+            None,
+            "not waiting long"
+        );
+        watch
+            .progress_ms
+            .store(crate::order::now_ms() - 5_000, Ordering::Relaxed);
+        let (count, silent_ms) = watch.stalled(Duration::from_secs(2)).unwrap();
+        assert_eq!(count, 1);
+        assert!(silent_ms >= 5_000);
+        watch.acknowledged();
+        assert_eq!(
+            watch.stalled(Duration::from_secs(2)),
+            None,
+            "an ack is progress"
+        );
+        watch
+            .progress_ms
+            .store(crate::order::now_ms() - 5_000, Ordering::Relaxed);
+        drop(waiting);
+        assert_eq!(
+            watch.stalled(Duration::from_secs(2)),
+            None,
+            "an idle producer is not stalled however old its last ack"
+        );
     }
 }

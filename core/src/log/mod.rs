@@ -3,9 +3,13 @@
 //! - [`Log::send`] resolves only once the record is durable (for Kafka: acknowledged by all
 //!   in-sync replicas, through an idempotent producer);
 //! - a [`LogConsumer`] reads partitions from a chosen [`StartFrom`] position and commits
-//!   positions explicitly, so the caller decides when work is done;
+//!   positions explicitly, so the caller decides when work is done. It hands out every record
+//!   exactly once and in order per partition: a backend that skips offsets (a failed poll, a
+//!   storage error) is rewound, and a position beyond what was read cannot be committed, so
+//!   no consumer of the log ever commits past a record it did not see (see [`consumer`]);
 //! - records of one key always land in one partition, so a user's orders stay in order.
 
+pub mod consumer;
 pub mod embedded;
 mod kafka;
 
@@ -14,6 +18,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+pub use consumer::{LogConsumer, PartitionReader};
 pub use embedded::EmbeddedLog;
 pub use kafka::KafkaLog;
 
@@ -123,6 +128,10 @@ pub enum StartFrom {
     Offset(i64),
     /// The first record appended at or after this time (ms since the Unix epoch).
     Time(i64),
+    /// A position this consumer stored earlier (for example in a shard, beside the rows it
+    /// produced). Unlike [`StartFrom::Offset`], records that retention removed after it are
+    /// reported as skipped (`sluice_log_records_skipped_total`), never passed over silently.
+    Resume(i64),
 }
 
 /// One partition to read and where to start.
@@ -152,6 +161,22 @@ pub enum LogError {
     /// nearly full); the record was not taken. Retrying later can succeed.
     #[error("the log cannot take more records now: {0}; retry shortly")]
     Overloaded(String),
+    /// A consumer was asked to commit a position beyond the records it handed out; committing
+    /// it would lose the records in between. This is a bug in the caller.
+    #[error(
+        "refusing to commit {topic}/{partition} at offset {position}: this consumer has only read up to {read:?}; \
+         committing would skip records nobody processed"
+    )]
+    CommitPastRead {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: i32,
+        /// The position that was to be committed.
+        position: i64,
+        /// The next offset the consumer would hand out (`None`: the partition is not assigned).
+        read: Option<i64>,
+    },
 }
 
 /// A partitioned, replayable log.
@@ -200,27 +225,17 @@ pub trait Log: Send + Sync + 'static {
     /// Whether the backend answers now (for `/readyz`).
     async fn check_ready(&self) -> Result<(), LogError>;
 
+    /// A backend reader whose committed positions are stored under `group`. Read through
+    /// [`Log::consumer`], which adds the checks that no record is skipped.
+    async fn reader(&self, group: &str) -> Result<Box<dyn PartitionReader>, LogError>;
+
     /// A new consumer whose committed positions are stored under `group`.
-    async fn consumer(&self, group: &str) -> Result<Box<dyn LogConsumer>, LogError>;
+    async fn consumer(&self, group: &str) -> Result<LogConsumer, LogError> {
+        Ok(LogConsumer::new(self.reader(group).await?))
+    }
 
     /// Waits until records handed to [`Log::send`] are out, for at most `timeout`.
     async fn flush(&self, timeout: Duration) -> Result<(), LogError>;
-}
-
-/// Reads assigned partitions and commits positions explicitly.
-#[async_trait]
-pub trait LogConsumer: Send {
-    /// Replaces the assignment: read these partitions from these positions.
-    async fn assign(&mut self, assignments: Vec<Assignment>) -> Result<(), LogError>;
-
-    /// Up to `max` records, waiting at most `wait` for the first; empty when none came.
-    async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Record>, LogError>;
-
-    /// Stores positions under this consumer's group.
-    async fn commit(&mut self, positions: &[Position]) -> Result<(), LogError>;
-
-    /// The committed next offset of a partition for this consumer's group.
-    async fn committed(&mut self, topic: &str, partition: i32) -> Result<Option<i64>, LogError>;
 }
 
 /// Opens the log described by `[log]`; relative paths resolve against `base_dir` (the

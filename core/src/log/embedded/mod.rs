@@ -40,7 +40,7 @@ pub use partitioner::{murmur2, partition_for};
 
 use super::blocking;
 use super::{
-    Assignment, Delivery, Log, LogConsumer, LogError, OutRecord, Position, Record, StartFrom,
+    Assignment, Delivery, Log, LogError, OutRecord, PartitionReader, Position, Record, StartFrom,
 };
 
 /// `(topic, partition, offset)` → encoded record.
@@ -997,8 +997,8 @@ impl Log for EmbeddedLog {
         self.shared.admit()
     }
 
-    async fn consumer(&self, group: &str) -> Result<Box<dyn LogConsumer>, LogError> {
-        Ok(Box::new(EmbeddedConsumer {
+    async fn reader(&self, group: &str) -> Result<Box<dyn PartitionReader>, LogError> {
+        Ok(Box::new(EmbeddedReader {
             shared: self.shared.clone(),
             group: group.to_string(),
             assigned: Vec::new(),
@@ -1020,8 +1020,8 @@ impl Log for EmbeddedLog {
     }
 }
 
-/// A consumer of the embedded log: assigned partitions, read positions, stored positions.
-struct EmbeddedConsumer {
+/// A reader of the embedded log: assigned partitions, read positions, stored positions.
+struct EmbeddedReader {
     shared: Arc<Shared>,
     group: String,
     /// `(topic, partition, next offset to read)`.
@@ -1031,7 +1031,7 @@ struct EmbeddedConsumer {
     appended: watch::Receiver<u64>,
 }
 
-impl EmbeddedConsumer {
+impl EmbeddedReader {
     fn stored_position(&self, topic: &str, partition: u32) -> Result<Option<u64>, LogError> {
         let read = self.shared.db()?.begin_read().map_err(storage)?;
         let positions = read.open_table(POSITIONS).map_err(storage)?;
@@ -1061,13 +1061,9 @@ fn read_batch(
         if out.len() >= max {
             break;
         }
+        // What retention removed is simply absent from the range; the consumer notices the
+        // jump in offsets and reports it.
         let (topic, partition, position) = &mut assigned[(first + step) % count];
-        // Skip what retention removed (loudly: a consumer fell behind the retention limit).
-        let low = shared.partition(topic, *partition as i32)?.low;
-        if *position < low {
-            super::report_skipped(topic, *partition as i32, (low - *position) as i64);
-            *position = low;
-        }
         let range = records
             .range((topic.as_str(), *partition, *position)..=(topic.as_str(), *partition, u64::MAX))
             .map_err(storage)?;
@@ -1096,8 +1092,8 @@ fn read_batch(
 }
 
 #[async_trait]
-impl LogConsumer for EmbeddedConsumer {
-    async fn assign(&mut self, assignments: Vec<Assignment>) -> Result<(), LogError> {
+impl PartitionReader for EmbeddedReader {
+    async fn assign(&mut self, assignments: Vec<Assignment>) -> Result<Vec<Position>, LogError> {
         let mut assigned = Vec::with_capacity(assignments.len());
         for a in assignments {
             let state = self.shared.partition(&a.topic, a.partition)?;
@@ -1115,16 +1111,26 @@ impl LogConsumer for EmbeddedConsumer {
                 },
                 StartFrom::Beginning => state.low,
                 StartFrom::End => state.next,
-                StartFrom::Offset(n) => (n.max(0) as u64).clamp(state.low, state.next),
+                StartFrom::Offset(n) | StartFrom::Resume(n) => {
+                    (n.max(0) as u64).clamp(state.low, state.next)
+                }
                 StartFrom::Time(ms) => {
                     offset_for_time_sync(&self.shared, &a.topic, partition, &state, ms)?
                 }
             };
             assigned.push((a.topic, partition, start));
         }
+        let starts = assigned
+            .iter()
+            .map(|(topic, partition, start)| Position {
+                topic: topic.clone(),
+                partition: *partition as i32,
+                next_offset: *start as i64,
+            })
+            .collect();
         self.assigned = assigned;
         self.next_partition = 0;
-        Ok(())
+        Ok(starts)
     }
 
     async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Record>, LogError> {
