@@ -79,7 +79,8 @@ pub struct LogConfig {
     /// Embedded backend: when less than this many MiB are free on the log's filesystem, the
     /// ingress refuses new orders (503, and `/readyz` answers 503 with the reason) while the
     /// stages go on writing their outputs, so the log can still commit what it holds and the
-    /// pipeline drains before the disk is actually full. `0` turns the check off.
+    /// pipeline drains before the disk is actually full; orders are taken again once free space
+    /// is 1/16 of the watermark (at least 1 MiB) above it. `0` turns the check off.
     #[serde(default = "defaults::min_free_mib")]
     pub min_free_mib: u64,
     /// Embedded backend: most records waiting to be written at once. When the queue is full,

@@ -153,6 +153,8 @@ struct Health {
     failed_since: Option<std::time::Instant>,
     /// The free-space report while below the watermark.
     low_space: Option<String>,
+    /// Reopen attempts since writing stopped working.
+    attempts: u64,
 }
 
 /// Metric handles, registered once when the log opens.
@@ -526,6 +528,7 @@ fn record_write_failure(shared: &Shared, error: &LogError) {
             "embedded log write failed; refusing new orders and retrying until the disk takes writes again"
         );
         health.failed_since = Some(std::time::Instant::now());
+        health.attempts = 0;
     }
     health.write_failure = Some(reason);
     shared.gauges.write_failure.set(1.0);
@@ -576,8 +579,23 @@ fn recover(shared: &Shared) {
             shared.gauges.write_failure.set(0.0);
             shared.appended.send_modify(|n| *n += 1);
         }
-        // `/readyz` keeps the reason of the first failure.
-        Err(error) => tracing::debug!(%error, "embedded log still cannot write"),
+        // `/readyz` keeps the reason of the first failure; a reminder every ten seconds.
+        Err(error) => {
+            let Ok(mut health) = shared.health.lock() else {
+                return;
+            };
+            health.attempts += 1;
+            if health.attempts % 20 == 0 {
+                tracing::error!(
+                    path = %shared.path.display(),
+                    %error,
+                    down_s = health.failed_since.map_or(0, |t| t.elapsed().as_secs()),
+                    "embedded log still cannot write; new orders are still refused"
+                );
+            } else {
+                tracing::debug!(%error, "embedded log still cannot write");
+            }
+        }
     }
 }
 
@@ -607,9 +625,16 @@ fn refresh_free_space(shared: &Shared) {
     if shared.min_free_bytes == 0 {
         return;
     }
-    let low = free < shared.min_free_bytes;
     let Ok(mut health) = shared.health.lock() else {
         return;
+    };
+    // Once below, new orders wait for a little more than the watermark (1/16 of it, at least
+    // 1 MiB), so readiness does not flap while free space hovers around it.
+    let margin = (shared.min_free_bytes / 16).max(1 << 20);
+    let low = if health.low_space.is_some() {
+        free < shared.min_free_bytes.saturating_add(margin)
+    } else {
+        free < shared.min_free_bytes
     };
     match (low, health.low_space.is_some()) {
         (true, _) => {
