@@ -7,6 +7,8 @@
 //!   listener, orders get 503 at once, a metric and an error log say why; then the filesystem
 //!   grows and the process takes orders again by itself, and every acknowledged order is stored
 //!   exactly once in the SQLite shards on that same disk;
+//! - an injected write error (`SLUICE_FAULT_LOG_FAIL_FILE`, the same fault where mounting a
+//!   filesystem is not allowed): the same refusal, reason and recovery;
 //! - a stalled log (an injected stall before every commit): the bounded append queue fills,
 //!   orders get 503 at once, memory stays bounded, and it recovers without a restart.
 //!
@@ -603,4 +605,103 @@ fn vm_rss_mib(pid: u32) -> u64 {
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|kib| kib.parse::<u64>().ok())
         .map_or(0, |kib| kib / 1024)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_injected_write_error_refuses_orders_with_the_reason_and_recovers() {
+    // The same fault as a full disk where mounting one is not allowed: every commit of the
+    // embedded log fails as an I/O error would while the fail file exists.
+    let users = users_covering_shards(2);
+    let user_refs: Vec<&str> = users.iter().map(String::as_str).collect();
+    let ports = Ports::free();
+    let ops = free_port();
+    let data = tempfile::tempdir().unwrap();
+    let test = topology_in("ioerr", &user_refs, ports, ops, data.path(), "");
+    let (login_base, order_base) = (ports.login_base(), ports.order_base());
+    let ops_base = format!("http://127.0.0.1:{ops}");
+    let fail = test.dir.path().join("fail");
+    let fail_env = fail.display().to_string();
+    let log_file = test.dir.path().join("sluice.log");
+    let mut child = start_sluice(
+        &test.path,
+        &log_file,
+        &[
+            ("RUST_LOG", "warn"),
+            ("SLUICE_FAULT_LOG_FAIL_FILE", fail_env.as_str()),
+        ],
+    );
+    wait_ready(&order_base, &mut child).await;
+    let process = Process(Some(child));
+    let client = reqwest::Client::new();
+    let tokens = tokens(&login_base, &users).await;
+
+    let load = Load::start(&order_base, &tokens, 8);
+    eventually(Duration::from_secs(60), "orders to flow", || async {
+        load.acknowledged() >= 500
+    })
+    .await;
+    std::fs::write(&fail, b"").unwrap();
+    let failed = Instant::now();
+    eventually(Duration::from_secs(10), "/readyz to turn 503", || async {
+        readyz(&client, &order_base).await.0 == 503
+    })
+    .await;
+    for base in [&order_base, &ops_base] {
+        let (status, body) = readyz(&client, base).await;
+        assert_eq!(status, 503);
+        assert!(body.contains("injected write failure"), "no reason: {body}");
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    std::fs::remove_file(&fail).unwrap();
+    let healed = Instant::now();
+    let ready_after = loop {
+        if readyz(&client, &order_base).await.0 == 200 {
+            break healed.elapsed();
+        }
+        assert!(
+            healed.elapsed() < Duration::from_secs(30),
+            "not ready after the fault"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let at_heal = load.acknowledged();
+    let so_far = load.ledger.lock().unwrap().acknowledged.clone();
+    let (_, _) = drained(&test, &so_far, Duration::from_secs(120)).await;
+    let drained_after = healed.elapsed();
+    eventually(
+        Duration::from_secs(30),
+        "orders to be acknowledged again",
+        || async { load.acknowledged() >= at_heal + 300 },
+    )
+    .await;
+    let ledger = load.finish().await;
+    let refusals: Vec<Duration> = ledger
+        .unavailable
+        .iter()
+        .filter(|(at, _)| *at > failed + Duration::from_millis(500) && *at < healed)
+        .map(|(_, took)| *took)
+        .collect();
+    assert!(
+        !refusals.is_empty(),
+        "no order was refused while writes failed"
+    );
+    let slowest = *refusals.iter().max().unwrap();
+    assert!(
+        slowest < Duration::from_millis(2500),
+        "orders waited {slowest:?} for their 503"
+    );
+    let (stored, _) = drained(&test, &ledger.acknowledged, Duration::from_secs(120)).await;
+    let logged = std::fs::read_to_string(&log_file).unwrap();
+    assert!(logged.contains("embedded log write failed"), "no error log");
+    report(
+        "embedded-write-error",
+        &ledger.acknowledged,
+        &stored,
+        ready_after,
+        drained_after,
+    );
+    assert!(
+        process.stop().await,
+        "sluice did not stop cleanly after the fault"
+    );
 }
