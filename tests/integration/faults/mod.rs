@@ -855,7 +855,15 @@ async fn run_fault(
         ));
     }
     if ready_after.is_none() {
-        failures.push("/readyz never answered 200 after the fault".into());
+        failures.push(format!(
+            "/readyz never answered 200 after the fault; last answer: {}",
+            probes
+                .last_not_ready
+                .lock()
+                .unwrap()
+                .clone()
+                .unwrap_or_else(|| "none".into())
+        ));
     }
     if rss_peak > settings.rss_bound_mib {
         failures.push(format!(

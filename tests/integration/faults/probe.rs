@@ -14,6 +14,8 @@ pub type ReadySample = (Instant, Instant, Option<u16>);
 pub struct Probes {
     pub ready: Arc<Mutex<Vec<ReadySample>>>,
     pub rss_kib: Arc<Mutex<Vec<(Instant, u64)>>>,
+    /// The body of the latest `/readyz` answer other than 200 (it names the reason).
+    pub last_not_ready: Arc<Mutex<Option<String>>>,
     stop: CancellationToken,
 }
 
@@ -23,21 +25,30 @@ impl Probes {
         let stop = CancellationToken::new();
         let ready = Arc::new(Mutex::new(Vec::new()));
         let rss_kib = Arc::new(Mutex::new(Vec::new()));
+        let last_not_ready = Arc::new(Mutex::new(None));
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(4))
             .build()
             .unwrap();
         {
-            let (ready, stop) = (ready.clone(), stop.clone());
+            let (ready, stop, last) = (ready.clone(), stop.clone(), last_not_ready.clone());
             tokio::spawn(async move {
                 while !stop.is_cancelled() {
                     let at = Instant::now();
-                    let status = client
-                        .get(format!("{order_base}/readyz"))
-                        .send()
-                        .await
-                        .ok()
-                        .map(|r| r.status().as_u16());
+                    let response = client.get(format!("{order_base}/readyz")).send().await;
+                    let status = match response {
+                        Ok(response) if response.status() == 200 => Some(200),
+                        Ok(response) => {
+                            let status = response.status().as_u16();
+                            let body = response.text().await.unwrap_or_default();
+                            *last.lock().unwrap() = Some(format!(
+                                "{status} {}",
+                                body.chars().take(300).collect::<String>()
+                            ));
+                            Some(status)
+                        }
+                        Err(_) => None,
+                    };
                     ready.lock().unwrap().push((at, Instant::now(), status));
                     tokio::select! {
                         _ = stop.cancelled() => break,
@@ -64,6 +75,7 @@ impl Probes {
         Probes {
             ready,
             rss_kib,
+            last_not_ready,
             stop,
         }
     }
