@@ -133,7 +133,7 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// The short run that is part of `cargo test`.
+    /// The short run that is part of `cargo test` (`SLUICE_CHAOS_ROUNDS` repeats it).
     pub fn short() -> Self {
         Settings {
             clients: 6,
@@ -145,7 +145,7 @@ impl Settings {
             shard_down_ms: (5_000, 10_000),
             after_fault: Duration::from_secs(3),
             embedded_kills: 3,
-            rounds: 1,
+            rounds: env_number("SLUICE_CHAOS_ROUNDS", 1),
             rss_bound_mib: RSS_BOUND_MIB,
             drain_limit: Duration::from_secs(120),
         }
@@ -153,17 +153,8 @@ impl Settings {
 
     /// The long run of `make chaos`; `SLUICE_CHAOS_CLIENTS` and `SLUICE_CHAOS_ROUNDS` override.
     pub fn long() -> Self {
-        let env = |name: &str, default: usize| {
-            std::env::var(name)
-                .ok()
-                .map(|v| {
-                    v.parse()
-                        .unwrap_or_else(|_| panic!("{name}={v} is not a number"))
-                })
-                .unwrap_or(default)
-        };
         Settings {
-            clients: env("SLUICE_CHAOS_CLIENTS", 16),
+            clients: env_number("SLUICE_CHAOS_CLIENTS", 16),
             users_per_shard: 8,
             warmup_ms: (3_000, 15_000),
             broker_down_ms: (2_000, 15_000),
@@ -172,11 +163,22 @@ impl Settings {
             shard_down_ms: (10_000, 30_000),
             after_fault: Duration::from_secs(10),
             embedded_kills: 8,
-            rounds: env("SLUICE_CHAOS_ROUNDS", 2),
+            rounds: env_number("SLUICE_CHAOS_ROUNDS", 2),
             rss_bound_mib: RSS_BOUND_MIB,
             drain_limit: Duration::from_secs(300),
         }
     }
+}
+
+/// A number from the environment, or `default` when unset.
+fn env_number(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .map(|v| {
+            v.parse()
+                .unwrap_or_else(|_| panic!("{name}={v} is not a number"))
+        })
+        .unwrap_or(default)
 }
 
 /// The seed of the next fault: `SLUICE_CHAOS_SEED` (decimal or 0x-hex) or a random one.
