@@ -47,6 +47,8 @@ struct AckWatch {
     /// When the last acknowledgement came, or when sends started waiting with none waiting
     /// before (ms since the Unix epoch).
     progress_ms: AtomicI64,
+    /// When the last acknowledgement came (ms since the Unix epoch).
+    acked_ms: AtomicI64,
 }
 
 /// One waiting send; dropping it (answered, failed or given up) ends the wait.
@@ -69,8 +71,14 @@ impl AckWatch {
     }
 
     fn acknowledged(&self) {
-        self.progress_ms
-            .fetch_max(crate::order::now_ms(), Ordering::Relaxed);
+        let now = crate::order::now_ms();
+        self.progress_ms.fetch_max(now, Ordering::Relaxed);
+        self.acked_ms.fetch_max(now, Ordering::Relaxed);
+    }
+
+    /// Whether the broker acknowledged a record within `window`.
+    fn acknowledged_within(&self, window: Duration) -> bool {
+        crate::order::now_ms() - self.acked_ms.load(Ordering::Relaxed) <= window.as_millis() as i64
     }
 
     /// `(waiting sends, ms without progress)` when sends have waited longer than `limit`
@@ -92,8 +100,13 @@ pub struct KafkaLog {
     /// Sends waiting for an acknowledgement, and since when they have been waiting without
     /// one, for readiness.
     acks: AckWatch,
-    /// Client for metadata and watermark queries (no group, never subscribes).
-    meta: Arc<StreamConsumer>,
+    /// Client for metadata and watermark queries (no group, never subscribes); replaced when
+    /// its queries keep failing while the broker answers others.
+    meta: std::sync::RwLock<Arc<StreamConsumer>>,
+    /// The metadata client's settings.
+    meta_config: ClientConfig,
+    /// When the metadata client was last replaced.
+    meta_renewed: std::sync::Mutex<std::time::Instant>,
 }
 
 fn backend(error: KafkaError) -> LogError {
@@ -143,18 +156,47 @@ impl KafkaLog {
                     .map_or("30000", String::as_str),
             );
         let producer: FutureProducer = producer_config.create().map_err(backend)?;
-        let meta: StreamConsumer = base
-            .clone()
-            .set("group.id", format!("{}.meta", config.consumer_group_prefix))
-            .create()
-            .map_err(backend)?;
+        let mut meta_config = base.clone();
+        meta_config.set("group.id", format!("{}.meta", config.consumer_group_prefix));
+        let meta: StreamConsumer = meta_config.create().map_err(backend)?;
         Ok(KafkaLog {
             base,
             producer_config,
             producer: std::sync::RwLock::new(producer),
             acks: AckWatch::default(),
-            meta: Arc::new(meta),
+            meta: std::sync::RwLock::new(Arc::new(meta)),
+            meta_config,
+            meta_renewed: std::sync::Mutex::new(std::time::Instant::now()),
         })
+    }
+
+    /// The metadata client in use now.
+    fn meta(&self) -> Arc<StreamConsumer> {
+        match self.meta.read() {
+            Ok(meta) => meta.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Replaces the metadata client, at most once per [`STALL_CHECK`]: like a consumer's, it
+    /// can be left unable to reach a broker that came back.
+    fn renew_meta(&self) {
+        let Ok(mut renewed) = self.meta_renewed.lock() else {
+            return;
+        };
+        if renewed.elapsed() < STALL_CHECK {
+            return;
+        }
+        *renewed = std::time::Instant::now();
+        match self.meta_config.create::<StreamConsumer>() {
+            Ok(fresh) => {
+                if let Ok(mut meta) = self.meta.write() {
+                    let old = std::mem::replace(&mut *meta, Arc::new(fresh));
+                    tokio::task::spawn_blocking(move || drop(old));
+                }
+            }
+            Err(error) => tracing::warn!(%error, "cannot create a new Kafka metadata client"),
+        }
     }
 
     fn admin(&self) -> Result<AdminClient<DefaultClientContext>, LogError> {
@@ -311,7 +353,7 @@ impl Log for KafkaLog {
     }
 
     async fn partition_count(&self, topic: &str) -> Result<u32, LogError> {
-        let meta = self.meta.clone();
+        let meta = self.meta();
         let topic = topic.to_string();
         blocking(move || {
             let metadata = meta
@@ -331,7 +373,7 @@ impl Log for KafkaLog {
         // Right after a topic is created its leaders may still be moving in; retry briefly.
         let mut attempt = 0;
         loop {
-            let meta = self.meta.clone();
+            let meta = self.meta();
             let name = topic.to_string();
             match blocking(move || {
                 meta.fetch_watermarks(&name, partition, META_TIMEOUT)
@@ -358,7 +400,7 @@ impl Log for KafkaLog {
         let mut list = TopicPartitionList::new();
         list.add_partition_offset(topic, partition, Offset::Offset(time_ms))
             .map_err(backend)?;
-        let meta = self.meta.clone();
+        let meta = self.meta();
         let found = blocking(move || {
             let found = meta
                 .offsets_for_times(list, META_TIMEOUT)
@@ -385,8 +427,11 @@ impl Log for KafkaLog {
                 silent_ms as f64 / 1000.0
             )));
         }
-        let meta = self.meta.clone();
-        blocking(move || {
+        if self.acks.acknowledged_within(ACK_STALL) {
+            return Ok(()); // the broker is taking records right now
+        }
+        let meta = self.meta();
+        let answer = blocking(move || {
             let metadata = meta
                 .fetch_metadata(None, Duration::from_secs(2))
                 .map_err(backend)?;
@@ -396,7 +441,11 @@ impl Log for KafkaLog {
                 Ok(())
             }
         })
-        .await
+        .await;
+        if answer.is_err() {
+            self.renew_meta();
+        }
+        answer
     }
 
     async fn reader(&self, group: &str) -> Result<Box<dyn PartitionReader>, LogError> {
@@ -414,6 +463,9 @@ impl Log for KafkaLog {
             group: group.to_string(),
             config,
             commit_failing_since: None,
+            positions: Vec::new(),
+            last_progress: std::time::Instant::now(),
+            last_stall_check: std::time::Instant::now(),
         }))
     }
 
@@ -431,7 +483,17 @@ struct KafkaReader {
     config: ClientConfig,
     /// Since when commits have been failing, if they are.
     commit_failing_since: Option<std::time::Instant>,
+    /// The next offset this reader returns from each assigned partition.
+    positions: Vec<Position>,
+    /// When this reader last returned a record, or was (re)assigned.
+    last_progress: std::time::Instant,
+    /// When it last checked for a stall.
+    last_stall_check: std::time::Instant,
 }
+
+/// A reader that returned nothing for this long checks whether its partitions hold records it
+/// is not getting; if so, or if it cannot tell, it replaces its client.
+const STALL_CHECK: Duration = Duration::from_secs(10);
 
 /// Commits failing this long (or one commit attempt taking this long) mean the client is
 /// stuck, typically still "waiting for coordinator" after the broker came back: a fresh client
@@ -472,7 +534,64 @@ impl KafkaReader {
         // Closing a client waits for its threads: not on an async worker.
         tokio::task::spawn_blocking(move || drop(old));
         self.commit_failing_since = None;
+        self.positions.clear(); // the fresh client has no assignment yet
         Ok(())
+    }
+
+    /// Assigns exactly these offsets (a local operation, no round trip to the broker).
+    async fn assign_exact(&mut self, positions: Vec<Position>) -> Result<(), LogError> {
+        let mut list = TopicPartitionList::new();
+        for p in &positions {
+            list.add_partition_offset(&p.topic, p.partition, Offset::Offset(p.next_offset))
+                .map_err(backend)?;
+        }
+        let consumer = self.inner.clone();
+        blocking(move || consumer.assign(&list).map_err(backend)).await?;
+        self.positions = positions;
+        self.last_progress = std::time::Instant::now();
+        Ok(())
+    }
+
+    /// Whether an assigned partition holds records beyond this reader's position, or the
+    /// client cannot even tell (its watermark queries fail).
+    async fn lagging(&self) -> bool {
+        let consumer = self.inner.clone();
+        let positions = self.positions.clone();
+        blocking(move || {
+            Ok(positions.iter().any(|p| {
+                match consumer.fetch_watermarks(&p.topic, p.partition, Duration::from_secs(5)) {
+                    Ok((_, high)) => high > p.next_offset,
+                    Err(_) => true,
+                }
+            }))
+        })
+        .await
+        .unwrap_or(true)
+    }
+
+    /// After librdkafka has lost and regained the broker, a client can stop fetching some
+    /// partitions for good ("new leader not found in cache") without reporting anything: a
+    /// reader that got nothing for [`STALL_CHECK`] while its partitions hold more records
+    /// replaces its client and assigns it at its positions.
+    async fn recover_if_stalled(&mut self) -> Result<(), LogError> {
+        if self.positions.is_empty()
+            || self.last_progress.elapsed() < STALL_CHECK
+            || self.last_stall_check.elapsed() < STALL_CHECK
+        {
+            return Ok(());
+        }
+        self.last_stall_check = std::time::Instant::now();
+        if !self.lagging().await {
+            return Ok(());
+        }
+        tracing::warn!(
+            group = self.group,
+            idle_s = self.last_progress.elapsed().as_secs(),
+            "the Kafka consumer client gets no records although its partitions hold more; replacing it"
+        );
+        let positions = self.positions.clone();
+        self.renew()?;
+        self.assign_exact(positions).await
     }
 
     /// Resolves every start position to an offset now, so that `End` means the end at
@@ -566,7 +685,12 @@ impl PartitionReader for KafkaReader {
                     attempt += 1;
                     tokio::time::sleep(Duration::from_millis(250)).await;
                 }
-                result => return result,
+                Ok(starts) => {
+                    self.positions = starts.clone();
+                    self.last_progress = std::time::Instant::now();
+                    return Ok(starts);
+                }
+                Err(error) => return Err(error),
             }
         }
     }
@@ -574,7 +698,10 @@ impl PartitionReader for KafkaReader {
     async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Record>, LogError> {
         let mut records = Vec::new();
         let first = match tokio::time::timeout(wait, self.inner.recv()).await {
-            Err(_) => return Ok(records),
+            Err(_) => {
+                self.recover_if_stalled().await?;
+                return Ok(records);
+            }
             Ok(result) => result.map_err(backend)?,
         };
         records.push(to_record(&first));
@@ -593,21 +720,30 @@ impl PartitionReader for KafkaReader {
                 _ => break,
             }
         }
+        self.last_progress = std::time::Instant::now();
+        for record in &records {
+            if let Some(position) = self
+                .positions
+                .iter_mut()
+                .find(|p| p.partition == record.partition && p.topic == record.topic)
+            {
+                position.next_offset = position.next_offset.max(record.offset + 1);
+            }
+        }
         Ok(records)
     }
 
     /// Assigns the exact offsets, with no round trip to the broker, so a rewind works at once
-    /// even while the broker is away. An offset that retention removed meanwhile makes
-    /// librdkafka start at the oldest record (`auto.offset.reset=earliest`), which the
-    /// consumer sees as a gap and reports.
+    /// even while the broker is away; nothing is done when the client is already there. An
+    /// offset that retention removed meanwhile makes librdkafka start at the oldest record
+    /// (`auto.offset.reset=earliest`), which the consumer sees as a gap and reports.
     async fn rewind(&mut self, positions: Vec<Position>) -> Result<Vec<Position>, LogError> {
-        let mut list = TopicPartitionList::new();
-        for p in &positions {
-            list.add_partition_offset(&p.topic, p.partition, Offset::Offset(p.next_offset))
-                .map_err(backend)?;
+        // After an error event that lost nothing (this reader returns what it took), the
+        // client is already where the consumer wants it: assigning again would only restart
+        // its fetches, and while the broker is away every restart reports the outage again.
+        if positions != self.positions {
+            self.assign_exact(positions.clone()).await?;
         }
-        let consumer = self.inner.clone();
-        blocking(move || consumer.assign(&list).map_err(backend)).await?;
         Ok(positions)
     }
 
@@ -622,8 +758,13 @@ impl PartitionReader for KafkaReader {
         }
         let consumer = self.inner.clone();
         let started = std::time::Instant::now();
-        let result =
-            blocking(move || consumer.commit(&list, CommitMode::Sync).map_err(backend)).await;
+        // A synchronous commit can block for most of a minute while the client waits for a
+        // coordinator; stop waiting once it counts as stuck (the commit is retried, and a late
+        // success of the abandoned one only moves the position back: records are re-read).
+        let commit = blocking(move || consumer.commit(&list, CommitMode::Sync).map_err(backend));
+        let result = tokio::time::timeout(STUCK_COMMITS, commit)
+            .await
+            .unwrap_or(Err(LogError::Timeout(STUCK_COMMITS)));
         match &result {
             Ok(()) => self.commit_failing_since = None,
             Err(error) => {
