@@ -697,12 +697,24 @@ impl PartitionReader for KafkaReader {
 
     async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Record>, LogError> {
         let mut records = Vec::new();
-        let first = match tokio::time::timeout(wait, self.inner.recv()).await {
-            Err(_) => {
-                self.recover_if_stalled().await?;
-                return Ok(records);
+        // Error events (the broker going away, a failed connection) are notices: librdkafka
+        // reconnects by itself and loses no record over them. They queue up while the broker
+        // is away, so take them all now, or a caller that pauses after each error would still
+        // be working through stale notices long after the broker is back.
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut notice = None;
+        let first = loop {
+            match tokio::time::timeout_at(deadline, self.inner.recv()).await {
+                Ok(Ok(message)) => break message,
+                Ok(Err(error)) => notice = Some(error),
+                Err(_) => {
+                    self.recover_if_stalled().await?;
+                    return match notice {
+                        Some(error) => Err(backend(error)),
+                        None => Ok(records),
+                    };
+                }
             }
-            Ok(result) => result.map_err(backend)?,
         };
         records.push(to_record(&first));
         drop(first);
