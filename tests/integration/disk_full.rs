@@ -223,6 +223,30 @@ async fn readyz(client: &reqwest::Client, base: &str) -> (u16, String) {
     }
 }
 
+/// Waits until `/readyz` answers 200 on every one of `bases`, failing 30 s after `since`;
+/// returns how long after `since` that was.
+async fn ready_again(
+    client: &reqwest::Client,
+    bases: &[&str],
+    since: Instant,
+    what: &str,
+) -> Duration {
+    loop {
+        let mut answers = Vec::with_capacity(bases.len());
+        for base in bases {
+            answers.push(readyz(client, base).await);
+        }
+        if answers.iter().all(|(status, _)| *status == 200) {
+            return since.elapsed();
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(30),
+            "not ready 30 s after {what}: {answers:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Every stored order id (hex, no dashes) across the four shards, with how often it occurs.
 async fn stored_ids(test: &TestTopology) -> HashMap<String, usize> {
     let mut stored = HashMap::new();
@@ -449,18 +473,8 @@ async fn disk_fills_and_recovers(fault: &str, min_free_mib: u64, reason: &str) {
     // Free space: the process takes orders again by itself.
     mount.resize(400);
     let freed = Instant::now();
-    let ready_after = loop {
-        if readyz(&client, &order_base).await.0 == 200 && readyz(&client, &ops_base).await.0 == 200
-        {
-            break freed.elapsed();
-        }
-        assert!(
-            freed.elapsed() < Duration::from_secs(30),
-            "not ready 30 s after space was freed: {:?}",
-            readyz(&client, &order_base).await
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let ready_after =
+        ready_again(&client, &[&order_base, &ops_base], freed, "space was freed").await;
     // Everything acknowledged before the fault reaches the shards.
     let (_, _) = drained(&test, &acknowledged, Duration::from_secs(120)).await;
     let drained_after = freed.elapsed();
@@ -534,16 +548,7 @@ async fn a_stalled_log_refuses_orders_at_once_with_bounded_memory_and_recovers()
     std::fs::remove_file(&stall).unwrap();
     let unstalled = Instant::now();
     let client = reqwest::Client::new();
-    let ready_after = loop {
-        if readyz(&client, &order_base).await.0 == 200 {
-            break unstalled.elapsed();
-        }
-        assert!(
-            unstalled.elapsed() < Duration::from_secs(30),
-            "not ready after the stall"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let ready_after = ready_again(&client, &[&order_base], unstalled, "the stall").await;
     let during = load.acknowledged();
     let so_far = load.ledger.lock().unwrap().acknowledged.clone();
     let (_, _) = drained(&test, &so_far, Duration::from_secs(120)).await;
@@ -654,16 +659,7 @@ async fn an_injected_write_error_refuses_orders_with_the_reason_and_recovers() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     std::fs::remove_file(&fail).unwrap();
     let healed = Instant::now();
-    let ready_after = loop {
-        if readyz(&client, &order_base).await.0 == 200 {
-            break healed.elapsed();
-        }
-        assert!(
-            healed.elapsed() < Duration::from_secs(30),
-            "not ready after the fault"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let ready_after = ready_again(&client, &[&order_base], healed, "the fault").await;
     let at_heal = load.acknowledged();
     let so_far = load.ledger.lock().unwrap().acknowledged.clone();
     let (_, _) = drained(&test, &so_far, Duration::from_secs(120)).await;
