@@ -159,11 +159,7 @@ impl LogConsumer {
         let mut out = Vec::with_capacity(polled.len());
         let mut gaps = false;
         for record in polled {
-            let Some(expected) = self
-                .expected
-                .iter_mut()
-                .find(|e| e.partition == record.partition && e.topic == record.topic)
-            else {
+            let Some(expected) = self.expected_mut(&record.topic, record.partition) else {
                 continue; // a partition no longer assigned
             };
             if expected.gap_at.is_some() || record.offset < expected.next {
@@ -231,11 +227,7 @@ impl LogConsumer {
             .collect();
         let starts = self.reader.rewind(positions).await?;
         for start in starts {
-            if let Some(expected) = self
-                .expected
-                .iter_mut()
-                .find(|e| e.partition == start.partition && e.topic == start.topic)
-            {
+            if let Some(expected) = self.expected_mut(&start.topic, start.partition) {
                 if start.next_offset > expected.next {
                     report_skipped(
                         &expected.topic,
@@ -249,6 +241,13 @@ impl LogConsumer {
         }
         self.rewind_pending = false;
         Ok(())
+    }
+
+    /// What this consumer expects from a partition, if it is assigned.
+    fn expected_mut(&mut self, topic: &str, partition: i32) -> Option<&mut Expected> {
+        self.expected
+            .iter_mut()
+            .find(|e| e.partition == partition && e.topic == topic)
     }
 
     /// The next offset this consumer will hand out from a partition, if it is assigned.
