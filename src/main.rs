@@ -230,7 +230,7 @@ fn mint_token(path: &std::path::Path, user: &str, ttl_secs: Option<u64>) -> Exit
                 tokens
                     .issue_for(user, ttl_secs.unwrap_or(auth.token_ttl_secs))
                     .map(|token| format!("{token}\n"))
-                    .map_err(|e| e.message)
+                    .map_err(|e| e.to_string())
             }),
     )
 }

@@ -16,9 +16,6 @@ use jsonwebtoken::{
 };
 use serde::{Deserialize, Serialize};
 use sluice_core::topology::{AuthConfig, JwtAlgorithm};
-use warp::http::HeaderMap;
-
-use crate::error::ApiError;
 
 /// Claims of a Sluice token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,6 +59,95 @@ pub enum AuthError {
     },
 }
 
+/// Why a token could not be issued.
+#[derive(Debug, thiserror::Error)]
+pub enum IssueError {
+    /// The key ring is empty.
+    #[error("cannot issue tokens: no token key is configured; set ingress.auth.jwt_secret (or SLUICE_JWT_SECRET) or add an [[ingress.auth.keys]] entry")]
+    NoKeys,
+    /// `signing_kid` names a key the ring does not hold.
+    #[error("cannot issue tokens: ingress.auth.signing_kid {kid:?} names no configured key; set it to the kid of a key that can sign")]
+    UnknownSigningKey {
+        /// The missing key.
+        kid: String,
+    },
+    /// The signing key (`signing_kid`, or the first key when it is not set) has no private
+    /// key: it can only verify.
+    #[error("cannot issue tokens: key {kid:?} has no private_key_file, so it can only verify; add its private_key_file, or set ingress.auth.signing_kid to a key that has one")]
+    CannotSign {
+        /// The key.
+        kid: String,
+    },
+    /// The signing key refused to sign.
+    #[error("cannot sign a token with key {kid:?}: {source}; check that its key file holds a valid private key for its algorithm")]
+    Sign {
+        /// The signing key.
+        kid: String,
+        /// What jsonwebtoken reported.
+        #[source]
+        source: jsonwebtoken::errors::Error,
+    },
+}
+
+/// Why a token was refused. The messages are safe to show the client: they say nothing of
+/// the keys.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// The token is not a JWT, or its header or claims do not parse.
+    #[error("the token is malformed")]
+    Malformed(#[source] jsonwebtoken::errors::Error),
+    /// The token names a key id the ring does not hold (unknown or retired).
+    #[error("the token's key id is not known")]
+    UnknownKey,
+    /// The ring holds several keys and the token does not say which one signed it.
+    #[error("the token does not name its key (kid)")]
+    NoKeyId,
+    /// The token's `alg` is not the algorithm of the key it names (e.g. `none`, or HS256
+    /// "signed" with a public key).
+    #[error("the token's algorithm is not accepted for its key")]
+    AlgorithmMismatch,
+    /// The token's `exp` has passed.
+    #[error("the token has expired; log in again")]
+    Expired(#[source] jsonwebtoken::errors::Error),
+    /// The token's `nbf` is still to come.
+    #[error("the token is not valid yet")]
+    NotYetValid(#[source] jsonwebtoken::errors::Error),
+    /// The signature does not match (forged, tampered, or signed with another key).
+    #[error("the token's signature is not valid")]
+    BadSignature(#[source] jsonwebtoken::errors::Error),
+    /// The verifier refused the token's algorithm.
+    #[error("the token's algorithm is not accepted")]
+    AlgorithmNotAccepted(#[source] jsonwebtoken::errors::Error),
+    /// The token's `iss` is not this service's issuer.
+    #[error("the token was not issued by this service")]
+    WrongIssuer(#[source] jsonwebtoken::errors::Error),
+    /// The token's `aud` is missing or not this service's audience.
+    #[error("the token is not meant for this service")]
+    WrongAudience(#[source] jsonwebtoken::errors::Error),
+    /// A claim the service requires (`exp`, `iat`, `sub`, `iss`, `aud`) is missing.
+    #[error("the token lacks a required claim")]
+    MissingClaim(#[source] jsonwebtoken::errors::Error),
+}
+
+impl TokenError {
+    /// Sorts a failed decoding into the reason it gives the client.
+    fn from_decoding(error: jsonwebtoken::errors::Error) -> Self {
+        use jsonwebtoken::errors::ErrorKind;
+        match error.kind() {
+            ErrorKind::ExpiredSignature => TokenError::Expired(error),
+            ErrorKind::ImmatureSignature => TokenError::NotYetValid(error),
+            ErrorKind::InvalidSignature => TokenError::BadSignature(error),
+            ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
+                TokenError::AlgorithmNotAccepted(error)
+            }
+            ErrorKind::InvalidIssuer => TokenError::WrongIssuer(error),
+            ErrorKind::InvalidAudience => TokenError::WrongAudience(error),
+            ErrorKind::MissingRequiredClaim(_) => TokenError::MissingClaim(error),
+            _ => TokenError::Malformed(error),
+        }
+    }
+}
+
 struct VerifyKey {
     algorithm: Algorithm,
     decoding: DecodingKey,
@@ -77,6 +163,8 @@ struct SigningKey {
 struct KeyRing {
     verify: HashMap<String, VerifyKey>,
     signing: Option<SigningKey>,
+    /// The key that should sign, whether or not it can.
+    signing_kid: Option<String>,
 }
 
 fn algorithm(a: JwtAlgorithm) -> Algorithm {
@@ -182,7 +270,11 @@ fn load_ring(config: &AuthConfig, base_dir: &Path) -> Result<KeyRing, AuthError>
             },
         );
     }
-    Ok(KeyRing { verify, signing })
+    Ok(KeyRing {
+        verify,
+        signing,
+        signing_kid,
+    })
 }
 
 /// Issues and verifies tokens with the configured key ring.
@@ -228,6 +320,7 @@ impl TokenAuthority {
         let ring = load_ring(&config, Path::new(".")).unwrap_or(KeyRing {
             verify: HashMap::new(),
             signing: None,
+            signing_kid: None,
         });
         TokenAuthority {
             config: RwLock::new(Arc::new(config)),
@@ -273,17 +366,23 @@ impl TokenAuthority {
     }
 
     /// A token for `subject` valid for the configured lifetime.
-    pub fn issue(&self, subject: &str) -> Result<String, ApiError> {
+    pub fn issue(&self, subject: &str) -> Result<String, IssueError> {
         self.issue_for(subject, self.config().token_ttl_secs)
     }
 
     /// A token for `subject` valid for `ttl_secs`.
-    pub fn issue_for(&self, subject: &str, ttl_secs: u64) -> Result<String, ApiError> {
+    pub fn issue_for(&self, subject: &str, ttl_secs: u64) -> Result<String, IssueError> {
         let (ring, config) = (self.ring(), self.config());
         let signing = ring
             .signing
             .as_ref()
-            .ok_or_else(|| ApiError::unavailable("no signing key is configured"))?;
+            .ok_or_else(|| match &ring.signing_kid {
+                None => IssueError::NoKeys,
+                Some(kid) if ring.verify.contains_key(kid) => {
+                    IssueError::CannotSign { kid: kid.clone() }
+                }
+                Some(kid) => IssueError::UnknownSigningKey { kid: kid.clone() },
+            })?;
         let iat = now_secs();
         let claims = Claims {
             sub: subject.to_string(),
@@ -295,35 +394,25 @@ impl TokenAuthority {
         };
         let mut header = Header::new(signing.algorithm);
         header.kid = Some(signing.kid.clone());
-        encode(&header, &claims, &signing.encoding)
-            .map_err(|e| ApiError::unavailable(format!("could not sign a token: {e}")))
+        encode(&header, &claims, &signing.encoding).map_err(|source| IssueError::Sign {
+            kid: signing.kid.clone(),
+            source,
+        })
     }
 
     /// The claims of a valid token.
-    pub fn verify(&self, token: &str) -> Result<Claims, ApiError> {
-        let header =
-            decode_header(token).map_err(|_| ApiError::unauthorized("the token is malformed"))?;
+    pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        let header = decode_header(token).map_err(TokenError::Malformed)?;
         let (ring, config) = (self.ring(), self.config());
         let key = match &header.kid {
-            Some(kid) => ring
-                .verify
-                .get(kid)
-                .ok_or_else(|| ApiError::unauthorized("the token's key id is not known"))?,
-            None if ring.verify.len() == 1 => ring
-                .verify
-                .values()
-                .next()
-                .ok_or_else(|| ApiError::unauthorized("no keys"))?,
-            None => {
-                return Err(ApiError::unauthorized(
-                    "the token does not name its key (kid)",
-                ))
+            Some(kid) => ring.verify.get(kid).ok_or(TokenError::UnknownKey)?,
+            None if ring.verify.len() == 1 => {
+                ring.verify.values().next().ok_or(TokenError::UnknownKey)?
             }
+            None => return Err(TokenError::NoKeyId),
         };
         if header.alg != key.algorithm {
-            return Err(ApiError::unauthorized(
-                "the token's algorithm is not accepted for its key",
-            ));
+            return Err(TokenError::AlgorithmMismatch);
         }
         let mut validation = Validation::new(key.algorithm);
         validation.set_issuer(&[&config.issuer]);
@@ -341,44 +430,7 @@ impl TokenAuthority {
         }
         decode::<Claims>(token, &key.decoding, &validation)
             .map(|data| data.claims)
-            .map_err(|error| {
-                use jsonwebtoken::errors::ErrorKind;
-                let why = match error.kind() {
-                    ErrorKind::ExpiredSignature => "the token has expired; log in again",
-                    ErrorKind::ImmatureSignature => "the token is not valid yet",
-                    ErrorKind::InvalidSignature => "the token's signature is not valid",
-                    ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
-                        "the token's algorithm is not accepted"
-                    }
-                    ErrorKind::InvalidIssuer => "the token was not issued by this service",
-                    ErrorKind::InvalidAudience => "the token is not meant for this service",
-                    ErrorKind::MissingRequiredClaim(_) => "the token lacks a required claim",
-                    _ => "the token is malformed",
-                };
-                ApiError::unauthorized(why)
-            })
-    }
-
-    /// The bearer token of the `Authorization` header.
-    pub fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
-        let value = headers.get(warp::http::header::AUTHORIZATION).ok_or_else(|| {
-            ApiError::unauthorized("missing Authorization header; send `Authorization: Bearer <token>` from POST /login")
-        })?;
-        let value = value
-            .to_str()
-            .map_err(|_| ApiError::unauthorized("the Authorization header is not text"))?;
-        value
-            .strip_prefix("Bearer ")
-            .or_else(|| value.strip_prefix("bearer "))
-            .map(str::trim)
-            .ok_or_else(|| {
-                ApiError::unauthorized("the Authorization header must be `Bearer <token>`")
-            })
-    }
-
-    /// The claims of the `Authorization: Bearer <token>` header.
-    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Claims, ApiError> {
-        self.verify(Self::bearer(headers)?)
+            .map_err(TokenError::from_decoding)
     }
 }
 
@@ -396,7 +448,7 @@ mod tests {
 
         let other = TokenAuthority::with_secret("another-secret-another-secret-xx", "sluice", 60);
         assert_eq!(
-            other.verify(&token).unwrap_err().message,
+            other.verify(&token).unwrap_err().to_string(),
             "the token's signature is not valid"
         );
 
@@ -405,7 +457,7 @@ mod tests {
             authority
                 .verify(&wrong_issuer.issue("alice").unwrap())
                 .unwrap_err()
-                .message,
+                .to_string(),
             "the token was not issued by this service"
         );
 
@@ -414,18 +466,56 @@ mod tests {
             "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{}.",
             token.split('.').nth(1).unwrap()
         );
-        assert_eq!(
-            authority.verify(&unsigned).unwrap_err().status,
-            warp::http::StatusCode::UNAUTHORIZED
-        );
+        let error = authority.verify(&unsigned).unwrap_err();
+        assert!(matches!(error, TokenError::Malformed(_)), "{error:?}");
 
         // A tampered payload breaks the signature.
         let mut parts: Vec<String> = token.split('.').map(str::to_string).collect();
         parts[1] = parts[1].replacen('e', "f", 1);
-        assert_eq!(
-            authority.verify(&parts.join(".")).unwrap_err().status,
-            warp::http::StatusCode::UNAUTHORIZED
+        let error = authority.verify(&parts.join(".")).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                TokenError::Malformed(_) | TokenError::BadSignature(_)
+            ),
+            "{error:?}"
         );
+    }
+
+    #[test]
+    fn issuing_without_a_signing_key_says_which_setting_to_change() {
+        let mut config = TokenAuthority::with_secret(SECRET, "sluice", 60)
+            .config()
+            .as_ref()
+            .clone();
+        config.jwt_secret = None;
+        let error = TokenAuthority::from_config(&config, Path::new("."))
+            .unwrap()
+            .issue("alice")
+            .unwrap_err();
+        assert!(matches!(error, IssueError::NoKeys), "{error:?}");
+        assert!(
+            error.to_string().contains("ingress.auth.jwt_secret"),
+            "{error}"
+        );
+
+        config.jwt_secret = Some(SECRET.into());
+        config.signing_kid = Some("retired".into());
+        let authority = TokenAuthority::from_config(&config, Path::new(".")).unwrap();
+        let error = authority.issue("alice").unwrap_err();
+        assert!(
+            matches!(&error, IssueError::UnknownSigningKey { kid } if kid == "retired"),
+            "{error:?}"
+        );
+        assert!(
+            error.to_string().contains("ingress.auth.signing_kid"),
+            "{error}"
+        );
+        // Verification still works with the keys there are.
+        let token = TokenAuthority::with_secret(SECRET, "sluice", 60)
+            .issue("alice")
+            .unwrap();
+        assert_eq!(authority.verify(&token).unwrap().sub, "alice");
     }
 
     #[test]
@@ -450,7 +540,7 @@ mod tests {
             exp: 2_000,
         };
         assert_eq!(
-            authority.verify(&sign(&expired)).unwrap_err().message,
+            authority.verify(&sign(&expired)).unwrap_err().to_string(),
             "the token has expired; log in again"
         );
         let now = now_secs();
@@ -463,7 +553,7 @@ mod tests {
             exp: now + 7_200,
         };
         assert_eq!(
-            authority.verify(&sign(&future)).unwrap_err().message,
+            authority.verify(&sign(&future)).unwrap_err().to_string(),
             "the token is not valid yet"
         );
         // Within the leeway, a slightly early token passes.
@@ -495,7 +585,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            authority.verify(&token).unwrap_err().message,
+            authority.verify(&token).unwrap_err().to_string(),
             "the token's key id is not known"
         );
         let mut header = Header::new(Algorithm::HS384);
@@ -507,7 +597,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            authority.verify(&token).unwrap_err().message,
+            authority.verify(&token).unwrap_err().to_string(),
             "the token's algorithm is not accepted for its key"
         );
     }

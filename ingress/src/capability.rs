@@ -36,12 +36,13 @@
 //! default scope): a `user("bob")` or `right(...)` fact in an appended block is ignored, so
 //! attenuation cannot grant anything. Evaluation runs under [`DEFAULT_LIMITS`].
 //!
-//! # Errors and HTTP status
+//! # Errors
 //!
-//! [`CapabilityError::is_unauthenticated`] (malformed token, bad signature, unknown root key)
-//! maps to `401`; [`CapabilityError::is_forbidden`] (a failed check, a denial, an evaluation
-//! limit) maps to `403`. Every message is safe to show the client: failed checks are
-//! rendered as the Datalog source of the token's own checks, never anything of the key.
+//! [`CapabilityError::is_unauthenticated`] (malformed token, bad signature, unknown root key,
+//! revoked) is answered with `401`, [`CapabilityError::is_forbidden`] (a failed check, a
+//! denial, an evaluation limit) with `403` (see [`crate::error`]). Every message is safe to
+//! show the client: failed checks are rendered as the Datalog source of the token's own
+//! checks, never anything of the key.
 
 use std::collections::{BTreeSet, HashSet};
 use std::fmt::Write as _;
@@ -54,9 +55,6 @@ use biscuit_auth::macros::{authorizer, biscuit, block};
 use biscuit_auth::{
     AuthorizerBuilder, AuthorizerLimits, Biscuit, BlockBuilder, KeyPair, PrivateKey, PublicKey,
 };
-use warp::http::StatusCode;
-
-use crate::error::ApiError;
 
 /// The operation name of order submission (`right("order")`, `operation("order")`).
 pub const ORDER_OPERATION: &str = "order";
@@ -143,34 +141,6 @@ impl CapabilityError {
                 | CapabilityError::Denied
                 | CapabilityError::Evaluation(_)
         )
-    }
-
-    /// The HTTP status for this error: `401`, `403`, or `500` for configuration and
-    /// tooling errors (which a request should never cause).
-    pub fn status(&self) -> StatusCode {
-        if self.is_unauthenticated() {
-            StatusCode::UNAUTHORIZED
-        } else if self.is_forbidden() {
-            StatusCode::FORBIDDEN
-        } else {
-            StatusCode::INTERNAL_SERVER_ERROR
-        }
-    }
-}
-
-impl From<CapabilityError> for ApiError {
-    fn from(error: CapabilityError) -> Self {
-        if error.is_unauthenticated() {
-            ApiError::unauthorized(error.to_string())
-        } else if error.is_forbidden() {
-            ApiError::forbidden(error.to_string())
-        } else {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "capability verification is misconfigured",
-            )
-        }
     }
 }
 
@@ -686,7 +656,7 @@ mod tests {
             .authorize(&token, &request("bob", "widget", 3), now)
             .unwrap_err();
         assert_eq!(refused, CapabilityError::Denied);
-        assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+        assert!(refused.is_forbidden());
         assert_eq!(authority.token_user(&token), Ok("alice".to_string()));
     }
 
@@ -793,7 +763,7 @@ mod tests {
             .authorize(&token, &request("alice", "widget", 1), now)
             .unwrap_err();
         assert_eq!(error, CapabilityError::BadSignature);
-        assert_eq!(error.status(), StatusCode::UNAUTHORIZED);
+        assert!(error.is_unauthenticated());
         for garbage in ["", "not a token!", "AAAA", &"A".repeat(MAX_TOKEN_LEN + 4)] {
             let error = authority
                 .authorize(garbage, &request("alice", "widget", 1), now)
@@ -854,17 +824,5 @@ mod tests {
             .unwrap_err();
         assert!(matches!(error, CapabilityError::Evaluation(_)), "{error:?}");
         assert!(error.is_forbidden());
-    }
-
-    #[test]
-    fn errors_map_to_api_errors() {
-        let api: ApiError = CapabilityError::BadSignature.into();
-        assert_eq!(api.status, StatusCode::UNAUTHORIZED);
-        let api: ApiError =
-            CapabilityError::ChecksFailed(vec!["block 1: check if x".into()]).into();
-        assert_eq!(api.status, StatusCode::FORBIDDEN);
-        assert!(api.message.contains("check if x"));
-        let api: ApiError = CapabilityError::InvalidKey("x".into()).into();
-        assert_eq!(api.status, StatusCode::INTERNAL_SERVER_ERROR);
     }
 }

@@ -1,5 +1,9 @@
 //! The HTTP error model: every error is `{"error": {"code": "...", "message": "..."}}` with
 //! the status that fits it. Messages never contain passwords, tokens or secrets.
+//!
+//! The domain modules return their own errors ([`TokenError`], [`CapabilityError`],
+//! [`RateLimited`], [`IdempotencyError`], …); the `From` impls here are the one place where
+//! they become HTTP statuses and codes.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -8,6 +12,12 @@ use serde_json::json;
 use warp::http::{header, HeaderValue, StatusCode};
 use warp::reply::Response;
 use warp::Reply;
+
+use crate::auth::{IssueError, TokenError};
+use crate::capability::CapabilityError;
+use crate::idempotency::IdempotencyError;
+use crate::limits::RateLimited;
+use crate::principal::AuthenticationError;
 
 /// An error answered to an HTTP client.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -108,6 +118,78 @@ impl Reply for ApiError {
     }
 }
 
+/// 401: the bearer token is not valid.
+impl From<TokenError> for ApiError {
+    fn from(error: TokenError) -> Self {
+        ApiError::unauthorized(error.to_string())
+    }
+}
+
+/// 503: the ingress cannot issue tokens now (its key settings need fixing).
+impl From<IssueError> for ApiError {
+    fn from(error: IssueError) -> Self {
+        match error {
+            IssueError::NoKeys
+            | IssueError::UnknownSigningKey { .. }
+            | IssueError::CannotSign { .. } => {
+                ApiError::unavailable("no signing key is configured")
+            }
+            IssueError::Sign { source, .. } => {
+                ApiError::unavailable(format!("could not sign a token: {source}"))
+            }
+        }
+    }
+}
+
+/// 401 for a bad capability token, 403 for a genuine one that does not allow the request,
+/// 500 for a configuration or tooling error (which a request should never cause).
+impl From<CapabilityError> for ApiError {
+    fn from(error: CapabilityError) -> Self {
+        if error.is_unauthenticated() {
+            ApiError::unauthorized(error.to_string())
+        } else if error.is_forbidden() {
+            ApiError::forbidden(error.to_string())
+        } else {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "capability verification is misconfigured",
+            )
+        }
+    }
+}
+
+/// 401, or what a refused capability token maps to.
+impl From<AuthenticationError> for ApiError {
+    fn from(error: AuthenticationError) -> Self {
+        match error {
+            AuthenticationError::Jwt(error) => error.into(),
+            AuthenticationError::Capability(error) => error.into(),
+            other => ApiError::unauthorized(other.to_string()),
+        }
+    }
+}
+
+/// 429 with `Retry-After` and the `RateLimit-*` headers.
+impl From<RateLimited> for ApiError {
+    fn from(refused: RateLimited) -> Self {
+        ApiError::rate_limited(refused.limit, refused.retry_after, refused.burst)
+    }
+}
+
+/// 400 for a malformed key, 422 for a key reused on a different body.
+impl From<IdempotencyError> for ApiError {
+    fn from(error: IdempotencyError) -> Self {
+        let (status, code) = match error {
+            IdempotencyError::InvalidKey => (StatusCode::BAD_REQUEST, "invalid_idempotency_key"),
+            IdempotencyError::KeyReused => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused")
+            }
+        };
+        ApiError::new(status, code, error.to_string())
+    }
+}
+
 /// Turns warp's own rejections (no route, wrong method…) into the JSON error model.
 pub async fn recover(rejection: warp::Rejection) -> Result<Response, Infallible> {
     let error = if rejection.is_not_found() {
@@ -127,4 +209,64 @@ pub async fn recover(rejection: warp::Rejection) -> Result<Response, Infallible>
         )
     };
     Ok(error.into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capability_errors_map_to_401_403_or_500() {
+        let api: ApiError = CapabilityError::BadSignature.into();
+        assert_eq!(
+            (api.status, api.code),
+            (StatusCode::UNAUTHORIZED, "unauthorized")
+        );
+        let api: ApiError =
+            CapabilityError::ChecksFailed(vec!["block 1: check if x".into()]).into();
+        assert_eq!((api.status, api.code), (StatusCode::FORBIDDEN, "forbidden"));
+        assert!(api.message.contains("check if x"));
+        let api: ApiError = CapabilityError::InvalidKey("x".into()).into();
+        assert_eq!(api.status, StatusCode::INTERNAL_SERVER_ERROR);
+    }
+
+    #[test]
+    fn authentication_errors_keep_their_status_and_message() {
+        let api: ApiError = AuthenticationError::MissingHeader.into();
+        assert_eq!(
+            (api.status, api.code),
+            (StatusCode::UNAUTHORIZED, "unauthorized")
+        );
+        assert!(api.message.starts_with("missing Authorization header"));
+        let api: ApiError = AuthenticationError::Capability(CapabilityError::Denied).into();
+        assert_eq!(api.status, StatusCode::FORBIDDEN);
+        let api: ApiError = AuthenticationError::Jwt(TokenError::UnknownKey).into();
+        assert_eq!(
+            (api.status, api.message.as_str()),
+            (StatusCode::UNAUTHORIZED, "the token's key id is not known")
+        );
+    }
+
+    #[test]
+    fn idempotency_and_issuing_errors_keep_their_codes() {
+        let api: ApiError = IdempotencyError::InvalidKey.into();
+        assert_eq!(
+            (api.status, api.code),
+            (StatusCode::BAD_REQUEST, "invalid_idempotency_key")
+        );
+        let api: ApiError = IdempotencyError::KeyReused.into();
+        assert_eq!(
+            (api.status, api.code),
+            (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused")
+        );
+        let api: ApiError = IssueError::CannotSign { kid: "ed-1".into() }.into();
+        assert_eq!(
+            (api.status, api.code, api.message.as_str()),
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "no signing key is configured"
+            )
+        );
+    }
 }

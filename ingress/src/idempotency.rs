@@ -21,9 +21,7 @@ use moka::future::Cache;
 use sha2::{Digest, Sha256};
 use tokio::sync::OnceCell;
 use uuid::Uuid;
-use warp::http::{HeaderMap, StatusCode};
-
-use crate::error::ApiError;
+use warp::http::HeaderMap;
 
 /// Header carrying the client's idempotency key.
 pub const HEADER: &str = "idempotency-key";
@@ -58,6 +56,17 @@ pub fn order_id(user: &str, key: &str) -> Uuid {
     uuid::Builder::from_custom_bytes(bytes).into_uuid()
 }
 
+/// Why a request's `Idempotency-Key` was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdempotencyError {
+    /// The key is empty, too long, or not visible ASCII.
+    #[error("Idempotency-Key must be 1 to 255 visible ASCII characters")]
+    InvalidKey,
+    /// This process remembers the key bound to a different body.
+    #[error("this Idempotency-Key was already used for a different order; use a new key")]
+    KeyReused,
+}
+
 /// What one key is bound to in this process.
 pub struct Entry {
     /// The order id every request with this key uses ([`order_id`] of the user and the key).
@@ -89,15 +98,14 @@ impl IdempotencyKeys {
     }
 
     /// The entry for the request's key, or `None` when it carries no key. A key reused with a
-    /// different body while this process remembers it is refused (422), a malformed key is
-    /// refused (400).
+    /// different body while this process remembers it is refused, and so is a malformed key.
     pub async fn entry(
         &self,
         user: &str,
         headers: &HeaderMap,
         body: &[u8],
         now_ms: i64,
-    ) -> Result<Option<Arc<Entry>>, ApiError> {
+    ) -> Result<Option<Arc<Entry>>, IdempotencyError> {
         let Some(value) = headers.get(HEADER) else {
             return Ok(None);
         };
@@ -105,13 +113,7 @@ impl IdempotencyKeys {
             .to_str()
             .ok()
             .filter(|k| (1..=255).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()))
-            .ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_idempotency_key",
-                    "Idempotency-Key must be 1 to 255 visible ASCII characters",
-                )
-            })?;
+            .ok_or(IdempotencyError::InvalidKey)?;
         let body_hash = xxhash_rust::xxh3::xxh3_64(body);
         let entry = self
             .keys
@@ -127,11 +129,7 @@ impl IdempotencyKeys {
             })
             .await;
         if entry.body_hash != body_hash {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "idempotency_key_reused",
-                "this Idempotency-Key was already used for a different order; use a new key",
-            ));
+            return Err(IdempotencyError::KeyReused);
         }
         Ok(Some(entry))
     }
@@ -251,7 +249,7 @@ mod tests {
             .await
             .err()
             .unwrap();
-        assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(refused, IdempotencyError::KeyReused);
         // Another user's identical key is another order.
         let bob = keys
             .entry("bob", &headers, b"other", 9)
@@ -272,5 +270,10 @@ mod tests {
             .await
             .unwrap()
             .is_none());
+        headers.insert(HEADER, "two words".parse().unwrap());
+        assert_eq!(
+            keys.entry("alice", &headers, b"body", 1).await.err(),
+            Some(IdempotencyError::InvalidKey)
+        );
     }
 }

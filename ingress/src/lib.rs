@@ -18,6 +18,7 @@ pub mod capability;
 pub mod error;
 pub mod idempotency;
 pub mod limits;
+pub mod principal;
 pub mod routes;
 pub mod security;
 pub mod server;
@@ -42,6 +43,7 @@ use warp::{Filter, Reply};
 use crate::auth::TokenAuthority;
 use crate::error::ApiError;
 use crate::limits::KeyedLimit;
+use crate::principal::AuthenticationError;
 pub use crate::users::Users;
 
 /// The rate limits of the ingress.
@@ -70,7 +72,7 @@ impl Reloader {
         let auth = match topology {
             Some(path) => Some(
                 sluice_core::topology::load(path)
-                    .map_err(|e| IngressError::Topology(e.to_string()))?
+                    .map_err(IngressError::Topology)?
                     .ingress
                     .auth,
             ),
@@ -124,11 +126,11 @@ fn load_capabilities(
     };
     let resolve = |path| sluice_core::topology::resolve_relative(base_dir, path);
     let mut authority = capability::CapabilityAuthority::from_public_key_file(resolve(keys))
-        .map_err(|e| IngressError::Capability(e.to_string()))?;
+        .map_err(IngressError::Capability)?;
     if let Some(revoked) = &auth.biscuit_revocation_file {
         authority = authority
             .with_revocation_file(resolve(revoked))
-            .map_err(|e| IngressError::Revocation(e.to_string()))?;
+            .map_err(IngressError::Revocation)?;
     }
     Ok(Some(Arc::new(authority)))
 }
@@ -160,11 +162,11 @@ impl Principal {
 impl State {
     /// Authenticates the bearer token: a JWT, or (when configured) a biscuit capability
     /// token. A JWT has three dot-separated parts; a biscuit has none.
-    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, ApiError> {
-        let token = TokenAuthority::bearer(headers)?;
+    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, AuthenticationError> {
+        let token = principal::bearer(headers)?;
         let principal = match self.capabilities() {
             Some(capabilities) if !token.contains('.') => {
-                let user = capabilities.token_user(token).map_err(ApiError::from)?;
+                let user = capabilities.token_user(token)?;
                 Principal::Capability {
                     user,
                     token: token.to_string(),
@@ -174,7 +176,7 @@ impl State {
         };
         // Removing a user (and reloading) revokes their tokens at once.
         if !self.users().contains(principal.user()) {
-            return Err(ApiError::unauthorized("the token's user is not known"));
+            return Err(AuthenticationError::UnknownUser);
         }
         Ok(principal)
     }
@@ -241,13 +243,13 @@ pub enum IngressError {
     Keys(#[from] auth::AuthError),
     /// The biscuit root public key could not be loaded.
     #[error("ingress.auth.biscuit_public_key_file: {0}")]
-    Capability(String),
+    Capability(#[source] capability::CapabilityError),
     /// The biscuit revocation list could not be loaded.
     #[error("ingress.auth.biscuit_revocation_file: {0}")]
-    Revocation(String),
+    Revocation(#[source] capability::CapabilityError),
     /// The topology could not be reloaded.
     #[error("cannot reload the topology: {0}")]
-    Topology(String),
+    Topology(#[source] sluice_core::topology::TopologyError),
     /// Production mode found settings that must change first.
     #[error("production mode refuses to start:\n{}", .0.iter().map(|w| format!("  - {w}")).collect::<Vec<_>>().join("\n"))]
     Insecure(Vec<String>),

@@ -1,6 +1,6 @@
 //! Rate limits: keyed GCRA token buckets (`governor`) per principal, user name and client
-//! address. A refusal is a 429 with `Retry-After` and `RateLimit-Limit`, `RateLimit-Remaining`
-//! and `RateLimit-Reset` headers.
+//! address. A refusal is a [`RateLimited`], which the routes answer with a 429 with
+//! `Retry-After` and `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset` headers.
 //!
 //! Memory stays bounded under a flood of distinct keys: a background sweep forgets keys whose
 //! bucket is full again, and when more than [`MAX_TRACKED_KEYS`] are tracked the sweep runs at
@@ -16,8 +16,6 @@ use std::time::Duration;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota as GovernorQuota, RateLimiter};
 use sluice_core::topology::Quota;
-
-use crate::error::ApiError;
 
 /// Past this many tracked keys, idle keys are swept at once instead of at the next tick.
 pub const MAX_TRACKED_KEYS: usize = 200_000;
@@ -36,7 +34,19 @@ pub fn address_key(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// A keyed rate limit with a name for its 429 message and metric label.
+/// A request refused by a rate limit.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("too many requests {limit}; retry in {:.1} s", .retry_after.as_secs_f64())]
+pub struct RateLimited {
+    /// Which limit refused it (e.g. `per user on /order`).
+    pub limit: &'static str,
+    /// How long until the key has a request again.
+    pub retry_after: Duration,
+    /// The limit's burst.
+    pub burst: u32,
+}
+
+/// A keyed rate limit with a name for its refusals and metric label.
 pub struct KeyedLimit<K: Hash + Eq + Clone> {
     name: &'static str,
     burst: u32,
@@ -82,17 +92,17 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> KeyedLimit<K> {
         }
     }
 
-    /// Takes one request for `key`, or a 429 saying when to retry.
-    pub fn check(&self, key: &K) -> Result<(), ApiError> {
+    /// Takes one request for `key`, or says when to retry.
+    pub fn check(&self, key: &K) -> Result<(), RateLimited> {
         self.bound_memory();
         self.limiter.check_key(key).map_err(|not_until| {
             metrics::counter!(sluice_core::telemetry::RATE_LIMITED, "limit" => self.name)
                 .increment(1);
-            ApiError::rate_limited(
-                self.name,
-                not_until.wait_time_from(DefaultClock::default().now()),
-                self.burst,
-            )
+            RateLimited {
+                limit: self.name,
+                retry_after: not_until.wait_time_from(DefaultClock::default().now()),
+                burst: self.burst,
+            }
         })
     }
 
@@ -144,13 +154,14 @@ mod tests {
             limit.check(&"alice".to_string()).unwrap();
         }
         let error = limit.check(&"alice".to_string()).unwrap_err();
-        assert_eq!(error.status, warp::http::StatusCode::TOO_MANY_REQUESTS);
-        let retry = error.retry_after.unwrap();
+        assert_eq!((error.limit, error.burst), ("per user", 3));
+        let retry = error.retry_after;
         assert!(
             retry > Duration::ZERO && retry <= Duration::from_secs(1),
             "{retry:?}"
         );
-        let response = warp::Reply::into_response(error);
+        let response = warp::Reply::into_response(crate::error::ApiError::from(error));
+        assert_eq!(response.status(), warp::http::StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(response.headers()["ratelimit-limit"], "3");
         assert_eq!(response.headers()["ratelimit-remaining"], "0");
         assert_eq!(response.headers()["ratelimit-reset"], "1");
@@ -171,11 +182,7 @@ mod tests {
         );
         limit.check(&"alice".to_string()).unwrap();
         limit.check(&"alice".to_string()).unwrap();
-        let retry = limit
-            .check(&"alice".to_string())
-            .unwrap_err()
-            .retry_after
-            .unwrap();
+        let retry = limit.check(&"alice".to_string()).unwrap_err().retry_after;
         assert!(
             retry > Duration::from_secs(4) && retry <= Duration::from_secs(6),
             "{retry:?}"

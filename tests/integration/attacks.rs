@@ -902,11 +902,41 @@ fn rs256_keys_sign_and_verify_and_refuse_confusion() {
     let now = now_secs();
     let confused = hs256("rsa-1", &std::fs::read(&public).unwrap(), &claims_json(now));
     assert_eq!(
-        authority.verify(&confused).unwrap_err().message,
+        authority.verify(&confused).unwrap_err().to_string(),
         "the token's algorithm is not accepted for its key"
     );
 }
 
 fn claims_json(now: u64) -> serde_json::Value {
     claims("alice", Some("sluice-orders"), now, now, now + 60)
+}
+
+/// `sluice token` with a ring that can only verify (an EdDSA key without its private key)
+/// says which setting to change, not an HTTP error's message.
+#[test]
+fn sluice_token_says_which_key_setting_to_fix() {
+    let test = test_topology_on(Backend::Embedded, "tokencli", &["alice"], |t| t);
+    let dir = test.dir.path();
+    let (_, public) = ed25519_keys(dir, "ed-verify");
+    let secret_line = test
+        .text
+        .lines()
+        .find(|l| l.starts_with("jwt_secret = "))
+        .unwrap();
+    let text = test.text.replace(secret_line, "").replace(
+        "[ingress.rate_limits]",
+        &format!(
+            "[[ingress.auth.keys]]\nkid = \"ed-verify\"\nalgorithm = \"EdDSA\"\npublic_key_file = {public:?}\n\n[ingress.rate_limits]"
+        ),
+    );
+    std::fs::write(&test.path, text).unwrap();
+    let output = sluice(&["token", "--user", "alice"], &test.path, &[]);
+    assert!(!output.status.success());
+    assert!(output.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("key \"ed-verify\" has no private_key_file")
+            && stderr.contains("ingress.auth.signing_kid"),
+        "{stderr}"
+    );
 }

@@ -11,6 +11,7 @@ use sluice_ingress::capability::{
     attenuate, generate_root_keypair, inspect, mint, CapabilityAuthority, CapabilityError,
     OrderRequestFacts, Restrictions,
 };
+use sluice_ingress::error::ApiError;
 
 struct Root {
     private: String,
@@ -43,7 +44,7 @@ fn forbidden(result: Result<String, CapabilityError>) -> CapabilityError {
         "expected a 403-kind error, got {error:?}"
     );
     assert!(!error.is_unauthenticated());
-    assert_eq!(error.status().as_u16(), 403);
+    assert_eq!(ApiError::from(error.clone()).status.as_u16(), 403);
     error
 }
 
@@ -54,7 +55,7 @@ fn unauthenticated(result: Result<String, CapabilityError>) -> CapabilityError {
         "expected a 401-kind error, got {error:?}"
     );
     assert!(!error.is_forbidden());
-    assert_eq!(error.status().as_u16(), 401);
+    assert_eq!(ApiError::from(error.clone()).status.as_u16(), 401);
     error
 }
 

@@ -82,7 +82,10 @@ pub async fn handle(
             "unknown user or wrong password",
         ));
     }
-    let token = state.tokens.issue(&request.username)?;
+    let token = state.tokens.issue(&request.username).map_err(|error| {
+        tracing::error!(%error, "a login succeeded but no token can be issued");
+        ApiError::from(error)
+    })?;
     Ok(warp::reply::json(&json!({
         "token": token,
         "tokenType": "Bearer",
