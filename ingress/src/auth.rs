@@ -282,6 +282,13 @@ pub struct TokenAuthority {
     config: RwLock<Arc<AuthConfig>>,
     base_dir: PathBuf,
     ring: RwLock<Arc<KeyRing>>,
+    /// Counts [`verify`](Self::verify) calls (registered once, here).
+    verifications: metrics::Counter,
+}
+
+/// The verification counter of JWTs.
+fn verification_counter() -> metrics::Counter {
+    metrics::counter!(crate::principal::AUTH_VERIFICATIONS, "kind" => "jwt")
 }
 
 fn now_secs() -> u64 {
@@ -299,6 +306,7 @@ impl TokenAuthority {
             config: RwLock::new(Arc::new(config.clone())),
             base_dir: base_dir.to_path_buf(),
             ring: RwLock::new(Arc::new(ring)),
+            verifications: verification_counter(),
         })
     }
 
@@ -326,6 +334,7 @@ impl TokenAuthority {
             config: RwLock::new(Arc::new(config)),
             base_dir: PathBuf::new(),
             ring: RwLock::new(Arc::new(ring)),
+            verifications: verification_counter(),
         }
     }
 
@@ -400,8 +409,10 @@ impl TokenAuthority {
         })
     }
 
-    /// The claims of a valid token.
+    /// The claims of a valid token. Counted in
+    /// [`AUTH_VERIFICATIONS`](crate::principal::AUTH_VERIFICATIONS).
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        self.verifications.increment(1);
         let header = decode_header(token).map_err(TokenError::Malformed)?;
         let (ring, config) = (self.ring(), self.config());
         let key = match &header.kid {

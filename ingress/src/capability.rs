@@ -14,7 +14,7 @@
 //! - `right("order")` — the operation it allows;
 //! - optionally `check if time($t), $t <= <expiry>` — a lifetime.
 //!
-//! Request facts added by the ingress for each request (see [`CapabilityAuthority::authorize`]):
+//! Request facts added by the ingress for each request (see [`VerifiedCapability::authorize`]):
 //!
 //! - `operation("order")`, `request_user("alice")`, `product("widget")`, `quantity(3)`,
 //!   `time(<now>)`.
@@ -249,6 +249,12 @@ pub struct CapabilityAuthority {
     roots: Vec<PublicKey>,
     revoked: HashSet<Vec<u8>>,
     limits: AuthorizerLimits,
+    verifications: metrics::Counter,
+}
+
+/// The verification counter of capability tokens, registered once per authority.
+fn verification_counter() -> metrics::Counter {
+    metrics::counter!(crate::principal::AUTH_VERIFICATIONS, "kind" => "capability")
 }
 
 impl CapabilityAuthority {
@@ -259,6 +265,7 @@ impl CapabilityAuthority {
             roots: vec![parse_public_key(hex)?],
             revoked: HashSet::new(),
             limits: DEFAULT_LIMITS,
+            verifications: verification_counter(),
         })
     }
 
@@ -284,6 +291,7 @@ impl CapabilityAuthority {
             roots,
             revoked: HashSet::new(),
             limits: DEFAULT_LIMITS,
+            verifications: verification_counter(),
         })
     }
 
@@ -332,7 +340,7 @@ impl CapabilityAuthority {
         restrictions: &Restrictions,
     ) -> Result<String, CapabilityError> {
         let block = restrictions.block()?;
-        self.verify(token_base64)?
+        self.verify_signatures(token_base64)?
             .append(block)
             .and_then(|token| token.to_base64())
             .map_err(classify)
@@ -341,7 +349,7 @@ impl CapabilityAuthority {
     /// A human-readable listing of a token this authority verifies: each block's facts, rules
     /// and checks as Datalog, with its revocation id.
     pub fn inspect(&self, token_base64: &str) -> Result<String, CapabilityError> {
-        let token = self.verify(token_base64)?;
+        let token = self.verify_signatures(token_base64)?;
         let revocation = token.revocation_identifiers();
         let mut out = String::new();
         for index in 0..token.block_count() {
@@ -363,8 +371,9 @@ impl CapabilityAuthority {
     }
 
     /// Parses `token_base64` and verifies it against the trusted roots and the revocation
-    /// list.
-    fn verify(&self, token_base64: &str) -> Result<Biscuit, CapabilityError> {
+    /// list. Counted in [`AUTH_VERIFICATIONS`](crate::principal::AUTH_VERIFICATIONS).
+    fn verify_signatures(&self, token_base64: &str) -> Result<Biscuit, CapabilityError> {
+        self.verifications.increment(1);
         let mut refused = CapabilityError::BadSignature;
         for root in &self.roots {
             match parse_token(token_base64, *root) {
@@ -387,11 +396,12 @@ impl CapabilityAuthority {
         Err(refused)
     }
 
-    /// The user a genuine token speaks for (its authority `user` fact), without authorizing
-    /// any request: for a caller that must learn the principal before it can describe the
-    /// request. Always follow with [`authorize`](Self::authorize).
-    pub fn token_user(&self, token_base64: &str) -> Result<String, CapabilityError> {
-        let token = self.verify(token_base64)?;
+    /// Verifies a token (signature chain, revocation) and learns the user it speaks for (its
+    /// authority `user` fact), without authorizing any request: the ingress does this once per
+    /// request, before it can describe the request, then calls
+    /// [`VerifiedCapability::authorize`].
+    pub fn verify(&self, token_base64: &str) -> Result<VerifiedCapability, CapabilityError> {
+        let token = self.verify_signatures(token_base64)?;
         // Not `token.authorizer()`: that one runs under biscuit's default 1 ms time limit.
         let mut authorizer = AuthorizerBuilder::new()
             .set_limits(self.limits.clone())
@@ -401,20 +411,54 @@ impl CapabilityAuthority {
             .query_with_limits("principal($u) <- user($u)", self.limits.clone())
             .map_err(classify)?;
         match users.as_slice() {
-            [(user,)] => Ok(user.clone()),
+            [(user,)] => Ok(VerifiedCapability {
+                user: user.clone(),
+                token,
+                limits: self.limits.clone(),
+            }),
             _ => Err(CapabilityError::Denied),
         }
     }
 
-    /// Authorizes `request` at time `now` with the token; returns the principal (the token's
-    /// `user`) on success. See the [module documentation](self) for the Datalog involved.
+    /// Verifies the token and authorizes `request` at time `now` with it; returns the
+    /// principal (the token's `user`) on success. See the [module documentation](self) for
+    /// the Datalog involved.
     pub fn authorize(
         &self,
         token_base64: &str,
         request: &OrderRequestFacts,
         now: SystemTime,
     ) -> Result<String, CapabilityError> {
-        let token = self.verify(token_base64)?;
+        let verified = self.verify(token_base64)?;
+        verified.authorize(request, now)?;
+        Ok(verified.user)
+    }
+}
+
+/// A capability token whose signature chain verified with a trusted root and that no
+/// revocation lists, with the user it speaks for. What it allows is still to be authorized
+/// per request ([`authorize`](Self::authorize)), since its checks are about the request.
+#[derive(Debug, Clone)]
+pub struct VerifiedCapability {
+    user: String,
+    token: Biscuit,
+    limits: AuthorizerLimits,
+}
+
+impl VerifiedCapability {
+    /// The user the token speaks for.
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
+    /// Authorizes `request` at time `now`: every check of every block must hold and the
+    /// ingress's allow policy must match (see the [module documentation](self)). No
+    /// signature is verified again.
+    pub fn authorize(
+        &self,
+        request: &OrderRequestFacts,
+        now: SystemTime,
+    ) -> Result<(), CapabilityError> {
         let mut authorizer = authorizer!(
             r#"
             operation({operation});
@@ -432,22 +476,10 @@ impl CapabilityAuthority {
             now = date(now),
         )
         .set_limits(self.limits.clone())
-        .build(&token)
+        .build(&self.token)
         .map_err(classify)?;
         authorizer.authorize().map_err(classify)?;
-        // The allow policy matched, so the token's `user` is the requested user; read it back
-        // from the token's own facts rather than trusting the request.
-        let principals: Vec<(String,)> = authorizer
-            .query_with_limits(
-                "principal($u) <- user($u), request_user($u)",
-                self.limits.clone(),
-            )
-            .map_err(classify)?;
-        principals
-            .into_iter()
-            .next()
-            .map(|(user,)| user)
-            .ok_or(CapabilityError::Denied)
+        Ok(())
     }
 }
 
@@ -657,7 +689,7 @@ mod tests {
             .unwrap_err();
         assert_eq!(refused, CapabilityError::Denied);
         assert!(refused.is_forbidden());
-        assert_eq!(authority.token_user(&token), Ok("alice".to_string()));
+        assert_eq!(authority.verify(&token).unwrap().user(), "alice");
     }
 
     #[test]

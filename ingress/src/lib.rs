@@ -43,7 +43,8 @@ use warp::{Filter, Reply};
 use crate::auth::TokenAuthority;
 use crate::error::ApiError;
 use crate::limits::KeyedLimit;
-use crate::principal::AuthenticationError;
+pub use crate::principal::Principal;
+use crate::principal::{Authentication, AuthenticationError};
 pub use crate::users::Users;
 
 /// The rate limits of the ingress.
@@ -135,30 +136,6 @@ fn load_capabilities(
     Ok(Some(Arc::new(authority)))
 }
 
-/// Who a request speaks for, and how it proved it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Principal {
-    /// A user authenticated by a JWT.
-    Jwt(auth::Claims),
-    /// A user holding a biscuit capability token, still to be authorized per request.
-    Capability {
-        /// The token's user.
-        user: String,
-        /// The token, for the per-request authorization.
-        token: String,
-    },
-}
-
-impl Principal {
-    /// The user the request speaks for.
-    pub fn user(&self) -> &str {
-        match self {
-            Principal::Jwt(claims) => &claims.sub,
-            Principal::Capability { user, .. } => user,
-        }
-    }
-}
-
 impl State {
     /// Authenticates the bearer token: a JWT, or (when configured) a biscuit capability
     /// token. A JWT has three dot-separated parts; a biscuit has none.
@@ -166,11 +143,7 @@ impl State {
         let token = principal::bearer(headers)?;
         let principal = match self.capabilities() {
             Some(capabilities) if !token.contains('.') => {
-                let user = capabilities.token_user(token)?;
-                Principal::Capability {
-                    user,
-                    token: token.to_string(),
-                }
+                Principal::Capability(Box::new(capabilities.verify(token)?))
             }
             _ => Principal::Jwt(self.tokens.verify(token)?),
         };
@@ -447,16 +420,21 @@ fn order_routes(state: &Arc<State>) -> BoxedFilter<(Response,)> {
     let create = warp::path!("order")
         .and(warp::post())
         .and(with_state(state))
+        .and(principal::authenticated(state))
         .and(server::client_addr())
         .and(warp::header::headers_cloned())
         .and(warp::body::stream())
         .then(
-            |state: Arc<State>, client: Option<SocketAddr>, headers: HeaderMap, body| async move {
+            |state: Arc<State>,
+             principal: Authentication,
+             client: Option<SocketAddr>,
+             headers: HeaderMap,
+             body| async move {
                 respond("order", async {
-                    // Authenticate before reading the body: strangers cannot make us buffer it.
-                    state.authenticate(&headers)?;
+                    // Refused before the body is read: strangers cannot make us buffer it.
+                    let principal = principal?;
                     let body = body::read_limited(&headers, body, &state.config).await?;
-                    routes::order::create(&state, &headers, client, &body).await
+                    routes::order::create(&state, &principal, &headers, client, &body).await
                 })
                 .await
             },
@@ -464,10 +442,13 @@ fn order_routes(state: &Arc<State>) -> BoxedFilter<(Response,)> {
     let status = warp::path!("order" / String)
         .and(warp::get())
         .and(with_state(state))
-        .and(warp::header::headers_cloned())
+        .and(principal::authenticated(state))
         .then(
-            |id: String, state: Arc<State>, headers: HeaderMap| async move {
-                respond("order_status", routes::order::status(&state, &headers, &id)).await
+            |id: String, state: Arc<State>, principal: Authentication| async move {
+                respond("order_status", async {
+                    routes::order::status(&state, &principal?, &id).await
+                })
+                .await
             },
         );
     create.or(status).unify().boxed()

@@ -1,10 +1,57 @@
 //! Authentication of a request: its `Authorization: Bearer <token>` header, a JWT or a
 //! biscuit capability token, becomes the [`Principal`] the request speaks for.
+//!
+//! Every route that needs a principal takes it from the one filter [`authenticated`], so a
+//! request's token is verified exactly once; [`AUTH_VERIFICATIONS`] counts the
+//! verifications.
+
+use std::convert::Infallible;
+use std::sync::Arc;
 
 use warp::http::{header, HeaderMap};
+use warp::Filter;
 
-use crate::auth::TokenError;
-use crate::capability::CapabilityError;
+use crate::auth::{Claims, TokenError};
+use crate::capability::{CapabilityError, VerifiedCapability};
+use crate::State;
+
+/// Counter of token verifications, labelled `kind` (`jwt` or `capability`): one per request
+/// with a bearer token on a route that needs one, accepted or refused. Registered when a key
+/// ring or capability authority is built.
+pub const AUTH_VERIFICATIONS: &str = "sluice_auth_verifications_total";
+
+/// Who a request speaks for, and how it proved it.
+#[derive(Debug, Clone)]
+pub enum Principal {
+    /// A user authenticated by a JWT.
+    Jwt(Claims),
+    /// A user holding a verified biscuit capability token, whose checks are still to be
+    /// authorized against the request ([`VerifiedCapability::authorize`]).
+    Capability(Box<VerifiedCapability>),
+}
+
+impl Principal {
+    /// The user the request speaks for.
+    pub fn user(&self) -> &str {
+        match self {
+            Principal::Jwt(claims) => &claims.sub,
+            Principal::Capability(capability) => capability.user(),
+        }
+    }
+}
+
+/// What [`authenticated`] extracts: the principal, or why the request has none.
+pub type Authentication = Result<Principal, AuthenticationError>;
+
+/// The one filter that authenticates a request (see [`State::authenticate`]): it extracts the
+/// principal, or why there is none, for the handler to answer. It never rejects, so the
+/// handler's response and metrics cover refused credentials too.
+pub fn authenticated(
+    state: &Arc<State>,
+) -> impl Filter<Extract = (Authentication,), Error = Infallible> + Clone {
+    let state = state.clone();
+    warp::header::headers_cloned().map(move |headers: HeaderMap| state.authenticate(&headers))
+}
 
 /// Why a request could not be authenticated.
 #[derive(Debug, thiserror::Error)]

@@ -940,3 +940,94 @@ fn sluice_token_says_which_key_setting_to_fix() {
         "{stderr}"
     );
 }
+
+/// `sluice_auth_verifications_total{kind}` of the process serving `base` (0 when absent).
+async fn verifications(client: &reqwest::Client, base: &str, kind: &str) -> u64 {
+    let text = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let prefix = format!("sluice_auth_verifications_total{{kind=\"{kind}\"}} ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .map_or(0, |value| value.trim().parse().unwrap())
+}
+
+/// Each request verifies its token once, whatever route and token kind, accepted or refused.
+/// Runs its own process, so that no other test's requests are counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_request_verifies_its_token_once() {
+    use sluice_ingress::capability::{attenuate, generate_root_keypair, mint, Restrictions};
+    let ports = Ports::free();
+    let test = test_topology_on(Backend::Embedded, "verifyonce", &["alice"], |t| {
+        ports.apply(t)
+    });
+    let (private, public) = generate_root_keypair();
+    let key_file = test.dir.path().join("biscuit-root.pub");
+    std::fs::write(&key_file, &public).unwrap();
+    let settings = format!(
+        "biscuit_public_key_file = {:?}",
+        key_file.display().to_string()
+    );
+    std::fs::write(&test.path, with_auth_settings(&test.text, &settings)).unwrap();
+    let base = ports.order_base();
+    let mut child = start_sluice(
+        &test.path,
+        &test.dir.path().join("run.log"),
+        &[("RUST_LOG", "warn")],
+    );
+    wait_ready(&base, &mut child).await;
+    let client = reqwest::Client::new();
+    let counts = || async {
+        (
+            verifications(&client, &base, "jwt").await,
+            verifications(&client, &base, "capability").await,
+        )
+    };
+    assert_eq!(counts().await, (0, 0));
+
+    let jwt = login(&client, &ports.login_base(), "alice").await;
+    assert_eq!(counts().await, (0, 0), "issuing a token verifies none");
+    assert_eq!(order(&client, &base, &jwt).await.0, 202);
+    assert_eq!(counts().await, (1, 0), "POST /order with a JWT");
+    let read = client
+        .get(format!("{base}/order/01a2136e-1011-7166-b62d-77bb390cf211"))
+        .bearer_auth(&jwt)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), 404);
+    assert_eq!(counts().await, (2, 0), "GET /order/{{id}} with a JWT");
+    let forged = format!("{}.forged-signature", &jwt[..jwt.rfind('.').unwrap()]);
+    assert_eq!(order(&client, &base, &forged).await.0, 401);
+    assert_eq!(counts().await, (3, 0), "a refused JWT");
+
+    let capability = mint(&private, "alice", Some(Duration::from_secs(600))).unwrap();
+    assert_eq!(order(&client, &base, &capability).await.0, 202);
+    assert_eq!(
+        counts().await,
+        (3, 1),
+        "POST /order with a capability token"
+    );
+    let gizmos_only = attenuate(
+        &capability,
+        &public,
+        &Restrictions {
+            products: Some(vec!["gizmo".into()]),
+            max_quantity: None,
+            expires_at: None,
+        },
+    )
+    .unwrap();
+    assert_eq!(order(&client, &base, &gizmos_only).await.0, 403);
+    assert_eq!(
+        counts().await,
+        (3, 2),
+        "a capability token refused by its checks"
+    );
+    assert!(terminate(child).success());
+}

@@ -225,7 +225,7 @@ fn attenuation_cannot_widen_rights() {
             .unwrap(),
         "alice"
     );
-    assert_eq!(root.authority.token_user(&forged).unwrap(), "alice");
+    assert_eq!(root.authority.verify(&forged).unwrap().user(), "alice");
 
     // A later block cannot feed the authority block's expiry check an old time.
     let expiring = mint(&root.private, "alice", Some(Duration::from_secs(30))).unwrap();

@@ -27,14 +27,15 @@ struct OrderRequest {
     quantity: i64,
 }
 
-/// Accepts one order: authenticate, rate-limit, parse, append, answer 202 once durable.
+/// Accepts one order from an authenticated `principal`: rate-limit, parse, authorize a
+/// capability token's checks, append, answer 202 once durable.
 pub async fn create(
     state: &State,
+    principal: &Principal,
     headers: &HeaderMap,
     client: Option<SocketAddr>,
     body: &[u8],
 ) -> Result<Response, ApiError> {
-    let principal = state.authenticate(headers)?;
     state
         .limits
         .orders_per_principal
@@ -52,21 +53,13 @@ pub async fn create(
             request.user_id
         )));
     }
-    if let Principal::Capability { token, .. } = &principal {
-        // Read again: a reload since authentication may have removed capability tokens.
-        let Some(capabilities) = state.capabilities() else {
-            return Err(ApiError::unauthorized(
-                "capability tokens are not accepted any more",
-            ));
-        };
+    if let Principal::Capability(capability) = principal {
         let facts = OrderRequestFacts {
             user_id: request.user_id.clone(),
             product: request.product.clone(),
             quantity: request.quantity,
         };
-        capabilities
-            .authorize(token, &facts, std::time::SystemTime::now())
-            .map_err(ApiError::from)?;
+        capability.authorize(&facts, std::time::SystemTime::now())?;
     }
     let idempotent = state
         .idempotency
@@ -135,11 +128,10 @@ async fn append(state: &State, order: &RawOrder) -> Result<serde_json::Value, Ap
     }))
 }
 
-/// Reports one of the caller's orders: stored (with the row), rejected (with the reason),
+/// Reports one of `principal`'s orders: stored (with the row), rejected (with the reason),
 /// pending (recent and not yet anywhere), or 404.
-pub async fn status(state: &State, headers: &HeaderMap, id: &str) -> Result<Response, ApiError> {
-    let principal = state.authenticate(headers)?;
-    if matches!(principal, Principal::Capability { .. }) {
+pub async fn status(state: &State, principal: &Principal, id: &str) -> Result<Response, ApiError> {
+    if matches!(principal, Principal::Capability(_)) {
         // Capability tokens grant placing orders under their checks, nothing more.
         return Err(ApiError::forbidden(
             "capability tokens can only place orders; read orders with a token from POST /login",
