@@ -167,7 +167,8 @@ pub async fn run(
             &topology.base_dir,
             log.clone(),
             lookup,
-        )?;
+        )
+        .await?;
         reload_on_hangup(
             ingress.reloader(),
             topology.source.clone(),
@@ -264,7 +265,7 @@ fn reload_on_hangup(
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
-                _ = hangups.recv() => match reloader.reload((!topology.as_os_str().is_empty()).then_some(topology.as_path())) {
+                _ = hangups.recv() => match reloader.reload((!topology.as_os_str().is_empty()).then_some(topology.as_path())).await {
                     Ok(()) => {}
                     Err(error) => tracing::error!(%error, "reload failed; the previous keys and users stay in force"),
                 },

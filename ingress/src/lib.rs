@@ -69,7 +69,18 @@ impl Reloader {
     /// Re-reads the key files, the biscuit root keys and revocation list, and the users file,
     /// and, when the topology's file is known, its `[ingress.auth]` key settings (added or
     /// retired keys, the signing key). On error the previous keys and users stay in force.
-    pub fn reload(&self, topology: Option<&std::path::Path>) -> Result<(), IngressError> {
+    /// The files are read, and in production mode the passwords checked, on a blocking
+    /// thread.
+    pub async fn reload(&self, topology: Option<&std::path::Path>) -> Result<(), IngressError> {
+        let (state, topology) = (
+            self.state.clone(),
+            topology.map(std::path::Path::to_path_buf),
+        );
+        blocking(move || Self::reload_now(&state, topology.as_deref())).await?
+    }
+
+    /// [`reload`](Self::reload), on the calling thread (it blocks).
+    fn reload_now(state: &State, topology: Option<&std::path::Path>) -> Result<(), IngressError> {
         let auth = match topology {
             Some(path) => Some(
                 sluice_core::topology::load(path)
@@ -80,9 +91,11 @@ impl Reloader {
             None => None,
         };
         // Everything is loaded and checked before anything is swapped.
-        let users = Users::load(&self.state.users_path)?;
-        if self.state.config.mode == sluice_core::topology::Mode::Production {
-            let mut config = self.state.config.clone();
+        let users = Users::load(&state.users_path)?;
+        // Development mode only warns of weaknesses at start: only production mode checks
+        // the reloaded settings and passwords.
+        if state.config.mode == sluice_core::topology::Mode::Production {
+            let mut config = state.config.clone();
             if let Some(auth) = &auth {
                 config.auth = auth.clone();
             }
@@ -91,20 +104,16 @@ impl Reloader {
                 return Err(IngressError::Insecure(weaknesses));
             }
         }
-        let capabilities = load_capabilities(
-            auth.as_ref().unwrap_or(&self.state.config.auth),
-            &self.state.base_dir,
-        )?;
-        self.state.tokens.reload(auth.as_ref())?;
+        let capabilities =
+            load_capabilities(auth.as_ref().unwrap_or(&state.config.auth), &state.base_dir)?;
+        state.tokens.reload(auth.as_ref())?;
         let count = users.len();
         let revoked = capabilities.as_ref().map_or(0, |c| c.revoked_count());
-        *self
-            .state
+        *state
             .users
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(users);
-        *self
-            .state
+        *state
             .capabilities
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = capabilities;
@@ -115,6 +124,44 @@ impl Reloader {
         );
         Ok(())
     }
+}
+
+/// Runs `work` (file reads, argon2id) on a blocking thread, off the async workers. A panic in
+/// `work` resumes here.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, IngressError> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(value) => Ok(value),
+        Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+        Err(_) => Err(IngressError::ShuttingDown),
+    }
+}
+
+/// Development mode starts whatever the settings, so their weaknesses are warnings only: they
+/// are looked for on a blocking thread while the ingress serves. The password checks (an
+/// argon2id run per user and well-known password) stop early when the ingress drains or is
+/// dropped.
+fn warn_of_weaknesses(state: &Arc<State>) {
+    let config = state.config.clone();
+    let users = state.users();
+    let (alive, draining) = (Arc::downgrade(state), state.draining.clone());
+    let warn = |weakness: &str| {
+        tracing::warn!(weakness, "DEVELOPMENT MODE: not safe for production");
+    };
+    tokio::task::spawn_blocking(move || {
+        for weakness in security::setting_weaknesses(&config) {
+            warn(&weakness);
+        }
+        for name in users.names() {
+            if alive.strong_count() == 0 || draining.is_cancelled() {
+                return;
+            }
+            if let Some(weakness) = security::password_weakness(&config, &users, name) {
+                warn(&weakness);
+            }
+        }
+    });
 }
 
 /// Loads the biscuit root key(s) and revocation list that `auth` names, if any.
@@ -223,43 +270,47 @@ pub enum IngressError {
     /// The topology could not be reloaded.
     #[error("cannot reload the topology: {0}")]
     Topology(#[source] sluice_core::topology::TopologyError),
+    /// The runtime shut down before the files were read.
+    #[error("the ingress could not load its users and keys: the runtime is shutting down")]
+    ShuttingDown,
     /// Production mode found settings that must change first.
     #[error("production mode refuses to start:\n{}", .0.iter().map(|w| format!("  - {w}")).collect::<Vec<_>>().join("\n"))]
     Insecure(Vec<String>),
 }
 
 impl Ingress {
-    /// Builds the ingress: loads the users file and the token keys (paths resolve against
-    /// `base_dir`, the topology file's folder). Call within a Tokio runtime (rate-limit
-    /// sweepers are spawned).
-    pub fn new(
+    /// Builds the ingress: reads the users file and the token and capability keys (paths
+    /// resolve against `base_dir`, the topology file's folder) on a blocking thread. In
+    /// production mode weak settings or passwords refuse the build
+    /// ([`IngressError::Insecure`]), checked on that thread too; in development mode they are
+    /// only warned of, from a blocking thread, while the ingress serves.
+    pub async fn new(
         config: IngressConfig,
         base_dir: &std::path::Path,
         log: Arc<dyn Log>,
         lookup: Arc<dyn OrderLookup>,
     ) -> Result<Self, IngressError> {
-        let users_path = sluice_core::topology::resolve_relative(base_dir, &config.auth.users_file);
-        let users = Users::load(&users_path)?;
+        let (users_path, users, tokens, capabilities) = {
+            let (config, base_dir) = (config.clone(), base_dir.to_path_buf());
+            blocking(move || {
+                let users_path =
+                    sluice_core::topology::resolve_relative(&base_dir, &config.auth.users_file);
+                let users = Users::load(&users_path)?;
+                if config.mode == sluice_core::topology::Mode::Production {
+                    let weaknesses = security::weaknesses(&config, &users);
+                    if !weaknesses.is_empty() {
+                        return Err(IngressError::Insecure(weaknesses));
+                    }
+                }
+                let tokens = TokenAuthority::from_config(&config.auth, &base_dir)?;
+                let capabilities = load_capabilities(&config.auth, &base_dir)?;
+                Ok((users_path, users, tokens, capabilities))
+            })
+            .await??
+        };
         if users.is_empty() {
             tracing::warn!(file = %users_path.display(), "the users file has no users; add one with `sluice users add <name>`");
         }
-        let weaknesses = security::weaknesses(&config, &users);
-        match config.mode {
-            sluice_core::topology::Mode::Production if !weaknesses.is_empty() => {
-                return Err(IngressError::Insecure(weaknesses));
-            }
-            sluice_core::topology::Mode::Production => {}
-            sluice_core::topology::Mode::Development => {
-                for weakness in &weaknesses {
-                    tracing::warn!(
-                        weakness = weakness.as_str(),
-                        "DEVELOPMENT MODE: not safe for production"
-                    );
-                }
-            }
-        }
-        let tokens = TokenAuthority::from_config(&config.auth, base_dir)?;
-        let capabilities = load_capabilities(&config.auth, base_dir)?;
         let rates = &config.rate_limits;
         let limits = Limits {
             orders_per_principal: KeyedLimit::new("per user on /order", rates.orders_per_principal),
@@ -292,9 +343,11 @@ impl Ingress {
             idempotency,
             password_checks: tokio::sync::Semaphore::new(2 * cores),
         };
-        Ok(Ingress {
-            state: Arc::new(state),
-        })
+        let state = Arc::new(state);
+        if state.config.mode == sluice_core::topology::Mode::Development {
+            warn_of_weaknesses(&state);
+        }
+        Ok(Ingress { state })
     }
 
     /// A handle that reloads the token keys and the users file (the binary calls it on SIGHUP).

@@ -26,8 +26,21 @@ pub const DEFAULT_PASSWORDS: &[&str] = &[
 /// Shortest HMAC secret accepted in production: HS256 needs 256 bits.
 pub const MIN_HMAC_SECRET_BYTES: usize = 32;
 
-/// Every weakness of `config` and `users`, each saying what to change.
+/// Every weakness of `config` and `users`, each saying what to change. CPU-heavy (see
+/// [`password_weakness`]): call from a blocking thread.
 pub fn weaknesses(config: &IngressConfig, users: &Users) -> Vec<String> {
+    let mut found = setting_weaknesses(config);
+    found.extend(
+        users
+            .names()
+            .into_iter()
+            .filter_map(|name| password_weakness(config, users, name)),
+    );
+    found
+}
+
+/// The weaknesses of the token key settings (development or short HS256 secrets).
+pub fn setting_weaknesses(config: &IngressConfig) -> Vec<String> {
     let mut found = Vec::new();
     let mut check_secret = |setting: String, secret: &str| {
         if secret == DEVELOPMENT_SECRET {
@@ -50,14 +63,21 @@ pub fn weaknesses(config: &IngressConfig, users: &Users) -> Vec<String> {
             );
         }
     }
-    for name in users.names() {
-        if let Some(password) = DEFAULT_PASSWORDS.iter().find(|p| users.verify(name, p)) {
-            let _ = password; // never repeat the password itself
-            found.push(format!(
+    found
+}
+
+/// The weakness of user `name`, when their password is one of [`DEFAULT_PASSWORDS`]. Runs
+/// up to one argon2id check per default password (tens of milliseconds each): call from a
+/// blocking thread.
+pub fn password_weakness(config: &IngressConfig, users: &Users, name: &str) -> Option<String> {
+    // Never repeat the password itself.
+    DEFAULT_PASSWORDS
+        .iter()
+        .any(|password| users.verify(name, password))
+        .then(|| {
+            format!(
                 "user {name:?} in {} has a well-known default password; change it with `sluice users add {name}`",
                 config.auth.users_file.display()
-            ));
-        }
-    }
-    found
+            )
+        })
 }

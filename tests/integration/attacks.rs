@@ -457,6 +457,39 @@ async fn production_mode_refuses_weak_settings_and_says_what_to_change() {
         dir.path().join("users.toml"),
     )
     .unwrap();
+    // Development mode starts with the same settings, then warns of each weakness.
+    let listen = format!("127.0.0.1:{}", free_port());
+    let log_file = dir.path().join("development.log");
+    let mut child = start_sluice(
+        &topology,
+        &log_file,
+        &[
+            ("SLUICE_LOGIN_LISTEN", listen.as_str()),
+            ("SLUICE_ORDER_LISTEN", listen.as_str()),
+        ],
+    );
+    wait_ready(&format!("http://{listen}"), &mut child).await;
+    eventually(
+        Duration::from_secs(20),
+        "a warning for each weakness",
+        || async {
+            let log = std::fs::read_to_string(&log_file).unwrap();
+            let warnings: Vec<&str> = log
+                .lines()
+                .filter(|l| l.contains("DEVELOPMENT MODE: not safe for production"))
+                .collect();
+            warnings.len() == 3
+                && warnings[0].contains("jwt_secret is the development default")
+                && warnings.iter().any(|w| w.contains(r#"user \"alice\""#))
+                && warnings.iter().any(|w| w.contains(r#"user \"bob\""#))
+        },
+    )
+    .await;
+    assert!(terminate(child).success());
+    assert!(!std::fs::read_to_string(&log_file)
+        .unwrap()
+        .contains("wonderland"));
+
     let production = [
         ("SLUICE_MODE", "production"),
         ("SLUICE_LOGIN_LISTEN", "127.0.0.1:0"),
@@ -1030,4 +1063,70 @@ async fn each_request_verifies_its_token_once() {
         "a capability token refused by its checks"
     );
     assert!(terminate(child).success());
+}
+
+struct NoOrders;
+
+#[async_trait::async_trait]
+impl sluice_core::lookup::OrderLookup for NoOrders {
+    async fn find(
+        &self,
+        _: &str,
+        _: uuid::Uuid,
+    ) -> Result<sluice_core::lookup::OrderStatus, sluice_core::lookup::LookupError> {
+        Ok(sluice_core::lookup::OrderStatus::Unknown)
+    }
+}
+
+/// Production mode checks each user's password against the well-known ones (dozens of
+/// argon2id runs) at start and on every reload. On a single-threaded runtime a ticker keeps
+/// ticking meanwhile: the checks run on blocking threads, not on the async worker.
+#[tokio::test(flavor = "current_thread")]
+async fn production_password_checks_leave_the_async_worker_free() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+    let test = test_topology_on(
+        Backend::Embedded,
+        "offworker",
+        &["alice", "bob", "carol"],
+        |t| t,
+    );
+    let mut topology = test.topology();
+    topology.ingress.mode = sluice_core::topology::Mode::Production;
+    topology.ingress.auth.jwt_secret = Some(STRONG_SECRET.into());
+    let log = sluice::pipeline::open_log(&topology).unwrap();
+    let ticks = Arc::new(AtomicU32::new(0));
+    let ticker = tokio::spawn({
+        let ticks = ticks.clone();
+        async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                ticks.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    });
+
+    let started = Instant::now();
+    let ingress = sluice_ingress::Ingress::new(
+        topology.ingress.clone(),
+        &topology.base_dir,
+        log,
+        Arc::new(NoOrders),
+    )
+    .await
+    .expect("strong settings and passwords pass production mode");
+    let (during_start, took) = (ticks.swap(0, Ordering::Relaxed), started.elapsed());
+    assert!(
+        during_start >= 5,
+        "the worker ticked {during_start} times in {took:?} of start-up checks"
+    );
+
+    let started = Instant::now();
+    ingress.reloader().reload(None).await.unwrap();
+    let (during_reload, took) = (ticks.swap(0, Ordering::Relaxed), started.elapsed());
+    assert!(
+        during_reload >= 5,
+        "the worker ticked {during_reload} times in {took:?} of reload checks"
+    );
+    ticker.abort();
 }

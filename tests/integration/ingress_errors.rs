@@ -438,6 +438,7 @@ async fn unreachable_broker_means_503_never_2xx() {
         log,
         Arc::new(NoLookup),
     )
+    .await
     .unwrap();
     let token = ingress.state().tokens.issue("alice").unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
