@@ -5,7 +5,8 @@
 //! algorithm, so `alg: none`, algorithm confusion (an HS256 token "signed" with a public key)
 //! and unknown key ids all fail. `iss`, `sub`, `iat` and `exp` are required, `nbf` and `aud`
 //! checked, with a configurable leeway. Key files are re-read by [`TokenAuthority::reload`]
-//! (the binary calls it on SIGHUP), so keys rotate without a restart.
+//! (the ingress's [`Reloader`](crate::Reloader) calls it on SIGHUP), so keys rotate without
+//! a restart.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

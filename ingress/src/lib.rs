@@ -1,12 +1,16 @@
 //! Sluice HTTP ingress (warp).
 //!
 //! - `POST /login` checks a password against argon2id hashes, records a login event in the
-//!   log, and returns an HS256 JWT;
-//! - `POST /order` authenticates the JWT, rate-limits per user and per client address,
+//!   log, and returns a JWT signed with the configured signing key (HS256, EdDSA or RS256:
+//!   see [`auth`]);
+//! - `POST /order` authenticates the bearer token (a JWT, or a biscuit capability token when
+//!   `biscuit_public_key_file` is set: see [`capability`]), rate-limits per user and per
+//!   client address,
 //!   assigns a UUIDv7 order id (or, with an `Idempotency-Key`, an id derived from the user and
 //!   the key: see [`idempotency`]), appends the order to the log keyed by user id, and answers
 //!   `202` **only after the log acknowledged it** (503 if it cannot within the ack timeout);
-//! - `GET /order/{id}` reports one of the caller's orders: stored, rejected or pending;
+//! - `GET /order/{id}` reports one of the caller's orders (JWT only): stored, rejected or
+//!   pending;
 //! - `/healthz`, `/readyz`, `/metrics` for operations.
 //!
 //! By default `/login` is served on one listener and `/order` on another; give both the same
@@ -59,7 +63,8 @@ pub struct Limits {
     pub logins_per_user: KeyedLimit<String>,
 }
 
-/// Reloads token keys and users without a restart; in-flight requests are not disturbed.
+/// Reloads token keys, capability root keys, the revocation list and users without a
+/// restart; in-flight requests are not disturbed.
 #[derive(Clone)]
 pub struct Reloader {
     state: Arc<State>,
@@ -185,7 +190,8 @@ fn load_capabilities(
 
 impl State {
     /// Authenticates the bearer token: a JWT, or (when configured) a biscuit capability
-    /// token. A JWT has three dot-separated parts; a biscuit has none.
+    /// token. A JWT has three dot-separated parts; a biscuit has none. The routes call this
+    /// once per request, through [`principal::authenticated`].
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, AuthenticationError> {
         let token = principal::bearer(headers)?;
         let principal = match self.capabilities() {
@@ -350,7 +356,7 @@ impl Ingress {
         Ok(Ingress { state })
     }
 
-    /// A handle that reloads the token keys and the users file (the binary calls it on SIGHUP).
+    /// A handle that reloads the keys and the users file (the binary calls it on SIGHUP).
     pub fn reloader(&self) -> Reloader {
         Reloader {
             state: self.state.clone(),

@@ -1,7 +1,8 @@
 //! Production readiness of the ingress settings.
 //!
-//! In `mode = "production"` Sluice refuses to start while any of these weaknesses remain, and
-//! says which setting to change; in development mode it starts but warns loudly about each.
+//! In `mode = "production"` Sluice refuses to start, or to reload, while any of these
+//! weaknesses remain, and says which setting to change; in development mode it starts but
+//! warns loudly about each.
 
 use sluice_core::topology::{IngressConfig, JwtAlgorithm};
 

@@ -73,7 +73,8 @@ pub fn hash_password(password: &str) -> Result<String, UsersError> {
 }
 
 impl Users {
-    /// Users from entries (validated: argon2id hashes, unique names).
+    /// Users from entries (validated: argon2id hashes, unique names). Hashes a decoy
+    /// password (argon2id): call from a blocking thread.
     pub fn from_entries(entries: Vec<UserEntry>, origin: &Path) -> Result<Self, UsersError> {
         let invalid = |message: String| UsersError::Invalid {
             path: origin.to_path_buf(),
@@ -106,7 +107,8 @@ impl Users {
         })
     }
 
-    /// Loads the users file at `path`.
+    /// Loads the users file at `path`. Blocking (file read, argon2id): call from a blocking
+    /// thread.
     pub fn load(path: &Path) -> Result<Self, UsersError> {
         let file = read_file(path)?;
         Self::from_entries(file.users, path)

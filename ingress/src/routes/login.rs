@@ -23,7 +23,8 @@ struct LoginRequest {
     password: String,
 }
 
-/// Handles one login: rate limit per address, verify, record the attempt, answer.
+/// Handles one login: rate limit per client address and per user name, verify the password
+/// (on a blocking thread), record the attempt, answer.
 pub async fn handle(
     state: &State,
     client: Option<SocketAddr>,

@@ -27,8 +27,9 @@ struct OrderRequest {
     quantity: i64,
 }
 
-/// Accepts one order from an authenticated `principal`: rate-limit, parse, authorize a
-/// capability token's checks, append, answer 202 once durable.
+/// Accepts one order from an authenticated `principal`: rate-limit, parse, check that the
+/// `userId` is the principal's, authorize a capability token's checks, append, answer 202
+/// once durable.
 pub async fn create(
     state: &State,
     principal: &Principal,
