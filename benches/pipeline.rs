@@ -216,7 +216,7 @@ async fn bench_sinks(backend: Backend, rows: usize) -> String {
     let test = test_topology_on(backend, "bsinks", &[], |t| t);
     let topology = test.topology();
     let log: Arc<dyn Log> = sluice::pipeline::open_log(&topology).unwrap();
-    log::ensure_topology_topics(log.as_ref(), &topology)
+    log::ensure_declared_topics(log.as_ref(), &topology.topics)
         .await
         .unwrap();
     let map = topology.shard_map().unwrap();
@@ -251,7 +251,12 @@ async fn bench_sinks(backend: Backend, rows: usize) -> String {
         let writer = open_shard(&shard.name, &shard.url, &topology.base_dir).unwrap();
         let worker = SinkWorker {
             rejections_topic: None,
-            ..SinkWorker::live(&topology, index)
+            ..SinkWorker::live(
+                shard,
+                index,
+                &topology.sink,
+                &topology.log.consumer_group_prefix,
+            )
         };
         workers.push(tokio::spawn(run_sink_worker(
             log.clone(),

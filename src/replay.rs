@@ -15,10 +15,11 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use sluice_core::log::{Assignment, Log, LogError, StartFrom};
 use sluice_core::telemetry;
-use sluice_core::topology::Topology;
-use sluice_processors::{build_stage, run_stage, StageRunner};
+use sluice_processors::{run_stage, StageRunner};
 use sluice_sinks::{open_shard, run_sink_worker, SinkWorker};
 use tokio_util::sync::CancellationToken;
+
+use crate::topology::Topology;
 
 /// Where a replay starts or stops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -210,8 +211,9 @@ pub async fn replay(
             if ranges.is_empty() {
                 return Ok(ReplayOutcome::finished(0, 0));
             }
-            let stage =
-                build_stage(topology, config).map_err(|e| ReplayError::Stage(e.to_string()))?;
+            let stage = config
+                .build(&topology.stage_context())
+                .map_err(|e| ReplayError::Stage(e.to_string()))?;
             let mut runner = StageRunner::from_config(config, &topology.log.consumer_group_prefix);
             runner.name = format!("replay.{}.{name}", spec.name);
             runner.input = topic.clone();
@@ -281,7 +283,12 @@ pub async fn replay(
                         .map(|&(p, _, end)| ((topic.clone(), p), end))
                         .collect(),
                 ),
-                ..SinkWorker::live(topology, index)
+                ..SinkWorker::live(
+                    config,
+                    index,
+                    &topology.sink,
+                    &topology.log.consumer_group_prefix,
+                )
             };
             let reporter = progress.map(|p| {
                 Arc::new(move |done: u64| p(done, total)) as Arc<dyn Fn(u64) + Send + Sync>

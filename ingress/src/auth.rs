@@ -11,11 +11,11 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
+use crate::config::{AuthConfig, JwtAlgorithm};
 use jsonwebtoken::{
     decode, decode_header, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation,
 };
 use serde::{Deserialize, Serialize};
-use sluice_core::topology::{AuthConfig, JwtAlgorithm};
 use warp::http::HeaderMap;
 
 use crate::error::ApiError;

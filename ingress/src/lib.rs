@@ -15,9 +15,11 @@
 pub mod auth;
 pub mod body;
 pub mod capability;
+pub mod config;
 pub mod error;
 pub mod idempotency;
 pub mod limits;
+pub mod prometheus;
 pub mod routes;
 pub mod security;
 pub mod server;
@@ -31,7 +33,6 @@ use std::time::Instant;
 use sluice_core::log::Log;
 use sluice_core::lookup::OrderLookup;
 use sluice_core::telemetry;
-use sluice_core::topology::IngressConfig;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use warp::filters::BoxedFilter;
@@ -40,6 +41,7 @@ use warp::reply::Response;
 use warp::{Filter, Reply};
 
 use crate::auth::TokenAuthority;
+pub use crate::config::{AuthConfig, IngressConfig, Mode};
 use crate::error::ApiError;
 use crate::limits::KeyedLimit;
 pub use crate::users::Users;
@@ -64,21 +66,13 @@ pub struct Reloader {
 
 impl Reloader {
     /// Re-reads the key files, the biscuit root keys and revocation list, and the users file,
-    /// and, when the topology's file is known, its `[ingress.auth]` key settings (added or
-    /// retired keys, the signing key). On error the previous keys and users stay in force.
-    pub fn reload(&self, topology: Option<&std::path::Path>) -> Result<(), IngressError> {
-        let auth = match topology {
-            Some(path) => Some(
-                sluice_core::topology::load(path)
-                    .map_err(|e| IngressError::Topology(e.to_string()))?
-                    .ingress
-                    .auth,
-            ),
-            None => None,
-        };
+    /// and takes `auth`, the `[ingress.auth]` settings read again from the topology file
+    /// when it is known (added or retired keys, the signing key). On error the previous keys
+    /// and users stay in force.
+    pub fn reload(&self, auth: Option<AuthConfig>) -> Result<(), IngressError> {
         // Everything is loaded and checked before anything is swapped.
         let users = Users::load(&self.state.users_path)?;
-        if self.state.config.mode == sluice_core::topology::Mode::Production {
+        if self.state.config.mode == crate::config::Mode::Production {
             let mut config = self.state.config.clone();
             if let Some(auth) = &auth {
                 config.auth = auth.clone();
@@ -116,7 +110,7 @@ impl Reloader {
 
 /// Loads the biscuit root key(s) and revocation list that `auth` names, if any.
 fn load_capabilities(
-    auth: &sluice_core::topology::AuthConfig,
+    auth: &crate::config::AuthConfig,
     base_dir: &std::path::Path,
 ) -> Result<Option<Arc<capability::CapabilityAuthority>>, IngressError> {
     let Some(keys) = &auth.biscuit_public_key_file else {
@@ -245,9 +239,6 @@ pub enum IngressError {
     /// The biscuit revocation list could not be loaded.
     #[error("ingress.auth.biscuit_revocation_file: {0}")]
     Revocation(String),
-    /// The topology could not be reloaded.
-    #[error("cannot reload the topology: {0}")]
-    Topology(String),
     /// Production mode found settings that must change first.
     #[error("production mode refuses to start:\n{}", .0.iter().map(|w| format!("  - {w}")).collect::<Vec<_>>().join("\n"))]
     Insecure(Vec<String>),
@@ -270,11 +261,11 @@ impl Ingress {
         }
         let weaknesses = security::weaknesses(&config, &users);
         match config.mode {
-            sluice_core::topology::Mode::Production if !weaknesses.is_empty() => {
+            crate::config::Mode::Production if !weaknesses.is_empty() => {
                 return Err(IngressError::Insecure(weaknesses));
             }
-            sluice_core::topology::Mode::Production => {}
-            sluice_core::topology::Mode::Development => {
+            crate::config::Mode::Production => {}
+            crate::config::Mode::Development => {
                 for weakness in &weaknesses {
                     tracing::warn!(
                         weakness = weakness.as_str(),

@@ -10,10 +10,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::config::StageConfig;
 use futures::future::join_all;
 use sluice_core::log::{assign_all, Assignment, Log, LogError, Position, StartFrom};
 use sluice_core::telemetry;
-use sluice_core::topology::StageConfig;
 use tokio_util::sync::CancellationToken;
 
 use crate::stage::{dead_letter, Emission, Outcome, Stage};

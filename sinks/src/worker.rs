@@ -10,11 +10,12 @@ use sluice_core::order::{
 };
 use sluice_core::sharding::ShardMap;
 use sluice_core::telemetry;
-use sluice_core::topology::Topology;
+use sluice_core::topology::ShardConfig;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::config::SinkConfig;
 use crate::writer::{Batch, Fault, Rejection, ShardWriter, SinkError};
 
 /// Settings of one shard's worker.
@@ -31,6 +32,9 @@ pub struct SinkWorker {
     pub rejections_topic: Option<String>,
     /// Name under which positions are stored in the shard (`"sink"` for the live worker).
     pub consumer: String,
+    /// `[log] consumer_group_prefix`: the worker's consumer group on the log is
+    /// `<prefix>.sink.<shard>.<consumer>`.
+    pub group_prefix: String,
     /// Rows per batch.
     pub max_rows: usize,
     /// Longest wait between a batch's first record and its write.
@@ -44,19 +48,19 @@ pub struct SinkWorker {
 }
 
 impl SinkWorker {
-    /// The live worker of shard `index` of `topology`: it stores the shard's own topic and its
-    /// users' rejections, under the positions named `"sink"`, in batches set by `[sink]`, and
-    /// reads partitions with no stored position from the beginning.
-    pub fn live(topology: &Topology, index: usize) -> Self {
-        let shard = &topology.shards[index];
+    /// The live worker of `shard`, the `index`-th of `[[shards]]`: it stores the shard's own
+    /// topic and its users' rejections, under the positions named `"sink"`, in batches set by
+    /// `[sink]`, and reads partitions with no stored position from the beginning.
+    pub fn live(shard: &ShardConfig, index: usize, sink: &SinkConfig, group_prefix: &str) -> Self {
         SinkWorker {
             shard: shard.name.clone(),
             shard_index: index,
             topic: shard.topic.clone(),
-            rejections_topic: topology.sink.rejections_topic.clone(),
+            rejections_topic: sink.rejections_topic.clone(),
             consumer: "sink".into(),
-            max_rows: topology.sink.max_rows,
-            max_wait: Duration::from_millis(topology.sink.max_wait_ms),
+            group_prefix: group_prefix.to_string(),
+            max_rows: sink.max_rows,
+            max_wait: Duration::from_millis(sink.max_wait_ms),
             start: StartFrom::Beginning,
             start_offsets: HashMap::new(),
             stop_at: None,
@@ -161,7 +165,10 @@ pub async fn run_sink_worker(
         }
     }
     let mut consumer = log
-        .consumer(&format!("sluice.sink.{}.{}", worker.shard, worker.consumer))
+        .consumer(&format!(
+            "{}.sink.{}.{}",
+            worker.group_prefix, worker.shard, worker.consumer
+        ))
         .await
         .map_err(log_error)?;
     consumer.assign(assignments).await.map_err(log_error)?;

@@ -23,6 +23,7 @@
 //! process. Deployments that split the parts over several processes use Kafka.
 
 mod codec;
+mod config;
 mod partitioner;
 
 use std::collections::HashMap;
@@ -36,10 +37,11 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{oneshot, watch, OwnedSemaphorePermit, Semaphore};
 
 pub use codec::StoredRecord;
+pub use config::EmbeddedLogConfig;
 pub use partitioner::{murmur2, partition_for};
 
-use super::blocking;
-use super::{
+use sluice_core::log::blocking;
+use sluice_core::log::{
     Assignment, Delivery, Log, LogError, OutRecord, PartitionReader, Position, Record, StartFrom,
 };
 
@@ -170,11 +172,9 @@ struct Gauges {
 
 impl Gauges {
     fn register() -> Self {
-        use crate::telemetry::{
+        use sluice_core::telemetry::{
             LOG_APPENDS_REFUSED, LOG_APPEND_QUEUE, LOG_FREE_BYTES, LOG_WRITE_BLOCKED,
         };
-        // Handles taken before a recorder is installed would count nowhere.
-        crate::telemetry::metrics_handle();
         Gauges {
             write_failure: metrics::gauge!(LOG_WRITE_BLOCKED, "reason" => "write_failure"),
             low_space: metrics::gauge!(LOG_WRITE_BLOCKED, "reason" => "low_disk_space"),
@@ -352,7 +352,7 @@ impl Drop for EmbeddedLog {
 }
 
 fn now_ms() -> i64 {
-    crate::order::now_ms()
+    sluice_core::order::now_ms()
 }
 
 /// Reads every topic's partition count and each partition's first and next offsets.
@@ -1125,7 +1125,7 @@ impl PartitionReader for EmbeddedReader {
             let partition = a.partition as u32;
             let start = match a.start {
                 StartFrom::Committed => match self.stored_position(&a.topic, partition)? {
-                    Some(stored) => super::clamp_position(
+                    Some(stored) => sluice_core::log::clamp_position(
                         &a.topic,
                         a.partition,
                         stored as i64,
