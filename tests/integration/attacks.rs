@@ -146,7 +146,9 @@ async fn forged_confused_and_retired_tokens_fail_and_keys_rotate_without_restart
         "a second, HS256 key verifies by kid"
     );
 
-    let attacks: Vec<(&str, String)> = vec![
+    // Each attack with the reason it must be refused for: a check other than the one meant
+    // for it must not be what stops it.
+    let attacks: Vec<(&str, String, &str)> = vec![
         (
             "no audience",
             hs256(
@@ -154,6 +156,7 @@ async fn forged_confused_and_retired_tokens_fail_and_keys_rotate_without_restart
                 old_secret.as_bytes(),
                 &claims("alice", None, now, now, now + 600),
             ),
+            "the token lacks a required claim",
         ),
         (
             "other audience",
@@ -162,12 +165,18 @@ async fn forged_confused_and_retired_tokens_fail_and_keys_rotate_without_restart
                 old_secret.as_bytes(),
                 &claims("alice", Some("billing"), now, now, now + 600),
             ),
+            "the token is not meant for this service",
         ),
         (
             "algorithm confusion: HS256 keyed with the EdDSA public key",
             hs256("ed-1", &std::fs::read(&ed1_public).unwrap(), &good),
+            "the token's algorithm is not accepted for its key",
         ),
-        ("unknown kid", hs256("hs-new", old_secret.as_bytes(), &good)),
+        (
+            "unknown kid",
+            hs256("hs-new", old_secret.as_bytes(), &good),
+            "the token's key id is not known",
+        ),
         (
             "expired",
             hs256(
@@ -181,6 +190,7 @@ async fn forged_confused_and_retired_tokens_fail_and_keys_rotate_without_restart
                     now - 3600,
                 ),
             ),
+            "the token has expired; log in again",
         ),
         (
             "not valid yet",
@@ -189,31 +199,48 @@ async fn forged_confused_and_retired_tokens_fail_and_keys_rotate_without_restart
                 old_secret.as_bytes(),
                 &claims("alice", Some("sluice-orders"), now, now + 3600, now + 7200),
             ),
+            "the token is not valid yet",
         ),
         (
             "wrong secret",
             hs256("hs-old", b"guessed-secret-guessed-secret-guessed!", &good),
+            "the token's signature is not valid",
         ),
-        ("tampered payload", {
-            let mut parts: Vec<String> = ed1_token.split('.').map(str::to_string).collect();
-            let forged = claims("alice", Some("sluice-orders"), now, now, now + 86_400 * 365);
-            parts[1] = jsonwebtoken_payload(&forged);
-            parts.join(".")
-        }),
         (
+            // Well-formed: valid base64url JSON with every claim valid, under the original
+            // EdDSA signature; only the signature check can refuse it.
+            "tampered payload",
+            {
+                let mut parts: Vec<String> = ed1_token.split('.').map(str::to_string).collect();
+                let forged = claims("alice", Some("sluice-orders"), now, now, now + 86_400 * 365);
+                parts[1] = jsonwebtoken_payload(&forged);
+                parts.join(".")
+            },
+            "the token's signature is not valid",
+        ),
+        (
+            // `none` is no algorithm the JWT library knows: the header itself is refused.
             "alg none",
             format!(
                 "eyJhbGciOiJub25lIiwidHlwIjoiSldUIiwia2lkIjoiZWQtMSJ9.{}.",
                 jsonwebtoken_payload(&good)
             ),
+            "the token is malformed",
         ),
     ];
-    for (name, token) in &attacks {
-        let (status, code) = order(&client, &base, token).await;
+    for (name, token, reason) in &attacks {
+        let response = client
+            .post(format!("{base}/order"))
+            .bearer_auth(token)
+            .body(r#"{"userId":"alice","product":"widget","quantity":1}"#)
+            .send()
+            .await
+            .unwrap();
+        let (status, code, message) = error_of(response).await;
         assert_eq!(
-            (status, code.as_str()),
-            (401, "unauthorized"),
-            "attack {name:?} was not refused"
+            (status, code.as_str(), message.as_str()),
+            (401, "unauthorized", *reason),
+            "attack {name:?} was not refused for the right reason"
         );
     }
 
