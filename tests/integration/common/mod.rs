@@ -454,6 +454,30 @@ pub async fn count_rows(test: &TestTopology, index: usize, table: &str) -> i64 {
         .unwrap_or(0)
 }
 
+/// The positions `consumer` has stored in shard `index`: `(topic, partition)` to the next
+/// offset to read (empty while the shard has no positions table yet).
+pub async fn stored_positions(
+    test: &TestTopology,
+    index: usize,
+    consumer: &str,
+) -> HashMap<(String, i32), i64> {
+    let line = match test.backend {
+        Backend::Services => "CONCAT_WS('|', topic, partition_id, next_offset)",
+        Backend::Embedded => "topic || '|' || partition_id || '|' || next_offset",
+    };
+    let sql = format!("SELECT {line} FROM sluice_offsets WHERE consumer = '{consumer}'");
+    query_strings(test, index, &sql)
+        .await
+        .iter()
+        .map(|line| {
+            let mut fields = line.rsplitn(3, '|');
+            let offset = fields.next().unwrap().parse().unwrap();
+            let partition = fields.next().unwrap().parse().unwrap();
+            ((fields.next().unwrap().to_string(), partition), offset)
+        })
+        .collect()
+}
+
 /// Every stored order of shard `index` as one comparable line (all columns but `stored_at_ms`),
 /// sorted; the order id is lower-case hex.
 pub async fn order_lines(test: &TestTopology, index: usize) -> Vec<String> {
