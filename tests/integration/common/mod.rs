@@ -478,6 +478,25 @@ pub async fn stored_positions(
         .collect()
 }
 
+/// Whether every shard's live sink has stored, as its positions, the end of every partition
+/// of its shard topic: everything routed so far is in the shards.
+pub async fn sinks_caught_up(test: &TestTopology, log: &dyn Log) -> bool {
+    for (index, shard) in test.topology().shards.iter().enumerate() {
+        let positions = stored_positions(test, index, "sink").await;
+        for partition in 0..log.partition_count(&shard.topic).await.unwrap() as i32 {
+            let end = log.watermarks(&shard.topic, partition).await.unwrap().1;
+            let stored = positions
+                .get(&(shard.topic.clone(), partition))
+                .copied()
+                .unwrap_or(0);
+            if stored < end {
+                return false;
+            }
+        }
+    }
+    true
+}
+
 /// Every stored order of shard `index` as one comparable line (all columns but `stored_at_ms`),
 /// sorted; the order id is lower-case hex.
 pub async fn order_lines(test: &TestTopology, index: usize) -> Vec<String> {
