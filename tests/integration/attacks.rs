@@ -1,7 +1,9 @@
 //! The ingress under attack, over real HTTP: forged, confused, expired and retired tokens;
 //! key rotation without a restart; login brute force; oversized, slow and deeply nested
 //! requests; weak production settings; secrets in logs. Every refused request must produce
-//! nothing in the log.
+//! nothing in the log. Each runs on Kafka + MariaDB and on the embedded log + SQLite, except
+//! the production-mode check, which starts the shipped topology as it is (the embedded
+//! defaults), and the RS256 check, which needs no backend.
 
 use std::io::Write as _;
 use std::path::Path;
@@ -101,9 +103,18 @@ fn with_key_ring(text: &str, signing_kid: &str, keys: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn forged_confused_and_retired_tokens_fail_and_keys_rotate_without_restart() {
+async fn on_kafka_and_mariadb_jwt_forgeries_fail_and_keys_rotate_without_restart() {
+    jwt_forgeries_fail_and_keys_rotate_without_restart(Backend::Services).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_embedded_defaults_jwt_forgeries_fail_and_keys_rotate_without_restart() {
+    jwt_forgeries_fail_and_keys_rotate_without_restart(Backend::Embedded).await;
+}
+
+async fn jwt_forgeries_fail_and_keys_rotate_without_restart(backend: Backend) {
     let ports = Ports::free();
-    let test = test_topology_on(Backend::Embedded, "jwt", &["alice"], |t| ports.apply(t));
+    let test = test_topology_on(backend, "jwt", &["alice"], |t| ports.apply(t));
     let dir = test.dir.path();
     let (ed1_private, ed1_public) = ed25519_keys(dir, "ed-1");
     let old_secret = "an-old-hs256-secret-that-is-being-retired-0001";
@@ -325,8 +336,17 @@ fn jsonwebtoken_payload(claims: &serde_json::Value) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn login_brute_force_is_limited_per_user_name_and_failures_look_alike() {
-    let test = test_topology_on(Backend::Embedded, "brute", &["alice", "bob"], |t| {
+async fn on_kafka_and_mariadb_login_brute_force_is_limited_and_failures_look_alike() {
+    login_brute_force_is_limited_and_failures_look_alike(Backend::Services).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_embedded_defaults_login_brute_force_is_limited_and_failures_look_alike() {
+    login_brute_force_is_limited_and_failures_look_alike(Backend::Embedded).await;
+}
+
+async fn login_brute_force_is_limited_and_failures_look_alike(backend: Backend) {
+    let test = test_topology_on(backend, "brute", &["alice", "bob"], |t| {
         t.replace(
             "logins_per_user = { per_minute = 10, burst = 5 }",
             "logins_per_user = { per_minute = 10, burst = 12 }",
@@ -398,8 +418,17 @@ async fn login_brute_force_is_limited_per_user_name_and_failures_look_alike() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn oversized_headers_slow_headers_and_deep_json_are_refused() {
-    let test = test_topology_on(Backend::Embedded, "abuse", &["alice"], |t| {
+async fn on_kafka_and_mariadb_oversized_headers_slow_headers_and_deep_json_are_refused() {
+    oversized_headers_slow_headers_and_deep_json_are_refused(Backend::Services).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_embedded_defaults_oversized_headers_slow_headers_and_deep_json_are_refused() {
+    oversized_headers_slow_headers_and_deep_json_are_refused(Backend::Embedded).await;
+}
+
+async fn oversized_headers_slow_headers_and_deep_json_are_refused(backend: Backend) {
+    let test = test_topology_on(backend, "abuse", &["alice"], |t| {
         t.replace(
             "ack_timeout_ms = 5000",
             "ack_timeout_ms = 5000\nheader_read_timeout_ms = 1000\nmax_header_bytes = 8192",
@@ -556,9 +585,18 @@ async fn production_mode_refuses_weak_settings_and_says_what_to_change() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn secrets_passwords_and_tokens_never_reach_the_logs() {
+async fn on_kafka_and_mariadb_secrets_passwords_and_tokens_never_reach_the_logs() {
+    secrets_passwords_and_tokens_never_reach_the_logs(Backend::Services).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_embedded_defaults_secrets_passwords_and_tokens_never_reach_the_logs() {
+    secrets_passwords_and_tokens_never_reach_the_logs(Backend::Embedded).await;
+}
+
+async fn secrets_passwords_and_tokens_never_reach_the_logs(backend: Backend) {
     let port = free_port();
-    let test = test_topology_on(Backend::Embedded, "secrets", &["alice"], |t| {
+    let test = test_topology_on(backend, "secrets", &["alice"], |t| {
         t.replace("127.0.0.1:0", &format!("127.0.0.1:{port}"))
     });
     let text = test.text.replace(
@@ -632,10 +670,19 @@ fn authority_revocation_id(token: &str, root_public: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn biscuit_root_keys_rotate_and_tokens_are_revoked_without_restart() {
+async fn on_kafka_and_mariadb_biscuit_roots_rotate_and_tokens_are_revoked_without_restart() {
+    biscuit_roots_rotate_and_tokens_are_revoked_without_restart(Backend::Services).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_embedded_defaults_biscuit_roots_rotate_and_tokens_are_revoked_without_restart() {
+    biscuit_roots_rotate_and_tokens_are_revoked_without_restart(Backend::Embedded).await;
+}
+
+async fn biscuit_roots_rotate_and_tokens_are_revoked_without_restart(backend: Backend) {
     use sluice_ingress::capability::{attenuate, generate_root_keypair, mint, Restrictions};
     let ports = Ports::free();
-    let test = test_topology_on(Backend::Embedded, "bisrot", &["alice"], |t| ports.apply(t));
+    let test = test_topology_on(backend, "bisrot", &["alice"], |t| ports.apply(t));
     let dir = test.dir.path();
     let (key_file, revoked_file) = (dir.join("biscuit-roots.pub"), dir.join("revoked.txt"));
     let (old_private, old_public) = generate_root_keypair();
@@ -769,10 +816,19 @@ async fn biscuit_root_keys_rotate_and_tokens_are_revoked_without_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn biscuit_capabilities_are_enforced_inside_and_outside_their_checks() {
+async fn on_kafka_and_mariadb_biscuit_capabilities_hold_inside_and_outside_their_checks() {
+    biscuit_capabilities_hold_inside_and_outside_their_checks(Backend::Services).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_embedded_defaults_biscuit_capabilities_hold_inside_and_outside_their_checks() {
+    biscuit_capabilities_hold_inside_and_outside_their_checks(Backend::Embedded).await;
+}
+
+async fn biscuit_capabilities_hold_inside_and_outside_their_checks(backend: Backend) {
     use sluice_ingress::capability::{attenuate, generate_root_keypair, mint, Restrictions};
     let (private, public) = generate_root_keypair();
-    let test = test_topology_on(Backend::Embedded, "biscuit", &["alice"], |t| t);
+    let test = test_topology_on(backend, "biscuit", &["alice"], |t| t);
     let key_file = test.dir.path().join("biscuit-root.pub");
     std::fs::write(&key_file, &public).unwrap();
     let settings = format!(
