@@ -62,7 +62,8 @@ enum Command {
         /// Topic to read; default: the stage's input or the shard's own topic.
         #[arg(long)]
         topic: Option<String>,
-        /// Start: `beginning`, an offset (in every partition), `@<epoch ms>` or an RFC 3339 time.
+        /// Start: `beginning`, an offset (in every partition), `@<epoch ms>` or an RFC 3339 time
+        /// (`2026-11-25T10:00:00Z`, `2026-11-25T12:00:00+02:00`).
         #[arg(long, default_value = "beginning", value_parser = sluice::replay::parse_bound)]
         from: sluice::replay::Bound,
         /// Stop before this bound (same forms as --from); default: the end when the replay starts.

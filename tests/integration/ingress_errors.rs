@@ -1,4 +1,6 @@
-//! Every bad input gets its status and JSON error, and produces nothing in the orders topic.
+//! Every bad input gets its status and JSON error, and produces nothing in the orders topic,
+//! on Kafka + MariaDB and on the embedded log + SQLite. An unreachable broker is a Kafka fault
+//! and is tested on Kafka only; the embedded log's refusals are in `disk_full`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,8 +17,17 @@ fn forge(header: &str, claims: &str, signature: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_requests_are_refused_and_produce_nothing() {
-    let test = test_topology("badinput", &["alice", "bob"], |t| {
+async fn on_kafka_and_mariadb_bad_requests_are_refused_and_produce_nothing() {
+    bad_requests_are_refused_and_produce_nothing(Backend::Services).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_embedded_defaults_bad_requests_are_refused_and_produce_nothing() {
+    bad_requests_are_refused_and_produce_nothing(Backend::Embedded).await;
+}
+
+async fn bad_requests_are_refused_and_produce_nothing(backend: Backend) {
+    let test = test_topology_on(backend, "badinput", &["alice", "bob"], |t| {
         t.replace("max_body_bytes = 16384", "max_body_bytes = 1024")
     });
     let pipeline = RunningPipeline::start(&test, Parts::ALL).await;
@@ -347,8 +358,17 @@ async fn bad_requests_are_refused_and_produce_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rate_limits_answer_429_with_retry_after() {
-    let test = test_topology("ratelimit", &["alice"], |t| {
+async fn on_kafka_and_mariadb_rate_limits_answer_429_with_retry_after() {
+    rate_limits_answer_429_with_retry_after(Backend::Services).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_embedded_defaults_rate_limits_answer_429_with_retry_after() {
+    rate_limits_answer_429_with_retry_after(Backend::Embedded).await;
+}
+
+async fn rate_limits_answer_429_with_retry_after(backend: Backend) {
+    let test = test_topology_on(backend, "ratelimit", &["alice"], |t| {
         t.replace(
             "orders_per_principal = { per_second = 100000, burst = 100000 }",
             "orders_per_principal = { per_second = 1, burst = 3 }",
@@ -423,9 +443,11 @@ impl OrderLookup for NoLookup {
     }
 }
 
+/// Kafka only: a broker address where nothing listens, so the order can never be
+/// acknowledged. The embedded log has no broker; its refusals (full disk, failed writes, a
+/// stalled log) are `disk_full`'s tests.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_broker_means_503_never_2xx() {
-    // A broker address where nothing listens: the order can never be acknowledged.
     let test = test_topology("nobroker", &["alice"], |t| {
         t.replace("ack_timeout_ms = 5000", "ack_timeout_ms = 1500")
     });
@@ -476,8 +498,17 @@ async fn unreachable_broker_means_503_never_2xx() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idempotency_key_returns_the_same_order_and_produces_it_once() {
-    let test = test_topology("idem", &["alice"], |t| t);
+async fn on_kafka_and_mariadb_idempotency_key_returns_the_same_order_and_produces_it_once() {
+    idempotency_key_returns_the_same_order_and_produces_it_once(Backend::Services).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_embedded_defaults_idempotency_key_returns_the_same_order_and_produces_it_once() {
+    idempotency_key_returns_the_same_order_and_produces_it_once(Backend::Embedded).await;
+}
+
+async fn idempotency_key_returns_the_same_order_and_produces_it_once(backend: Backend) {
+    let test = test_topology_on(backend, "idem", &["alice"], |t| t);
     let pipeline = RunningPipeline::start(&test, Parts::INGRESS).await;
     let client = reqwest::Client::new();
     let token = login(&client, &pipeline.base_login, "alice").await;
@@ -540,9 +571,18 @@ async fn idempotency_key_returns_the_same_order_and_produces_it_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stalled_body_gets_408_and_shutdown_does_not_wait_for_it_forever() {
+async fn on_kafka_and_mariadb_a_stalled_body_gets_408_and_does_not_hold_up_shutdown() {
+    a_stalled_body_gets_408_and_does_not_hold_up_shutdown(Backend::Services).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_embedded_defaults_a_stalled_body_gets_408_and_does_not_hold_up_shutdown() {
+    a_stalled_body_gets_408_and_does_not_hold_up_shutdown(Backend::Embedded).await;
+}
+
+async fn a_stalled_body_gets_408_and_does_not_hold_up_shutdown(backend: Backend) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let test = test_topology("slowbody", &["alice"], |t| {
+    let test = test_topology_on(backend, "slowbody", &["alice"], |t| {
         t.replace(
             "ack_timeout_ms = 5000",
             "ack_timeout_ms = 5000\nbody_timeout_ms = 500\ndrain_timeout_ms = 1000",
@@ -579,6 +619,8 @@ async fn a_stalled_body_gets_408_and_shutdown_does_not_wait_for_it_forever() {
         .write_all(b"POST /order HTTP/1.1\r\nHost: x\r\n")
         .await
         .unwrap();
+    // The pipeline's own log handle: the embedded log's file serves one opener at a time.
+    let log = pipeline.log.clone();
     let stopping = std::time::Instant::now();
     pipeline.stop().await;
     assert!(
@@ -587,6 +629,5 @@ async fn a_stalled_body_gets_408_and_shutdown_does_not_wait_for_it_forever() {
         stopping.elapsed()
     );
     let orders_topic = test.topology().ingress.orders_topic;
-    let log = sluice_core::log::open(&test.topology().log, std::path::Path::new(".")).unwrap();
     assert_eq!(topic_records(log.as_ref(), &orders_topic).await, 0);
 }

@@ -239,13 +239,25 @@ async fn replay_restores_shards_and_resumes(backend: Backend) {
         valid as u64,
         "the resumed replay re-did or skipped records"
     );
+    // Every re-enriched order is routed to its shard topic, and every shard's sink has stored
+    // the end of its topic as its position: the rows of the replay are all written.
+    let shard_topics: Vec<String> = topology.shards.iter().map(|s| s.topic.clone()).collect();
     eventually(
         Duration::from_secs(60),
-        "re-enriched orders to pass the sinks",
-        || async { topic_records(pipeline.log.as_ref(), &enriched).await == 2 * valid },
+        "re-enriched orders to be routed and stored by the sinks",
+        || async {
+            let mut routed = 0;
+            for topic in &shard_topics {
+                routed += topic_records(pipeline.log.as_ref(), topic).await;
+            }
+            routed == 2 * valid && sinks_caught_up(&test, pipeline.log.as_ref()).await
+        },
     )
     .await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        topic_records(pipeline.log.as_ref(), &enriched).await,
+        2 * valid
+    );
     assert_eq!(total_rows(&test).await, valid, "a replay duplicated rows");
     pipeline.stop().await;
 }

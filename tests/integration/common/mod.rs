@@ -454,6 +454,49 @@ pub async fn count_rows(test: &TestTopology, index: usize, table: &str) -> i64 {
         .unwrap_or(0)
 }
 
+/// The positions `consumer` has stored in shard `index`: `(topic, partition)` to the next
+/// offset to read (empty while the shard has no positions table yet).
+pub async fn stored_positions(
+    test: &TestTopology,
+    index: usize,
+    consumer: &str,
+) -> HashMap<(String, i32), i64> {
+    let line = match test.backend {
+        Backend::Services => "CONCAT_WS('|', topic, partition_id, next_offset)",
+        Backend::Embedded => "topic || '|' || partition_id || '|' || next_offset",
+    };
+    let sql = format!("SELECT {line} FROM sluice_offsets WHERE consumer = '{consumer}'");
+    query_strings(test, index, &sql)
+        .await
+        .iter()
+        .map(|line| {
+            let mut fields = line.rsplitn(3, '|');
+            let offset = fields.next().unwrap().parse().unwrap();
+            let partition = fields.next().unwrap().parse().unwrap();
+            ((fields.next().unwrap().to_string(), partition), offset)
+        })
+        .collect()
+}
+
+/// Whether every shard's live sink has stored, as its positions, the end of every partition
+/// of its shard topic: everything routed so far is in the shards.
+pub async fn sinks_caught_up(test: &TestTopology, log: &dyn Log) -> bool {
+    for (index, shard) in test.topology().shards.iter().enumerate() {
+        let positions = stored_positions(test, index, "sink").await;
+        for partition in 0..log.partition_count(&shard.topic).await.unwrap() as i32 {
+            let end = log.watermarks(&shard.topic, partition).await.unwrap().1;
+            let stored = positions
+                .get(&(shard.topic.clone(), partition))
+                .copied()
+                .unwrap_or(0);
+            if stored < end {
+                return false;
+            }
+        }
+    }
+    true
+}
+
 /// Every stored order of shard `index` as one comparable line (all columns but `stored_at_ms`),
 /// sorted; the order id is lower-case hex.
 pub async fn order_lines(test: &TestTopology, index: usize) -> Vec<String> {
