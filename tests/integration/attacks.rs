@@ -6,6 +6,7 @@
 //! defaults), and the RS256 check, which needs no backend.
 
 use std::io::Write as _;
+use std::num::NonZeroU32;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -13,6 +14,8 @@ use std::time::{Duration, Instant};
 use crate::common::*;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use sluice::pipeline::Parts;
+use sluice::topology::Topology;
+use sluice_ingress::config::{JwtAlgorithm, JwtKeyConfig, Quota};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const STRONG_SECRET: &str = "6f1c2b9e0a7d4c3b8e5f2a1d9c7b6e4f3a2d1c0b";
@@ -85,21 +88,24 @@ async fn order(client: &reqwest::Client, base: &str, token: &str) -> (u16, Strin
     )
 }
 
-/// Replaces `[ingress.auth]`'s secret with a key ring; `keys` are `[[ingress.auth.keys]]` tables.
-fn with_key_ring(text: &str, signing_kid: &str, keys: &str) -> String {
-    let secret_line = text
-        .lines()
-        .find(|l| l.starts_with("jwt_secret = "))
-        .unwrap()
-        .to_string();
-    text.replace(
-        &secret_line,
-        &format!("audience = \"sluice-orders\"\nsigning_kid = \"{signing_kid}\""),
-    )
-    .replace(
-        "[ingress.rate_limits]",
-        &format!("{keys}\n[ingress.rate_limits]"),
-    )
+/// Replaces `[ingress.auth]`'s secret with the key ring `keys`, signing with `signing_kid`.
+fn with_key_ring(topology: &mut Topology, signing_kid: &str, keys: Vec<JwtKeyConfig>) {
+    let auth = &mut topology.ingress.auth;
+    auth.jwt_secret = None;
+    auth.audience = Some("sluice-orders".into());
+    auth.signing_kid = Some(signing_kid.into());
+    auth.keys = keys;
+}
+
+/// An EdDSA key of the key ring.
+fn eddsa_key(kid: &str, private: &str, public: &str) -> JwtKeyConfig {
+    JwtKeyConfig {
+        kid: kid.into(),
+        algorithm: JwtAlgorithm::EdDSA,
+        secret: None,
+        private_key_file: Some(private.into()),
+        public_key_file: Some(public.into()),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -114,23 +120,19 @@ async fn on_the_embedded_defaults_jwt_forgeries_fail_and_keys_rotate_without_res
 
 async fn jwt_forgeries_fail_and_keys_rotate_without_restart(backend: Backend) {
     let ports = Ports::free();
-    let test = test_topology_on(backend, "jwt", &["alice"], |t| ports.apply(t));
-    let dir = test.dir.path();
-    let (ed1_private, ed1_public) = ed25519_keys(dir, "ed-1");
+    let mut test = test_topology_on(backend, "jwt", &["alice"], |t| ports.apply(t));
+    let dir = test.dir.path().to_path_buf();
+    let (ed1_private, ed1_public) = ed25519_keys(&dir, "ed-1");
     let old_secret = "an-old-hs256-secret-that-is-being-retired-0001";
-    let ring = |signing: &str, extra: &str| {
-        with_key_ring(
-            &test.text,
-            signing,
-            &format!(
-                "[[ingress.auth.keys]]\nkid = \"ed-1\"\nalgorithm = \"EdDSA\"\nprivate_key_file = {ed1_private:?}\npublic_key_file = {ed1_public:?}\n{extra}"
-            ),
-        )
+    let hs_old = JwtKeyConfig {
+        kid: "hs-old".into(),
+        algorithm: JwtAlgorithm::HS256,
+        secret: Some(old_secret.into()),
+        private_key_file: None,
+        public_key_file: None,
     };
-    let hs_old = format!(
-        "[[ingress.auth.keys]]\nkid = \"hs-old\"\nalgorithm = \"HS256\"\nsecret = {old_secret:?}\n"
-    );
-    std::fs::write(&test.path, ring("ed-1", &hs_old)).unwrap();
+    let ed1 = eddsa_key("ed-1", &ed1_private, &ed1_public);
+    test.edit(|t| with_key_ring(t, "ed-1", vec![ed1.clone(), hs_old]));
 
     let base = ports.order_base();
     let mut child = start_sluice(&test.path, &dir.join("run.log"), &[("RUST_LOG", "warn")]);
@@ -256,11 +258,9 @@ async fn jwt_forgeries_fail_and_keys_rotate_without_restart(backend: Backend) {
     }
 
     // Rotate: add ed-2 and sign with it, retire hs-old; SIGHUP, no restart.
-    let (ed2_private, ed2_public) = ed25519_keys(dir, "ed-2");
-    let ed2 = format!(
-        "[[ingress.auth.keys]]\nkid = \"ed-2\"\nalgorithm = \"EdDSA\"\nprivate_key_file = {ed2_private:?}\npublic_key_file = {ed2_public:?}\n"
-    );
-    std::fs::write(&test.path, ring("ed-2", &ed2)).unwrap();
+    let (ed2_private, ed2_public) = ed25519_keys(&dir, "ed-2");
+    let ed2 = eddsa_key("ed-2", &ed2_private, &ed2_public);
+    test.edit(|t| with_key_ring(t, "ed-2", vec![ed1, ed2]));
     Command::new("kill")
         .args(["-HUP", &pid.to_string()])
         .status()
@@ -347,10 +347,8 @@ async fn on_the_embedded_defaults_login_brute_force_is_limited_and_failures_look
 
 async fn login_brute_force_is_limited_and_failures_look_alike(backend: Backend) {
     let test = test_topology_on(backend, "brute", &["alice", "bob"], |t| {
-        t.replace(
-            "logins_per_user = { per_minute = 10, burst = 5 }",
-            "logins_per_user = { per_minute = 10, burst = 12 }",
-        )
+        t.ingress.rate_limits.logins_per_user =
+            Quota::per_minute(NonZeroU32::new(10).unwrap(), NonZeroU32::new(12).unwrap());
     });
     let pipeline = RunningPipeline::start(&test, Parts::INGRESS).await;
     let client = reqwest::Client::new();
@@ -429,10 +427,9 @@ async fn on_the_embedded_defaults_oversized_headers_slow_headers_and_deep_json_a
 
 async fn oversized_headers_slow_headers_and_deep_json_are_refused(backend: Backend) {
     let test = test_topology_on(backend, "abuse", &["alice"], |t| {
-        t.replace(
-            "ack_timeout_ms = 5000",
-            "ack_timeout_ms = 5000\nheader_read_timeout_ms = 1000\nmax_header_bytes = 8192",
-        )
+        t.ingress.ack_timeout_ms = 5000;
+        t.ingress.header_read_timeout_ms = 1000;
+        t.ingress.max_header_bytes = 8192;
     });
     let pipeline = RunningPipeline::start(&test, Parts::INGRESS).await;
     let client = reqwest::Client::new();
@@ -597,16 +594,10 @@ async fn on_the_embedded_defaults_secrets_passwords_and_tokens_never_reach_the_l
 async fn secrets_passwords_and_tokens_never_reach_the_logs(backend: Backend) {
     let port = free_port();
     let test = test_topology_on(backend, "secrets", &["alice"], |t| {
-        t.replace("127.0.0.1:0", &format!("127.0.0.1:{port}"))
+        t.ingress.login_listen = ([127, 0, 0, 1], port).into();
+        t.ingress.order_listen = ([127, 0, 0, 1], port).into();
+        t.ingress.auth.jwt_secret = Some(STRONG_SECRET.into());
     });
-    let text = test.text.replace(
-        test.text
-            .lines()
-            .find(|l| l.starts_with("jwt_secret = "))
-            .unwrap(),
-        &format!("jwt_secret = {STRONG_SECRET:?}"),
-    );
-    std::fs::write(&test.path, text).unwrap();
     let log_file = test.dir.path().join("run.log");
     let base = format!("http://127.0.0.1:{port}");
     let mut child = start_sluice(&test.path, &log_file, &[("RUST_LOG", "trace")]);
@@ -646,15 +637,6 @@ async fn secrets_passwords_and_tokens_never_reach_the_logs(backend: Backend) {
     }
 }
 
-/// `text` with `settings` (TOML lines) added to its `[ingress.auth]` table.
-fn with_auth_settings(text: &str, settings: &str) -> String {
-    let users_line = text
-        .lines()
-        .find(|l| l.starts_with("users_file = "))
-        .expect("the test topology sets [ingress.auth] users_file");
-    text.replace(users_line, &format!("{users_line}\n{settings}"))
-}
-
 /// The revocation id of a token's first (authority) block, in hex.
 fn authority_revocation_id(token: &str, root_public: &str) -> String {
     let root = biscuit_auth::PublicKey::from_bytes_hex(
@@ -682,19 +664,17 @@ async fn on_the_embedded_defaults_biscuit_roots_rotate_and_tokens_are_revoked_wi
 async fn biscuit_roots_rotate_and_tokens_are_revoked_without_restart(backend: Backend) {
     use sluice_ingress::capability::{attenuate, generate_root_keypair, mint, Restrictions};
     let ports = Ports::free();
-    let test = test_topology_on(backend, "bisrot", &["alice"], |t| ports.apply(t));
-    let dir = test.dir.path();
+    let mut test = test_topology_on(backend, "bisrot", &["alice"], |t| ports.apply(t));
+    let dir = test.dir.path().to_path_buf();
     let (key_file, revoked_file) = (dir.join("biscuit-roots.pub"), dir.join("revoked.txt"));
     let (old_private, old_public) = generate_root_keypair();
     let (new_private, new_public) = generate_root_keypair();
     std::fs::write(&key_file, format!("# current root\n{old_public}\n")).unwrap();
     std::fs::write(&revoked_file, "# revoked capability tokens\n").unwrap();
-    let settings = format!(
-        "biscuit_public_key_file = {:?}\nbiscuit_revocation_file = {:?}",
-        key_file.display().to_string(),
-        revoked_file.display().to_string()
-    );
-    std::fs::write(&test.path, with_auth_settings(&test.text, &settings)).unwrap();
+    test.edit(|t| {
+        t.ingress.auth.biscuit_public_key_file = Some(key_file.clone());
+        t.ingress.auth.biscuit_revocation_file = Some(revoked_file.clone());
+    });
     let base = ports.order_base();
     let mut child = start_sluice(&test.path, &dir.join("run.log"), &[("RUST_LOG", "warn")]);
     wait_ready(&base, &mut child).await;
@@ -828,14 +808,10 @@ async fn on_the_embedded_defaults_biscuit_capabilities_hold_inside_and_outside_t
 async fn biscuit_capabilities_hold_inside_and_outside_their_checks(backend: Backend) {
     use sluice_ingress::capability::{attenuate, generate_root_keypair, mint, Restrictions};
     let (private, public) = generate_root_keypair();
-    let test = test_topology_on(backend, "biscuit", &["alice"], |t| t);
+    let mut test = test_topology_on(backend, "biscuit", &["alice"], |_| {});
     let key_file = test.dir.path().join("biscuit-root.pub");
     std::fs::write(&key_file, &public).unwrap();
-    let settings = format!(
-        "biscuit_public_key_file = {:?}",
-        key_file.display().to_string()
-    );
-    std::fs::write(&test.path, with_auth_settings(&test.text, &settings)).unwrap();
+    test.edit(|t| t.ingress.auth.biscuit_public_key_file = Some(key_file));
     let pipeline = RunningPipeline::start(&test, Parts::INGRESS).await;
     let client = reqwest::Client::new();
     let url = format!("{}/order", pipeline.base_order);
@@ -942,8 +918,8 @@ async fn biscuit_capabilities_hold_inside_and_outside_their_checks(backend: Back
 
 #[test]
 fn rs256_keys_sign_and_verify_and_refuse_confusion() {
-    use sluice_core::topology::{AuthConfig, JwtAlgorithm, JwtKeyConfig};
     use sluice_ingress::auth::TokenAuthority;
+    use sluice_ingress::config::AuthConfig;
     let dir = tempfile::tempdir().unwrap();
     let private = dir.path().join("rsa.pem").display().to_string();
     let public = dir.path().join("rsa.pub.pem").display().to_string();

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use crate::common::*;
 use sluice::pipeline::Parts;
-use sluice_core::log::{self, Log};
+use sluice_core::log::Log;
 use sluice_core::lookup::{LookupError, OrderLookup, OrderStatus};
+use sluice_ingress::config::Quota;
 use sluice_ingress::Ingress;
 
 fn forge(header: &str, claims: &str, signature: &str) -> String {
@@ -28,7 +29,7 @@ async fn on_the_embedded_defaults_bad_requests_are_refused_and_produce_nothing()
 
 async fn bad_requests_are_refused_and_produce_nothing(backend: Backend) {
     let test = test_topology_on(backend, "badinput", &["alice", "bob"], |t| {
-        t.replace("max_body_bytes = 16384", "max_body_bytes = 1024")
+        t.ingress.max_body_bytes = 1024;
     });
     let pipeline = RunningPipeline::start(&test, Parts::ALL).await;
     let client = reqwest::Client::new();
@@ -369,14 +370,9 @@ async fn on_the_embedded_defaults_rate_limits_answer_429_with_retry_after() {
 
 async fn rate_limits_answer_429_with_retry_after(backend: Backend) {
     let test = test_topology_on(backend, "ratelimit", &["alice"], |t| {
-        t.replace(
-            "orders_per_principal = { per_second = 100000, burst = 100000 }",
-            "orders_per_principal = { per_second = 1, burst = 3 }",
-        )
-        .replace(
-            "logins_per_address = { per_second = 1000, burst = 1000 }",
-            "logins_per_address = { per_second = 1, burst = 2 }",
-        )
+        let n = |value| std::num::NonZeroU32::new(value).unwrap();
+        t.ingress.rate_limits.orders_per_principal = Quota::per_second(n(1), n(3));
+        t.ingress.rate_limits.logins_per_address = Quota::per_second(n(1), n(2));
     });
     let pipeline = RunningPipeline::start(&test, Parts::INGRESS).await;
     let client = reqwest::Client::new();
@@ -449,11 +445,13 @@ impl OrderLookup for NoLookup {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_broker_means_503_never_2xx() {
     let test = test_topology("nobroker", &["alice"], |t| {
-        t.replace("ack_timeout_ms = 5000", "ack_timeout_ms = 1500")
+        t.ingress.ack_timeout_ms = 1500;
+        if let Some(kafka) = &mut t.log.kafka {
+            kafka.brokers = "127.0.0.1:1".into();
+        }
     });
-    let mut topology = test.topology();
-    topology.log.brokers = "127.0.0.1:1".into();
-    let log: Arc<dyn Log> = log::open(&topology.log, &topology.base_dir).unwrap();
+    let topology = test.topology();
+    let log: Arc<dyn Log> = topology.log.open(&topology.base_dir).unwrap();
     let ingress = Ingress::new(
         topology.ingress.clone(),
         &topology.base_dir,
@@ -508,7 +506,7 @@ async fn on_the_embedded_defaults_idempotency_key_returns_the_same_order_and_pro
 }
 
 async fn idempotency_key_returns_the_same_order_and_produces_it_once(backend: Backend) {
-    let test = test_topology_on(backend, "idem", &["alice"], |t| t);
+    let test = test_topology_on(backend, "idem", &["alice"], |_| {});
     let pipeline = RunningPipeline::start(&test, Parts::INGRESS).await;
     let client = reqwest::Client::new();
     let token = login(&client, &pipeline.base_login, "alice").await;
@@ -583,10 +581,8 @@ async fn on_the_embedded_defaults_a_stalled_body_gets_408_and_does_not_hold_up_s
 async fn a_stalled_body_gets_408_and_does_not_hold_up_shutdown(backend: Backend) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let test = test_topology_on(backend, "slowbody", &["alice"], |t| {
-        t.replace(
-            "ack_timeout_ms = 5000",
-            "ack_timeout_ms = 5000\nbody_timeout_ms = 500\ndrain_timeout_ms = 1000",
-        )
+        t.ingress.body_timeout_ms = 500;
+        t.ingress.drain_timeout_ms = 1000;
     });
     let pipeline = RunningPipeline::start(&test, Parts::INGRESS).await;
     let client = reqwest::Client::new();

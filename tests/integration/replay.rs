@@ -56,10 +56,11 @@ async fn replay_restores_shards_and_resumes(backend: Backend) {
     let users = users_covering_shards(2);
     let refs: Vec<&str> = users.iter().map(String::as_str).collect();
     let test = test_topology_on(backend, "replay", &refs, |t| {
-        t.replace(
-            "name = \"enrich\"\nkind = \"enrich\"",
-            "name = \"enrich\"\nkind = \"enrich\"\nbatch_size = 40",
-        )
+        for stage in &mut t.stages {
+            if stage.name == "enrich" {
+                stage.batch_size = 40;
+            }
+        }
     });
     let topology = test.topology();
     let pipeline = RunningPipeline::start(&test, Parts::ALL).await;
@@ -303,7 +304,8 @@ async fn replay_command_runs_inside_the_running_embedded_pipeline() {
     })
     .await;
 
-    let socket = sluice::replay_socket::socket_path(&topology.resolve_path(&topology.log.path));
+    let socket =
+        sluice::replay_socket::socket_path(&topology.resolve_path(&topology.log.embedded.path));
     let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
     assert_eq!(
         mode & 0o777,
@@ -362,7 +364,7 @@ async fn replay_command_runs_inside_the_running_embedded_pipeline() {
         target: Target::Shard(shard_name.clone()),
         name: "interrupted".into(),
     };
-    let log_file = topology.resolve_path(&topology.log.path);
+    let log_file = topology.resolve_path(&topology.log.embedded.path);
     let interrupt = CancellationToken::new();
     interrupt.cancel();
     let stream = sluice::replay_socket::connect(&log_file).await.unwrap();

@@ -40,10 +40,10 @@ fn expected_line(order: &EnrichedOrder) -> String {
 }
 
 async fn killed_sink_worker_resumes_without_loss_or_duplicates(backend: Backend) {
-    let test = test_topology_on(backend, "sinkcrash", &[], |t| t);
+    let test = test_topology_on(backend, "sinkcrash", &[], |_| {});
     let topology = test.topology();
-    let log = log::open(&topology.log, &topology.base_dir).unwrap();
-    log::ensure_topology_topics(log.as_ref(), &topology)
+    let log = topology.log.open(&topology.base_dir).unwrap();
+    log::ensure_declared_topics(log.as_ref(), &topology.topics)
         .await
         .unwrap();
     let map = topology.shard_map().unwrap();
@@ -99,6 +99,7 @@ async fn killed_sink_worker_resumes_without_loss_or_duplicates(backend: Backend)
         topic: shard.topic.clone(),
         rejections_topic: None,
         consumer: "sink".into(),
+        group_prefix: topology.log.consumer_group_prefix.clone(),
         max_rows: 100,
         max_wait: Duration::from_millis(20),
         start: StartFrom::Beginning,

@@ -27,14 +27,14 @@ async fn an_order_its_shard_refuses_is_rejected_and_the_shard_goes_on(backend: B
     let long_product = "x".repeat(300);
     let users = users_covering_shards(1);
     let user = users[0].as_str();
-    let test = test_topology_on(backend, "refuse", &[user], |text| {
-        text.replacen(
-            "[catalog.widget]",
-            &format!(
-                "[catalog.{long_product}]\nprice = \"1.00\"\ncurrency = \"EUR\"\n[catalog.widget]"
-            ),
-            1,
-        )
+    let test = test_topology_on(backend, "refuse", &[user], |t| {
+        t.catalog.insert(
+            long_product.clone(),
+            sluice_processors::CatalogEntry {
+                price: "1.00".into(),
+                currency: "EUR".into(),
+            },
+        );
     });
     let expected_reason = match backend {
         Backend::Services => "Data too long for column 'product'",
