@@ -9,11 +9,13 @@
 //! - [`sharding`]: the stable user-id → bucket → shard mapping;
 //! - [`lookup`]: the read contract the ingress uses to report an order's status;
 //! - [`shutdown`]: one cancellation tree for graceful drain;
+//! - [`retry`]: retrying with exponential backoff, jitter and cancellation;
 //! - [`telemetry`]: the name of every metric Sluice emits.
 
 pub mod log;
 pub mod lookup;
 pub mod order;
+pub mod retry;
 pub mod sharding;
 pub mod shutdown;
 pub mod telemetry;

@@ -8,6 +8,7 @@ use sluice_core::log::{Assignment, Log, LogConsumer, Position, Record, StartFrom
 use sluice_core::order::{
     now_ms, EnrichedOrder, HEADER_DLQ_REASON, HEADER_DLQ_STAGE, HEADER_ORDER_ID,
 };
+use sluice_core::retry::{Backoff, GaveUp, Retry, Verdict};
 use sluice_core::sharding::ShardMap;
 use sluice_core::telemetry;
 use sluice_core::topology::ShardConfig;
@@ -361,50 +362,46 @@ async fn write_retrying(
     cancel: &CancellationToken,
     metrics: &WriteMetrics,
 ) -> Result<(), SinkError> {
-    let mut backoff = Duration::from_millis(100);
-    let mut attempts_after_cancel = 0;
-    loop {
-        let attempt =
-            tokio::time::timeout(WRITE_TIMEOUT, writer.write_batch(&worker.consumer, batch)).await;
-        let error = match attempt {
-            Ok(Ok(())) => return Ok(()),
-            Ok(Err(error)) => error,
-            Err(_) => SinkError::Timeout {
-                shard: worker.shard.clone(),
-                after: WRITE_TIMEOUT,
-            },
-        };
-        let fault = error.fault();
-        if fault == Fault::Permanent {
-            return Err(error);
-        }
-        metrics.retries.increment(1);
-        if cancel.is_cancelled() {
-            attempts_after_cancel += 1;
-            if attempts_after_cancel >= 3 {
-                return Err(error);
-            }
-        }
+    Retry::new(Backoff::new(Duration::from_millis(100), Duration::from_secs(5)))
+        .cancel_on(cancel)
         // While draining, retry briefly: a shutdown should not wait on a broken shard.
-        let pause = if cancel.is_cancelled() {
-            backoff.min(Duration::from_millis(200))
-        } else {
-            backoff
-        };
-        if fault == Fault::Transient {
-            tracing::warn!(shard = worker.shard, %error, retry_in = ?pause, "batch write failed; retrying");
-        } else {
-            tracing::error!(
-                shard = worker.shard, %error, retry_in = ?pause,
-                "batch write failed for a reason that is neither transient nor a refused row; \
-                 retrying until it is fixed"
-            );
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(pause) => {}
-            _ = cancel.cancelled(), if !cancel.is_cancelled() => {}
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
+        .drain(3, Duration::from_millis(200))
+        .run(
+            || write_once(writer, worker, batch),
+            |error| match error.fault() {
+                Fault::Permanent => Verdict::Stop,
+                Fault::Transient | Fault::Other => Verdict::Retry,
+            },
+            |error, next| {
+                metrics.retries.increment(1);
+                let pause = next.pause;
+                if error.fault() == Fault::Transient {
+                    tracing::warn!(shard = worker.shard, %error, retry_in = ?pause, "batch write failed; retrying");
+                } else {
+                    tracing::error!(
+                        shard = worker.shard, %error, retry_in = ?pause,
+                        "batch write failed for a reason that is neither transient nor a refused row; \
+                         retrying until it is fixed"
+                    );
+                }
+            },
+        )
+        .await
+        .map_err(GaveUp::into_error)
+}
+
+/// One attempt at writing `batch`, failing with [`SinkError::Timeout`] after [`WRITE_TIMEOUT`].
+async fn write_once(
+    writer: &dyn ShardWriter,
+    worker: &SinkWorker,
+    batch: &Batch,
+) -> Result<(), SinkError> {
+    match tokio::time::timeout(WRITE_TIMEOUT, writer.write_batch(&worker.consumer, batch)).await {
+        Ok(written) => written,
+        Err(_) => Err(SinkError::Timeout {
+            shard: worker.shard.clone(),
+            after: WRITE_TIMEOUT,
+        }),
     }
 }
 

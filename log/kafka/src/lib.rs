@@ -29,6 +29,17 @@ use sluice_core::log::{
 
 /// How long metadata and offset queries may take before they count as failed.
 const META_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Retries of a query that fails while a new topic's partition leaders settle: about five
+/// seconds of pauses, growing from 50 ms to 500 ms.
+fn settling() -> sluice_core::retry::Retry {
+    sluice_core::retry::Retry::new(sluice_core::retry::Backoff::new(
+        Duration::from_millis(50),
+        Duration::from_millis(500),
+    ))
+    .max_attempts(15)
+}
+
 /// Most records the producer holds while the broker has not acknowledged them (unless
 /// `queue.buffering.max.messages` is set in `[log.kafka]`). Beyond it new orders get 503 at
 /// once, so a slow or absent broker cannot grow the process's memory without bound.
@@ -375,24 +386,21 @@ impl Log for KafkaLog {
 
     async fn watermarks(&self, topic: &str, partition: i32) -> Result<(i64, i64), LogError> {
         // Right after a topic is created its leaders may still be moving in; retry briefly.
-        let mut attempt = 0;
-        loop {
-            let meta = self.meta();
-            let name = topic.to_string();
-            match blocking(move || {
-                meta.fetch_watermarks(&name, partition, META_TIMEOUT)
-                    .map_err(backend)
-            })
+        settling()
+            .run(
+                || {
+                    let meta = self.meta();
+                    let name = topic.to_string();
+                    blocking(move || {
+                        meta.fetch_watermarks(&name, partition, META_TIMEOUT)
+                            .map_err(backend)
+                    })
+                },
+                |_| sluice_core::retry::Verdict::Retry,
+                |error, _| tracing::debug!(%error, topic, partition, "watermarks not available yet; retrying"),
+            )
             .await
-            {
-                Err(error) if attempt < 20 => {
-                    tracing::debug!(%error, topic, partition, "watermarks not available yet; retrying");
-                    attempt += 1;
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                }
-                result => return result,
-            }
-        }
+            .map_err(sluice_core::retry::GaveUp::into_error)
     }
 
     async fn offset_for_time(
@@ -687,22 +695,17 @@ impl KafkaReader {
 impl PartitionReader for KafkaReader {
     async fn assign(&mut self, assignments: Vec<Assignment>) -> Result<Vec<Position>, LogError> {
         // Right after topics are created their leaders may still be settling; retry briefly.
-        let mut attempt = 0;
-        loop {
-            match self.try_assign(assignments.clone()).await {
-                Err(error) if attempt < 20 => {
-                    tracing::debug!(%error, "partition assignment not possible yet; retrying");
-                    attempt += 1;
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                }
-                Ok(starts) => {
-                    self.positions = starts.clone();
-                    self.last_progress = std::time::Instant::now();
-                    return Ok(starts);
-                }
-                Err(error) => return Err(error),
-            }
-        }
+        let starts = settling()
+            .run(
+                || self.try_assign(assignments.clone()),
+                |_| sluice_core::retry::Verdict::Retry,
+                |error, _| tracing::debug!(%error, "partition assignment not possible yet; retrying"),
+            )
+            .await
+            .map_err(sluice_core::retry::GaveUp::into_error)?;
+        self.positions = starts.clone();
+        self.last_progress = std::time::Instant::now();
+        Ok(starts)
     }
 
     async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Record>, LogError> {
