@@ -2,9 +2,10 @@
 //! it (a flood of spoofed user names or addresses), with the sweeps that bound it.
 #![allow(clippy::print_stdout)] // a benchmark prints its figures
 
+use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
-use sluice_core::topology::Quota;
+use sluice_ingress::config::Quota;
 use sluice_ingress::limits::{KeyedLimit, MAX_TRACKED_KEYS};
 
 /// Resident memory of this process, in MiB (Linux).
@@ -32,7 +33,7 @@ fn main() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let limit = KeyedLimit::new("per user on /order", Quota { per_second: 200, per_minute: 0, burst: 400 });
+        let limit = KeyedLimit::new("per user on /order", Quota::per_second(NonZeroU32::new(200).unwrap(), NonZeroU32::new(400).unwrap()));
         let before = rss_mib();
         let started = Instant::now();
         let (mut peak_keys, mut peak_rss) = (0usize, before);

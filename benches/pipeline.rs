@@ -61,7 +61,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 /// Appends `records` with 512 in flight, then reads them all back with one consumer.
 async fn bench_log(backend: Backend, records: usize) -> (String, String) {
-    let test = test_topology_on(backend, "blog", &[], |t| t);
+    let test = test_topology_on(backend, "blog", &[], |_| {});
     let topology = test.topology();
     let log = sluice::pipeline::open_log(&topology).unwrap();
     let topic = topology.ingress.orders_topic.clone();
@@ -152,7 +152,7 @@ async fn tokens(base: &str, users: &[String]) -> Vec<(String, String)> {
 async fn bench_ingress(backend: Backend, orders: usize) -> (String, String) {
     let users = users_covering_shards(4);
     let refs: Vec<&str> = users.iter().map(String::as_str).collect();
-    let test = test_topology_on(backend, "bingress", &refs, |t| t);
+    let test = test_topology_on(backend, "bingress", &refs, |_| {});
     let pipeline = RunningPipeline::start(&test, Parts::INGRESS).await;
     let tokens = tokens(&pipeline.base_login, &users).await;
     post_orders(&pipeline.base_order, &tokens, 500, 64).await; // warm-up
@@ -213,10 +213,10 @@ async fn total_rows(test: &TestTopology) -> usize {
 
 /// Rows/s the four sink workers store from records already in their topics.
 async fn bench_sinks(backend: Backend, rows: usize) -> String {
-    let test = test_topology_on(backend, "bsinks", &[], |t| t);
+    let test = test_topology_on(backend, "bsinks", &[], |_| {});
     let topology = test.topology();
     let log: Arc<dyn Log> = sluice::pipeline::open_log(&topology).unwrap();
-    log::ensure_topology_topics(log.as_ref(), &topology)
+    log::ensure_declared_topics(log.as_ref(), &topology.topics)
         .await
         .unwrap();
     let map = topology.shard_map().unwrap();
@@ -251,7 +251,12 @@ async fn bench_sinks(backend: Backend, rows: usize) -> String {
         let writer = open_shard(&shard.name, &shard.url, &topology.base_dir).unwrap();
         let worker = SinkWorker {
             rejections_topic: None,
-            ..SinkWorker::live(&topology, index)
+            ..SinkWorker::live(
+                shard,
+                index,
+                &topology.sink,
+                &topology.log.consumer_group_prefix,
+            )
         };
         workers.push(tokio::spawn(run_sink_worker(
             log.clone(),
@@ -280,7 +285,7 @@ async fn bench_sinks(backend: Backend, rows: usize) -> String {
 
 /// Rows/s of a bare 500-row prepared INSERT per transaction into the four MariaDB shards.
 async fn bench_raw_insert(rows: usize) -> String {
-    let test = test_topology("braw", &[], |t| t);
+    let test = test_topology("braw", &[], |_| {});
     let topology = test.topology();
     let per_shard = rows / 4 / 500 * 500;
     let mut shards = Vec::new();
@@ -332,7 +337,7 @@ async fn bench_raw_insert(rows: usize) -> String {
 async fn bench_end_to_end(backend: Backend, orders: usize) -> String {
     let users = users_covering_shards(4);
     let refs: Vec<&str> = users.iter().map(String::as_str).collect();
-    let test = test_topology_on(backend, "be2e", &refs, |t| t);
+    let test = test_topology_on(backend, "be2e", &refs, |_| {});
     let pipeline = RunningPipeline::start(&test, Parts::ALL).await;
     let tokens = tokens(&pipeline.base_login, &users).await;
     let started = Instant::now();

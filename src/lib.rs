@@ -8,3 +8,5 @@ pub mod ops;
 pub mod pipeline;
 pub mod replay;
 pub mod replay_socket;
+pub mod telemetry;
+pub mod topology;

@@ -6,8 +6,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use sluice::pipeline::{self, Parts};
+use sluice::topology::{self, LogBackend};
 use sluice_core::shutdown::Shutdown;
-use sluice_core::topology::{self, GraphFormat, LogBackend};
+use sluice_core::topology::GraphFormat;
 
 /// Sluice: HTTP ingress → stream processors → sharded MySQL, over Kafka.
 #[derive(Parser)]
@@ -61,7 +62,8 @@ enum Command {
         /// Topic to read; default: the stage's input or the shard's own topic.
         #[arg(long)]
         topic: Option<String>,
-        /// Start: `beginning`, an offset (in every partition), `@<epoch ms>` or an RFC 3339 time.
+        /// Start: `beginning`, an offset (in every partition), `@<epoch ms>` or an RFC 3339 time
+        /// (`2026-11-25T10:00:00Z`, `2026-11-25T12:00:00+02:00`).
         #[arg(long, default_value = "beginning", value_parser = sluice::replay::parse_bound)]
         from: sluice::replay::Bound,
         /// Stop before this bound (same forms as --from); default: the end when the replay starts.
@@ -253,14 +255,14 @@ fn graph(path: &std::path::Path, format: Format) -> ExitCode {
         Format::Mermaid => GraphFormat::Mermaid,
         Format::Dot => GraphFormat::Dot,
     };
-    report(topology::load(path).map(|topology| topology::render(&topology, format)))
+    report(topology::load(path).map(|topology| topology.render(format)))
 }
 
 /// Loads the topology and starts the async runtime for `run` and `replay`, or prints why not.
 fn prepare(
     path: &std::path::Path,
 ) -> Result<(topology::Topology, tokio::runtime::Runtime), ExitCode> {
-    sluice_core::telemetry::init_logging();
+    sluice::telemetry::init_logging();
     let fail = |message: String| {
         eprintln!("{message}");
         ExitCode::FAILURE
@@ -303,7 +305,7 @@ fn replay(path: &std::path::Path, spec: sluice::replay::ReplaySpec) -> ExitCode 
         let progress = sluice::replay::progress_printer(label, std::time::Duration::from_secs(2));
         if topology.log.backend == LogBackend::Embedded {
             // A running `sluice run` holds the embedded log: hand it the replay.
-            let log_file = topology.resolve_path(&topology.log.path);
+            let log_file = topology.resolve_path(&topology.log.embedded.path);
             if let Some(stream) = sluice::replay_socket::connect(&log_file).await {
                 eprintln!("the pipeline is running: the replay runs inside it");
                 return sluice::replay_socket::request(

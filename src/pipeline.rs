@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use sluice_core::log::{self, Log, LogError};
 use sluice_core::shutdown::Shutdown;
-use sluice_core::topology::{LogBackend, Topology};
+
+use crate::topology::{LogBackend, Topology};
 use sluice_ingress::{Ingress, Reloader};
 use sluice_processors::{build_stages, run_stage, StageRunner};
 use sluice_sinks::{open_shard, run_sink_worker, ShardLookup, ShardWriter, SinkWorker};
@@ -107,9 +108,11 @@ async fn bind(topology: &Topology) -> Result<Listeners, PipelineError> {
     Ok(Listeners { login, order })
 }
 
-/// Opens the log a topology names (call within a Tokio runtime).
+/// Opens the log a topology names (call within a Tokio runtime). Installs the metrics
+/// recorder first, so the log's metric handles count.
 pub fn open_log(topology: &Topology) -> Result<Arc<dyn Log>, PipelineError> {
-    Ok(log::open(&topology.log, &topology.base_dir)?)
+    sluice_ingress::prometheus::handle();
+    Ok(topology.log.open(&topology.base_dir)?)
 }
 
 /// Runs `parts` of `topology` over `log` until `shutdown` is triggered (or a component fails), then
@@ -123,8 +126,8 @@ pub async fn run(
     shutdown: Shutdown,
 ) -> Result<(), PipelineError> {
     // Install the metrics recorder before anything counts.
-    sluice_core::telemetry::metrics_handle();
-    log::ensure_topology_topics(log.as_ref(), &topology).await?;
+    sluice_ingress::prometheus::handle();
+    log::ensure_declared_topics(log.as_ref(), &topology.topics).await?;
     let shards = open_shards(&topology)?;
     let shard_map = topology
         .shard_map()
@@ -149,7 +152,8 @@ pub async fn run(
 
     if topology.log.backend == LogBackend::Embedded {
         // The log file serves this process only: replays of it come here over a socket.
-        let socket = crate::replay_socket::socket_path(&topology.resolve_path(&topology.log.path));
+        let socket =
+            crate::replay_socket::socket_path(&topology.resolve_path(&topology.log.embedded.path));
         let (topology, log, token) = (topology.clone(), log.clone(), shutdown.token());
         tasks.spawn(async move {
             if let Err(error) = crate::replay_socket::serve(socket.clone(), topology, log, token.clone()).await {
@@ -191,7 +195,7 @@ pub async fn run(
     }
 
     if parts.processors {
-        for (config, stage) in build_stages(&topology)? {
+        for (config, stage) in build_stages(&topology.stages, &topology.stage_context())? {
             let runner = StageRunner::from_config(&config, &topology.log.consumer_group_prefix);
             let (log, token) = (log.clone(), shutdown.token());
             tasks.spawn(async move {
@@ -206,7 +210,12 @@ pub async fn run(
 
     if parts.sinks {
         for (index, (config, shard)) in topology.shards.iter().zip(&shards).enumerate() {
-            let worker = SinkWorker::live(&topology, index);
+            let worker = SinkWorker::live(
+                config,
+                index,
+                &topology.sink,
+                &topology.log.consumer_group_prefix,
+            );
             let (log, writer, map, token) = (
                 log.clone(),
                 shard.clone(),
@@ -265,10 +274,19 @@ fn reload_on_hangup(
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
-                _ = hangups.recv() => match reloader.reload((!topology.as_os_str().is_empty()).then_some(topology.as_path())).await {
-                    Ok(()) => {}
-                    Err(error) => tracing::error!(%error, "reload failed; the previous keys and users stay in force"),
-                },
+                _ = hangups.recv() => {
+                    // The `[ingress.auth]` settings are read again when the file is known.
+                    let path = topology.clone();
+                    let read_auth = move || -> Result<_, sluice_ingress::BoxError> {
+                        if path.as_os_str().is_empty() {
+                            return Ok(None);
+                        }
+                        Ok(Some(crate::topology::load(&path)?.ingress.auth))
+                    };
+                    if let Err(error) = reloader.reload(read_auth).await {
+                        tracing::error!(%error, "reload failed; the previous keys and users stay in force");
+                    }
+                }
             }
         }
     });

@@ -15,10 +15,11 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use sluice_core::log::{Assignment, Log, LogError, StartFrom};
 use sluice_core::telemetry;
-use sluice_core::topology::Topology;
-use sluice_processors::{build_stage, run_stage, StageRunner};
+use sluice_processors::{run_stage, StageRunner};
 use sluice_sinks::{open_shard, run_sink_worker, SinkWorker};
 use tokio_util::sync::CancellationToken;
+
+use crate::topology::Topology;
 
 /// Where a replay starts or stops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -210,8 +211,9 @@ pub async fn replay(
             if ranges.is_empty() {
                 return Ok(ReplayOutcome::finished(0, 0));
             }
-            let stage =
-                build_stage(topology, config).map_err(|e| ReplayError::Stage(e.to_string()))?;
+            let stage = config
+                .build(&topology.stage_context())
+                .map_err(|e| ReplayError::Stage(e.to_string()))?;
             let mut runner = StageRunner::from_config(config, &topology.log.consumer_group_prefix);
             runner.name = format!("replay.{}.{name}", spec.name);
             runner.input = topic.clone();
@@ -281,7 +283,12 @@ pub async fn replay(
                         .map(|&(p, _, end)| ((topic.clone(), p), end))
                         .collect(),
                 ),
-                ..SinkWorker::live(topology, index)
+                ..SinkWorker::live(
+                    config,
+                    index,
+                    &topology.sink,
+                    &topology.log.consumer_group_prefix,
+                )
             };
             let reporter = progress.map(|p| {
                 Arc::new(move |done: u64| p(done, total)) as Arc<dyn Fn(u64) + Send + Sync>
@@ -335,8 +342,9 @@ pub fn progress_printer(label: String, every: Duration) -> ProgressFn {
     })
 }
 
-/// Parses a `--from`/`--to` value: `beginning`, an offset (`1234`), or a time (RFC 3339 such
-/// as `2026-11-25T10:00:00Z`, or milliseconds since the epoch written `@1795622309905`).
+/// Parses a `--from`/`--to` value: `beginning`, an offset (`1234`), or a time (RFC 3339 with
+/// any offset, such as `2026-11-25T10:00:00Z` or `2026-11-25T12:00:00+02:00`, or milliseconds
+/// since the epoch written `@1795622309905`).
 pub fn parse_bound(text: &str) -> Result<Bound, String> {
     let text = text.trim();
     if text.eq_ignore_ascii_case("beginning") {
@@ -355,40 +363,24 @@ pub fn parse_bound(text: &str) -> Result<Bound, String> {
             Err(format!("{text:?}: offsets are not negative"))
         };
     }
-    parse_rfc3339_ms(text).map(Bound::Time).ok_or_else(|| {
-        format!("{text:?} is not `beginning`, an offset, `@<epoch ms>` or an RFC 3339 time such as 2026-11-25T10:00:00Z")
-    })
-}
-
-/// Milliseconds since the epoch of a UTC RFC 3339 time (`YYYY-MM-DDTHH:MM:SS[.fff]Z`).
-fn parse_rfc3339_ms(text: &str) -> Option<i64> {
-    let text = text
-        .strip_suffix('Z')
-        .or_else(|| text.strip_suffix("+00:00"))?;
-    let (date, time) = text.split_once(['T', ' '])?;
-    let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
-    let (year, month, day) = (d.next()??, d.next()??, d.next()??);
-    let (clock, fraction) = time.split_once('.').unwrap_or((time, "0"));
-    let mut t = clock.split(':').map(|p| p.parse::<i64>().ok());
-    let (hour, minute, second) = (t.next()??, t.next()??, t.next()??);
-    if !(1..=12).contains(&month)
-        || !(1..=31).contains(&day)
-        || hour > 23
-        || minute > 59
-        || second > 60
-    {
-        return None;
+    // Text that starts like a date (`YYYY-`) was meant as a time: say what is wrong with it.
+    let looks_like_a_date = text
+        .get(..5)
+        .is_some_and(|head| head[..4].bytes().all(|b| b.is_ascii_digit()) && head.ends_with('-'));
+    match time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339) {
+        Ok(at) => Ok(Bound::Time(
+            at.unix_timestamp() * 1000 + i64::from(at.millisecond()),
+        )),
+        Err(error) if looks_like_a_date => Err(format!(
+            "{text:?} is not a valid RFC 3339 time ({error}); write YYYY-MM-DDTHH:MM:SS[.fff] \
+             followed by Z or an offset ±HH:MM, such as 2026-11-25T10:00:00Z or \
+             2026-11-25T12:00:00+02:00"
+        )),
+        Err(_) => Err(format!(
+            "{text:?} is not `beginning`, an offset, `@<epoch ms>` or an RFC 3339 time such as \
+             2026-11-25T10:00:00Z or 2026-11-25T12:00:00+02:00"
+        )),
     }
-    let millis: i64 = format!("{fraction:0<3}")[..3].parse().ok()?;
-    // Days from the civil date (Howard Hinnant's algorithm).
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(((days * 24 + hour) * 60 + minute) * 60_000 + second * 1000 + millis)
 }
 
 #[cfg(test)]
@@ -410,5 +402,65 @@ mod tests {
         );
         assert!(parse_bound("-1").unwrap_err().contains("not negative"));
         assert!(parse_bound("yesterday").unwrap_err().contains("RFC 3339"));
+    }
+
+    #[test]
+    fn times_with_an_offset_are_converted_to_utc() {
+        // 17:58:29.905 at UTC+2 is 15:58:29.905 UTC.
+        assert_eq!(
+            parse_bound("2026-11-25T17:58:29.905+02:00"),
+            Ok(Bound::Time(1_795_622_309_905))
+        );
+        assert_eq!(
+            parse_bound("2026-11-25T10:28:29.905-05:30"),
+            Ok(Bound::Time(1_795_622_309_905))
+        );
+        assert_eq!(
+            parse_bound("2026-11-25T15:58:29.905+00:00"),
+            Ok(Bound::Time(1_795_622_309_905))
+        );
+        // Across midnight and the year: 00:30 on 1 January at +02:00 is 22:30 on 31 December.
+        assert_eq!(
+            parse_bound("1971-01-01T00:30:00+02:00"),
+            parse_bound("1970-12-31T22:30:00Z")
+        );
+        assert_eq!(
+            parse_bound("1970-12-31T22:30:00Z"),
+            Ok(Bound::Time((364 * 86_400 + 22 * 3_600 + 30 * 60) * 1000))
+        );
+        // Digits beyond the millisecond are truncated.
+        assert_eq!(
+            parse_bound("1970-01-01T00:00:01.999999Z"),
+            Ok(Bound::Time(1999))
+        );
+    }
+
+    #[test]
+    fn impossible_dates_are_refused_with_the_expected_format() {
+        for text in [
+            "2026-02-31T10:00:00Z",
+            "2025-02-29T10:00:00Z",
+            "2026-04-31T10:00:00Z",
+            "2026-13-01T10:00:00Z",
+            "2026-11-25T24:00:00Z",
+            "2026-11-25T10:00:00",
+            "2026-11-25",
+        ] {
+            let error = parse_bound(text).unwrap_err();
+            assert!(
+                error.contains(&format!("{text:?} is not a valid RFC 3339 time")),
+                "{error}"
+            );
+            assert!(
+                error.contains("YYYY-MM-DDTHH:MM:SS[.fff]")
+                    && error.contains("2026-11-25T10:00:00Z"),
+                "the error does not show the expected format: {error}"
+            );
+        }
+        // 29 February of a leap year exists.
+        assert_eq!(
+            parse_bound("2024-02-29T00:00:00Z"),
+            Ok(Bound::Time(1_709_164_800_000))
+        );
     }
 }

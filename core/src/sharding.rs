@@ -129,15 +129,72 @@ impl ShardMap {
 mod tests {
     use super::*;
 
+    /// Buckets computed once with XXH3-64 (seed 0) and written down. If one of these changes,
+    /// every stored order would belong to another shard: do not update them, fix the hash.
+    /// The keys cover every input-length path of XXH3 (0, 1-3, 4-8, 9-16, 17-128, 129-240 and
+    /// over 240 bytes), non-ASCII UTF-8 and whitespace.
     #[test]
-    fn bucket_is_stable_and_documented() {
-        // Pinned values: if these change, every stored order would move shard.
-        assert_eq!(
-            bucket_of("alice", 256),
-            (xxhash_rust::xxh3::xxh3_64(b"alice") % 256) as u32
-        );
-        assert_eq!(bucket_of("alice", 256), bucket_of("alice", 256));
-        assert!(bucket_of("bob", 16) < 16);
+    fn buckets_are_pinned() {
+        let long = "u".repeat(1000);
+        let (hundred, two_hundred) = ("o".repeat(100), "m".repeat(200));
+        let user_300 = "user-".repeat(60);
+        // (key, bucket among 4, 16, 256, 1024 and 65536 buckets)
+        let pinned: [(&str, [u32; 5]); 13] = [
+            ("", [2, 2, 194, 194, 38082]),
+            ("bob", [1, 5, 229, 229, 47333]),
+            ("alice", [0, 0, 176, 688, 5808]),
+            ("user0", [3, 3, 83, 851, 34643]),
+            ("user-4711", [1, 1, 177, 177, 60593]),
+            ("\u{c5}lesund-\u{ff}", [0, 4, 164, 676, 8868]),
+            ("\u{7528}\u{6237}", [3, 15, 111, 111, 32879]),
+            ("\u{1f469}\u{200d}\u{1f4bb}", [3, 11, 27, 283, 36123]),
+            ("a b\tc", [0, 4, 180, 180, 21684]),
+            (&hundred, [1, 13, 29, 29, 44061]),
+            (&two_hundred, [0, 8, 248, 760, 8952]),
+            (&user_300, [0, 8, 232, 488, 26088]),
+            (&long, [0, 12, 28, 284, 24860]),
+        ];
+        for (key, buckets) in pinned {
+            for (count, bucket) in [4, 16, 256, 1024, 65536].into_iter().zip(buckets) {
+                assert_eq!(
+                    bucket_of(key, count),
+                    bucket,
+                    "bucket of {key:?} among {count} moved"
+                );
+            }
+            assert_eq!(bucket_of(key, 1), 0);
+        }
+        // The XXH3-64 of the empty input is the one its specification publishes.
+        assert_eq!(xxhash_rust::xxh3::xxh3_64(b""), 0x2d06_8005_38d3_94c2);
+    }
+
+    /// The shipped topology's layout (256 buckets, four shards of 64): pinned users, pinned
+    /// shards.
+    #[test]
+    fn shipped_layout_puts_users_on_pinned_shards() {
+        let ranges = ["0-63", "64-127", "128-191", "192-255"];
+        let shards: Vec<_> = ranges
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                (
+                    format!("shard{i}"),
+                    BucketRange::try_from(r.to_string()).unwrap(),
+                )
+            })
+            .collect();
+        let map = ShardMap::new(256, &shards).unwrap();
+        for (user, bucket, shard) in [
+            ("", 194, "shard3"),
+            ("alice", 176, "shard2"),
+            ("bob", 229, "shard3"),
+            ("user0", 83, "shard1"),
+            ("\u{7528}\u{6237}", 111, "shard1"),
+            ("\u{1f469}\u{200d}\u{1f4bb}", 27, "shard0"),
+        ] {
+            assert_eq!(map.bucket(user), bucket, "{user:?}");
+            assert_eq!(map.shard_name(map.bucket(user)), shard, "{user:?}");
+        }
     }
 
     #[test]

@@ -1,13 +1,8 @@
-//! Structured logs and Prometheus metrics.
+//! The name of every metric Sluice emits, so dashboards have one place to look.
 //!
-//! Logs are JSON lines on stderr (one object per event, with `timestamp`, `level`, `target`
-//! and `fields`), ready for Filebeat/Logstash into Elasticsearch. Metrics use the `metrics`
-//! facade; [`metrics_handle`] installs the Prometheus recorder once and renders its text.
-//! Every metric name Sluice emits is a constant below, so dashboards have one place to look.
-
-use std::sync::OnceLock;
-
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+//! Components record through the `metrics` facade; the `sluice` binary installs the
+//! Prometheus recorder before it builds anything (handles taken before a recorder exists
+//! count nowhere), and `/metrics` renders it.
 
 /// Counter: HTTP requests answered by the ingress, labelled `route` and `status`.
 pub const HTTP_REQUESTS: &str = "sluice_http_requests_total";
@@ -51,29 +46,3 @@ pub const LOG_APPEND_QUEUE: &str = "sluice_log_append_queue_records";
 /// Counter: new records the embedded log refused, labelled `reason` (`write_failure`,
 /// `low_disk_space`, `queue_full`).
 pub const LOG_APPENDS_REFUSED: &str = "sluice_log_appends_refused_total";
-
-/// The process-wide Prometheus recorder, installed on first use.
-pub fn metrics_handle() -> &'static PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE.get_or_init(|| {
-        let recorder = PrometheusBuilder::new().build_recorder();
-        let handle = recorder.handle();
-        // Another recorder may already be installed (tests); the handle still renders ours.
-        let _ = metrics::set_global_recorder(recorder);
-        handle
-    })
-}
-
-/// Installs JSON logging on stderr, filtered by `RUST_LOG` (default `info`).
-/// Safe to call more than once; later calls do nothing.
-pub fn init_logging() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .json()
-        .flatten_event(false)
-        .with_current_span(false)
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
-}

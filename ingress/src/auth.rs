@@ -12,11 +12,11 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
+use crate::config::{AuthConfig, JwtAlgorithm};
 use jsonwebtoken::{
     decode, decode_header, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation,
 };
 use serde::{Deserialize, Serialize};
-use sluice_core::topology::{AuthConfig, JwtAlgorithm};
 
 /// Claims of a Sluice token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -480,17 +480,44 @@ mod tests {
         );
         let error = authority.verify(&unsigned).unwrap_err();
         assert!(matches!(error, TokenError::Malformed(_)), "{error:?}");
+    }
 
-        // A tampered payload breaks the signature.
-        let mut parts: Vec<String> = token.split('.').map(str::to_string).collect();
-        parts[1] = parts[1].replacen('e', "f", 1);
-        let error = authority.verify(&parts.join(".")).unwrap_err();
-        assert!(
-            matches!(
-                error,
-                TokenError::Malformed(_) | TokenError::BadSignature(_)
-            ),
-            "{error:?}"
+    /// A token whose claims were changed but which stays well-formed (valid base64url, valid
+    /// JSON, every claim valid): only the signature check can refuse it.
+    #[test]
+    fn tampered_claims_are_refused_by_the_signature_check() {
+        let authority = TokenAuthority::with_secret(SECRET, "sluice", 60);
+        let token = authority.issue("alice").unwrap();
+        let mut claims: Claims = jsonwebtoken::dangerous::insecure_decode_claims(&token).unwrap();
+        claims.sub = "mallory".into();
+        // `encode` writes its claims as unpadded base64url JSON: its middle segment is the
+        // tampered payload. The key is irrelevant, as only that segment is kept.
+        let reencoded = encode(
+            &decode_header(&token).unwrap(),
+            &claims,
+            &EncodingKey::from_secret(b"irrelevant"),
+        )
+        .unwrap();
+        let payload = reencoded.split('.').nth(1).unwrap();
+        assert!(!payload.contains('='));
+        let mut parts: Vec<&str> = token.split('.').collect();
+        assert_ne!(parts[1], payload);
+        parts[1] = payload;
+        let tampered = parts.join(".");
+        // Well-formed: it decodes, and says it is mallory's, under alice's original signature.
+        let decoded: Claims = jsonwebtoken::dangerous::insecure_decode_claims(&tampered).unwrap();
+        assert_eq!(decoded.sub, "mallory");
+        assert_eq!(
+            tampered.rsplit('.').next(),
+            token.rsplit('.').next(),
+            "the original signature is kept"
+        );
+
+        let error = authority.verify(&tampered).unwrap_err();
+        assert!(matches!(error, TokenError::BadSignature(_)), "{error:?}");
+        assert_eq!(
+            crate::error::ApiError::from(error).message,
+            "the token's signature is not valid"
         );
     }
 

@@ -6,7 +6,7 @@ use futures::{Stream, StreamExt};
 use serde::de::DeserializeOwned;
 use warp::http::HeaderMap;
 
-use sluice_core::topology::IngressConfig;
+use crate::config::IngressConfig;
 
 use crate::error::ApiError;
 

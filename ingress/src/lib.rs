@@ -19,10 +19,12 @@
 pub mod auth;
 pub mod body;
 pub mod capability;
+pub mod config;
 pub mod error;
 pub mod idempotency;
 pub mod limits;
 pub mod principal;
+pub mod prometheus;
 pub mod routes;
 pub mod security;
 pub mod server;
@@ -36,7 +38,6 @@ use std::time::Instant;
 use sluice_core::log::Log;
 use sluice_core::lookup::OrderLookup;
 use sluice_core::telemetry;
-use sluice_core::topology::IngressConfig;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use warp::filters::BoxedFilter;
@@ -45,11 +46,15 @@ use warp::reply::Response;
 use warp::{Filter, Reply};
 
 use crate::auth::TokenAuthority;
+pub use crate::config::{AuthConfig, IngressConfig, Mode};
 use crate::error::ApiError;
 use crate::limits::KeyedLimit;
 pub use crate::principal::Principal;
 use crate::principal::{Authentication, AuthenticationError};
 pub use crate::users::Users;
+
+/// Any error, boxed (what a caller's loader may fail with).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The rate limits of the ingress.
 pub struct Limits {
@@ -72,34 +77,29 @@ pub struct Reloader {
 
 impl Reloader {
     /// Re-reads the key files, the biscuit root keys and revocation list, and the users file,
-    /// and, when the topology's file is known, its `[ingress.auth]` key settings (added or
-    /// retired keys, the signing key). On error the previous keys and users stay in force.
-    /// The files are read, and in production mode the passwords checked, on a blocking
-    /// thread.
-    pub async fn reload(&self, topology: Option<&std::path::Path>) -> Result<(), IngressError> {
-        let (state, topology) = (
-            self.state.clone(),
-            topology.map(std::path::Path::to_path_buf),
-        );
-        blocking(move || Self::reload_now(&state, topology.as_deref())).await?
+    /// and the `[ingress.auth]` settings that `read_auth` reads again from the topology file
+    /// (added or retired keys, the signing key; `None` keeps the current ones). On error the
+    /// previous keys and users stay in force. The files are read, and in production mode the
+    /// passwords checked, on a blocking thread.
+    pub async fn reload<F>(&self, read_auth: F) -> Result<(), IngressError>
+    where
+        F: FnOnce() -> Result<Option<AuthConfig>, BoxError> + Send + 'static,
+    {
+        let state = self.state.clone();
+        blocking(move || {
+            let auth = read_auth().map_err(IngressError::Topology)?;
+            Self::reload_now(&state, auth)
+        })
+        .await?
     }
 
     /// [`reload`](Self::reload), on the calling thread (it blocks).
-    fn reload_now(state: &State, topology: Option<&std::path::Path>) -> Result<(), IngressError> {
-        let auth = match topology {
-            Some(path) => Some(
-                sluice_core::topology::load(path)
-                    .map_err(IngressError::Topology)?
-                    .ingress
-                    .auth,
-            ),
-            None => None,
-        };
+    fn reload_now(state: &State, auth: Option<AuthConfig>) -> Result<(), IngressError> {
         // Everything is loaded and checked before anything is swapped.
         let users = Users::load(&state.users_path)?;
         // Development mode only warns of weaknesses at start: only production mode checks
         // the reloaded settings and passwords.
-        if state.config.mode == sluice_core::topology::Mode::Production {
+        if state.config.mode == crate::config::Mode::Production {
             let mut config = state.config.clone();
             if let Some(auth) = &auth {
                 config.auth = auth.clone();
@@ -171,7 +171,7 @@ fn warn_of_weaknesses(state: &Arc<State>) {
 
 /// Loads the biscuit root key(s) and revocation list that `auth` names, if any.
 fn load_capabilities(
-    auth: &sluice_core::topology::AuthConfig,
+    auth: &crate::config::AuthConfig,
     base_dir: &std::path::Path,
 ) -> Result<Option<Arc<capability::CapabilityAuthority>>, IngressError> {
     let Some(keys) = &auth.biscuit_public_key_file else {
@@ -273,9 +273,9 @@ pub enum IngressError {
     /// The biscuit revocation list could not be loaded.
     #[error("ingress.auth.biscuit_revocation_file: {0}")]
     Revocation(#[source] capability::CapabilityError),
-    /// The topology could not be reloaded.
+    /// The topology could not be read again.
     #[error("cannot reload the topology: {0}")]
-    Topology(#[source] sluice_core::topology::TopologyError),
+    Topology(#[source] BoxError),
     /// The runtime shut down before the files were read.
     #[error("the ingress could not load its users and keys: the runtime is shutting down")]
     ShuttingDown,
@@ -302,7 +302,7 @@ impl Ingress {
                 let users_path =
                     sluice_core::topology::resolve_relative(&base_dir, &config.auth.users_file);
                 let users = Users::load(&users_path)?;
-                if config.mode == sluice_core::topology::Mode::Production {
+                if config.mode == crate::config::Mode::Production {
                     let weaknesses = security::weaknesses(&config, &users);
                     if !weaknesses.is_empty() {
                         return Err(IngressError::Insecure(weaknesses));
@@ -350,7 +350,7 @@ impl Ingress {
             password_checks: tokio::sync::Semaphore::new(2 * cores),
         };
         let state = Arc::new(state);
-        if state.config.mode == sluice_core::topology::Mode::Development {
+        if state.config.mode == crate::config::Mode::Development {
             warn_of_weaknesses(&state);
         }
         Ok(Ingress { state })

@@ -8,14 +8,13 @@
 
 use std::hash::Hash;
 use std::net::IpAddr;
-use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::config::{Quota, Rate};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota as GovernorQuota, RateLimiter};
-use sluice_core::topology::Quota;
 
 /// Past this many tracked keys, idle keys are swept at once instead of at the next tick.
 pub const MAX_TRACKED_KEYS: usize = 200_000;
@@ -55,14 +54,11 @@ pub struct KeyedLimit<K: Hash + Eq + Clone> {
 }
 
 fn governor_quota(quota: Quota) -> GovernorQuota {
-    let burst = NonZeroU32::new(quota.burst.max(1)).unwrap_or(NonZeroU32::MIN);
-    let base = match NonZeroU32::new(quota.per_second) {
-        Some(per_second) => GovernorQuota::per_second(per_second),
-        None => GovernorQuota::per_minute(
-            NonZeroU32::new(quota.per_minute.max(1)).unwrap_or(NonZeroU32::MIN),
-        ),
+    let base = match quota.rate {
+        Rate::PerSecond(per_second) => GovernorQuota::per_second(per_second),
+        Rate::PerMinute(per_minute) => GovernorQuota::per_minute(per_minute),
     };
-    base.allow_burst(burst)
+    base.allow_burst(quota.burst)
 }
 
 impl<K: Hash + Eq + Clone + Send + Sync + 'static> KeyedLimit<K> {
@@ -86,7 +82,7 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> KeyedLimit<K> {
         }
         KeyedLimit {
             name,
-            burst: quota.burst,
+            burst: quota.burst.get(),
             limiter,
             last_forced_sweep: AtomicU64::new(0),
         }
@@ -138,17 +134,15 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> KeyedLimit<K> {
 
 #[cfg(test)]
 mod tests {
+    use std::num::NonZeroU32;
+
     use super::*;
 
     #[tokio::test]
     async fn burst_then_429_with_retry_after_and_ratelimit_headers() {
         let limit = KeyedLimit::new(
             "per user",
-            Quota {
-                per_second: 1,
-                per_minute: 0,
-                burst: 3,
-            },
+            Quota::per_second(NonZeroU32::new(1).unwrap(), NonZeroU32::new(3).unwrap()),
         );
         for _ in 0..3 {
             limit.check(&"alice".to_string()).unwrap();
@@ -174,11 +168,7 @@ mod tests {
     async fn per_minute_quotas_refill_slowly() {
         let limit = KeyedLimit::new(
             "per user name",
-            Quota {
-                per_second: 0,
-                per_minute: 10,
-                burst: 2,
-            },
+            Quota::per_minute(NonZeroU32::new(10).unwrap(), NonZeroU32::new(2).unwrap()),
         );
         limit.check(&"alice".to_string()).unwrap();
         limit.check(&"alice".to_string()).unwrap();

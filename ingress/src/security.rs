@@ -4,7 +4,7 @@
 //! weaknesses remain, and says which setting to change; in development mode it starts but
 //! warns loudly about each.
 
-use sluice_core::topology::{IngressConfig, JwtAlgorithm};
+use crate::config::{IngressConfig, JwtAlgorithm};
 
 use crate::users::Users;
 

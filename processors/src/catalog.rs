@@ -1,4 +1,4 @@
-//! Product prices for the enrich stage: a [`CatalogSource`] behind a `moka` cache.
+//! `[catalog]` and product prices for the stages: a [`CatalogSource`] behind a `moka` cache.
 //!
 //! The shipped source is the `[catalog]` table of `topology.toml`; a source backed by a
 //! pricing service or database implements the same trait and gets the same cache.
@@ -8,7 +8,59 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use moka::sync::Cache;
-use sluice_core::topology::{parse_price_minor, CatalogEntry};
+use serde::{Deserialize, Serialize};
+use sluice_core::topology::Issues;
+
+/// `[catalog]`: product code → price and currency.
+pub type Catalog = BTreeMap<String, CatalogEntry>;
+
+/// `[catalog.<product>]`: one product.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogEntry {
+    /// Unit price as a decimal string with at most two decimals, e.g. `"19.99"`.
+    pub price: String,
+    /// ISO 4217 currency code, e.g. `"EUR"`.
+    pub currency: String,
+}
+
+/// Checks every entry of `[catalog]`.
+pub fn validate(catalog: &Catalog, issues: &mut Issues) {
+    for (product, entry) in catalog {
+        if let Err(message) = parse_price_minor(&entry.price) {
+            issues.push(format!("catalog.\"{product}\".price"), message);
+        }
+        if entry.currency.len() != 3 || !entry.currency.chars().all(|c| c.is_ascii_uppercase()) {
+            issues.push(
+                format!("catalog.\"{product}\".currency"),
+                format!(
+                    "{:?} is not a three-letter ISO 4217 code such as \"EUR\"",
+                    entry.currency
+                ),
+            );
+        }
+    }
+}
+
+/// Parses a decimal price such as `"19.99"` into minor units (`1999`).
+pub fn parse_price_minor(price: &str) -> Result<i64, String> {
+    let invalid =
+        || format!("price {price:?} must be a decimal with at most two decimals, e.g. \"19.99\"");
+    let (whole, fraction) = price.trim().split_once('.').unwrap_or((price.trim(), ""));
+    if whole.is_empty()
+        || !whole.bytes().all(|b| b.is_ascii_digit())
+        || fraction.len() > 2
+        || !fraction.bytes().all(|b| b.is_ascii_digit())
+    {
+        return Err(invalid());
+    }
+    let whole: i64 = whole.parse().map_err(|_| invalid())?;
+    let cents: i64 = format!("{fraction:0<2}").parse().map_err(|_| invalid())?;
+    whole
+        .checked_mul(100)
+        .and_then(|w| w.checked_add(cents))
+        .ok_or_else(invalid)
+}
 
 /// A product's price.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,6 +169,16 @@ mod tests {
             assert_eq!(catalog.price("nope"), None);
         }
         assert_eq!(source.0.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn prices_parse_exactly() {
+        assert_eq!(parse_price_minor("19.99"), Ok(1999));
+        assert_eq!(parse_price_minor("5"), Ok(500));
+        assert_eq!(parse_price_minor("0.5"), Ok(50));
+        assert!(parse_price_minor("1.999").is_err());
+        assert!(parse_price_minor("-1").is_err());
+        assert!(parse_price_minor("abc").is_err());
     }
 
     #[test]

@@ -10,10 +10,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::config::StageConfig;
 use futures::future::join_all;
 use sluice_core::log::{assign_all, Assignment, Log, LogError, Position, StartFrom};
+use sluice_core::retry::{Backoff, Retry, Verdict};
 use sluice_core::telemetry;
-use sluice_core::topology::StageConfig;
 use tokio_util::sync::CancellationToken;
 
 use crate::stage::{dead_letter, Emission, Outcome, Stage};
@@ -213,53 +214,76 @@ async fn commit_with_retry(
     positions: &[Position],
     cancel: &CancellationToken,
 ) -> bool {
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        match consumer.commit(positions).await {
-            Ok(()) => return true,
-            Err(error) => tracing::warn!(stage, %error, "commit failed; retrying"),
-        }
-        tokio::select! {
-            _ = cancel.cancelled() => return false,
-            _ = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
-    }
+    Retry::new(Backoff::new(
+        Duration::from_millis(100),
+        Duration::from_secs(5),
+    ))
+    .cancel_on(cancel)
+    .run_with(
+        consumer,
+        |consumer| async move {
+            let committed = consumer.commit(positions).await;
+            (consumer, committed)
+        },
+        |_| Verdict::Retry,
+        |error, _| tracing::warn!(stage, %error, "commit failed; retrying"),
+    )
+    .await
+    .is_ok()
 }
 
-/// Sends every emission, retrying failures with backoff. Returns false if cancelled first.
+/// Sends every emission, retrying the failed ones with backoff. Returns false if cancelled
+/// first.
 async fn send_all(
     log: &dyn Log,
     runner: &StageRunner,
-    mut pending: Vec<(Emission, &'static str)>,
+    pending: Vec<(Emission, &'static str)>,
     cancel: &CancellationToken,
 ) -> bool {
-    let mut backoff = Duration::from_millis(50);
-    loop {
-        let results = join_all(
-            pending
-                .iter()
-                .map(|(e, _)| log.send(&e.topic, e.record.clone(), runner.ack_timeout)),
-        )
-        .await;
-        let mut failed = Vec::new();
-        for ((emission, outcome), result) in pending.into_iter().zip(results) {
-            match result {
-                Ok(_) => metrics::counter!(telemetry::STAGE_RECORDS_OUT, "stage" => runner.name.clone(), "outcome" => outcome).increment(1),
-                Err(error) => {
-                    tracing::warn!(stage = runner.name, topic = emission.topic, %error, "send failed; will retry");
-                    failed.push((emission, outcome));
-                }
+    Retry::new(Backoff::new(
+        Duration::from_millis(50),
+        Duration::from_secs(5),
+    ))
+    .cancel_on(cancel)
+    .run_with(
+        pending,
+        |mut pending| async move {
+            let sent = send_pending(log, runner, &mut pending).await;
+            (pending, sent)
+        },
+        // Any send error can pass (a broker away, a full queue): only cancellation stops.
+        |_| Verdict::Retry,
+        |_, _| {},
+    )
+    .await
+    .is_ok()
+}
+
+/// Sends the `pending` emissions once and keeps the ones that failed; `Err` counts them.
+async fn send_pending(
+    log: &dyn Log,
+    runner: &StageRunner,
+    pending: &mut Vec<(Emission, &'static str)>,
+) -> Result<(), usize> {
+    let results = join_all(
+        pending
+            .iter()
+            .map(|(e, _)| log.send(&e.topic, e.record.clone(), runner.ack_timeout)),
+    )
+    .await;
+    let mut failed = Vec::new();
+    for ((emission, outcome), result) in std::mem::take(pending).into_iter().zip(results) {
+        match result {
+            Ok(_) => metrics::counter!(telemetry::STAGE_RECORDS_OUT, "stage" => runner.name.clone(), "outcome" => outcome).increment(1),
+            Err(error) => {
+                tracing::warn!(stage = runner.name, topic = emission.topic, %error, "send failed; will retry");
+                failed.push((emission, outcome));
             }
         }
-        if failed.is_empty() {
-            return true;
-        }
-        pending = failed;
-        tokio::select! {
-            _ = cancel.cancelled() => return false,
-            _ = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+    *pending = failed;
+    match pending.len() {
+        0 => Ok(()),
+        unsent => Err(unsent),
     }
 }

@@ -24,7 +24,7 @@ pub enum Outcome {
     DeadLetter(String),
 }
 
-/// A pure transformation of one record. Stages do no I/O; the runner does.
+/// A synchronous transformation of one record. Stages do no I/O; the runner does.
 pub trait Stage: Send + Sync {
     /// Decides what becomes of `record`.
     fn process(&self, record: &Record) -> Outcome;

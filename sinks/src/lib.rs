@@ -7,6 +7,7 @@
 //! its shard, so a crash between write and commit can neither lose nor duplicate a row; rows
 //! are also idempotent by `order_id`, so a replay through a fresh cursor adds nothing twice.
 
+pub mod config;
 pub mod lookup;
 pub mod mysql;
 pub mod sqlite;
@@ -16,6 +17,7 @@ pub mod writer;
 use std::path::Path;
 use std::sync::Arc;
 
+pub use config::SinkConfig;
 pub use lookup::ShardLookup;
 pub use worker::{run_sink_worker, SinkWorker};
 pub use writer::{Batch, DatabaseError, Fault, Rejection, ShardWriter, SinkError};

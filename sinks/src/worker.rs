@@ -8,13 +8,15 @@ use sluice_core::log::{Assignment, Log, LogConsumer, Position, Record, StartFrom
 use sluice_core::order::{
     now_ms, EnrichedOrder, HEADER_DLQ_REASON, HEADER_DLQ_STAGE, HEADER_ORDER_ID,
 };
+use sluice_core::retry::{Backoff, GaveUp, Retry, Verdict};
 use sluice_core::sharding::ShardMap;
 use sluice_core::telemetry;
-use sluice_core::topology::Topology;
+use sluice_core::topology::ShardConfig;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::config::SinkConfig;
 use crate::writer::{Batch, Fault, Rejection, ShardWriter, SinkError};
 
 /// Settings of one shard's worker.
@@ -31,6 +33,9 @@ pub struct SinkWorker {
     pub rejections_topic: Option<String>,
     /// Name under which positions are stored in the shard (`"sink"` for the live worker).
     pub consumer: String,
+    /// `[log] consumer_group_prefix`: the worker's consumer group on the log is
+    /// `<prefix>.sink.<shard>.<consumer>`.
+    pub group_prefix: String,
     /// Rows per batch.
     pub max_rows: usize,
     /// Longest wait between a batch's first record and its write.
@@ -44,19 +49,19 @@ pub struct SinkWorker {
 }
 
 impl SinkWorker {
-    /// The live worker of shard `index` of `topology`: it stores the shard's own topic and its
-    /// users' rejections, under the positions named `"sink"`, in batches set by `[sink]`, and
-    /// reads partitions with no stored position from the beginning.
-    pub fn live(topology: &Topology, index: usize) -> Self {
-        let shard = &topology.shards[index];
+    /// The live worker of `shard`, the `index`-th of `[[shards]]`: it stores the shard's own
+    /// topic and its users' rejections, under the positions named `"sink"`, in batches set by
+    /// `[sink]`, and reads partitions with no stored position from the beginning.
+    pub fn live(shard: &ShardConfig, index: usize, sink: &SinkConfig, group_prefix: &str) -> Self {
         SinkWorker {
             shard: shard.name.clone(),
             shard_index: index,
             topic: shard.topic.clone(),
-            rejections_topic: topology.sink.rejections_topic.clone(),
+            rejections_topic: sink.rejections_topic.clone(),
             consumer: "sink".into(),
-            max_rows: topology.sink.max_rows,
-            max_wait: Duration::from_millis(topology.sink.max_wait_ms),
+            group_prefix: group_prefix.to_string(),
+            max_rows: sink.max_rows,
+            max_wait: Duration::from_millis(sink.max_wait_ms),
             start: StartFrom::Beginning,
             start_offsets: HashMap::new(),
             stop_at: None,
@@ -161,7 +166,10 @@ pub async fn run_sink_worker(
         }
     }
     let mut consumer = log
-        .consumer(&format!("sluice.sink.{}.{}", worker.shard, worker.consumer))
+        .consumer(&format!(
+            "{}.sink.{}.{}",
+            worker.group_prefix, worker.shard, worker.consumer
+        ))
         .await
         .map_err(log_error)?;
     consumer.assign(assignments).await.map_err(log_error)?;
@@ -354,50 +362,46 @@ async fn write_retrying(
     cancel: &CancellationToken,
     metrics: &WriteMetrics,
 ) -> Result<(), SinkError> {
-    let mut backoff = Duration::from_millis(100);
-    let mut attempts_after_cancel = 0;
-    loop {
-        let attempt =
-            tokio::time::timeout(WRITE_TIMEOUT, writer.write_batch(&worker.consumer, batch)).await;
-        let error = match attempt {
-            Ok(Ok(())) => return Ok(()),
-            Ok(Err(error)) => error,
-            Err(_) => SinkError::Timeout {
-                shard: worker.shard.clone(),
-                after: WRITE_TIMEOUT,
-            },
-        };
-        let fault = error.fault();
-        if fault == Fault::Permanent {
-            return Err(error);
-        }
-        metrics.retries.increment(1);
-        if cancel.is_cancelled() {
-            attempts_after_cancel += 1;
-            if attempts_after_cancel >= 3 {
-                return Err(error);
-            }
-        }
+    Retry::new(Backoff::new(Duration::from_millis(100), Duration::from_secs(5)))
+        .cancel_on(cancel)
         // While draining, retry briefly: a shutdown should not wait on a broken shard.
-        let pause = if cancel.is_cancelled() {
-            backoff.min(Duration::from_millis(200))
-        } else {
-            backoff
-        };
-        if fault == Fault::Transient {
-            tracing::warn!(shard = worker.shard, %error, retry_in = ?pause, "batch write failed; retrying");
-        } else {
-            tracing::error!(
-                shard = worker.shard, %error, retry_in = ?pause,
-                "batch write failed for a reason that is neither transient nor a refused row; \
-                 retrying until it is fixed"
-            );
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(pause) => {}
-            _ = cancel.cancelled(), if !cancel.is_cancelled() => {}
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
+        .drain(3, Duration::from_millis(200))
+        .run(
+            || write_once(writer, worker, batch),
+            |error| match error.fault() {
+                Fault::Permanent => Verdict::Stop,
+                Fault::Transient | Fault::Other => Verdict::Retry,
+            },
+            |error, next| {
+                metrics.retries.increment(1);
+                let pause = next.pause;
+                if error.fault() == Fault::Transient {
+                    tracing::warn!(shard = worker.shard, %error, retry_in = ?pause, "batch write failed; retrying");
+                } else {
+                    tracing::error!(
+                        shard = worker.shard, %error, retry_in = ?pause,
+                        "batch write failed for a reason that is neither transient nor a refused row; \
+                         retrying until it is fixed"
+                    );
+                }
+            },
+        )
+        .await
+        .map_err(GaveUp::into_error)
+}
+
+/// One attempt at writing `batch`, failing with [`SinkError::Timeout`] after [`WRITE_TIMEOUT`].
+async fn write_once(
+    writer: &dyn ShardWriter,
+    worker: &SinkWorker,
+    batch: &Batch,
+) -> Result<(), SinkError> {
+    match tokio::time::timeout(WRITE_TIMEOUT, writer.write_batch(&worker.consumer, batch)).await {
+        Ok(written) => written,
+        Err(_) => Err(SinkError::Timeout {
+            shard: worker.shard.clone(),
+            after: WRITE_TIMEOUT,
+        }),
     }
 }
 

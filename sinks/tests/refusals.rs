@@ -6,11 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
-use sluice_core::log::embedded::{EmbeddedLog, Retention};
 use sluice_core::log::{Log, OutRecord, Position, StartFrom};
 use sluice_core::lookup::OrderStatus;
 use sluice_core::order::EnrichedOrder;
 use sluice_core::sharding::{BucketRange, ShardMap};
+use sluice_log_embedded::{EmbeddedLog, Retention};
 use sluice_sinks::mysql::MysqlShard;
 use sluice_sinks::sqlite::SqliteShard;
 use sluice_sinks::{run_sink_worker, Batch, Fault, ShardWriter, SinkError, SinkWorker};
@@ -51,6 +51,7 @@ fn live_worker(shard: &str) -> SinkWorker {
         topic: TOPIC.into(),
         rejections_topic: None,
         consumer: "sink".into(),
+        group_prefix: "sluice".into(),
         max_rows: 100,
         max_wait: Duration::from_millis(50),
         start: StartFrom::Beginning,
@@ -106,9 +107,21 @@ async fn wait_for_position(shard: &dyn ShardWriter, next_offset: i64) {
     }
 }
 
+/// The test process's Prometheus recorder, installed on first use.
+fn metrics_handle() -> &'static metrics_exporter_prometheus::PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+        std::sync::OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::set_global_recorder(recorder).expect("the only recorder of this test binary");
+        handle
+    })
+}
+
 /// The value of the refused-rows counter of `shard` in the process's Prometheus text.
 fn refused_metric(shard: &str) -> Option<f64> {
-    let text = sluice_core::telemetry::metrics_handle().render();
+    let text = metrics_handle().render();
     let prefix = format!("sluice_sink_rows_refused_total{{shard=\"{shard}\"}} ");
     text.lines()
         .find_map(|line| line.strip_prefix(&prefix))
@@ -124,7 +137,7 @@ async fn refused_rows_are_rejected_and_the_rest_stored(
     expected_reason: &str,
 ) {
     // The counter's handle is registered when the worker starts: install the recorder first.
-    sluice_core::telemetry::metrics_handle();
+    metrics_handle();
     let dir = tempfile::tempdir().unwrap();
     let log = embedded_log(dir.path()).await;
     shard.migrate().await.unwrap();

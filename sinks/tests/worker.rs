@@ -5,10 +5,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sluice_core::log::embedded::{EmbeddedLog, Retention};
 use sluice_core::log::{Log, OutRecord, StartFrom};
 use sluice_core::order::EnrichedOrder;
 use sluice_core::sharding::{BucketRange, ShardMap};
+use sluice_log_embedded::{EmbeddedLog, Retention};
 use sluice_sinks::sqlite::SqliteShard;
 use sluice_sinks::{run_sink_worker, Fault, ShardWriter, SinkWorker};
 use tokio_util::sync::CancellationToken;
@@ -72,6 +72,7 @@ async fn a_worker_whose_shard_stays_locked_stops_with_the_error_when_cancelled()
             topic: topic.clone(),
             rejections_topic: None,
             consumer: "sink".into(),
+            group_prefix: "sluice".into(),
             max_rows: 100,
             max_wait: Duration::from_millis(10),
             start: StartFrom::Beginning,

@@ -1,9 +1,12 @@
 //! The ingress under attack, over real HTTP: forged, confused, expired and retired tokens;
 //! key rotation without a restart; login brute force; oversized, slow and deeply nested
 //! requests; weak production settings; secrets in logs. Every refused request must produce
-//! nothing in the log.
+//! nothing in the log. Each runs on Kafka + MariaDB and on the embedded log + SQLite, except
+//! the production-mode check, which starts the shipped topology as it is (the embedded
+//! defaults), and the RS256 check, which needs no backend.
 
 use std::io::Write as _;
+use std::num::NonZeroU32;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -11,6 +14,8 @@ use std::time::{Duration, Instant};
 use crate::common::*;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use sluice::pipeline::Parts;
+use sluice::topology::Topology;
+use sluice_ingress::config::{JwtAlgorithm, JwtKeyConfig, Quota};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const STRONG_SECRET: &str = "6f1c2b9e0a7d4c3b8e5f2a1d9c7b6e4f3a2d1c0b";
@@ -83,43 +88,51 @@ async fn order(client: &reqwest::Client, base: &str, token: &str) -> (u16, Strin
     )
 }
 
-/// Replaces `[ingress.auth]`'s secret with a key ring; `keys` are `[[ingress.auth.keys]]` tables.
-fn with_key_ring(text: &str, signing_kid: &str, keys: &str) -> String {
-    let secret_line = text
-        .lines()
-        .find(|l| l.starts_with("jwt_secret = "))
-        .unwrap()
-        .to_string();
-    text.replace(
-        &secret_line,
-        &format!("audience = \"sluice-orders\"\nsigning_kid = \"{signing_kid}\""),
-    )
-    .replace(
-        "[ingress.rate_limits]",
-        &format!("{keys}\n[ingress.rate_limits]"),
-    )
+/// Replaces `[ingress.auth]`'s secret with the key ring `keys`, signing with `signing_kid`.
+fn with_key_ring(topology: &mut Topology, signing_kid: &str, keys: Vec<JwtKeyConfig>) {
+    let auth = &mut topology.ingress.auth;
+    auth.jwt_secret = None;
+    auth.audience = Some("sluice-orders".into());
+    auth.signing_kid = Some(signing_kid.into());
+    auth.keys = keys;
+}
+
+/// An EdDSA key of the key ring.
+fn eddsa_key(kid: &str, private: &str, public: &str) -> JwtKeyConfig {
+    JwtKeyConfig {
+        kid: kid.into(),
+        algorithm: JwtAlgorithm::EdDSA,
+        secret: None,
+        private_key_file: Some(private.into()),
+        public_key_file: Some(public.into()),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn forged_confused_and_retired_tokens_fail_and_keys_rotate_without_restart() {
+async fn on_kafka_and_mariadb_jwt_forgeries_fail_and_keys_rotate_without_restart() {
+    jwt_forgeries_fail_and_keys_rotate_without_restart(Backend::Services).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_embedded_defaults_jwt_forgeries_fail_and_keys_rotate_without_restart() {
+    jwt_forgeries_fail_and_keys_rotate_without_restart(Backend::Embedded).await;
+}
+
+async fn jwt_forgeries_fail_and_keys_rotate_without_restart(backend: Backend) {
     let ports = Ports::free();
-    let test = test_topology_on(Backend::Embedded, "jwt", &["alice"], |t| ports.apply(t));
-    let dir = test.dir.path();
-    let (ed1_private, ed1_public) = ed25519_keys(dir, "ed-1");
+    let mut test = test_topology_on(backend, "jwt", &["alice"], |t| ports.apply(t));
+    let dir = test.dir.path().to_path_buf();
+    let (ed1_private, ed1_public) = ed25519_keys(&dir, "ed-1");
     let old_secret = "an-old-hs256-secret-that-is-being-retired-0001";
-    let ring = |signing: &str, extra: &str| {
-        with_key_ring(
-            &test.text,
-            signing,
-            &format!(
-                "[[ingress.auth.keys]]\nkid = \"ed-1\"\nalgorithm = \"EdDSA\"\nprivate_key_file = {ed1_private:?}\npublic_key_file = {ed1_public:?}\n{extra}"
-            ),
-        )
+    let hs_old = JwtKeyConfig {
+        kid: "hs-old".into(),
+        algorithm: JwtAlgorithm::HS256,
+        secret: Some(old_secret.into()),
+        private_key_file: None,
+        public_key_file: None,
     };
-    let hs_old = format!(
-        "[[ingress.auth.keys]]\nkid = \"hs-old\"\nalgorithm = \"HS256\"\nsecret = {old_secret:?}\n"
-    );
-    std::fs::write(&test.path, ring("ed-1", &hs_old)).unwrap();
+    let ed1 = eddsa_key("ed-1", &ed1_private, &ed1_public);
+    test.edit(|t| with_key_ring(t, "ed-1", vec![ed1.clone(), hs_old]));
 
     let base = ports.order_base();
     let mut child = start_sluice(&test.path, &dir.join("run.log"), &[("RUST_LOG", "warn")]);
@@ -146,7 +159,9 @@ async fn forged_confused_and_retired_tokens_fail_and_keys_rotate_without_restart
         "a second, HS256 key verifies by kid"
     );
 
-    let attacks: Vec<(&str, String)> = vec![
+    // Each attack with the reason it must be refused for: a check other than the one meant
+    // for it must not be what stops it.
+    let attacks: Vec<(&str, String, &str)> = vec![
         (
             "no audience",
             hs256(
@@ -154,6 +169,7 @@ async fn forged_confused_and_retired_tokens_fail_and_keys_rotate_without_restart
                 old_secret.as_bytes(),
                 &claims("alice", None, now, now, now + 600),
             ),
+            "the token lacks a required claim",
         ),
         (
             "other audience",
@@ -162,12 +178,18 @@ async fn forged_confused_and_retired_tokens_fail_and_keys_rotate_without_restart
                 old_secret.as_bytes(),
                 &claims("alice", Some("billing"), now, now, now + 600),
             ),
+            "the token is not meant for this service",
         ),
         (
             "algorithm confusion: HS256 keyed with the EdDSA public key",
             hs256("ed-1", &std::fs::read(&ed1_public).unwrap(), &good),
+            "the token's algorithm is not accepted for its key",
         ),
-        ("unknown kid", hs256("hs-new", old_secret.as_bytes(), &good)),
+        (
+            "unknown kid",
+            hs256("hs-new", old_secret.as_bytes(), &good),
+            "the token's key id is not known",
+        ),
         (
             "expired",
             hs256(
@@ -181,6 +203,7 @@ async fn forged_confused_and_retired_tokens_fail_and_keys_rotate_without_restart
                     now - 3600,
                 ),
             ),
+            "the token has expired; log in again",
         ),
         (
             "not valid yet",
@@ -189,40 +212,55 @@ async fn forged_confused_and_retired_tokens_fail_and_keys_rotate_without_restart
                 old_secret.as_bytes(),
                 &claims("alice", Some("sluice-orders"), now, now + 3600, now + 7200),
             ),
+            "the token is not valid yet",
         ),
         (
             "wrong secret",
             hs256("hs-old", b"guessed-secret-guessed-secret-guessed!", &good),
+            "the token's signature is not valid",
         ),
-        ("tampered payload", {
-            let mut parts: Vec<String> = ed1_token.split('.').map(str::to_string).collect();
-            let forged = claims("alice", Some("sluice-orders"), now, now, now + 86_400 * 365);
-            parts[1] = jsonwebtoken_payload(&forged);
-            parts.join(".")
-        }),
         (
+            // Well-formed: valid base64url JSON with every claim valid, under the original
+            // EdDSA signature; only the signature check can refuse it.
+            "tampered payload",
+            {
+                let mut parts: Vec<String> = ed1_token.split('.').map(str::to_string).collect();
+                let forged = claims("alice", Some("sluice-orders"), now, now, now + 86_400 * 365);
+                parts[1] = jsonwebtoken_payload(&forged);
+                parts.join(".")
+            },
+            "the token's signature is not valid",
+        ),
+        (
+            // `none` is no algorithm the JWT library knows: the header itself is refused.
             "alg none",
             format!(
                 "eyJhbGciOiJub25lIiwidHlwIjoiSldUIiwia2lkIjoiZWQtMSJ9.{}.",
                 jsonwebtoken_payload(&good)
             ),
+            "the token is malformed",
         ),
     ];
-    for (name, token) in &attacks {
-        let (status, code) = order(&client, &base, token).await;
+    for (name, token, reason) in &attacks {
+        let response = client
+            .post(format!("{base}/order"))
+            .bearer_auth(token)
+            .body(r#"{"userId":"alice","product":"widget","quantity":1}"#)
+            .send()
+            .await
+            .unwrap();
+        let (status, code, message) = error_of(response).await;
         assert_eq!(
-            (status, code.as_str()),
-            (401, "unauthorized"),
-            "attack {name:?} was not refused"
+            (status, code.as_str(), message.as_str()),
+            (401, "unauthorized", *reason),
+            "attack {name:?} was not refused for the right reason"
         );
     }
 
     // Rotate: add ed-2 and sign with it, retire hs-old; SIGHUP, no restart.
-    let (ed2_private, ed2_public) = ed25519_keys(dir, "ed-2");
-    let ed2 = format!(
-        "[[ingress.auth.keys]]\nkid = \"ed-2\"\nalgorithm = \"EdDSA\"\nprivate_key_file = {ed2_private:?}\npublic_key_file = {ed2_public:?}\n"
-    );
-    std::fs::write(&test.path, ring("ed-2", &ed2)).unwrap();
+    let (ed2_private, ed2_public) = ed25519_keys(&dir, "ed-2");
+    let ed2 = eddsa_key("ed-2", &ed2_private, &ed2_public);
+    test.edit(|t| with_key_ring(t, "ed-2", vec![ed1, ed2]));
     Command::new("kill")
         .args(["-HUP", &pid.to_string()])
         .status()
@@ -298,12 +336,19 @@ fn jsonwebtoken_payload(claims: &serde_json::Value) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn login_brute_force_is_limited_per_user_name_and_failures_look_alike() {
-    let test = test_topology_on(Backend::Embedded, "brute", &["alice", "bob"], |t| {
-        t.replace(
-            "logins_per_user = { per_minute = 10, burst = 5 }",
-            "logins_per_user = { per_minute = 10, burst = 12 }",
-        )
+async fn on_kafka_and_mariadb_login_brute_force_is_limited_and_failures_look_alike() {
+    login_brute_force_is_limited_and_failures_look_alike(Backend::Services).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_embedded_defaults_login_brute_force_is_limited_and_failures_look_alike() {
+    login_brute_force_is_limited_and_failures_look_alike(Backend::Embedded).await;
+}
+
+async fn login_brute_force_is_limited_and_failures_look_alike(backend: Backend) {
+    let test = test_topology_on(backend, "brute", &["alice", "bob"], |t| {
+        t.ingress.rate_limits.logins_per_user =
+            Quota::per_minute(NonZeroU32::new(10).unwrap(), NonZeroU32::new(12).unwrap());
     });
     let pipeline = RunningPipeline::start(&test, Parts::INGRESS).await;
     let client = reqwest::Client::new();
@@ -371,12 +416,20 @@ async fn login_brute_force_is_limited_per_user_name_and_failures_look_alike() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn oversized_headers_slow_headers_and_deep_json_are_refused() {
-    let test = test_topology_on(Backend::Embedded, "abuse", &["alice"], |t| {
-        t.replace(
-            "ack_timeout_ms = 5000",
-            "ack_timeout_ms = 5000\nheader_read_timeout_ms = 1000\nmax_header_bytes = 8192",
-        )
+async fn on_kafka_and_mariadb_oversized_headers_slow_headers_and_deep_json_are_refused() {
+    oversized_headers_slow_headers_and_deep_json_are_refused(Backend::Services).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_embedded_defaults_oversized_headers_slow_headers_and_deep_json_are_refused() {
+    oversized_headers_slow_headers_and_deep_json_are_refused(Backend::Embedded).await;
+}
+
+async fn oversized_headers_slow_headers_and_deep_json_are_refused(backend: Backend) {
+    let test = test_topology_on(backend, "abuse", &["alice"], |t| {
+        t.ingress.ack_timeout_ms = 5000;
+        t.ingress.header_read_timeout_ms = 1000;
+        t.ingress.max_header_bytes = 8192;
     });
     let pipeline = RunningPipeline::start(&test, Parts::INGRESS).await;
     let client = reqwest::Client::new();
@@ -562,19 +615,22 @@ async fn production_mode_refuses_weak_settings_and_says_what_to_change() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn secrets_passwords_and_tokens_never_reach_the_logs() {
+async fn on_kafka_and_mariadb_secrets_passwords_and_tokens_never_reach_the_logs() {
+    secrets_passwords_and_tokens_never_reach_the_logs(Backend::Services).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_embedded_defaults_secrets_passwords_and_tokens_never_reach_the_logs() {
+    secrets_passwords_and_tokens_never_reach_the_logs(Backend::Embedded).await;
+}
+
+async fn secrets_passwords_and_tokens_never_reach_the_logs(backend: Backend) {
     let port = free_port();
-    let test = test_topology_on(Backend::Embedded, "secrets", &["alice"], |t| {
-        t.replace("127.0.0.1:0", &format!("127.0.0.1:{port}"))
+    let test = test_topology_on(backend, "secrets", &["alice"], |t| {
+        t.ingress.login_listen = ([127, 0, 0, 1], port).into();
+        t.ingress.order_listen = ([127, 0, 0, 1], port).into();
+        t.ingress.auth.jwt_secret = Some(STRONG_SECRET.into());
     });
-    let text = test.text.replace(
-        test.text
-            .lines()
-            .find(|l| l.starts_with("jwt_secret = "))
-            .unwrap(),
-        &format!("jwt_secret = {STRONG_SECRET:?}"),
-    );
-    std::fs::write(&test.path, text).unwrap();
     let log_file = test.dir.path().join("run.log");
     let base = format!("http://127.0.0.1:{port}");
     let mut child = start_sluice(&test.path, &log_file, &[("RUST_LOG", "trace")]);
@@ -614,15 +670,6 @@ async fn secrets_passwords_and_tokens_never_reach_the_logs() {
     }
 }
 
-/// `text` with `settings` (TOML lines) added to its `[ingress.auth]` table.
-fn with_auth_settings(text: &str, settings: &str) -> String {
-    let users_line = text
-        .lines()
-        .find(|l| l.starts_with("users_file = "))
-        .expect("the test topology sets [ingress.auth] users_file");
-    text.replace(users_line, &format!("{users_line}\n{settings}"))
-}
-
 /// The revocation id of a token's first (authority) block, in hex.
 fn authority_revocation_id(token: &str, root_public: &str) -> String {
     let root = biscuit_auth::PublicKey::from_bytes_hex(
@@ -638,22 +685,29 @@ fn authority_revocation_id(token: &str, root_public: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn biscuit_root_keys_rotate_and_tokens_are_revoked_without_restart() {
+async fn on_kafka_and_mariadb_biscuit_roots_rotate_and_tokens_are_revoked_without_restart() {
+    biscuit_roots_rotate_and_tokens_are_revoked_without_restart(Backend::Services).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_embedded_defaults_biscuit_roots_rotate_and_tokens_are_revoked_without_restart() {
+    biscuit_roots_rotate_and_tokens_are_revoked_without_restart(Backend::Embedded).await;
+}
+
+async fn biscuit_roots_rotate_and_tokens_are_revoked_without_restart(backend: Backend) {
     use sluice_ingress::capability::{attenuate, generate_root_keypair, mint, Restrictions};
     let ports = Ports::free();
-    let test = test_topology_on(Backend::Embedded, "bisrot", &["alice"], |t| ports.apply(t));
-    let dir = test.dir.path();
+    let mut test = test_topology_on(backend, "bisrot", &["alice"], |t| ports.apply(t));
+    let dir = test.dir.path().to_path_buf();
     let (key_file, revoked_file) = (dir.join("biscuit-roots.pub"), dir.join("revoked.txt"));
     let (old_private, old_public) = generate_root_keypair();
     let (new_private, new_public) = generate_root_keypair();
     std::fs::write(&key_file, format!("# current root\n{old_public}\n")).unwrap();
     std::fs::write(&revoked_file, "# revoked capability tokens\n").unwrap();
-    let settings = format!(
-        "biscuit_public_key_file = {:?}\nbiscuit_revocation_file = {:?}",
-        key_file.display().to_string(),
-        revoked_file.display().to_string()
-    );
-    std::fs::write(&test.path, with_auth_settings(&test.text, &settings)).unwrap();
+    test.edit(|t| {
+        t.ingress.auth.biscuit_public_key_file = Some(key_file.clone());
+        t.ingress.auth.biscuit_revocation_file = Some(revoked_file.clone());
+    });
     let base = ports.order_base();
     let mut child = start_sluice(&test.path, &dir.join("run.log"), &[("RUST_LOG", "warn")]);
     wait_ready(&base, &mut child).await;
@@ -775,17 +829,22 @@ async fn biscuit_root_keys_rotate_and_tokens_are_revoked_without_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn biscuit_capabilities_are_enforced_inside_and_outside_their_checks() {
+async fn on_kafka_and_mariadb_biscuit_capabilities_hold_inside_and_outside_their_checks() {
+    biscuit_capabilities_hold_inside_and_outside_their_checks(Backend::Services).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_embedded_defaults_biscuit_capabilities_hold_inside_and_outside_their_checks() {
+    biscuit_capabilities_hold_inside_and_outside_their_checks(Backend::Embedded).await;
+}
+
+async fn biscuit_capabilities_hold_inside_and_outside_their_checks(backend: Backend) {
     use sluice_ingress::capability::{attenuate, generate_root_keypair, mint, Restrictions};
     let (private, public) = generate_root_keypair();
-    let test = test_topology_on(Backend::Embedded, "biscuit", &["alice"], |t| t);
+    let mut test = test_topology_on(backend, "biscuit", &["alice"], |_| {});
     let key_file = test.dir.path().join("biscuit-root.pub");
     std::fs::write(&key_file, &public).unwrap();
-    let settings = format!(
-        "biscuit_public_key_file = {:?}",
-        key_file.display().to_string()
-    );
-    std::fs::write(&test.path, with_auth_settings(&test.text, &settings)).unwrap();
+    test.edit(|t| t.ingress.auth.biscuit_public_key_file = Some(key_file));
     let pipeline = RunningPipeline::start(&test, Parts::INGRESS).await;
     let client = reqwest::Client::new();
     let url = format!("{}/order", pipeline.base_order);
@@ -892,8 +951,8 @@ async fn biscuit_capabilities_are_enforced_inside_and_outside_their_checks() {
 
 #[test]
 fn rs256_keys_sign_and_verify_and_refuse_confusion() {
-    use sluice_core::topology::{AuthConfig, JwtAlgorithm, JwtKeyConfig};
     use sluice_ingress::auth::TokenAuthority;
+    use sluice_ingress::config::AuthConfig;
     let dir = tempfile::tempdir().unwrap();
     let private = dir.path().join("rsa.pem").display().to_string();
     let public = dir.path().join("rsa.pub.pem").display().to_string();
@@ -948,21 +1007,19 @@ fn claims_json(now: u64) -> serde_json::Value {
 /// says which setting to change, not an HTTP error's message.
 #[test]
 fn sluice_token_says_which_key_setting_to_fix() {
-    let test = test_topology_on(Backend::Embedded, "tokencli", &["alice"], |t| t);
-    let dir = test.dir.path();
-    let (_, public) = ed25519_keys(dir, "ed-verify");
-    let secret_line = test
-        .text
-        .lines()
-        .find(|l| l.starts_with("jwt_secret = "))
-        .unwrap();
-    let text = test.text.replace(secret_line, "").replace(
-        "[ingress.rate_limits]",
-        &format!(
-            "[[ingress.auth.keys]]\nkid = \"ed-verify\"\nalgorithm = \"EdDSA\"\npublic_key_file = {public:?}\n\n[ingress.rate_limits]"
-        ),
-    );
-    std::fs::write(&test.path, text).unwrap();
+    let mut test = test_topology_on(Backend::Embedded, "tokencli", &["alice"], |_| {});
+    let dir = test.dir.path().to_path_buf();
+    let (_, public) = ed25519_keys(&dir, "ed-verify");
+    test.edit(|t| {
+        t.ingress.auth.jwt_secret = None;
+        t.ingress.auth.keys = vec![JwtKeyConfig {
+            kid: "ed-verify".into(),
+            algorithm: JwtAlgorithm::EdDSA,
+            secret: None,
+            private_key_file: None,
+            public_key_file: Some(public.into()),
+        }];
+    });
     let output = sluice(&["token", "--user", "alice"], &test.path, &[]);
     assert!(!output.status.success());
     assert!(output.stdout.is_empty());
@@ -996,17 +1053,13 @@ async fn verifications(client: &reqwest::Client, base: &str, kind: &str) -> u64 
 async fn each_request_verifies_its_token_once() {
     use sluice_ingress::capability::{attenuate, generate_root_keypair, mint, Restrictions};
     let ports = Ports::free();
-    let test = test_topology_on(Backend::Embedded, "verifyonce", &["alice"], |t| {
+    let mut test = test_topology_on(Backend::Embedded, "verifyonce", &["alice"], |t| {
         ports.apply(t)
     });
     let (private, public) = generate_root_keypair();
     let key_file = test.dir.path().join("biscuit-root.pub");
     std::fs::write(&key_file, &public).unwrap();
-    let settings = format!(
-        "biscuit_public_key_file = {:?}",
-        key_file.display().to_string()
-    );
-    std::fs::write(&test.path, with_auth_settings(&test.text, &settings)).unwrap();
+    test.edit(|t| t.ingress.auth.biscuit_public_key_file = Some(key_file));
     let base = ports.order_base();
     let mut child = start_sluice(
         &test.path,
@@ -1089,10 +1142,10 @@ async fn production_password_checks_leave_the_async_worker_free() {
         Backend::Embedded,
         "offworker",
         &["alice", "bob", "carol"],
-        |t| t,
+        |_| {},
     );
     let mut topology = test.topology();
-    topology.ingress.mode = sluice_core::topology::Mode::Production;
+    topology.ingress.mode = sluice_ingress::config::Mode::Production;
     topology.ingress.auth.jwt_secret = Some(STRONG_SECRET.into());
     let log = sluice::pipeline::open_log(&topology).unwrap();
     let ticks = Arc::new(AtomicU32::new(0));
@@ -1122,7 +1175,7 @@ async fn production_password_checks_leave_the_async_worker_free() {
     );
 
     let started = Instant::now();
-    ingress.reloader().reload(None).await.unwrap();
+    ingress.reloader().reload(|| Ok(None)).await.unwrap();
     let (during_reload, took) = (ticks.swap(0, Ordering::Relaxed), started.elapsed());
     assert!(
         during_reload >= 5,

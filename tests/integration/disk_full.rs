@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::common::*;
+use sluice_log_embedded::EmbeddedLogConfig;
 
 /// A tmpfs mounted for one test; unmounted when dropped.
 struct Mount {
@@ -312,40 +313,24 @@ fn report(
 }
 
 /// A test topology on the embedded defaults whose log and shards live in `data`, with an
-/// `[ops]` listener and `[log]` settings replaced by `log_settings`.
+/// `[ops]` listener and `[log.embedded]` settings changed by `log_settings`.
 fn topology_in(
     name: &str,
     users: &[&str],
     ports: Ports,
     ops: u16,
     data: &Path,
-    log_settings: &str,
+    log_settings: impl FnOnce(&mut EmbeddedLogConfig),
 ) -> TestTopology {
-    let mut test = test_topology_on(Backend::Embedded, name, users, |t| ports.apply(t));
-    let dir = test.dir.path().display().to_string();
-    let data = data.display().to_string();
-    let mut text = test
-        .text
-        .replace(&format!("{dir}/log.redb"), &format!("{data}/log.redb"))
-        .replace(
-            &format!("sqlite://{dir}/shard"),
-            &format!("sqlite://{data}/shard"),
-        );
-    for (from, to) in [
-        ("min_free_mib = 64\n", ""),
-        ("max_pending_appends = 8192\n", ""),
-    ] {
-        assert!(
-            text.contains(from),
-            "shipped topology changed: {from:?} not found"
-        );
-        text = text.replace(from, to);
-    }
-    text = text.replacen("[log]\n", &format!("[log]\n{log_settings}\n"), 1);
-    text.push_str(&format!("\n[ops]\nlisten = \"127.0.0.1:{ops}\"\n"));
-    std::fs::write(&test.path, &text).unwrap();
-    test.text = text;
-    test
+    test_topology_on(Backend::Embedded, name, users, |t| {
+        ports.apply(t);
+        t.log.embedded.path = data.join("log.redb");
+        for (index, shard) in t.shards.iter_mut().enumerate() {
+            shard.url = format!("sqlite://{}/shard{index}.db", data.display());
+        }
+        log_settings(&mut t.log.embedded);
+        t.ops.listen = Some(([127, 0, 0, 1], ops).into());
+    })
 }
 
 async fn tokens(login_base: &str, users: &[String]) -> Arc<HashMap<String, String>> {
@@ -377,14 +362,9 @@ async fn disk_fills_and_recovers(fault: &str, min_free_mib: u64, reason: &str) {
     let user_refs: Vec<&str> = users.iter().map(String::as_str).collect();
     let ports = Ports::free();
     let ops = free_port();
-    let test = topology_in(
-        "diskfull",
-        &user_refs,
-        ports,
-        ops,
-        mount.path(),
-        &format!("min_free_mib = {min_free_mib}"),
-    );
+    let test = topology_in("diskfull", &user_refs, ports, ops, mount.path(), |log| {
+        log.min_free_mib = min_free_mib
+    });
     let (login_base, order_base) = (ports.login_base(), ports.order_base());
     let ops_base = format!("http://127.0.0.1:{ops}");
     let log_file: PathBuf = test.dir.path().join("sluice.log");
@@ -506,14 +486,9 @@ async fn a_stalled_log_refuses_orders_at_once_with_bounded_memory_and_recovers()
     let ports = Ports::free();
     let ops = free_port();
     let data = tempfile::tempdir().unwrap();
-    let test = topology_in(
-        "stall",
-        &user_refs,
-        ports,
-        ops,
-        data.path(),
-        "max_pending_appends = 32",
-    );
+    let test = topology_in("stall", &user_refs, ports, ops, data.path(), |log| {
+        log.max_pending_appends = 32
+    });
     let (login_base, order_base) = (ports.login_base(), ports.order_base());
     let stall = test.dir.path().join("stall");
     let log_file = test.dir.path().join("sluice.log");
@@ -621,7 +596,7 @@ async fn an_injected_write_error_refuses_orders_with_the_reason_and_recovers() {
     let ports = Ports::free();
     let ops = free_port();
     let data = tempfile::tempdir().unwrap();
-    let test = topology_in("ioerr", &user_refs, ports, ops, data.path(), "");
+    let test = topology_in("ioerr", &user_refs, ports, ops, data.path(), |_| {});
     let (login_base, order_base) = (ports.login_base(), ports.order_base());
     let ops_base = format!("http://127.0.0.1:{ops}");
     let fail = test.dir.path().join("fail");

@@ -36,7 +36,7 @@ async fn on_the_embedded_defaults_every_order_is_stored_exactly_once_in_its_shar
 async fn orders_from_many_users_are_stored_exactly_once_in_their_shard(backend: Backend) {
     let users = users_covering_shards(3);
     let user_refs: Vec<&str> = users.iter().map(String::as_str).collect();
-    let test = test_topology_on(backend, "e2e", &user_refs, |t| t);
+    let test = test_topology_on(backend, "e2e", &user_refs, |_| {});
     let topology = test.topology();
     let map = topology.shard_map().unwrap();
     let pipeline = RunningPipeline::start(&test, Parts::ALL).await;

@@ -1,12 +1,15 @@
-//! Every bad input gets its status and JSON error, and produces nothing in the orders topic.
+//! Every bad input gets its status and JSON error, and produces nothing in the orders topic,
+//! on Kafka + MariaDB and on the embedded log + SQLite. An unreachable broker is a Kafka fault
+//! and is tested on Kafka only; the embedded log's refusals are in `disk_full`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::common::*;
 use sluice::pipeline::Parts;
-use sluice_core::log::{self, Log};
+use sluice_core::log::Log;
 use sluice_core::lookup::{LookupError, OrderLookup, OrderStatus};
+use sluice_ingress::config::Quota;
 use sluice_ingress::Ingress;
 
 fn forge(header: &str, claims: &str, signature: &str) -> String {
@@ -15,9 +18,18 @@ fn forge(header: &str, claims: &str, signature: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_requests_are_refused_and_produce_nothing() {
-    let test = test_topology("badinput", &["alice", "bob"], |t| {
-        t.replace("max_body_bytes = 16384", "max_body_bytes = 1024")
+async fn on_kafka_and_mariadb_bad_requests_are_refused_and_produce_nothing() {
+    bad_requests_are_refused_and_produce_nothing(Backend::Services).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_embedded_defaults_bad_requests_are_refused_and_produce_nothing() {
+    bad_requests_are_refused_and_produce_nothing(Backend::Embedded).await;
+}
+
+async fn bad_requests_are_refused_and_produce_nothing(backend: Backend) {
+    let test = test_topology_on(backend, "badinput", &["alice", "bob"], |t| {
+        t.ingress.max_body_bytes = 1024;
     });
     let pipeline = RunningPipeline::start(&test, Parts::ALL).await;
     let client = reqwest::Client::new();
@@ -347,16 +359,20 @@ async fn bad_requests_are_refused_and_produce_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rate_limits_answer_429_with_retry_after() {
-    let test = test_topology("ratelimit", &["alice"], |t| {
-        t.replace(
-            "orders_per_principal = { per_second = 100000, burst = 100000 }",
-            "orders_per_principal = { per_second = 1, burst = 3 }",
-        )
-        .replace(
-            "logins_per_address = { per_second = 1000, burst = 1000 }",
-            "logins_per_address = { per_second = 1, burst = 2 }",
-        )
+async fn on_kafka_and_mariadb_rate_limits_answer_429_with_retry_after() {
+    rate_limits_answer_429_with_retry_after(Backend::Services).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_embedded_defaults_rate_limits_answer_429_with_retry_after() {
+    rate_limits_answer_429_with_retry_after(Backend::Embedded).await;
+}
+
+async fn rate_limits_answer_429_with_retry_after(backend: Backend) {
+    let test = test_topology_on(backend, "ratelimit", &["alice"], |t| {
+        let n = |value| std::num::NonZeroU32::new(value).unwrap();
+        t.ingress.rate_limits.orders_per_principal = Quota::per_second(n(1), n(3));
+        t.ingress.rate_limits.logins_per_address = Quota::per_second(n(1), n(2));
     });
     let pipeline = RunningPipeline::start(&test, Parts::INGRESS).await;
     let client = reqwest::Client::new();
@@ -423,15 +439,19 @@ impl OrderLookup for NoLookup {
     }
 }
 
+/// Kafka only: a broker address where nothing listens, so the order can never be
+/// acknowledged. The embedded log has no broker; its refusals (full disk, failed writes, a
+/// stalled log) are `disk_full`'s tests.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_broker_means_503_never_2xx() {
-    // A broker address where nothing listens: the order can never be acknowledged.
     let test = test_topology("nobroker", &["alice"], |t| {
-        t.replace("ack_timeout_ms = 5000", "ack_timeout_ms = 1500")
+        t.ingress.ack_timeout_ms = 1500;
+        if let Some(kafka) = &mut t.log.kafka {
+            kafka.brokers = "127.0.0.1:1".into();
+        }
     });
-    let mut topology = test.topology();
-    topology.log.brokers = "127.0.0.1:1".into();
-    let log: Arc<dyn Log> = log::open(&topology.log, &topology.base_dir).unwrap();
+    let topology = test.topology();
+    let log: Arc<dyn Log> = topology.log.open(&topology.base_dir).unwrap();
     let ingress = Ingress::new(
         topology.ingress.clone(),
         &topology.base_dir,
@@ -477,8 +497,17 @@ async fn unreachable_broker_means_503_never_2xx() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idempotency_key_returns_the_same_order_and_produces_it_once() {
-    let test = test_topology("idem", &["alice"], |t| t);
+async fn on_kafka_and_mariadb_idempotency_key_returns_the_same_order_and_produces_it_once() {
+    idempotency_key_returns_the_same_order_and_produces_it_once(Backend::Services).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_embedded_defaults_idempotency_key_returns_the_same_order_and_produces_it_once() {
+    idempotency_key_returns_the_same_order_and_produces_it_once(Backend::Embedded).await;
+}
+
+async fn idempotency_key_returns_the_same_order_and_produces_it_once(backend: Backend) {
+    let test = test_topology_on(backend, "idem", &["alice"], |_| {});
     let pipeline = RunningPipeline::start(&test, Parts::INGRESS).await;
     let client = reqwest::Client::new();
     let token = login(&client, &pipeline.base_login, "alice").await;
@@ -541,13 +570,20 @@ async fn idempotency_key_returns_the_same_order_and_produces_it_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stalled_body_gets_408_and_shutdown_does_not_wait_for_it_forever() {
+async fn on_kafka_and_mariadb_a_stalled_body_gets_408_and_does_not_hold_up_shutdown() {
+    a_stalled_body_gets_408_and_does_not_hold_up_shutdown(Backend::Services).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_embedded_defaults_a_stalled_body_gets_408_and_does_not_hold_up_shutdown() {
+    a_stalled_body_gets_408_and_does_not_hold_up_shutdown(Backend::Embedded).await;
+}
+
+async fn a_stalled_body_gets_408_and_does_not_hold_up_shutdown(backend: Backend) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let test = test_topology("slowbody", &["alice"], |t| {
-        t.replace(
-            "ack_timeout_ms = 5000",
-            "ack_timeout_ms = 5000\nbody_timeout_ms = 500\ndrain_timeout_ms = 1000",
-        )
+    let test = test_topology_on(backend, "slowbody", &["alice"], |t| {
+        t.ingress.body_timeout_ms = 500;
+        t.ingress.drain_timeout_ms = 1000;
     });
     let pipeline = RunningPipeline::start(&test, Parts::INGRESS).await;
     let client = reqwest::Client::new();
@@ -580,6 +616,8 @@ async fn a_stalled_body_gets_408_and_shutdown_does_not_wait_for_it_forever() {
         .write_all(b"POST /order HTTP/1.1\r\nHost: x\r\n")
         .await
         .unwrap();
+    // The pipeline's own log handle: the embedded log's file serves one opener at a time.
+    let log = pipeline.log.clone();
     let stopping = std::time::Instant::now();
     pipeline.stop().await;
     assert!(
@@ -588,6 +626,5 @@ async fn a_stalled_body_gets_408_and_shutdown_does_not_wait_for_it_forever() {
         stopping.elapsed()
     );
     let orders_topic = test.topology().ingress.orders_topic;
-    let log = sluice_core::log::open(&test.topology().log, std::path::Path::new(".")).unwrap();
     assert_eq!(topic_records(log.as_ref(), &orders_topic).await, 0);
 }

@@ -14,6 +14,7 @@ mod end_to_end;
 mod faults;
 mod idempotency;
 mod ingress_errors;
+mod log_conformance;
 mod process_kill;
 mod replay;
 mod sink_crash;

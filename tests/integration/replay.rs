@@ -56,10 +56,11 @@ async fn replay_restores_shards_and_resumes(backend: Backend) {
     let users = users_covering_shards(2);
     let refs: Vec<&str> = users.iter().map(String::as_str).collect();
     let test = test_topology_on(backend, "replay", &refs, |t| {
-        t.replace(
-            "name = \"enrich\"\nkind = \"enrich\"",
-            "name = \"enrich\"\nkind = \"enrich\"\nbatch_size = 40",
-        )
+        for stage in &mut t.stages {
+            if stage.name == "enrich" {
+                stage.batch_size = 40;
+            }
+        }
     });
     let topology = test.topology();
     let pipeline = RunningPipeline::start(&test, Parts::ALL).await;
@@ -239,13 +240,25 @@ async fn replay_restores_shards_and_resumes(backend: Backend) {
         valid as u64,
         "the resumed replay re-did or skipped records"
     );
+    // Every re-enriched order is routed to its shard topic, and every shard's sink has stored
+    // the end of its topic as its position: the rows of the replay are all written.
+    let shard_topics: Vec<String> = topology.shards.iter().map(|s| s.topic.clone()).collect();
     eventually(
         Duration::from_secs(60),
-        "re-enriched orders to pass the sinks",
-        || async { topic_records(pipeline.log.as_ref(), &enriched).await == 2 * valid },
+        "re-enriched orders to be routed and stored by the sinks",
+        || async {
+            let mut routed = 0;
+            for topic in &shard_topics {
+                routed += topic_records(pipeline.log.as_ref(), topic).await;
+            }
+            routed == 2 * valid && sinks_caught_up(&test, pipeline.log.as_ref()).await
+        },
     )
     .await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        topic_records(pipeline.log.as_ref(), &enriched).await,
+        2 * valid
+    );
     assert_eq!(total_rows(&test).await, valid, "a replay duplicated rows");
     pipeline.stop().await;
 }
@@ -291,7 +304,8 @@ async fn replay_command_runs_inside_the_running_embedded_pipeline() {
     })
     .await;
 
-    let socket = sluice::replay_socket::socket_path(&topology.resolve_path(&topology.log.path));
+    let socket =
+        sluice::replay_socket::socket_path(&topology.resolve_path(&topology.log.embedded.path));
     let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
     assert_eq!(
         mode & 0o777,
@@ -350,7 +364,7 @@ async fn replay_command_runs_inside_the_running_embedded_pipeline() {
         target: Target::Shard(shard_name.clone()),
         name: "interrupted".into(),
     };
-    let log_file = topology.resolve_path(&topology.log.path);
+    let log_file = topology.resolve_path(&topology.log.embedded.path);
     let interrupt = CancellationToken::new();
     interrupt.cancel();
     let stream = sluice::replay_socket::connect(&log_file).await.unwrap();

@@ -1,23 +1,49 @@
-//! A sink worker killed in the middle of a stream and restarted loses and duplicates nothing:
-//! rows and positions commit together, and the restart resumes exactly where the shard says.
+//! A sink worker killed in the middle of a stream and restarted loses and duplicates nothing,
+//! on a MariaDB shard over Kafka and on a SQLite shard over the embedded log: rows and
+//! positions commit together, and the restart resumes exactly where the shard says.
 
-use std::sync::Arc;
+use std::collections::HashSet;
 use std::time::Duration;
 
 use crate::common::*;
-use mysql_async::prelude::Queryable;
 use sluice_core::log::{self, OutRecord, StartFrom};
 use sluice_core::order::EnrichedOrder;
-use sluice_sinks::mysql::MysqlShard;
-use sluice_sinks::{run_sink_worker, ShardWriter, SinkWorker};
+use sluice_sinks::{open_shard, run_sink_worker, SinkWorker};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_sink_worker_resumes_without_loss_or_duplicates() {
-    let test = test_topology("sinkcrash", &[], |t| t);
+async fn on_kafka_and_mariadb_a_killed_sink_worker_resumes_without_loss_or_duplicates() {
+    killed_sink_worker_resumes_without_loss_or_duplicates(Backend::Services).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_embedded_defaults_a_killed_sink_worker_resumes_without_loss_or_duplicates() {
+    killed_sink_worker_resumes_without_loss_or_duplicates(Backend::Embedded).await;
+}
+
+/// The line [`order_lines`] reads back for `order` once stored.
+fn expected_line(order: &EnrichedOrder) -> String {
+    format!(
+        "{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}",
+        order.order_id.simple(),
+        order.user_id,
+        order.product,
+        order.quantity,
+        order.unit_price_minor,
+        order.line_total_minor,
+        order.currency,
+        order.received_at_ms,
+        order.enriched_at_ms,
+        order.bucket,
+        order.shard
+    )
+}
+
+async fn killed_sink_worker_resumes_without_loss_or_duplicates(backend: Backend) {
+    let test = test_topology_on(backend, "sinkcrash", &[], |_| {});
     let topology = test.topology();
-    let log = log::open(&topology.log, &topology.base_dir).unwrap();
-    log::ensure_topology_topics(log.as_ref(), &topology)
+    let log = topology.log.open(&topology.base_dir).unwrap();
+    log::ensure_declared_topics(log.as_ref(), &topology.topics)
         .await
         .unwrap();
     let map = topology.shard_map().unwrap();
@@ -28,23 +54,32 @@ async fn killed_sink_worker_resumes_without_loss_or_duplicates() {
         .take(20)
         .collect();
 
+    // Every order differs in its content, so a row stored with another order's values (or a
+    // half-written one) shows.
     let total = 6_000usize;
-    let sends = (0..total).map(|n| {
-        let user = &users[n % users.len()];
-        let order = EnrichedOrder {
-            order_id: uuid::Uuid::now_v7(),
-            user_id: user.clone(),
-            product: "widget".into(),
-            quantity: 1,
-            unit_price_minor: 999,
-            line_total_minor: 999,
-            currency: "EUR".into(),
-            received_at_ms: 1,
-            enriched_at_ms: 2,
-            bucket: map.bucket(user),
-            shard: shard.name.clone(),
-        };
-        let record = OutRecord::new(user.as_bytes(), serde_json::to_vec(&order).unwrap());
+    let orders: Vec<EnrichedOrder> = (0..total)
+        .map(|n| {
+            let user = &users[n % users.len()];
+            let quantity = 1 + (n % 7) as i64;
+            let unit_price_minor = 100 + n as i64;
+            EnrichedOrder {
+                order_id: uuid::Uuid::now_v7(),
+                user_id: user.clone(),
+                product: ["widget", "gadget", "gizmo"][n % 3].into(),
+                quantity,
+                unit_price_minor,
+                line_total_minor: quantity * unit_price_minor,
+                currency: "EUR".into(),
+                received_at_ms: 1_000_000 + n as i64,
+                enriched_at_ms: 2_000_000 + n as i64,
+                bucket: map.bucket(user),
+                shard: shard.name.clone(),
+            }
+        })
+        .collect();
+    // Each send returns once the log has acknowledged the record: all of them are acknowledged.
+    let sends = orders.iter().map(|order| {
+        let record = OutRecord::new(order.user_id.as_bytes(), serde_json::to_vec(order).unwrap());
         let log = log.clone();
         let topic = shard.topic.clone();
         async move {
@@ -54,14 +89,17 @@ async fn killed_sink_worker_resumes_without_loss_or_duplicates() {
         }
     });
     futures::future::join_all(sends).await;
+    let mut acknowledged: Vec<String> = orders.iter().map(expected_line).collect();
+    acknowledged.sort();
 
-    let writer: Arc<dyn ShardWriter> = Arc::new(MysqlShard::new(&shard.name, &shard.url).unwrap());
+    let writer = open_shard(&shard.name, &shard.url, &topology.base_dir).unwrap();
     let worker = SinkWorker {
         shard: shard.name.clone(),
         shard_index: 0,
         topic: shard.topic.clone(),
         rejections_topic: None,
         consumer: "sink".into(),
+        group_prefix: topology.log.consumer_group_prefix.clone(),
         max_rows: 100,
         max_wait: Duration::from_millis(20),
         start: StartFrom::Beginning,
@@ -86,10 +124,25 @@ async fn killed_sink_worker_resumes_without_loss_or_duplicates() {
     .await;
     first.abort();
     let _ = first.await;
+    // A SQLite write runs on a blocking thread that the abort does not stop; asking the
+    // shard through the same writer waits for that write to finish.
+    let positions_at_crash: i64 = writer
+        .positions("sink")
+        .await
+        .unwrap()
+        .iter()
+        .map(|position| position.next_offset)
+        .sum();
     let stored_at_crash = count_rows(&test, 0, "orders").await as usize;
     assert!(
         stored_at_crash < total,
         "the crash came too late to test anything ({stored_at_crash} rows)"
+    );
+    // Rows and positions committed together: the positions stored at the crash account for
+    // exactly the rows stored at the crash.
+    assert_eq!(
+        positions_at_crash as usize, stored_at_crash,
+        "the rows and the positions stored before the crash disagree"
     );
 
     // Restart: it must resume from the positions stored with the rows.
@@ -104,36 +157,70 @@ async fn killed_sink_worker_resumes_without_loss_or_duplicates() {
     ));
     eventually(
         Duration::from_secs(60),
-        "every row to be stored",
-        || async { count_rows(&test, 0, "orders").await as usize >= total },
+        "the stored positions to reach the end of the topic",
+        || async {
+            stored_positions(&test, 0, "sink")
+                .await
+                .values()
+                .sum::<i64>() as usize
+                >= total
+        },
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
     cancel.cancel();
     let consumed_after_restart = second.await.unwrap().unwrap() as usize;
+    writer.close().await;
 
-    let mut conn = shard_conn(&test, 0).await;
-    let (rows, distinct): (i64, i64) = conn
-        .query_first("SELECT COUNT(*), COUNT(DISTINCT order_id) FROM orders")
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(rows as usize, total, "rows lost or duplicated");
-    assert_eq!(distinct, rows);
-    let next_offsets: i64 = conn
-        .exec_first("SELECT CAST(SUM(next_offset) AS SIGNED) FROM sluice_offsets WHERE consumer = 'sink' AND topic = ?", (shard.topic.as_str(),))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        next_offsets as usize, total,
-        "stored positions do not match the rows"
+    // Every acknowledged order is stored exactly once, with its own content, and nothing
+    // else is stored.
+    let stored = order_lines(&test, 0).await;
+    let ids: HashSet<&str> = stored
+        .iter()
+        .map(|line| line.split('|').next().unwrap())
+        .collect();
+    assert_eq!(ids.len(), stored.len(), "an order is stored twice");
+    let missing: Vec<&String> = acknowledged
+        .iter()
+        .filter(|line| stored.binary_search(line).is_err())
+        .collect();
+    let unexpected: Vec<&String> = stored
+        .iter()
+        .filter(|line| acknowledged.binary_search(line).is_err())
+        .collect();
+    assert!(
+        missing.is_empty() && unexpected.is_empty(),
+        "{} acknowledged orders are missing or stored with other values (first: {:?}); \
+         {} stored rows were never sent as such (first: {:?})",
+        missing.len(),
+        missing.first(),
+        unexpected.len(),
+        unexpected.first()
     );
+    // On the right shard: the other shards hold nothing.
+    for other in 1..4 {
+        assert_eq!(
+            count_rows(&test, other, "orders").await,
+            0,
+            "shard {other} holds rows of shard 0"
+        );
+    }
+    // The stored positions are the end of every partition of the topic.
+    let positions = stored_positions(&test, 0, "sink").await;
+    for partition in 0..log.partition_count(&shard.topic).await.unwrap() as i32 {
+        let end = log.watermarks(&shard.topic, partition).await.unwrap().1;
+        assert_eq!(
+            positions
+                .get(&(shard.topic.clone(), partition))
+                .copied()
+                .unwrap_or(0),
+            end,
+            "stored position of partition {partition}"
+        );
+    }
     // Exactly the records not yet committed at the crash were read again.
     assert_eq!(
         consumed_after_restart,
         total - stored_at_crash,
         "the restart did not resume at the stored positions"
     );
-    conn.disconnect().await.unwrap();
 }

@@ -1,29 +1,61 @@
-//! An order its shard refuses for good never stalls the shard: on Kafka and MariaDB, an
-//! order for a product the catalog sells but whose name is longer than the shard's column
-//! ends up `rejected` by stage `sink` with MariaDB's reason, and the orders around it, and
-//! those that come after it, are stored.
+//! An order its shard refuses for good never stalls the shard: an order for a product the
+//! catalog sells but whose name is longer than the shard allows ends up `rejected` by stage
+//! `sink` with the database's reason, and the orders around it, and those that come after it,
+//! are stored. On MariaDB the limit is the `product VARCHAR(255)` column (strict mode); SQLite
+//! does not limit the length of text, so there the test gives the shard the same limit as a
+//! constraint (a trigger that aborts the insert), which SQLite reports as a broken constraint.
 
 use std::time::Duration;
 
 use crate::common::*;
 use sluice::pipeline::Parts;
+use sluice_sinks::open_shard;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn an_order_its_shard_refuses_is_rejected_and_the_shard_goes_on() {
+async fn on_kafka_and_mariadb_an_order_its_shard_refuses_is_rejected_and_the_shard_goes_on() {
+    an_order_its_shard_refuses_is_rejected_and_the_shard_goes_on(Backend::Services).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn on_the_embedded_defaults_an_order_its_shard_refuses_is_rejected_and_the_shard_goes_on() {
+    an_order_its_shard_refuses_is_rejected_and_the_shard_goes_on(Backend::Embedded).await;
+}
+
+async fn an_order_its_shard_refuses_is_rejected_and_the_shard_goes_on(backend: Backend) {
     // Sold by the catalog (so validate and enrich let it through) but 300 characters long,
-    // more than MariaDB's `product VARCHAR(255)` stores in strict mode.
+    // more than the shard stores.
     let long_product = "x".repeat(300);
     let users = users_covering_shards(1);
     let user = users[0].as_str();
-    let test = test_topology("refuse", &[user], |text| {
-        text.replacen(
-            "[catalog.widget]",
-            &format!(
-                "[catalog.{long_product}]\nprice = \"1.00\"\ncurrency = \"EUR\"\n[catalog.widget]"
-            ),
-            1,
-        )
+    let test = test_topology_on(backend, "refuse", &[user], |t| {
+        t.catalog.insert(
+            long_product.clone(),
+            sluice_processors::CatalogEntry {
+                price: "1.00".into(),
+                currency: "EUR".into(),
+            },
+        );
     });
+    let expected_reason = match backend {
+        Backend::Services => "Data too long for column 'product'",
+        Backend::Embedded => {
+            let topology = test.topology();
+            let index = topology.shard_map().unwrap().shard_for_user(user);
+            let shard = &topology.shards[index];
+            let writer = open_shard(&shard.name, &shard.url, &topology.base_dir).unwrap();
+            writer.migrate().await.unwrap();
+            writer.close().await;
+            execute(
+                &test,
+                index,
+                "CREATE TRIGGER product_fits BEFORE INSERT ON orders \
+                 WHEN length(NEW.product) > 255 \
+                 BEGIN SELECT RAISE(ABORT, 'product longer than 255 characters'); END;",
+            )
+            .await;
+            "product longer than 255 characters"
+        }
+    };
     let pipeline = RunningPipeline::start(&test, Parts::ALL).await;
     let client = reqwest::Client::new();
     let token = login(&client, &pipeline.base_login, user).await;
@@ -71,8 +103,8 @@ async fn an_order_its_shard_refuses_is_rejected_and_the_shard_goes_on() {
     assert_eq!(body["stage"], "sink", "{body}");
     let reason = body["reason"].as_str().unwrap();
     assert!(
-        reason.contains("Data too long for column 'product'"),
-        "MariaDB's reason is missing: {reason}"
+        reason.contains(expected_reason),
+        "the database's reason is missing: {reason}"
     );
 
     // Orders after the refused one are stored too: the shard did not stall.

@@ -10,19 +10,15 @@
 //! - records of one key always land in one partition, so a user's orders stay in order.
 
 pub mod consumer;
-pub mod embedded;
-mod kafka;
 
-use std::path::Path;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
 
 pub use consumer::{LogConsumer, PartitionReader};
-pub use embedded::EmbeddedLog;
-pub use kafka::KafkaLog;
 
-use crate::topology::{LogBackend, LogConfig, Topology};
+use crate::topology::TopicConfig;
 
 /// A record to append.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -238,40 +234,12 @@ pub trait Log: Send + Sync + 'static {
     async fn flush(&self, timeout: Duration) -> Result<(), LogError>;
 }
 
-/// Opens the log described by `[log]`; relative paths resolve against `base_dir` (the
-/// topology file's folder). Call within a Tokio runtime (the embedded log starts its
-/// retention sweeper there).
-pub fn open(config: &LogConfig, base_dir: &Path) -> Result<std::sync::Arc<dyn Log>, LogError> {
-    match config.backend {
-        LogBackend::Kafka => Ok(std::sync::Arc::new(KafkaLog::new(config)?)),
-        LogBackend::Embedded => {
-            let path = crate::topology::resolve_relative(base_dir, &config.path);
-            let retention = embedded::Retention {
-                max_age: config
-                    .retention_hours
-                    .map(|h| Duration::from_secs(h * 3600)),
-                max_records: config.retention_records,
-            };
-            let log = EmbeddedLog::open_with(
-                &path,
-                embedded::Options {
-                    min_free_bytes: config.min_free_mib.saturating_mul(1 << 20),
-                    max_pending_appends: config.max_pending_appends,
-                    ..embedded::Options::new(retention)
-                },
-            )?;
-            if tokio::runtime::Handle::try_current().is_ok() {
-                log.spawn_retention(Duration::from_secs(60));
-            }
-            Ok(std::sync::Arc::new(log))
-        }
-    }
-}
-
-/// Creates every topic declared in the topology.
-pub async fn ensure_topology_topics(log: &dyn Log, topology: &Topology) -> Result<(), LogError> {
-    let topics: Vec<_> = topology
-        .topics
+/// Creates every topic of `[topics]` that does not exist yet.
+pub async fn ensure_declared_topics(
+    log: &dyn Log,
+    topics: &BTreeMap<String, TopicConfig>,
+) -> Result<(), LogError> {
+    let topics: Vec<_> = topics
         .iter()
         .map(|(name, t)| (name.clone(), t.partitions, t.replication))
         .collect();
@@ -298,8 +266,8 @@ pub async fn assign_all(
 }
 
 /// Runs blocking backend work (librdkafka metadata calls, redb transactions) off the async
-/// threads.
-pub(crate) async fn blocking<T: Send + 'static>(
+/// threads; for log backends.
+pub async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, LogError> + Send + 'static,
 ) -> Result<T, LogError> {
     tokio::task::spawn_blocking(work)
@@ -307,9 +275,9 @@ pub(crate) async fn blocking<T: Send + 'static>(
         .map_err(|e| LogError::Backend(format!("worker thread failed: {e}")))?
 }
 
-/// A stored position moved into `[low, high]`. Below `low`, retention deleted records the
+/// A stored position moved into `[low, high]`, for log backends. Below `low`, retention deleted records the
 /// consumer never read: that is reported as an error and counted, never silently skipped.
-pub(crate) fn clamp_position(topic: &str, partition: i32, stored: i64, low: i64, high: i64) -> i64 {
+pub fn clamp_position(topic: &str, partition: i32, stored: i64, low: i64, high: i64) -> i64 {
     if stored < low {
         report_skipped(topic, partition, low - stored);
     } else if stored > high {
@@ -325,7 +293,7 @@ pub(crate) fn clamp_position(topic: &str, partition: i32, stored: i64, low: i64,
 }
 
 /// Records that `count` unread records of a partition were removed by retention.
-pub(crate) fn report_skipped(topic: &str, partition: i32, count: i64) {
+pub fn report_skipped(topic: &str, partition: i32, count: i64) {
     tracing::error!(
         topic,
         partition,

@@ -1,56 +1,27 @@
-//! `topology.toml`: loading (with `${VAR}` substitution), validation and rendering.
+//! The shared part of the topology model: topics, sharding and shards, which every component
+//! refers to, and the tools each component uses to check its own section of `topology.toml`.
 //!
-//! Loading is strict (`deny_unknown_fields`, so a misspelt key is an error) and validation is
-//! pure: [`load`] returns either a topology that is safe to build, or every problem at once.
+//! Each component owns its configuration, beside its code, with its own validation and
+//! construction: the ingress its `[ingress]` section, the processors their `[[stages]]` (one
+//! config per stage kind) and `[catalog]`, the sinks their `[sink]` section, each log backend
+//! its `[log.<backend>]` table. The `sluice` binary puts the sections together into the whole
+//! file's model and loads it. What they share lives here:
+//!
+//! - [`TopicConfig`], [`ShardingConfig`], [`ShardConfig`]: the topics and the shard map;
+//! - [`Issues`]: every problem found, each with the place in the file to change;
+//! - [`Wiring`]: what a component's validation may look up (declared topics, shards);
+//! - [`Flow`]: which component reads and writes which topic, checked for unfed inputs and
+//!   cycles ([`Flow::check`]) and drawn by `sluice graph` ([`Flow::render`]).
 
-mod env;
-mod graph;
+mod flow;
+mod issues;
 mod model;
-mod validate;
 
 use std::path::{Path, PathBuf};
 
-pub use env::interpolate;
-pub use graph::{render, GraphFormat};
+pub use flow::{Flow, FlowNode, GraphFormat, NodeKind};
+pub use issues::{Issue, Issues};
 pub use model::*;
-pub use validate::{validate, Issue};
-
-/// Why a topology could not be used.
-#[derive(Debug, thiserror::Error)]
-pub enum TopologyError {
-    /// The file could not be read.
-    #[error("cannot read topology file {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-    /// `${VAR}` references without a value or default.
-    #[error("{path}: environment variables not set (and no `:-default` given): {}", .names.join(", "))]
-    MissingVariables {
-        /// The file.
-        path: PathBuf,
-        /// The unset variables.
-        names: Vec<String>,
-    },
-    /// The TOML does not match the topology schema.
-    #[error("{path}: {message}")]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// The parser's explanation, with line and column.
-        message: String,
-    },
-    /// The topology parsed but is not consistent.
-    #[error("{path}: {} problem(s):\n{}", .issues.len(), .issues.iter().map(|i| format!("  - {i}")).collect::<Vec<_>>().join("\n"))]
-    Invalid {
-        /// The file.
-        path: PathBuf,
-        /// Every problem found.
-        issues: Vec<Issue>,
-    },
-}
 
 /// `path` as written in a topology: absolute as is, relative to `base_dir` (the topology
 /// file's folder) otherwise.
@@ -61,53 +32,3 @@ pub fn resolve_relative(base_dir: &Path, path: &Path) -> PathBuf {
         base_dir.join(path)
     }
 }
-
-/// Reads, substitutes, parses and validates the topology at `path`.
-pub fn load(path: &Path) -> Result<Topology, TopologyError> {
-    let text = std::fs::read_to_string(path).map_err(|source| TopologyError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    parse(&text, path, base_dir)
-}
-
-/// Like [`load`], for topology text already in memory; `path` only names it in errors.
-pub fn parse(text: &str, path: &Path, base_dir: PathBuf) -> Result<Topology, TopologyError> {
-    let substituted = std::cell::RefCell::new(Vec::new());
-    let text = interpolate(text, |name| {
-        let value = std::env::var(name).ok();
-        if let Some(value) = &value {
-            substituted.borrow_mut().push(value.clone());
-        }
-        value
-    })
-    .map_err(|names| TopologyError::MissingVariables {
-        path: path.to_path_buf(),
-        names,
-    })?;
-    let mut topology: Topology = toml::from_str(&text).map_err(|error| TopologyError::Parse {
-        path: path.to_path_buf(),
-        // The parser quotes the failing line, which may hold a value from the environment
-        // (a secret): those values are masked.
-        message: substituted
-            .borrow()
-            .iter()
-            .filter(|v| v.len() >= 4)
-            .fold(error.to_string(), |m, v| m.replace(v.as_str(), "***")),
-    })?;
-    topology.base_dir = base_dir;
-    topology.source = path.to_path_buf();
-    let issues = validate(&topology);
-    if issues.is_empty() {
-        Ok(topology)
-    } else {
-        Err(TopologyError::Invalid {
-            path: path.to_path_buf(),
-            issues,
-        })
-    }
-}
-
-#[cfg(test)]
-mod tests;

@@ -1,12 +1,13 @@
-//! The stage kinds named in `topology.toml`: `validate`, `enrich`, `route`.
+//! The stage kinds named in `topology.toml`: `validate`, `enrich`, `route`. Each is one
+//! folder: the stage, and its config with its checks and construction.
 
 mod enrich;
 mod route;
 mod validate;
 
-pub use enrich::Enrich;
-pub use route::Route;
-pub use validate::Validate;
+pub use enrich::{Enrich, EnrichConfig};
+pub use route::{Route, RouteConfig};
+pub use validate::{Validate, ValidateConfig, ValidateRules};
 
 #[cfg(test)]
 pub(crate) mod test_support {

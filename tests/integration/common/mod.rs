@@ -3,6 +3,7 @@
 #![allow(dead_code, missing_docs)]
 
 use std::collections::HashMap;
+use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,9 +12,12 @@ use mysql_async::prelude::Queryable;
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
 use sluice::pipeline::{self, Listeners, Parts};
+use sluice::topology::{self, LogBackend, Topology};
 use sluice_core::log::Log;
 use sluice_core::shutdown::Shutdown;
-use sluice_core::topology::{self, Topology};
+use sluice_ingress::config::Quota;
+use sluice_log_kafka::KafkaLogConfig;
+use sluice_processors::KindConfig;
 use tokio::net::TcpListener;
 
 pub const SHIPPED: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/topology.toml"));
@@ -63,19 +67,35 @@ pub enum Backend {
 pub struct TestTopology {
     pub backend: Backend,
     pub id: String,
-    pub text: String,
     pub dir: tempfile::TempDir,
+    /// Where the topology is written, for `sluice` processes the test starts.
     pub path: PathBuf,
+    topology: Topology,
 }
 
 impl TestTopology {
+    /// The test's topology.
     pub fn topology(&self) -> Topology {
-        topology::load(&self.path).expect("test topology must be valid")
+        self.topology.clone()
     }
 
     /// The database URL of shard `index`.
     pub fn shard_url(&self, index: usize) -> String {
-        self.topology().shards[index].url.clone()
+        self.topology.shards[index].url.clone()
+    }
+
+    /// Changes the topology and writes it again (a process started afterwards, or a SIGHUP,
+    /// reads the change). The result must be valid.
+    pub fn edit(&mut self, change: impl FnOnce(&mut Topology)) {
+        change(&mut self.topology);
+        self.save();
+    }
+
+    fn save(&self) {
+        let topology = sluice::topology::check(self.topology.clone())
+            .unwrap_or_else(|error| panic!("test topology must be valid: {error}"));
+        let text = toml::to_string(&topology).expect("a topology serializes");
+        std::fs::write(&self.path, text).unwrap();
     }
 }
 
@@ -87,9 +107,7 @@ impl Drop for TestTopology {
         if self.backend != Backend::Services || std::thread::panicking() {
             return;
         }
-        let Ok(topology) = topology::load(&self.path) else {
-            return;
-        };
+        let topology = self.topology.clone();
         // Drop may run inside a test's runtime, which cannot be blocked on: use a thread.
         let cleanup = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -137,21 +155,39 @@ async fn remove_from_services(topology: &Topology) {
     }
 }
 
-/// Builds a private copy of the shipped topology; `tweak` may edit the text further.
+/// Builds a private copy of the shipped topology; `tweak` may change it further.
 pub fn test_topology(
     name: &str,
     users: &[&str],
-    tweak: impl FnOnce(String) -> String,
+    tweak: impl FnOnce(&mut Topology),
 ) -> TestTopology {
     test_topology_on(Backend::Services, name, users, tweak)
 }
 
-/// Builds a private copy of the shipped topology on `backend`; `tweak` may edit the text.
+/// The shipped topology, with the defaults it takes when no `SLUICE_*` variable is set.
+pub fn shipped() -> Topology {
+    let text = SHIPPED
+        .replace("${SLUICE_LOG_BACKEND:-embedded}", "embedded")
+        .replace("${SLUICE_JWT_SECRET:-", "${SLUICE_TEST_UNSET_JWT_SECRET:-");
+    topology::parse(
+        &text,
+        std::path::Path::new("topology.toml"),
+        PathBuf::from("."),
+    )
+    .expect("the shipped topology is valid")
+}
+
+fn n(value: u32) -> NonZeroU32 {
+    NonZeroU32::new(value).unwrap()
+}
+
+/// Builds a private copy of the shipped topology on `backend`: its own topics, consumer
+/// groups, shard databases, users file and ports; `tweak` may change it further.
 pub fn test_topology_on(
     backend: Backend,
     name: &str,
     users: &[&str],
-    tweak: impl FnOnce(String) -> String,
+    tweak: impl FnOnce(&mut Topology),
 ) -> TestTopology {
     let id = unique(name);
     let dir = tempfile::tempdir().unwrap();
@@ -162,102 +198,70 @@ pub fn test_topology_on(
     if users.is_empty() {
         std::fs::write(&users_file, "users = []\n").unwrap();
     }
-    let replace_all = |text: String, pairs: &[(&str, String)]| {
-        pairs.iter().fold(text, |text, (from, to)| {
-            assert!(
-                text.contains(from),
-                "shipped topology changed: {from} not found"
-            );
-            text.replace(from, to)
-        })
-    };
-    let mut text = replace_all(
-        SHIPPED.to_string(),
-        &[
-            ("\"orders.", format!("\"{id}.orders.")),
-            ("\"auth.logins\"", format!("\"{id}.auth.logins\"")),
-            (
-                "consumer_group_prefix = \"sluice\"",
-                format!("consumer_group_prefix = \"sluice.{id}\""),
-            ),
-            (
-                "users_file = \"users.toml\"",
-                format!("users_file = {:?}", users_file.display().to_string()),
-            ),
-            (
-                "${SLUICE_LOGIN_LISTEN:-127.0.0.1:3000}",
-                "127.0.0.1:0".into(),
-            ),
-            (
-                "${SLUICE_ORDER_LISTEN:-127.0.0.1:3001}",
-                "127.0.0.1:0".into(),
-            ),
-            (
-                "orders_per_principal = { per_second = 200, burst = 400 }",
-                "orders_per_principal = { per_second = 100000, burst = 100000 }".into(),
-            ),
-            (
-                "orders_per_address = { per_second = 2000, burst = 4000 }",
-                "orders_per_address = { per_second = 100000, burst = 100000 }".into(),
-            ),
-            (
-                "logins_per_address = { per_second = 5, burst = 20 }",
-                "logins_per_address = { per_second = 1000, burst = 1000 }".into(),
-            ),
-            (
-                "${SLUICE_LOG_PATH:-data/log.redb}",
-                dir.path().join("log.redb").display().to_string(),
-            ),
-        ],
-    );
+    let mut t = shipped();
+    let private = |topic: &str| format!("{id}.{topic}");
+    t.topics = t
+        .topics
+        .into_iter()
+        .map(|(name, config)| (private(&name), config))
+        .collect();
+    t.ingress.orders_topic = private(&t.ingress.orders_topic);
+    t.ingress.logins_topic = private(&t.ingress.logins_topic);
+    for stage in &mut t.stages {
+        stage.input = private(&stage.input);
+        stage.dead_letter = private(&stage.dead_letter);
+        match &mut stage.kind {
+            KindConfig::Validate(config) => config.output = private(&config.output),
+            KindConfig::Enrich(config) => config.output = private(&config.output),
+            KindConfig::Route(_) => {}
+        }
+    }
+    for shard in &mut t.shards {
+        shard.topic = private(&shard.topic);
+    }
+    t.sink.rejections_topic = t.sink.rejections_topic.as_deref().map(private);
+    t.log.consumer_group_prefix = format!("sluice.{id}");
+    t.log.embedded.path = dir.path().join("log.redb");
+    t.ingress.auth.users_file = users_file;
+    t.ingress.login_listen = "127.0.0.1:0".parse().unwrap();
+    t.ingress.order_listen = "127.0.0.1:0".parse().unwrap();
+    let limits = &mut t.ingress.rate_limits;
+    limits.orders_per_principal = Quota::per_second(n(100_000), n(100_000));
+    limits.orders_per_address = Quota::per_second(n(100_000), n(100_000));
+    limits.logins_per_address = Quota::per_second(n(1_000), n(1_000));
     match backend {
         Backend::Services => {
             let infra = infra();
-            text = replace_all(
-                text,
-                &[
-                    ("${SLUICE_LOG_BACKEND:-embedded}", "kafka".into()),
-                    (
-                        "${SLUICE_KAFKA_BROKERS:-127.0.0.1:19092}",
-                        infra.brokers.clone(),
-                    ),
-                ],
-            );
-            for (index, server) in infra.mysql_servers.iter().enumerate() {
-                let default =
-                    format!("${{SLUICE_SHARD{index}_URL:-sqlite://data/shard{index}.db}}");
-                text = replace_all(
-                    text,
-                    &[(default.as_str(), format!("{server}/{id}_s{index}"))],
-                );
+            t.log.backend = LogBackend::Kafka;
+            t.log.kafka = Some(KafkaLogConfig {
+                brokers: infra.brokers.clone(),
+                properties: Default::default(),
+            });
+            for (index, shard) in t.shards.iter_mut().enumerate() {
+                shard.url = format!("{}/{id}_s{index}", infra.mysql_servers[index]);
             }
         }
         Backend::Embedded => {
-            text = replace_all(
-                text,
-                &[("${SLUICE_LOG_BACKEND:-embedded}", "embedded".into())],
-            );
-            for index in 0..4 {
-                let default =
-                    format!("${{SLUICE_SHARD{index}_URL:-sqlite://data/shard{index}.db}}");
+            t.log.backend = LogBackend::Embedded;
+            for (index, shard) in t.shards.iter_mut().enumerate() {
                 let file = dir.path().join(format!("shard{index}.db"));
-                text = replace_all(
-                    text,
-                    &[(default.as_str(), format!("sqlite://{}", file.display()))],
-                );
+                shard.url = format!("sqlite://{}", file.display());
             }
         }
     }
-    let text = tweak(text);
+    tweak(&mut t);
     let path = dir.path().join("topology.toml");
-    std::fs::write(&path, &text).unwrap();
-    TestTopology {
+    t.base_dir = dir.path().to_path_buf();
+    t.source = path.clone();
+    let test = TestTopology {
         id,
-        text,
         dir,
         path,
         backend,
-    }
+        topology: t,
+    };
+    test.save();
+    test
 }
 
 /// A pipeline running in this process.
@@ -339,7 +343,7 @@ pub async fn login(client: &reqwest::Client, base: &str, user: &str) -> String {
 
 /// Users whose buckets spread over all four shards: `per_shard` each.
 pub fn users_covering_shards(per_shard: usize) -> Vec<String> {
-    let topology = topology::parse(SHIPPED, std::path::Path::new("t"), PathBuf::from(".")).unwrap();
+    let topology = shipped();
     let map = topology.shard_map().unwrap();
     let mut chosen: HashMap<usize, Vec<String>> = HashMap::new();
     let mut n = 0;
@@ -452,6 +456,49 @@ pub async fn count_rows(test: &TestTopology, index: usize, table: &str) -> i64 {
         .first()
         .and_then(|n| n.parse().ok())
         .unwrap_or(0)
+}
+
+/// The positions `consumer` has stored in shard `index`: `(topic, partition)` to the next
+/// offset to read (empty while the shard has no positions table yet).
+pub async fn stored_positions(
+    test: &TestTopology,
+    index: usize,
+    consumer: &str,
+) -> HashMap<(String, i32), i64> {
+    let line = match test.backend {
+        Backend::Services => "CONCAT_WS('|', topic, partition_id, next_offset)",
+        Backend::Embedded => "topic || '|' || partition_id || '|' || next_offset",
+    };
+    let sql = format!("SELECT {line} FROM sluice_offsets WHERE consumer = '{consumer}'");
+    query_strings(test, index, &sql)
+        .await
+        .iter()
+        .map(|line| {
+            let mut fields = line.rsplitn(3, '|');
+            let offset = fields.next().unwrap().parse().unwrap();
+            let partition = fields.next().unwrap().parse().unwrap();
+            ((fields.next().unwrap().to_string(), partition), offset)
+        })
+        .collect()
+}
+
+/// Whether every shard's live sink has stored, as its positions, the end of every partition
+/// of its shard topic: everything routed so far is in the shards.
+pub async fn sinks_caught_up(test: &TestTopology, log: &dyn Log) -> bool {
+    for (index, shard) in test.topology().shards.iter().enumerate() {
+        let positions = stored_positions(test, index, "sink").await;
+        for partition in 0..log.partition_count(&shard.topic).await.unwrap() as i32 {
+            let end = log.watermarks(&shard.topic, partition).await.unwrap().1;
+            let stored = positions
+                .get(&(shard.topic.clone(), partition))
+                .copied()
+                .unwrap_or(0);
+            if stored < end {
+                return false;
+            }
+        }
+    }
+    true
 }
 
 /// Every stored order of shard `index` as one comparable line (all columns but `stored_at_ms`),
@@ -590,10 +637,10 @@ impl Ports {
         }
     }
 
-    /// `text` (a test topology, listening on port 0) listening on these ports.
-    pub fn apply(&self, text: String) -> String {
-        text.replacen("127.0.0.1:0", &format!("127.0.0.1:{}", self.login), 1)
-            .replacen("127.0.0.1:0", &format!("127.0.0.1:{}", self.order), 1)
+    /// Makes `topology`'s ingress listen on these ports.
+    pub fn apply(&self, topology: &mut Topology) {
+        topology.ingress.login_listen = ([127, 0, 0, 1], self.login).into();
+        topology.ingress.order_listen = ([127, 0, 0, 1], self.order).into();
     }
 
     /// Base URL of the login listener.

@@ -41,21 +41,28 @@ impl InfraAddress {
         dir
     }
 
-    /// Rewrites a services test topology (pointing at the shared instance) to this instance.
-    pub fn retarget(&self, text: String) -> String {
+    /// Points a services test topology (at the shared instance) at this instance.
+    pub fn retarget(&self, topology: &mut sluice::topology::Topology) {
         let shared = crate::common::infra();
-        let mut text = text.replace(&shared.brokers, &self.brokers());
-        for (index, server) in shared.mysql_servers.iter().enumerate() {
-            text = text.replace(
-                &format!("{server}/"),
-                &format!("{}/", self.mysql_server(index)),
-            );
+        let kafka = topology
+            .log
+            .kafka
+            .as_mut()
+            .expect("a services topology has [log.kafka]");
+        assert_eq!(kafka.brokers, shared.brokers);
+        kafka.brokers = self.brokers();
+        for (index, shard) in topology.shards.iter_mut().enumerate() {
+            let server = &shared.mysql_servers[index];
+            let database = shard
+                .url
+                .strip_prefix(&format!("{server}/"))
+                .expect("a services shard is on the shared server");
+            shard.url = format!("{}/{database}", self.mysql_server(index));
         }
         assert!(
-            !text.contains(&format!(":{SHARED_KAFKA_PORT}\"")),
+            !kafka_names_port(&topology.log.kafka, SHARED_KAFKA_PORT),
             "the private topology still names the shared broker"
         );
-        text
     }
 
     /// Runs `scripts/infra ARGS…` on this instance (bounded in time); stderr on failure.
@@ -182,4 +189,10 @@ fn free_port_blocks() -> (u16, u16) {
             return (kafka, mysql);
         }
     }
+}
+
+fn kafka_names_port(kafka: &Option<sluice_log_kafka::KafkaLogConfig>, port: u16) -> bool {
+    kafka
+        .as_ref()
+        .is_some_and(|k| k.brokers.ends_with(&format!(":{port}")))
 }

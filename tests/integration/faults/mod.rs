@@ -684,11 +684,11 @@ async fn run_fault(
         fault.backend(),
         &fault.name().replace('-', "_"),
         &user_refs,
-        |text| {
-            let text = ports.apply(text);
+        |t| {
+            ports.apply(t);
             match &infra {
-                Some(infra) if fault.backend() == Backend::Services => infra.retarget(text),
-                _ => text,
+                Some(infra) if fault.backend() == Backend::Services => infra.retarget(t),
+                _ => {}
             }
         },
     );

@@ -1,9 +1,12 @@
 //! `enrich`: adds price, line total, currency, timestamps, bucket and shard.
 
+mod config;
+
+pub use config::EnrichConfig;
+
 use sluice_core::log::{OutRecord, Record};
 use sluice_core::order::{now_ms, EnrichedOrder, RawOrder};
 use sluice_core::sharding::ShardMap;
-use sluice_core::topology::StageConfig;
 
 use crate::catalog::CachedCatalog;
 use crate::stage::{Emission, Outcome, Stage};
@@ -17,15 +20,15 @@ pub struct Enrich {
 }
 
 impl Enrich {
-    /// An enrich stage writing to `config.output`, pricing from `catalog`.
+    /// An enrich stage writing to `output`, pricing from `catalog`.
     pub fn new(
-        config: &StageConfig,
+        output: String,
         catalog: CachedCatalog,
         shard_map: ShardMap,
         shard_names: Vec<String>,
     ) -> Self {
         Enrich {
-            output: config.output.clone().unwrap_or_default(),
+            output,
             catalog,
             shard_map,
             shard_names,
@@ -93,10 +96,9 @@ mod tests {
     use std::sync::Arc;
 
     use sluice_core::sharding::BucketRange;
-    use sluice_core::topology::{CatalogEntry, StageKind};
 
     use super::*;
-    use crate::catalog::TopologyCatalog;
+    use crate::catalog::{CatalogEntry, TopologyCatalog};
     use crate::stages::test_support::record;
 
     fn stage() -> Enrich {
@@ -108,22 +110,13 @@ mod tests {
                 currency: "EUR".into(),
             },
         );
-        let config = StageConfig {
-            name: "enrich".into(),
-            kind: StageKind::Enrich,
-            input: "valid".into(),
-            output: Some("enriched".into()),
-            dead_letter: "dlq".into(),
-            rules: None,
-            batch_size: 10,
-        };
         let ranges = vec![
             ("s0".to_string(), BucketRange { first: 0, last: 7 }),
             ("s1".to_string(), BucketRange { first: 8, last: 15 }),
         ];
         let map = ShardMap::new(16, &ranges).unwrap();
         Enrich::new(
-            &config,
+            "enriched".into(),
             CachedCatalog::new(Arc::new(TopologyCatalog::new(&entries))),
             map,
             vec!["s0".into(), "s1".into()],

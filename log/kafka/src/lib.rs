@@ -4,6 +4,8 @@
 //! replica and retries never duplicate it. Keys are partitioned with `murmur2_random`, the
 //! Java client's partitioner, so other Kafka clients agree on where a key lives.
 
+mod config;
+
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,14 +21,25 @@ use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::blocking;
-use super::{
+pub use config::KafkaLogConfig;
+use sluice_core::log::blocking;
+use sluice_core::log::{
     Assignment, Delivery, Log, LogError, OutRecord, PartitionReader, Position, Record, StartFrom,
 };
-use crate::topology::LogConfig;
 
 /// How long metadata and offset queries may take before they count as failed.
 const META_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Retries of a query that fails while a new topic's partition leaders settle: about five
+/// seconds of pauses, growing from 50 ms to 500 ms.
+fn settling() -> sluice_core::retry::Retry {
+    sluice_core::retry::Retry::new(sluice_core::retry::Backoff::new(
+        Duration::from_millis(50),
+        Duration::from_millis(500),
+    ))
+    .max_attempts(15)
+}
+
 /// Most records the producer holds while the broker has not acknowledged them (unless
 /// `queue.buffering.max.messages` is set in `[log.kafka]`). Beyond it new orders get 503 at
 /// once, so a slow or absent broker cannot grow the process's memory without bound.
@@ -65,27 +78,28 @@ impl AckWatch {
         if watch.waiting.fetch_add(1, Ordering::Relaxed) == 0 {
             watch
                 .progress_ms
-                .fetch_max(crate::order::now_ms(), Ordering::Relaxed);
+                .fetch_max(sluice_core::order::now_ms(), Ordering::Relaxed);
         }
         Waiting(watch)
     }
 
     fn acknowledged(&self) {
-        let now = crate::order::now_ms();
+        let now = sluice_core::order::now_ms();
         self.progress_ms.fetch_max(now, Ordering::Relaxed);
         self.acked_ms.fetch_max(now, Ordering::Relaxed);
     }
 
     /// Whether the broker acknowledged a record within `window`.
     fn acknowledged_within(&self, window: Duration) -> bool {
-        crate::order::now_ms() - self.acked_ms.load(Ordering::Relaxed) <= window.as_millis() as i64
+        sluice_core::order::now_ms() - self.acked_ms.load(Ordering::Relaxed)
+            <= window.as_millis() as i64
     }
 
     /// `(waiting sends, ms without progress)` when sends have waited longer than `limit`
     /// without any acknowledgement.
     fn stalled(&self, limit: Duration) -> Option<(i64, i64)> {
         let waiting = self.waiting.load(Ordering::Relaxed);
-        let silent_ms = crate::order::now_ms() - self.progress_ms.load(Ordering::Relaxed);
+        let silent_ms = sluice_core::order::now_ms() - self.progress_ms.load(Ordering::Relaxed);
         (waiting > 0 && silent_ms > limit.as_millis() as i64).then_some((waiting, silent_ms))
     }
 }
@@ -114,15 +128,16 @@ fn backend(error: KafkaError) -> LogError {
 }
 
 impl KafkaLog {
-    /// Connects lazily to the brokers of `config` (librdkafka connects in the background).
-    pub fn new(config: &LogConfig) -> Result<Self, LogError> {
+    /// Connects lazily to the brokers of `config` (librdkafka connects in the background);
+    /// its own metadata client's group is `<group_prefix>.meta`.
+    pub fn new(config: &KafkaLogConfig, group_prefix: &str) -> Result<Self, LogError> {
         let mut base = ClientConfig::new();
         base.set("bootstrap.servers", &config.brokers);
         // After a broker comes back, librdkafka can be left with partitions whose "new leader
         // is not found in cache"; they stay without a leader (no fetches, no produces) until
         // the next periodic metadata refresh, which is 5 minutes by default.
         base.set("topic.metadata.refresh.interval.ms", METADATA_REFRESH_MS);
-        for (key, value) in &config.kafka {
+        for (key, value) in &config.properties {
             base.set(key, value);
         }
         let mut producer_config = base.clone();
@@ -135,14 +150,14 @@ impl KafkaLog {
             .set(
                 "queue.buffering.max.messages",
                 config
-                    .kafka
+                    .properties
                     .get("queue.buffering.max.messages")
                     .map_or(QUEUE_MAX_MESSAGES, String::as_str),
             )
             .set(
                 "queue.buffering.max.kbytes",
                 config
-                    .kafka
+                    .properties
                     .get("queue.buffering.max.kbytes")
                     .map_or(QUEUE_MAX_KBYTES, String::as_str),
             )
@@ -151,13 +166,13 @@ impl KafkaLog {
             .set(
                 "message.timeout.ms",
                 config
-                    .kafka
+                    .properties
                     .get("message.timeout.ms")
                     .map_or("30000", String::as_str),
             );
         let producer: FutureProducer = producer_config.create().map_err(backend)?;
         let mut meta_config = base.clone();
-        meta_config.set("group.id", format!("{}.meta", config.consumer_group_prefix));
+        meta_config.set("group.id", format!("{group_prefix}.meta"));
         let meta: StreamConsumer = meta_config.create().map_err(backend)?;
         Ok(KafkaLog {
             base,
@@ -371,24 +386,21 @@ impl Log for KafkaLog {
 
     async fn watermarks(&self, topic: &str, partition: i32) -> Result<(i64, i64), LogError> {
         // Right after a topic is created its leaders may still be moving in; retry briefly.
-        let mut attempt = 0;
-        loop {
-            let meta = self.meta();
-            let name = topic.to_string();
-            match blocking(move || {
-                meta.fetch_watermarks(&name, partition, META_TIMEOUT)
-                    .map_err(backend)
-            })
+        settling()
+            .run(
+                || {
+                    let meta = self.meta();
+                    let name = topic.to_string();
+                    blocking(move || {
+                        meta.fetch_watermarks(&name, partition, META_TIMEOUT)
+                            .map_err(backend)
+                    })
+                },
+                |_| sluice_core::retry::Verdict::Retry,
+                |error, _| tracing::debug!(%error, topic, partition, "watermarks not available yet; retrying"),
+            )
             .await
-            {
-                Err(error) if attempt < 20 => {
-                    tracing::debug!(%error, topic, partition, "watermarks not available yet; retrying");
-                    attempt += 1;
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                }
-                result => return result,
-            }
-        }
+            .map_err(sluice_core::retry::GaveUp::into_error)
     }
 
     async fn offset_for_time(
@@ -631,7 +643,13 @@ impl KafkaReader {
                         {
                             Some(Offset::Offset(n)) => {
                                 let (low, high) = watermarks()?;
-                                super::clamp_position(&a.topic, a.partition, n, low, high)
+                                sluice_core::log::clamp_position(
+                                    &a.topic,
+                                    a.partition,
+                                    n,
+                                    low,
+                                    high,
+                                )
                             }
                             _ => watermarks()?.0,
                         }
@@ -677,22 +695,17 @@ impl KafkaReader {
 impl PartitionReader for KafkaReader {
     async fn assign(&mut self, assignments: Vec<Assignment>) -> Result<Vec<Position>, LogError> {
         // Right after topics are created their leaders may still be settling; retry briefly.
-        let mut attempt = 0;
-        loop {
-            match self.try_assign(assignments.clone()).await {
-                Err(error) if attempt < 20 => {
-                    tracing::debug!(%error, "partition assignment not possible yet; retrying");
-                    attempt += 1;
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                }
-                Ok(starts) => {
-                    self.positions = starts.clone();
-                    self.last_progress = std::time::Instant::now();
-                    return Ok(starts);
-                }
-                Err(error) => return Err(error),
-            }
-        }
+        let starts = settling()
+            .run(
+                || self.try_assign(assignments.clone()),
+                |_| sluice_core::retry::Verdict::Retry,
+                |error, _| tracing::debug!(%error, "partition assignment not possible yet; retrying"),
+            )
+            .await
+            .map_err(sluice_core::retry::GaveUp::into_error)?;
+        self.positions = starts.clone();
+        self.last_progress = std::time::Instant::now();
+        Ok(starts)
     }
 
     async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Record>, LogError> {
@@ -823,7 +836,7 @@ mod tests {
         );
         watch
             .progress_ms
-            .store(crate::order::now_ms() - 5_000, Ordering::Relaxed);
+            .store(sluice_core::order::now_ms() - 5_000, Ordering::Relaxed);
         let (count, silent_ms) = watch.stalled(Duration::from_secs(2)).unwrap();
         assert_eq!(count, 1);
         assert!(silent_ms >= 5_000);
@@ -835,7 +848,7 @@ mod tests {
         );
         watch
             .progress_ms
-            .store(crate::order::now_ms() - 5_000, Ordering::Relaxed);
+            .store(sluice_core::order::now_ms() - 5_000, Ordering::Relaxed);
         drop(waiting);
         assert_eq!(
             watch.stalled(Duration::from_secs(2)),

@@ -1,9 +1,12 @@
 //! `route`: sends each enriched order to the topic of the shard that owns its user's bucket.
 
+mod config;
+
+pub use config::RouteConfig;
+
 use sluice_core::log::{OutRecord, Record};
 use sluice_core::order::EnrichedOrder;
 use sluice_core::sharding::ShardMap;
-use sluice_core::topology::StageConfig;
 
 use crate::stage::{Emission, Outcome, Stage};
 
@@ -15,7 +18,7 @@ pub struct Route {
 
 impl Route {
     /// A route stage over `shard_topics` (in topology shard order).
-    pub fn new(_config: &StageConfig, shard_map: ShardMap, shard_topics: Vec<String>) -> Self {
+    pub fn new(shard_map: ShardMap, shard_topics: Vec<String>) -> Self {
         Route {
             shard_map,
             shard_topics,
@@ -46,22 +49,12 @@ impl Stage for Route {
 #[cfg(test)]
 mod tests {
     use sluice_core::sharding::{bucket_of, BucketRange};
-    use sluice_core::topology::StageKind;
 
     use super::*;
     use crate::stages::test_support::record;
 
     #[test]
     fn every_user_goes_to_the_shard_owning_its_bucket() {
-        let config = StageConfig {
-            name: "route".into(),
-            kind: StageKind::Route,
-            input: "enriched".into(),
-            output: None,
-            dead_letter: "dlq".into(),
-            rules: None,
-            batch_size: 10,
-        };
         let ranges: Vec<_> = (0..4)
             .map(|i| {
                 (
@@ -74,7 +67,6 @@ mod tests {
             })
             .collect();
         let route = Route::new(
-            &config,
             ShardMap::new(256, &ranges).unwrap(),
             (0..4).map(|i| format!("shard.{i}")).collect(),
         );

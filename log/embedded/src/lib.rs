@@ -23,6 +23,7 @@
 //! process. Deployments that split the parts over several processes use Kafka.
 
 mod codec;
+mod config;
 mod partitioner;
 
 use std::collections::HashMap;
@@ -36,10 +37,11 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{oneshot, watch, OwnedSemaphorePermit, Semaphore};
 
 pub use codec::StoredRecord;
+pub use config::EmbeddedLogConfig;
 pub use partitioner::{murmur2, partition_for};
 
-use super::blocking;
-use super::{
+use sluice_core::log::blocking;
+use sluice_core::log::{
     Assignment, Delivery, Log, LogError, OutRecord, PartitionReader, Position, Record, StartFrom,
 };
 
@@ -170,11 +172,9 @@ struct Gauges {
 
 impl Gauges {
     fn register() -> Self {
-        use crate::telemetry::{
+        use sluice_core::telemetry::{
             LOG_APPENDS_REFUSED, LOG_APPEND_QUEUE, LOG_FREE_BYTES, LOG_WRITE_BLOCKED,
         };
-        // Handles taken before a recorder is installed would count nowhere.
-        crate::telemetry::metrics_handle();
         Gauges {
             write_failure: metrics::gauge!(LOG_WRITE_BLOCKED, "reason" => "write_failure"),
             low_space: metrics::gauge!(LOG_WRITE_BLOCKED, "reason" => "low_disk_space"),
@@ -352,7 +352,7 @@ impl Drop for EmbeddedLog {
 }
 
 fn now_ms() -> i64 {
-    crate::order::now_ms()
+    sluice_core::order::now_ms()
 }
 
 /// Reads every topic's partition count and each partition's first and next offsets.
@@ -1056,15 +1056,19 @@ struct EmbeddedReader {
     appended: watch::Receiver<u64>,
 }
 
-impl EmbeddedReader {
-    fn stored_position(&self, topic: &str, partition: u32) -> Result<Option<u64>, LogError> {
-        let read = self.shared.db()?.begin_read().map_err(storage)?;
-        let positions = read.open_table(POSITIONS).map_err(storage)?;
-        Ok(positions
-            .get((self.group.as_str(), topic, partition))
-            .map_err(storage)?
-            .map(|v| v.value()))
-    }
+/// The position `group` stored for a partition (a redb read: call on a blocking thread).
+fn stored_position(
+    shared: &Shared,
+    group: &str,
+    topic: &str,
+    partition: u32,
+) -> Result<Option<u64>, LogError> {
+    let read = shared.db()?.begin_read().map_err(storage)?;
+    let positions = read.open_table(POSITIONS).map_err(storage)?;
+    Ok(positions
+        .get((group, topic, partition))
+        .map_err(storage)?
+        .map(|v| v.value()))
 }
 
 /// Reads up to `max` records from the `assigned` partitions, advancing their positions and
@@ -1119,32 +1123,40 @@ fn read_batch(
 #[async_trait]
 impl PartitionReader for EmbeddedReader {
     async fn assign(&mut self, assignments: Vec<Assignment>) -> Result<Vec<Position>, LogError> {
-        let mut assigned = Vec::with_capacity(assignments.len());
-        for a in assignments {
-            let state = self.shared.partition(&a.topic, a.partition)?;
-            let partition = a.partition as u32;
-            let start = match a.start {
-                StartFrom::Committed => match self.stored_position(&a.topic, partition)? {
-                    Some(stored) => super::clamp_position(
-                        &a.topic,
-                        a.partition,
-                        stored as i64,
-                        state.low as i64,
-                        state.next as i64,
-                    ) as u64,
-                    None => state.low,
-                },
-                StartFrom::Beginning => state.low,
-                StartFrom::End => state.next,
-                StartFrom::Offset(n) | StartFrom::Resume(n) => {
-                    (n.max(0) as u64).clamp(state.low, state.next)
-                }
-                StartFrom::Time(ms) => {
-                    offset_for_time_sync(&self.shared, &a.topic, partition, &state, ms)?
-                }
-            };
-            assigned.push((a.topic, partition, start));
-        }
+        // Stored positions and seeks by time read the redb file: off the async threads.
+        let (shared, group) = (self.shared.clone(), self.group.clone());
+        let assigned = blocking(move || {
+            let mut assigned = Vec::with_capacity(assignments.len());
+            for a in assignments {
+                let state = shared.partition(&a.topic, a.partition)?;
+                let partition = a.partition as u32;
+                let start = match a.start {
+                    StartFrom::Committed => {
+                        match stored_position(&shared, &group, &a.topic, partition)? {
+                            Some(stored) => sluice_core::log::clamp_position(
+                                &a.topic,
+                                a.partition,
+                                stored as i64,
+                                state.low as i64,
+                                state.next as i64,
+                            ) as u64,
+                            None => state.low,
+                        }
+                    }
+                    StartFrom::Beginning => state.low,
+                    StartFrom::End => state.next,
+                    StartFrom::Offset(n) | StartFrom::Resume(n) => {
+                        (n.max(0) as u64).clamp(state.low, state.next)
+                    }
+                    StartFrom::Time(ms) => {
+                        offset_for_time_sync(&shared, &a.topic, partition, &state, ms)?
+                    }
+                };
+                assigned.push((a.topic, partition, start));
+            }
+            Ok(assigned)
+        })
+        .await?;
         let starts = assigned
             .iter()
             .map(|(topic, partition, start)| Position {
@@ -1214,8 +1226,10 @@ impl PartitionReader for EmbeddedReader {
     }
 
     async fn committed(&mut self, topic: &str, partition: i32) -> Result<Option<i64>, LogError> {
-        Ok(self
-            .stored_position(topic, partition as u32)?
-            .map(|n| n as i64))
+        let (shared, group, topic) = (self.shared.clone(), self.group.clone(), topic.to_string());
+        blocking(move || {
+            Ok(stored_position(&shared, &group, &topic, partition as u32)?.map(|n| n as i64))
+        })
+        .await
     }
 }

@@ -6,12 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sluice_core::log::embedded::{partition_for, Retention};
 use sluice_core::log::{
-    Assignment, EmbeddedLog, KafkaLog, Log, LogConsumer, LogError, OutRecord, PartitionReader,
-    Position, Record, StartFrom,
+    Assignment, Log, LogConsumer, LogError, OutRecord, PartitionReader, Position, Record, StartFrom,
 };
-use sluice_core::topology::{LogBackend, LogConfig};
+use sluice_log_embedded::{partition_for, EmbeddedLog, Retention};
+use sluice_log_kafka::{KafkaLog, KafkaLogConfig};
 
 const ACK: Duration = Duration::from_secs(10);
 
@@ -410,18 +409,11 @@ async fn embedded_log_conforms() {
 async fn kafka_log_conforms() {
     let brokers = std::env::var("SLUICE_KAFKA_BROKERS")
         .expect("the Kafka conformance test needs a broker: run `make test` (or `bash scripts/infra up` and eval its env)");
-    let config = LogConfig {
-        backend: LogBackend::Kafka,
+    let config = KafkaLogConfig {
         brokers,
-        path: Default::default(),
-        retention_hours: None,
-        retention_records: None,
-        consumer_group_prefix: unique("conf"),
-        kafka: Default::default(),
-        min_free_mib: 0,
-        max_pending_appends: 8192,
+        properties: Default::default(),
     };
-    let log: Arc<dyn Log> = Arc::new(KafkaLog::new(&config).unwrap());
+    let log: Arc<dyn Log> = Arc::new(KafkaLog::new(&config, &unique("conf")).unwrap());
     conformance(log.clone()).await;
     no_record_is_skipped_when_the_reader_fails(log).await;
 }

@@ -1,11 +1,14 @@
 //! `validate`: rejects orders that break the configured rules.
 
+mod config;
+
+pub use config::{ValidateConfig, ValidateRules};
+
 use std::collections::HashSet;
 
 use regex::Regex;
 use sluice_core::log::{OutRecord, Record};
 use sluice_core::order::RawOrder;
-use sluice_core::topology::{StageConfig, ValidateRules};
 
 use crate::stage::{Emission, Outcome, Stage};
 
@@ -19,14 +22,14 @@ pub struct Validate {
 }
 
 impl Validate {
-    /// A validate stage writing to `config.output` with `rules`; `catalog` lists sold products.
+    /// A validate stage writing to `output` with `rules`; `catalog` lists sold products.
     pub fn new(
-        config: &StageConfig,
+        output: String,
         rules: &ValidateRules,
         catalog: HashSet<String>,
     ) -> Result<Self, regex::Error> {
         Ok(Validate {
-            output: config.output.clone().unwrap_or_default(),
+            output,
             min_quantity: rules.min_quantity,
             max_quantity: rules.max_quantity,
             user_id: Regex::new(&format!("^(?:{})$", rules.user_id_pattern))?,
@@ -83,23 +86,12 @@ impl Stage for Validate {
 
 #[cfg(test)]
 mod tests {
-    use sluice_core::topology::StageKind;
-
     use super::*;
     use crate::stages::test_support::record;
 
     fn stage() -> Validate {
-        let config = StageConfig {
-            name: "validate".into(),
-            kind: StageKind::Validate,
-            input: "raw".into(),
-            output: Some("valid".into()),
-            dead_letter: "dlq".into(),
-            rules: None,
-            batch_size: 10,
-        };
         Validate::new(
-            &config,
+            "valid".into(),
             &ValidateRules::default(),
             ["widget".to_string()].into(),
         )

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sluice_core::log::embedded::{Options, Retention};
-use sluice_core::log::{assign_all, EmbeddedLog, Log, LogError, OutRecord, StartFrom};
+use sluice_core::log::{assign_all, Log, LogError, OutRecord, StartFrom};
+use sluice_log_embedded::{EmbeddedLog, Options, Retention};
 
 const NO_RETENTION: Retention = Retention {
     max_age: None,

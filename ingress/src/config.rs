@@ -1,0 +1,425 @@
+//! `[ingress]`: the HTTP front door's settings, with their checks. Every field's `///`
+//! comment is its user documentation.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use sluice_core::topology::{FlowNode, Issues, NodeKind, Wiring};
+
+/// `[ingress]`: the HTTP front door.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngressConfig {
+    /// `production` refuses to start with development secrets or default passwords;
+    /// `development` starts anyway and warns.
+    #[serde(default)]
+    pub mode: Mode,
+    /// Address serving `POST /login` (and the health and metrics routes).
+    #[serde(default = "defaults::login_listen")]
+    pub login_listen: SocketAddr,
+    /// Address serving `POST /order` and `GET /order/{id}`; may equal `login_listen`.
+    #[serde(default = "defaults::order_listen")]
+    pub order_listen: SocketAddr,
+    /// Topic that receives accepted orders, keyed by user id.
+    pub orders_topic: String,
+    /// Topic that receives a login event for every attempt.
+    pub logins_topic: String,
+    /// Largest accepted request body, in bytes; larger bodies get 413.
+    #[serde(default = "defaults::max_body_bytes")]
+    pub max_body_bytes: u64,
+    /// How long the ingress waits for the log to acknowledge an order before answering 503.
+    #[serde(default = "defaults::ack_timeout_ms")]
+    pub ack_timeout_ms: u64,
+    /// How many `Idempotency-Key`s the ingress remembers (oldest forgotten first).
+    #[serde(default = "defaults::idempotency_keys")]
+    pub idempotency_keys: u64,
+    /// How long an `Idempotency-Key` is remembered, in seconds.
+    #[serde(default = "defaults::idempotency_ttl_secs")]
+    pub idempotency_ttl_secs: u64,
+    /// Most client connections open at once per listener; more wait in the accept queue.
+    #[serde(default = "defaults::max_connections")]
+    pub max_connections: usize,
+    /// How long a request's headers may take to arrive before the connection is closed (this
+    /// also closes keep-alive connections idle that long).
+    #[serde(default = "defaults::header_read_timeout_ms")]
+    pub header_read_timeout_ms: u64,
+    /// Largest total size of a request's headers (at least 8192); larger gets 431.
+    #[serde(default = "defaults::max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// How long a request body may take to arrive before the answer is 408.
+    #[serde(default = "defaults::body_timeout_ms")]
+    pub body_timeout_ms: u64,
+    /// On shutdown, how long in-flight requests may take to finish before their connections
+    /// are abandoned.
+    #[serde(default = "defaults::drain_timeout_ms")]
+    pub drain_timeout_ms: u64,
+    /// How long after its creation an order that is neither stored nor rejected is reported
+    /// as `pending`; after that `GET /order/{id}` answers 404.
+    #[serde(default = "defaults::pending_window_secs")]
+    pub pending_window_secs: u64,
+    /// Authentication settings.
+    pub auth: AuthConfig,
+    /// Rate limits.
+    #[serde(default)]
+    pub rate_limits: RateLimitsConfig,
+}
+
+/// How strict the ingress is about its own settings.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Starts with weak settings, warning about each.
+    #[default]
+    Development,
+    /// Refuses weak settings.
+    Production,
+}
+
+/// `[ingress.auth]`: passwords and tokens.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// HMAC secret of an HS256 key with key id `default` (a one-key shorthand for `[[keys]]`);
+    /// use `${SLUICE_JWT_SECRET}` and at least 32 random bytes.
+    #[serde(default)]
+    pub jwt_secret: Option<String>,
+    /// Verification keys by key id (`kid`); tokens must name one, and are checked only with
+    /// that key's algorithm. Rotate by adding a key, moving `signing_kid` to it, and removing
+    /// the old one once its tokens have expired; `kill -HUP` reloads key files and users.
+    #[serde(default)]
+    pub keys: Vec<JwtKeyConfig>,
+    /// Key id of the key that signs issued tokens (default: `default` when `jwt_secret` is
+    /// set, else the first of `keys`).
+    #[serde(default)]
+    pub signing_kid: Option<String>,
+    /// `iss` claim written into and required from tokens.
+    #[serde(default = "defaults::issuer")]
+    pub issuer: String,
+    /// `aud` claim written into and, when set, required from tokens.
+    #[serde(default)]
+    pub audience: Option<String>,
+    /// File holding the hex Ed25519 root public key(s) of biscuit capability tokens (made by
+    /// `sluice biscuit keygen`; one per line); when set, `POST /order` also accepts such
+    /// tokens.
+    #[serde(default)]
+    pub biscuit_public_key_file: Option<PathBuf>,
+    /// File of revoked biscuit token ids (hex, one per line, as `sluice biscuit inspect`
+    /// prints them); a token with any revoked block is refused. Reloaded on SIGHUP, like the
+    /// public key file, which may list several root keys during a rotation.
+    #[serde(default)]
+    pub biscuit_revocation_file: Option<PathBuf>,
+    /// Clock skew tolerated on `exp` and `nbf`, in seconds.
+    #[serde(default = "defaults::leeway_secs")]
+    pub leeway_secs: u64,
+    /// Lifetime of an issued token, in seconds.
+    #[serde(default = "defaults::token_ttl_secs")]
+    pub token_ttl_secs: u64,
+    /// File of users and their argon2id password hashes, relative to the topology file.
+    pub users_file: PathBuf,
+}
+
+/// A JWT signature algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+pub enum JwtAlgorithm {
+    /// HMAC-SHA256 with a shared secret.
+    HS256,
+    /// Ed25519 signatures (PEM key files).
+    EdDSA,
+    /// RSA PKCS#1 v1.5 with SHA-256 (PEM key files).
+    RS256,
+}
+
+/// `[[ingress.auth.keys]]`: one JWT key.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtKeyConfig {
+    /// Key id, written in the `kid` header of the tokens this key signs.
+    pub kid: String,
+    /// The only algorithm accepted with this key.
+    pub algorithm: JwtAlgorithm,
+    /// HS256: the shared secret (at least 32 bytes in production).
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// EdDSA/RS256: PEM private key file, needed only by the signing key.
+    #[serde(default)]
+    pub private_key_file: Option<PathBuf>,
+    /// EdDSA/RS256: PEM public key file that verifies this key's tokens.
+    #[serde(default)]
+    pub public_key_file: Option<PathBuf>,
+}
+
+/// `[ingress.rate_limits]`: token buckets per principal and per client address.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitsConfig {
+    /// Orders per authenticated user.
+    #[serde(default = "defaults::orders_per_principal")]
+    pub orders_per_principal: Quota,
+    /// Orders per client address.
+    #[serde(default = "defaults::orders_per_address")]
+    pub orders_per_address: Quota,
+    /// Login attempts per client address (IPv6 addresses count per /64).
+    #[serde(default = "defaults::logins_per_address")]
+    pub logins_per_address: Quota,
+    /// Login attempts per user name, from any address (against distributed guessing).
+    #[serde(default = "defaults::logins_per_user")]
+    pub logins_per_user: Quota,
+}
+
+impl Default for RateLimitsConfig {
+    fn default() -> Self {
+        RateLimitsConfig {
+            orders_per_principal: defaults::orders_per_principal(),
+            orders_per_address: defaults::orders_per_address(),
+            logins_per_address: defaults::logins_per_address(),
+            logins_per_user: defaults::logins_per_user(),
+        }
+    }
+}
+
+/// A token bucket: refilled at a sustained [`Rate`], up to `burst` requests at once. Written
+/// `{ per_second = 200, burst = 400 }` or `{ per_minute = 10, burst = 5 }`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "QuotaFields", into = "QuotaFields")]
+pub struct Quota {
+    /// Sustained requests.
+    pub rate: Rate,
+    /// Requests allowed at once after a quiet period.
+    pub burst: NonZeroU32,
+}
+
+/// How fast a [`Quota`] refills.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rate {
+    /// This many requests per second.
+    PerSecond(NonZeroU32),
+    /// This many requests per minute, for slow limits such as logins per user name.
+    PerMinute(NonZeroU32),
+}
+
+impl Quota {
+    /// `per_second` requests a second, `burst` at once.
+    pub fn per_second(per_second: NonZeroU32, burst: NonZeroU32) -> Self {
+        Quota {
+            rate: Rate::PerSecond(per_second),
+            burst,
+        }
+    }
+
+    /// `per_minute` requests a minute, `burst` at once.
+    pub fn per_minute(per_minute: NonZeroU32, burst: NonZeroU32) -> Self {
+        Quota {
+            rate: Rate::PerMinute(per_minute),
+            burst,
+        }
+    }
+}
+
+/// A [`Quota`] as written in the file.
+#[derive(Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct QuotaFields {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    per_second: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    per_minute: Option<u32>,
+    burst: u32,
+}
+
+impl TryFrom<QuotaFields> for Quota {
+    type Error = String;
+
+    fn try_from(fields: QuotaFields) -> Result<Self, String> {
+        let invalid = || {
+            "a rate limit needs exactly one of per_second or per_minute, and a burst, all at least 1, \
+             e.g. { per_second = 200, burst = 400 }"
+                .to_string()
+        };
+        let burst = NonZeroU32::new(fields.burst).ok_or_else(invalid)?;
+        let rate = match (fields.per_second, fields.per_minute) {
+            (Some(n), None) => Rate::PerSecond(NonZeroU32::new(n).ok_or_else(invalid)?),
+            (None, Some(n)) => Rate::PerMinute(NonZeroU32::new(n).ok_or_else(invalid)?),
+            _ => return Err(invalid()),
+        };
+        Ok(Quota { rate, burst })
+    }
+}
+
+impl From<Quota> for QuotaFields {
+    fn from(quota: Quota) -> Self {
+        let (per_second, per_minute) = match quota.rate {
+            Rate::PerSecond(n) => (Some(n.get()), None),
+            Rate::PerMinute(n) => (None, Some(n.get())),
+        };
+        QuotaFields {
+            per_second,
+            per_minute,
+            burst: quota.burst.get(),
+        }
+    }
+}
+
+impl IngressConfig {
+    /// Checks `[ingress]`: every problem, each with where to fix it.
+    pub fn validate(&self, wiring: &Wiring, issues: &mut Issues) {
+        let ingress = self;
+        wiring.check_topic(&ingress.orders_topic, "ingress.orders_topic", issues);
+        wiring.check_topic(&ingress.logins_topic, "ingress.logins_topic", issues);
+        check_keys(&ingress.auth, issues);
+        if ingress.auth.token_ttl_secs == 0 {
+            issues.push("ingress.auth.token_ttl_secs", "must be at least 1");
+        }
+        if ingress.max_body_bytes == 0 {
+            issues.push("ingress.max_body_bytes", "must be at least 1");
+        }
+        if ingress.ack_timeout_ms == 0 {
+            issues.push("ingress.ack_timeout_ms", "must be at least 1");
+        }
+    }
+
+    /// The ingress in the topology's data flow.
+    pub fn flow_node(&self) -> FlowNode {
+        FlowNode::new(NodeKind::Ingress, "ingress", "ingress")
+            .writes(&self.orders_topic, "orders", true)
+            .writes(&self.logins_topic, "logins", false)
+    }
+}
+
+fn check_keys(auth: &AuthConfig, issues: &mut Issues) {
+    let mut kids = BTreeSet::new();
+    if let Some(secret) = &auth.jwt_secret {
+        kids.insert("default");
+        if secret.is_empty() {
+            issues.push(
+                "ingress.auth.jwt_secret",
+                "must not be empty; set it or SLUICE_JWT_SECRET",
+            );
+        }
+    }
+    for (index, key) in auth.keys.iter().enumerate() {
+        let at = format!("ingress.auth.keys[{index}] {:?}", key.kid);
+        if key.kid.is_empty() || !kids.insert(key.kid.as_str()) {
+            issues.push(
+                format!("{at}.kid"),
+                "key ids must be unique and not empty (jwt_secret is kid \"default\")",
+            );
+        }
+        match key.algorithm {
+            JwtAlgorithm::HS256 => {
+                if key.secret.as_deref().unwrap_or_default().is_empty() {
+                    issues.push(format!("{at}.secret"), "an HS256 key needs a secret");
+                }
+                if key.public_key_file.is_some() || key.private_key_file.is_some() {
+                    issues.push(at.clone(), "an HS256 key takes a secret, not key files");
+                }
+            }
+            JwtAlgorithm::EdDSA | JwtAlgorithm::RS256 => {
+                if key.public_key_file.is_none() {
+                    issues.push(
+                        format!("{at}.public_key_file"),
+                        "EdDSA and RS256 keys need a PEM public key file",
+                    );
+                }
+                if key.secret.is_some() {
+                    issues.push(
+                        format!("{at}.secret"),
+                        "EdDSA and RS256 keys use key files, not a secret",
+                    );
+                }
+            }
+        }
+    }
+    if kids.is_empty() {
+        issues.push(
+            "ingress.auth",
+            "configure a token key: jwt_secret, or at least one [[ingress.auth.keys]]",
+        );
+    }
+    if let Some(kid) = &auth.signing_kid {
+        match auth.keys.iter().find(|k| &k.kid == kid) {
+            None if kid == "default" && auth.jwt_secret.is_some() => {}
+            None => issues.push(
+                "ingress.auth.signing_kid",
+                format!("no key has kid {kid:?}"),
+            ),
+            Some(key) if key.algorithm != JwtAlgorithm::HS256 && key.private_key_file.is_none() => {
+                issues.push(
+                    "ingress.auth.signing_kid",
+                    format!("key {kid:?} has no private_key_file, so it cannot sign"),
+                )
+            }
+            Some(_) => {}
+        }
+    }
+}
+
+mod defaults {
+    use std::net::SocketAddr;
+    use std::num::NonZeroU32;
+
+    use super::Quota;
+
+    fn n(value: u32) -> NonZeroU32 {
+        NonZeroU32::new(value).expect("default quotas are not zero")
+    }
+    pub fn login_listen() -> SocketAddr {
+        SocketAddr::from(([0, 0, 0, 0], 3000))
+    }
+    pub fn order_listen() -> SocketAddr {
+        SocketAddr::from(([0, 0, 0, 0], 3001))
+    }
+    pub fn max_body_bytes() -> u64 {
+        16 * 1024
+    }
+    pub fn ack_timeout_ms() -> u64 {
+        5_000
+    }
+    pub fn idempotency_keys() -> u64 {
+        1_000_000
+    }
+    pub fn idempotency_ttl_secs() -> u64 {
+        86_400
+    }
+    pub fn max_connections() -> usize {
+        10_000
+    }
+    pub fn header_read_timeout_ms() -> u64 {
+        30_000
+    }
+    pub fn max_header_bytes() -> usize {
+        16 * 1024
+    }
+    pub fn body_timeout_ms() -> u64 {
+        10_000
+    }
+    pub fn drain_timeout_ms() -> u64 {
+        10_000
+    }
+    pub fn pending_window_secs() -> u64 {
+        3_600
+    }
+    pub fn issuer() -> String {
+        "sluice".into()
+    }
+    pub fn leeway_secs() -> u64 {
+        30
+    }
+    pub fn token_ttl_secs() -> u64 {
+        3_600
+    }
+    pub fn orders_per_principal() -> Quota {
+        Quota::per_second(n(200), n(400))
+    }
+    pub fn orders_per_address() -> Quota {
+        Quota::per_second(n(2_000), n(4_000))
+    }
+    pub fn logins_per_address() -> Quota {
+        Quota::per_second(n(5), n(20))
+    }
+    pub fn logins_per_user() -> Quota {
+        Quota::per_minute(n(10), n(5))
+    }
+}
