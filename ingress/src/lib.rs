@@ -70,7 +70,7 @@ impl Reloader {
         let auth = match topology {
             Some(path) => Some(
                 sluice_core::topology::load(path)
-                    .map_err(|e| IngressError::Topology(e.to_string()))?
+                    .map_err(IngressError::Topology)?
                     .ingress
                     .auth,
             ),
@@ -124,11 +124,11 @@ fn load_capabilities(
     };
     let resolve = |path| sluice_core::topology::resolve_relative(base_dir, path);
     let mut authority = capability::CapabilityAuthority::from_public_key_file(resolve(keys))
-        .map_err(|e| IngressError::Capability(e.to_string()))?;
+        .map_err(IngressError::Capability)?;
     if let Some(revoked) = &auth.biscuit_revocation_file {
         authority = authority
             .with_revocation_file(resolve(revoked))
-            .map_err(|e| IngressError::Revocation(e.to_string()))?;
+            .map_err(IngressError::Revocation)?;
     }
     Ok(Some(Arc::new(authority)))
 }
@@ -241,13 +241,13 @@ pub enum IngressError {
     Keys(#[from] auth::AuthError),
     /// The biscuit root public key could not be loaded.
     #[error("ingress.auth.biscuit_public_key_file: {0}")]
-    Capability(String),
+    Capability(#[source] capability::CapabilityError),
     /// The biscuit revocation list could not be loaded.
     #[error("ingress.auth.biscuit_revocation_file: {0}")]
-    Revocation(String),
+    Revocation(#[source] capability::CapabilityError),
     /// The topology could not be reloaded.
     #[error("cannot reload the topology: {0}")]
-    Topology(String),
+    Topology(#[source] sluice_core::topology::TopologyError),
     /// Production mode found settings that must change first.
     #[error("production mode refuses to start:\n{}", .0.iter().map(|w| format!("  - {w}")).collect::<Vec<_>>().join("\n"))]
     Insecure(Vec<String>),

@@ -31,6 +31,7 @@ pub enum BuildError {
         /// The stage.
         stage: String,
         /// The regex error.
+        #[source]
         error: regex::Error,
     },
 }

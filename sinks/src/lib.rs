@@ -36,6 +36,7 @@ pub fn open_shard(
         Err(SinkError::Url {
             shard: name.to_string(),
             message: "use a mysql:// or sqlite:// URL".into(),
+            source: None,
         })
     }
 }
