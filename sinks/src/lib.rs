@@ -8,6 +8,7 @@
 //! are also idempotent by `order_id`, so a replay through a fresh cursor adds nothing twice.
 
 pub mod lookup;
+pub mod migrations;
 pub mod mysql;
 pub mod sqlite;
 pub mod worker;

@@ -6,7 +6,7 @@
 //! is a no-op, at most [`ROWS_PER_STATEMENT`] rows each,
 //! inside the same transaction that upserts the consumer positions.
 
-mod schema;
+pub(crate) mod schema;
 
 use std::time::Instant;
 
@@ -280,22 +280,23 @@ impl ShardWriter for MysqlShard {
             .await
             .map_err(|e| self.db_error(e))?
             .flatten();
-        let applied = applied.unwrap_or(0) as usize;
-        for (index, statements) in schema::MIGRATIONS.iter().enumerate().skip(applied) {
-            for statement in *statements {
+        let applied = applied.unwrap_or(0).max(0) as u32;
+        // DDL commits by itself here, so each statement is written to be run again safely.
+        for migration in crate::migrations::pending(schema::MIGRATIONS, applied) {
+            for statement in migration.statements {
                 conn.query_drop(*statement)
                     .await
                     .map_err(|e| self.db_error(e))?;
             }
             conn.exec_drop(
                 "INSERT IGNORE INTO sluice_schema (version, applied_at_ms) VALUES (?, ?)",
-                (index as i64 + 1, now_ms()),
+                (migration.version, now_ms()),
             )
             .await
             .map_err(|e| self.db_error(e))?;
             tracing::info!(
                 shard = self.name,
-                version = index + 1,
+                version = migration.version,
                 "shard schema migrated"
             );
         }
