@@ -67,9 +67,12 @@ pub enum ReplayError {
     /// The log failed.
     #[error("log: {0}")]
     Log(#[from] LogError),
-    /// The stage could not be built or failed.
-    #[error("{0}")]
-    Stage(String),
+    /// The stage could not be built (or the topology's shards are inconsistent).
+    #[error(transparent)]
+    Build(#[from] sluice_processors::BuildError),
+    /// The stage failed.
+    #[error(transparent)]
+    Stage(#[from] sluice_processors::RunnerError),
     /// The shard failed.
     #[error(transparent)]
     Shard(#[from] sluice_sinks::SinkError),
@@ -185,7 +188,7 @@ pub async fn replay(
 ) -> Result<ReplayOutcome, ReplayError> {
     let map = topology
         .shard_map()
-        .ok_or_else(|| ReplayError::Stage("the topology's shards are invalid".into()))?;
+        .ok_or(sluice_processors::BuildError::ShardMap)?;
     match &spec.target {
         Target::Stage(name) => {
             let config = topology.stage(name).ok_or_else(|| {
@@ -211,9 +214,7 @@ pub async fn replay(
             if ranges.is_empty() {
                 return Ok(ReplayOutcome::finished(0, 0));
             }
-            let stage = config
-                .build(&topology.stage_context())
-                .map_err(|e| ReplayError::Stage(e.to_string()))?;
+            let stage = config.build(&topology.stage_context())?;
             let mut runner = StageRunner::from_config(config, &topology.log.consumer_group_prefix);
             runner.name = format!("replay.{}.{name}", spec.name);
             runner.input = topic.clone();
@@ -237,9 +238,7 @@ pub async fn replay(
             let reporter = progress.map(|p| {
                 Arc::new(move |done: u64| p(done, total)) as Arc<dyn Fn(u64) + Send + Sync>
             });
-            let records = run_stage(log, stage, runner, cancel.clone(), reporter)
-                .await
-                .map_err(|e| ReplayError::Stage(e.to_string()))?;
+            let records = run_stage(log, stage, runner, cancel.clone(), reporter).await?;
             metrics::counter!(telemetry::REPLAY_RECORDS, "target" => format!("stage:{name}"))
                 .increment(records);
             Ok(ReplayOutcome::after_run(records, total, &cancel))

@@ -29,10 +29,10 @@ pub enum OrderStatus {
     Unknown,
 }
 
-/// Error from an order lookup.
+/// Error from an order lookup, with the shard backend's error as its source.
 #[derive(Debug, thiserror::Error)]
 #[error("order lookup failed: {0}")]
-pub struct LookupError(pub String);
+pub struct LookupError(#[source] pub Box<dyn std::error::Error + Send + Sync>);
 
 /// Finds an order of one user in the shard that stores that user's orders.
 #[async_trait]

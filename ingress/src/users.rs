@@ -35,7 +35,15 @@ pub enum UsersError {
     },
     /// Hashing failed.
     #[error("could not hash the password: {0}")]
-    Hash(String),
+    Hash(#[source] argon2::password_hash::Error),
+    /// The users could not be written out as TOML.
+    #[error("users file {path}: cannot write the users as TOML: {source}")]
+    Serialize {
+        /// The file.
+        path: PathBuf,
+        /// The serializer's error.
+        source: toml::ser::Error,
+    },
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -69,7 +77,7 @@ pub fn hash_password(password: &str) -> Result<String, UsersError> {
     Argon2::default()
         .hash_password(password.as_bytes(), &salt)
         .map(|h| h.to_string())
-        .map_err(|e| UsersError::Hash(e.to_string()))
+        .map_err(UsersError::Hash)
 }
 
 impl Users {
@@ -222,7 +230,10 @@ pub fn list_users(path: &Path) -> Result<Vec<String>, UsersError> {
 /// readable by its owner only.
 fn write_file(path: &Path, file: &UsersFile) -> Result<(), UsersError> {
     use std::io::Write;
-    let text = toml::to_string(file).map_err(|e| UsersError::Hash(e.to_string()))?;
+    let text = toml::to_string(file).map_err(|source| UsersError::Serialize {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let io = |source| UsersError::Io {
         path: path.to_path_buf(),
         source,

@@ -9,6 +9,7 @@
 
 pub mod config;
 pub mod lookup;
+pub mod migrations;
 pub mod mysql;
 pub mod sqlite;
 pub mod worker;
@@ -38,6 +39,7 @@ pub fn open_shard(
         Err(SinkError::Url {
             shard: name.to_string(),
             message: "use a mysql:// or sqlite:// URL".into(),
+            source: None,
         })
     }
 }

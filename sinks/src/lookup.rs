@@ -29,6 +29,6 @@ impl OrderLookup for ShardLookup {
         shard
             .find(user_id, order_id)
             .await
-            .map_err(|e| LookupError(e.to_string()))
+            .map_err(|e| LookupError(e.into()))
     }
 }

@@ -134,12 +134,15 @@ impl DatabaseError {
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
     /// The shard URL is malformed.
-    #[error("shard {shard:?}: invalid database URL: {message}")]
+    #[error("shard {shard:?}: invalid database URL: {}{message}", parse_error(.source))]
     Url {
         /// The shard.
         shard: String,
-        /// What is wrong.
+        /// What is wrong, or how to write it.
         message: String,
+        /// The driver's reason when it could not parse the URL.
+        #[source]
+        source: Option<mysql_async::UrlError>,
     },
     /// The database refused or failed an operation.
     #[error("shard {shard:?}: database error ({fault}): {source}", fault = .source.fault())]
@@ -177,6 +180,14 @@ pub enum SinkError {
         /// The log error.
         source: sluice_core::log::LogError,
     },
+}
+
+/// `"{error}; "` for a URL the driver could not parse, else nothing.
+fn parse_error(error: &Option<mysql_async::UrlError>) -> String {
+    error
+        .as_ref()
+        .map(|error| format!("{error}; "))
+        .unwrap_or_default()
 }
 
 impl SinkError {

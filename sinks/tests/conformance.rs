@@ -1,6 +1,7 @@
 //! One conformance suite for every shard backend: real MariaDB (from `scripts/infra up`,
 //! `SLUICE_MYSQL_SHARDS`) and SQLite.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use mysql_async::prelude::Queryable;
@@ -200,6 +201,123 @@ async fn conformance(shard: Arc<dyn ShardWriter>) {
     shard.close().await;
 }
 
+/// A shard's schema as the backends can compare it: the highest applied migration, and each
+/// secondary index as `(table, index, columns in order)`.
+#[derive(Debug, PartialEq, Eq)]
+struct Schema {
+    version: u32,
+    indexes: BTreeSet<(String, String, Vec<String>)>,
+}
+
+/// The schema every backend must end at.
+fn expected_schema() -> Schema {
+    let index = |table: &str, name: &str| {
+        (
+            table.to_string(),
+            name.to_string(),
+            vec!["user_id".to_string(), "order_id".to_string()],
+        )
+    };
+    Schema {
+        version: sluice_sinks::migrations::latest_version(),
+        indexes: [
+            index("orders", "orders_by_user"),
+            index("rejected_orders", "rejected_by_user"),
+        ]
+        .into(),
+    }
+}
+
+/// The schema of the SQLite shard file at `path`.
+fn sqlite_schema(path: &std::path::Path) -> Schema {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    let version: u32 = conn
+        .query_row("SELECT MAX(version) FROM sluice_schema", [], |row| {
+            row.get(0)
+        })
+        .unwrap();
+    let mut indexes = BTreeSet::new();
+    let mut list = conn
+        .prepare(
+            "SELECT m.tbl_name, m.name FROM sqlite_master m WHERE m.type = 'index' \
+             AND m.sql IS NOT NULL ORDER BY m.name",
+        )
+        .unwrap();
+    let named: Vec<(String, String)> = list
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    for (table, name) in named {
+        let mut info = conn
+            .prepare(&format!(
+                "SELECT name FROM pragma_index_info('{name}') ORDER BY seqno"
+            ))
+            .unwrap();
+        let columns: Vec<String> = info
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        indexes.insert((table, name, columns));
+    }
+    Schema { version, indexes }
+}
+
+/// The schema of the MySQL shard behind `shard`.
+async fn mysql_schema(shard: &MysqlShard) -> Schema {
+    let mut conn = shard.pool().get_conn().await.unwrap();
+    let version: u32 = conn
+        .query_first("SELECT MAX(version) FROM sluice_schema")
+        .await
+        .unwrap()
+        .unwrap();
+    let rows: Vec<(String, String, String)> = conn
+        .query(
+            "SELECT TABLE_NAME, INDEX_NAME, GROUP_CONCAT(COLUMN_NAME ORDER BY SEQ_IN_INDEX) \
+             FROM information_schema.STATISTICS \
+             WHERE TABLE_SCHEMA = DATABASE() AND INDEX_NAME <> 'PRIMARY' \
+             GROUP BY TABLE_NAME, INDEX_NAME",
+        )
+        .await
+        .unwrap();
+    let indexes = rows
+        .into_iter()
+        .map(|(table, name, columns)| {
+            (
+                table,
+                name,
+                columns.split(',').map(str::to_string).collect(),
+            )
+        })
+        .collect();
+    Schema { version, indexes }
+}
+
+/// A fresh MySQL shard in a database of its own on the first test server, and that database.
+fn fresh_mysql_shard(prefix: &str) -> (MysqlShard, String, String) {
+    let servers = std::env::var("SLUICE_MYSQL_SHARDS")
+        .expect("the MySQL conformance test needs MariaDB: run `make test` (or `bash scripts/infra up` and eval its env)");
+    let server = servers.split(',').next().unwrap().trim_end_matches('/');
+    let id = Uuid::now_v7().simple().to_string();
+    let database = format!("{prefix}_{}", &id[id.len() - 10..]);
+    let url = format!("{server}/{database}");
+    (
+        MysqlShard::new("s0", &url).unwrap(),
+        server.to_string(),
+        database,
+    )
+}
+
+/// Removes a test database, so repeated runs do not fill the shard's disk.
+async fn drop_database(server: &str, database: &str) {
+    let mut conn = mysql_async::Conn::from_url(server).await.unwrap();
+    conn.query_drop(format!("DROP DATABASE `{database}`"))
+        .await
+        .unwrap();
+    conn.disconnect().await.unwrap();
+}
+
 #[tokio::test]
 async fn sqlite_backend_conforms() {
     let dir = tempfile::tempdir().unwrap();
@@ -209,23 +327,36 @@ async fn sqlite_backend_conforms() {
     let reopened = SqliteShard::new("s0", &dir.path().join("nested/shard0.db"));
     reopened.migrate().await.unwrap();
     assert_eq!(reopened.positions("sink").await.unwrap().len(), 3);
+    assert_eq!(
+        sqlite_schema(&dir.path().join("nested/shard0.db")),
+        expected_schema()
+    );
 }
 
 #[tokio::test]
 async fn mysql_backend_conforms() {
-    let servers = std::env::var("SLUICE_MYSQL_SHARDS")
-        .expect("the MySQL conformance test needs MariaDB: run `make test` (or `bash scripts/infra up` and eval its env)");
-    let server = servers.split(',').next().unwrap().trim_end_matches('/');
-    let id = Uuid::now_v7().simple().to_string();
-    let url = format!("{server}/t_conf_{}", &id[id.len() - 10..]);
-    conformance(Arc::new(MysqlShard::new("s0", &url).unwrap())).await;
+    let (shard, server, database) = fresh_mysql_shard("t_conf");
+    conformance(Arc::new(shard)).await;
+    // `conformance` closed the shard's connections: look at its schema through a new one.
+    let reopened = MysqlShard::new("s0", &format!("{server}/{database}")).unwrap();
+    assert_eq!(mysql_schema(&reopened).await, expected_schema());
+    reopened.close().await;
     // Passed: remove the test database so repeated runs do not fill the shard's disk.
-    let mut conn = mysql_async::Conn::from_url(server).await.unwrap();
-    let database = url.rsplit('/').next().unwrap();
-    conn.query_drop(format!("DROP DATABASE `{database}`"))
-        .await
-        .unwrap();
-    conn.disconnect().await.unwrap();
+    drop_database(&server, &database).await;
+}
+
+#[tokio::test]
+async fn both_backends_end_at_the_same_schema_version_and_indexes() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = SqliteShard::new("s0", &dir.path().join("shard0.db"));
+    sqlite.migrate().await.unwrap();
+    let (mysql, server, database) = fresh_mysql_shard("t_schema");
+    mysql.migrate().await.unwrap();
+    let (on_sqlite, on_mysql) = (sqlite_schema(sqlite.path()), mysql_schema(&mysql).await);
+    mysql.close().await;
+    drop_database(&server, &database).await;
+    assert_eq!(on_sqlite, on_mysql, "the backends' schemas drifted");
+    assert_eq!(on_sqlite, expected_schema());
 }
 
 #[tokio::test]

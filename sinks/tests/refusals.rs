@@ -503,7 +503,13 @@ async fn a_missing_table_rejects_nothing_and_is_retried_until_fixed() {
     let shard = Arc::new(SqliteShard::new("missing-table", &file));
     shard.migrate().await.unwrap();
     let outside = rusqlite::Connection::open(&file).unwrap();
-    outside.execute_batch("DROP TABLE orders").unwrap();
+    // The table goes missing (moved away), and later comes back, as an operator would restore
+    // it: `migrate` does not recreate a table of a shard already at the latest version.
+    let (remove, restore) = (
+        "ALTER TABLE orders RENAME TO orders_away",
+        "ALTER TABLE orders_away RENAME TO orders",
+    );
+    outside.execute_batch(remove).unwrap();
     let wanted = order("u1", "widget");
     let error = shard
         .write_batch(
@@ -516,12 +522,13 @@ async fn a_missing_table_rejects_nothing_and_is_retried_until_fixed() {
         .await
         .expect_err("the table is gone");
     assert_eq!(error.fault(), Fault::Other, "{error}");
+    outside.execute_batch(restore).unwrap();
 
     let log = embedded_log(dir.path()).await;
     send_all(&log, std::slice::from_ref(&wanted)).await;
     let cancel = CancellationToken::new();
-    // `run_sink_worker` migrates first, which would put the table back: drop it again once
-    // the worker is running and has read the record, then check nothing moves.
+    // Remove the table again once the worker is running and has stored the first record,
+    // then check nothing moves.
     let worker = tokio::spawn(run_sink_worker(
         log.clone(),
         shard.clone(),
@@ -531,7 +538,7 @@ async fn a_missing_table_rejects_nothing_and_is_retried_until_fixed() {
         None,
     ));
     wait_for_position(shard.as_ref(), 1).await;
-    outside.execute_batch("DROP TABLE orders").unwrap();
+    outside.execute_batch(remove).unwrap();
     let next = order("u1", "gadget");
     send_all(&log, std::slice::from_ref(&next)).await;
     // Give the worker time to fail a few attempts; then nothing may have been rejected or
@@ -551,7 +558,7 @@ async fn a_missing_table_rejects_nothing_and_is_retried_until_fixed() {
         "the positions moved past an unstored order"
     );
     // Fixed: the same worker stores the order.
-    shard.migrate().await.unwrap();
+    outside.execute_batch(restore).unwrap();
     wait_for_position(shard.as_ref(), 2).await;
     assert!(matches!(
         shard.find("u1", next.order_id).await.unwrap(),

@@ -68,8 +68,8 @@ impl LogConfig {
             (LogBackend::Kafka, Some(kafka)) => {
                 Ok(Arc::new(KafkaLog::new(kafka, &self.consumer_group_prefix)?))
             }
-            (LogBackend::Kafka, None) => Err(LogError::Backend(
-                "the Kafka backend needs a [log.kafka] table; run `sluice check`".into(),
+            (LogBackend::Kafka, None) => Err(LogError::backend_message(
+                "the Kafka backend needs a [log.kafka] table; run `sluice check`",
             )),
         }
     }

@@ -236,8 +236,8 @@ impl PartitionReader for FaultyReader {
         match self.polls % 4 {
             1 => {
                 self.injected += records.len() as u64;
-                Err(LogError::Backend(
-                    "injected: connection to the broker lost".into(),
+                Err(LogError::backend_message(
+                    "injected: connection to the broker lost",
                 ))
             }
             2 => Ok(records

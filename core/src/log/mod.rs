@@ -147,9 +147,18 @@ pub enum LogError {
     /// The record was not acknowledged within the allowed time.
     #[error("the log did not acknowledge the record within {0:?}")]
     Timeout(Duration),
-    /// The backend is unreachable or refused the operation.
-    #[error("log backend error: {0}")]
-    Backend(String),
+    /// The backend is unreachable or refused the operation. Build it with
+    /// [`LogError::backend`] when the backend reported an error of its own, else with
+    /// [`LogError::backend_message`].
+    #[error("log backend error: {message}{}", caused_by(.source))]
+    Backend {
+        /// What failed, in words that say what to check.
+        message: String,
+        /// The backend's own error (librdkafka's, redb's, the file system's), when there is
+        /// one; its message also ends this error's.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
     /// The topic does not exist.
     #[error("topic {0:?} does not exist; declare it in topology.toml so `sluice run` creates it")]
     UnknownTopic(String),
@@ -173,6 +182,37 @@ pub enum LogError {
         /// The next offset the consumer would hand out (`None`: the partition is not assigned).
         read: Option<i64>,
     },
+}
+
+impl LogError {
+    /// A [`LogError::Backend`] caused by the backend's own `source` error (kept whole for
+    /// [`std::error::Error::source`]); `message` says what failed.
+    pub fn backend(
+        message: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        LogError::Backend {
+            message: message.into(),
+            source: Some(source.into()),
+        }
+    }
+
+    /// A [`LogError::Backend`] that no error of the backend caused (the log is closed, a
+    /// partition does not exist): `message` says it all.
+    pub fn backend_message(message: impl Into<String>) -> Self {
+        LogError::Backend {
+            message: message.into(),
+            source: None,
+        }
+    }
+}
+
+/// `": {source}"`, or nothing when there is no source.
+fn caused_by(source: &Option<Box<dyn std::error::Error + Send + Sync>>) -> String {
+    source
+        .as_ref()
+        .map(|source| format!(": {source}"))
+        .unwrap_or_default()
 }
 
 /// A partitioned, replayable log.
@@ -272,7 +312,7 @@ pub async fn blocking<T: Send + 'static>(
 ) -> Result<T, LogError> {
     tokio::task::spawn_blocking(work)
         .await
-        .map_err(|e| LogError::Backend(format!("worker thread failed: {e}")))?
+        .map_err(|e| LogError::backend("worker thread failed", e))?
 }
 
 /// A stored position moved into `[low, high]`, for log backends. Below `low`, retention deleted records the

@@ -60,14 +60,27 @@ const MAX_GROUP: usize = 4096;
 /// Most records one retention transaction deletes.
 const RETENTION_CHUNK: u64 = 10_000;
 
-fn storage(error: impl std::fmt::Display) -> LogError {
-    LogError::Backend(format!("embedded log storage: {error}"))
+/// A failure of redb (or of the file system under it), kept as the error's source.
+fn storage(error: impl std::error::Error + Send + Sync + 'static) -> LogError {
+    LogError::backend("embedded log storage", error)
+}
+
+/// A storage failure that no redb error caused (a poisoned lock, an unreadable record).
+fn storage_message(message: impl std::fmt::Display) -> LogError {
+    LogError::backend_message(format!("embedded log storage: {message}"))
 }
 
 /// The message of `error` without the variant's prefix.
 fn message(error: &LogError) -> String {
     match error {
-        LogError::Backend(message) => message.clone(),
+        LogError::Backend {
+            message,
+            source: Some(source),
+        } => format!("{message}: {source}"),
+        LogError::Backend {
+            message,
+            source: None,
+        } => message.clone(),
         other => other.to_string(),
     }
 }
@@ -217,12 +230,18 @@ pub struct EmbeddedLog {
 /// Opens the redb file at `path`, with errors that say what to do.
 fn open_database(path: &Path) -> Result<Database, LogError> {
     Database::create(path).map_err(|error| match error {
-        redb::DatabaseError::DatabaseAlreadyOpen => LogError::Backend(format!(
-            "{} is in use by another process: the embedded log serves one `sluice` process (run every part in one \
-             `sluice run`, or switch [log] to Kafka)",
-            path.display()
-        )),
-        other => LogError::Backend(format!("cannot open the embedded log {}: {other}", path.display())),
+        error @ redb::DatabaseError::DatabaseAlreadyOpen => LogError::backend(
+            format!(
+                "{} is in use by another process: the embedded log serves one `sluice` process (run every part in \
+                 one `sluice run`, or switch [log] to Kafka)",
+                path.display()
+            ),
+            error,
+        ),
+        other => LogError::backend(
+            format!("cannot open the embedded log {}", path.display()),
+            other,
+        ),
     })
 }
 
@@ -236,10 +255,10 @@ impl EmbeddedLog {
     pub fn open_with(path: &Path, options: Options) -> Result<Self, LogError> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| {
-                LogError::Backend(format!(
-                    "cannot create the log folder {}: {e}",
-                    parent.display()
-                ))
+                LogError::backend(
+                    format!("cannot create the log folder {}", parent.display()),
+                    e,
+                )
             })?;
         }
         let db = open_database(path)?;
@@ -269,7 +288,7 @@ impl EmbeddedLog {
         let writer = std::thread::Builder::new()
             .name("sluice-log-writer".into())
             .spawn(move || write_loop(&writer_shared, &receiver))
-            .map_err(|e| LogError::Backend(format!("cannot start the log writer: {e}")))?;
+            .map_err(|e| LogError::backend("cannot start the log writer", e))?;
         Ok(EmbeddedLog {
             shared,
             commands,
@@ -328,11 +347,11 @@ impl EmbeddedLog {
                 reply,
                 _slot: slot,
             }))
-            .map_err(|_| LogError::Backend("the embedded log is closed".into()))?;
+            .map_err(|_| LogError::backend_message("the embedded log is closed"))?;
         // A caller that gives up drops `answer`; the writer then leaves the record out.
         match tokio::time::timeout_at(deadline, answer).await {
             Err(_) => Err(LogError::Timeout(timeout)),
-            Ok(Err(_)) => Err(LogError::Backend("the embedded log writer stopped".into())),
+            Ok(Err(_)) => Err(LogError::backend_message("the embedded log writer stopped")),
             Ok(Ok(result)) => result,
         }
     }
@@ -486,10 +505,10 @@ fn stall_while_asked(shared: &Shared) {
 /// Fault injection: an I/O error while the fail file exists.
 fn injected_failure(shared: &Shared) -> Result<(), LogError> {
     match &shared.fail_file {
-        Some(file) if file.exists() => Err(storage(format!(
+        Some(file) if file.exists() => Err(storage(std::io::Error::other(format!(
             "injected write failure (remove {} to end it)",
             file.display()
-        ))),
+        )))),
         _ => Ok(()),
     }
 }
@@ -502,7 +521,9 @@ fn fail_queued(shared: &Shared, commands: &std::sync::mpsc::Receiver<Command>) {
     while let Ok(command) = commands.try_recv() {
         match command {
             Command::Append(append) => {
-                let _ = append.reply.send(Err(LogError::Backend(why.clone())));
+                let _ = append
+                    .reply
+                    .send(Err(LogError::backend_message(why.clone())));
             }
             Command::Flush(done) => {
                 let _ = done.send(());
@@ -544,7 +565,7 @@ fn recover(shared: &Shared) {
             // Writing again into a disk that is still full only fails again.
             if let Some(free) = free_bytes(&shared.path) {
                 if free < shared.min_free_bytes.min(1 << 20) {
-                    return Err(storage(format!("only {free} bytes free")));
+                    return Err(storage_message(format!("only {free} bytes free")));
                 }
             }
         }
@@ -561,7 +582,7 @@ fn recover(shared: &Shared) {
         *shared
             .topics
             .write()
-            .map_err(|_| storage("state lock poisoned"))? = topics;
+            .map_err(|_| storage_message("state lock poisoned"))? = topics;
         shared.replace_db(Some(Arc::new(db)))?;
         Ok(())
     };
@@ -733,11 +754,17 @@ fn commit_group(shared: &Shared, appends: Vec<Append>) {
         }
         Err(error) => {
             record_write_failure(shared, &error);
+            // Every append gets the same cause, shared.
+            let (what, cause): (_, Option<Arc<dyn std::error::Error + Send + Sync>>) = match error {
+                LogError::Backend { message, source } => (message, source.map(Arc::from)),
+                other => (other.to_string(), None),
+            };
+            let what = format!("the embedded log could not write the record: {what}");
             for append in appends {
-                let _ = append.reply.send(Err(LogError::Backend(format!(
-                    "the embedded log could not write the record: {}",
-                    message(&error)
-                ))));
+                let _ = append.reply.send(Err(match &cause {
+                    Some(cause) => LogError::backend(what.clone(), cause.clone()),
+                    None => LogError::backend_message(what.clone()),
+                }));
             }
         }
     }
@@ -754,7 +781,7 @@ fn enforce_retention(shared: &Shared) -> Result<u64, LogError> {
     let snapshot = shared
         .topics
         .read()
-        .map_err(|_| storage("state lock poisoned"))?
+        .map_err(|_| storage_message("state lock poisoned"))?
         .clone();
     let mut cutoffs = Vec::new();
     for (topic, partitions) in &snapshot {
@@ -807,7 +834,7 @@ fn enforce_retention(shared: &Shared) -> Result<u64, LogError> {
             if let Some(state) = shared
                 .topics
                 .write()
-                .map_err(|_| storage("state lock poisoned"))?
+                .map_err(|_| storage_message("state lock poisoned"))?
                 .get_mut(&topic)
                 .and_then(|p| p.get_mut(partition as usize))
             {
@@ -853,10 +880,10 @@ impl Shared {
     fn db(&self) -> Result<Arc<Database>, LogError> {
         self.db
             .read()
-            .map_err(|_| storage("database lock poisoned"))?
+            .map_err(|_| storage_message("database lock poisoned"))?
             .clone()
             .ok_or_else(|| {
-                LogError::Backend(format!(
+                LogError::backend_message(format!(
                     "the embedded log {} is being reopened after a write failure",
                     self.path.display()
                 ))
@@ -868,7 +895,7 @@ impl Shared {
         let mut current = self
             .db
             .write()
-            .map_err(|_| storage("database lock poisoned"))?;
+            .map_err(|_| storage_message("database lock poisoned"))?;
         Ok(std::mem::replace(&mut *current, db))
     }
 
@@ -882,9 +909,9 @@ impl Shared {
         let health = self
             .health
             .lock()
-            .map_err(|_| storage("health lock poisoned"))?;
+            .map_err(|_| storage_message("health lock poisoned"))?;
         if let Some(reason) = &health.write_failure {
-            return Err(LogError::Backend(reason.clone()));
+            return Err(LogError::backend_message(reason.clone()));
         }
         if let Some(reason) = &health.low_space {
             return Err(LogError::Overloaded(reason.clone()));
@@ -896,7 +923,7 @@ impl Shared {
         let topics = self
             .topics
             .read()
-            .map_err(|_| storage("state lock poisoned"))?;
+            .map_err(|_| storage_message("state lock poisoned"))?;
         let partitions = topics
             .get(topic)
             .ok_or_else(|| LogError::UnknownTopic(topic.to_string()))?;
@@ -904,7 +931,7 @@ impl Shared {
             .ok()
             .and_then(|p| partitions.get(p).copied())
             .ok_or_else(|| {
-                LogError::Backend(format!("topic {topic:?} has no partition {partition}"))
+                LogError::backend_message(format!("topic {topic:?} has no partition {partition}"))
             })
     }
 }
@@ -918,7 +945,7 @@ impl Log for EmbeddedLog {
             let mut state = shared
                 .topics
                 .write()
-                .map_err(|_| storage("state lock poisoned"))?;
+                .map_err(|_| storage_message("state lock poisoned"))?;
             let missing: Vec<_> = topics
                 .iter()
                 .filter(|(name, _, _)| !state.contains_key(name))
@@ -956,7 +983,7 @@ impl Log for EmbeddedLog {
         let room = self.shared.slots.clone().acquire_owned();
         let slot = match tokio::time::timeout_at(deadline, room).await {
             Err(_) => return Err(LogError::Timeout(timeout)),
-            Ok(Err(_)) => return Err(LogError::Backend("the embedded log is closed".into())),
+            Ok(Err(_)) => return Err(LogError::backend_message("the embedded log is closed")),
             Ok(Ok(slot)) => slot,
         };
         self.enqueue(topic, record, slot, timeout, deadline).await
@@ -991,7 +1018,7 @@ impl Log for EmbeddedLog {
             .shared
             .topics
             .read()
-            .map_err(|_| storage("state lock poisoned"))?;
+            .map_err(|_| storage_message("state lock poisoned"))?;
         topics
             .get(topic)
             .map(|p| p.len() as u32)
@@ -1036,7 +1063,7 @@ impl Log for EmbeddedLog {
         let (done, finished) = oneshot::channel();
         self.commands
             .send(Command::Flush(done))
-            .map_err(|_| LogError::Backend("the embedded log is closed".into()))?;
+            .map_err(|_| LogError::backend_message("the embedded log is closed"))?;
         tokio::time::timeout(timeout, finished)
             .await
             .map_err(|_| LogError::Timeout(timeout))?
@@ -1103,7 +1130,7 @@ fn read_batch(
             let (key, value) = entry.map_err(storage)?;
             let offset = key.value().2;
             let stored = codec::decode(value.value()).ok_or_else(|| {
-                storage(format!("unreadable record at {topic}/{partition}/{offset}"))
+                storage_message(format!("unreadable record at {topic}/{partition}/{offset}"))
             })?;
             out.push(Record {
                 topic: topic.clone(),
@@ -1184,7 +1211,7 @@ impl PartitionReader for EmbeddedReader {
                 (records, assigned)
             })
             .await
-            .map_err(|e| LogError::Backend(format!("worker thread failed: {e}")))?;
+            .map_err(|e| LogError::backend("worker thread failed", e))?;
             self.assigned = assigned;
             if !self.assigned.is_empty() {
                 self.next_partition = (self.next_partition + 1) % self.assigned.len();
@@ -1195,7 +1222,7 @@ impl PartitionReader for EmbeddedReader {
             }
             match tokio::time::timeout_at(deadline, self.appended.changed()).await {
                 Err(_) => return Ok(Vec::new()),
-                Ok(Err(_)) => return Err(LogError::Backend("the embedded log was closed".into())),
+                Ok(Err(_)) => return Err(LogError::backend_message("the embedded log was closed")),
                 Ok(Ok(())) => {}
             }
         }

@@ -124,7 +124,7 @@ pub struct KafkaLog {
 }
 
 fn backend(error: KafkaError) -> LogError {
-    LogError::Backend(error.to_string())
+    LogError::backend("Kafka", error)
 }
 
 impl KafkaLog {
@@ -328,9 +328,10 @@ impl Log for KafkaLog {
             match result {
                 Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
                 Err((topic, code)) => {
-                    return Err(LogError::Backend(format!(
-                        "cannot create topic {topic:?}: {code}"
-                    )))
+                    return Err(LogError::backend(
+                        format!("cannot create topic {topic:?}"),
+                        code,
+                    ))
                 }
             }
         }
@@ -434,7 +435,7 @@ impl Log for KafkaLog {
         // still look fine: records waiting for an acknowledgement that does not come are the
         // surer sign.
         if let Some((waiting, silent_ms)) = self.acks.stalled(ACK_STALL) {
-            return Err(LogError::Backend(format!(
+            return Err(LogError::backend_message(format!(
                 "the broker has acknowledged none of {waiting} waiting records for {:.1}s",
                 silent_ms as f64 / 1000.0
             )));
@@ -448,7 +449,7 @@ impl Log for KafkaLog {
                 .fetch_metadata(None, Duration::from_secs(2))
                 .map_err(backend)?;
             if metadata.brokers().is_empty() {
-                Err(LogError::Backend("no broker is reachable".into()))
+                Err(LogError::backend_message("no broker is reachable"))
             } else {
                 Ok(())
             }

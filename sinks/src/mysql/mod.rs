@@ -6,7 +6,7 @@
 //! is a no-op, at most [`ROWS_PER_STATEMENT`] rows each,
 //! inside the same transaction that upserts the consumer positions.
 
-mod schema;
+pub(crate) mod schema;
 
 use std::time::Instant;
 
@@ -67,14 +67,12 @@ impl MysqlShard {
     /// A shard named `name` at `url` (`mysql://user:password@host:port/database`).
     /// Connections are made lazily; the database is created by [`ShardWriter::migrate`].
     pub fn new(name: &str, url: &str) -> Result<Self, SinkError> {
-        let opts = Opts::from_url(url).map_err(|e| SinkError::Url {
-            shard: name.into(),
-            message: e.to_string(),
-        })?;
+        let opts = parse_url(name, url)?;
         if opts.db_name().is_none() {
             return Err(SinkError::Url {
                 shard: name.into(),
                 message: "the URL must name a database, e.g. …/sluice".into(),
+                source: None,
             });
         }
         Ok(MysqlShard {
@@ -102,10 +100,7 @@ impl MysqlShard {
     }
 
     async fn create_database(&self) -> Result<(), SinkError> {
-        let opts = Opts::from_url(&self.url).map_err(|e| SinkError::Url {
-            shard: self.name.clone(),
-            message: e.to_string(),
-        })?;
+        let opts = parse_url(&self.name, &self.url)?;
         let database = opts.db_name().unwrap_or_default().to_string();
         if !database
             .chars()
@@ -114,6 +109,7 @@ impl MysqlShard {
             return Err(SinkError::Url {
                 shard: self.name.clone(),
                 message: format!("database name {database:?} may only use letters, digits and '_'"),
+                source: None,
             });
         }
         let server = OptsBuilder::from_opts(opts).db_name(None::<String>);
@@ -127,6 +123,15 @@ impl MysqlShard {
         .map_err(|e| self.db_error(e))?;
         conn.disconnect().await.map_err(|e| self.db_error(e))
     }
+}
+
+/// The driver's options for the URL of shard `shard`.
+fn parse_url(shard: &str, url: &str) -> Result<Opts, SinkError> {
+    Opts::from_url(url).map_err(|source| SinkError::Url {
+        shard: shard.into(),
+        message: "write it as mysql://user:password@host:port/database".into(),
+        source: Some(source),
+    })
 }
 
 /// Whether retrying a write that failed with `error` can help.
@@ -275,22 +280,23 @@ impl ShardWriter for MysqlShard {
             .await
             .map_err(|e| self.db_error(e))?
             .flatten();
-        let applied = applied.unwrap_or(0) as usize;
-        for (index, statements) in schema::MIGRATIONS.iter().enumerate().skip(applied) {
-            for statement in *statements {
+        let applied = applied.unwrap_or(0).max(0) as u32;
+        // DDL commits by itself here, so each statement is written to be run again safely.
+        for migration in crate::migrations::pending(schema::MIGRATIONS, applied) {
+            for statement in migration.statements {
                 conn.query_drop(*statement)
                     .await
                     .map_err(|e| self.db_error(e))?;
             }
             conn.exec_drop(
                 "INSERT IGNORE INTO sluice_schema (version, applied_at_ms) VALUES (?, ?)",
-                (index as i64 + 1, now_ms()),
+                (migration.version, now_ms()),
             )
             .await
             .map_err(|e| self.db_error(e))?;
             tracing::info!(
                 shard = self.name,
-                version = index + 1,
+                version = migration.version,
                 "shard schema migrated"
             );
         }

@@ -1,8 +1,14 @@
-//! The shard schema, as numbered migrations applied in order and recorded in `sluice_schema`.
+//! The MySQL / MariaDB shard schema, as numbered migrations (see [`crate::migrations`]).
 
-/// Each migration is a list of statements; append new ones, never edit applied ones.
-pub const MIGRATIONS: &[&[&str]] = &[&[
-    "CREATE TABLE IF NOT EXISTS orders (
+use crate::migrations::Migration;
+
+/// The migrations in order; append new ones, never edit applied ones.
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "orders, rejected orders and consumer positions",
+        statements: &[
+            "CREATE TABLE IF NOT EXISTS orders (
         order_id BINARY(16) NOT NULL PRIMARY KEY COMMENT 'UUIDv7, time-ordered',
         user_id VARCHAR(255) NOT NULL,
         product VARCHAR(255) NOT NULL,
@@ -17,7 +23,7 @@ pub const MIGRATIONS: &[&[&str]] = &[&[
         shard VARCHAR(64) NOT NULL,
         KEY orders_by_user (user_id, order_id)
     ) ENGINE=InnoDB",
-    "CREATE TABLE IF NOT EXISTS rejected_orders (
+            "CREATE TABLE IF NOT EXISTS rejected_orders (
         order_id BINARY(16) NOT NULL PRIMARY KEY,
         user_id VARCHAR(255) NOT NULL,
         stage VARCHAR(255) NOT NULL,
@@ -25,7 +31,7 @@ pub const MIGRATIONS: &[&[&str]] = &[&[
         rejected_at_ms BIGINT NOT NULL,
         KEY rejected_by_user (user_id, order_id)
     ) ENGINE=InnoDB",
-    "CREATE TABLE IF NOT EXISTS sluice_offsets (
+            "CREATE TABLE IF NOT EXISTS sluice_offsets (
         consumer VARCHAR(191) NOT NULL,
         topic VARCHAR(249) NOT NULL,
         partition_id INT NOT NULL,
@@ -33,4 +39,12 @@ pub const MIGRATIONS: &[&[&str]] = &[&[
         updated_at_ms BIGINT NOT NULL,
         PRIMARY KEY (consumer, topic, partition_id)
     ) ENGINE=InnoDB",
-]];
+        ],
+    },
+    Migration {
+        version: 2,
+        name: "rejected orders indexed by user",
+        // MySQL shards have had `rejected_by_user` since version 1 (SQLite's lacked it).
+        statements: &[],
+    },
+];

@@ -4,6 +4,8 @@
 //! journal, `synchronous = FULL`, so a committed batch survives a crash), and rows are
 //! idempotent by `order_id`, the latest enrichment winning.
 
+pub(crate) mod schema;
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -16,39 +18,6 @@ use sluice_core::order::{now_ms, EnrichedOrder};
 use uuid::Uuid;
 
 use crate::writer::{Batch, DatabaseError, Fault, ShardWriter, SinkError};
-
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS orders (
-    order_id BLOB NOT NULL PRIMARY KEY,
-    user_id TEXT NOT NULL,
-    product TEXT NOT NULL,
-    quantity INTEGER NOT NULL,
-    unit_price_minor INTEGER NOT NULL,
-    line_total_minor INTEGER NOT NULL,
-    currency TEXT NOT NULL,
-    received_at_ms INTEGER NOT NULL,
-    enriched_at_ms INTEGER NOT NULL,
-    stored_at_ms INTEGER NOT NULL,
-    bucket INTEGER NOT NULL,
-    shard TEXT NOT NULL
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS orders_by_user ON orders (user_id, order_id);
-CREATE TABLE IF NOT EXISTS rejected_orders (
-    order_id BLOB NOT NULL PRIMARY KEY,
-    user_id TEXT NOT NULL,
-    stage TEXT NOT NULL,
-    reason TEXT NOT NULL,
-    rejected_at_ms INTEGER NOT NULL
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS sluice_offsets (
-    consumer TEXT NOT NULL,
-    topic TEXT NOT NULL,
-    partition_id INTEGER NOT NULL,
-    next_offset INTEGER NOT NULL,
-    updated_at_ms INTEGER NOT NULL,
-    PRIMARY KEY (consumer, topic, partition_id)
-) WITHOUT ROWID;
-";
 
 /// One SQLite shard file.
 pub struct SqliteShard {
@@ -177,7 +146,13 @@ fn insert_order(
 #[async_trait]
 impl ShardWriter for SqliteShard {
     async fn migrate(&self) -> Result<(), SinkError> {
-        self.with_conn(|conn| conn.execute_batch(SCHEMA)).await
+        let applied = self
+            .with_conn(|conn| schema::migrate(conn, schema::MIGRATIONS))
+            .await?;
+        for version in applied {
+            tracing::info!(shard = self.name, version, "shard schema migrated");
+        }
+        Ok(())
     }
 
     async fn positions(&self, consumer: &str) -> Result<Vec<Position>, SinkError> {
