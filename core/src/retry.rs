@@ -1,9 +1,10 @@
 //! Retrying a failed operation: exponential backoff with jitter, until it succeeds, fails for
 //! good, reaches a limit the caller set, or a cancellation token fires.
 //!
-//! Every retry loop of Sluice goes through [`Retry::run`]: the caller says which errors are
-//! worth another attempt ([`Verdict`]), and logs or counts each retry in its `on_retry`
-//! callback, so the loops differ only in what they do, not in how they wait.
+//! The stage runner, the sink worker and the Kafka backend retry through [`Retry::run`] (or
+//! [`Retry::run_with`]): the caller says which errors are worth another attempt
+//! ([`Verdict`]), and logs or counts each retry in its `on_retry` callback, so the loops
+//! differ only in what they do, not in how they wait.
 //!
 //! ```no_run
 //! # async fn example(cancel: tokio_util::sync::CancellationToken) {
@@ -226,9 +227,9 @@ impl Retry {
     /// consumer to commit with, the records still to send): each attempt takes `state` and
     /// hands it back with its result.
     ///
-    /// (A closure cannot lend its own captures to the futures it returns, and a generic
-    /// async closure would do, but its future is not known to be `Send` for every lifetime it
-    /// borrows, so a spawned task that awaited it would not compile.)
+    /// (A closure cannot lend its own captures to the futures it returns. An async closure
+    /// can, but the compiler cannot prove its future `Send` for every lifetime it borrows, so
+    /// a spawned task that awaited one through a generic helper would not compile.)
     pub async fn run_with<S, T, E, F: Future<Output = (S, Result<T, E>)>>(
         &self,
         mut state: S,
