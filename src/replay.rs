@@ -76,9 +76,20 @@ pub enum ReplayError {
     /// The shard failed.
     #[error(transparent)]
     Shard(#[from] sluice_sinks::SinkError),
-    /// The running `sluice` process that holds the embedded log refused or failed the replay.
+    /// The running `sluice` process that holds the embedded log refused or failed the replay
+    /// (its own error's message).
     #[error("{0}")]
     Remote(String),
+    /// The connection to the running `sluice` process failed.
+    #[error("lost the connection to the running sluice: {0}")]
+    Connection(#[source] std::io::Error),
+    /// The running `sluice` process closed the connection before the replay ended.
+    #[error("the running sluice closed the connection before the replay ended (was it stopped?)")]
+    Closed,
+    /// The running `sluice` process answered something that is not a replay reply (another
+    /// version?), or the request could not be encoded.
+    #[error("unexpected reply from the running sluice: {0}")]
+    Protocol(#[source] serde_json::Error),
 }
 
 /// How far a replay got.

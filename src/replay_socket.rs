@@ -248,13 +248,9 @@ pub async fn request(
     progress: Option<ProgressFn>,
     interrupt: CancellationToken,
 ) -> Result<ReplayOutcome, ReplayError> {
-    let lost = |error: std::io::Error| {
-        ReplayError::Remote(format!(
-            "lost the connection to the running sluice: {error}"
-        ))
-    };
+    let lost = ReplayError::Connection;
     let (read, mut write) = stream.into_split();
-    let mut line = serde_json::to_vec(spec).map_err(|e| ReplayError::Remote(e.to_string()))?;
+    let mut line = serde_json::to_vec(spec).map_err(ReplayError::Protocol)?;
     line.push(b'\n');
     write.write_all(&line).await.map_err(lost)?;
     let mut lines = BufReader::new(read).lines();
@@ -270,10 +266,7 @@ pub async fn request(
             }
         };
         let Some(next) = next else {
-            return Err(ReplayError::Remote(
-                "the running sluice closed the connection before the replay ended (was it stopped?)"
-                    .into(),
-            ));
+            return Err(ReplayError::Closed);
         };
         match serde_json::from_str::<Reply>(&next) {
             Ok(Reply::Progress { done, total }) => {
@@ -283,11 +276,7 @@ pub async fn request(
             }
             Ok(Reply::Finished(outcome)) => return Ok(outcome),
             Ok(Reply::Failed { error }) => return Err(ReplayError::Remote(error)),
-            Err(error) => {
-                return Err(ReplayError::Remote(format!(
-                    "unexpected reply from the running sluice: {error}"
-                )))
-            }
+            Err(error) => return Err(ReplayError::Protocol(error)),
         }
     }
 }

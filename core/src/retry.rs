@@ -85,6 +85,16 @@ impl Backoff {
         self.jittered(self.nominal(retry), random_unit())
     }
 
+    /// Waits [`Backoff::pause`] for retry number `retry`, or until `cancel` fires; `false`
+    /// when cancelled. For loops whose attempt is one arm of a larger `select!` (a consumer's
+    /// poll beside its other events), where [`Retry::run`] cannot own the attempt.
+    pub async fn wait(&self, retry: u32, cancel: &CancellationToken) -> bool {
+        tokio::select! {
+            _ = tokio::time::sleep(self.pause(retry)) => true,
+            _ = cancel.cancelled() => false,
+        }
+    }
+
     /// `nominal` shortened by `unit` (in `0.0..1.0`) of the jitter share.
     fn jittered(&self, nominal: Duration, unit: f64) -> Duration {
         let share = self.jitter.clamp(0.0, 1.0) * unit.clamp(0.0, 1.0);
@@ -361,6 +371,33 @@ mod tests {
         assert!((0..100).all(|_| none.pause(2) == ms(400)));
         let too_much = Backoff::new(ms(100), ms(1_000)).with_jitter(7.0);
         assert!((0..100).all(|_| too_much.pause(0) <= ms(100)));
+    }
+
+    #[tokio::test]
+    async fn wait_pauses_and_ends_at_once_when_cancelled() {
+        let backoff = Backoff::new(ms(60), ms(10_000)).with_jitter(0.0);
+        let cancel = CancellationToken::new();
+        let started = Instant::now();
+        assert!(
+            backoff.wait(0, &cancel).await,
+            "an uncancelled pause completes"
+        );
+        assert!(started.elapsed() >= ms(60));
+
+        let started = Instant::now();
+        let cancelling = {
+            let cancel = cancel.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(ms(30)).await;
+                cancel.cancel();
+            })
+        };
+        assert!(
+            !backoff.wait(10, &cancel).await,
+            "a cancelled pause says so"
+        );
+        assert!(started.elapsed() < ms(2_000), "{:?}", started.elapsed());
+        cancelling.await.unwrap();
     }
 
     #[tokio::test]

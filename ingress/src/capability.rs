@@ -64,6 +64,8 @@ pub const REVOCATION_ID_BYTES: usize = 64;
 
 /// The longest base64 token accepted, in characters (checked before any decoding).
 pub const MAX_TOKEN_LEN: usize = 16 * 1024;
+/// Why a token longer than [`MAX_TOKEN_LEN`] is refused.
+const TOO_LONG: &str = "longer than 16384 characters";
 
 /// Datalog evaluation limits of one authorization.
 ///
@@ -79,15 +81,18 @@ pub const DEFAULT_LIMITS: AuthorizerLimits = AuthorizerLimits {
 };
 
 /// Why a capability token was refused, or a tooling operation failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum CapabilityError {
-    /// The token is not a biscuit (bad base64, bad encoding, too long). `401`.
+    /// The token is not a biscuit (bad base64, bad encoding). `401`.
     #[error("malformed capability token: {0}")]
-    Malformed(String),
+    Malformed(#[source] Token),
+    /// The token is empty, or longer than any Sluice capability token. `401`.
+    #[error("malformed capability token: {0}")]
+    BadSize(&'static str),
     /// The signature chain does not verify with the root public key (forged, tampered, or
     /// minted by another root key). `401`.
     #[error("capability token signature is invalid or from an unknown root key")]
-    BadSignature,
+    BadSignature(#[source] Token),
     /// One of the token's blocks has a revocation id listed in the revocation file. `401`.
     #[error("capability token has been revoked")]
     Revoked,
@@ -102,24 +107,25 @@ pub enum CapabilityError {
     /// Evaluating the token hit the run limits (too many facts, iterations or time), or an
     /// expression in it failed. `403`.
     #[error("capability token could not be evaluated: {0}")]
-    Evaluation(String),
+    Evaluation(#[source] Token),
     /// A key (hex Ed25519, optionally prefixed `ed25519/` or `ed25519-private/`) is unusable.
     #[error("invalid key: {0}")]
     InvalidKey(String),
     /// A key file could not be read.
-    #[error("cannot read {path}: {message}")]
+    #[error("cannot read {path}: {source}")]
     Io {
         /// The file.
         path: String,
         /// What went wrong.
-        message: String,
+        #[source]
+        source: std::sync::Arc<std::io::Error>,
     },
     /// An argument of a tooling operation is unusable (empty user, no restriction, …).
     #[error("{0}")]
     InvalidInput(String),
     /// Building or serializing a token failed.
     #[error("capability token error: {0}")]
-    Internal(String),
+    Internal(#[source] Token),
 }
 
 impl CapabilityError {
@@ -128,7 +134,8 @@ impl CapabilityError {
         matches!(
             self,
             CapabilityError::Malformed(_)
-                | CapabilityError::BadSignature
+                | CapabilityError::BadSize(_)
+                | CapabilityError::BadSignature(_)
                 | CapabilityError::Revoked
         )
     }
@@ -146,8 +153,8 @@ impl CapabilityError {
 
 /// Sorts a biscuit error into a [`CapabilityError`].
 fn classify(error: Token) -> CapabilityError {
-    match error {
-        Token::Base64(e) => CapabilityError::Malformed(format!("not base64: {e}")),
+    match &error {
+        Token::Base64(_) => CapabilityError::Malformed(error),
         Token::Format(format) => match format {
             Format::Signature(_)
             | Format::SealedSignature
@@ -155,8 +162,8 @@ fn classify(error: Token) -> CapabilityError {
             | Format::UnknownExternalKey
             | Format::InvalidSignatureSize(_)
             | Format::SignatureDeserializationError(_)
-            | Format::BlockSignatureDeserializationError(_) => CapabilityError::BadSignature,
-            other => CapabilityError::Malformed(other.to_string()),
+            | Format::BlockSignatureDeserializationError(_) => CapabilityError::BadSignature(error),
+            _ => CapabilityError::Malformed(error),
         },
         Token::FailedLogic(logic) => match logic {
             Logic::Unauthorized { checks, .. } | Logic::NoMatchingPolicy { checks } => {
@@ -166,19 +173,14 @@ fn classify(error: Token) -> CapabilityError {
                     CapabilityError::ChecksFailed(checks.iter().map(render_check).collect())
                 }
             }
-            Logic::InvalidBlockRule(block, rule) => {
-                CapabilityError::Evaluation(format!("invalid rule in block {block}: {rule}"))
-            }
-            Logic::AuthorizerNotEmpty => {
-                CapabilityError::Internal(Logic::AuthorizerNotEmpty.to_string())
-            }
+            Logic::InvalidBlockRule(..) => CapabilityError::Evaluation(error),
+            Logic::AuthorizerNotEmpty => CapabilityError::Internal(error),
         },
-        Token::RunLimit(limit) => CapabilityError::Evaluation(limit.to_string()),
-        Token::Execution(e) => CapabilityError::Evaluation(e.to_string()),
+        Token::RunLimit(_) | Token::Execution(_) => CapabilityError::Evaluation(error),
         Token::AppendOnSealed => {
             CapabilityError::InvalidInput("the token is sealed and cannot be attenuated".into())
         }
-        other => CapabilityError::Internal(other.to_string()),
+        _ => CapabilityError::Internal(error),
     }
 }
 
@@ -221,12 +223,10 @@ fn parse_private_key(hex: &str) -> Result<PrivateKey, CapabilityError> {
 fn parse_token(token_base64: &str, root: PublicKey) -> Result<Biscuit, CapabilityError> {
     let token = token_base64.trim();
     if token.is_empty() {
-        return Err(CapabilityError::Malformed("empty token".into()));
+        return Err(CapabilityError::BadSize("empty token"));
     }
     if token.len() > MAX_TOKEN_LEN {
-        return Err(CapabilityError::Malformed(format!(
-            "longer than {MAX_TOKEN_LEN} characters"
-        )));
+        return Err(CapabilityError::BadSize(TOO_LONG));
     }
     Biscuit::from_base64(token, root).map_err(classify)
 }
@@ -374,7 +374,8 @@ impl CapabilityAuthority {
     /// list. Counted in [`AUTH_VERIFICATIONS`](crate::principal::AUTH_VERIFICATIONS).
     fn verify_signatures(&self, token_base64: &str) -> Result<Biscuit, CapabilityError> {
         self.verifications.increment(1);
-        let mut refused = CapabilityError::BadSignature;
+        // `roots` is never empty (a key file without a key is refused).
+        let mut refused = CapabilityError::BadSignature(Token::Format(Format::UnknownPublicKey));
         for root in &self.roots {
             match parse_token(token_base64, *root) {
                 Ok(token) => {
@@ -389,7 +390,7 @@ impl CapabilityAuthority {
                     };
                 }
                 // Signed by another root, maybe the next one.
-                Err(error @ CapabilityError::BadSignature) => refused = error,
+                Err(error @ CapabilityError::BadSignature(_)) => refused = error,
                 Err(error) => return Err(error),
             }
         }
@@ -596,7 +597,7 @@ pub fn inspect(token_base64: &str, root_public_hex: &str) -> Result<String, Capa
 fn content_lines(path: &Path) -> Result<Vec<(usize, String)>, CapabilityError> {
     let text = std::fs::read_to_string(path).map_err(|e| CapabilityError::Io {
         path: path.display().to_string(),
-        message: e.to_string(),
+        source: std::sync::Arc::new(e),
     })?;
     Ok(text
         .lines()
@@ -681,13 +682,15 @@ mod tests {
         let token = mint(&private, "alice", None).unwrap();
         let now = SystemTime::now();
         assert_eq!(
-            authority.authorize(&token, &request("alice", "widget", 3), now),
-            Ok("alice".to_string())
+            authority
+                .authorize(&token, &request("alice", "widget", 3), now)
+                .unwrap(),
+            "alice"
         );
         let refused = authority
             .authorize(&token, &request("bob", "widget", 3), now)
             .unwrap_err();
-        assert_eq!(refused, CapabilityError::Denied);
+        assert!(matches!(refused, CapabilityError::Denied), "{refused:?}");
         assert!(refused.is_forbidden());
         assert_eq!(authority.verify(&token).unwrap().user(), "alice");
     }
@@ -699,8 +702,10 @@ mod tests {
         let token = mint(&private, tricky, None).unwrap();
         let now = SystemTime::now();
         assert_eq!(
-            authority.authorize(&token, &request(tricky, "widget", 1), now),
-            Ok(tricky.to_string())
+            authority
+                .authorize(&token, &request(tricky, "widget", 1), now)
+                .unwrap(),
+            tricky
         );
         assert!(authority
             .authorize(&token, &request("alice", "widget", 1), now)
@@ -794,7 +799,10 @@ mod tests {
         let error = authority
             .authorize(&token, &request("alice", "widget", 1), now)
             .unwrap_err();
-        assert_eq!(error, CapabilityError::BadSignature);
+        assert!(
+            matches!(error, CapabilityError::BadSignature(_)),
+            "{error:?}"
+        );
         assert!(error.is_unauthenticated());
         for garbage in ["", "not a token!", "AAAA", &"A".repeat(MAX_TOKEN_LEN + 4)] {
             let error = authority
@@ -830,10 +838,10 @@ mod tests {
         assert!(text.contains("check if quantity($q), $q <= 5"), "{text}");
         assert!(!text.contains(&private), "{text}");
         let (_, other_public) = generate_root_keypair();
-        assert_eq!(
+        assert!(matches!(
             inspect(&token, &other_public),
-            Err(CapabilityError::BadSignature)
-        );
+            Err(CapabilityError::BadSignature(_))
+        ));
     }
 
     #[test]

@@ -217,7 +217,10 @@ mod tests {
 
     #[test]
     fn capability_errors_map_to_401_403_or_500() {
-        let api: ApiError = CapabilityError::BadSignature.into();
+        let api: ApiError = CapabilityError::BadSignature(biscuit_auth::error::Token::Format(
+            biscuit_auth::error::Format::UnknownPublicKey,
+        ))
+        .into();
         assert_eq!(
             (api.status, api.code),
             (StatusCode::UNAUTHORIZED, "unauthorized")

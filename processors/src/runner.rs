@@ -13,11 +13,14 @@ use std::time::{Duration, Instant};
 use crate::config::StageConfig;
 use futures::future::join_all;
 use sluice_core::log::{assign_all, Assignment, Log, LogError, Position, StartFrom};
-use sluice_core::retry::{Backoff, Retry, Verdict};
+use sluice_core::retry::{Backoff, GaveUp, Retry, Verdict};
 use sluice_core::telemetry;
 use tokio_util::sync::CancellationToken;
 
 use crate::stage::{dead_letter, Emission, Outcome, Stage};
+
+/// Pauses after failed polls: the log is unreachable or recovering.
+const POLL_BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
 
 /// Why a stage runner stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -107,8 +110,11 @@ pub async fn run_stage(
         "stage started"
     );
 
+    let metrics = StageMetrics::register(&runner.name);
+
     let mut remaining = runner.stop_at.clone();
     let mut done: u64 = 0;
+    let mut failed_polls = 0u32;
     loop {
         if remaining.as_ref().is_some_and(BTreeMap::is_empty) {
             break;
@@ -121,11 +127,15 @@ pub async fn run_stage(
                 Err(error) => {
                     // Transient broker trouble must not take the process down: back off, retry.
                     tracing::warn!(stage = runner.name, %error, "poll failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    if !POLL_BACKOFF.wait(failed_polls, &cancel).await {
+                        break;
+                    }
+                    failed_polls = failed_polls.saturating_add(1);
                     continue;
                 }
             },
         };
+        failed_polls = 0;
         if records.is_empty() {
             continue;
         }
@@ -147,8 +157,7 @@ pub async fn run_stage(
                 }
             }
             taken += 1;
-            metrics::counter!(telemetry::STAGE_RECORDS_IN, "stage" => runner.name.clone())
-                .increment(1);
+            metrics.records_in.increment(1);
             match stage.process(record) {
                 Outcome::Emit(out) => emissions.extend(out.into_iter().map(|e| (e, "emitted"))),
                 Outcome::DeadLetter(reason) => {
@@ -170,7 +179,7 @@ pub async fn run_stage(
             }
             positions.insert(record.partition, record.next_position());
         }
-        if !send_all(log.as_ref(), &runner, emissions, &cancel).await {
+        if !send_all(log.as_ref(), &runner, &metrics, emissions, &cancel).await {
             tracing::warn!(
                 stage = runner.name,
                 "cancelled before outputs were acknowledged; batch will be replayed"
@@ -178,7 +187,10 @@ pub async fn run_stage(
             break;
         }
         let positions: Vec<Position> = positions.into_values().collect();
-        if !commit_with_retry(&mut consumer, &runner.name, &positions, &cancel).await {
+        if !commit_with_retry(&mut consumer, &runner.name, &positions, &cancel)
+            .await
+            .map_err(fail)?
+        {
             tracing::warn!(
                 stage = runner.name,
                 "cancelled before the batch was committed; it will be replayed"
@@ -199,22 +211,45 @@ pub async fn run_stage(
         if let Some(progress) = &progress {
             progress(done);
         }
-        metrics::histogram!(telemetry::STAGE_BATCH_DURATION, "stage" => runner.name.clone())
+        metrics
+            .batch_duration
             .record(started.elapsed().as_secs_f64());
     }
     tracing::info!(stage = runner.name, records = done, "stage stopped");
     Ok(done)
 }
 
-/// Commits positions, retrying failures with backoff. Returns false if cancelled first (the
-/// batch is then processed again after a restart: at-least-once).
+/// A stage's metric handles, registered once when it starts.
+struct StageMetrics {
+    records_in: metrics::Counter,
+    emitted: metrics::Counter,
+    dead_lettered: metrics::Counter,
+    batch_duration: metrics::Histogram,
+}
+
+impl StageMetrics {
+    fn register(stage: &str) -> Self {
+        let stage = stage.to_string();
+        StageMetrics {
+            records_in: metrics::counter!(telemetry::STAGE_RECORDS_IN, "stage" => stage.clone()),
+            emitted: metrics::counter!(telemetry::STAGE_RECORDS_OUT, "stage" => stage.clone(), "outcome" => "emitted"),
+            dead_lettered: metrics::counter!(telemetry::STAGE_RECORDS_OUT, "stage" => stage.clone(), "outcome" => "dead_letter"),
+            batch_duration: metrics::histogram!(telemetry::STAGE_BATCH_DURATION, "stage" => stage),
+        }
+    }
+}
+
+/// Commits positions, retrying failures with backoff. `Ok(false)` if cancelled first (the
+/// batch is then processed again after a restart: at-least-once); `Err` when the consumer
+/// refuses the commit for good (a position past what it handed out: a bug, which retrying
+/// cannot fix and which must not be skipped).
 async fn commit_with_retry(
     consumer: &mut sluice_core::log::LogConsumer,
     stage: &str,
     positions: &[Position],
     cancel: &CancellationToken,
-) -> bool {
-    Retry::new(Backoff::new(
+) -> Result<bool, LogError> {
+    let committed = Retry::new(Backoff::new(
         Duration::from_millis(100),
         Duration::from_secs(5),
     ))
@@ -225,11 +260,18 @@ async fn commit_with_retry(
             let committed = consumer.commit(positions).await;
             (consumer, committed)
         },
-        |_| Verdict::Retry,
+        |error| match error {
+            LogError::CommitPastRead { .. } => Verdict::Stop,
+            _ => Verdict::Retry,
+        },
         |error, _| tracing::warn!(stage, %error, "commit failed; retrying"),
     )
-    .await
-    .is_ok()
+    .await;
+    match committed {
+        Ok(()) => Ok(true),
+        Err(GaveUp::Permanent(error)) => Err(error),
+        Err(_) => Ok(false),
+    }
 }
 
 /// Sends every emission, retrying the failed ones with backoff. Returns false if cancelled
@@ -237,6 +279,7 @@ async fn commit_with_retry(
 async fn send_all(
     log: &dyn Log,
     runner: &StageRunner,
+    metrics: &StageMetrics,
     pending: Vec<(Emission, &'static str)>,
     cancel: &CancellationToken,
 ) -> bool {
@@ -248,7 +291,7 @@ async fn send_all(
     .run_with(
         pending,
         |mut pending| async move {
-            let sent = send_pending(log, runner, &mut pending).await;
+            let sent = send_pending(log, runner, metrics, &mut pending).await;
             (pending, sent)
         },
         // Any send error can pass (a broker away, a full queue): only cancellation stops.
@@ -263,6 +306,7 @@ async fn send_all(
 async fn send_pending(
     log: &dyn Log,
     runner: &StageRunner,
+    metrics: &StageMetrics,
     pending: &mut Vec<(Emission, &'static str)>,
 ) -> Result<(), usize> {
     let results = join_all(
@@ -274,7 +318,8 @@ async fn send_pending(
     let mut failed = Vec::new();
     for ((emission, outcome), result) in std::mem::take(pending).into_iter().zip(results) {
         match result {
-            Ok(_) => metrics::counter!(telemetry::STAGE_RECORDS_OUT, "stage" => runner.name.clone(), "outcome" => outcome).increment(1),
+            Ok(_) if outcome == "dead_letter" => metrics.dead_lettered.increment(1),
+            Ok(_) => metrics.emitted.increment(1),
             Err(error) => {
                 tracing::warn!(stage = runner.name, topic = emission.topic, %error, "send failed; will retry");
                 failed.push((emission, outcome));

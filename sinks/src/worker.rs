@@ -19,6 +19,9 @@ use uuid::Uuid;
 use crate::config::SinkConfig;
 use crate::writer::{Batch, Fault, Rejection, ShardWriter, SinkError};
 
+/// Pauses after failed polls: the log is unreachable or recovering.
+const POLL_BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+
 /// Settings of one shard's worker.
 #[derive(Clone)]
 pub struct SinkWorker {
@@ -226,6 +229,7 @@ async fn read_batches(
     cancel: &CancellationToken,
     ready: tokio::sync::mpsc::Sender<ReadBatch>,
 ) {
+    let mut failed_polls = 0u32;
     'run: loop {
         if remaining.as_ref().is_some_and(HashMap::is_empty) {
             break;
@@ -252,13 +256,16 @@ async fn read_batches(
                 polled = consumer.poll(worker.max_rows - consumed, wait) => match polled {
                     Ok(records) => records,
                     Err(error) => {
-                        // Transient broker trouble must not take the process down.
+                        // Transient broker trouble must not take the process down. A
+                        // cancellation during the pause is handled by the `select!` above.
                         tracing::warn!(shard = worker.shard, %error, "poll failed; retrying");
-                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        POLL_BACKOFF.wait(failed_polls, cancel).await;
+                        failed_polls = failed_polls.saturating_add(1);
                         continue;
                     }
                 },
             };
+            failed_polls = 0;
             if records.is_empty() {
                 continue; // nothing yet; the deadline (if a batch has started) ends the wait
             }

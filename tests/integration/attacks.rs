@@ -864,10 +864,17 @@ async fn biscuit_capabilities_hold_inside_and_outside_their_checks(backend: Back
     .unwrap();
     let (other_private, _) = generate_root_keypair();
     let foreign = mint(&other_private, "alice", None).unwrap();
-    let mut tampered = token.clone().into_bytes();
-    let middle = tampered.len() / 2;
-    tampered[middle] = if tampered[middle] == b'A' { b'B' } else { b'A' };
-    let tampered = String::from_utf8(tampered).unwrap();
+    // Well-formed (it parses) but claiming carol: only the signature check refuses it.
+    let mut bytes = biscuit_auth::UnverifiedBiscuit::from_base64(&token)
+        .unwrap()
+        .to_vec()
+        .unwrap();
+    let at = bytes.windows(5).position(|w| w == b"alice").unwrap();
+    bytes[at..at + 5].copy_from_slice(b"carol");
+    let tampered = biscuit_auth::UnverifiedBiscuit::from(&bytes)
+        .expect("the tampered token is still a biscuit")
+        .to_base64()
+        .unwrap();
 
     let cases: Vec<(&str, String, &'static str, u16)> = vec![
         (
@@ -909,7 +916,7 @@ async fn biscuit_capabilities_hold_inside_and_outside_their_checks(backend: Back
         (
             "tampered",
             tampered,
-            r#"{"userId":"alice","product":"widget","quantity":1}"#,
+            r#"{"userId":"carol","product":"widget","quantity":1}"#,
             401,
         ),
     ];
@@ -922,6 +929,10 @@ async fn biscuit_capabilities_hold_inside_and_outside_their_checks(backend: Back
         } else {
             let body: serde_json::Value = response.json().await.unwrap();
             assert!(body["error"]["code"].is_string(), "{name}: {body}");
+            if status == 401 {
+                let message = body["error"]["message"].as_str().unwrap_or_default();
+                assert!(message.contains("signature"), "{name}: {body}");
+            }
         }
     }
     // A capability token places orders under its checks; it cannot read them.
