@@ -26,56 +26,6 @@ use std::time::{Duration, Instant};
 use crate::common::*;
 use sluice_log_embedded::EmbeddedLogConfig;
 
-/// A tmpfs mounted for one test; unmounted when dropped.
-struct Mount {
-    dir: tempfile::TempDir,
-}
-
-impl Mount {
-    /// Mounts a tmpfs of `mib` MiB, or prints why not and returns `None`.
-    fn tmpfs(mib: u64, test: &str) -> Option<Mount> {
-        let dir = tempfile::tempdir().unwrap();
-        let status = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={mib}M"), "tmpfs"])
-            .arg(dir.path())
-            .stderr(std::process::Stdio::null())
-            .status();
-        match status {
-            Ok(s) if s.success() => Some(Mount { dir }),
-            other => {
-                eprintln!(
-                    "SKIPPED {test}: cannot mount a tmpfs for the data directory ({other:?}); \
-                     run the integration tests as root to check a full disk"
-                );
-                None
-            }
-        }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// Grows (or shrinks) the filesystem.
-    fn resize(&self, mib: u64) {
-        let status = std::process::Command::new("mount")
-            .args(["-o", &format!("remount,size={mib}M")])
-            .arg(self.dir.path())
-            .status()
-            .unwrap();
-        assert!(status.success(), "remount to {mib} MiB failed");
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(self.dir.path())
-            .status();
-    }
-}
-
 /// The `sluice` process of a test; killed when dropped (before the mount goes away).
 struct Process(Option<Child>);
 

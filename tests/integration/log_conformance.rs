@@ -494,14 +494,7 @@ async fn embedded_log_survives_reopen_and_enforces_retention() {
     assert_eq!(log.enforce_retention().await.unwrap(), 15);
     assert_eq!(log.watermarks(&topic, 0).await.unwrap(), (15, 25));
     let mut consumer = log.consumer("g").await.unwrap();
-    consumer
-        .assign(vec![Assignment {
-            topic: topic.clone(),
-            partition: 0,
-            start: StartFrom::Committed,
-        }])
-        .await
-        .unwrap();
+    assign(&mut consumer, &topic, 1, StartFrom::Committed).await;
     let records = read_all(&mut consumer, 10).await;
     assert_eq!(
         records.first().map(|r| r.offset),
@@ -552,14 +545,7 @@ async fn embedded_offsets_never_repeat_after_retention_empties_a_partition() {
         .unwrap();
     assert_eq!(next.offset, 5, "offsets must never be reused");
     let mut consumer = log.consumer("g").await.unwrap();
-    consumer
-        .assign(vec![Assignment {
-            topic: topic.clone(),
-            partition: 0,
-            start: StartFrom::Committed,
-        }])
-        .await
-        .unwrap();
+    assign(&mut consumer, &topic, 1, StartFrom::Committed).await;
     let records = read_all(&mut consumer, 1).await;
     assert_eq!(
         records.len(),

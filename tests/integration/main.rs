@@ -10,6 +10,7 @@ mod common;
 mod attacks;
 mod capability;
 mod disk_full;
+mod embedded_disk;
 mod end_to_end;
 mod faults;
 mod idempotency;

@@ -2,6 +2,12 @@
 //! (`make test` does that), an in-process pipeline, and shard queries.
 #![allow(dead_code, missing_docs)]
 
+mod tmpfs;
+
+// Not every user of this module (the benches) mounts anything.
+#[allow(unused_imports)]
+pub use tmpfs::Mount;
+
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::path::PathBuf;

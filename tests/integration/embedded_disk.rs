@@ -4,64 +4,19 @@
 //! pass without checking anything where mounting is not allowed).
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sluice_core::log::{assign_all, Log, LogError, OutRecord, StartFrom};
 use sluice_log_embedded::{EmbeddedLog, Options, Retention};
 
+use crate::common::Mount;
+
 const NO_RETENTION: Retention = Retention {
     max_age: None,
     max_records: None,
 };
-
-/// A tmpfs mounted for one test, unmounted when dropped.
-struct Mount {
-    dir: tempfile::TempDir,
-}
-
-impl Mount {
-    /// Mounts a tmpfs of `mib` MiB, or says why not and returns `None`.
-    fn tmpfs(mib: u64, test: &str) -> Option<Mount> {
-        let dir = tempfile::tempdir().unwrap();
-        let status = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={mib}M"), "tmpfs"])
-            .arg(dir.path())
-            .stderr(std::process::Stdio::null())
-            .status();
-        match status {
-            Ok(s) if s.success() => Some(Mount { dir }),
-            other => {
-                eprintln!("SKIPPED {test}: cannot mount a tmpfs here ({other:?}); run the tests as root to check a full disk");
-                None
-            }
-        }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// Changes the filesystem's size (frees or takes away space).
-    fn resize(&self, mib: u64) {
-        let status = std::process::Command::new("mount")
-            .args(["-o", &format!("remount,size={mib}M")])
-            .arg(self.dir.path())
-            .status()
-            .unwrap();
-        assert!(status.success(), "remount to {mib} MiB failed");
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(self.dir.path())
-            .status();
-    }
-}
 
 fn options(min_free_bytes: u64, max_pending_appends: usize) -> Options {
     Options {
