@@ -37,7 +37,7 @@ pub const LOG_RECORDS_SKIPPED: &str = "sluice_log_records_skipped_total";
 pub const REPLAY_RECORDS: &str = "sluice_replay_records_total";
 /// Gauge: 1 while the embedded log refuses new orders, labelled `reason` (`write_failure`:
 /// the disk refused a write and the log retries; `low_disk_space`: free space is below
-/// `[log] min_free_mib`), else 0.
+/// `[log.embedded] min_free_mib`), else 0.
 pub const LOG_WRITE_BLOCKED: &str = "sluice_log_write_blocked";
 /// Gauge: free bytes on the embedded log's filesystem.
 pub const LOG_FREE_BYTES: &str = "sluice_log_free_bytes";

@@ -388,7 +388,7 @@ async fn disk_fills_and_recovers(fault: &str, min_free_mib: u64, reason: &str) {
     let why = if min_free_mib == 0 {
         "embedded log write failed"
     } else {
-        "below [log] min_free_mib"
+        "below [log.embedded] min_free_mib"
     };
     assert!(logged.contains(why), "no error log says {why:?}");
     let mut acknowledged = ledger.acknowledged;

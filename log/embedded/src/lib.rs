@@ -664,11 +664,11 @@ fn refresh_free_space(shared: &Shared) {
                     path = %shared.path.display(),
                     free_bytes = free,
                     min_free_bytes = shared.min_free_bytes,
-                    "disk space of the embedded log is below [log] min_free_mib; refusing new orders until space is freed"
+                    "disk space of the embedded log is below [log.embedded] min_free_mib; refusing new orders until space is freed"
                 );
             }
             health.low_space = Some(format!(
-                "only {} MiB of disk space free for the embedded log, below [log] min_free_mib = {}: new orders are refused until space is freed",
+                "only {} MiB of disk space free for the embedded log, below [log.embedded] min_free_mib = {}: new orders are refused until space is freed",
                 free >> 20,
                 shared.min_free_bytes >> 20
             ));
@@ -678,7 +678,7 @@ fn refresh_free_space(shared: &Shared) {
             tracing::info!(
                 path = %shared.path.display(),
                 free_bytes = free,
-                "disk space of the embedded log is above [log] min_free_mib again; taking new orders"
+                "disk space of the embedded log is above [log.embedded] min_free_mib again; taking new orders"
             );
             health.low_space = None;
             shared.gauges.low_space.set(0.0);
@@ -1005,7 +1005,7 @@ impl Log for EmbeddedLog {
         let slot = self.shared.slots.clone().try_acquire_owned().map_err(|_| {
             self.shared.gauges.refused_queue_full.increment(1);
             LogError::Overloaded(format!(
-                "{} records are waiting to be written to the embedded log ([log] max_pending_appends)",
+                "{} records are waiting to be written to the embedded log ([log.embedded] max_pending_appends)",
                 self.shared.max_pending_appends
             ))
         })?;
