@@ -12,6 +12,10 @@ pub const HTTP_DURATION: &str = "sluice_http_request_duration_seconds";
 pub const LOGINS: &str = "sluice_logins_total";
 /// Counter: orders the log acknowledged to the ingress.
 pub const ORDERS_ACCEPTED: &str = "sluice_orders_accepted_total";
+/// Counter: token verifications, labelled `kind` (`jwt` or `capability`): one per request
+/// with a bearer token on a route that needs one, accepted or refused. Registered when a key
+/// ring or capability authority is built.
+pub const AUTH_VERIFICATIONS: &str = "sluice_auth_verifications_total";
 /// Counter: requests refused by a rate limit, labelled `limit`.
 pub const RATE_LIMITED: &str = "sluice_rate_limited_total";
 /// Counter: records a stage read, labelled `stage`.

@@ -15,10 +15,7 @@ use crate::auth::{Claims, TokenError};
 use crate::capability::{CapabilityError, VerifiedCapability};
 use crate::State;
 
-/// Counter of token verifications, labelled `kind` (`jwt` or `capability`): one per request
-/// with a bearer token on a route that needs one, accepted or refused. Registered when a key
-/// ring or capability authority is built.
-pub const AUTH_VERIFICATIONS: &str = "sluice_auth_verifications_total";
+pub use sluice_core::telemetry::AUTH_VERIFICATIONS;
 
 /// Who a request speaks for, and how it proved it.
 #[derive(Debug, Clone)]
