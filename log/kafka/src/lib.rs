@@ -49,6 +49,10 @@ const QUEUE_MAX_MESSAGES: &str = "100000";
 const METADATA_REFRESH_MS: &str = "5000";
 /// Records waiting this long without any acknowledgement make the log not ready.
 const ACK_STALL: Duration = Duration::from_secs(2);
+/// Records waiting this long without any acknowledgement while the broker answers metadata
+/// queries mean the producer is stuck (librdkafka can be left so after a broker pause): it is
+/// replaced, at most once per this period.
+const PRODUCER_STUCK: Duration = Duration::from_secs(20);
 /// Most KiB of records the producer holds (unless `queue.buffering.max.kbytes` is set).
 const QUEUE_MAX_KBYTES: &str = "65536";
 
@@ -89,6 +93,12 @@ impl AckWatch {
         self.acked_ms.fetch_max(now, Ordering::Relaxed);
     }
 
+    /// Starts the stall clock again (a new producer took over the waiting).
+    fn restart(&self) {
+        self.progress_ms
+            .fetch_max(sluice_core::order::now_ms(), Ordering::Relaxed);
+    }
+
     /// Whether the broker acknowledged a record within `window`.
     fn acknowledged_within(&self, window: Duration) -> bool {
         sluice_core::order::now_ms() - self.acked_ms.load(Ordering::Relaxed)
@@ -104,13 +114,27 @@ impl AckWatch {
     }
 }
 
+/// Clears a flag when dropped.
+struct ClearOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for ClearOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
 /// A Kafka cluster as a [`Log`].
 pub struct KafkaLog {
     base: ClientConfig,
     /// The producer's settings, to build a new one after a fatal error.
     producer_config: ClientConfig,
-    /// The idempotent producer; replaced when librdkafka declares it unusable.
+    /// The idempotent producer; replaced when librdkafka declares it unusable, or when it
+    /// stays stuck while the broker answers.
     producer: std::sync::RwLock<FutureProducer>,
+    /// When the producer was last replaced because it was stuck.
+    producer_renewed: std::sync::Mutex<std::time::Instant>,
+    /// Whether a sender is asking the broker whether the producer is stuck.
+    producer_probing: std::sync::atomic::AtomicBool,
     /// Sends waiting for an acknowledgement, and since when they have been waiting without
     /// one, for readiness.
     acks: AckWatch,
@@ -178,6 +202,8 @@ impl KafkaLog {
             base,
             producer_config,
             producer: std::sync::RwLock::new(producer),
+            producer_renewed: std::sync::Mutex::new(std::time::Instant::now()),
+            producer_probing: std::sync::atomic::AtomicBool::new(false),
             acks: AckWatch::default(),
             meta: std::sync::RwLock::new(Arc::new(meta)),
             meta_config,
@@ -244,7 +270,10 @@ impl KafkaLog {
             queue_wait,
         );
         match tokio::time::timeout(timeout, future).await {
-            Err(_) => Err(LogError::Timeout(timeout)),
+            Err(_) => {
+                self.replace_if_stuck(&producer).await;
+                Err(LogError::Timeout(timeout))
+            }
             Ok(Ok(delivery)) => {
                 self.acks.acknowledged();
                 Ok(Delivery {
@@ -253,6 +282,7 @@ impl KafkaLog {
                 })
             }
             Ok(Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut), _))) => {
+                self.replace_if_stuck(&producer).await;
                 Err(LogError::Timeout(timeout))
             }
             Ok(Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _))) => {
@@ -278,6 +308,75 @@ impl KafkaLog {
         match self.producer.read() {
             Ok(producer) => producer.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// After a broker pause, librdkafka can leave the producer connected but delivering
+    /// nothing for minutes while the broker takes records again (the consumers' stall
+    /// watchdog handles the same for reads). When records have waited [`PRODUCER_STUCK`]
+    /// without any acknowledgement and the broker answers a metadata query, the producer is
+    /// replaced. Its records are purged: their senders see an error and retry (stages), or
+    /// were answered 503 already (the ingress); one that reached the broker anyway is a
+    /// duplicate the shards absorb by order id.
+    async fn replace_if_stuck(&self, stuck: &FutureProducer) {
+        let recently_renewed = self
+            .producer_renewed
+            .lock()
+            .map_or(true, |renewed| renewed.elapsed() < PRODUCER_STUCK);
+        if recently_renewed || self.acks.stalled(PRODUCER_STUCK).is_none() {
+            return;
+        }
+        // One sender asks the broker; the others, timing out at the same moment, do not.
+        if self.producer_probing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let _probing = ClearOnDrop(&self.producer_probing);
+        let meta = self.meta();
+        let broker_answers = blocking(move || {
+            let metadata = meta
+                .fetch_metadata(None, Duration::from_secs(2))
+                .map_err(backend)?;
+            Ok(!metadata.brokers().is_empty())
+        })
+        .await;
+        match broker_answers {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(_) => {
+                self.renew_meta();
+                return; // the broker is away: a new producer would not help
+            }
+        }
+        {
+            let Ok(mut renewed) = self.producer_renewed.lock() else {
+                return;
+            };
+            if renewed.elapsed() < PRODUCER_STUCK {
+                return;
+            }
+            *renewed = std::time::Instant::now();
+        }
+        let Ok(mut current) = self.producer.write() else {
+            return;
+        };
+        if current.client().native_ptr() != stuck.client().native_ptr() {
+            return; // replaced already
+        }
+        match self.producer_config.create::<FutureProducer>() {
+            Ok(fresh) => {
+                tracing::error!(
+                    stuck_s = PRODUCER_STUCK.as_secs(),
+                    "the Kafka producer has delivered nothing although the broker answers; replaced it with a new one"
+                );
+                let old = std::mem::replace(&mut *current, fresh);
+                self.acks.restart();
+                // Dropping a producer purges its queue and waits for its threads: not on an
+                // async worker.
+                tokio::task::spawn_blocking(move || drop(old));
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot create a new Kafka producer; will try again")
+            }
         }
     }
 
