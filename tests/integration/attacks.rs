@@ -1044,14 +1044,7 @@ fn sluice_token_says_which_key_setting_to_fix() {
 
 /// `sluice_auth_verifications_total{kind}` of the process serving `base` (0 when absent).
 async fn verifications(client: &reqwest::Client, base: &str, kind: &str) -> u64 {
-    let text = client
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = scrape_metrics(client, base).await;
     let prefix = format!("sluice_auth_verifications_total{{kind=\"{kind}\"}} ");
     text.lines()
         .find_map(|line| line.strip_prefix(&prefix))

@@ -350,14 +350,7 @@ async fn disk_fills_and_recovers(fault: &str, min_free_mib: u64, reason: &str) {
     // Orders keep coming for 2 s: they get 503 at once.
     let refused_from = Instant::now();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let metrics = client
-        .get(format!("{ops_base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = scrape_metrics(&client, &ops_base).await;
     let ledger = load.finish().await;
     let refusals: Vec<Duration> = ledger
         .unavailable

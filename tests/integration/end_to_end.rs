@@ -220,14 +220,7 @@ async fn orders_from_many_users_are_stored_exactly_once_in_their_shard(backend: 
                 .status(),
             200
         );
-        let metrics = client
-            .get(format!("{base}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = scrape_metrics(&client, base).await;
         for name in [
             "sluice_orders_accepted_total",
             "sluice_http_requests_total",

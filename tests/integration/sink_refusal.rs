@@ -119,14 +119,7 @@ async fn an_order_its_shard_refuses_is_rejected_and_the_shard_goes_on(backend: B
         )
         .await;
     }
-    let metrics = client
-        .get(format!("{}/metrics", pipeline.base_order))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = scrape_metrics(&client, &pipeline.base_order).await;
     assert!(
         metrics.contains("sluice_sink_rows_refused_total"),
         "/metrics lacks sluice_sink_rows_refused_total"

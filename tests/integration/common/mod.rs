@@ -367,6 +367,18 @@ pub fn users_covering_shards(per_shard: usize) -> Vec<String> {
     users
 }
 
+/// The Prometheus text of the process serving `base` (`GET {base}/metrics`).
+pub async fn scrape_metrics(client: &reqwest::Client, base: &str) -> String {
+    client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 /// Total records in `topic` (sum of high watermarks; topics start at offset 0).
 pub async fn topic_records(log: &dyn Log, topic: &str) -> i64 {
     let mut total = 0;
