@@ -2,6 +2,7 @@
 //! (`[log.embedded]`, `[log.kafka]`), defined beside its code; both may be written, so one
 //! file switches backends with `backend = "${SLUICE_LOG_BACKEND:-embedded}"`.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -23,7 +24,6 @@ pub enum LogBackend {
 
 /// `[log]`: where the topics live.
 #[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
 pub struct LogConfig {
     /// Backend: `"embedded"` (a local file, no services) or `"kafka"`.
     pub backend: LogBackend,
@@ -37,7 +37,21 @@ pub struct LogConfig {
     /// The Kafka backend's settings (needed when `backend = "kafka"`).
     #[serde(default)]
     pub kafka: Option<KafkaLogConfig>,
+    /// Any other key: refused by [`LogConfig::validate`], which says where a setting that
+    /// moved to a backend's table now goes (`deny_unknown_fields` could not say that).
+    #[serde(flatten, skip_serializing)]
+    pub unknown: BTreeMap<String, toml::Value>,
 }
+
+/// Settings that were once written directly under `[log]`, and the table they belong to now.
+const MOVED: [(&str, &str); 6] = [
+    ("path", "log.embedded"),
+    ("retention_hours", "log.embedded"),
+    ("retention_records", "log.embedded"),
+    ("min_free_mib", "log.embedded"),
+    ("max_pending_appends", "log.embedded"),
+    ("brokers", "log.kafka"),
+];
 
 fn default_group_prefix() -> String {
     "sluice".into()
@@ -46,6 +60,18 @@ fn default_group_prefix() -> String {
 impl LogConfig {
     /// Checks `[log]` and the selected backend's table.
     pub fn validate(&self, issues: &mut Issues) {
+        for key in self.unknown.keys() {
+            match MOVED.iter().find(|(moved, _)| moved == key) {
+                Some((_, table)) => issues.push(
+                    format!("log.{key}"),
+                    format!("this setting belongs to the backend's own table now: move it under [{table}]"),
+                ),
+                None => issues.push(
+                    format!("log.{key}"),
+                    "unknown setting; [log] takes backend and consumer_group_prefix, and the tables [log.embedded] and [log.kafka]",
+                ),
+            }
+        }
         if self.consumer_group_prefix.trim().is_empty() {
             issues.push("log.consumer_group_prefix", "must not be empty");
         }

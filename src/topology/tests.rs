@@ -195,6 +195,18 @@ fn embedded_backend_needs_no_brokers_but_kafka_does() {
     );
 }
 
+#[test]
+fn settings_that_moved_to_a_backend_table_say_where_they_go() {
+    let text = SHIPPED.replace(
+        "consumer_group_prefix = \"sluice\"\n",
+        "consumer_group_prefix = \"sluice\"\npath = \"old/log.redb\"\nbrokers = \"b:9092\"\nfoo = 1\n",
+    );
+    let issues = issues_of(&text);
+    assert_issue(&issues, "log.path: this setting belongs to the backend's own table now: move it under [log.embedded]");
+    assert_issue(&issues, "log.brokers: this setting belongs to the backend's own table now: move it under [log.kafka]");
+    assert_issue(&issues, "log.foo: unknown setting");
+}
+
 fn parse_error(text: &str) -> String {
     match parse_text(text) {
         Err(TopologyError::Parse { message, .. }) => message,
