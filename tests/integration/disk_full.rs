@@ -174,6 +174,32 @@ async fn readyz(client: &reqwest::Client, base: &str) -> (u16, String) {
     }
 }
 
+/// After a fault that ended at `healed` (`what`), under `load`: waits until `/readyz` on
+/// `order_base` is 200, until every order acknowledged so far is stored, and until 300 more
+/// orders are acknowledged. Returns how long after `healed` the first two took, and the
+/// load's ledger.
+async fn recover(
+    test: &TestTopology,
+    load: Load,
+    client: &reqwest::Client,
+    order_base: &str,
+    healed: Instant,
+    what: &str,
+) -> (Duration, Duration, Ledger) {
+    let ready_after = ready_again(client, &[order_base], healed, what).await;
+    let at_heal = load.acknowledged();
+    let so_far = load.ledger.lock().unwrap().acknowledged.clone();
+    let (_, _) = drained(test, &so_far, Duration::from_secs(120)).await;
+    let drained_after = healed.elapsed();
+    eventually(
+        Duration::from_secs(30),
+        &format!("orders to be acknowledged after {what}"),
+        || async { load.acknowledged() >= at_heal + 300 },
+    )
+    .await;
+    (ready_after, drained_after, load.finish().await)
+}
+
 /// Waits until `/readyz` answers 200 on every one of `bases`, failing 30 s after `since`;
 /// returns how long after `since` that was.
 async fn ready_again(
@@ -466,18 +492,8 @@ async fn a_stalled_log_refuses_orders_at_once_with_bounded_memory_and_recovers()
     std::fs::remove_file(&stall).unwrap();
     let unstalled = Instant::now();
     let client = reqwest::Client::new();
-    let ready_after = ready_again(&client, &[&order_base], unstalled, "the stall").await;
-    let during = load.acknowledged();
-    let so_far = load.ledger.lock().unwrap().acknowledged.clone();
-    let (_, _) = drained(&test, &so_far, Duration::from_secs(120)).await;
-    let drained_after = unstalled.elapsed();
-    eventually(
-        Duration::from_secs(30),
-        "orders to be acknowledged after the stall",
-        || async { load.acknowledged() >= during + 300 },
-    )
-    .await;
-    let ledger = load.finish().await;
+    let (ready_after, drained_after, ledger) =
+        recover(&test, load, &client, &order_base, unstalled, "the stall").await;
     // Once the queue is full (32 waiting), new orders are refused without waiting for
     // ack_timeout_ms (5000).
     let quick: Vec<&Duration> = ledger
@@ -577,18 +593,8 @@ async fn an_injected_write_error_refuses_orders_with_the_reason_and_recovers() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     std::fs::remove_file(&fail).unwrap();
     let healed = Instant::now();
-    let ready_after = ready_again(&client, &[&order_base], healed, "the fault").await;
-    let at_heal = load.acknowledged();
-    let so_far = load.ledger.lock().unwrap().acknowledged.clone();
-    let (_, _) = drained(&test, &so_far, Duration::from_secs(120)).await;
-    let drained_after = healed.elapsed();
-    eventually(
-        Duration::from_secs(30),
-        "orders to be acknowledged again",
-        || async { load.acknowledged() >= at_heal + 300 },
-    )
-    .await;
-    let ledger = load.finish().await;
+    let (ready_after, drained_after, ledger) =
+        recover(&test, load, &client, &order_base, healed, "the fault").await;
     let refusals: Vec<Duration> = ledger
         .unavailable
         .iter()
