@@ -311,6 +311,27 @@ impl KafkaLog {
         }
     }
 
+    /// Whether a broker answers a metadata query within 2 s. A failed query renews the
+    /// metadata client, which can itself be left stuck after a broker came back.
+    async fn broker_answers(&self) -> Result<(), LogError> {
+        let meta = self.meta();
+        let answer = blocking(move || {
+            let metadata = meta
+                .fetch_metadata(None, Duration::from_secs(2))
+                .map_err(backend)?;
+            if metadata.brokers().is_empty() {
+                Err(LogError::backend_message("no broker is reachable"))
+            } else {
+                Ok(())
+            }
+        })
+        .await;
+        if answer.is_err() {
+            self.renew_meta();
+        }
+        answer
+    }
+
     /// After a broker pause, librdkafka can leave the producer connected but delivering
     /// nothing for minutes while the broker takes records again (the consumers' stall
     /// watchdog handles the same for reads). When records have waited [`PRODUCER_STUCK`]
@@ -331,21 +352,8 @@ impl KafkaLog {
             return;
         }
         let _probing = ClearOnDrop(&self.producer_probing);
-        let meta = self.meta();
-        let broker_answers = blocking(move || {
-            let metadata = meta
-                .fetch_metadata(None, Duration::from_secs(2))
-                .map_err(backend)?;
-            Ok(!metadata.brokers().is_empty())
-        })
-        .await;
-        match broker_answers {
-            Ok(true) => {}
-            Ok(false) => return,
-            Err(_) => {
-                self.renew_meta();
-                return; // the broker is away: a new producer would not help
-            }
+        if self.broker_answers().await.is_err() {
+            return; // the broker is away: a new producer would not help
         }
         {
             let Ok(mut renewed) = self.producer_renewed.lock() else {
@@ -356,27 +364,12 @@ impl KafkaLog {
             }
             *renewed = std::time::Instant::now();
         }
-        let Ok(mut current) = self.producer.write() else {
-            return;
-        };
-        if current.client().native_ptr() != stuck.client().native_ptr() {
-            return; // replaced already
-        }
-        match self.producer_config.create::<FutureProducer>() {
-            Ok(fresh) => {
-                tracing::error!(
-                    stuck_s = PRODUCER_STUCK.as_secs(),
-                    "the Kafka producer has delivered nothing although the broker answers; replaced it with a new one"
-                );
-                let old = std::mem::replace(&mut *current, fresh);
-                self.acks.restart();
-                // Dropping a producer purges its queue and waits for its threads: not on an
-                // async worker.
-                tokio::task::spawn_blocking(move || drop(old));
-            }
-            Err(error) => {
-                tracing::error!(%error, "cannot create a new Kafka producer; will try again")
-            }
+        if self.replace_producer(stuck) {
+            tracing::error!(
+                stuck_s = PRODUCER_STUCK.as_secs(),
+                "the Kafka producer has delivered nothing although the broker answers; replaced it with a new one"
+            );
+            self.acks.restart();
         }
     }
 
@@ -388,21 +381,31 @@ impl KafkaLog {
         let Some((code, reason)) = failed.client().fatal_error() else {
             return;
         };
+        if self.replace_producer(failed) {
+            tracing::error!(%code, reason, "the Kafka producer failed for good; replaced it with a new one");
+        }
+    }
+
+    /// Puts a new producer in place of `old`, unless another sender replaced it already.
+    /// Whether it did.
+    fn replace_producer(&self, old: &FutureProducer) -> bool {
         let Ok(mut current) = self.producer.write() else {
-            return;
+            return false;
         };
-        if current.client().fatal_error().is_none() {
-            return; // another sender replaced it already
+        if current.client().native_ptr() != old.client().native_ptr() {
+            return false; // replaced already
         }
         match self.producer_config.create::<FutureProducer>() {
             Ok(fresh) => {
-                tracing::error!(%code, reason, "the Kafka producer failed for good; replaced it with a new one");
                 let old = std::mem::replace(&mut *current, fresh);
-                // Dropping a producer waits for its threads: not on an async worker.
+                // Dropping a producer purges its queue and waits for its threads: not on an
+                // async worker.
                 tokio::task::spawn_blocking(move || drop(old));
+                true
             }
             Err(error) => {
-                tracing::error!(%error, "cannot create a new Kafka producer; will try again")
+                tracing::error!(%error, "cannot create a new Kafka producer; will try again");
+                false
             }
         }
     }
@@ -542,22 +545,7 @@ impl Log for KafkaLog {
         if self.acks.acknowledged_within(ACK_STALL) {
             return Ok(()); // the broker is taking records right now
         }
-        let meta = self.meta();
-        let answer = blocking(move || {
-            let metadata = meta
-                .fetch_metadata(None, Duration::from_secs(2))
-                .map_err(backend)?;
-            if metadata.brokers().is_empty() {
-                Err(LogError::backend_message("no broker is reachable"))
-            } else {
-                Ok(())
-            }
-        })
-        .await;
-        if answer.is_err() {
-            self.renew_meta();
-        }
-        answer
+        self.broker_answers().await
     }
 
     async fn reader(&self, group: &str) -> Result<Box<dyn PartitionReader>, LogError> {
