@@ -19,9 +19,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::stage::{dead_letter, Emission, Outcome, Stage};
 
-/// Pauses after failed polls: the log is unreachable or recovering.
-const POLL_BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-
 /// Why a stage runner stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum RunnerError {
@@ -127,7 +124,7 @@ pub async fn run_stage(
                 Err(error) => {
                     // Transient broker trouble must not take the process down: back off, retry.
                     tracing::warn!(stage = runner.name, %error, "poll failed; retrying");
-                    if !POLL_BACKOFF.wait(failed_polls, &cancel).await {
+                    if !sluice_core::log::POLL_BACKOFF.wait(failed_polls, &cancel).await {
                         break;
                     }
                     failed_polls = failed_polls.saturating_add(1);
@@ -159,7 +156,9 @@ pub async fn run_stage(
             taken += 1;
             metrics.records_in.increment(1);
             match stage.process(record) {
-                Outcome::Emit(out) => emissions.extend(out.into_iter().map(|e| (e, "emitted"))),
+                Outcome::Emit(out) => {
+                    emissions.extend(out.into_iter().map(|e| (e, Output::Emitted)))
+                }
                 Outcome::DeadLetter(reason) => {
                     tracing::debug!(
                         stage = runner.name,
@@ -173,7 +172,7 @@ pub async fn run_stage(
                             topic: runner.dead_letter.clone(),
                             record: out,
                         },
-                        "dead_letter",
+                        Output::DeadLetter,
                     ));
                 }
             }
@@ -217,6 +216,15 @@ pub async fn run_stage(
     }
     tracing::info!(stage = runner.name, records = done, "stage stopped");
     Ok(done)
+}
+
+/// What a record the stage writes is, for its counter.
+#[derive(Debug, Clone, Copy)]
+enum Output {
+    /// A record the stage emitted.
+    Emitted,
+    /// An input sent to the dead-letter topic.
+    DeadLetter,
 }
 
 /// A stage's metric handles, registered once when it starts.
@@ -280,7 +288,7 @@ async fn send_all(
     log: &dyn Log,
     runner: &StageRunner,
     metrics: &StageMetrics,
-    pending: Vec<(Emission, &'static str)>,
+    pending: Vec<(Emission, Output)>,
     cancel: &CancellationToken,
 ) -> bool {
     Retry::new(Backoff::new(
@@ -307,7 +315,7 @@ async fn send_pending(
     log: &dyn Log,
     runner: &StageRunner,
     metrics: &StageMetrics,
-    pending: &mut Vec<(Emission, &'static str)>,
+    pending: &mut Vec<(Emission, Output)>,
 ) -> Result<(), usize> {
     let results = join_all(
         pending
@@ -318,8 +326,10 @@ async fn send_pending(
     let mut failed = Vec::new();
     for ((emission, outcome), result) in std::mem::take(pending).into_iter().zip(results) {
         match result {
-            Ok(_) if outcome == "dead_letter" => metrics.dead_lettered.increment(1),
-            Ok(_) => metrics.emitted.increment(1),
+            Ok(_) => match outcome {
+                Output::Emitted => metrics.emitted.increment(1),
+                Output::DeadLetter => metrics.dead_lettered.increment(1),
+            },
             Err(error) => {
                 tracing::warn!(stage = runner.name, topic = emission.topic, %error, "send failed; will retry");
                 failed.push((emission, outcome));

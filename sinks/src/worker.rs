@@ -19,9 +19,6 @@ use uuid::Uuid;
 use crate::config::SinkConfig;
 use crate::writer::{Batch, Fault, Rejection, ShardWriter, SinkError};
 
-/// Pauses after failed polls: the log is unreachable or recovering.
-const POLL_BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-
 /// Settings of one shard's worker.
 #[derive(Clone)]
 pub struct SinkWorker {
@@ -259,7 +256,7 @@ async fn read_batches(
                         // Transient broker trouble must not take the process down. A
                         // cancellation during the pause is handled by the `select!` above.
                         tracing::warn!(shard = worker.shard, %error, "poll failed; retrying");
-                        POLL_BACKOFF.wait(failed_polls, cancel).await;
+                        sluice_core::log::POLL_BACKOFF.wait(failed_polls, cancel).await;
                         failed_polls = failed_polls.saturating_add(1);
                         continue;
                     }

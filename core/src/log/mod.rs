@@ -20,6 +20,11 @@ pub use consumer::{LogConsumer, PartitionReader};
 
 use crate::topology::TopicConfig;
 
+/// Pauses of a consumer's owner after failed polls (the log is unreachable or recovering),
+/// growing from 100 ms to 5 s.
+pub const POLL_BACKOFF: crate::retry::Backoff =
+    crate::retry::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+
 /// A record to append.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OutRecord {
