@@ -3,6 +3,7 @@
 //! positions commit together, and the restart resumes exactly where the shard says.
 
 use std::collections::HashSet;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use crate::common::*;
@@ -107,15 +108,30 @@ async fn killed_sink_worker_resumes_without_loss_or_duplicates(backend: Backend)
         stop_at: None,
     };
 
-    // First run: abort it abruptly (no drain) once some but not all rows are in.
+    // First run: abort it abruptly (no drain) once some but not all rows are in. The worker
+    // aborts its own task from its progress report once 300 rows are committed, so the crash
+    // comes at that batch however fast the shard writes (a test polling the row count could
+    // see all 6000 rows stored before it aborted).
+    let abort: Arc<OnceLock<tokio::task::AbortHandle>> = Arc::default();
+    let crash = {
+        let abort = abort.clone();
+        Arc::new(move |done: u64| {
+            if done >= 300 {
+                if let Some(handle) = abort.get() {
+                    handle.abort();
+                }
+            }
+        }) as Arc<dyn Fn(u64) + Send + Sync>
+    };
     let first = tokio::spawn(run_sink_worker(
         log.clone(),
         writer.clone(),
         map.clone(),
         worker.clone(),
         CancellationToken::new(),
-        None,
+        Some(crash),
     ));
+    abort.set(first.abort_handle()).unwrap();
     eventually(
         Duration::from_secs(60),
         "the first rows to be stored",
