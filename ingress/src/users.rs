@@ -122,6 +122,11 @@ impl Users {
         Self::from_entries(file.users, path)
     }
 
+    /// The argon2id PHC string of `name`'s password, when `name` is a user.
+    pub fn hash_of(&self, name: &str) -> Option<&str> {
+        self.hashes.get(name).map(String::as_str)
+    }
+
     /// Whether `name` is a user.
     pub fn contains(&self, name: &str) -> bool {
         self.hashes.contains_key(name)
@@ -173,22 +178,37 @@ fn read_file(path: &Path) -> Result<UsersFile, UsersError> {
     })
 }
 
+/// Longest user name, in characters (ASCII, so also in bytes).
+pub const MAX_USER_NAME_LEN: usize = 64;
+
+/// A user name that breaks the rule every user name follows.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a user name must be 1 to {MAX_USER_NAME_LEN} letters, digits, '_', '.', '@' or '-'")]
+pub struct BadUserName;
+
+/// Checks the one rule for user names, applied by `sluice users add` and, before any other
+/// work, by `POST /login`: 1 to [`MAX_USER_NAME_LEN`] ASCII letters, digits, `_`, `.`, `@` or
+/// `-`. The error never repeats the name (it may be anything a client sent).
+pub fn check_user_name(name: &str) -> Result<(), BadUserName> {
+    let valid = !name.is_empty()
+        && name.len() <= MAX_USER_NAME_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.@-".contains(&b));
+    if valid {
+        Ok(())
+    } else {
+        Err(BadUserName)
+    }
+}
+
 /// Adds or replaces `name` in the users file at `path` (created if missing).
 pub fn upsert_user(path: &Path, name: &str, password: &str) -> Result<(), UsersError> {
     let invalid = |message: String| UsersError::Invalid {
         path: path.to_path_buf(),
         message,
     };
-    if name.is_empty()
-        || name.len() > 64
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_.@-".contains(c))
-    {
-        return Err(invalid(format!(
-            "user name {name:?} must be 1 to 64 letters, digits, '_', '.', '@' or '-'"
-        )));
-    }
+    check_user_name(name).map_err(|e| invalid(e.to_string()))?;
     if password.chars().count() < 8 {
         return Err(invalid("passwords need at least 8 characters".into()));
     }
@@ -284,6 +304,8 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("must be 1 to 64"));
+        assert!(check_user_name(&"a".repeat(65)).is_err());
+        assert!(check_user_name("alice@example.com").is_ok());
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(!text.contains("wonderland"), "plaintext password written");
         assert!(text.contains("$argon2id$"));
