@@ -229,8 +229,27 @@ fn mint_token(path: &std::path::Path, user: &str, ttl_secs: Option<u64>) -> Exit
                 let tokens =
                     sluice_ingress::auth::TokenAuthority::from_config(auth, &topology.base_dir)
                         .map_err(|e| e.to_string())?;
+                // Bound to the user's password like a login's token, so changing the
+                // password ends it too.
+                let users_file = topology.resolve_path(&auth.users_file);
+                let users = sluice_ingress::users::read_entries(&users_file)
+                    .map_err(|e| e.to_string())?;
+                let password_hash = users
+                    .iter()
+                    .find(|entry| entry.name == user)
+                    .map(|entry| entry.password_hash.as_str())
+                    .ok_or_else(|| {
+                        format!(
+                            "user {user:?} is not in {}; add them first with `sluice users add {user}` (the ingress refuses tokens of unknown users)",
+                            users_file.display()
+                        )
+                    })?;
                 tokens
-                    .issue_for(user, ttl_secs.unwrap_or(auth.token_ttl_secs))
+                    .issue_for(
+                        user,
+                        Some(password_hash),
+                        ttl_secs.unwrap_or(auth.token_ttl_secs),
+                    )
                     .map(|token| format!("{token}\n"))
                     .map_err(|e| e.to_string())
             }),

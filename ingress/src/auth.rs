@@ -35,6 +35,26 @@ pub struct Claims {
     pub nbf: Option<u64>,
     /// Expires at (seconds since the Unix epoch).
     pub exp: u64,
+    /// Credential version: [`credential_version`] of the user's password hash when the token
+    /// was issued. Once the password changes (or the user is removed) and the users file is
+    /// reloaded, it no longer matches and the token is refused. Tokens from other issuers
+    /// may leave it out; they then live until `exp`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cred: Option<String>,
+}
+
+/// The credential version of a password hash (argon2id PHC string): 128 bits of its SHA-256,
+/// in base64url. The hash is salted afresh by every `sluice users add`, so setting even the
+/// same password again changes it. Says nothing usable about the password: the hash itself
+/// never leaves the users file.
+pub fn credential_version(password_hash: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::new()
+        .chain_update(b"sluice credential version 1\0")
+        .chain_update(password_hash.as_bytes())
+        .finalize();
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&digest[..16])
 }
 
 /// Why the key ring could not be built.
@@ -375,13 +395,20 @@ impl TokenAuthority {
         self.config().token_ttl_secs
     }
 
-    /// A token for `subject` valid for the configured lifetime.
-    pub fn issue(&self, subject: &str) -> Result<String, IssueError> {
-        self.issue_for(subject, self.config().token_ttl_secs)
+    /// A token for `subject`, whose password hash is `password_hash`, valid for the configured
+    /// lifetime; it ends when the password changes (see [`Claims::cred`]).
+    pub fn issue(&self, subject: &str, password_hash: &str) -> Result<String, IssueError> {
+        self.issue_for(subject, Some(password_hash), self.config().token_ttl_secs)
     }
 
-    /// A token for `subject` valid for `ttl_secs`.
-    pub fn issue_for(&self, subject: &str, ttl_secs: u64) -> Result<String, IssueError> {
+    /// A token for `subject` valid for `ttl_secs`. With `password_hash`, it ends when the
+    /// password changes; without, only its expiry or removing the user ends it.
+    pub fn issue_for(
+        &self,
+        subject: &str,
+        password_hash: Option<&str>,
+        ttl_secs: u64,
+    ) -> Result<String, IssueError> {
         let (ring, config) = (self.ring(), self.config());
         let signing = ring
             .signing
@@ -401,6 +428,7 @@ impl TokenAuthority {
             iat,
             nbf: Some(iat),
             exp: iat + ttl_secs,
+            cred: password_hash.map(credential_version),
         };
         let mut header = Header::new(signing.algorithm);
         header.kid = Some(signing.kid.clone());
@@ -451,11 +479,24 @@ mod tests {
     use super::*;
 
     const SECRET: &str = "secret-one-secret-one-secret-one!";
+    /// A password hash for the tokens of these tests (only its credential version matters).
+    const HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g";
+
+    #[test]
+    fn credential_versions_follow_the_hash_and_are_base64url() {
+        let version = credential_version(HASH);
+        assert_eq!(version.len(), 22, "{version}");
+        assert!(version
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+        assert_eq!(version, credential_version(HASH));
+        assert_ne!(version, credential_version(&HASH.replace("c2Fsd", "c2Fse")));
+    }
 
     #[test]
     fn round_trip_and_forgeries() {
         let authority = TokenAuthority::with_secret(SECRET, "sluice", 60);
-        let token = authority.issue("alice").unwrap();
+        let token = authority.issue("alice", HASH).unwrap();
         assert_eq!(authority.verify(&token).unwrap().sub, "alice");
 
         let other = TokenAuthority::with_secret("another-secret-another-secret-xx", "sluice", 60);
@@ -467,7 +508,7 @@ mod tests {
         let wrong_issuer = TokenAuthority::with_secret(SECRET, "elsewhere", 60);
         assert_eq!(
             authority
-                .verify(&wrong_issuer.issue("alice").unwrap())
+                .verify(&wrong_issuer.issue("alice", HASH).unwrap())
                 .unwrap_err()
                 .to_string(),
             "the token was not issued by this service"
@@ -487,7 +528,7 @@ mod tests {
     #[test]
     fn tampered_claims_are_refused_by_the_signature_check() {
         let authority = TokenAuthority::with_secret(SECRET, "sluice", 60);
-        let token = authority.issue("alice").unwrap();
+        let token = authority.issue("alice", HASH).unwrap();
         let mut claims: Claims = jsonwebtoken::dangerous::insecure_decode_claims(&token).unwrap();
         claims.sub = "mallory".into();
         // `encode` writes its claims as unpadded base64url JSON: its middle segment is the
@@ -530,7 +571,7 @@ mod tests {
         config.jwt_secret = None;
         let error = TokenAuthority::from_config(&config, Path::new("."))
             .unwrap()
-            .issue("alice")
+            .issue("alice", HASH)
             .unwrap_err();
         assert!(matches!(error, IssueError::NoKeys), "{error:?}");
         assert!(
@@ -541,7 +582,7 @@ mod tests {
         config.jwt_secret = Some(SECRET.into());
         config.signing_kid = Some("retired".into());
         let authority = TokenAuthority::from_config(&config, Path::new(".")).unwrap();
-        let error = authority.issue("alice").unwrap_err();
+        let error = authority.issue("alice", HASH).unwrap_err();
         assert!(
             matches!(&error, IssueError::UnknownSigningKey { kid } if kid == "retired"),
             "{error:?}"
@@ -552,7 +593,7 @@ mod tests {
         );
         // Verification still works with the keys there are.
         let token = TokenAuthority::with_secret(SECRET, "sluice", 60)
-            .issue("alice")
+            .issue("alice", HASH)
             .unwrap();
         assert_eq!(authority.verify(&token).unwrap().sub, "alice");
     }
@@ -577,6 +618,7 @@ mod tests {
             iat: 1_000,
             nbf: None,
             exp: 2_000,
+            cred: None,
         };
         assert_eq!(
             authority.verify(&sign(&expired)).unwrap_err().to_string(),
@@ -590,6 +632,7 @@ mod tests {
             iat: now,
             nbf: Some(now + 3_600),
             exp: now + 7_200,
+            cred: None,
         };
         assert_eq!(
             authority.verify(&sign(&future)).unwrap_err().to_string(),
@@ -614,6 +657,7 @@ mod tests {
             iat: now,
             nbf: None,
             exp: now + 60,
+            cred: None,
         };
         let mut header = Header::new(Algorithm::HS256);
         header.kid = Some("nope".into());

@@ -45,7 +45,7 @@ use warp::http::HeaderMap;
 use warp::reply::Response;
 use warp::{Filter, Reply};
 
-use crate::auth::TokenAuthority;
+use crate::auth::{Claims, TokenAuthority};
 pub use crate::config::{AuthConfig, IngressConfig, Mode};
 use crate::error::ApiError;
 use crate::limits::KeyedLimit;
@@ -200,9 +200,19 @@ impl State {
             }
             _ => Principal::Jwt(self.tokens.verify(token)?),
         };
-        // Removing a user (and reloading) revokes their tokens at once.
-        if !self.users().contains(principal.user()) {
+        // Removing a user (and reloading) revokes their tokens at once; changing their
+        // password revokes the tokens bound to the old one.
+        let users = self.users();
+        let Some(password_hash) = users.hash_of(principal.user()) else {
             return Err(AuthenticationError::UnknownUser);
+        };
+        if let Principal::Jwt(Claims {
+            cred: Some(cred), ..
+        }) = &principal
+        {
+            if *cred != auth::credential_version(password_hash) {
+                return Err(AuthenticationError::PasswordChanged);
+            }
         }
         Ok(principal)
     }

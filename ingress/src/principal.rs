@@ -71,6 +71,9 @@ pub enum AuthenticationError {
     /// The token is genuine but its user is not (or no longer) in the users file.
     #[error("the token's user is not known")]
     UnknownUser,
+    /// The token was issued before its user's password changed.
+    #[error("the token was issued before the password changed; log in again")]
+    PasswordChanged,
 }
 
 /// The bearer token of the `Authorization` header.

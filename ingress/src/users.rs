@@ -240,6 +240,11 @@ pub fn remove_user(path: &Path, name: &str) -> Result<bool, UsersError> {
     Ok(true)
 }
 
+/// The entries of the users file at `path`, in file order (for tools: no checks).
+pub fn read_entries(path: &Path) -> Result<Vec<UserEntry>, UsersError> {
+    Ok(read_file(path)?.users)
+}
+
 /// The user names in the users file at `path`, in file order.
 pub fn list_users(path: &Path) -> Result<Vec<String>, UsersError> {
     Ok(read_file(path)?.users.into_iter().map(|u| u.name).collect())

@@ -460,7 +460,11 @@ async fn unreachable_broker_means_503_never_2xx() {
     )
     .await
     .unwrap();
-    let token = ingress.state().tokens.issue("alice").unwrap();
+    let token = ingress
+        .state()
+        .tokens
+        .issue_for("alice", None, 3600)
+        .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let cancel = tokio_util::sync::CancellationToken::new();

@@ -41,6 +41,7 @@ pub async fn handle(
     state.limits.logins_per_user.check(&request.username)?;
     let users = state.users();
     let (name, password) = (request.username.clone(), request.password);
+    let checked = users.clone();
     let success = {
         // At most a few argon2id checks at once: each takes ~19 MiB and a core.
         let _permit = state
@@ -48,7 +49,7 @@ pub async fn handle(
             .acquire()
             .await
             .map_err(|_| ApiError::unavailable("shutting down"))?;
-        tokio::task::spawn_blocking(move || users.verify(&name, &password))
+        tokio::task::spawn_blocking(move || checked.verify(&name, &password))
             .await
             .map_err(|_| ApiError::unavailable("password check failed"))?
     };
@@ -83,10 +84,16 @@ pub async fn handle(
             "unknown user or wrong password",
         ));
     }
-    let token = state.tokens.issue(&request.username).map_err(|error| {
-        tracing::error!(%error, "a login succeeded but no token can be issued");
-        ApiError::from(error)
-    })?;
+    // `success` means the user exists with this hash (or a newer one, after a reload: then
+    // the token ends with the next request, as it should).
+    let password_hash = users.hash_of(&request.username).unwrap_or_default();
+    let token = state
+        .tokens
+        .issue(&request.username, password_hash)
+        .map_err(|error| {
+            tracing::error!(%error, "a login succeeded but no token can be issued");
+            ApiError::from(error)
+        })?;
     Ok(warp::reply::json(&json!({
         "token": token,
         "tokenType": "Bearer",

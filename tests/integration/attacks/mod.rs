@@ -5,6 +5,8 @@
 //! the production-mode check, which starts the shipped topology as it is (the embedded
 //! defaults), and the RS256 check, which needs no backend.
 
+mod sessions;
+
 use std::io::Write as _;
 use std::num::NonZeroU32;
 use std::path::Path;
@@ -996,7 +998,7 @@ fn rs256_keys_sign_and_verify_and_refuse_confusion() {
         users_file: "users.toml".into(),
     };
     let authority = TokenAuthority::from_config(&config, dir.path()).unwrap();
-    let token = authority.issue("alice").unwrap();
+    let token = authority.issue_for("alice", None, 60).unwrap();
     let claims = authority.verify(&token).unwrap();
     assert_eq!(
         (claims.sub.as_str(), claims.aud.as_deref()),
