@@ -225,7 +225,14 @@ fn mint_token(path: &std::path::Path, user: &str, ttl_secs: Option<u64>) -> Exit
         topology::load(path)
             .map_err(|e| e.to_string())
             .and_then(|topology| {
-                let auth = &topology.ingress.auth;
+                let mut auth = topology.ingress.auth.clone();
+                sluice_ingress::generated_secret::settle(
+                    &mut auth,
+                    topology.ingress.mode,
+                    &topology.base_dir,
+                )
+                .map_err(|e| e.to_string())?;
+                let auth = &auth;
                 let tokens =
                     sluice_ingress::auth::TokenAuthority::from_config(auth, &topology.base_dir)
                         .map_err(|e| e.to_string())?;

@@ -344,6 +344,7 @@ impl TokenAuthority {
             leeway_secs: 30,
             token_ttl_secs: ttl_secs,
             users_file: PathBuf::new(),
+            generated_secret_file: PathBuf::new(),
         };
         // Secrets load without touching files, so this cannot fail.
         let ring = load_ring(&config, Path::new(".")).unwrap_or(KeyRing {

@@ -83,9 +83,16 @@ pub enum Mode {
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     /// HMAC secret of an HS256 key with key id `default` (a one-key shorthand for `[[keys]]`);
-    /// use `${SLUICE_JWT_SECRET}` and at least 32 random bytes.
-    #[serde(default)]
+    /// use `${SLUICE_JWT_SECRET}` and at least 32 random bytes. Empty means not set: then
+    /// development mode generates a secret into `generated_secret_file`, and production mode
+    /// refuses to start unless `keys` has a key.
+    #[serde(default, deserialize_with = "empty_as_none")]
     pub jwt_secret: Option<String>,
+    /// Where development mode keeps the secret it generates when no token key is configured
+    /// (32 random bytes, owner-only), relative to the topology file; `sluice token` reads it
+    /// too. Delete it to end every token signed with it.
+    #[serde(default = "defaults::generated_secret_file")]
+    pub generated_secret_file: PathBuf,
     /// Verification keys by key id (`kid`); tokens must name one, and are checked only with
     /// that key's algorithm. Rotate by adding a key, moving `signing_kid` to it, and removing
     /// the old one once its tokens have expired; `kill -HUP` reloads key files and users.
@@ -119,6 +126,13 @@ pub struct AuthConfig {
     pub token_ttl_secs: u64,
     /// File of users and their argon2id password hashes, relative to the topology file.
     pub users_file: PathBuf,
+}
+
+/// An optional string where empty means not set (what `${VAR:-}` gives when `VAR` is unset).
+fn empty_as_none<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<String>, D::Error> {
+    Ok(Option::<String>::deserialize(deserializer)?.filter(|s| !s.is_empty()))
 }
 
 /// A JWT signature algorithm.
@@ -268,7 +282,7 @@ impl IngressConfig {
         let ingress = self;
         wiring.check_topic(&ingress.orders_topic, "ingress.orders_topic", issues);
         wiring.check_topic(&ingress.logins_topic, "ingress.logins_topic", issues);
-        check_keys(&ingress.auth, issues);
+        check_keys(&ingress.auth, ingress.mode, issues);
         if ingress.auth.token_ttl_secs == 0 {
             issues.push("ingress.auth.token_ttl_secs", "must be at least 1");
         }
@@ -288,16 +302,11 @@ impl IngressConfig {
     }
 }
 
-fn check_keys(auth: &AuthConfig, issues: &mut Issues) {
+fn check_keys(auth: &AuthConfig, mode: Mode, issues: &mut Issues) {
     let mut kids = BTreeSet::new();
-    if let Some(secret) = &auth.jwt_secret {
+    // An empty `jwt_secret` reads as none (see `empty_as_none`).
+    if auth.jwt_secret.is_some() {
         kids.insert("default");
-        if secret.is_empty() {
-            issues.push(
-                "ingress.auth.jwt_secret",
-                "must not be empty; set it or SLUICE_JWT_SECRET",
-            );
-        }
     }
     for (index, key) in auth.keys.iter().enumerate() {
         let at = format!("ingress.auth.keys[{index}] {:?}", key.kid);
@@ -332,10 +341,16 @@ fn check_keys(auth: &AuthConfig, issues: &mut Issues) {
             }
         }
     }
-    if kids.is_empty() {
+    if kids.is_empty() && mode == Mode::Production {
         issues.push(
             "ingress.auth",
-            "configure a token key: jwt_secret, or at least one [[ingress.auth.keys]]",
+            "production mode needs a token key: set jwt_secret (SLUICE_JWT_SECRET), or add [[ingress.auth.keys]] (development mode generates a secret into generated_secret_file)",
+        );
+    }
+    if kids.is_empty() && auth.generated_secret_file.as_os_str().is_empty() {
+        issues.push(
+            "ingress.auth.generated_secret_file",
+            "must not be empty when no token key is configured",
         );
     }
     if let Some(kid) = &auth.signing_kid {
@@ -406,6 +421,9 @@ mod defaults {
     }
     pub fn leeway_secs() -> u64 {
         30
+    }
+    pub fn generated_secret_file() -> std::path::PathBuf {
+        std::path::PathBuf::from("data/jwt-secret")
     }
     pub fn token_ttl_secs() -> u64 {
         3_600

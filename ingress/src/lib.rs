@@ -21,6 +21,7 @@ pub mod body;
 pub mod capability;
 pub mod config;
 pub mod error;
+pub mod generated_secret;
 pub mod idempotency;
 pub mod limits;
 pub mod principal;
@@ -94,7 +95,10 @@ impl Reloader {
     }
 
     /// [`reload`](Self::reload), on the calling thread (it blocks).
-    fn reload_now(state: &State, auth: Option<AuthConfig>) -> Result<(), IngressError> {
+    fn reload_now(state: &State, mut auth: Option<AuthConfig>) -> Result<(), IngressError> {
+        if let Some(auth) = &mut auth {
+            generated_secret::settle(auth, state.config.mode, &state.base_dir)?;
+        }
         // Everything is loaded and checked before anything is swapped.
         let users = Users::load(&state.users_path)?;
         // Development mode only warns of weaknesses at start: only production mode checks
@@ -289,6 +293,10 @@ pub enum IngressError {
     /// The runtime shut down before the files were read.
     #[error("the ingress could not load its users and keys: the runtime is shutting down")]
     ShuttingDown,
+    /// The token secret is published, missing in production, or its generated file is
+    /// unusable.
+    #[error(transparent)]
+    Secret(#[from] generated_secret::SecretError),
     /// Production mode found settings that must change first.
     #[error("production mode refuses to start:\n{}", .0.iter().map(|w| format!("  - {w}")).collect::<Vec<_>>().join("\n"))]
     Insecure(Vec<String>),
@@ -307,8 +315,9 @@ impl Ingress {
         lookup: Arc<dyn OrderLookup>,
     ) -> Result<Self, IngressError> {
         let (users_path, users, tokens, capabilities) = {
-            let (config, base_dir) = (config.clone(), base_dir.to_path_buf());
+            let (mut config, base_dir) = (config.clone(), base_dir.to_path_buf());
             blocking(move || {
+                generated_secret::settle(&mut config.auth, config.mode, &base_dir)?;
                 let users_path =
                     sluice_core::topology::resolve_relative(&base_dir, &config.auth.users_file);
                 let users = Users::load(&users_path)?;

@@ -5,6 +5,7 @@
 //! the production-mode check, which starts the shipped topology as it is (the embedded
 //! defaults), and the RS256 check, which needs no backend.
 
+mod secrets;
 mod sessions;
 
 use std::io::Write as _;
@@ -996,6 +997,7 @@ fn rs256_keys_sign_and_verify_and_refuse_confusion() {
         leeway_secs: 5,
         token_ttl_secs: 60,
         users_file: "users.toml".into(),
+        generated_secret_file: "data/jwt-secret".into(),
     };
     let authority = TokenAuthority::from_config(&config, dir.path()).unwrap();
     let token = authority.issue_for("alice", None, 60).unwrap();
