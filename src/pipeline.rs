@@ -164,6 +164,13 @@ pub async fn run(
         });
     }
 
+    if parts.ingress
+        && topology.ops.listen.is_none()
+        && topology.ingress.mode == sluice_ingress::Mode::Production
+    {
+        tracing::warn!("production mode serves /metrics and the reasons of /readyz only on [ops] listen, which is not set: set it to a private address to scrape this process");
+    }
+
     if parts.ingress {
         let lookup = Arc::new(ShardLookup::new(shard_map.clone(), shards.clone()));
         let ingress = Ingress::new(

@@ -532,14 +532,23 @@ fn order_routes(state: &Arc<State>) -> BoxedFilter<(Response,)> {
     create.or(status).unify().boxed()
 }
 
+/// The operations routes of the public listeners: `/healthz`, `/readyz` and `/metrics` in
+/// development mode; in production mode only `/healthz` and a bare `/readyz` (the reasons and
+/// the metrics are served on `[ops] listen`).
 fn ops_routes(state: &Arc<State>) -> BoxedFilter<(Response,)> {
     let healthz = warp::path!("healthz")
         .and(warp::get())
         .map(routes::health::healthz);
     let readyz = warp::path!("readyz")
         .and(warp::get())
-        .and(with_state(state))
-        .then(|state: Arc<State>| async move { routes::health::readyz(&state).await });
+        .and(with_state(state));
+    if state.config.mode == crate::config::Mode::Production {
+        let readyz = readyz
+            .then(|state: Arc<State>| async move { routes::health::public_readyz(&state).await });
+        return healthz.or(readyz).unify().boxed();
+    }
+    let readyz =
+        readyz.then(|state: Arc<State>| async move { routes::health::readyz(&state).await });
     let metrics = warp::path!("metrics")
         .and(warp::get())
         .map(routes::health::metrics);

@@ -68,7 +68,10 @@ pub struct Topology {
 #[serde(deny_unknown_fields)]
 pub struct OpsConfig {
     /// Address of the operations listener; leave out to serve those routes only on the
-    /// ingress listeners (which a `--only processors|sinks` process does not open).
+    /// ingress listeners (which a `--only processors|sinks` process does not open). In
+    /// production mode the ingress listeners answer only a bare `/healthz` and `/readyz`, so
+    /// `/metrics` and the reasons of `/readyz` are served here alone: keep it off the public
+    /// network.
     #[serde(default)]
     pub listen: Option<SocketAddr>,
 }

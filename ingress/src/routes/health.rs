@@ -1,4 +1,8 @@
 //! `/healthz` (the process answers), `/readyz` (the log answers), `/metrics` (Prometheus).
+//!
+//! In production mode the public listeners answer `/healthz` and `/readyz` with a bare
+//! status ([`public_readyz`]) and do not serve `/metrics`: the reasons and the metrics are
+//! for operators, on `[ops] listen`.
 
 use serde_json::json;
 use sluice_core::log::Log;
@@ -23,6 +27,21 @@ pub async fn readyz(state: &State) -> Response {
         .into_response();
     }
     log_readiness(state.log.as_ref()).await
+}
+
+/// Readiness for the public listeners of a production ingress: the status of [`readyz`]
+/// (`ready`, or 503 `not_ready`) without the reason, which may name the backend.
+pub async fn public_readyz(state: &State) -> Response {
+    let ready = !state.draining.is_cancelled() && state.log.check_ready().await.is_ok();
+    if ready {
+        warp::reply::json(&json!({ "status": "ready" })).into_response()
+    } else {
+        warp::reply::with_status(
+            warp::reply::json(&json!({ "status": "not_ready" })),
+            StatusCode::SERVICE_UNAVAILABLE,
+        )
+        .into_response()
+    }
 }
 
 /// Readiness of a process without an ingress: 200 when the log answers, else 503 with the
