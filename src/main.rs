@@ -376,6 +376,7 @@ fn run(path: &std::path::Path, only: &[Part]) -> ExitCode {
         Ok(prepared) => prepared,
         Err(code) => return code,
     };
+    sluice::open_files::raise_to_hard_limit();
     let parts = if only.is_empty() {
         Parts::ALL
     } else {

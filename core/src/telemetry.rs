@@ -18,6 +18,9 @@ pub const ORDERS_ACCEPTED: &str = "sluice_orders_accepted_total";
 pub const AUTH_VERIFICATIONS: &str = "sluice_auth_verifications_total";
 /// Counter: requests refused by a rate limit, labelled `limit`.
 pub const RATE_LIMITED: &str = "sluice_rate_limited_total";
+/// Counter: connections the ingress closed as soon as it accepted them, by `reason`
+/// (`per_address`: the client address held its share of connections already).
+pub const CONNECTIONS_REFUSED: &str = "sluice_connections_refused_total";
 /// Counter: records a stage read, labelled `stage`.
 pub const STAGE_RECORDS_IN: &str = "sluice_stage_records_in_total";
 /// Counter: records a stage wrote, labelled `stage` and `outcome` (`emitted`, `dead_letter`).

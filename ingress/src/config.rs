@@ -42,6 +42,12 @@ pub struct IngressConfig {
     /// Most client connections open at once per listener; more wait in the accept queue.
     #[serde(default = "defaults::max_connections")]
     pub max_connections: usize,
+    /// Most connections open at once from one client address (IPv6: one /64); more are
+    /// closed as soon as they are accepted, so one client cannot take every connection.
+    /// Behind a load balancer or proxy, whose address every connection shares, raise it to
+    /// `max_connections`.
+    #[serde(default = "defaults::max_connections_per_address")]
+    pub max_connections_per_address: usize,
     /// How long a request's headers may take to arrive before the connection is closed (this
     /// also closes keep-alive connections idle that long).
     #[serde(default = "defaults::header_read_timeout_ms")]
@@ -400,6 +406,9 @@ mod defaults {
     }
     pub fn max_connections() -> usize {
         10_000
+    }
+    pub fn max_connections_per_address() -> usize {
+        512
     }
     pub fn header_read_timeout_ms() -> u64 {
         30_000

@@ -405,6 +405,7 @@ impl Ingress {
         let config = &self.state.config;
         let limits = server::ConnectionLimits {
             max_connections: config.max_connections,
+            max_connections_per_address: config.max_connections_per_address,
             header_read_timeout: std::time::Duration::from_millis(config.header_read_timeout_ms),
             max_header_bytes: config.max_header_bytes,
         };

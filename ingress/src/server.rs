@@ -4,10 +4,15 @@
 //! - request headers must arrive within `header_read_timeout_ms` (slowloris), and may not
 //!   exceed `max_header_bytes` in all (hyper answers 431);
 //! - each connection learns its client address, which the routes read as [`ClientAddr`];
+//! - one client address (IPv6: one /64) holds at most `max_connections_per_address`
+//!   connections; more are closed as soon as they are accepted, so a single client cannot
+//!   take the slots everyone shares;
 //! - on shutdown the listener closes at once and open connections finish their requests.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use hyper::body::Incoming;
@@ -34,6 +39,8 @@ pub fn client_addr() -> impl Filter<Extract = (Option<SocketAddr>,), Error = Inf
 pub struct ConnectionLimits {
     /// Most connections open at once; further clients wait in the accept queue.
     pub max_connections: usize,
+    /// Most connections open at once from one client address (IPv6: one /64).
+    pub max_connections_per_address: usize,
     /// Time allowed for a request's headers to arrive.
     pub header_read_timeout: Duration,
     /// Largest total size of a request's headers, in bytes (at least 8192).
@@ -63,7 +70,12 @@ pub async fn serve<S>(
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.max_header_bytes.max(8192));
     let graceful = GracefulShutdown::new();
-    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    let per_address = PerAddress::new(limits.max_connections_per_address.max(1));
+    let refused = metrics::counter!(
+        sluice_core::telemetry::CONNECTIONS_REFUSED,
+        "reason" => "per_address"
+    );
     loop {
         let permit = tokio::select! {
             biased;
@@ -86,6 +98,12 @@ pub async fn serve<S>(
                 }
             },
         };
+        let Some(held) = per_address.admit(client.ip()) else {
+            // Closed at once: the client holds its share already.
+            refused.increment(1);
+            drop(stream);
+            continue;
+        };
         let service = service.clone();
         let service = hyper::service::service_fn(move |mut request: http::Request<Incoming>| {
             request.extensions_mut().insert(ClientAddr(client));
@@ -99,9 +117,86 @@ pub async fn serve<S>(
             if let Err(error) = connection.await {
                 tracing::debug!(%client, %error, "connection ended with an error");
             }
-            drop(permit);
+            drop((permit, held));
         });
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// Connections open per client address (IPv6: per /64), capped.
+#[derive(Clone)]
+struct PerAddress {
+    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    cap: usize,
+}
+
+/// One admitted connection of an address; dropping it frees its place.
+struct Held {
+    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    key: IpAddr,
+}
+
+impl PerAddress {
+    fn new(cap: usize) -> Self {
+        PerAddress {
+            open: Arc::default(),
+            cap,
+        }
+    }
+
+    /// A place for one more connection of `address`, unless it holds `cap` already.
+    fn admit(&self, address: IpAddr) -> Option<Held> {
+        let key = crate::limits::address_key(address);
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = open.entry(key).or_insert(0);
+        if *count >= self.cap {
+            return None;
+        }
+        *count += 1;
+        Some(Held {
+            open: self.open.clone(),
+            key,
+        })
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = open.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.key);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_address_holds_at_most_its_cap_and_gets_places_back() {
+        let per_address = PerAddress::new(2);
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let first = per_address.admit(a).unwrap();
+        let _second = per_address.admit(a).unwrap();
+        assert!(per_address.admit(a).is_none(), "a third connection of a");
+        assert!(per_address.admit(b).is_some(), "b has its own places");
+        drop(first);
+        assert!(
+            per_address.admit(a).is_some(),
+            "a closed one, so one more fits"
+        );
+        // One IPv6 /64 counts as one address.
+        let per_address = PerAddress::new(1);
+        let _held = per_address.admit("2001:db8::1".parse().unwrap()).unwrap();
+        assert!(per_address
+            .admit("2001:db8::ffff".parse().unwrap())
+            .is_none());
+        assert!(per_address.open.lock().unwrap().len() == 1);
+    }
 }

@@ -5,6 +5,7 @@
 //! the production-mode check, which starts the shipped topology as it is (the embedded
 //! defaults), and the RS256 check, which needs no backend.
 
+mod connections;
 mod operations;
 mod secrets;
 mod sessions;
