@@ -22,6 +22,7 @@ chaos: infra-up
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
+	bash scripts/deny
 
 fmt:
 	cargo fmt --all
