@@ -75,7 +75,7 @@ async fn bad_requests_are_refused_and_produce_nothing(backend: Backend) {
             .unwrap(),
             422,
             "invalid_body",
-            "invalid type: string \"3\", expected i64",
+            "invalid type for field `quantity`: expected i64, found a string (line 1, column",
         ),
         (
             "missing product",
