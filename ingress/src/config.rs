@@ -202,6 +202,19 @@ pub struct RateLimitsConfig {
     pub password_checks: PasswordChecksConfig,
 }
 
+impl RateLimitsConfig {
+    /// Checks `[ingress.rate_limits]` beyond what its types ensure.
+    pub fn validate(&self, issues: &mut Issues) {
+        let delay = self.login_failure_delay;
+        if delay.max_ms < delay.base_ms {
+            issues.push(
+                "ingress.rate_limits.login_failure_delay",
+                "max_ms must be at least base_ms",
+            );
+        }
+    }
+}
+
 impl Default for RateLimitsConfig {
     fn default() -> Self {
         RateLimitsConfig {
@@ -380,13 +393,7 @@ impl IngressConfig {
         if ingress.ack_timeout_ms == 0 {
             issues.push("ingress.ack_timeout_ms", "must be at least 1");
         }
-        let delay = ingress.rate_limits.login_failure_delay;
-        if delay.max_ms < delay.base_ms {
-            issues.push(
-                "ingress.rate_limits.login_failure_delay",
-                "max_ms must be at least base_ms",
-            );
-        }
+        ingress.rate_limits.validate(issues);
     }
 
     /// The ingress in the topology's data flow.
@@ -548,5 +555,53 @@ mod defaults {
     }
     pub fn password_checks_wait_ms() -> NonZeroU64 {
         NonZeroU64::new(2_000).expect("not zero")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn login_limits_parse_with_defaults_and_refuse_the_old_per_user_limit() {
+        let limits: RateLimitsConfig = toml::from_str(
+            "login_failures_per_user_address = { per_minute = 5, burst = 10 }\n\
+             login_failure_delay = { base_ms = 100, max_ms = 2000 }\n\
+             password_checks = { at_once = 3, wait_ms = 500 }\n",
+        )
+        .unwrap();
+        assert_eq!(
+            limits.login_failures_per_user_address,
+            Quota::per_minute(NonZeroU32::new(5).unwrap(), NonZeroU32::new(10).unwrap())
+        );
+        assert_eq!(
+            limits.login_failures_per_user,
+            defaults::login_failures_per_user()
+        );
+        assert_eq!(limits.login_failure_delay.delay(10), Duration::from_secs(2));
+        assert_eq!(limits.password_checks.at_once_on(64), 3);
+        assert_eq!(limits.password_checks.waiting, 64);
+        assert_eq!(limits.password_checks.wait_ms.get(), 500);
+        // A slow-down per user name replaced the limit that let anyone lock a user out.
+        let old =
+            toml::from_str::<RateLimitsConfig>("logins_per_user = { per_minute = 10, burst = 5 }")
+                .unwrap_err();
+        assert!(
+            old.to_string().contains("unknown field `logins_per_user`"),
+            "{old}"
+        );
+    }
+
+    #[test]
+    fn a_delay_must_not_shrink() {
+        let mut limits = RateLimitsConfig::default();
+        let mut issues = Issues::new();
+        limits.validate(&mut issues);
+        assert!(issues.is_empty());
+        limits.login_failure_delay.max_ms = NonZeroU64::new(10).unwrap();
+        limits.validate(&mut issues);
+        let issues = issues.into_vec();
+        assert_eq!(issues.len(), 1);
+        assert_eq!(issues[0].at, "ingress.rate_limits.login_failure_delay");
     }
 }
