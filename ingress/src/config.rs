@@ -258,8 +258,8 @@ impl Backoff {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PasswordChecksConfig {
-    /// Password checks running at once, each on its own thread (default: half the cores, at
-    /// least one, so that orders keep a core while logins are busy).
+    /// Password checks running at once, on as many threads kept for them (default: half the
+    /// cores, at least one, so that orders keep a core while logins are busy).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub at_once: Option<NonZeroUsize>,
     /// Logins that may wait for a check to start; one more gets 503 at once.

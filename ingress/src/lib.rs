@@ -282,6 +282,9 @@ pub enum IngressError {
     /// The runtime shut down before the files were read.
     #[error("the ingress could not load its users and keys: the runtime is shutting down")]
     ShuttingDown,
+    /// The threads that check passwords could not be started.
+    #[error("cannot start the password-check threads: {0}")]
+    PasswordCheckThreads(#[source] std::io::Error),
     /// Production mode found settings that must change first.
     #[error("production mode refuses to start:\n{}", .0.iter().map(|w| format!("  - {w}")).collect::<Vec<_>>().join("\n"))]
     Insecure(Vec<String>),
@@ -339,7 +342,8 @@ impl Ingress {
         );
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         let password_checks =
-            limits::PasswordChecks::new(&config.rate_limits.password_checks, cores);
+            limits::PasswordChecks::new(&config.rate_limits.password_checks, cores)
+                .map_err(IngressError::PasswordCheckThreads)?;
         let state = State {
             config,
             log,

@@ -377,39 +377,68 @@ pub enum PasswordChecksBusy {
     WaitedTooLong(Duration),
 }
 
+/// The password-check threads died (a check panicked, or the process is going down).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the password check did not complete")]
+pub struct PasswordCheckFailed;
+
+/// A password check sent to the checking threads.
+type Job = Box<dyn FnOnce() + Send>;
+
 /// Bounds the argon2id password checks (~19 MiB and one core each): at most `at_once` run,
-/// at most `waiting` more logins wait for one, each for at most `wait`. A check holds its
-/// [`PasswordCheckPermit`] on its blocking thread until it ends, so a client that
-/// disconnects cannot start more checks than that.
+/// each on one of `at_once` threads of their own; at most `waiting` more logins wait for one,
+/// each for at most `wait`. A check holds its [`PasswordCheckPermit`] on its thread until it
+/// ends, so a client that disconnects cannot start more checks than that. Keeping the checks
+/// on their own threads also keeps their memory in those threads' allocator arenas, instead
+/// of in one arena for each blocking thread a check ever ran on.
 pub struct PasswordChecks {
     running: Arc<Semaphore>,
     admitted: Arc<Semaphore>,
     at_once: usize,
     wait: Duration,
+    jobs: std::sync::mpsc::Sender<Job>,
     queue_full: metrics::Counter,
     wait_timeout: metrics::Counter,
 }
 
 /// The right to run one password check; [`run`](Self::run) keeps it until the check ends.
 pub struct PasswordCheckPermit {
+    jobs: std::sync::mpsc::Sender<Job>,
     _running: OwnedSemaphorePermit,
     _admitted: OwnedSemaphorePermit,
 }
 
 impl PasswordChecks {
-    /// The bound that `config` describes, on a machine with `cores` cores.
-    pub fn new(config: &PasswordChecksConfig, cores: usize) -> Self {
+    /// The bound that `config` describes, on a machine with `cores` cores; starts its threads,
+    /// which end once it and its permits are dropped.
+    pub fn new(config: &PasswordChecksConfig, cores: usize) -> std::io::Result<Self> {
         let at_once = config.at_once_on(cores);
+        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        let queue = Arc::new(Mutex::new(queue));
+        for index in 0..at_once {
+            let queue = queue.clone();
+            std::thread::Builder::new()
+                .name(format!("sluice-password-{index}"))
+                .spawn(move || loop {
+                    let job = match queue.lock().unwrap_or_else(PoisonError::into_inner).recv() {
+                        Ok(job) => job,
+                        Err(_) => break,
+                    };
+                    // Jobs catch their checks' panics: the thread goes on serving.
+                    job();
+                })?;
+        }
         let refused =
             |reason: &'static str| metrics::counter!(PASSWORD_CHECKS_REFUSED, "reason" => reason);
-        PasswordChecks {
+        Ok(PasswordChecks {
             running: Arc::new(Semaphore::new(at_once)),
             admitted: Arc::new(Semaphore::new(at_once.saturating_add(config.waiting))),
             at_once,
             wait: Duration::from_millis(config.wait_ms.get()),
+            jobs,
             queue_full: refused("queue_full"),
             wait_timeout: refused("wait_timeout"),
-        }
+        })
     }
 
     /// Waits for a password check to be free: refuses at once when the queue is full, and
@@ -421,6 +450,7 @@ impl PasswordChecks {
         };
         match tokio::time::timeout(self.wait, self.running.clone().acquire_owned()).await {
             Ok(Ok(running)) => Ok(PasswordCheckPermit {
+                jobs: self.jobs.clone(),
                 _running: running,
                 _admitted: admitted,
             }),
@@ -444,16 +474,28 @@ impl PasswordChecks {
 }
 
 impl PasswordCheckPermit {
-    /// Runs `check` on a blocking thread, holding the permit until `check` returns, even when
-    /// nobody awaits the handle any more.
+    /// Starts `check` on a password-check thread at once (a free one: the permit guarantees
+    /// it), holding the permit until `check` returns, even when nobody awaits its answer any
+    /// more.
     pub fn run<T: Send + 'static>(
         self,
         check: impl FnOnce() -> T + Send + 'static,
-    ) -> tokio::task::JoinHandle<T> {
-        tokio::task::spawn_blocking(move || {
-            let _permit = self;
-            check()
-        })
+    ) -> impl std::future::Future<Output = Result<T, PasswordCheckFailed>> {
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let jobs = self.jobs.clone();
+        let job: Job = Box::new(move || {
+            let permit = self;
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(check));
+            // The slot is free before the answer arrives; a panicked check has no answer.
+            drop(permit);
+            if let Ok(value) = outcome {
+                let _ = answer.send(value);
+            }
+        });
+        // The threads outlive every permit, which holds a sender: sending cannot fail while
+        // they run, and a lost job is answered `PasswordCheckFailed`.
+        let _ = jobs.send(job);
+        async move { answered.await.map_err(|_| PasswordCheckFailed) }
     }
 }
 
@@ -667,6 +709,7 @@ mod tests {
             },
             8,
         )
+        .unwrap()
     }
 
     #[tokio::test]
@@ -725,13 +768,28 @@ mod tests {
         assert_eq!(checks.running(), 0);
     }
 
+    #[tokio::test]
+    async fn a_panicking_check_fails_alone_and_frees_its_thread() {
+        let checks = checks(1, 0, 1_000);
+        let panicked = checks
+            .acquire()
+            .await
+            .unwrap()
+            .run(|| -> bool { panic!("a check that panics") })
+            .await;
+        assert_eq!(panicked, Err(PasswordCheckFailed));
+        let answer = checks.acquire().await.unwrap().run(|| 42).await;
+        assert_eq!(answer, Ok(42));
+        assert_eq!(checks.running(), 0);
+    }
+
     #[test]
     fn password_checks_default_to_half_the_cores() {
         let config = PasswordChecksConfig::default();
         assert_eq!(config.at_once_on(1), 1);
         assert_eq!(config.at_once_on(2), 1);
         assert_eq!(config.at_once_on(16), 8);
-        assert_eq!(PasswordChecks::new(&config, 2).at_once(), 1);
+        assert_eq!(PasswordChecks::new(&config, 2).unwrap().at_once(), 1);
     }
 
     #[test]

@@ -10,9 +10,9 @@
 //! 4. a name with too many recent failures from anywhere waits a growing delay first;
 //! 5. the login waits for a password check in a bounded queue, for a bounded time (503 past
 //!    either);
-//! 6. the check runs on a blocking thread that holds its slot, and the outcome is counted and
-//!    recorded in the logins topic by a task of its own: a client that disconnects can neither
-//!    free the slot early nor skip the count.
+//! 6. the check runs on a password-check thread, holding its slot, and the outcome is counted
+//!    and recorded in the logins topic by a task of its own: a client that disconnects can
+//!    neither free the slot early nor skip the count.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -90,7 +90,7 @@ pub async fn handle(
     .into_response())
 }
 
-/// Checks the password on a blocking thread that holds `permit`, counts the outcome and
+/// Checks the password on a password-check thread that holds `permit`, counts the outcome and
 /// records the login event; says whether the password was right. Runs as a task of its own,
 /// so it finishes even when the client has gone.
 async fn attempt(
@@ -105,7 +105,7 @@ async fn attempt(
     let success = permit
         .run(move || users.verify(&name, &password))
         .await
-        .map_err(|_| ApiError::unavailable("the password check failed"))?;
+        .map_err(|failed| ApiError::unavailable(failed.to_string()))?;
     state
         .limits
         .login_failures

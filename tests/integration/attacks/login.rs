@@ -321,8 +321,8 @@ async fn abandoned_logins(port: u16, total: usize, concurrency: usize) {
 /// Each abandoned login used to leave its argon2id check running on a blocking thread (~19 MiB
 /// and a core each, up to 512 threads) after releasing its slot, so a flood of clients that
 /// send a login and leave at once ran checks without bound. Measured here with that behaviour
-/// restored: threads +15, RSS +821 MiB, order p99 ×7.5; with the slot held by the check:
-/// threads +1, RSS +160 to +190 MiB, order p99 ×1.2 to ×5.
+/// restored: threads +15, RSS +821 MiB, order p99 ×7.5; with the slot held by the check on
+/// its own thread: threads +0 to +1, RSS +136 MiB, order p99 ×1.2 to ×5.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_abandoned_logins_keeps_threads_memory_and_orders_bounded() {
     const FLOOD: usize = 3_000;
@@ -387,9 +387,9 @@ async fn a_flood_of_abandoned_logins_keeps_threads_memory_and_orders_bounded() {
         threads_max <= threads_before + 8,
         "the flood raised the thread count from {threads_before} to {threads_max}"
     );
-    // One check at a time takes ~19 MiB, but each thread that ever ran one may keep a malloc
-    // arena of that size: the bound leaves room for those, and breaks at the hundreds of
-    // checks the unbounded version ran at once.
+    // One check at a time takes ~19 MiB; the rest of the growth is the flood's connections in
+    // the allocator's arenas. The bound breaks at the checks the unbounded version ran at
+    // once.
     assert!(
         rss_max <= rss_before + (400 << 20),
         "the flood raised RSS from {} MiB to {} MiB",
