@@ -3,8 +3,9 @@
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::num::NonZeroU32;
+use std::num::{NonZeroU32, NonZeroU64, NonZeroUsize};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use sluice_core::topology::{FlowNode, Issues, NodeKind, Wiring};
@@ -171,7 +172,15 @@ pub struct JwtKeyConfig {
     pub public_key_file: Option<PathBuf>,
 }
 
-/// `[ingress.rate_limits]`: token buckets per principal and per client address.
+/// `[ingress.rate_limits]`: token buckets per principal and per client address, and the
+/// defences of `POST /login`.
+///
+/// A login is refused (429) only where its own address has been guessing: failed logins are
+/// counted per user name and address and per address, after the password check. Failures for a
+/// user name from anywhere only slow that name's logins down ([`login_failure_delay`]), so
+/// nobody can lock a user out from elsewhere.
+///
+/// [`login_failure_delay`]: RateLimitsConfig::login_failure_delay
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitsConfig {
@@ -181,12 +190,49 @@ pub struct RateLimitsConfig {
     /// Orders per client address.
     #[serde(default = "defaults::orders_per_address")]
     pub orders_per_address: Quota,
-    /// Login attempts per client address (IPv6 addresses count per /64).
+    /// Login attempts per client address, right or wrong (IPv6 addresses count per /64): bounds
+    /// the password checks one address can ask for. Taken before the body is parsed.
     #[serde(default = "defaults::logins_per_address")]
     pub logins_per_address: Quota,
-    /// Login attempts per user name, from any address (against distributed guessing).
-    #[serde(default = "defaults::logins_per_user")]
-    pub logins_per_user: Quota,
+    /// Failed logins per user name and client address (IPv6: per /64). Past the burst, that
+    /// address gets 429 for that name, even with the right password, until the bucket refills;
+    /// other addresses are not affected. A successful login forgets the address's failures for
+    /// the name.
+    #[serde(default = "defaults::login_failures_per_user_address")]
+    pub login_failures_per_user_address: Quota,
+    /// Failed logins per client address (IPv6: per /64), whatever the user names (one address
+    /// trying a password on many names). Past the burst, that address gets 429 on `/login`.
+    #[serde(default = "defaults::login_failures_per_address")]
+    pub login_failures_per_address: Quota,
+    /// Failed logins per user name, from any address, before its logins slow down: once a
+    /// name has more recent failures than the burst (they drain at the rate), every attempt
+    /// for it waits [`login_failure_delay`](Self::login_failure_delay). Never refuses.
+    #[serde(default = "defaults::login_failures_per_user")]
+    pub login_failures_per_user: Quota,
+    /// The slow-down of a user name with too many recent failures: its `k`-th failure past
+    /// `login_failures_per_user`'s burst makes each further attempt wait `base_ms × 2^k`
+    /// milliseconds, at most `max_ms`, before its password is checked.
+    #[serde(default = "defaults::login_failure_delay")]
+    pub login_failure_delay: Backoff,
+    /// How many password checks (argon2id: ~19 MiB and one core for tens of milliseconds
+    /// each) run at once, and how many logins may wait for one and for how long; a login
+    /// beyond that gets 503 with `Retry-After`. A client that disconnects does not free its
+    /// check's slot before the check ends.
+    #[serde(default)]
+    pub password_checks: PasswordChecksConfig,
+}
+
+impl RateLimitsConfig {
+    /// Checks `[ingress.rate_limits]` beyond what its types ensure.
+    pub fn validate(&self, issues: &mut Issues) {
+        let delay = self.login_failure_delay;
+        if delay.max_ms < delay.base_ms {
+            issues.push(
+                "ingress.rate_limits.login_failure_delay",
+                "max_ms must be at least base_ms",
+            );
+        }
+    }
 }
 
 impl Default for RateLimitsConfig {
@@ -195,8 +241,69 @@ impl Default for RateLimitsConfig {
             orders_per_principal: defaults::orders_per_principal(),
             orders_per_address: defaults::orders_per_address(),
             logins_per_address: defaults::logins_per_address(),
-            logins_per_user: defaults::logins_per_user(),
+            login_failures_per_user_address: defaults::login_failures_per_user_address(),
+            login_failures_per_address: defaults::login_failures_per_address(),
+            login_failures_per_user: defaults::login_failures_per_user(),
+            login_failure_delay: defaults::login_failure_delay(),
+            password_checks: PasswordChecksConfig::default(),
         }
+    }
+}
+
+/// An exponential delay: `base_ms × 2^k` milliseconds, at most `max_ms`. Written
+/// `{ base_ms = 250, max_ms = 4000 }`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Backoff {
+    /// The first delay, in milliseconds.
+    pub base_ms: NonZeroU64,
+    /// The longest delay, in milliseconds (at least `base_ms`).
+    pub max_ms: NonZeroU64,
+}
+
+impl Backoff {
+    /// The `k`-th delay: `base × 2^k`, at most `max`.
+    pub fn delay(&self, k: u32) -> Duration {
+        let factor = 1u64.checked_shl(k.min(63)).unwrap_or(u64::MAX);
+        let ms = self
+            .base_ms
+            .get()
+            .saturating_mul(factor)
+            .min(self.max_ms.get());
+        Duration::from_millis(ms)
+    }
+}
+
+/// `[ingress.rate_limits.password_checks]`: the bound on concurrent argon2id password checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordChecksConfig {
+    /// Password checks running at once, on as many threads kept for them (default: half the
+    /// cores, at least one, so that orders keep a core while logins are busy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at_once: Option<NonZeroUsize>,
+    /// Logins that may wait for a check to start; one more gets 503 at once.
+    #[serde(default = "defaults::password_checks_waiting")]
+    pub waiting: usize,
+    /// Longest wait for a check to start, in milliseconds; then 503.
+    #[serde(default = "defaults::password_checks_wait_ms")]
+    pub wait_ms: NonZeroU64,
+}
+
+impl Default for PasswordChecksConfig {
+    fn default() -> Self {
+        PasswordChecksConfig {
+            at_once: None,
+            waiting: defaults::password_checks_waiting(),
+            wait_ms: defaults::password_checks_wait_ms(),
+        }
+    }
+}
+
+impl PasswordChecksConfig {
+    /// [`at_once`](Self::at_once), or its default for a machine with `cores` cores.
+    pub fn at_once_on(&self, cores: usize) -> usize {
+        self.at_once.map_or((cores / 2).max(1), NonZeroUsize::get)
     }
 }
 
@@ -234,6 +341,14 @@ impl Quota {
         Quota {
             rate: Rate::PerMinute(per_minute),
             burst,
+        }
+    }
+
+    /// How long one spent request takes to come back.
+    pub fn interval(&self) -> Duration {
+        match self.rate {
+            Rate::PerSecond(n) => Duration::from_secs(1) / n.get(),
+            Rate::PerMinute(n) => Duration::from_secs(60) / n.get(),
         }
     }
 }
@@ -298,6 +413,7 @@ impl IngressConfig {
         if ingress.ack_timeout_ms == 0 {
             issues.push("ingress.ack_timeout_ms", "must be at least 1");
         }
+        ingress.rate_limits.validate(issues);
     }
 
     /// The ingress in the topology's data flow.
@@ -379,9 +495,9 @@ fn check_keys(auth: &AuthConfig, mode: Mode, issues: &mut Issues) {
 
 mod defaults {
     use std::net::SocketAddr;
-    use std::num::NonZeroU32;
+    use std::num::{NonZeroU32, NonZeroU64};
 
-    use super::Quota;
+    use super::{Backoff, Quota};
 
     fn n(value: u32) -> NonZeroU32 {
         NonZeroU32::new(value).expect("default quotas are not zero")
@@ -446,7 +562,73 @@ mod defaults {
     pub fn logins_per_address() -> Quota {
         Quota::per_second(n(5), n(20))
     }
-    pub fn logins_per_user() -> Quota {
-        Quota::per_minute(n(10), n(5))
+    pub fn login_failures_per_user_address() -> Quota {
+        Quota::per_minute(n(5), n(10))
+    }
+    pub fn login_failures_per_address() -> Quota {
+        Quota::per_minute(n(30), n(30))
+    }
+    pub fn login_failures_per_user() -> Quota {
+        Quota::per_minute(n(10), n(10))
+    }
+    pub fn login_failure_delay() -> Backoff {
+        Backoff {
+            base_ms: NonZeroU64::new(250).expect("not zero"),
+            max_ms: NonZeroU64::new(4_000).expect("not zero"),
+        }
+    }
+    pub fn password_checks_waiting() -> usize {
+        64
+    }
+    pub fn password_checks_wait_ms() -> NonZeroU64 {
+        NonZeroU64::new(2_000).expect("not zero")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn login_limits_parse_with_defaults_and_refuse_the_old_per_user_limit() {
+        let limits: RateLimitsConfig = toml::from_str(
+            "login_failures_per_user_address = { per_minute = 5, burst = 10 }\n\
+             login_failure_delay = { base_ms = 100, max_ms = 2000 }\n\
+             password_checks = { at_once = 3, wait_ms = 500 }\n",
+        )
+        .unwrap();
+        assert_eq!(
+            limits.login_failures_per_user_address,
+            Quota::per_minute(NonZeroU32::new(5).unwrap(), NonZeroU32::new(10).unwrap())
+        );
+        assert_eq!(
+            limits.login_failures_per_user,
+            defaults::login_failures_per_user()
+        );
+        assert_eq!(limits.login_failure_delay.delay(10), Duration::from_secs(2));
+        assert_eq!(limits.password_checks.at_once_on(64), 3);
+        assert_eq!(limits.password_checks.waiting, 64);
+        assert_eq!(limits.password_checks.wait_ms.get(), 500);
+        // A slow-down per user name replaced the limit that let anyone lock a user out.
+        let old =
+            toml::from_str::<RateLimitsConfig>("logins_per_user = { per_minute = 10, burst = 5 }")
+                .unwrap_err();
+        assert!(
+            old.to_string().contains("unknown field `logins_per_user`"),
+            "{old}"
+        );
+    }
+
+    #[test]
+    fn a_delay_must_not_shrink() {
+        let mut limits = RateLimitsConfig::default();
+        let mut issues = Issues::new();
+        limits.validate(&mut issues);
+        assert!(issues.is_empty());
+        limits.login_failure_delay.max_ms = NonZeroU64::new(10).unwrap();
+        limits.validate(&mut issues);
+        let issues = issues.into_vec();
+        assert_eq!(issues.len(), 1);
+        assert_eq!(issues[0].at, "ingress.rate_limits.login_failure_delay");
     }
 }

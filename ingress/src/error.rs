@@ -16,7 +16,7 @@ use warp::Reply;
 use crate::auth::{IssueError, TokenError};
 use crate::capability::CapabilityError;
 use crate::idempotency::IdempotencyError;
-use crate::limits::RateLimited;
+use crate::limits::{PasswordChecksBusy, RateLimited};
 use crate::principal::AuthenticationError;
 
 /// An error answered to an HTTP client.
@@ -177,6 +177,14 @@ impl From<RateLimited> for ApiError {
     }
 }
 
+/// 503 with `Retry-After`: the password checks are all busy and the wait queue is full or
+/// waited too long.
+impl From<PasswordChecksBusy> for ApiError {
+    fn from(busy: PasswordChecksBusy) -> Self {
+        ApiError::unavailable(format!("{busy}; retry after Retry-After"))
+    }
+}
+
 /// 400 for a malformed key, 422 for a key reused on a different body.
 impl From<IdempotencyError> for ApiError {
     fn from(error: IdempotencyError) -> Self {
@@ -248,6 +256,18 @@ mod tests {
             (api.status, api.message.as_str()),
             (StatusCode::UNAUTHORIZED, "the token's key id is not known")
         );
+    }
+
+    #[test]
+    fn busy_password_checks_are_503_with_retry_after() {
+        for busy in [
+            PasswordChecksBusy::QueueFull,
+            PasswordChecksBusy::WaitedTooLong(Duration::from_secs(2)),
+        ] {
+            let response = ApiError::from(busy).into_response();
+            assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+        }
     }
 
     #[test]

@@ -63,10 +63,12 @@ pub struct Limits {
     pub orders_per_principal: KeyedLimit<String>,
     /// Orders per client address.
     pub orders_per_address: KeyedLimit<IpAddr>,
-    /// Login attempts per client address (IPv6: per /64).
+    /// Login attempts per client address, right or wrong (IPv6: per /64): bounds the password
+    /// checks one address can ask for.
     pub logins_per_address: KeyedLimit<IpAddr>,
-    /// Login attempts per user name, whatever the address (brute force across addresses).
-    pub logins_per_user: KeyedLimit<String>,
+    /// Failed logins per user name and address and per address (refusals), and per user name
+    /// from anywhere (a slow-down that never refuses).
+    pub login_failures: limits::LoginLimits,
 }
 
 /// Reloads token keys, capability root keys, the revocation list and users without a
@@ -263,8 +265,9 @@ pub struct State {
     pub draining: CancellationToken,
     /// Remembered `Idempotency-Key`s.
     pub idempotency: idempotency::IdempotencyKeys,
-    /// Bounds concurrent password checks (argon2id takes ~19 MiB each).
-    pub password_checks: tokio::sync::Semaphore,
+    /// Bounds concurrent password checks (argon2id takes ~19 MiB and a core each) and the
+    /// logins waiting for one, whatever clients do.
+    pub password_checks: limits::PasswordChecks,
 }
 
 /// A configured ingress, ready to serve.
@@ -297,6 +300,9 @@ pub enum IngressError {
     /// unusable.
     #[error(transparent)]
     Secret(#[from] generated_secret::SecretError),
+    /// The threads that check passwords could not be started.
+    #[error("cannot start the password-check threads: {0}")]
+    PasswordCheckThreads(#[source] std::io::Error),
     /// Production mode found settings that must change first.
     #[error("production mode refuses to start:\n{}", .0.iter().map(|w| format!("  - {w}")).collect::<Vec<_>>().join("\n"))]
     Insecure(Vec<String>),
@@ -347,13 +353,16 @@ impl Ingress {
                 "per client address on /login",
                 rates.logins_per_address,
             ),
-            logins_per_user: KeyedLimit::new("per user name on /login", rates.logins_per_user),
+            login_failures: limits::LoginLimits::new(rates),
         };
         let idempotency = idempotency::IdempotencyKeys::new(
             config.idempotency_keys,
             std::time::Duration::from_secs(config.idempotency_ttl_secs),
         );
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let password_checks =
+            limits::PasswordChecks::new(&config.rate_limits.password_checks, cores)
+                .map_err(IngressError::PasswordCheckThreads)?;
         let state = State {
             config,
             log,
@@ -366,7 +375,7 @@ impl Ingress {
             limits,
             draining: CancellationToken::new(),
             idempotency,
-            password_checks: tokio::sync::Semaphore::new(2 * cores),
+            password_checks,
         };
         let state = Arc::new(state);
         if state.config.mode == crate::config::Mode::Development {

@@ -1,23 +1,46 @@
 //! Rate limits: keyed GCRA token buckets (`governor`) per principal, user name and client
-//! address. A refusal is a [`RateLimited`], which the routes answer with a 429 with
-//! `Retry-After` and `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset` headers.
+//! address; counts of failed logins; and the bound on concurrent password checks. A refusal
+//! by a limit is a [`RateLimited`], which the routes answer with a 429 with `Retry-After` and
+//! `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset` headers; a login that finds
+//! no password check free in time is [`PasswordChecksBusy`] (503 with `Retry-After`).
+//!
+//! `POST /login` is defended so that nobody can lock a user out from elsewhere
+//! ([`LoginLimits`]): failures are counted after the password check, per user name and
+//! address and per address, and only the guessing address is refused; failures for a name
+//! from anywhere slow that name's logins down but never refuse them.
 //!
 //! Memory stays bounded under a flood of distinct keys: a background sweep forgets keys whose
 //! bucket is full again, and when more than [`MAX_TRACKED_KEYS`] are tracked the sweep runs at
-//! once. IPv6 clients are keyed by their /64, since one host can own a whole /64.
+//! once. Failure counts only grow after a password check, which [`PasswordChecks`] bounds, and
+//! forget keys once their failures have drained. IPv6 clients are keyed by their /64, since
+//! one host can own a whole /64.
 
+use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
-use crate::config::{Quota, Rate};
+use crate::config::{Backoff, PasswordChecksConfig, Quota, Rate, RateLimitsConfig};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota as GovernorQuota, RateLimiter};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Past this many tracked keys, idle keys are swept at once instead of at the next tick.
 pub const MAX_TRACKED_KEYS: usize = 200_000;
+
+/// Counter: login attempts made to wait because their user name has too many recent failures.
+pub const LOGINS_DELAYED: &str = "sluice_logins_delayed_total";
+
+/// Counter: logins answered 503 because no password check was free, labelled `reason`
+/// (`queue_full`, `wait_timeout`).
+pub const PASSWORD_CHECKS_REFUSED: &str = "sluice_password_checks_refused_total";
+
+/// Failures remembered per key beyond a failure quota's burst: the most a slow-down can grow
+/// by, and how long a key stays tracked after its last failure (burst plus this many
+/// intervals).
+pub const MAX_EXCESS_FAILURES: u32 = 32;
 
 /// The key a client address is limited under: the address itself, or its /64 for IPv6.
 pub fn address_key(ip: IpAddr) -> IpAddr {
@@ -51,6 +74,7 @@ pub struct KeyedLimit<K: Hash + Eq + Clone> {
     burst: u32,
     limiter: Arc<DefaultKeyedRateLimiter<K>>,
     last_forced_sweep: AtomicU64,
+    refused: metrics::Counter,
 }
 
 fn governor_quota(quota: Quota) -> GovernorQuota {
@@ -85,6 +109,7 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> KeyedLimit<K> {
             burst: quota.burst.get(),
             limiter,
             last_forced_sweep: AtomicU64::new(0),
+            refused: metrics::counter!(sluice_core::telemetry::RATE_LIMITED, "limit" => name),
         }
     }
 
@@ -92,8 +117,7 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> KeyedLimit<K> {
     pub fn check(&self, key: &K) -> Result<(), RateLimited> {
         self.bound_memory();
         self.limiter.check_key(key).map_err(|not_until| {
-            metrics::counter!(sluice_core::telemetry::RATE_LIMITED, "limit" => self.name)
-                .increment(1);
+            self.refused.increment(1);
             RateLimited {
                 limit: self.name,
                 retry_after: not_until.wait_time_from(DefaultClock::default().now()),
@@ -129,6 +153,349 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> KeyedLimit<K> {
     pub fn sweep(&self) {
         self.limiter.retain_recent();
         self.limiter.shrink_to_fit();
+    }
+}
+
+/// Failed attempts per key, in a bucket that drains at a [`Quota`]'s rate: a key "has" as
+/// many recent failures as the bucket holds, counting one partly drained as whole. Unlike a
+/// [`KeyedLimit`], looking costs nothing: only [`record`](Self::record) adds a failure, so a
+/// limit can count failures alone, after the outcome is known.
+pub struct FailureCount<K: Hash + Eq> {
+    name: &'static str,
+    burst: u32,
+    interval: Duration,
+    state: Mutex<FailureState<K>>,
+    refused: metrics::Counter,
+}
+
+struct FailureState<K> {
+    /// Per key: when its bucket will be empty again.
+    empty_at: HashMap<K, Instant>,
+    last_sweep: Instant,
+}
+
+impl<K: Hash + Eq> FailureCount<K> {
+    /// A count of failures per key that drains at `quota`'s rate; [`check`](Self::check)
+    /// refuses a key with `quota.burst` recent failures.
+    pub fn new(name: &'static str, quota: Quota) -> Self {
+        FailureCount {
+            name,
+            burst: quota.burst.get(),
+            interval: quota.interval(),
+            state: Mutex::new(FailureState {
+                empty_at: HashMap::new(),
+                last_sweep: Instant::now(),
+            }),
+            refused: metrics::counter!(sluice_core::telemetry::RATE_LIMITED, "limit" => name),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, FailureState<K>> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// How long until `key`'s bucket is empty, at `now`.
+    fn remaining(&self, key: &K, now: Instant) -> Duration {
+        self.state()
+            .empty_at
+            .get(key)
+            .map_or(Duration::ZERO, |empty_at| {
+                empty_at.saturating_duration_since(now)
+            })
+    }
+
+    /// Recent failures of `key` at `now`.
+    fn failures_at(&self, key: &K, now: Instant) -> u32 {
+        let remaining = self.remaining(key, now).as_nanos();
+        let interval = self.interval.as_nanos().max(1);
+        u32::try_from(remaining.div_ceil(interval)).unwrap_or(u32::MAX)
+    }
+
+    /// Recent failures of `key`.
+    pub fn failures(&self, key: &K) -> u32 {
+        self.failures_at(key, Instant::now())
+    }
+
+    /// Refuses `key` while it has `burst` recent failures or more, saying when it will have
+    /// one less. Counts nothing.
+    pub fn check(&self, key: &K) -> Result<(), RateLimited> {
+        let now = Instant::now();
+        let remaining = self.remaining(key, now);
+        let allowed = self.interval * (self.burst - 1);
+        if remaining <= allowed {
+            return Ok(());
+        }
+        self.refused.increment(1);
+        Err(RateLimited {
+            limit: self.name,
+            retry_after: remaining - allowed,
+            burst: self.burst,
+        })
+    }
+
+    /// How many recent failures `key` has beyond the burst: `None` below it, `Some(0)` at it.
+    pub fn excess(&self, key: &K) -> Option<u32> {
+        self.failures(key).checked_sub(self.burst)
+    }
+
+    /// Counts one failure of `key` (at most [`MAX_EXCESS_FAILURES`] beyond the burst are
+    /// remembered).
+    pub fn record(&self, key: K) {
+        let now = Instant::now();
+        let ceiling = now + self.interval * (self.burst + MAX_EXCESS_FAILURES);
+        let mut state = self.state();
+        let empty_at = state.empty_at.entry(key).or_insert(now);
+        *empty_at = ((*empty_at).max(now) + self.interval).min(ceiling);
+        let due = now.saturating_duration_since(state.last_sweep) >= Duration::from_secs(10);
+        if due || state.empty_at.len() > MAX_TRACKED_KEYS {
+            state.empty_at.retain(|_, empty_at| *empty_at > now);
+            state.empty_at.shrink_to_fit();
+            state.last_sweep = now;
+        }
+    }
+
+    /// Forgets `key`'s failures.
+    pub fn forget(&self, key: &K) {
+        self.state().empty_at.remove(key);
+    }
+
+    /// Number of keys currently tracked (keys whose failures have drained are forgotten at
+    /// the next sweep).
+    pub fn tracked_keys(&self) -> usize {
+        self.state().empty_at.len()
+    }
+}
+
+/// The defences of `POST /login`, keyed by user name and client address (IPv6: its /64).
+///
+/// - [`logins_per_address`](RateLimitsConfig::logins_per_address) (a [`KeyedLimit`] in
+///   [`crate::Limits`]) takes every attempt, so one address cannot ask for unbounded password
+///   checks;
+/// - [`admit`](Self::admit) refuses an address that has failed too often for this user name,
+///   or for any user names; other addresses are not affected;
+/// - it also says how long the attempt must wait when the name itself has too many recent
+///   failures from anywhere: `base × 2^k` for the `k`-th failure past the burst, capped. The
+///   right password still succeeds from an address that has not been guessing;
+/// - [`record`](Self::record) counts the outcome once the password has been checked: a
+///   failure for all three counts, a success forgets the address's failures for the name.
+pub struct LoginLimits {
+    per_user_address: FailureCount<(String, IpAddr)>,
+    per_address: FailureCount<IpAddr>,
+    per_user: FailureCount<String>,
+    delay: Backoff,
+    delayed: metrics::Counter,
+    successes: metrics::Counter,
+    failures: metrics::Counter,
+}
+
+impl LoginLimits {
+    /// The login defences that `config` describes.
+    pub fn new(config: &RateLimitsConfig) -> Self {
+        let outcome = |outcome: &'static str| metrics::counter!(sluice_core::telemetry::LOGINS, "outcome" => outcome);
+        LoginLimits {
+            per_user_address: FailureCount::new(
+                "after failed logins for this user name from this address",
+                config.login_failures_per_user_address,
+            ),
+            per_address: FailureCount::new(
+                "after failed logins from this address",
+                config.login_failures_per_address,
+            ),
+            per_user: FailureCount::new(
+                "after failed logins for this user name",
+                config.login_failures_per_user,
+            ),
+            delay: config.login_failure_delay,
+            delayed: metrics::counter!(LOGINS_DELAYED),
+            successes: outcome("success"),
+            failures: outcome("failure"),
+        }
+    }
+
+    /// Before the password check of `user` (a valid user name) from `client`: refuses an
+    /// address with too many recent failures for this name or overall, else says how long the
+    /// attempt must wait first (zero unless the name has too many recent failures).
+    pub fn admit(&self, user: &str, client: Option<IpAddr>) -> Result<Duration, RateLimited> {
+        if let Some(ip) = client {
+            let address = address_key(ip);
+            self.per_user_address.check(&(user.to_string(), address))?;
+            self.per_address.check(&address)?;
+        }
+        let delay = match self.per_user.excess(&user.to_string()) {
+            Some(k) => {
+                self.delayed.increment(1);
+                self.delay.delay(k)
+            }
+            None => Duration::ZERO,
+        };
+        Ok(delay)
+    }
+
+    /// After the password check of `user` from `client`: counts a failure, or forgets the
+    /// address's failures for the name on success.
+    pub fn record(&self, user: &str, client: Option<IpAddr>, success: bool) {
+        let address = client.map(address_key);
+        if success {
+            self.successes.increment(1);
+            if let Some(address) = address {
+                self.per_user_address.forget(&(user.to_string(), address));
+            }
+            return;
+        }
+        self.failures.increment(1);
+        if let Some(address) = address {
+            self.per_user_address.record((user.to_string(), address));
+            self.per_address.record(address);
+        }
+        self.per_user.record(user.to_string());
+    }
+
+    /// Recent failures for `user` from anywhere.
+    pub fn failures_for(&self, user: &str) -> u32 {
+        self.per_user.failures(&user.to_string())
+    }
+
+    /// Keys tracked by the three failure counts (per user name and address, per address, per
+    /// user name).
+    pub fn tracked_keys(&self) -> (usize, usize, usize) {
+        (
+            self.per_user_address.tracked_keys(),
+            self.per_address.tracked_keys(),
+            self.per_user.tracked_keys(),
+        )
+    }
+}
+
+/// No password check could start: too many logins are waiting for one, or the wait ran out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PasswordChecksBusy {
+    /// As many logins as allowed are already waiting.
+    #[error("too many logins are waiting for a password check")]
+    QueueFull,
+    /// No check became free within the wait.
+    #[error("no password check became free within {0:?}")]
+    WaitedTooLong(Duration),
+}
+
+/// The password-check threads died (a check panicked, or the process is going down).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the password check did not complete")]
+pub struct PasswordCheckFailed;
+
+/// A password check sent to the checking threads.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Bounds the argon2id password checks (~19 MiB and one core each): at most `at_once` run,
+/// each on one of `at_once` threads of their own; at most `waiting` more logins wait for one,
+/// each for at most `wait`. A check holds its [`PasswordCheckPermit`] on its thread until it
+/// ends, so a client that disconnects cannot start more checks than that. Keeping the checks
+/// on their own threads also keeps their memory in those threads' allocator arenas, instead
+/// of in one arena for each blocking thread a check ever ran on.
+pub struct PasswordChecks {
+    running: Arc<Semaphore>,
+    admitted: Arc<Semaphore>,
+    at_once: usize,
+    wait: Duration,
+    jobs: std::sync::mpsc::Sender<Job>,
+    queue_full: metrics::Counter,
+    wait_timeout: metrics::Counter,
+}
+
+/// The right to run one password check; [`run`](Self::run) keeps it until the check ends.
+pub struct PasswordCheckPermit {
+    jobs: std::sync::mpsc::Sender<Job>,
+    _running: OwnedSemaphorePermit,
+    _admitted: OwnedSemaphorePermit,
+}
+
+impl PasswordChecks {
+    /// The bound that `config` describes, on a machine with `cores` cores; starts its threads,
+    /// which end once it and its permits are dropped.
+    pub fn new(config: &PasswordChecksConfig, cores: usize) -> std::io::Result<Self> {
+        let at_once = config.at_once_on(cores);
+        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        let queue = Arc::new(Mutex::new(queue));
+        for index in 0..at_once {
+            let queue = queue.clone();
+            std::thread::Builder::new()
+                .name(format!("sluice-password-{index}"))
+                .spawn(move || loop {
+                    let job = match queue.lock().unwrap_or_else(PoisonError::into_inner).recv() {
+                        Ok(job) => job,
+                        Err(_) => break,
+                    };
+                    // Jobs catch their checks' panics: the thread goes on serving.
+                    job();
+                })?;
+        }
+        let refused =
+            |reason: &'static str| metrics::counter!(PASSWORD_CHECKS_REFUSED, "reason" => reason);
+        Ok(PasswordChecks {
+            running: Arc::new(Semaphore::new(at_once)),
+            admitted: Arc::new(Semaphore::new(at_once.saturating_add(config.waiting))),
+            at_once,
+            wait: Duration::from_millis(config.wait_ms.get()),
+            jobs,
+            queue_full: refused("queue_full"),
+            wait_timeout: refused("wait_timeout"),
+        })
+    }
+
+    /// Waits for a password check to be free: refuses at once when the queue is full, and
+    /// after the wait when none became free. Dropping the future leaves the queue.
+    pub async fn acquire(&self) -> Result<PasswordCheckPermit, PasswordChecksBusy> {
+        let Ok(admitted) = self.admitted.clone().try_acquire_owned() else {
+            self.queue_full.increment(1);
+            return Err(PasswordChecksBusy::QueueFull);
+        };
+        match tokio::time::timeout(self.wait, self.running.clone().acquire_owned()).await {
+            Ok(Ok(running)) => Ok(PasswordCheckPermit {
+                jobs: self.jobs.clone(),
+                _running: running,
+                _admitted: admitted,
+            }),
+            // The semaphores are never closed; a closed one would mean no check can start.
+            Ok(Err(_)) | Err(_) => {
+                self.wait_timeout.increment(1);
+                Err(PasswordChecksBusy::WaitedTooLong(self.wait))
+            }
+        }
+    }
+
+    /// Password checks running now (permits handed out and not yet released).
+    pub fn running(&self) -> usize {
+        self.at_once - self.running.available_permits()
+    }
+
+    /// The most password checks that run at once.
+    pub fn at_once(&self) -> usize {
+        self.at_once
+    }
+}
+
+impl PasswordCheckPermit {
+    /// Starts `check` on a password-check thread at once (a free one: the permit guarantees
+    /// it), holding the permit until `check` returns, even when nobody awaits its answer any
+    /// more.
+    pub fn run<T: Send + 'static>(
+        self,
+        check: impl FnOnce() -> T + Send + 'static,
+    ) -> impl std::future::Future<Output = Result<T, PasswordCheckFailed>> {
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let jobs = self.jobs.clone();
+        let job: Job = Box::new(move || {
+            let permit = self;
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(check));
+            // The slot is free before the answer arrives; a panicked check has no answer.
+            drop(permit);
+            if let Ok(value) = outcome {
+                let _ = answer.send(value);
+            }
+        });
+        // The threads outlive every permit, which holds a sender: sending cannot fail while
+        // they run, and a lost job is answered `PasswordCheckFailed`.
+        let _ = jobs.send(job);
+        async move { answered.await.map_err(|_| PasswordCheckFailed) }
     }
 }
 
@@ -177,6 +544,263 @@ mod tests {
             retry > Duration::from_secs(4) && retry <= Duration::from_secs(6),
             "{retry:?}"
         );
+    }
+
+    fn quota_per_minute(per_minute: u32, burst: u32) -> Quota {
+        Quota::per_minute(
+            NonZeroU32::new(per_minute).unwrap(),
+            NonZeroU32::new(burst).unwrap(),
+        )
+    }
+
+    #[test]
+    fn failures_are_counted_only_when_recorded_and_refuse_at_the_burst() {
+        let count = FailureCount::new("of failures", quota_per_minute(1, 3));
+        let key = "alice".to_string();
+        for _ in 0..10 {
+            count.check(&key).unwrap();
+        }
+        assert_eq!(count.tracked_keys(), 0, "checking counts nothing");
+        for expected in 1..=2 {
+            count.record(key.clone());
+            assert_eq!(count.failures(&key), expected);
+            count.check(&key).unwrap();
+        }
+        assert_eq!(count.excess(&key), None);
+        count.record(key.clone());
+        let refused = count.check(&key).unwrap_err();
+        assert_eq!((refused.limit, refused.burst), ("of failures", 3));
+        // One failure drains a minute: the third one is a minute (less a moment) from gone.
+        assert!(
+            refused.retry_after > Duration::from_secs(59)
+                && refused.retry_after <= Duration::from_secs(60),
+            "{:?}",
+            refused.retry_after
+        );
+        assert_eq!(count.excess(&key), Some(0));
+        count.check(&"bob".to_string()).unwrap();
+        count.forget(&key);
+        count.check(&key).unwrap();
+        assert_eq!(count.failures(&key), 0);
+    }
+
+    #[test]
+    fn failures_beyond_the_burst_are_remembered_up_to_a_ceiling() {
+        let count = FailureCount::new("of failures", quota_per_minute(1, 2));
+        let key = "alice".to_string();
+        for _ in 0..1_000 {
+            count.record(key.clone());
+        }
+        assert_eq!(count.failures(&key), 2 + MAX_EXCESS_FAILURES);
+        assert_eq!(count.excess(&key), Some(MAX_EXCESS_FAILURES));
+    }
+
+    #[test]
+    fn drained_failures_are_forgotten_by_the_sweep() {
+        // 1000 a second: a failure drains in a millisecond.
+        let count = FailureCount::new(
+            "of failures",
+            Quota::per_second(NonZeroU32::new(1_000).unwrap(), NonZeroU32::new(1).unwrap()),
+        );
+        for i in 0..1_000 {
+            count.record(format!("user{i}"));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(count.failures(&"user0".to_string()), 0);
+        // The next sweep is due 10 s after the last; force it by pretending it is late.
+        count.state().last_sweep -= Duration::from_secs(11);
+        count.record("last".to_string());
+        assert_eq!(count.tracked_keys(), 1);
+    }
+
+    fn login_config() -> RateLimitsConfig {
+        RateLimitsConfig {
+            login_failures_per_user_address: quota_per_minute(1, 3),
+            login_failures_per_address: quota_per_minute(1, 5),
+            login_failures_per_user: quota_per_minute(1, 4),
+            login_failure_delay: Backoff {
+                base_ms: 100.try_into().unwrap(),
+                max_ms: 1_000.try_into().unwrap(),
+            },
+            ..RateLimitsConfig::default()
+        }
+    }
+
+    #[test]
+    fn guesses_from_one_address_refuse_that_address_only() {
+        let limits = LoginLimits::new(&login_config());
+        let guesser: IpAddr = "192.0.2.1".parse().unwrap();
+        let owner: IpAddr = "198.51.100.7".parse().unwrap();
+        for _ in 0..3 {
+            assert_eq!(limits.admit("alice", Some(guesser)), Ok(Duration::ZERO));
+            limits.record("alice", Some(guesser), false);
+        }
+        let refused = limits.admit("alice", Some(guesser)).unwrap_err();
+        assert_eq!(
+            refused.limit,
+            "after failed logins for this user name from this address"
+        );
+        assert_eq!(limits.admit("alice", Some(owner)), Ok(Duration::ZERO));
+        // Another name from the guessing address, until the address has 5 failures in all.
+        assert_eq!(limits.admit("bob", Some(guesser)), Ok(Duration::ZERO));
+        limits.record("mallory", Some(guesser), false);
+        limits.record("mallory", Some(guesser), false);
+        let refused = limits.admit("bob", Some(guesser)).unwrap_err();
+        assert_eq!(refused.limit, "after failed logins from this address");
+        assert_eq!(limits.admit("bob", Some(owner)), Ok(Duration::ZERO));
+        assert_eq!(limits.tracked_keys(), (2, 1, 2));
+    }
+
+    #[test]
+    fn a_success_forgets_the_failures_of_its_name_and_address() {
+        let limits = LoginLimits::new(&login_config());
+        let address: IpAddr = "192.0.2.1".parse().unwrap();
+        for _ in 0..2 {
+            limits.record("alice", Some(address), false);
+        }
+        limits.record("alice", Some(address), true);
+        for _ in 0..2 {
+            limits.record("alice", Some(address), false);
+        }
+        assert!(limits.admit("alice", Some(address)).is_ok());
+        // The name's own count is not reset by a success: 4 failures in all.
+        assert_eq!(limits.failures_for("alice"), 4);
+    }
+
+    #[test]
+    fn failures_for_a_name_from_anywhere_delay_it_more_and_more_but_never_refuse() {
+        let limits = LoginLimits::new(&login_config());
+        let mut delays = Vec::new();
+        for i in 0..10u8 {
+            // Each failure from a new address: no address is refused.
+            let address = IpAddr::from([192, 0, 2, i]);
+            let delay = limits.admit("alice", Some(address)).unwrap();
+            delays.push(delay.as_millis());
+            limits.record("alice", Some(address), false);
+        }
+        assert_eq!(delays, [0, 0, 0, 0, 100, 200, 400, 800, 1_000, 1_000]);
+        let owner = IpAddr::from([198, 51, 100, 7]);
+        assert_eq!(
+            limits.admit("alice", Some(owner)),
+            Ok(Duration::from_millis(1_000))
+        );
+        assert_eq!(limits.admit("bob", Some(owner)), Ok(Duration::ZERO));
+    }
+
+    #[test]
+    fn ipv6_guesses_count_per_slash_64() {
+        let limits = LoginLimits::new(&login_config());
+        for i in 0..3u16 {
+            let address = IpAddr::from([0x2001, 0xdb8, 0, 1, 0, 0, 0, i]);
+            limits.record("alice", Some(address), false);
+        }
+        let neighbour = IpAddr::from([0x2001, 0xdb8, 0, 1, 0xffff, 0, 0, 9]);
+        assert!(limits.admit("alice", Some(neighbour)).is_err());
+        let elsewhere = IpAddr::from([0x2001, 0xdb8, 0, 2, 0, 0, 0, 1]);
+        assert!(limits.admit("alice", Some(elsewhere)).is_ok());
+    }
+
+    fn checks(at_once: usize, waiting: usize, wait_ms: u64) -> PasswordChecks {
+        PasswordChecks::new(
+            &PasswordChecksConfig {
+                at_once: Some(at_once.try_into().unwrap()),
+                waiting,
+                wait_ms: wait_ms.try_into().unwrap(),
+            },
+            8,
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn password_checks_queue_a_bounded_number_for_a_bounded_time() {
+        let checks = checks(1, 1, 50);
+        let running = checks.acquire().await.unwrap();
+        // One may wait; the next is refused at once.
+        let waiting = checks.acquire();
+        tokio::pin!(waiting);
+        assert!(futures::poll!(&mut waiting).is_pending());
+        assert_eq!(
+            checks.acquire().await.err(),
+            Some(PasswordChecksBusy::QueueFull)
+        );
+        // The waiter gives up after the wait, and its place is free again.
+        assert_eq!(
+            waiting.await.err(),
+            Some(PasswordChecksBusy::WaitedTooLong(Duration::from_millis(50)))
+        );
+        assert_eq!(
+            checks.acquire().await.err(),
+            Some(PasswordChecksBusy::WaitedTooLong(Duration::from_millis(50)))
+        );
+        drop(running);
+        assert!(checks.acquire().await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_check_keeps_its_permit_until_it_ends() {
+        let checks = checks(1, 4, 50);
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let job = checks
+            .acquire()
+            .await
+            .unwrap()
+            .run(move || released.recv().is_ok());
+        // Nobody waits for the check any more (its client went away)…
+        drop(job);
+        assert_eq!(checks.running(), 1);
+        // …yet it holds its place until it ends.
+        assert!(matches!(
+            checks.acquire().await,
+            Err(PasswordChecksBusy::WaitedTooLong(_))
+        ));
+        release.send(()).unwrap();
+        let permit = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                if let Ok(permit) = checks.acquire().await {
+                    return permit;
+                }
+            }
+        })
+        .await
+        .expect("the permit comes back when the check ends");
+        drop(permit);
+        assert_eq!(checks.running(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_check_fails_alone_and_frees_its_thread() {
+        let checks = checks(1, 0, 1_000);
+        let panicked = checks
+            .acquire()
+            .await
+            .unwrap()
+            .run(|| -> bool { panic!("a check that panics") })
+            .await;
+        assert_eq!(panicked, Err(PasswordCheckFailed));
+        let answer = checks.acquire().await.unwrap().run(|| 42).await;
+        assert_eq!(answer, Ok(42));
+        assert_eq!(checks.running(), 0);
+    }
+
+    #[test]
+    fn password_checks_default_to_half_the_cores() {
+        let config = PasswordChecksConfig::default();
+        assert_eq!(config.at_once_on(1), 1);
+        assert_eq!(config.at_once_on(2), 1);
+        assert_eq!(config.at_once_on(16), 8);
+        assert_eq!(PasswordChecks::new(&config, 2).unwrap().at_once(), 1);
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_its_ceiling() {
+        let backoff = Backoff {
+            base_ms: 250.try_into().unwrap(),
+            max_ms: 4_000.try_into().unwrap(),
+        };
+        let delays: Vec<u128> = (0..7).map(|k| backoff.delay(k).as_millis()).collect();
+        assert_eq!(delays, [250, 500, 1_000, 2_000, 4_000, 4_000, 4_000]);
+        assert_eq!(backoff.delay(u32::MAX), Duration::from_millis(4_000));
     }
 
     #[test]

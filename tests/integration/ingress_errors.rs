@@ -75,7 +75,7 @@ async fn bad_requests_are_refused_and_produce_nothing(backend: Backend) {
             .unwrap(),
             422,
             "invalid_body",
-            "invalid type: string \"3\", expected i64",
+            "invalid type for field `quantity`: expected i64, found a string (line 1, column",
         ),
         (
             "missing product",
@@ -317,14 +317,14 @@ async fn bad_requests_are_refused_and_produce_nothing(backend: Backend) {
         encode(
             &Header::default(),
             &claims,
+            // The test topology sets no secret: development mode generated one.
             &EncodingKey::from_secret(
-                topology
-                    .ingress
-                    .auth
-                    .jwt_secret
-                    .as_deref()
-                    .unwrap()
-                    .as_bytes(),
+                std::fs::read_to_string(
+                    topology.resolve_path(&topology.ingress.auth.generated_secret_file),
+                )
+                .unwrap()
+                .trim()
+                .as_bytes(),
             ),
         )
         .unwrap()

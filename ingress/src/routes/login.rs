@@ -1,18 +1,34 @@
 //! `POST /login {"username","password"}` → `{"token","tokenType","expiresIn"}`.
+//!
+//! Each step is cheap before the expensive one, and nobody can lock a user out from elsewhere:
+//!
+//! 1. every attempt takes one from `logins_per_address` (429 past it);
+//! 2. the body is parsed and the user name checked against the rule of the users file (422
+//!    past it: no limiter key, event or log line is made of a name that breaks it);
+//! 3. an address with too many recent failures for this name, or for any names, gets 429
+//!    ([`LoginLimits::admit`](crate::limits::LoginLimits::admit)); other addresses do not;
+//! 4. a name with too many recent failures from anywhere waits a growing delay first;
+//! 5. the login waits for a password check in a bounded queue, for a bounded time (503 past
+//!    either);
+//! 6. the check runs on a password-check thread, holding its slot, and the outcome is counted
+//!    and recorded in the logins topic by a task of its own: a client that disconnects can
+//!    neither free the slot early nor skip the count.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::json;
 use sluice_core::log::OutRecord;
 use sluice_core::order::{now_ms, LoginEvent};
-use sluice_core::telemetry;
 use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::Reply;
 
 use crate::error::ApiError;
+use crate::limits::PasswordCheckPermit;
+use crate::users::check_user_name;
 use crate::State;
 
 /// The login request body.
@@ -23,10 +39,9 @@ struct LoginRequest {
     password: String,
 }
 
-/// Handles one login: rate limit per client address and per user name, verify the password
-/// (on a blocking thread), record the attempt, answer.
+/// Handles one login (see the module's steps) and answers with a token, 401, 422, 429 or 503.
 pub async fn handle(
-    state: &State,
+    state: &Arc<State>,
     client: Option<SocketAddr>,
     body: &[u8],
 ) -> Result<Response, ApiError> {
@@ -37,59 +52,35 @@ pub async fn handle(
             .logins_per_address
             .check(&crate::limits::address_key(ip))?;
     }
-    let request: LoginRequest = crate::body::parse_json(body)?;
-    state.limits.logins_per_user.check(&request.username)?;
-    let users = state.users();
-    let (name, password) = (request.username.clone(), request.password);
-    let checked = users.clone();
-    let success = {
-        // At most a few argon2id checks at once: each takes ~19 MiB and a core.
-        let _permit = state
-            .password_checks
-            .acquire()
-            .await
-            .map_err(|_| ApiError::unavailable("shutting down"))?;
-        tokio::task::spawn_blocking(move || checked.verify(&name, &password))
-            .await
-            .map_err(|_| ApiError::unavailable("password check failed"))?
-    };
-    metrics::counter!(telemetry::LOGINS, "outcome" => if success { "success" } else { "failure" })
-        .increment(1);
-
-    let event = LoginEvent {
-        username: request.username.clone(),
-        success,
-        client_addr: address.map(|ip| ip.to_string()),
-        at_ms: now_ms(),
-    };
-    let payload = serde_json::to_vec(&event).map_err(|e| ApiError::unavailable(e.to_string()))?;
-    let timeout = Duration::from_millis(state.config.ack_timeout_ms);
-    state
-        .log
-        .send(
-            &state.config.logins_topic,
-            OutRecord::new(request.username.as_bytes(), payload),
-            timeout,
-        )
-        .await
-        .map_err(|error| {
-            tracing::warn!(%error, "login event not acknowledged");
-            ApiError::unavailable("the event log is not accepting records; try again")
-        })?;
-
-    if !success {
+    let LoginRequest { username, password } = crate::body::parse_json(body)?;
+    // The error never repeats the name: it may be anything a client sent.
+    check_user_name(&username).map_err(|bad| {
+        ApiError::invalid_body(format!("invalid value for field `username`: {bad}"))
+    })?;
+    let delay = state.limits.login_failures.admit(&username, address)?;
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    let permit = state.password_checks.acquire().await?;
+    let verified = tokio::spawn(attempt(
+        state.clone(),
+        permit,
+        username.clone(),
+        password,
+        address,
+    ))
+    .await
+    .map_err(|_| ApiError::unavailable("the password check failed"))??;
+    let Some(password_hash) = verified else {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "invalid_credentials",
             "unknown user or wrong password",
         ));
-    }
-    // `success` means the user exists with this hash (or a newer one, after a reload: then
-    // the token ends with the next request, as it should).
-    let password_hash = users.hash_of(&request.username).unwrap_or_default();
+    };
     let token = state
         .tokens
-        .issue(&request.username, password_hash)
+        .issue(&username, &password_hash)
         .map_err(|error| {
             tracing::error!(%error, "a login succeeded but no token can be issued");
             ApiError::from(error)
@@ -100,4 +91,55 @@ pub async fn handle(
         "expiresIn": state.tokens.ttl_secs(),
     }))
     .into_response())
+}
+
+/// Checks the password on a password-check thread that holds `permit`, counts the outcome and
+/// records the login event; returns the user's password hash when the password was right (the
+/// token is bound to that hash, even if a reload replaces it meanwhile). Runs as a task of its
+/// own, so it finishes even when the client has gone.
+async fn attempt(
+    state: Arc<State>,
+    permit: PasswordCheckPermit,
+    username: String,
+    password: String,
+    address: Option<IpAddr>,
+) -> Result<Option<String>, ApiError> {
+    let users = state.users();
+    let name = username.clone();
+    let verified = permit
+        .run(move || {
+            users
+                .verify(&name, &password)
+                .then(|| users.hash_of(&name).map(str::to_string))
+                .flatten()
+        })
+        .await
+        .map_err(|failed| ApiError::unavailable(failed.to_string()))?;
+    let success = verified.is_some();
+    state
+        .limits
+        .login_failures
+        .record(&username, address, success);
+
+    let event = LoginEvent {
+        username,
+        success,
+        client_addr: address.map(|ip| ip.to_string()),
+        at_ms: now_ms(),
+    };
+    let payload = serde_json::to_vec(&event).map_err(|e| ApiError::unavailable(e.to_string()))?;
+    let timeout = Duration::from_millis(state.config.ack_timeout_ms);
+    state
+        .log
+        .send(
+            &state.config.logins_topic,
+            OutRecord::new(event.username.as_bytes(), payload),
+            timeout,
+        )
+        .await
+        .map_err(|error| {
+            tracing::warn!(%error, "login event not acknowledged");
+            ApiError::unavailable("the event log is not accepting records; try again")
+        })?;
+    Ok(verified)
 }

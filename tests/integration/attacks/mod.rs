@@ -3,7 +3,8 @@
 //! requests; weak production settings; secrets in logs. Every refused request must produce
 //! nothing in the log. Each runs on Kafka + MariaDB and on the embedded log + SQLite, except
 //! the production-mode check, which starts the shipped topology as it is (the embedded
-//! defaults), and the RS256 check, which needs no backend.
+//! defaults), and the RS256 check, which needs no backend. The login defences (lock-outs,
+//! floods, hostile names and passwords) are in [`login`].
 
 mod connections;
 mod operations;
@@ -22,6 +23,8 @@ use sluice::pipeline::Parts;
 use sluice::topology::Topology;
 use sluice_ingress::config::{JwtAlgorithm, JwtKeyConfig, Quota};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+mod login;
 
 const STRONG_SECRET: &str = "6f1c2b9e0a7d4c3b8e5f2a1d9c7b6e4f3a2d1c0b";
 
@@ -351,9 +354,12 @@ async fn on_the_embedded_defaults_login_brute_force_is_limited_and_failures_look
 }
 
 async fn login_brute_force_is_limited_and_failures_look_alike(backend: Backend) {
+    let n = |value| NonZeroU32::new(value).unwrap();
     let test = test_topology_on(backend, "brute", &["alice", "bob"], |t| {
-        t.ingress.rate_limits.logins_per_user =
-            Quota::per_minute(NonZeroU32::new(10).unwrap(), NonZeroU32::new(12).unwrap());
+        let limits = &mut t.ingress.rate_limits;
+        limits.login_failures_per_user_address = Quota::per_minute(n(10), n(12));
+        // No slow-down of the name here: the times of failures are compared.
+        limits.login_failures_per_user = Quota::per_minute(n(10), n(1_000));
     });
     let pipeline = RunningPipeline::start(&test, Parts::INGRESS).await;
     let client = reqwest::Client::new();
@@ -395,8 +401,9 @@ async fn login_brute_force_is_limited_and_failures_look_alike(backend: Backend) 
         "median login time: unknown user {:?}, wrong password {:?}",
         unknown[2], wrong[2]
     );
-    // Alice has 12 attempts a burst; 5 are used. Seven more wrong ones, then 429 even with the
-    // right password, from this address; Bob is unaffected.
+    // This address may fail 12 times for alice; 5 are used. Seven more wrong ones, then 429
+    // even with the right password, from this address; Bob is unaffected (other addresses
+    // too: see `attacks::login`).
     for _ in 0..7 {
         assert_eq!(
             attempt("alice", "guess-guess-guess")
