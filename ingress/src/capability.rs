@@ -61,8 +61,9 @@
 //! # Errors
 //!
 //! [`CapabilityError::is_unauthenticated`] (malformed token, bad signature, unknown root key,
-//! revoked, expired, outside the vocabulary) is answered with `401`, [`CapabilityError::is_forbidden`] (a failed check, a
-//! denial, an evaluation limit) with `403` (see [`crate::error`]). Every message is safe to
+//! revoked, expired, outside the vocabulary) is answered with `401`,
+//! [`CapabilityError::is_forbidden`] (a failed check, a denial, an evaluation limit) with `403`
+//! (see [`crate::error`]). Every message is safe to
 //! show the client: failed checks are rendered as the Datalog source of the token's own
 //! checks, never anything of the key.
 
@@ -108,14 +109,14 @@ const QUOTED_CHECK_CHARS: usize = 120;
 /// [module documentation](self)): two facts of the token, five of the request, no rules (one
 /// iteration) and a few one-predicate checks, which take well under a millisecond. These
 /// limits are a second line behind that structural check: the fact and iteration caps leave
-/// room for nothing else, and the time (wall-clock, only looked at between evaluation steps)
-/// is short yet generous enough that a loaded machine or a debug build does not refuse
-/// genuine tokens. The ingress also bounds the whole answer in time (see
-/// [`crate::principal::CapabilityGate`]).
+/// room for nothing else. The time is wall-clock and only looked at between evaluation steps:
+/// short, yet long enough that a thread waiting for a core on a loaded machine does not refuse
+/// a genuine token, and shorter than the ingress's bound on the whole answer
+/// ([`CAPABILITY_JOB_DEADLINE`](crate::principal::CAPABILITY_JOB_DEADLINE)).
 pub const DEFAULT_LIMITS: AuthorizerLimits = AuthorizerLimits {
     max_facts: 32,
     max_iterations: 2,
-    max_time: Duration::from_millis(20),
+    max_time: Duration::from_millis(100),
 };
 
 /// Why a capability token was refused, or a tooling operation failed.
