@@ -3,9 +3,9 @@
 //! - `POST /login` checks a password against argon2id hashes, records a login event in the
 //!   log, and returns a JWT signed with the configured signing key (HS256, EdDSA or RS256:
 //!   see [`auth`]);
-//! - `POST /order` authenticates the bearer token (a JWT, or a biscuit capability token when
-//!   `biscuit_public_key_file` is set: see [`capability`]), rate-limits per user and per
-//!   client address,
+//! - `POST /order` charges the request to its client address's rate limit, authenticates the
+//!   bearer token (a JWT, or a biscuit capability token when `biscuit_public_key_file` is set:
+//!   see [`capability`] and [`principal`]), rate-limits per user,
 //!   assigns a UUIDv7 order id (or, with an `Idempotency-Key`, an id derived from the user and
 //!   the key: see [`idempotency`]), appends the order to the log keyed by user id, and answers
 //!   `202` **only after the log acknowledged it** (503 if it cannot within the ack timeout);

@@ -153,7 +153,11 @@ impl CapabilityGate {
         let slot = match tokio::time::timeout(self.wait, self.slots.clone().acquire_owned()).await {
             Ok(Ok(slot)) => slot,
             Ok(Err(_closed)) => return Err(GateRefusal::ShuttingDown),
-            Err(_elapsed) => return Err(GateRefusal::Busy),
+            Err(_elapsed) => {
+                // Refusals come in floods when they come: not logged one by one.
+                tracing::debug!(wait = ?self.wait, "no capability check slot came free; answering 503");
+                return Err(GateRefusal::Busy);
+            }
         };
         let handle = tokio::task::spawn_blocking(move || {
             let _slot = slot;
@@ -164,7 +168,14 @@ impl CapabilityGate {
             Ok(Err(error)) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
             Ok(Err(_cancelled)) => Err(GateRefusal::ShuttingDown),
             // Dropping the handle detaches the job: it ends on its own and frees its slot then.
-            Err(_elapsed) => Err(GateRefusal::TooSlow),
+            // Slow jobs keep their slots, so these come at most a few per deadline.
+            Err(_elapsed) => {
+                tracing::warn!(
+                    deadline = ?self.deadline,
+                    "a capability token check overran its deadline; answering 503 (the check runs on, holding its slot)"
+                );
+                Err(GateRefusal::TooSlow)
+            }
         }
     }
 }
