@@ -77,7 +77,9 @@ use biscuit_auth::datalog::SymbolTable;
 use biscuit_auth::error::{FailedCheck, Format, Logic, Token};
 use biscuit_auth::format::{convert::proto_block_to_token_block, schema};
 use biscuit_auth::macros::{authorizer, biscuit, block};
-use biscuit_auth::{AuthorizerLimits, Biscuit, BlockBuilder, KeyPair, PrivateKey, PublicKey};
+use biscuit_auth::{
+    AuthorizerLimits, Biscuit, BlockBuilder, KeyPair, PrivateKey, PublicKey, UnverifiedBiscuit,
+};
 use prost::Message as _;
 
 /// The operation name of order submission (`right("order")`, `operation("order")`).
@@ -278,8 +280,8 @@ fn parse_private_key(hex: &str) -> Result<PrivateKey, CapabilityError> {
     })
 }
 
-/// Parses and verifies a base64 token against `root`.
-fn parse_token(token_base64: &str, root: PublicKey) -> Result<Biscuit, CapabilityError> {
+/// Parses a base64 token without verifying any signature (size checked first).
+fn parse_unverified(token_base64: &str) -> Result<UnverifiedBiscuit, CapabilityError> {
     let token = token_base64.trim();
     if token.is_empty() {
         return Err(CapabilityError::BadSize("empty token"));
@@ -287,7 +289,7 @@ fn parse_token(token_base64: &str, root: PublicKey) -> Result<Biscuit, Capabilit
     if token.len() > MAX_TOKEN_LEN {
         return Err(CapabilityError::BadSize(TOO_LONG));
     }
-    Biscuit::from_base64(token, root).map_err(classify)
+    UnverifiedBiscuit::from_base64(token).map_err(classify)
 }
 
 /// The facts of one order request that the token's checks and the policies see.
@@ -399,7 +401,7 @@ impl CapabilityAuthority {
         restrictions: &Restrictions,
     ) -> Result<String, CapabilityError> {
         let block = restrictions.block()?;
-        self.verify_signatures(token_base64)?
+        self.verify_signatures(token_base64, None)?
             .append(block)
             .and_then(|token| token.to_base64())
             .map_err(classify)
@@ -408,7 +410,7 @@ impl CapabilityAuthority {
     /// A human-readable listing of a token this authority verifies: each block's facts, rules
     /// and checks as Datalog, with its revocation id.
     pub fn inspect(&self, token_base64: &str) -> Result<String, CapabilityError> {
-        let token = self.verify_signatures(token_base64)?;
+        let token = self.verify_signatures(token_base64, None)?;
         let revocation = token.revocation_identifiers();
         let mut out = String::new();
         for index in 0..token.block_count() {
@@ -430,13 +432,25 @@ impl CapabilityAuthority {
     }
 
     /// Parses `token_base64` and verifies it against the trusted roots and the revocation
-    /// list. Counted in [`AUTH_VERIFICATIONS`](crate::principal::AUTH_VERIFICATIONS).
-    fn verify_signatures(&self, token_base64: &str) -> Result<Biscuit, CapabilityError> {
+    /// list; with `max_blocks`, a token of more blocks is refused before any signature is
+    /// checked. Counted in [`AUTH_VERIFICATIONS`](crate::principal::AUTH_VERIFICATIONS).
+    fn verify_signatures(
+        &self,
+        token_base64: &str,
+        max_blocks: Option<usize>,
+    ) -> Result<Biscuit, CapabilityError> {
         self.verifications.increment(1);
+        let unverified = parse_unverified(token_base64)?;
+        if let Some(max) = max_blocks.filter(|max| unverified.block_count() > *max) {
+            return Err(CapabilityError::Unsupported(format!(
+                "{} blocks (at most {max})",
+                unverified.block_count()
+            )));
+        }
         // `roots` is never empty (a key file without a key is refused).
         let mut refused = CapabilityError::BadSignature(Token::Format(Format::UnknownPublicKey));
         for root in &self.roots {
-            match parse_token(token_base64, *root) {
+            match unverified.clone().verify(*root) {
                 Ok(token) => {
                     let revoked = token
                         .revocation_identifiers()
@@ -448,9 +462,11 @@ impl CapabilityAuthority {
                         Ok(token)
                     };
                 }
-                // Signed by another root, maybe the next one.
-                Err(error @ CapabilityError::BadSignature(_)) => refused = error,
-                Err(error) => return Err(error),
+                Err(error) => match classify(Token::Format(error)) {
+                    // Signed by another root, maybe the next one.
+                    error @ CapabilityError::BadSignature(_) => refused = error,
+                    error => return Err(error),
+                },
             }
         }
         Err(refused)
@@ -466,7 +482,8 @@ impl CapabilityAuthority {
         token_base64: &str,
         now: SystemTime,
     ) -> Result<VerifiedCapability, CapabilityError> {
-        let token = self.verify_signatures(token_base64)?;
+        // More blocks than Sluice allows are refused before their signatures are checked.
+        let token = self.verify_signatures(token_base64, Some(MAX_BLOCKS))?;
         let user = vocabulary::admit(&vocabulary::blocks_of(&token)?, now)?;
         Ok(VerifiedCapability {
             user,
