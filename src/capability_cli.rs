@@ -2,7 +2,9 @@
 //!
 //! - `keygen` makes a root key pair (Ed25519, hex); it is the only command that ever prints a
 //!   private key, and only when it is not written to a file;
-//! - `mint` signs a token for a user with the root private key;
+//! - `mint` signs a token for a user with the root private key, valid for
+//!   [`DEFAULT_TTL_SECS`] (30 days) unless `--ttl-secs` says otherwise (`--no-expiry`: never
+//!   expires, with a warning);
 //! - `attenuate` narrows a token (products, quantity, expiry) with the public key only;
 //! - `inspect` verifies a token and lists its blocks as Datalog.
 //!
@@ -14,6 +16,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::Subcommand;
 use sluice_ingress::capability::{self, Restrictions};
+
+/// Lifetime of a token minted without `--ttl-secs`: 30 days.
+pub const DEFAULT_TTL_SECS: u64 = 30 * 24 * 3600;
 
 /// The `sluice biscuit` subcommands.
 #[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
@@ -34,6 +39,9 @@ pub enum BiscuitCommand {
         force: bool,
     },
     /// Mint a token allowing a user to place orders, signed with the root private key.
+    ///
+    /// The token expires after 30 days unless --ttl-secs says otherwise; --no-expiry mints
+    /// one that never expires.
     Mint {
         /// File holding the root private key (hex).
         #[arg(long)]
@@ -41,9 +49,13 @@ pub enum BiscuitCommand {
         /// The user the token speaks for.
         #[arg(long)]
         user: String,
-        /// Lifetime of the token in seconds; default: no expiry.
+        /// Lifetime of the token in seconds; default: 30 days (2592000).
         #[arg(long)]
         ttl_secs: Option<u64>,
+        /// Mint a token that never expires (it stays valid until its root key is retired or
+        /// it is revoked).
+        #[arg(long, conflicts_with = "ttl_secs")]
+        no_expiry: bool,
     },
     /// Narrow a token offline (no private key needed): products, quantity, expiry.
     Attenuate {
@@ -90,7 +102,23 @@ pub fn run(cmd: BiscuitCommand) -> Result<String, String> {
             private_key_file,
             user,
             ttl_secs,
-        } => mint(&private_key_file, &user, ttl_secs),
+            no_expiry,
+        } => {
+            let lifetime = match (ttl_secs, no_expiry) {
+                (Some(_), true) => {
+                    return Err("--ttl-secs and --no-expiry exclude each other".into())
+                }
+                (Some(secs), false) => Some(secs),
+                (None, false) => Some(DEFAULT_TTL_SECS),
+                (None, true) => {
+                    eprintln!(
+                        "warning: this token never expires: it stays valid until its root key is retired or it is revoked"
+                    );
+                    None
+                }
+            };
+            mint(&private_key_file, &user, lifetime)
+        }
         BiscuitCommand::Attenuate {
             public_key_file,
             token,
@@ -216,7 +244,8 @@ fn root_keys(path: &Path) -> Result<capability::CapabilityAuthority, String> {
 }
 
 /// Mints a token for `user` with the private key in `private_key_file`, valid for `ttl_secs`
-/// if given. Prints the token.
+/// if given, else forever (`sluice biscuit mint` passes [`DEFAULT_TTL_SECS`] unless told
+/// `--no-expiry`). Prints the token.
 pub fn mint(private_key_file: &Path, user: &str, ttl_secs: Option<u64>) -> Result<String, String> {
     let private = read_key_file(private_key_file, "private")?;
     if ttl_secs == Some(0) {
@@ -363,7 +392,37 @@ mod tests {
                 private_key_file: "root.key".into(),
                 user: "alice".into(),
                 ttl_secs: Some(60),
+                no_expiry: false,
             }
+        );
+        let mint = [
+            "biscuit",
+            "mint",
+            "--private-key-file",
+            "k",
+            "--user",
+            "alice",
+        ];
+        let cli = Cli::try_parse_from(mint).unwrap();
+        assert!(matches!(
+            cli.command,
+            BiscuitCommand::Mint {
+                ttl_secs: None,
+                no_expiry: false,
+                ..
+            }
+        ));
+        let cli = Cli::try_parse_from([&mint[..], &["--no-expiry"]].concat()).unwrap();
+        assert!(matches!(
+            cli.command,
+            BiscuitCommand::Mint {
+                ttl_secs: None,
+                no_expiry: true,
+                ..
+            }
+        ));
+        assert!(
+            Cli::try_parse_from([&mint[..], &["--no-expiry", "--ttl-secs", "5"]].concat()).is_err()
         );
         assert!(Cli::try_parse_from(["biscuit", "attenuate", "--expires", "soon"]).is_err());
     }

@@ -33,14 +33,37 @@
 //! ```
 //!
 //! Policies only trust facts of the authority block and of the ingress itself (biscuit's
-//! default scope): a `user("bob")` or `right(...)` fact in an appended block is ignored, so
-//! attenuation cannot grant anything. Evaluation runs under [`DEFAULT_LIMITS`].
+//! default scope), so attenuation could not grant anything anyway.
+//!
+//! # Nothing else is evaluated
+//!
+//! Anyone holding a token can append blocks to it, and a Datalog block can be made to cost
+//! seconds to minutes of CPU (a rule joining a few hundred facts with themselves), which
+//! biscuit's run limits do not stop: they count new facts and look at the clock only between
+//! iterations. So [`CapabilityAuthority::verify`] reads every block as data first, without
+//! evaluating anything, and refuses ([`CapabilityError::Unsupported`], `401`) any token that
+//! holds more than the vocabulary above:
+//!
+//! - the authority block holds exactly `user(<string>)` and `right("order")`, and at most one
+//!   check, `check if time($t), $t <= <date>`: what [`mint`] makes;
+//! - an appended block holds no facts, no rules, no scopes (`trusting …`) and no context, and at
+//!   most [`MAX_CHECKS_PER_BLOCK`] checks, each exactly one of the three documented forms (one
+//!   predicate, one expression; the variable name is free), with at most
+//!   [`MAX_PRODUCTS_PER_CHECK`] products in a set;
+//! - at most [`MAX_BLOCKS`] blocks, none of them third-party (signed by another key).
+//!
+//! Before that, the expiry is compared with the time of the request: the earliest bound of the
+//! `check if time($t), $t <= <date>` checks of all blocks. An expired token is refused
+//! ([`CapabilityError::Expired`], `401`) whatever else it holds. The Datalog of a token that
+//! passes is a handful of facts, no rules and a few one-predicate checks: its one evaluation,
+//! in [`VerifiedCapability::authorize`], runs under the tight [`DEFAULT_LIMITS`].
 //!
 //! # Errors
 //!
 //! [`CapabilityError::is_unauthenticated`] (malformed token, bad signature, unknown root key,
-//! revoked) is answered with `401`, [`CapabilityError::is_forbidden`] (a failed check, a
-//! denial, an evaluation limit) with `403` (see [`crate::error`]). Every message is safe to
+//! revoked, expired, outside the vocabulary) is answered with `401`,
+//! [`CapabilityError::is_forbidden`] (a failed check, a denial, an evaluation limit) with `403`
+//! (see [`crate::error`]). Every message is safe to
 //! show the client: failed checks are rendered as the Datalog source of the token's own
 //! checks, never anything of the key.
 
@@ -49,12 +72,15 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use biscuit_auth::builder::{Algorithm, Term};
+use biscuit_auth::builder::{self, Algorithm, Binary, CheckKind, Convert as _, Op, Term};
+use biscuit_auth::datalog::SymbolTable;
 use biscuit_auth::error::{FailedCheck, Format, Logic, Token};
+use biscuit_auth::format::{convert::proto_block_to_token_block, schema};
 use biscuit_auth::macros::{authorizer, biscuit, block};
 use biscuit_auth::{
-    AuthorizerBuilder, AuthorizerLimits, Biscuit, BlockBuilder, KeyPair, PrivateKey, PublicKey,
+    AuthorizerLimits, Biscuit, BlockBuilder, KeyPair, PrivateKey, PublicKey, UnverifiedBiscuit,
 };
+use prost::Message as _;
 
 /// The operation name of order submission (`right("order")`, `operation("order")`).
 pub const ORDER_OPERATION: &str = "order";
@@ -67,17 +93,32 @@ pub const MAX_TOKEN_LEN: usize = 16 * 1024;
 /// Why a token longer than [`MAX_TOKEN_LEN`] is refused.
 const TOO_LONG: &str = "longer than 16384 characters";
 
+/// The most blocks a token may have: the authority block and up to 15 attenuations.
+pub const MAX_BLOCKS: usize = 16;
+
+/// The most checks one appended block may hold.
+pub const MAX_CHECKS_PER_BLOCK: usize = 8;
+
+/// The most products one `check if product($p), {..}.contains($p)` set may list.
+pub const MAX_PRODUCTS_PER_CHECK: usize = 256;
+
+/// The longest part of a refused check quoted back in an error message, in characters.
+const QUOTED_CHECK_CHARS: usize = 120;
+
 /// Datalog evaluation limits of one authorization.
 ///
-/// Tokens of this vocabulary hold a handful of facts and no rules (one iteration), so the
-/// fact and iteration caps are what bound the work a crafted token can cause. The time is
-/// wall-clock and only checked between evaluation steps: it is a backstop, generous enough
-/// that a loaded machine (or a debug build) does not refuse genuine tokens, whose
-/// evaluation takes well under a millisecond.
+/// Only tokens of the documented vocabulary are evaluated (see the
+/// [module documentation](self)): two facts of the token, five of the request, no rules (one
+/// iteration) and a few one-predicate checks, which take well under a millisecond. These
+/// limits are a second line behind that structural check: the fact and iteration caps leave
+/// room for nothing else. The time is wall-clock and only looked at between evaluation steps:
+/// short, yet long enough that a thread waiting for a core on a loaded machine does not refuse
+/// a genuine token, and shorter than the ingress's bound on the whole answer
+/// ([`CAPABILITY_JOB_DEADLINE`](crate::principal::CAPABILITY_JOB_DEADLINE)).
 pub const DEFAULT_LIMITS: AuthorizerLimits = AuthorizerLimits {
-    max_facts: 100,
-    max_iterations: 10,
-    max_time: Duration::from_millis(500),
+    max_facts: 32,
+    max_iterations: 2,
+    max_time: Duration::from_millis(100),
 };
 
 /// Why a capability token was refused, or a tooling operation failed.
@@ -96,6 +137,16 @@ pub enum CapabilityError {
     /// One of the token's blocks has a revocation id listed in the revocation file. `401`.
     #[error("capability token has been revoked")]
     Revoked,
+    /// The token expired: the earliest `check if time($t), $t <= <date>` of its blocks is in
+    /// the past. Found before any evaluation, whatever else the token holds. Holds the date
+    /// (RFC 3339). `401`.
+    #[error("capability token expired at {0}")]
+    Expired(String),
+    /// A block holds something outside the vocabulary Sluice documents (facts or rules in an
+    /// appended block, checks of another form, too many checks or products, too many blocks,
+    /// a third-party block…): refused before any evaluation. Says which block and why. `401`.
+    #[error("capability token refused before evaluation: {0}")]
+    Unsupported(String),
     /// The token is genuine but some of its checks do not hold for this request (product,
     /// quantity, expiry, …). Holds the source of each failed check. `403`.
     #[error("capability check failed: {}", .0.join("; "))]
@@ -137,6 +188,8 @@ impl CapabilityError {
                 | CapabilityError::BadSize(_)
                 | CapabilityError::BadSignature(_)
                 | CapabilityError::Revoked
+                | CapabilityError::Expired(_)
+                | CapabilityError::Unsupported(_)
         )
     }
 
@@ -194,11 +247,19 @@ fn render_check(check: &FailedCheck) -> String {
 
 /// A Datalog date for `t` (whole seconds; times before 1970 are the epoch).
 fn date(t: SystemTime) -> Term {
-    Term::Date(
-        t.duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
-    )
+    Term::Date(epoch_secs(t))
+}
+
+/// Whole seconds since the epoch of `t` (times before 1970 are the epoch).
+fn epoch_secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// A Datalog date as biscuit prints it (RFC 3339).
+fn render_date(secs: u64) -> String {
+    Term::Date(secs).to_string()
 }
 
 /// Parses an Ed25519 public key: hex, optionally prefixed `ed25519/`.
@@ -219,8 +280,8 @@ fn parse_private_key(hex: &str) -> Result<PrivateKey, CapabilityError> {
     })
 }
 
-/// Parses and verifies a base64 token against `root`.
-fn parse_token(token_base64: &str, root: PublicKey) -> Result<Biscuit, CapabilityError> {
+/// Parses a base64 token without verifying any signature (size checked first).
+fn parse_unverified(token_base64: &str) -> Result<UnverifiedBiscuit, CapabilityError> {
     let token = token_base64.trim();
     if token.is_empty() {
         return Err(CapabilityError::BadSize("empty token"));
@@ -228,7 +289,7 @@ fn parse_token(token_base64: &str, root: PublicKey) -> Result<Biscuit, Capabilit
     if token.len() > MAX_TOKEN_LEN {
         return Err(CapabilityError::BadSize(TOO_LONG));
     }
-    Biscuit::from_base64(token, root).map_err(classify)
+    UnverifiedBiscuit::from_base64(token).map_err(classify)
 }
 
 /// The facts of one order request that the token's checks and the policies see.
@@ -340,7 +401,7 @@ impl CapabilityAuthority {
         restrictions: &Restrictions,
     ) -> Result<String, CapabilityError> {
         let block = restrictions.block()?;
-        self.verify_signatures(token_base64)?
+        self.verify_signatures(token_base64, None)?
             .append(block)
             .and_then(|token| token.to_base64())
             .map_err(classify)
@@ -349,7 +410,7 @@ impl CapabilityAuthority {
     /// A human-readable listing of a token this authority verifies: each block's facts, rules
     /// and checks as Datalog, with its revocation id.
     pub fn inspect(&self, token_base64: &str) -> Result<String, CapabilityError> {
-        let token = self.verify_signatures(token_base64)?;
+        let token = self.verify_signatures(token_base64, None)?;
         let revocation = token.revocation_identifiers();
         let mut out = String::new();
         for index in 0..token.block_count() {
@@ -371,13 +432,25 @@ impl CapabilityAuthority {
     }
 
     /// Parses `token_base64` and verifies it against the trusted roots and the revocation
-    /// list. Counted in [`AUTH_VERIFICATIONS`](crate::principal::AUTH_VERIFICATIONS).
-    fn verify_signatures(&self, token_base64: &str) -> Result<Biscuit, CapabilityError> {
+    /// list; with `max_blocks`, a token of more blocks is refused before any signature is
+    /// checked. Counted in [`AUTH_VERIFICATIONS`](crate::principal::AUTH_VERIFICATIONS).
+    fn verify_signatures(
+        &self,
+        token_base64: &str,
+        max_blocks: Option<usize>,
+    ) -> Result<Biscuit, CapabilityError> {
         self.verifications.increment(1);
+        let unverified = parse_unverified(token_base64)?;
+        if let Some(max) = max_blocks.filter(|max| unverified.block_count() > *max) {
+            return Err(CapabilityError::Unsupported(format!(
+                "{} blocks (at most {max})",
+                unverified.block_count()
+            )));
+        }
         // `roots` is never empty (a key file without a key is refused).
         let mut refused = CapabilityError::BadSignature(Token::Format(Format::UnknownPublicKey));
         for root in &self.roots {
-            match parse_token(token_base64, *root) {
+            match unverified.clone().verify(*root) {
                 Ok(token) => {
                     let revoked = token
                         .revocation_identifiers()
@@ -389,36 +462,34 @@ impl CapabilityAuthority {
                         Ok(token)
                     };
                 }
-                // Signed by another root, maybe the next one.
-                Err(error @ CapabilityError::BadSignature(_)) => refused = error,
-                Err(error) => return Err(error),
+                Err(error) => match classify(Token::Format(error)) {
+                    // Signed by another root, maybe the next one.
+                    error @ CapabilityError::BadSignature(_) => refused = error,
+                    error => return Err(error),
+                },
             }
         }
         Err(refused)
     }
 
-    /// Verifies a token (signature chain, revocation) and learns the user it speaks for (its
-    /// authority `user` fact), without authorizing any request: the ingress does this once per
-    /// request, before it can describe the request, then calls
-    /// [`VerifiedCapability::authorize`].
-    pub fn verify(&self, token_base64: &str) -> Result<VerifiedCapability, CapabilityError> {
-        let token = self.verify_signatures(token_base64)?;
-        // Not `token.authorizer()`: that one runs under biscuit's default 1 ms time limit.
-        let mut authorizer = AuthorizerBuilder::new()
-            .set_limits(self.limits.clone())
-            .build(&token)
-            .map_err(classify)?;
-        let users: Vec<(String,)> = authorizer
-            .query_with_limits("principal($u) <- user($u)", self.limits.clone())
-            .map_err(classify)?;
-        match users.as_slice() {
-            [(user,)] => Ok(VerifiedCapability {
-                user: user.clone(),
-                token,
-                limits: self.limits.clone(),
-            }),
-            _ => Err(CapabilityError::Denied),
-        }
+    /// Verifies a token at time `now` without evaluating any of it: signature chain,
+    /// revocation, expiry, then the vocabulary of every block (see the
+    /// [module documentation](self)); learns the user it speaks for from its authority block.
+    /// The ingress does this once per request, before it can describe the request, then calls
+    /// [`VerifiedCapability::authorize`], the one evaluation.
+    pub fn verify(
+        &self,
+        token_base64: &str,
+        now: SystemTime,
+    ) -> Result<VerifiedCapability, CapabilityError> {
+        // More blocks than Sluice allows are refused before their signatures are checked.
+        let token = self.verify_signatures(token_base64, Some(MAX_BLOCKS))?;
+        let user = vocabulary::admit(&vocabulary::blocks_of(&token)?, now)?;
+        Ok(VerifiedCapability {
+            user,
+            token,
+            limits: self.limits.clone(),
+        })
     }
 
     /// Verifies the token and authorizes `request` at time `now` with it; returns the
@@ -430,15 +501,16 @@ impl CapabilityAuthority {
         request: &OrderRequestFacts,
         now: SystemTime,
     ) -> Result<String, CapabilityError> {
-        let verified = self.verify(token_base64)?;
+        let verified = self.verify(token_base64, now)?;
         verified.authorize(request, now)?;
         Ok(verified.user)
     }
 }
 
-/// A capability token whose signature chain verified with a trusted root and that no
-/// revocation lists, with the user it speaks for. What it allows is still to be authorized
-/// per request ([`authorize`](Self::authorize)), since its checks are about the request.
+/// A capability token whose signature chain verified with a trusted root, that no revocation
+/// lists, that has not expired and that holds nothing but Sluice's vocabulary, with the user it
+/// speaks for. What it allows is still to be authorized per request
+/// ([`authorize`](Self::authorize)), since its checks are about the request.
 #[derive(Debug, Clone)]
 pub struct VerifiedCapability {
     user: String,
@@ -454,7 +526,8 @@ impl VerifiedCapability {
 
     /// Authorizes `request` at time `now`: every check of every block must hold and the
     /// ingress's allow policy must match (see the [module documentation](self)). No
-    /// signature is verified again.
+    /// signature is verified again. This is the one Datalog evaluation of a token, under the
+    /// authority's limits ([`DEFAULT_LIMITS`]); it runs on the calling thread.
     pub fn authorize(
         &self,
         request: &OrderRequestFacts,
@@ -492,7 +565,7 @@ pub fn generate_root_keypair() -> (String, String) {
 }
 
 /// Mints a token for `user` allowing `order`, signed with the root private key (hex); with
-/// `ttl`, the token expires that long from now.
+/// `ttl`, the token expires that long from now (`sluice biscuit mint` gives a default).
 pub fn mint(
     private_key_hex: &str,
     user: &str,
@@ -607,6 +680,259 @@ fn content_lines(path: &Path) -> Result<Vec<(usize, String)>, CapabilityError> {
         .collect())
 }
 
+/// Reading a token's blocks as data and holding them to Sluice's vocabulary, without
+/// evaluating anything (see the [module documentation](self)).
+mod vocabulary {
+    use super::*;
+
+    /// The blocks of a verified token (authority first) as builder values, with every symbol
+    /// resolved, read from the token's own encoding: exactly what an authorizer would load.
+    pub(super) fn blocks_of(token: &Biscuit) -> Result<Vec<BlockBuilder>, CapabilityError> {
+        if token.block_count() > MAX_BLOCKS {
+            return Err(CapabilityError::Unsupported(format!(
+                "{} blocks (at most {MAX_BLOCKS})",
+                token.block_count()
+            )));
+        }
+        let encoded = token.container().to_proto();
+        let signed: Vec<&schema::SignedBlock> = std::iter::once(&encoded.authority)
+            .chain(&encoded.blocks)
+            .collect();
+        let mut blocks = Vec::with_capacity(signed.len());
+        // One symbol table over every block, as biscuit builds it for an authorizer.
+        let mut symbols = SymbolTable::new();
+        for (index, block) in signed.iter().enumerate() {
+            if block.external_signature.is_some() {
+                return Err(CapabilityError::Unsupported(format!(
+                    "block {index} is a third-party block"
+                )));
+            }
+            let block = schema::Block::decode(&block.block[..]).map_err(|e| {
+                malformed(Format::BlockDeserializationError(format!(
+                    "block {index}: {e}"
+                )))
+            })?;
+            let table = SymbolTable::from(block.symbols.clone()).map_err(malformed)?;
+            symbols.extend(&table).map_err(malformed)?;
+            blocks.push(block);
+        }
+        blocks
+            .iter()
+            .map(|block| {
+                let block = proto_block_to_token_block(block, None).map_err(malformed)?;
+                let facts = block
+                    .facts
+                    .iter()
+                    .map(|fact| builder::Fact::convert_from(fact, &symbols))
+                    .collect::<Result<_, _>>();
+                let rules = block
+                    .rules
+                    .iter()
+                    .map(|rule| builder::Rule::convert_from(rule, &symbols))
+                    .collect::<Result<_, _>>();
+                let checks = block
+                    .checks
+                    .iter()
+                    .map(|check| builder::Check::convert_from(check, &symbols))
+                    .collect::<Result<_, _>>();
+                let scopes = block
+                    .scopes
+                    .iter()
+                    .map(|scope| builder::Scope::convert_from(scope, &symbols))
+                    .collect::<Result<_, _>>();
+                Ok(BlockBuilder {
+                    facts: facts.map_err(malformed)?,
+                    rules: rules.map_err(malformed)?,
+                    checks: checks.map_err(malformed)?,
+                    scopes: scopes.map_err(malformed)?,
+                    context: block.context,
+                })
+            })
+            .collect()
+    }
+
+    fn malformed(error: Format) -> CapabilityError {
+        CapabilityError::Malformed(Token::Format(error))
+    }
+
+    /// One of the checks Sluice documents.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub(super) enum Documented {
+        /// `check if product($p), {..}.contains($p)`, with this many products.
+        Products(usize),
+        /// `check if quantity($q), $q <= N`.
+        MaxQuantity(i64),
+        /// `check if time($t), $t <= T` (seconds since the epoch).
+        Expiry(u64),
+    }
+
+    /// Which documented check `check` is, if any: `check if`, one query, one predicate over
+    /// one variable, one expression of the documented form over that variable, no scope.
+    pub(super) fn documented(check: &builder::Check) -> Option<Documented> {
+        let [query] = check.queries.as_slice() else {
+            return None;
+        };
+        let ([predicate], [expression]) = (query.body.as_slice(), query.expressions.as_slice())
+        else {
+            return None;
+        };
+        let [Term::Variable(variable)] = predicate.terms.as_slice() else {
+            return None;
+        };
+        if check.kind != CheckKind::One || !query.head.terms.is_empty() || !query.scopes.is_empty()
+        {
+            return None;
+        }
+        let is = |term: &Term| matches!(term, Term::Variable(v) if v == variable);
+        match (predicate.name.as_str(), expression.ops.as_slice()) {
+            (
+                "product",
+                [Op::Value(Term::Set(products)), Op::Value(term), Op::Binary(Binary::Contains)],
+            ) if is(term) && products.iter().all(|p| matches!(p, Term::Str(_))) => {
+                Some(Documented::Products(products.len()))
+            }
+            (
+                "quantity",
+                [Op::Value(term), Op::Value(Term::Integer(max)), Op::Binary(Binary::LessOrEqual)],
+            ) if is(term) => Some(Documented::MaxQuantity(*max)),
+            (
+                "time",
+                [Op::Value(term), Op::Value(Term::Date(at)), Op::Binary(Binary::LessOrEqual)],
+            ) if is(term) => Some(Documented::Expiry(*at)),
+            _ => None,
+        }
+    }
+
+    /// The earliest expiry of the documented `time` checks of all `blocks`, if any.
+    pub(super) fn expiry(blocks: &[BlockBuilder]) -> Option<u64> {
+        blocks
+            .iter()
+            .flat_map(|block| &block.checks)
+            .filter_map(|check| match documented(check) {
+                Some(Documented::Expiry(at)) => Some(at),
+                _ => None,
+            })
+            .min()
+    }
+
+    /// Refuses an expired token, then any block outside the vocabulary; returns the user of
+    /// the authority block.
+    pub(super) fn admit(
+        blocks: &[BlockBuilder],
+        now: SystemTime,
+    ) -> Result<String, CapabilityError> {
+        // Expiry first: an expired token is refused whatever else it holds.
+        if let Some(expiry) = expiry(blocks) {
+            if epoch_secs(now) > expiry {
+                return Err(CapabilityError::Expired(render_date(expiry)));
+            }
+        }
+        let (authority, attenuations) = blocks
+            .split_first()
+            .ok_or_else(|| CapabilityError::Unsupported("no authority block".into()))?;
+        let user = authority_user(authority)?;
+        for (index, block) in attenuations.iter().enumerate() {
+            check_attenuation(index + 1, block)?;
+        }
+        Ok(user)
+    }
+
+    /// The user of an authority block as [`mint`] makes it: `user(<string>)`,
+    /// `right("order")`, at most one expiry check, nothing else.
+    pub(super) fn authority_user(block: &BlockBuilder) -> Result<String, CapabilityError> {
+        let refuse = |why: String| Err(CapabilityError::Unsupported(format!("block 0 {why}")));
+        if !block.rules.is_empty() {
+            return refuse("holds rules".into());
+        }
+        if !block.scopes.is_empty() || block.context.is_some() {
+            return refuse("holds a scope or context".into());
+        }
+        let mut user = None;
+        let mut right = false;
+        for fact in &block.facts {
+            match (
+                fact.predicate.name.as_str(),
+                fact.predicate.terms.as_slice(),
+            ) {
+                ("user", [Term::Str(name)]) if user.is_none() => user = Some(name.clone()),
+                ("right", [Term::Str(operation)]) if operation == ORDER_OPERATION && !right => {
+                    right = true
+                }
+                _ => {
+                    return refuse(format!(
+                        "holds an unexpected fact: {}",
+                        quote(&fact.to_string())
+                    ))
+                }
+            }
+        }
+        match block.checks.as_slice() {
+            [] => {}
+            [check] if matches!(documented(check), Some(Documented::Expiry(_))) => {}
+            _ => return refuse("holds checks other than one expiry".into()),
+        }
+        match (user, right) {
+            (Some(user), true) => Ok(user),
+            _ => refuse(format!("lacks user(..) or right(\"{ORDER_OPERATION}\")")),
+        }
+    }
+
+    /// Refuses an appended block that holds anything but a few documented checks.
+    pub(super) fn check_attenuation(
+        index: usize,
+        block: &BlockBuilder,
+    ) -> Result<(), CapabilityError> {
+        let refuse = |why: String| {
+            Err(CapabilityError::Unsupported(format!(
+                "block {index} {why}; appended blocks may only add checks on product, quantity or time"
+            )))
+        };
+        if !block.facts.is_empty() {
+            return refuse(format!("adds {} fact(s)", block.facts.len()));
+        }
+        if !block.rules.is_empty() {
+            return refuse(format!("adds {} rule(s)", block.rules.len()));
+        }
+        if !block.scopes.is_empty() {
+            return refuse("changes which blocks it trusts".into());
+        }
+        if block.context.is_some() {
+            return refuse("carries a context".into());
+        }
+        if block.checks.len() > MAX_CHECKS_PER_BLOCK {
+            return refuse(format!(
+                "holds {} checks (at most {MAX_CHECKS_PER_BLOCK})",
+                block.checks.len()
+            ));
+        }
+        for check in &block.checks {
+            match documented(check) {
+                Some(Documented::Products(count)) if count > MAX_PRODUCTS_PER_CHECK => {
+                    return refuse(format!(
+                        "lists {count} products in one check (at most {MAX_PRODUCTS_PER_CHECK})"
+                    ));
+                }
+                Some(_) => {}
+                None => {
+                    return refuse(format!(
+                        "holds a check of a form Sluice does not document: {}",
+                        quote(&check.to_string())
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `text`, shortened to [`QUOTED_CHECK_CHARS`] characters.
+    fn quote(text: &str) -> String {
+        match text.char_indices().nth(QUOTED_CHECK_CHARS) {
+            Some((end, _)) => format!("{}…", &text[..end]),
+            None => text.to_string(),
+        }
+    }
+}
+
 fn hex_decode(text: &str) -> Option<Vec<u8>> {
     if !text.len().is_multiple_of(2) || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
@@ -692,7 +1018,7 @@ mod tests {
             .unwrap_err();
         assert!(matches!(refused, CapabilityError::Denied), "{refused:?}");
         assert!(refused.is_forbidden());
-        assert_eq!(authority.verify(&token).unwrap().user(), "alice");
+        assert_eq!(authority.verify(&token, now).unwrap().user(), "alice");
     }
 
     #[test]
@@ -723,6 +1049,17 @@ mod tests {
             .is_ok());
         let later = now + Duration::from_secs(120);
         match authority.authorize(&token, &request("alice", "widget", 1), later) {
+            Err(error @ CapabilityError::Expired(_)) => {
+                assert!(error.is_unauthenticated());
+                assert!(error
+                    .to_string()
+                    .starts_with("capability token expired at 20"));
+            }
+            other => panic!("expected an expired token, got {other:?}"),
+        }
+        // The Datalog check agrees, should the structural one ever miss it.
+        let verified = authority.verify(&token, now).unwrap();
+        match verified.authorize(&request("alice", "widget", 1), later) {
             Err(CapabilityError::ChecksFailed(checks)) => {
                 assert_eq!(checks.len(), 1);
                 assert!(
@@ -763,7 +1100,7 @@ mod tests {
             .contains("$q <= 5"));
         assert!(matches!(
             ok("widget", 1, now + Duration::from_secs(7200)),
-            Err(CapabilityError::ChecksFailed(_))
+            Err(CapabilityError::Expired(_))
         ));
         // Several failures are all reported.
         match ok("gadget", 9, now) {
@@ -844,25 +1181,285 @@ mod tests {
         ));
     }
 
+    /// `token` (verified with `public`) with `block` appended, as any holder can do offline.
+    fn append(token: &str, public: &str, block: BlockBuilder) -> String {
+        Biscuit::from_base64(token, parse_public_key(public).unwrap())
+            .unwrap()
+            .append(block)
+            .unwrap()
+            .to_base64()
+            .unwrap()
+    }
+
+    fn code(source: &str) -> BlockBuilder {
+        BlockBuilder::new()
+            .code(source)
+            .unwrap_or_else(|e| panic!("{source}: {e}"))
+    }
+
+    /// A block of facts and a rule joining them with themselves that never derives anything:
+    /// seconds of evaluation if it were ever evaluated.
+    fn self_join() -> BlockBuilder {
+        let facts: String = (0..200).map(|i| format!("n({i});\n")).collect();
+        code(&format!(
+            "{facts}never($x) <- n($x), n($y), n($z), $x + $y + $z < 0;"
+        ))
+    }
+
+    fn unsupported(result: Result<VerifiedCapability, CapabilityError>) -> String {
+        match result {
+            Err(error @ CapabilityError::Unsupported(_)) => {
+                assert!(error.is_unauthenticated());
+                error.to_string()
+            }
+            other => panic!("expected a refusal before evaluation, got {other:?}"),
+        }
+    }
+
     #[test]
-    fn runaway_tokens_hit_the_limits() {
+    fn the_documented_checks_are_recognised_whatever_their_variable() {
+        use vocabulary::{documented, Documented};
+        let check = |source: &str| {
+            let block = code(source);
+            assert_eq!(block.checks.len(), 1, "{source}");
+            documented(&block.checks[0])
+        };
+        assert_eq!(
+            check(r#"check if product($p), {"a", "b"}.contains($p);"#),
+            Some(Documented::Products(2))
+        );
+        assert_eq!(
+            check(r#"check if product($item), {"a"}.contains($item);"#),
+            Some(Documented::Products(1))
+        );
+        assert_eq!(
+            check("check if quantity($n), $n <= 5;"),
+            Some(Documented::MaxQuantity(5))
+        );
+        assert_eq!(
+            check("check if time($t), $t <= 2030-01-01T00:00:00Z;"),
+            Some(Documented::Expiry(1_893_456_000))
+        );
+        for other in [
+            "check if quantity($q), $q < 5;",
+            "check if quantity($q), $q >= 5;",
+            "check if quantity($q), 5 >= $q;",
+            "check if quantity($q), $r <= 5;",
+            "check if quantity($q), ($q <= 5);",
+            "check if quantity($q), $q <= 5, $q >= 0;",
+            "check if quantity($q), quantity($r), $q <= 5;",
+            "check if quantity($q), $q <= 5 or quantity($q), $q <= 6;",
+            "check all quantity($q), $q <= 5;",
+            "reject if quantity($q), $q > 5;",
+            "check if quantity($q), $q <= 5 trusting authority;",
+            "check if amount($q), $q <= 5;",
+            "check if time($t), $t <= 5;",
+            "check if quantity(5);",
+            "check if true;",
+            "check if product($p), {1, 2}.contains($p);",
+            r#"check if product($p), ["a"].contains($p);"#,
+            r#"check if product($p), {"a"}.any($x -> $x == $p);"#,
+            r#"check if product($p), $p.matches("a*");"#,
+            r#"check if product($p), {"a"}.contains($q);"#,
+        ] {
+            assert_eq!(check(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn appended_blocks_may_only_add_few_documented_checks() {
         let (private, authority, public) = setup();
+        let token = mint(&private, "alice", Some(Duration::from_secs(600))).unwrap();
+        let now = SystemTime::now();
+        let products = |n: usize| {
+            let set: Vec<String> = (0..n).map(|i| format!("\"p{i}\"")).collect();
+            format!("check if product($p), {{{}}}.contains($p);", set.join(", "))
+        };
+        let refused = [
+            (r#"user("bob");"#.to_string(), "adds 1 fact(s)"),
+            ("r($x) <- right($x);".to_string(), "adds 1 rule(s)"),
+            (
+                "time(1970-01-01T00:00:00Z);\ncheck if quantity($q), $q <= 5;".to_string(),
+                "adds 1 fact(s)",
+            ),
+            (
+                r#"check if right("order");"#.to_string(),
+                "does not document",
+            ),
+            (
+                "check all quantity($q), $q <= 5;".to_string(),
+                "does not document",
+            ),
+            (
+                "check if quantity($q), $q <= 5;\n".repeat(MAX_CHECKS_PER_BLOCK + 1),
+                "holds 9 checks",
+            ),
+            (products(MAX_PRODUCTS_PER_CHECK + 1), "lists 257 products"),
+        ];
+        for (source, why) in refused {
+            let message =
+                unsupported(authority.verify(&append(&token, &public, code(&source)), now));
+            assert!(message.contains("block 1"), "{message}");
+            assert!(message.contains(why), "{source:.60}: {message}");
+        }
+        let mut scoped = code("check if quantity($q), $q <= 5;");
+        scoped.scopes.push(builder::Scope::Previous);
+        assert!(
+            unsupported(authority.verify(&append(&token, &public, scoped), now)).contains("trusts")
+        );
+        let with_context = code("check if quantity($q), $q <= 5;").context("note".into());
+        assert!(
+            unsupported(authority.verify(&append(&token, &public, with_context), now))
+                .contains("context")
+        );
+
+        // The most that is allowed passes, and is then authorized as usual.
+        let mut most = products(MAX_PRODUCTS_PER_CHECK).replace("\"p0\"", "\"widget\"");
+        most.push_str(&"\ncheck if quantity($q), $q <= 5;".repeat(MAX_CHECKS_PER_BLOCK - 1));
+        let widest = append(&token, &public, code(&most));
+        let verified = authority.verify(&widest, now).unwrap();
+        assert_eq!(verified.user(), "alice");
+        verified
+            .authorize(&request("alice", "widget", 5), now)
+            .unwrap();
+        assert!(verified
+            .authorize(&request("alice", "widget", 6), now)
+            .is_err());
+        assert!(verified
+            .authorize(&request("alice", "gadget", 1), now)
+            .is_err());
+    }
+
+    #[test]
+    fn the_authority_block_must_be_what_mint_makes() {
+        let (private, authority, _) = setup();
+        let root = KeyPair::from(&parse_private_key(&private).unwrap());
+        let now = SystemTime::now();
+        let build = |source: &str| {
+            let mut builder = Biscuit::builder();
+            builder = builder.code(source).unwrap();
+            builder.build(&root).unwrap().to_base64().unwrap()
+        };
+        let same_as_mint = build(
+            r#"user("alice"); right("order"); check if time($t), $t <= 2999-01-01T00:00:00Z;"#,
+        );
+        assert_eq!(
+            authority.verify(&same_as_mint, now).unwrap().user(),
+            "alice"
+        );
+        for (source, why) in [
+            (
+                r#"user("alice"); right("order"); right("admin");"#,
+                "unexpected fact",
+            ),
+            (
+                r#"user("alice"); user("bob"); right("order");"#,
+                "unexpected fact",
+            ),
+            (r#"user("alice");"#, "lacks"),
+            (r#"right("order");"#, "lacks"),
+            (r#"user(1); right("order");"#, "unexpected fact"),
+            (
+                r#"user("alice"); right("order"); r($x) <- user($x);"#,
+                "rules",
+            ),
+            (
+                r#"user("alice"); right("order"); check if quantity($q), $q <= 5;"#,
+                "checks",
+            ),
+            (
+                r#"user("alice"); right("order");
+                   check if time($t), $t <= 2999-01-01T00:00:00Z;
+                   check if time($t), $t <= 2998-01-01T00:00:00Z;"#,
+                "checks",
+            ),
+        ] {
+            let message = unsupported(authority.verify(&build(source), now));
+            assert!(message.contains("block 0"), "{source}: {message}");
+            assert!(message.contains(why), "{source}: {message}");
+        }
+    }
+
+    #[test]
+    fn a_self_join_block_is_refused_without_evaluation() {
+        let (private, authority, public) = setup();
+        let token = mint(&private, "alice", Some(Duration::from_secs(600))).unwrap();
+        let heavy = append(&token, &public, self_join());
+        let message = unsupported(authority.verify(&heavy, SystemTime::now()));
+        assert!(message.contains("block 1 adds 200 fact(s)"), "{message}");
+        let refused = authority
+            .authorize(&heavy, &request("alice", "widget", 1), SystemTime::now())
+            .unwrap_err();
+        assert!(
+            matches!(refused, CapabilityError::Unsupported(_)),
+            "{refused:?}"
+        );
+    }
+
+    #[test]
+    fn expiry_is_read_before_anything_else() {
+        let (private, authority, public) = setup();
+        let now = SystemTime::now();
+        let token = mint(&private, "alice", Some(Duration::from_secs(600))).unwrap();
+        let heavy = append(&token, &public, self_join());
+        let error = authority
+            .verify(&heavy, now + Duration::from_secs(601))
+            .unwrap_err();
+        assert!(matches!(error, CapabilityError::Expired(_)), "{error:?}");
+        // The earliest expiry of any block counts, even in a block refused otherwise.
+        let narrowed = append(
+            &token,
+            &public,
+            code("check if time($t), $t <= 2000-01-01T00:00:00Z;\nn(1);"),
+        );
+        let error = authority.verify(&narrowed, now).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "capability token expired at 2000-01-01T00:00:00Z"
+        );
+        // Valid up to and including its last second.
+        let at = UNIX_EPOCH + Duration::from_secs(2_000_000_000);
+        let until = append(
+            &mint(&private, "alice", None).unwrap(),
+            &public,
+            code("check if time($t), $t <= 2033-05-18T03:33:20Z;"),
+        );
+        assert!(authority.verify(&until, at).is_ok());
+        assert!(authority
+            .verify(&until, at + Duration::from_millis(999))
+            .is_ok());
+        assert!(matches!(
+            authority.verify(&until, at + Duration::from_secs(1)),
+            Err(CapabilityError::Expired(_))
+        ));
+    }
+
+    #[test]
+    fn blocks_are_bounded_in_number_and_first_party() {
+        let (private, authority, public) = setup();
+        let now = SystemTime::now();
+        let mut token = mint(&private, "alice", None).unwrap();
+        for _ in 1..MAX_BLOCKS {
+            token = append(&token, &public, code("check if quantity($q), $q <= 5;"));
+        }
+        assert!(authority.verify(&token, now).is_ok());
+        let one_more = append(&token, &public, code("check if quantity($q), $q <= 5;"));
+        assert!(unsupported(authority.verify(&one_more, now)).contains("17 blocks"));
+
         let token = mint(&private, "alice", None).unwrap();
         let parsed = Biscuit::from_base64(&token, parse_public_key(&public).unwrap()).unwrap();
-        let facts: String = (0..40).map(|i| format!("n({i});\n")).collect();
-        let heavy = parsed
-            .append(
-                BlockBuilder::new()
-                    .code(format!("{facts}pair($x, $y) <- n($x), n($y);"))
-                    .unwrap(),
-            )
+        let external = KeyPair::new();
+        let third_party = parsed
+            .third_party_request()
+            .unwrap()
+            .create_block(&external.private(), code("check if quantity($q), $q <= 5;"))
+            .unwrap();
+        let with_third_party = parsed
+            .append_third_party(external.public(), third_party)
             .unwrap()
             .to_base64()
             .unwrap();
-        let error = authority
-            .authorize(&heavy, &request("alice", "widget", 1), SystemTime::now())
-            .unwrap_err();
-        assert!(matches!(error, CapabilityError::Evaluation(_)), "{error:?}");
-        assert!(error.is_forbidden());
+        assert!(unsupported(authority.verify(&with_third_party, now))
+            .contains("block 1 is a third-party block"));
     }
 }

@@ -159,12 +159,17 @@ impl From<CapabilityError> for ApiError {
     }
 }
 
-/// 401, or what a refused capability token maps to.
+/// 401, or what a refused capability token maps to; 429 for an exhausted client address, 503
+/// when capability tokens cannot be checked now.
 impl From<AuthenticationError> for ApiError {
     fn from(error: AuthenticationError) -> Self {
         match error {
             AuthenticationError::Jwt(error) => error.into(),
             AuthenticationError::Capability(error) => error.into(),
+            AuthenticationError::AddressLimited(refused) => refused.into(),
+            busy @ AuthenticationError::CapabilityBusy(_) => {
+                ApiError::unavailable(busy.to_string())
+            }
             other => ApiError::unauthorized(other.to_string()),
         }
     }

@@ -3,9 +3,9 @@
 //! - `POST /login` checks a password against argon2id hashes, records a login event in the
 //!   log, and returns a JWT signed with the configured signing key (HS256, EdDSA or RS256:
 //!   see [`auth`]);
-//! - `POST /order` authenticates the bearer token (a JWT, or a biscuit capability token when
-//!   `biscuit_public_key_file` is set: see [`capability`]), rate-limits per user and per
-//!   client address,
+//! - `POST /order` charges the request to its client address's rate limit, authenticates the
+//!   bearer token (a JWT, or a biscuit capability token when `biscuit_public_key_file` is set:
+//!   see [`capability`] and [`principal`]), rate-limits per user,
 //!   assigns a UUIDv7 order id (or, with an `Idempotency-Key`, an id derived from the user and
 //!   the key: see [`idempotency`]), appends the order to the log keyed by user id, and answers
 //!   `202` **only after the log acknowledged it** (503 if it cannot within the ack timeout);
@@ -34,7 +34,7 @@ pub mod users;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use sluice_core::log::Log;
 use sluice_core::lookup::OrderLookup;
@@ -47,6 +47,7 @@ use warp::reply::Response;
 use warp::{Filter, Reply};
 
 use crate::auth::{Claims, TokenAuthority};
+use crate::capability::{OrderRequestFacts, VerifiedCapability};
 pub use crate::config::{AuthConfig, IngressConfig, Mode};
 use crate::error::ApiError;
 use crate::limits::KeyedLimit;
@@ -195,14 +196,24 @@ fn load_capabilities(
 }
 
 impl State {
-    /// Authenticates the bearer token: a JWT, or (when configured) a biscuit capability
-    /// token. A JWT has three dot-separated parts; a biscuit has none. The routes call this
-    /// once per request, through [`principal::authenticated`].
-    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, AuthenticationError> {
+    /// Authenticates the bearer token: a JWT (verified inline), or (when configured) a biscuit
+    /// capability token, verified without evaluating it on a blocking thread through the
+    /// [`capability_gate`](Self::capability_gate). A JWT has three dot-separated parts; a
+    /// biscuit has none. The routes call this once per request, through
+    /// [`principal::authenticated`].
+    pub async fn authenticate(
+        &self,
+        headers: &HeaderMap,
+    ) -> Result<Principal, AuthenticationError> {
         let token = principal::bearer(headers)?;
         let principal = match self.capabilities() {
             Some(capabilities) if !token.contains('.') => {
-                Principal::Capability(Box::new(capabilities.verify(token)?))
+                let token = token.to_string();
+                let verified = self
+                    .capability_gate
+                    .run(move || capabilities.verify(&token, SystemTime::now()))
+                    .await??;
+                Principal::Capability(Arc::new(verified))
             }
             _ => Principal::Jwt(self.tokens.verify(token)?),
         };
@@ -221,6 +232,20 @@ impl State {
             }
         }
         Ok(principal)
+    }
+
+    /// Authorizes an order request with a verified capability token: its one Datalog
+    /// evaluation, on a blocking thread through the [`capability_gate`](Self::capability_gate).
+    pub async fn authorize_capability(
+        &self,
+        capability: &Arc<VerifiedCapability>,
+        request: OrderRequestFacts,
+    ) -> Result<(), AuthenticationError> {
+        let capability = capability.clone();
+        self.capability_gate
+            .run(move || capability.authorize(&request, SystemTime::now()))
+            .await??;
+        Ok(())
     }
 
     /// The current biscuit authority, when capability tokens are configured.
@@ -268,6 +293,9 @@ pub struct State {
     /// Bounds concurrent password checks (argon2id takes ~19 MiB and a core each) and the
     /// logins waiting for one, whatever clients do.
     pub password_checks: limits::PasswordChecks,
+    /// Runs capability-token verification and authorization off the async workers, a few at
+    /// a time and within a time limit.
+    pub capability_gate: principal::CapabilityGate,
 }
 
 /// A configured ingress, ready to serve.
@@ -376,6 +404,7 @@ impl Ingress {
             draining: CancellationToken::new(),
             idempotency,
             password_checks,
+            capability_gate: principal::CapabilityGate::for_this_machine(),
         };
         let state = Arc::new(state);
         if state.config.mode == crate::config::Mode::Development {
@@ -505,24 +534,20 @@ fn login_route(state: &Arc<State>) -> BoxedFilter<(Response,)> {
 }
 
 fn order_routes(state: &Arc<State>) -> BoxedFilter<(Response,)> {
+    // `authenticated` charges the client address's limit, then verifies the credential.
     let create = warp::path!("order")
         .and(warp::post())
         .and(with_state(state))
         .and(principal::authenticated(state))
-        .and(server::client_addr())
         .and(warp::header::headers_cloned())
         .and(warp::body::stream())
         .then(
-            |state: Arc<State>,
-             principal: Authentication,
-             client: Option<SocketAddr>,
-             headers: HeaderMap,
-             body| async move {
+            |state: Arc<State>, principal: Authentication, headers: HeaderMap, body| async move {
                 respond("order", async {
                     // Refused before the body is read: strangers cannot make us buffer it.
                     let principal = principal?;
                     let body = body::read_limited(&headers, body, &state.config).await?;
-                    routes::order::create(&state, &principal, &headers, client, &body).await
+                    routes::order::create(&state, &principal, &headers, &body).await
                 })
                 .await
             },

@@ -1,6 +1,5 @@
 //! `POST /order` (accept an order once the log has it) and `GET /order/{id}` (its fate).
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -27,26 +26,19 @@ struct OrderRequest {
     quantity: i64,
 }
 
-/// Accepts one order from an authenticated `principal`: rate-limit, parse, check that the
-/// `userId` is the principal's, authorize a capability token's checks, append, answer 202
-/// once durable.
+/// Accepts one order from an authenticated `principal` (whose client address was charged
+/// already, before authentication): rate-limit per user, parse, check that the `userId` is the
+/// principal's, authorize a capability token's checks, append, answer 202 once durable.
 pub async fn create(
     state: &State,
     principal: &Principal,
     headers: &HeaderMap,
-    client: Option<SocketAddr>,
     body: &[u8],
 ) -> Result<Response, ApiError> {
     state
         .limits
         .orders_per_principal
         .check(&principal.user().to_string())?;
-    if let Some(client) = client {
-        state
-            .limits
-            .orders_per_address
-            .check(&crate::limits::address_key(client.ip()))?;
-    }
     let request: OrderRequest = crate::body::parse_json(body)?;
     if request.user_id != principal.user() {
         return Err(ApiError::forbidden(format!(
@@ -60,7 +52,7 @@ pub async fn create(
             product: request.product.clone(),
             quantity: request.quantity,
         };
-        capability.authorize(&facts, std::time::SystemTime::now())?;
+        state.authorize_capability(capability, facts).await?;
     }
     let idempotent = state
         .idempotency

@@ -24,6 +24,7 @@ use sluice::topology::Topology;
 use sluice_ingress::config::{JwtAlgorithm, JwtKeyConfig, Quota};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+mod capability;
 mod login;
 
 const STRONG_SECRET: &str = "6f1c2b9e0a7d4c3b8e5f2a1d9c7b6e4f3a2d1c0b";
