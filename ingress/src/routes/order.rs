@@ -41,10 +41,10 @@ pub async fn create(
         .check(&principal.user().to_string())?;
     let request: OrderRequest = crate::body::parse_json(body)?;
     if request.user_id != principal.user() {
-        return Err(ApiError::forbidden(format!(
-            "userId {:?} is not the token's user",
-            request.user_id
-        )));
+        // Not repeated: the value is the client's, of any length.
+        return Err(ApiError::forbidden(
+            "userId is not the token's user; send the user the token was issued to",
+        ));
     }
     if let Principal::Capability(capability) = principal {
         let facts = OrderRequestFacts {
