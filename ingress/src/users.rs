@@ -281,14 +281,74 @@ impl Users {
     }
 }
 
-/// The entries of a users file's text (`origin` names it in errors).
+/// The entries of a users file's text (`origin` names it in errors). The layout `sluice users
+/// add` writes is read by a line scanner ([`parse_canonical`]), several times faster than a
+/// TOML parser and leaving no garbage behind; anything else goes through the TOML parser.
 pub(crate) fn parse(text: &str, origin: &Path) -> Result<Vec<UserEntry>, UsersError> {
+    if let Some(entries) = parse_canonical(text) {
+        return Ok(entries);
+    }
     toml::from_str::<UsersFile>(text)
         .map(|file| file.users)
         .map_err(|e| UsersError::Invalid {
             path: origin.to_path_buf(),
             message: e.to_string(),
         })
+}
+
+/// Reads the users file layout that [`write_file`] produces, and only that: blank lines,
+/// `#` comment lines, and `[[users]]` headers each followed by exactly one
+/// `name = "…"` and one `password_hash = "…"` line, whose strings hold no quote, backslash
+/// or control character (so they mean the same in TOML as they read). Returns `None` for
+/// anything else, which then goes to the TOML parser, which also words the errors: this
+/// never accepts a file differently from it.
+fn parse_canonical(text: &str) -> Option<Vec<UserEntry>> {
+    fn plain(text: &str) -> bool {
+        !text
+            .chars()
+            .any(|c| (c.is_control() && c != '\t') || c == '"' || c == '\\')
+    }
+    fn string(value: &str) -> Option<String> {
+        let inner = value.strip_prefix('"')?.strip_suffix('"')?;
+        plain(inner).then(|| inner.to_string())
+    }
+    let mut entries = Vec::with_capacity(text.len() / 128);
+    let mut current: Option<(Option<String>, Option<String>)> = None;
+    let mut finish = |entry: Option<(Option<String>, Option<String>)>| match entry {
+        None => Some(()),
+        Some((Some(name), Some(password_hash))) => {
+            entries.push(UserEntry {
+                name,
+                password_hash,
+            });
+            Some(())
+        }
+        Some(_) => None,
+    };
+    for line in text.split('\n') {
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        let comment = line.starts_with('#') && !line.chars().any(|c| c.is_control() && c != '\t');
+        if line.is_empty() || comment {
+            continue;
+        }
+        if line == "[[users]]" {
+            finish(current.replace((None, None)))?;
+        } else if let Some(value) = line.strip_prefix("name = ") {
+            let (name, _) = current.as_mut()?;
+            if name.replace(string(value)?).is_some() {
+                return None;
+            }
+        } else if let Some(value) = line.strip_prefix("password_hash = ") {
+            let (_, hash) = current.as_mut()?;
+            if hash.replace(string(value)?).is_some() {
+                return None;
+            }
+        } else {
+            return None;
+        }
+    }
+    finish(current)?;
+    Some(entries)
 }
 
 fn read_file(path: &Path) -> Result<UsersFile, UsersError> {
@@ -573,7 +633,9 @@ mod tests {
     }
 
     /// Verifying an unknown user runs one argon2id check with the same parameters as a known
-    /// user's: the medians of a few runs are close. The ratio is generous, for loaded machines.
+    /// user's. The two are timed alternately (so a burst of load hits both) and the fastest
+    /// of each compared; the ratio is generous, for loaded machines: skipping the check for
+    /// unknown users would make it thousands.
     #[test]
     fn unknown_and_known_users_take_comparable_time() {
         use std::time::{Duration, Instant};
@@ -582,22 +644,20 @@ mod tests {
             Path::new("users.toml"),
         )
         .unwrap();
-        let median = |user: &str| {
-            let mut times: Vec<Duration> = (0..5)
-                .map(|_| {
-                    let started = Instant::now();
-                    assert!(!users.verify(user, "not the password at all"));
-                    started.elapsed()
-                })
-                .collect();
-            times.sort();
-            times[2]
+        let time = |user: &str| {
+            let started = Instant::now();
+            assert!(!users.verify(user, "not the password at all"));
+            started.elapsed()
         };
-        let (known, unknown) = (median("alice"), median("mallory"));
+        let (mut known, mut unknown) = (Duration::MAX, Duration::MAX);
+        for _ in 0..7 {
+            known = known.min(time("alice"));
+            unknown = unknown.min(time("mallory"));
+        }
         let ratio = unknown.as_secs_f64() / known.as_secs_f64();
         assert!(
             (0.33..3.0).contains(&ratio),
-            "unknown user {unknown:?}, known user {known:?}"
+            "fastest check: unknown user {unknown:?}, known user {known:?}"
         );
     }
 
@@ -633,6 +693,65 @@ mod tests {
         assert!(users.verify("bob", STRONG));
         assert_eq!(users.names(), vec!["bob"]);
     }
+
+    #[test]
+    fn the_line_scanner_reads_what_users_add_writes_and_leaves_the_rest_to_toml() {
+        let dir = tempfile_dir();
+        let path = dir.join("users.toml");
+        for name in ["alice", "bob", "carol@example.com"] {
+            upsert_user(&path, name, STRONG, PasswordPolicy::RefuseWeak).unwrap();
+        }
+        let written = std::fs::read_to_string(&path).unwrap();
+        let shipped = include_str!("../../users.toml");
+        for text in [
+            written.as_str(),
+            shipped,
+            &written.replace('\n', "\r\n"),
+            "",
+            "# none\n",
+        ] {
+            let scanned = parse_canonical(text).expect("the written layout is scanned");
+            let toml: UsersFile = toml::from_str(text).unwrap();
+            let pairs = |entries: &[UserEntry]| {
+                entries
+                    .iter()
+                    .map(|e| (e.name.clone(), e.password_hash.clone()))
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(pairs(&scanned), pairs(&toml.users));
+        }
+        assert_eq!(parse_canonical(&written).unwrap().len(), 3);
+        // Valid TOML in another layout: parsed by toml, to the same users.
+        let hash = DEMO_HASH;
+        let others = [
+            format!("[[users]]\nname=\"alice\"\npassword_hash = \"{hash}\"\n"),
+            format!("[[users]]\nname = 'alice'\npassword_hash = \"{hash}\"\n"),
+            format!("[[users]]\nname = \"alice\" # the first\npassword_hash = \"{hash}\"\n"),
+            format!("users = [{{ name = \"alice\", password_hash = \"{hash}\" }}]\n"),
+            format!("[[users]]\n  name = \"alice\"\npassword_hash = \"{hash}\"\n"),
+            format!("[[users]]\nname = \"al\\u0069ce\"\npassword_hash = \"{hash}\"\n"),
+        ];
+        for text in &others {
+            assert!(parse_canonical(text).is_none(), "{text}");
+            let entries = parse(text, &path).unwrap();
+            assert_eq!(entries.len(), 1, "{text}");
+            assert_eq!(entries[0].name, "alice", "{text}");
+        }
+        // Broken files: not scanned, and toml words the error.
+        let broken = [
+            format!("[[users]]\nname = \"alice\"\nname = \"bob\"\npassword_hash = \"{hash}\"\n"),
+            "[[users]]\nname = \"alice\"\n".to_string(),
+            format!("name = \"alice\"\npassword_hash = \"{hash}\"\n"),
+            format!("[[users]]\nname = \"alice\"\npassword_hash = \"{hash}\"\nrole = \"admin\"\n"),
+        ];
+        for text in &broken {
+            assert!(parse_canonical(text).is_none(), "{text}");
+            assert!(parse(text, &path).is_err(), "{text}");
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    const DEMO_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$3vsPJ483E0WZx7FzdRzZ7A$4rpq8AbJV8pOwTDW8W0nMtslxUj3BtbKYF+BIMceGOQ";
 
     fn tempfile_dir() -> PathBuf {
         let dir = std::env::temp_dir().join(format!("sluice-users-{}", uuid::Uuid::now_v7()));
