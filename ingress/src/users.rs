@@ -6,6 +6,7 @@
 //! password_hash = "$argon2id$v=19$m=19456,t=2,p=1$…"
 //! ```
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -192,11 +193,14 @@ impl Users {
         drop(costs);
         let mut hashes = HashMap::with_capacity(entries.len());
         for entry in entries {
-            let name = entry.name.into_boxed_str();
-            if hashes.contains_key(&name) {
-                return Err(invalid(format!("user {name:?} appears twice")));
+            match hashes.entry(entry.name.into_boxed_str()) {
+                Entry::Occupied(taken) => {
+                    return Err(invalid(format!("user {:?} appears twice", taken.key())))
+                }
+                Entry::Vacant(free) => {
+                    free.insert(entry.password_hash.into_boxed_str());
+                }
             }
-            hashes.insert(name, entry.password_hash.into_boxed_str());
         }
         Ok(Users { hashes, decoy })
     }
