@@ -28,7 +28,7 @@ fmt:
 	cargo fmt --all
 
 bench: infra-up
-	eval "$$(bash scripts/infra env)" && cargo bench --bench pipeline --bench limiter
+	eval "$$(bash scripts/infra env)" && cargo bench --bench pipeline --bench limiter --bench users
 
 check:
 	cargo run --quiet -- check topology.toml

@@ -100,12 +100,18 @@ enum Command {
 #[derive(Subcommand)]
 enum UsersAction {
     /// Add a user or change their password; the password is read from standard input.
+    ///
+    /// Refuses a weak password: fewer than 10 characters, a well-known one, or one containing
+    /// the user name. Only an argon2id hash of the password is written.
     Add {
         /// User name (also their userId for orders).
         name: String,
         /// The users file.
         #[arg(long, default_value = "users.toml")]
         file: PathBuf,
+        /// Accept a weak password anyway, with a warning (for demos only).
+        #[arg(long)]
+        allow_weak: bool,
     },
     /// Remove a user.
     Remove {
@@ -148,8 +154,13 @@ fn main() -> ExitCode {
         Command::Check { topology } => check(&topology),
         Command::Graph { topology, format } => graph(&topology, format),
         Command::Users {
-            action: UsersAction::Add { name, file },
-        } => add_user(&name, &file),
+            action:
+                UsersAction::Add {
+                    name,
+                    file,
+                    allow_weak,
+                },
+        } => add_user(&name, &file, allow_weak),
         Command::Users {
             action: UsersAction::Remove { name, file },
         } => report(
@@ -299,7 +310,7 @@ fn prepare(
     Ok((topology, runtime))
 }
 
-fn add_user(name: &str, file: &std::path::Path) -> ExitCode {
+fn add_user(name: &str, file: &std::path::Path, allow_weak: bool) -> ExitCode {
     if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
         eprintln!("password for {name} (then Enter):");
     }
@@ -310,9 +321,19 @@ fn add_user(name: &str, file: &std::path::Path) -> ExitCode {
         eprintln!("no password given on standard input");
         return ExitCode::FAILURE;
     }
+    let policy = if allow_weak {
+        sluice_ingress::users::PasswordPolicy::AllowWeak
+    } else {
+        sluice_ingress::users::PasswordPolicy::RefuseWeak
+    };
+    let password = password.trim_end_matches(['\r', '\n']);
     report(
-        sluice_ingress::users::upsert_user(file, name, password.trim_end_matches(['\r', '\n']))
-            .map(|()| format!("user {name} saved in {}\n", file.display())),
+        sluice_ingress::users::upsert_user(file, name, password, policy).map(|weakness| {
+            if let Some(weakness) = weakness {
+                eprintln!("warning: {weakness}; accepted because of --allow-weak: use it for demos only, never for an account reachable from a network");
+            }
+            format!("user {name} saved in {}\n", file.display())
+        }),
     )
 }
 

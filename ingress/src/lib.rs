@@ -83,8 +83,8 @@ impl Reloader {
     /// Re-reads the key files, the biscuit root keys and revocation list, and the users file,
     /// and the `[ingress.auth]` settings that `read_auth` reads again from the topology file
     /// (added or retired keys, the signing key; `None` keeps the current ones). On error the
-    /// previous keys and users stay in force. The files are read, and in production mode the
-    /// passwords checked, on a blocking thread.
+    /// previous keys and users stay in force. The files are read and checked on a blocking
+    /// thread; the same rules as at start apply to the demo users.
     pub async fn reload<F>(&self, read_auth: F) -> Result<(), IngressError>
     where
         F: FnOnce() -> Result<Option<AuthConfig>, BoxError> + Send + 'static,
@@ -97,34 +97,32 @@ impl Reloader {
         .await?
     }
 
-    /// [`reload`](Self::reload), on the calling thread (it blocks).
+    /// [`reload`](Self::reload), on the calling thread (it blocks). Linear in the size of the
+    /// users file (parse and validation; no password is hashed); the new users replace the
+    /// old ones by a pointer swap, and the old table is freed here, not on an async worker.
     fn reload_now(state: &State, mut auth: Option<AuthConfig>) -> Result<(), IngressError> {
         if let Some(auth) = &mut auth {
             generated_secret::settle(auth, state.config.mode, &state.base_dir)?;
         }
-        // Everything is loaded and checked before anything is swapped.
-        let users = Users::load(&state.users_path)?;
-        // Development mode only warns of weaknesses at start: only production mode checks
-        // the reloaded settings and passwords.
-        if state.config.mode == crate::config::Mode::Production {
-            let mut config = state.config.clone();
-            if let Some(auth) = &auth {
-                config.auth = auth.clone();
-            }
-            let weaknesses = security::weaknesses(&config, &users);
-            if !weaknesses.is_empty() {
-                return Err(IngressError::Insecure(weaknesses));
-            }
+        // Everything is loaded and checked before anything is swapped. Production mode checks
+        // the reloaded settings too.
+        let mut config = state.config.clone();
+        if let Some(auth) = &auth {
+            config.auth = auth.clone();
         }
+        let users = load_users(&config, &state.users_path)?;
         let capabilities =
             load_capabilities(auth.as_ref().unwrap_or(&state.config.auth), &state.base_dir)?;
         state.tokens.reload(auth.as_ref())?;
         let count = users.len();
         let revoked = capabilities.as_ref().map_or(0, |c| c.revoked_count());
-        *state
-            .users
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(users);
+        let old_users = std::mem::replace(
+            &mut *state
+                .users
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+            Arc::new(users),
+        );
         *state
             .capabilities
             .write()
@@ -134,12 +132,63 @@ impl Reloader {
             revoked_capabilities = revoked,
             "token keys, capability keys and users reloaded"
         );
+        free_here(old_users);
         Ok(())
     }
 }
 
-/// Runs `work` (file reads, argon2id) on a blocking thread, off the async workers. A panic in
-/// `work` resumes here.
+/// Drops `table` on this (blocking) thread: freeing a large users table takes milliseconds,
+/// which must not land on an async worker. Requests that took the table before the swap
+/// hold it at most for one password check; wait (up to a few seconds) for them to let go.
+fn free_here(table: Arc<Users>) {
+    let deadline = Instant::now() + std::time::Duration::from_secs(5);
+    while Arc::strong_count(&table) > 1 && Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    drop(table);
+}
+
+/// Loads the users file at `path` (blocking: call from a blocking thread) and applies
+/// `config`'s rules for the shipped demo users (found by their password hashes, without
+/// hashing anything). Production mode refuses them, and `config`'s weak token settings
+/// ([`IngressError::Insecure`]). Development mode keeps them usable while every listener is
+/// a loopback address (warning that they are), and otherwise disables them: they are refused
+/// as unknown users are, and one warning names them and the fix.
+fn load_users(config: &IngressConfig, path: &std::path::Path) -> Result<Users, IngressError> {
+    let mut users = Users::load(path)?;
+    if config.mode == Mode::Production {
+        let weaknesses = security::weaknesses(config, &users);
+        if !weaknesses.is_empty() {
+            return Err(IngressError::Insecure(weaknesses));
+        }
+        return Ok(users);
+    }
+    let demo = security::demo_users(&users);
+    if demo.is_empty() {
+        return Ok(users);
+    }
+    let names = demo.join(", ");
+    let fix = format!(
+        "give each a new password with `sluice users add <name>` or remove it with `sluice users remove <name>` (file {})",
+        path.display()
+    );
+    if security::listeners_are_loopback(config) {
+        tracing::warn!(
+            weakness = %format!("users {names} have the shipped demo passwords; they work only while every ingress listener is a loopback address: {fix}"),
+            "DEVELOPMENT MODE: not safe for production"
+        );
+    } else {
+        users.disable(&demo);
+        tracing::warn!(
+            users = %names,
+            "demo users disabled: they have the shipped demo passwords and an ingress listener (login_listen or order_listen) is not a loopback address; {fix}"
+        );
+    }
+    Ok(users)
+}
+
+/// Runs `work` (file reads and parsing) on a blocking thread, off the async workers. A panic
+/// in `work` resumes here.
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, IngressError> {
@@ -150,30 +199,12 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
-/// Development mode starts whatever the settings, so their weaknesses are warnings only: they
-/// are looked for on a blocking thread while the ingress serves. The password checks (an
-/// argon2id run per user and well-known password) stop early when the ingress drains or is
-/// dropped.
-fn warn_of_weaknesses(state: &Arc<State>) {
-    let config = state.config.clone();
-    let users = state.users();
-    let (alive, draining) = (Arc::downgrade(state), state.draining.clone());
-    let warn = |weakness: &str| {
+/// Development mode starts whatever the token settings, so their weaknesses are warnings
+/// only (cheap checks; no password is hashed).
+fn warn_of_weaknesses(config: &IngressConfig) {
+    for weakness in security::setting_weaknesses(config) {
         tracing::warn!(weakness, "DEVELOPMENT MODE: not safe for production");
-    };
-    tokio::task::spawn_blocking(move || {
-        for weakness in security::setting_weaknesses(&config) {
-            warn(&weakness);
-        }
-        for name in users.names() {
-            if alive.strong_count() == 0 || draining.is_cancelled() {
-                return;
-            }
-            if let Some(weakness) = security::password_weakness(&config, &users, name) {
-                warn(&weakness);
-            }
-        }
-    });
+    }
 }
 
 /// Loads the biscuit root key(s) and revocation list that `auth` names, if any.
@@ -338,10 +369,11 @@ pub enum IngressError {
 
 impl Ingress {
     /// Builds the ingress: reads the users file and the token and capability keys (paths
-    /// resolve against `base_dir`, the topology file's folder) on a blocking thread. In
-    /// production mode weak settings or passwords refuse the build
-    /// ([`IngressError::Insecure`]), checked on that thread too; in development mode they are
-    /// only warned of, from a blocking thread, while the ingress serves.
+    /// resolve against `base_dir`, the topology file's folder) on a blocking thread; no
+    /// password is hashed, so this costs the same whatever the number of users (bar reading
+    /// the file). In production mode weak token settings or the shipped demo users refuse the
+    /// build ([`IngressError::Insecure`]); in development mode weak settings are warned of,
+    /// and the demo users are disabled unless every listener is a loopback address.
     pub async fn new(
         config: IngressConfig,
         base_dir: &std::path::Path,
@@ -354,16 +386,13 @@ impl Ingress {
                 generated_secret::settle(&mut config.auth, config.mode, &base_dir)?;
                 let users_path =
                     sluice_core::topology::resolve_relative(&base_dir, &config.auth.users_file);
-                let users = Users::load(&users_path)?;
-                if config.mode == crate::config::Mode::Production {
-                    let weaknesses = security::weaknesses(&config, &users);
-                    if !weaknesses.is_empty() {
-                        return Err(IngressError::Insecure(weaknesses));
-                    }
+                if config.mode == Mode::Development {
+                    warn_of_weaknesses(&config);
                 }
+                let users = load_users(&config, &users_path)?;
                 let tokens = TokenAuthority::from_config(&config.auth, &base_dir)?;
                 let capabilities = load_capabilities(&config.auth, &base_dir)?;
-                Ok((users_path, users, tokens, capabilities))
+                Ok::<_, IngressError>((users_path, users, tokens, capabilities))
             })
             .await??
         };
@@ -406,11 +435,9 @@ impl Ingress {
             password_checks,
             capability_gate: principal::CapabilityGate::for_this_machine(),
         };
-        let state = Arc::new(state);
-        if state.config.mode == crate::config::Mode::Development {
-            warn_of_weaknesses(&state);
-        }
-        Ok(Ingress { state })
+        Ok(Ingress {
+            state: Arc::new(state),
+        })
     }
 
     /// A handle that reloads the keys and the users file (the binary calls it on SIGHUP).

@@ -26,6 +26,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod capability;
 mod login;
+mod users;
 
 const STRONG_SECRET: &str = "6f1c2b9e0a7d4c3b8e5f2a1d9c7b6e4f3a2d1c0b";
 
@@ -312,7 +313,13 @@ async fn jwt_forgeries_fail_and_keys_rotate_without_restart(backend: Backend) {
     let users_file = test
         .topology()
         .resolve_path(&test.topology().ingress.auth.users_file);
-    sluice_ingress::users::upsert_user(&users_file, "carol", "carol's long passphrase").unwrap();
+    sluice_ingress::users::upsert_user(
+        &users_file,
+        "carol",
+        "a long passphrase of her own",
+        sluice_ingress::users::PasswordPolicy::RefuseWeak,
+    )
+    .unwrap();
     assert!(sluice_ingress::users::remove_user(&users_file, "alice").unwrap());
     Command::new("kill")
         .args(["-HUP", &pid.to_string()])
@@ -523,7 +530,8 @@ async fn production_mode_refuses_weak_settings_and_says_what_to_change() {
         dir.path().join("users.toml"),
     )
     .unwrap();
-    // Development mode starts with the same settings, then warns of each weakness.
+    // Development mode starts with the same settings (on loopback listeners the demo users
+    // stay usable, and a token secret is generated), and warns once of the demo users.
     let listen = format!("127.0.0.1:{}", free_port());
     let log_file = dir.path().join("development.log");
     let mut child = start_sluice(
@@ -544,10 +552,8 @@ async fn production_mode_refuses_weak_settings_and_says_what_to_change() {
                 .lines()
                 .filter(|l| l.contains("DEVELOPMENT MODE: not safe for production"))
                 .collect();
-            warnings.len() == 3
-                && warnings[0].contains("jwt_secret is the development default")
-                && warnings.iter().any(|w| w.contains(r#"user \"alice\""#))
-                && warnings.iter().any(|w| w.contains(r#"user \"bob\""#))
+            warnings.len() == 1
+                && warnings[0].contains("users alice, bob have the shipped demo passwords")
         },
     )
     .await;
@@ -561,7 +567,21 @@ async fn production_mode_refuses_weak_settings_and_says_what_to_change() {
         ("SLUICE_LOGIN_LISTEN", "127.0.0.1:0"),
         ("SLUICE_ORDER_LISTEN", "127.0.0.1:0"),
     ];
+    // Production mode generates no secret: without one it does not start.
     let output = sluice(&["run"], &topology, &production);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("production mode needs a token key"),
+        "{stderr}"
+    );
+    // With a secret, the demo users still refuse the start.
+    let with_secret = [
+        production.as_slice(),
+        &[("SLUICE_JWT_SECRET", STRONG_SECRET)],
+    ]
+    .concat();
+    let output = sluice(&["run"], &topology, &with_secret);
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -569,11 +589,9 @@ async fn production_mode_refuses_weak_settings_and_says_what_to_change() {
         "{stderr}"
     );
     assert!(
-        stderr.contains("ingress.auth.jwt_secret is the development default"),
-        "{stderr}"
-    );
-    assert!(
-        stderr.contains("user \"alice\"") && stderr.contains("default password"),
+        stderr.contains("user \"alice\"")
+            && stderr.contains("user \"bob\"")
+            && stderr.contains("shipped demo password"),
         "{stderr}"
     );
     assert!(
@@ -1149,11 +1167,13 @@ impl sluice_core::lookup::OrderLookup for NoOrders {
     }
 }
 
-/// Production mode checks each user's password against the well-known ones (dozens of
-/// argon2id runs) at start and on every reload. On a single-threaded runtime a ticker keeps
-/// ticking meanwhile: the checks run on blocking threads, not on the async worker.
+/// Start-up and reload read the users file on a blocking thread, not on the async worker.
+/// The users file is a named pipe that a thread fills only after a while: on a
+/// single-threaded runtime a ticker keeps ticking meanwhile, which it could not do if the read
+/// blocked the worker.
+#[cfg(unix)]
 #[tokio::test(flavor = "current_thread")]
-async fn production_password_checks_leave_the_async_worker_free() {
+async fn loading_users_leaves_the_async_worker_free() {
     use std::sync::atomic::{AtomicU32, Ordering};
     use std::sync::Arc;
     let test = test_topology_on(
@@ -1165,6 +1185,22 @@ async fn production_password_checks_leave_the_async_worker_free() {
     let mut topology = test.topology();
     topology.ingress.mode = sluice_ingress::config::Mode::Production;
     topology.ingress.auth.jwt_secret = Some(STRONG_SECRET.into());
+    let users_file = topology.resolve_path(&topology.ingress.auth.users_file);
+    let contents = std::fs::read(&users_file).unwrap();
+    // Replaces the users file by a pipe that gets `contents` after 300 ms.
+    let slow_users_file = || {
+        std::fs::remove_file(&users_file).unwrap();
+        assert!(Command::new("mkfifo")
+            .arg(&users_file)
+            .status()
+            .unwrap()
+            .success());
+        let (path, contents) = (users_file.clone(), contents.clone());
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            std::fs::write(path, contents).unwrap();
+        })
+    };
     let log = sluice::pipeline::open_log(&topology).unwrap();
     let ticks = Arc::new(AtomicU32::new(0));
     let ticker = tokio::spawn({
@@ -1177,6 +1213,7 @@ async fn production_password_checks_leave_the_async_worker_free() {
         }
     });
 
+    let writer = slow_users_file();
     let started = Instant::now();
     let ingress = sluice_ingress::Ingress::new(
         topology.ingress.clone(),
@@ -1185,19 +1222,23 @@ async fn production_password_checks_leave_the_async_worker_free() {
         Arc::new(NoOrders),
     )
     .await
-    .expect("strong settings and passwords pass production mode");
+    .expect("strong settings and users pass production mode");
     let (during_start, took) = (ticks.swap(0, Ordering::Relaxed), started.elapsed());
+    writer.join().unwrap();
+    assert_eq!(ingress.state().users().len(), 3);
     assert!(
         during_start >= 5,
-        "the worker ticked {during_start} times in {took:?} of start-up checks"
+        "the worker ticked {during_start} times in {took:?} of start-up"
     );
 
+    let writer = slow_users_file();
     let started = Instant::now();
     ingress.reloader().reload(|| Ok(None)).await.unwrap();
     let (during_reload, took) = (ticks.swap(0, Ordering::Relaxed), started.elapsed());
+    writer.join().unwrap();
     assert!(
         during_reload >= 5,
-        "the worker ticked {during_reload} times in {took:?} of reload checks"
+        "the worker ticked {during_reload} times in {took:?} of reload"
     );
     ticker.abort();
 }

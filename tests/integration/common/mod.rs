@@ -199,7 +199,13 @@ pub fn test_topology_on(
     let dir = tempfile::tempdir().unwrap();
     let users_file = dir.path().join("users.toml");
     for user in users {
-        sluice_ingress::users::upsert_user(&users_file, user, PASSWORD).unwrap();
+        sluice_ingress::users::upsert_user(
+            &users_file,
+            user,
+            PASSWORD,
+            sluice_ingress::users::PasswordPolicy::RefuseWeak,
+        )
+        .unwrap();
     }
     if users.is_empty() {
         std::fs::write(&users_file, "users = []\n").unwrap();
