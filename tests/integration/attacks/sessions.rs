@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::common::*;
 
 /// A new password for alice, strong enough for `sluice users add`.
-const NEW_PASSWORD: &str = "a brand new passphrase for alice 7";
+const NEW_PASSWORD: &str = "a brand new passphrase, seven rivers";
 
 async fn login_with(client: &reqwest::Client, base: &str, user: &str, password: &str) -> u16 {
     client
