@@ -3,13 +3,20 @@
 //! requests; weak production settings; secrets in logs. Every refused request must produce
 //! nothing in the log. Each runs on Kafka + MariaDB and on the embedded log + SQLite, except
 //! the production-mode check, which starts the shipped topology as it is (the embedded
-//! defaults), and the RS256 check, which needs no backend. The login defences (lock-outs,
-//! floods, hostile names and passwords) are in [`login`].
+//! defaults), and the RS256 check, which needs no backend. The suites below hold the rest,
+//! on the embedded defaults: capability tokens that try to stall the process
+//! ([`capability`]), connection hoarding ([`connections`]), the login defences (lock-outs,
+//! floods, hostile names and passwords: [`login`]), operational endpoints in production
+//! ([`operations`]), published secrets ([`secrets`]), sessions after a password change
+//! ([`sessions`]) and the users file ([`users`]).
 
+mod capability;
 mod connections;
+mod login;
 mod operations;
 mod secrets;
 mod sessions;
+mod users;
 
 use std::io::Write as _;
 use std::num::NonZeroU32;
@@ -23,10 +30,6 @@ use sluice::pipeline::Parts;
 use sluice::topology::Topology;
 use sluice_ingress::config::{JwtAlgorithm, JwtKeyConfig, Quota};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-mod capability;
-mod login;
-mod users;
 
 const STRONG_SECRET: &str = "6f1c2b9e0a7d4c3b8e5f2a1d9c7b6e4f3a2d1c0b";
 
