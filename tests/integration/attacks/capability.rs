@@ -38,11 +38,11 @@ const ATTEMPTS: usize = 5;
 const JOINED_FACTS: usize = 256;
 
 /// A `sluice run` process of a test, killed by its id if the test ends without stopping it.
-struct Process(Option<std::process::Child>);
+pub(super) struct Process(Option<std::process::Child>);
 
 impl Process {
     /// Stops the process with SIGTERM and checks that it exits cleanly.
-    fn stop(mut self) {
+    pub(super) fn stop(mut self) {
         let child = self.0.take().expect("the process runs");
         assert!(terminate(child).success(), "sluice did not stop cleanly");
     }
@@ -58,17 +58,23 @@ impl Drop for Process {
 }
 
 /// A `sluice run` process trusting a fresh biscuit root key, for user alice.
-struct Served {
+pub(super) struct Served {
     test: TestTopology,
-    process: Process,
-    base: String,
-    login_base: String,
+    pub(super) process: Process,
+    /// Serves `/order`.
+    pub(super) base: String,
+    /// Serves `/login`.
+    pub(super) login_base: String,
     private: String,
-    public: String,
+    /// The root public key (hex).
+    pub(super) public: String,
 }
 
 impl Served {
-    async fn start(name: &str, tweak: impl FnOnce(&mut sluice::topology::Topology)) -> Self {
+    pub(super) async fn start(
+        name: &str,
+        tweak: impl FnOnce(&mut sluice::topology::Topology),
+    ) -> Self {
         let ports = Ports::free();
         let mut test = test_topology_on(Backend::Embedded, name, &["alice"], |t| {
             ports.apply(t);
@@ -96,7 +102,7 @@ impl Served {
     }
 
     /// A genuine token for alice, valid for ten minutes.
-    fn token(&self) -> String {
+    pub(super) fn token(&self) -> String {
         mint(&self.private, "alice", Some(Duration::from_secs(600))).unwrap()
     }
 

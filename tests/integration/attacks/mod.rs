@@ -21,7 +21,7 @@ mod users;
 use std::io::Write as _;
 use std::num::NonZeroU32;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::*;
@@ -60,6 +60,40 @@ fn sluice(args: &[&str], topology: &Path, env: &[(&str, &str)]) -> std::process:
         .envs(env.iter().copied())
         .output()
         .unwrap()
+}
+
+/// `sluice users add <name> --file <file> [extra]`, with `password` on standard input.
+pub(super) fn users_add(file: &Path, name: &str, password: &str, extra: &[&str]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["users", "add", name, "--file"])
+        .arg(file)
+        .args(extra)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{password}\n").as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// The shipped `topology.toml` and `users.toml` in a fresh folder, as a new user has them;
+/// returns the folder and the topology's path.
+fn shipped_copy() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let topology = dir.path().join("topology.toml");
+    std::fs::write(&topology, SHIPPED).unwrap();
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/users.toml"),
+        dir.path().join("users.toml"),
+    )
+    .unwrap();
+    (dir, topology)
 }
 
 fn now_secs() -> u64 {
@@ -525,14 +559,7 @@ async fn oversized_headers_slow_headers_and_deep_json_are_refused(backend: Backe
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn production_mode_refuses_weak_settings_and_says_what_to_change() {
-    let dir = tempfile::tempdir().unwrap();
-    let topology = dir.path().join("topology.toml");
-    std::fs::write(&topology, SHIPPED).unwrap();
-    std::fs::copy(
-        concat!(env!("CARGO_MANIFEST_DIR"), "/users.toml"),
-        dir.path().join("users.toml"),
-    )
-    .unwrap();
+    let (dir, topology) = shipped_copy();
     // Development mode starts with the same settings (on loopback listeners the demo users
     // stay usable, and a token secret is generated), and warns once of the demo users.
     let listen = format!("127.0.0.1:{}", free_port());
@@ -610,19 +637,13 @@ async fn production_mode_refuses_weak_settings_and_says_what_to_change() {
     );
 
     // Strong secret and a changed password: it starts (and drains on SIGTERM).
-    let mut add = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["users", "add", "alice", "--file"])
-        .arg(dir.path().join("users.toml"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    add.stdin
-        .take()
-        .unwrap()
-        .write_all(b"a much better passphrase\n")
-        .unwrap();
-    assert!(add.wait().unwrap().success());
+    let added = users_add(
+        &dir.path().join("users.toml"),
+        "alice",
+        "a much better passphrase",
+        &[],
+    );
+    assert!(added.status.success());
     let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args(["users", "remove", "bob", "--file"])
         .arg(dir.path().join("users.toml"))
@@ -1090,22 +1111,9 @@ async fn verifications(client: &reqwest::Client, base: &str, kind: &str) -> u64 
 /// Runs its own process, so that no other test's requests are counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_request_verifies_its_token_once() {
-    use sluice_ingress::capability::{attenuate, generate_root_keypair, mint, Restrictions};
-    let ports = Ports::free();
-    let mut test = test_topology_on(Backend::Embedded, "verifyonce", &["alice"], |t| {
-        ports.apply(t)
-    });
-    let (private, public) = generate_root_keypair();
-    let key_file = test.dir.path().join("biscuit-root.pub");
-    std::fs::write(&key_file, &public).unwrap();
-    test.edit(|t| t.ingress.auth.biscuit_public_key_file = Some(key_file));
-    let base = ports.order_base();
-    let mut child = start_sluice(
-        &test.path,
-        &test.dir.path().join("run.log"),
-        &[("RUST_LOG", "warn")],
-    );
-    wait_ready(&base, &mut child).await;
+    use sluice_ingress::capability::{attenuate, Restrictions};
+    let served = capability::Served::start("verifyonce", |_| {}).await;
+    let base = served.base.clone();
     let client = reqwest::Client::new();
     let counts = || async {
         (
@@ -1115,7 +1123,7 @@ async fn each_request_verifies_its_token_once() {
     };
     assert_eq!(counts().await, (0, 0));
 
-    let jwt = login(&client, &ports.login_base(), "alice").await;
+    let jwt = login(&client, &served.login_base, "alice").await;
     assert_eq!(counts().await, (0, 0), "issuing a token verifies none");
     assert_eq!(order(&client, &base, &jwt).await.0, 202);
     assert_eq!(counts().await, (1, 0), "POST /order with a JWT");
@@ -1131,7 +1139,7 @@ async fn each_request_verifies_its_token_once() {
     assert_eq!(order(&client, &base, &forged).await.0, 401);
     assert_eq!(counts().await, (3, 0), "a refused JWT");
 
-    let capability = mint(&private, "alice", Some(Duration::from_secs(600))).unwrap();
+    let capability = served.token();
     assert_eq!(order(&client, &base, &capability).await.0, 202);
     assert_eq!(
         counts().await,
@@ -1140,7 +1148,7 @@ async fn each_request_verifies_its_token_once() {
     );
     let gizmos_only = attenuate(
         &capability,
-        &public,
+        &served.public,
         &Restrictions {
             products: Some(vec!["gizmo".into()]),
             max_quantity: None,
@@ -1154,7 +1162,7 @@ async fn each_request_verifies_its_token_once() {
         (3, 2),
         "a capability token refused by its checks"
     );
-    assert!(terminate(child).success());
+    served.process.stop();
 }
 
 struct NoOrders;

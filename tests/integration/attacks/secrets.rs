@@ -7,21 +7,8 @@ use std::process::Command;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use sluice_ingress::generated_secret::PUBLISHED_SECRETS;
 
-use super::{claims, hs256, now_secs, order, sluice};
+use super::{claims, hs256, now_secs, order, shipped_copy, sluice};
 use crate::common::*;
-
-/// The shipped topology and users file in a fresh folder, as a new user has them.
-fn shipped_copy() -> (tempfile::TempDir, std::path::PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    let topology = dir.path().join("topology.toml");
-    std::fs::write(&topology, SHIPPED).unwrap();
-    std::fs::copy(
-        concat!(env!("CARGO_MANIFEST_DIR"), "/users.toml"),
-        dir.path().join("users.toml"),
-    )
-    .unwrap();
-    (dir, topology)
-}
 
 /// `sluice run` on `topology` listening on one free loopback port, without SLUICE_JWT_SECRET.
 fn run_without_secret(

@@ -2,10 +2,10 @@
 //! reloading refuses every token issued to that user before, whether it came from
 //! `POST /login` or from `sluice token`; other users' tokens live on.
 
-use std::io::Write as _;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
+use super::users_add;
 use crate::common::*;
 
 /// A new password for alice, strong enough for `sluice users add`.
@@ -35,25 +35,6 @@ async fn order_as(client: &reqwest::Client, base: &str, user: &str, token: &str)
     }
     let (status, _, message) = error_of(response).await;
     (status, message)
-}
-
-/// Runs `sluice users add <name> --file <file>` with `password` on standard input.
-fn users_add(file: &std::path::Path, name: &str, password: &str) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["users", "add", name, "--file"])
-        .arg(file)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
-    let output = child.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "users add: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -89,7 +70,12 @@ async fn on_the_embedded_defaults_a_password_change_ends_the_old_sessions() {
     let users_file = test
         .topology()
         .resolve_path(&test.topology().ingress.auth.users_file);
-    users_add(&users_file, "alice", NEW_PASSWORD);
+    let added = users_add(&users_file, "alice", NEW_PASSWORD, &[]);
+    assert!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
     Command::new("kill")
         .args(["-HUP", &child.id().to_string()])
         .status()

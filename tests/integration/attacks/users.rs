@@ -6,34 +6,14 @@
 
 use std::io::Write as _;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use super::{order, sluice, STRONG_SECRET};
+use super::{order, sluice, users_add, STRONG_SECRET};
 use crate::common::*;
 use sluice_ingress::config::Mode;
 
 const SHIPPED_USERS: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/users.toml"));
-
-/// `sluice users add <name> --file <file> [extra]`, with `password` on standard input.
-fn users_add(file: &Path, name: &str, password: &str, extra: &[&str]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["users", "add", name, "--file"])
-        .arg(file)
-        .args(extra)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!("{password}\n").as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
-}
 
 #[test]
 fn users_add_refuses_weak_short_and_name_containing_passwords() {
