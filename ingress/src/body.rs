@@ -171,10 +171,15 @@ fn describe_data_error(error: &serde_json::Error, bytes: &[u8]) -> String {
         return format!("{message} ({at})");
     }
     if let Some(rest) = message.strip_prefix("unknown field `") {
-        let name = rest.split('`').next().filter(|name| echoable(name));
-        let name = name.map(|name| format!(" `{name}`")).unwrap_or_default();
-        let allowed = rest
-            .find("`, expected ")
+        // The last "`, expected " is serde's own: the client's name may contain the text too,
+        // so the name is everything before it, repeated only when it is plain.
+        let end = rest.rfind("`, expected ");
+        let name = end
+            .map(|i| &rest[..i])
+            .filter(|name| echoable(name))
+            .map(|name| format!(" `{name}`"))
+            .unwrap_or_default();
+        let allowed = end
             .map(|i| &rest[i + "`, ".len()..])
             .filter(|allowed| allowed.len() <= MAX_EXPECTED_LEN)
             .map(|allowed| format!(", {allowed}"))
@@ -413,6 +418,14 @@ mod tests {
         let (_, message) = message_for::<Login>(&hostile);
         assert!(message.starts_with("unknown field, expected"), "{message}");
         assert!(!message.contains("sw0rdfish"), "{message}");
+        // A name that imitates serde's message cannot smuggle text into the answer.
+        let smuggled = r#"{"username":"a","x`, expected hunter2-secret\n":0}"#;
+        let (_, message) = message_for::<Login>(smuggled);
+        assert!(
+            message.starts_with("unknown field, expected `username` or `password`"),
+            "{message}"
+        );
+        assert!(!message.contains("hunter2"), "{message}");
         let (_, message) = message_for::<Login>(r#"{"username":"a"}"#);
         assert!(
             message.starts_with("missing field `password` (line 1"),
