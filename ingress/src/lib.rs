@@ -327,6 +327,8 @@ pub struct State {
     /// Runs capability-token verification and authorization off the async workers, a few at
     /// a time and within a time limit.
     pub capability_gate: principal::CapabilityGate,
+    /// The log's readiness as the public `/readyz` of production mode reports it.
+    pub public_readiness: routes::health::PublicReadiness,
 }
 
 /// A configured ingress, ready to serve.
@@ -434,6 +436,7 @@ impl Ingress {
             idempotency,
             password_checks,
             capability_gate: principal::CapabilityGate::for_this_machine(),
+            public_readiness: Default::default(),
         };
         Ok(Ingress {
             state: Arc::new(state),

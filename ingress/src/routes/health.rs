@@ -4,6 +4,8 @@
 //! status ([`public_readyz`]) and do not serve `/metrics`: the reasons and the metrics are
 //! for operators, on `[ops] listen`.
 
+use std::time::{Duration, Instant};
+
 use serde_json::json;
 use sluice_core::log::Log;
 use warp::http::StatusCode;
@@ -29,10 +31,37 @@ pub async fn readyz(state: &State) -> Response {
     log_readiness(state.log.as_ref()).await
 }
 
+/// How long the public `/readyz` reuses the log's last answer.
+pub const PUBLIC_READINESS_TTL: Duration = Duration::from_secs(1);
+
+/// The log's readiness as the public listeners see it: asked at most once per
+/// [`PUBLIC_READINESS_TTL`], however many clients ask (they wait for the one question in
+/// flight), so a flood of `/readyz` cannot turn into a flood of broker round-trips.
+#[derive(Default)]
+pub struct PublicReadiness {
+    last: tokio::sync::Mutex<Option<(Instant, bool)>>,
+}
+
+impl PublicReadiness {
+    async fn ready(&self, log: &dyn Log) -> bool {
+        let mut last = self.last.lock().await;
+        if let Some((asked, ready)) = *last {
+            if asked.elapsed() < PUBLIC_READINESS_TTL {
+                return ready;
+            }
+        }
+        let ready = log.check_ready().await.is_ok();
+        *last = Some((Instant::now(), ready));
+        ready
+    }
+}
+
 /// Readiness for the public listeners of a production ingress: the status of [`readyz`]
-/// (`ready`, or 503 `not_ready`) without the reason, which may name the backend.
+/// (`ready`, or 503 `not_ready`) without the reason, which may name the backend; the log is
+/// asked at most once a second ([`PublicReadiness`]).
 pub async fn public_readyz(state: &State) -> Response {
-    let ready = !state.draining.is_cancelled() && state.log.check_ready().await.is_ok();
+    let ready = !state.draining.is_cancelled()
+        && state.public_readiness.ready(state.log.as_ref()).await;
     if ready {
         warp::reply::json(&json!({ "status": "ready" })).into_response()
     } else {
