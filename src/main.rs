@@ -265,7 +265,7 @@ fn mint_token(path: &std::path::Path, user: &str, ttl_secs: Option<u64>) -> Exit
                 tokens
                     .issue_for(
                         user,
-                        Some(password_hash),
+                        password_hash,
                         ttl_secs.unwrap_or(auth.token_ttl_secs),
                     )
                     .map(|token| format!("{token}\n"))

@@ -37,8 +37,9 @@ pub struct Claims {
     pub exp: u64,
     /// Credential version: [`credential_version`] of the user's password hash when the token
     /// was issued. Once the password changes (or the user is removed) and the users file is
-    /// reloaded, it no longer matches and the token is refused. Tokens from other issuers
-    /// may leave it out; they then live until `exp`.
+    /// reloaded, it no longer matches and the token is refused. Required on tokens of keys
+    /// this service signs with; tokens of verify-only keys (another issuer's public key) may
+    /// leave it out, and then live until `exp`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cred: Option<String>,
 }
@@ -145,6 +146,11 @@ pub enum TokenError {
     /// The token's `aud` is missing or not this service's audience.
     #[error("the token is not meant for this service")]
     WrongAudience(#[source] jsonwebtoken::errors::Error),
+    /// The token is signed with a key this service signs with, but lacks the `cred` claim
+    /// every token it issues carries (issued before `cred` existed, or forged with a leaked
+    /// key).
+    #[error("the token lacks its credential version; log in again")]
+    NoCredential,
     /// A claim the service requires (`exp`, `iat`, `sub`, `iss`, `aud`) is missing.
     #[error("the token lacks a required claim")]
     MissingClaim(#[source] jsonwebtoken::errors::Error),
@@ -172,6 +178,9 @@ impl TokenError {
 struct VerifyKey {
     algorithm: Algorithm,
     decoding: DecodingKey,
+    /// Whether this service holds the key's signing half (an HS256 secret, or a private key
+    /// file): then every genuine token of the key was issued here, with a `cred` claim.
+    signs_here: bool,
 }
 
 struct SigningKey {
@@ -224,6 +233,7 @@ fn load_ring(config: &AuthConfig, base_dir: &Path) -> Result<KeyRing, AuthError>
             VerifyKey {
                 algorithm: Algorithm::HS256,
                 decoding: DecodingKey::from_secret(secret.as_bytes()),
+                signs_here: true,
             },
         );
         if signing_kid.as_deref() == Some("default") {
@@ -276,6 +286,7 @@ fn load_ring(config: &AuthConfig, base_dir: &Path) -> Result<KeyRing, AuthError>
                 (decoding, encoding)
             }
         };
+        let signs_here = encoding.is_some();
         if signing_kid.as_deref() == Some(key.kid.as_str()) {
             signing = encoding.map(|encoding| SigningKey {
                 kid: key.kid.clone(),
@@ -288,6 +299,7 @@ fn load_ring(config: &AuthConfig, base_dir: &Path) -> Result<KeyRing, AuthError>
             VerifyKey {
                 algorithm: alg,
                 decoding,
+                signs_here,
             },
         );
     }
@@ -399,15 +411,15 @@ impl TokenAuthority {
     /// A token for `subject`, whose password hash is `password_hash`, valid for the configured
     /// lifetime; it ends when the password changes (see [`Claims::cred`]).
     pub fn issue(&self, subject: &str, password_hash: &str) -> Result<String, IssueError> {
-        self.issue_for(subject, Some(password_hash), self.config().token_ttl_secs)
+        self.issue_for(subject, password_hash, self.config().token_ttl_secs)
     }
 
-    /// A token for `subject` valid for `ttl_secs`. With `password_hash`, it ends when the
-    /// password changes; without, only its expiry or removing the user ends it.
+    /// A token for `subject`, whose password hash is `password_hash`, valid for `ttl_secs`; it
+    /// ends when the password changes.
     pub fn issue_for(
         &self,
         subject: &str,
-        password_hash: Option<&str>,
+        password_hash: &str,
         ttl_secs: u64,
     ) -> Result<String, IssueError> {
         let (ring, config) = (self.ring(), self.config());
@@ -429,7 +441,7 @@ impl TokenAuthority {
             iat,
             nbf: Some(iat),
             exp: iat + ttl_secs,
-            cred: password_hash.map(credential_version),
+            cred: Some(credential_version(password_hash)),
         };
         let mut header = Header::new(signing.algorithm);
         header.kid = Some(signing.kid.clone());
@@ -469,9 +481,15 @@ impl TokenAuthority {
                 validation.set_required_spec_claims(&["exp", "iat", "sub", "iss"]);
             }
         }
-        decode::<Claims>(token, &key.decoding, &validation)
+        let claims = decode::<Claims>(token, &key.decoding, &validation)
             .map(|data| data.claims)
-            .map_err(TokenError::from_decoding)
+            .map_err(TokenError::from_decoding)?;
+        // Tokens this service signs carry `cred`; without it, a token signed with one of our
+        // own keys would outlive a password change.
+        if key.signs_here && claims.cred.is_none() {
+            return Err(TokenError::NoCredential);
+        }
+        Ok(claims)
     }
 }
 
@@ -642,9 +660,19 @@ mod tests {
         // Within the leeway, a slightly early token passes.
         let skewed = Claims {
             nbf: Some(now + 10),
+            cred: Some(credential_version(HASH)),
             ..future.clone()
         };
         assert!(authority.verify(&sign(&skewed)).is_ok());
+        // A token of one of our own keys without `cred` was not issued by this service.
+        let without_cred = Claims {
+            cred: None,
+            ..skewed.clone()
+        };
+        assert!(matches!(
+            authority.verify(&sign(&without_cred)),
+            Err(TokenError::NoCredential)
+        ));
     }
 
     #[test]

@@ -460,10 +460,16 @@ async fn unreachable_broker_means_503_never_2xx() {
     )
     .await
     .unwrap();
+    let alice = ingress
+        .state()
+        .users()
+        .hash_of("alice")
+        .unwrap()
+        .to_string();
     let token = ingress
         .state()
         .tokens
-        .issue_for("alice", None, 3600)
+        .issue_for("alice", &alice, 3600)
         .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());

@@ -60,8 +60,8 @@ impl PublicReadiness {
 /// (`ready`, or 503 `not_ready`) without the reason, which may name the backend; the log is
 /// asked at most once a second ([`PublicReadiness`]).
 pub async fn public_readyz(state: &State) -> Response {
-    let ready = !state.draining.is_cancelled()
-        && state.public_readiness.ready(state.log.as_ref()).await;
+    let ready =
+        !state.draining.is_cancelled() && state.public_readiness.ready(state.log.as_ref()).await;
     if ready {
         warp::reply::json(&json!({ "status": "ready" })).into_response()
     } else {

@@ -198,7 +198,27 @@ async fn jwt_forgeries_fail_and_keys_rotate_without_restart(backend: Backend) {
     assert_eq!(order(&client, &base, &ed1_token).await.0, 202);
 
     let now = now_secs();
-    let good = claims("alice", Some("sluice-orders"), now, now, now + 600);
+    let mut good = claims("alice", Some("sluice-orders"), now, now, now + 600);
+    // Every token of a key this service signs with carries alice's credential version.
+    let users_file = test
+        .topology()
+        .resolve_path(&test.topology().ingress.auth.users_file);
+    let alice = sluice_ingress::users::read_entries(&users_file)
+        .unwrap()
+        .into_iter()
+        .find(|entry| entry.name == "alice")
+        .unwrap();
+    good["cred"] = sluice_ingress::auth::credential_version(&alice.password_hash).into();
+    let without_cred = hs256(
+        "hs-old",
+        old_secret.as_bytes(),
+        &claims("alice", Some("sluice-orders"), now, now, now + 600),
+    );
+    assert_eq!(
+        order(&client, &base, &without_cred).await,
+        (401, "unauthorized".to_string()),
+        "a token of our own key without cred was not issued here"
+    );
     let hs_token = hs256("hs-old", old_secret.as_bytes(), &good);
     assert_eq!(
         order(&client, &base, &hs_token).await.0,
@@ -1052,7 +1072,9 @@ fn rs256_keys_sign_and_verify_and_refuse_confusion() {
         generated_secret_file: "data/jwt-secret".into(),
     };
     let authority = TokenAuthority::from_config(&config, dir.path()).unwrap();
-    let token = authority.issue_for("alice", None, 60).unwrap();
+    let token = authority
+        .issue_for("alice", "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA", 60)
+        .unwrap();
     let claims = authority.verify(&token).unwrap();
     assert_eq!(
         (claims.sub.as_str(), claims.aud.as_deref()),
