@@ -90,6 +90,53 @@ async fn on_the_embedded_defaults_no_public_secret_signs_a_token() {
     );
     let from_cli = String::from_utf8(minted.stdout).unwrap().trim().to_string();
     assert_eq!(order(&client, &base, &from_cli).await.0, 202);
+
+    // A reload that would bring a published secret in, as the shorthand or as a key of the
+    // ring, is refused: the running keys stay in force.
+    let shipped_text = std::fs::read_to_string(&topology).unwrap();
+    let published = PUBLISHED_SECRETS[0];
+    let with_published_key = format!(
+        "{shipped_text}\n[[ingress.auth.keys]]\nkid = \"old\"\nalgorithm = \"HS256\"\nsecret = \"{published}\"\n"
+    );
+    let with_published_shorthand = shipped_text.replace(
+        r#"jwt_secret = "${SLUICE_JWT_SECRET:-}""#,
+        &format!(r#"jwt_secret = "{published}""#),
+    );
+    assert_ne!(with_published_shorthand, shipped_text);
+    let log_file = dir.path().join("first.log");
+    for (round, text) in [with_published_key, with_published_shorthand]
+        .into_iter()
+        .enumerate()
+    {
+        std::fs::write(&topology, text).unwrap();
+        Command::new("kill")
+            .args(["-HUP", &child.id().to_string()])
+            .status()
+            .unwrap();
+        eventually(
+            std::time::Duration::from_secs(10),
+            "the reload to be refused",
+            || async {
+                std::fs::read_to_string(&log_file)
+                    .unwrap()
+                    .matches("is a published secret")
+                    .count()
+                    > round
+            },
+        )
+        .await;
+        assert_eq!(order(&client, &base, &from_login).await.0, 202);
+        let forged = hs256(
+            "old",
+            published.as_bytes(),
+            &claims("alice", None, now, now, now + 600),
+        );
+        assert_eq!(order(&client, &base, &forged).await.0, 401);
+    }
+    assert!(!std::fs::read_to_string(&log_file)
+        .unwrap()
+        .contains(published));
+    std::fs::write(&topology, &shipped_text).unwrap();
     assert!(terminate(child).success());
 
     // A restart keeps the secret, so tokens keep working.
