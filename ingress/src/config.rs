@@ -10,6 +10,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use sluice_core::topology::{FlowNode, Issues, NodeKind, Wiring};
 
+pub use crate::forwarded::IpNetwork;
+
 /// `[ingress]`: the HTTP front door.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -47,8 +49,22 @@ pub struct IngressConfig {
     /// closed as soon as they are accepted, so one client cannot take every connection.
     /// Behind a load balancer or proxy, whose address every connection shares, raise it to
     /// `max_connections`.
+    /// It counts TCP connections, so it keys on the proxy itself, not on the addresses in
+    /// `X-Forwarded-For` (see `trusted_proxies`). At least 1.
     #[serde(default = "defaults::max_connections_per_address")]
     pub max_connections_per_address: usize,
+    /// Reverse proxies or load balancers in front of the ingress, as IP addresses or CIDR
+    /// networks (`["10.0.0.0/8", "192.0.2.7"]`; default none). A request whose TCP peer is
+    /// one of them speaks for the right-most address of its `X-Forwarded-For` header that is
+    /// not itself a trusted proxy, and the rate limits and login defences key on that address;
+    /// `X-Forwarded-For` from any other peer is ignored, and a malformed one from a trusted
+    /// proxy counts as the proxy's own request (and in
+    /// `sluice_forwarded_for_malformed_total`). List only proxies that overwrite or append to
+    /// the header, never a network clients can connect from. When set, the ingress is taken
+    /// to be reachable from other machines: development mode disables the shipped demo users
+    /// as it does for a non-loopback listener.
+    #[serde(default)]
+    pub trusted_proxies: Vec<IpNetwork>,
     /// How long a request's headers may take to arrive before the connection is closed (this
     /// also closes keep-alive connections idle that long).
     #[serde(default = "defaults::header_read_timeout_ms")]
@@ -251,7 +267,8 @@ impl Default for RateLimitsConfig {
 }
 
 /// An exponential delay: `base_ms × 2^k` milliseconds, at most `max_ms`. Written
-/// `{ base_ms = 250, max_ms = 4000 }`.
+/// `{ base_ms = 250, max_ms = 4000 }`; used as a [`sluice_core::retry::Backoff`] without
+/// jitter (see its [`nominal`](sluice_core::retry::Backoff::nominal)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Backoff {
@@ -261,16 +278,13 @@ pub struct Backoff {
     pub max_ms: NonZeroU64,
 }
 
-impl Backoff {
-    /// The `k`-th delay: `base × 2^k`, at most `max`.
-    pub fn delay(&self, k: u32) -> Duration {
-        let factor = 1u64.checked_shl(k.min(63)).unwrap_or(u64::MAX);
-        let ms = self
-            .base_ms
-            .get()
-            .saturating_mul(factor)
-            .min(self.max_ms.get());
-        Duration::from_millis(ms)
+impl From<Backoff> for sluice_core::retry::Backoff {
+    fn from(backoff: Backoff) -> Self {
+        sluice_core::retry::Backoff::new(
+            Duration::from_millis(backoff.base_ms.get()),
+            Duration::from_millis(backoff.max_ms.get()),
+        )
+        .with_jitter(0.0)
     }
 }
 
@@ -412,6 +426,25 @@ impl IngressConfig {
         }
         if ingress.ack_timeout_ms == 0 {
             issues.push("ingress.ack_timeout_ms", "must be at least 1");
+        }
+        if ingress.max_connections_per_address == 0 {
+            issues.push(
+                "ingress.max_connections_per_address",
+                "must be at least 1 (behind a proxy, raise it to max_connections)",
+            );
+        }
+        for network in &ingress.trusted_proxies {
+            if network.prefix() == 0 {
+                issues.push(
+                    "ingress.trusted_proxies",
+                    format!("{network} trusts every address, so any client could forge X-Forwarded-For; list only your proxies' addresses or networks"),
+                );
+            } else if network.has_host_bits() {
+                issues.push(
+                    "ingress.trusted_proxies",
+                    format!("{network} has bits set past its prefix length; write the network's first address (e.g. 10.0.0.0/8) or a single address"),
+                );
+            }
         }
         ingress.rate_limits.validate(issues);
     }
@@ -605,7 +638,9 @@ mod tests {
             limits.login_failures_per_user,
             defaults::login_failures_per_user()
         );
-        assert_eq!(limits.login_failure_delay.delay(10), Duration::from_secs(2));
+        let delay = sluice_core::retry::Backoff::from(limits.login_failure_delay);
+        assert_eq!(delay.nominal(10), Duration::from_secs(2));
+        assert_eq!(delay.pause(10), Duration::from_secs(2), "no jitter");
         assert_eq!(limits.password_checks.at_once_on(64), 3);
         assert_eq!(limits.password_checks.waiting, 64);
         assert_eq!(limits.password_checks.wait_ms.get(), 500);
@@ -617,6 +652,71 @@ mod tests {
             old.to_string().contains("unknown field `logins_per_user`"),
             "{old}"
         );
+    }
+
+    fn ingress(extra: &str) -> Result<IngressConfig, toml::de::Error> {
+        toml::from_str(&format!(
+            "orders_topic = \"o\"\nlogins_topic = \"l\"\n{extra}\n[auth]\nusers_file = \"users.toml\"\n"
+        ))
+    }
+
+    fn ingress_issues(config: &IngressConfig) -> Vec<String> {
+        let mut issues = Issues::new();
+        let topics = std::collections::BTreeMap::new();
+        let sharding = sluice_core::topology::ShardingConfig { buckets: 256 };
+        let wiring = Wiring {
+            topics: &topics,
+            sharding: &sharding,
+            shards: &[],
+        };
+        config.validate(&wiring, &mut issues);
+        issues
+            .into_vec()
+            .into_iter()
+            .filter(|issue| !issue.at.ends_with("_topic"))
+            .map(|issue| format!("{}: {}", issue.at, issue.message))
+            .collect()
+    }
+
+    #[test]
+    fn trusted_proxies_are_addresses_or_networks_and_never_everyone() {
+        let config =
+            ingress(r#"trusted_proxies = ["10.0.0.0/8", "192.0.2.7", "fd00::/8"]"#).unwrap();
+        assert_eq!(config.trusted_proxies.len(), 3);
+        assert!(
+            ingress_issues(&config).is_empty(),
+            "{:?}",
+            ingress_issues(&config)
+        );
+        assert!(ingress("").unwrap().trusted_proxies.is_empty());
+        let bad = ingress(r#"trusted_proxies = ["10.0.0.0/33"]"#).unwrap_err();
+        assert!(
+            bad.to_string()
+                .contains("\"10.0.0.0/33\" has a prefix length"),
+            "{bad}"
+        );
+        let bad = ingress(r#"trusted_proxies = ["proxy.example"]"#).unwrap_err();
+        assert!(
+            bad.to_string()
+                .contains("is not an IP address or CIDR network"),
+            "{bad}"
+        );
+        let everyone = ingress(r#"trusted_proxies = ["0.0.0.0/0"]"#).unwrap();
+        let issues = ingress_issues(&everyone);
+        assert_eq!(issues.len(), 1, "{issues:?}");
+        assert!(issues[0].starts_with("ingress.trusted_proxies: 0.0.0.0/0 trusts every address"));
+        let typo = ingress(r#"trusted_proxies = ["10.0.0.1/8"]"#).unwrap();
+        let issues = ingress_issues(&typo);
+        assert_eq!(issues.len(), 1, "{issues:?}");
+        assert!(issues[0].contains("10.0.0.1/8 has bits set past its prefix length"));
+    }
+
+    #[test]
+    fn no_connection_per_address_is_refused() {
+        let config = ingress("max_connections_per_address = 0").unwrap();
+        let issues = ingress_issues(&config);
+        assert_eq!(issues.len(), 1, "{issues:?}");
+        assert!(issues[0].starts_with("ingress.max_connections_per_address: must be at least 1"));
     }
 
     #[test]

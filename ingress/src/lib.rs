@@ -21,6 +21,7 @@ pub mod body;
 pub mod capability;
 pub mod config;
 pub mod error;
+pub mod forwarded;
 pub mod generated_secret;
 pub mod idempotency;
 pub mod limits;
@@ -32,7 +33,7 @@ pub mod server;
 pub mod users;
 
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -151,8 +152,9 @@ fn free_here(table: Arc<Users>) {
 /// Loads the users file at `path` (blocking: call from a blocking thread) and applies
 /// `config`'s rules for the shipped demo users (found by their password hashes, without
 /// hashing anything). Production mode refuses them, and `config`'s weak token settings
-/// ([`IngressError::Insecure`]). Development mode keeps them usable while every listener is
-/// a loopback address (warning that they are), and otherwise disables them: they are refused
+/// ([`IngressError::Insecure`]). Development mode keeps them usable while only this machine
+/// reaches the ingress ([`security::only_this_machine_reaches`]: loopback listeners, no
+/// trusted proxies), warning that they are, and otherwise disables them: they are refused
 /// as unknown users are, and one warning names them and the fix.
 fn load_users(config: &IngressConfig, path: &std::path::Path) -> Result<Users, IngressError> {
     let mut users = Users::load(path)?;
@@ -172,16 +174,16 @@ fn load_users(config: &IngressConfig, path: &std::path::Path) -> Result<Users, I
         "give each a new password with `sluice users add <name>` or remove it with `sluice users remove <name>` (file {})",
         path.display()
     );
-    if security::listeners_are_loopback(config) {
+    if security::only_this_machine_reaches(config) {
         tracing::warn!(
-            weakness = %format!("users {names} have the shipped demo passwords; they work only while every ingress listener is a loopback address: {fix}"),
+            weakness = %format!("users {names} have the shipped demo passwords; they work only while every ingress listener is a loopback address and no trusted_proxies are set: {fix}"),
             "DEVELOPMENT MODE: not safe for production"
         );
     } else {
         users.disable(&demo);
         tracing::warn!(
             users = %names,
-            "demo users disabled: they have the shipped demo passwords and an ingress listener (login_listen or order_listen) is not a loopback address; {fix}"
+            "demo users disabled: they have the shipped demo passwords and an ingress listener (login_listen or order_listen) is not a loopback address, or trusted_proxies forward other machines' requests; {fix}"
         );
     }
     Ok(users)
@@ -474,6 +476,7 @@ impl Ingress {
             header_read_timeout: std::time::Duration::from_millis(config.header_read_timeout_ms),
             max_header_bytes: config.max_header_bytes,
         };
+        let proxies = Arc::new(forwarded::TrustedProxies::new(&config.trusted_proxies));
         let drain = std::time::Duration::from_millis(config.drain_timeout_ms);
         let deadline = {
             let shutdown = shutdown.clone();
@@ -492,7 +495,7 @@ impl Ingress {
                         .or(ops_routes(state))
                         .unify();
                     let service = warp::service(routes.recover(error::recover));
-                    server::serve(login_listener, service, limits, shutdown).await;
+                    server::serve(login_listener, service, limits, proxies, shutdown).await;
                 }
                 Some(order_listener) => {
                     let login = warp::service(
@@ -508,8 +511,14 @@ impl Ingress {
                             .recover(error::recover),
                     );
                     tokio::join!(
-                        server::serve(login_listener, login, limits, shutdown.clone()),
-                        server::serve(order_listener, orders, limits, shutdown),
+                        server::serve(
+                            login_listener,
+                            login,
+                            limits,
+                            proxies.clone(),
+                            shutdown.clone()
+                        ),
+                        server::serve(order_listener, orders, limits, proxies, shutdown),
                     );
                 }
             }
@@ -549,7 +558,7 @@ fn login_route(state: &Arc<State>) -> BoxedFilter<(Response,)> {
         .and(warp::header::headers_cloned())
         .and(warp::body::stream())
         .then(
-            |state: Arc<State>, client: Option<SocketAddr>, headers: HeaderMap, body| async move {
+            |state: Arc<State>, client: Option<IpAddr>, headers: HeaderMap, body| async move {
                 respond("login", async {
                     let body = body::read_limited(&headers, body, &state.config).await?;
                     routes::login::handle(&state, client, &body).await

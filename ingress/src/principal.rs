@@ -12,7 +12,7 @@
 //! async worker or the whole ingress.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -62,11 +62,11 @@ pub fn authenticated(
     let state = state.clone();
     crate::server::client_addr()
         .and(warp::header::headers_cloned())
-        .then(move |client: Option<SocketAddr>, headers: HeaderMap| {
+        .then(move |client: Option<IpAddr>, headers: HeaderMap| {
             let state = state.clone();
             async move {
                 if let Some(client) = client {
-                    let address = crate::limits::address_key(client.ip());
+                    let address = crate::limits::address_key(client);
                     state.limits.orders_per_address.check(&address)?;
                 }
                 state.authenticate(&headers).await

@@ -14,7 +14,7 @@
 //!    and recorded in the logins topic by a task of its own: a client that disconnects can
 //!    neither free the slot early nor skip the count.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,7 +27,7 @@ use warp::reply::Response;
 use warp::Reply;
 
 use crate::error::ApiError;
-use crate::limits::PasswordCheckPermit;
+use crate::limits::{LoginAttempt, PasswordCheckPermit};
 use crate::users::check_user_name;
 use crate::State;
 
@@ -42,10 +42,9 @@ struct LoginRequest {
 /// Handles one login (see the module's steps) and answers with a token, 401, 422, 429 or 503.
 pub async fn handle(
     state: &Arc<State>,
-    client: Option<SocketAddr>,
+    address: Option<IpAddr>,
     body: &[u8],
 ) -> Result<Response, ApiError> {
-    let address = client.map(|a| a.ip());
     if let Some(ip) = address {
         state
             .limits
@@ -57,14 +56,17 @@ pub async fn handle(
     check_user_name(&username).map_err(|bad| {
         ApiError::invalid_body(format!("invalid value for field `username`: {bad}"))
     })?;
-    let delay = state.limits.login_failures.admit(&username, address)?;
-    if !delay.is_zero() {
-        tokio::time::sleep(delay).await;
+    // Counted as a failure from here until its password is checked (a success gives it
+    // back); dropped before that (no check free, client gone), it is given back.
+    let admitted = state.limits.login_failures.admit(&username, address)?;
+    if !admitted.delay().is_zero() {
+        tokio::time::sleep(admitted.delay()).await;
     }
     let permit = state.password_checks.acquire().await?;
     let verified = tokio::spawn(attempt(
         state.clone(),
         permit,
+        admitted,
         username.clone(),
         password,
         address,
@@ -100,6 +102,7 @@ pub async fn handle(
 async fn attempt(
     state: Arc<State>,
     permit: PasswordCheckPermit,
+    admitted: LoginAttempt,
     username: String,
     password: String,
     address: Option<IpAddr>,
@@ -116,10 +119,11 @@ async fn attempt(
         .await
         .map_err(|failed| ApiError::unavailable(failed.to_string()))?;
     let success = verified.is_some();
-    state
-        .limits
-        .login_failures
-        .record(&username, address, success);
+    if success {
+        admitted.succeeded();
+    } else {
+        admitted.failed();
+    }
 
     let event = LoginEvent {
         username,

@@ -178,6 +178,123 @@ async fn guessing_from_one_address_never_locks_the_owner_out_from_another() {
     sluice.stop();
 }
 
+/// One login attempt sent with `X-Forwarded-For: forwarded_for`: its status.
+async fn attempt_forwarded(
+    client: &reqwest::Client,
+    url: &str,
+    forwarded_for: &str,
+    user: &str,
+    password: &str,
+) -> u16 {
+    let response = client
+        .post(url)
+        .header("x-forwarded-for", forwarded_for)
+        .body(format!(
+            r#"{{"username":"{user}","password":"{password}"}}"#
+        ))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    response.bytes().await.unwrap();
+    status
+}
+
+/// Behind a trusted proxy (127.0.0.1 here) every client shares the proxy's TCP address: the
+/// login defences key on the address the proxy forwards instead, so one guessing client does
+/// not lock out the others, and a peer that is not a trusted proxy cannot pick its own key by
+/// forging the header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_trusted_proxy_clients_are_limited_by_their_forwarded_address() {
+    let (test, ports) = topology("proxied", &["alice", "bob"], |t| {
+        t.ingress.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+        let limits = &mut t.ingress.rate_limits;
+        limits.login_failures_per_user_address = Quota::per_minute(n(1), n(3));
+        limits.login_failures_per_address = Quota::per_minute(n(1), n(5));
+        limits.login_failures_per_user = unlimited();
+    });
+    let sluice = Sluice::start(&test, ports, "info").await;
+    let url = sluice.login_url();
+    let proxy = client_from([127, 0, 0, 1]);
+    let (guesser, owner) = ("198.51.100.1", "198.51.100.2");
+
+    // One client behind the proxy guesses alice's password until it is refused…
+    for _ in 0..3 {
+        let status = attempt_forwarded(&proxy, &url, guesser, "alice", "guess-guess").await;
+        assert_eq!(status, 401);
+    }
+    assert_eq!(
+        attempt_forwarded(&proxy, &url, guesser, "alice", PASSWORD).await,
+        429
+    );
+    // …while another client behind the same proxy logs in as alice, and the proxy's own
+    // requests (no header) are not refused either.
+    assert_eq!(
+        attempt_forwarded(&proxy, &url, owner, "alice", PASSWORD).await,
+        200
+    );
+    assert_eq!(attempt(&proxy, &url, "alice", PASSWORD).await.0, 200);
+    // A client left of the proxy cannot pick its key: the proxy's entry is the right-most.
+    assert_eq!(
+        attempt_forwarded(
+            &proxy,
+            &url,
+            &format!("{owner}, {guesser}"),
+            "alice",
+            PASSWORD
+        )
+        .await,
+        429
+    );
+
+    // The guessing client reaches 5 failures in all and is refused for any name; the other
+    // client is not.
+    for _ in 0..2 {
+        let status = attempt_forwarded(&proxy, &url, guesser, "mallory", "guess-guess").await;
+        assert_eq!(status, 401);
+    }
+    assert_eq!(
+        attempt_forwarded(&proxy, &url, guesser, "bob", PASSWORD).await,
+        429
+    );
+    assert_eq!(
+        attempt_forwarded(&proxy, &url, owner, "bob", PASSWORD).await,
+        200
+    );
+
+    // A peer that is not a trusted proxy is keyed by its own address, whatever it forwards:
+    // its guesses "from" the owner's address are its own, and a fresh forged address does not
+    // lift its refusal.
+    let stranger = client_from([127, 0, 0, 2]);
+    for _ in 0..3 {
+        let status = attempt_forwarded(&stranger, &url, owner, "alice", "guess-guess").await;
+        assert_eq!(status, 401);
+    }
+    assert_eq!(
+        attempt_forwarded(&stranger, &url, "203.0.113.77", "alice", PASSWORD).await,
+        429
+    );
+    assert_eq!(
+        attempt_forwarded(&proxy, &url, owner, "alice", PASSWORD).await,
+        200
+    );
+
+    // A malformed header from the proxy counts as the proxy's own request, and is counted.
+    assert_eq!(
+        attempt_forwarded(&proxy, &url, "not-an-address", "bob", PASSWORD).await,
+        200
+    );
+    let metrics = scrape_metrics(&reqwest::Client::new(), &sluice.ports.login_base()).await;
+    let malformed: f64 = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("sluice_forwarded_for_malformed_total "))
+        .expect("malformed headers are counted")
+        .parse()
+        .unwrap();
+    assert_eq!(malformed, 1.0);
+    sluice.stop();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn distributed_guessing_slows_a_name_down_but_its_owner_still_logs_in() {
     let (base, max) = (Duration::from_millis(200), Duration::from_millis(800));
