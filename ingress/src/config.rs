@@ -248,6 +248,22 @@ impl RateLimitsConfig {
                 "max_ms must be at least base_ms",
             );
         }
+        let checks = &self.password_checks;
+        if checks.waiting > MAX_PASSWORD_CHECKS_WAITING {
+            issues.push(
+                "ingress.rate_limits.password_checks.waiting",
+                format!("must be at most {MAX_PASSWORD_CHECKS_WAITING}"),
+            );
+        }
+        if checks
+            .at_once
+            .is_some_and(|n| n.get() > MAX_PASSWORD_CHECKS_AT_ONCE)
+        {
+            issues.push(
+                "ingress.rate_limits.password_checks.at_once",
+                format!("must be at most {MAX_PASSWORD_CHECKS_AT_ONCE} (each check has a thread)"),
+            );
+        }
     }
 }
 
@@ -293,16 +309,27 @@ impl From<Backoff> for sluice_core::retry::Backoff {
 #[serde(deny_unknown_fields)]
 pub struct PasswordChecksConfig {
     /// Password checks running at once, on as many threads kept for them (default: half the
-    /// cores, at least one, so that orders keep a core while logins are busy).
+    /// cores, at least one, so that orders keep a core while logins are busy; at most 1024).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub at_once: Option<NonZeroUsize>,
-    /// Logins that may wait for a check to start; one more gets 503 at once.
+    /// Logins that may wait for a check to start (at most 1000000); one more gets 503 at once.
     #[serde(default = "defaults::password_checks_waiting")]
     pub waiting: usize,
     /// Longest wait for a check to start, in milliseconds; then 503.
     #[serde(default = "defaults::password_checks_wait_ms")]
     pub wait_ms: NonZeroU64,
+    /// Logins from one client address (IPv6: one /64) that may wait for or run a check at
+    /// once; one more gets 429 with `Retry-After`, so a few addresses cannot fill the queue
+    /// everyone shares.
+    #[serde(default = "defaults::password_checks_per_address")]
+    pub per_address: NonZeroUsize,
 }
+
+/// Most password checks `at_once` that validation accepts (each runs on a thread of its own).
+pub const MAX_PASSWORD_CHECKS_AT_ONCE: usize = 1_024;
+
+/// Most logins `waiting` for a password check that validation accepts.
+pub const MAX_PASSWORD_CHECKS_WAITING: usize = 1_000_000;
 
 impl Default for PasswordChecksConfig {
     fn default() -> Self {
@@ -310,6 +337,7 @@ impl Default for PasswordChecksConfig {
             at_once: None,
             waiting: defaults::password_checks_waiting(),
             wait_ms: defaults::password_checks_wait_ms(),
+            per_address: defaults::password_checks_per_address(),
         }
     }
 }
@@ -616,6 +644,9 @@ mod defaults {
     pub fn password_checks_wait_ms() -> NonZeroU64 {
         NonZeroU64::new(2_000).expect("not zero")
     }
+    pub fn password_checks_per_address() -> std::num::NonZeroUsize {
+        std::num::NonZeroUsize::new(4).expect("not zero")
+    }
 }
 
 #[cfg(test)]
@@ -730,5 +761,26 @@ mod tests {
         let issues = issues.into_vec();
         assert_eq!(issues.len(), 1);
         assert_eq!(issues[0].at, "ingress.rate_limits.login_failure_delay");
+    }
+
+    #[test]
+    fn password_check_queues_are_bounded() {
+        let limits: RateLimitsConfig = toml::from_str(
+            "password_checks = { waiting = 18446744073709551615, at_once = 100000 }",
+        )
+        .unwrap();
+        let mut issues = Issues::new();
+        limits.validate(&mut issues);
+        let at: Vec<String> = issues.into_vec().into_iter().map(|i| i.at).collect();
+        assert_eq!(
+            at,
+            [
+                "ingress.rate_limits.password_checks.waiting",
+                "ingress.rate_limits.password_checks.at_once"
+            ]
+        );
+        assert_eq!(limits.password_checks.per_address.get(), 4);
+        let zero = toml::from_str::<RateLimitsConfig>("password_checks = { per_address = 0 }");
+        assert!(zero.is_err());
     }
 }

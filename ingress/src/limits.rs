@@ -495,6 +495,10 @@ pub enum PasswordChecksBusy {
     /// No check became free within the wait.
     #[error("no password check became free within {0:?}")]
     WaitedTooLong(Duration),
+    /// The client address has this many logins waiting for or running a password check
+    /// already (answered 429).
+    #[error("this client address has {0} logins waiting for or running a password check already")]
+    PerAddress(usize),
 }
 
 /// The password-check threads died (a check panicked, or the process is going down).
@@ -511,14 +515,68 @@ type Job = Box<dyn FnOnce() + Send>;
 /// ends, so a client that disconnects cannot start more checks than that. Keeping the checks
 /// on their own threads also keeps their memory in those threads' allocator arenas, instead
 /// of in one arena for each blocking thread a check ever ran on.
+///
+/// One client address (IPv6: its /64) holds at most `per_address` of the places, waiting or
+/// running, so that a few addresses cannot fill the queue everyone shares.
 pub struct PasswordChecks {
     running: Arc<Semaphore>,
     admitted: Arc<Semaphore>,
+    per_address: PerAddressShare,
     at_once: usize,
     wait: Duration,
     jobs: std::sync::mpsc::Sender<Job>,
     queue_full: metrics::Counter,
     wait_timeout: metrics::Counter,
+    address_full: metrics::Counter,
+}
+
+/// The places in the password-check queue held per client address, capped.
+struct PerAddressShare {
+    held: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    cap: usize,
+}
+
+/// One place of a client address in the password-check queue; dropping it frees the place.
+struct AddressPlace {
+    held: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    key: IpAddr,
+}
+
+impl PerAddressShare {
+    /// A place for `address`, unless it holds `cap` already (then how many it holds).
+    fn take(&self, address: IpAddr) -> Result<AddressPlace, usize> {
+        let key = address_key(address);
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = held.entry(key).or_insert(0);
+        if *count >= self.cap {
+            return Err(*count);
+        }
+        *count += 1;
+        Ok(AddressPlace {
+            held: self.held.clone(),
+            key,
+        })
+    }
+
+    /// Addresses holding a place now.
+    fn addresses(&self) -> usize {
+        self.held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+}
+
+impl Drop for AddressPlace {
+    fn drop(&mut self) {
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = held.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                held.remove(&self.key);
+            }
+        }
+    }
 }
 
 /// The right to run one password check; [`run`](Self::run) keeps it until the check ends.
@@ -526,6 +584,7 @@ pub struct PasswordCheckPermit {
     jobs: std::sync::mpsc::Sender<Job>,
     _running: OwnedSemaphorePermit,
     _admitted: OwnedSemaphorePermit,
+    _place: Option<AddressPlace>,
 }
 
 impl PasswordChecks {
@@ -550,20 +609,41 @@ impl PasswordChecks {
         }
         let refused =
             |reason: &'static str| metrics::counter!(PASSWORD_CHECKS_REFUSED, "reason" => reason);
+        // Validation bounds both; the clamp only keeps `Semaphore::new` from panicking.
+        let at_once_sem = at_once.min(Semaphore::MAX_PERMITS);
+        let admitted = at_once_sem
+            .saturating_add(config.waiting)
+            .min(Semaphore::MAX_PERMITS);
         Ok(PasswordChecks {
-            running: Arc::new(Semaphore::new(at_once)),
-            admitted: Arc::new(Semaphore::new(at_once.saturating_add(config.waiting))),
-            at_once,
+            running: Arc::new(Semaphore::new(at_once_sem)),
+            admitted: Arc::new(Semaphore::new(admitted)),
+            per_address: PerAddressShare {
+                held: Arc::default(),
+                cap: config.per_address.get(),
+            },
+            at_once: at_once_sem,
             wait: Duration::from_millis(config.wait_ms.get()),
             jobs,
             queue_full: refused("queue_full"),
             wait_timeout: refused("wait_timeout"),
+            address_full: refused("per_address"),
         })
     }
 
-    /// Waits for a password check to be free: refuses at once when the queue is full, and
+    /// Waits for a password check to be free for a login from `client`: refuses at once when
+    /// the client address holds its share of the queue already or the queue is full, and
     /// after the wait when none became free. Dropping the future leaves the queue.
-    pub async fn acquire(&self) -> Result<PasswordCheckPermit, PasswordChecksBusy> {
+    pub async fn acquire(
+        &self,
+        client: Option<IpAddr>,
+    ) -> Result<PasswordCheckPermit, PasswordChecksBusy> {
+        let place = match client.map(|ip| self.per_address.take(ip)).transpose() {
+            Ok(place) => place,
+            Err(held) => {
+                self.address_full.increment(1);
+                return Err(PasswordChecksBusy::PerAddress(held));
+            }
+        };
         let Ok(admitted) = self.admitted.clone().try_acquire_owned() else {
             self.queue_full.increment(1);
             return Err(PasswordChecksBusy::QueueFull);
@@ -573,6 +653,7 @@ impl PasswordChecks {
                 jobs: self.jobs.clone(),
                 _running: running,
                 _admitted: admitted,
+                _place: place,
             }),
             // The semaphores are never closed; a closed one would mean no check can start.
             Ok(Err(_)) | Err(_) => {
@@ -590,6 +671,11 @@ impl PasswordChecks {
     /// The most password checks that run at once.
     pub fn at_once(&self) -> usize {
         self.at_once
+    }
+
+    /// Client addresses (IPv6: /64s) with a login waiting for or running a check now.
+    pub fn addresses_waiting(&self) -> usize {
+        self.per_address.addresses()
     }
 }
 
@@ -889,6 +975,7 @@ mod tests {
                 at_once: Some(at_once.try_into().unwrap()),
                 waiting,
                 wait_ms: wait_ms.try_into().unwrap(),
+                per_address: 1_000.try_into().unwrap(),
             },
             8,
         )
@@ -898,13 +985,13 @@ mod tests {
     #[tokio::test]
     async fn password_checks_queue_a_bounded_number_for_a_bounded_time() {
         let checks = checks(1, 1, 50);
-        let running = checks.acquire().await.unwrap();
+        let running = checks.acquire(None).await.unwrap();
         // One may wait; the next is refused at once.
-        let waiting = checks.acquire();
+        let waiting = checks.acquire(None);
         tokio::pin!(waiting);
         assert!(futures::poll!(&mut waiting).is_pending());
         assert_eq!(
-            checks.acquire().await.err(),
+            checks.acquire(None).await.err(),
             Some(PasswordChecksBusy::QueueFull)
         );
         // The waiter gives up after the wait, and its place is free again.
@@ -913,11 +1000,11 @@ mod tests {
             Some(PasswordChecksBusy::WaitedTooLong(Duration::from_millis(50)))
         );
         assert_eq!(
-            checks.acquire().await.err(),
+            checks.acquire(None).await.err(),
             Some(PasswordChecksBusy::WaitedTooLong(Duration::from_millis(50)))
         );
         drop(running);
-        assert!(checks.acquire().await.is_ok());
+        assert!(checks.acquire(None).await.is_ok());
     }
 
     #[tokio::test]
@@ -925,7 +1012,7 @@ mod tests {
         let checks = checks(1, 4, 50);
         let (release, released) = std::sync::mpsc::channel::<()>();
         let job = checks
-            .acquire()
+            .acquire(None)
             .await
             .unwrap()
             .run(move || released.recv().is_ok());
@@ -934,13 +1021,13 @@ mod tests {
         assert_eq!(checks.running(), 1);
         // …yet it holds its place until it ends.
         assert!(matches!(
-            checks.acquire().await,
+            checks.acquire(None).await,
             Err(PasswordChecksBusy::WaitedTooLong(_))
         ));
         release.send(()).unwrap();
         let permit = tokio::time::timeout(Duration::from_secs(30), async {
             loop {
-                if let Ok(permit) = checks.acquire().await {
+                if let Ok(permit) = checks.acquire(None).await {
                     return permit;
                 }
             }
@@ -955,15 +1042,64 @@ mod tests {
     async fn a_panicking_check_fails_alone_and_frees_its_thread() {
         let checks = checks(1, 0, 1_000);
         let panicked = checks
-            .acquire()
+            .acquire(None)
             .await
             .unwrap()
             .run(|| -> bool { panic!("a check that panics") })
             .await;
         assert_eq!(panicked, Err(PasswordCheckFailed));
-        let answer = checks.acquire().await.unwrap().run(|| 42).await;
+        let answer = checks.acquire(None).await.unwrap().run(|| 42).await;
         assert_eq!(answer, Ok(42));
         assert_eq!(checks.running(), 0);
+    }
+
+    #[tokio::test]
+    async fn one_address_holds_at_most_its_share_of_the_password_checks() {
+        let checks = PasswordChecks::new(
+            &PasswordChecksConfig {
+                at_once: Some(1.try_into().unwrap()),
+                waiting: 64,
+                wait_ms: 60_000.try_into().unwrap(),
+                per_address: 2.try_into().unwrap(),
+            },
+            2,
+        )
+        .unwrap();
+        let greedy: IpAddr = "192.0.2.1".parse().unwrap();
+        let neighbour: IpAddr = "2001:db8::1".parse().unwrap();
+        let same_64: IpAddr = "2001:db8::ffff".parse().unwrap();
+        // The greedy address runs one check and queues one more…
+        let running = checks.acquire(Some(greedy)).await.unwrap();
+        let mut queued = Box::pin(checks.acquire(Some(greedy)));
+        assert!(futures::poll!(&mut queued).is_pending());
+        // …and is refused a third at once, while others still queue behind it.
+        assert_eq!(
+            checks.acquire(Some(greedy)).await.err(),
+            Some(PasswordChecksBusy::PerAddress(2))
+        );
+        let mut other = Box::pin(checks.acquire(Some(neighbour)));
+        assert!(futures::poll!(&mut other).is_pending());
+        let mut other_again = Box::pin(checks.acquire(Some(same_64)));
+        assert!(futures::poll!(&mut other_again).is_pending());
+        assert_eq!(
+            checks.acquire(Some(same_64)).await.err(),
+            Some(PasswordChecksBusy::PerAddress(2)),
+            "one /64 is one address"
+        );
+        assert_eq!(checks.addresses_waiting(), 2);
+        let error = crate::error::ApiError::from(PasswordChecksBusy::PerAddress(2));
+        assert_eq!(error.status, warp::http::StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(error.retry_after, Some(Duration::from_secs(1)));
+        // A place held by a check comes back when it ends.
+        drop(running);
+        let second = queued.await.unwrap();
+        let mut third = Box::pin(checks.acquire(Some(greedy)));
+        assert!(futures::poll!(&mut third).is_pending(), "a place again");
+        drop(second);
+        drop(third);
+        drop(other);
+        drop(other_again);
+        assert_eq!(checks.addresses_waiting(), 0, "no address left behind");
     }
 
     #[test]

@@ -62,7 +62,7 @@ pub async fn handle(
     if !admitted.delay().is_zero() {
         tokio::time::sleep(admitted.delay()).await;
     }
-    let permit = state.password_checks.acquire().await?;
+    let permit = state.password_checks.acquire(address).await?;
     let verified = tokio::spawn(attempt(
         state.clone(),
         permit,
