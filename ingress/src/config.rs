@@ -20,7 +20,9 @@ pub struct IngressConfig {
     /// `development` starts anyway and warns.
     #[serde(default)]
     pub mode: Mode,
-    /// Address serving `POST /login` (and the health and metrics routes).
+    /// Address serving `POST /login`, and `/healthz` and `/readyz` (in development mode also
+    /// `/metrics`; in production mode `/readyz` answers without its reasons, and the metrics
+    /// and the reasons are served on `[ops] listen` only).
     #[serde(default = "defaults::login_listen")]
     pub login_listen: SocketAddr,
     /// Address serving `POST /order` and `GET /order/{id}`; may equal `login_listen`.
@@ -192,9 +194,10 @@ pub struct JwtKeyConfig {
 /// defences of `POST /login`.
 ///
 /// A login is refused (429) only where its own address has been guessing: failed logins are
-/// counted per user name and address and per address, after the password check. Failures for a
-/// user name from anywhere only slow that name's logins down ([`login_failure_delay`]), so
-/// nobody can lock a user out from elsewhere.
+/// counted per user name and address and per address (an attempt counts as a failure from its
+/// admission until its password proves right, so concurrent guesses cannot overrun the burst).
+/// Failures for a user name from anywhere only slow that name's logins down
+/// ([`login_failure_delay`]), so nobody can lock a user out from elsewhere.
 ///
 /// [`login_failure_delay`]: RateLimitsConfig::login_failure_delay
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -221,7 +224,7 @@ pub struct RateLimitsConfig {
     #[serde(default = "defaults::login_failures_per_address")]
     pub login_failures_per_address: Quota,
     /// Failed logins per user name, from any address, before its logins slow down: once a
-    /// name has more recent failures than the burst (they drain at the rate), every attempt
+    /// name has as many recent failures as the burst (they drain at the rate), every attempt
     /// for it waits [`login_failure_delay`](Self::login_failure_delay). Never refuses.
     #[serde(default = "defaults::login_failures_per_user")]
     pub login_failures_per_user: Quota,
@@ -365,7 +368,7 @@ pub struct Quota {
 pub enum Rate {
     /// This many requests per second.
     PerSecond(NonZeroU32),
-    /// This many requests per minute, for slow limits such as logins per user name.
+    /// This many requests per minute, for slow limits such as failed logins per user name.
     PerMinute(NonZeroU32),
 }
 

@@ -11,7 +11,9 @@
 //!   `202` **only after the log acknowledged it** (503 if it cannot within the ack timeout);
 //! - `GET /order/{id}` reports one of the caller's orders (JWT only): stored, rejected or
 //!   pending;
-//! - `/healthz`, `/readyz`, `/metrics` for operations.
+//! - `/healthz` and `/readyz` for operations on both listeners, and `/metrics` too in
+//!   development mode; in production mode `/readyz` answers without its reasons, and the
+//!   metrics and the reasons are served on `[ops] listen` only.
 //!
 //! By default `/login` is served on one listener and `/order` on another; give both the same
 //! address to serve everything on one port.
@@ -560,6 +562,8 @@ fn login_route(state: &Arc<State>) -> BoxedFilter<(Response,)> {
         .then(
             |state: Arc<State>, client: Option<IpAddr>, headers: HeaderMap, body| async move {
                 respond("login", async {
+                    // Charged before the body is read, as `/order` is.
+                    routes::login::charge(&state, client)?;
                     let body = body::read_limited(&headers, body, &state.config).await?;
                     routes::login::handle(&state, client, &body).await
                 })

@@ -5,14 +5,16 @@
 //! no password check free in time is [`PasswordChecksBusy`] (503 with `Retry-After`).
 //!
 //! `POST /login` is defended so that nobody can lock a user out from elsewhere
-//! ([`LoginLimits`]): failures are counted after the password check, per user name and
-//! address and per address, and only the guessing address is refused; failures for a name
-//! from anywhere slow that name's logins down but never refuse them.
+//! ([`LoginLimits`]): failures are counted per user name and address and per address, from
+//! an attempt's admission (a success gives its count back), and only the guessing address is
+//! refused; failures for a name from anywhere slow that name's logins down but never refuse
+//! them.
 //!
 //! Memory stays bounded under a flood of distinct keys: a background sweep forgets keys whose
 //! bucket is full again, and when more than [`MAX_TRACKED_KEYS`] are tracked the sweep runs at
-//! once. Failure counts only grow after a password check, which [`PasswordChecks`] bounds, and
-//! forget keys once their failures have drained. IPv6 clients are keyed by their /64, since
+//! once. Failure counts only keep what admitted attempts left (failures; attempts in flight,
+//! which `logins_per_address`, the connection caps and [`PasswordChecks`] bound), and forget
+//! keys once their failures have drained. IPv6 clients are keyed by their /64, since
 //! one host can own a whole /64.
 
 use std::collections::HashMap;
