@@ -551,10 +551,13 @@ async fn hostile_user_names_are_refused_before_any_work() {
     let names = [
         (long.as_str(), "evilQQQQ"),
         (huge.as_str(), "ZZZZZZZZ"),
-        ("", "\"username\":\"\""),
+        // The decoded message would show an echoed empty name as `""`.
+        ("", "\"\""),
         ("al ice<script>", "<script>"),
-        ("alice\\u0000", "alice\\u0000"),
+        // JSON's \u0000 decodes to a NUL character, which is what an echo would carry.
+        ("alice\\u0000", "alice\u{0}"),
     ];
+    let mut messages = Vec::new();
     for (name, trace) in names {
         let response = client
             .post(&url)
@@ -577,7 +580,13 @@ async fn hostile_user_names_are_refused_before_any_work() {
             !message.contains(PASSWORD),
             "the error repeats the password"
         );
+        messages.push(message);
     }
+    // Nothing of the name shapes the answer: every refusal says the same.
+    assert!(
+        messages.iter().all(|message| *message == messages[0]),
+        "{messages:?}"
+    );
     // A valid name logs in: exactly one login event is recorded.
     assert_eq!(attempt(&client, &url, "alice", PASSWORD).await.0, 200);
     let log = sluice.stop();
