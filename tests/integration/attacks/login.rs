@@ -212,6 +212,7 @@ async fn behind_a_trusted_proxy_clients_are_limited_by_their_forwarded_address()
         limits.login_failures_per_user_address = Quota::per_minute(n(1), n(3));
         limits.login_failures_per_address = Quota::per_minute(n(1), n(5));
         limits.login_failures_per_user = unlimited();
+        limits.orders_per_address = Quota::per_minute(n(1), n(2));
     });
     let sluice = Sluice::start(&test, ports, "info").await;
     let url = sluice.login_url();
@@ -292,6 +293,22 @@ async fn behind_a_trusted_proxy_clients_are_limited_by_their_forwarded_address()
         .parse()
         .unwrap();
     assert_eq!(malformed, 1.0);
+
+    // `/order`'s limit per address keys on the forwarded address too.
+    let token = login(&proxy, &sluice.ports.login_base(), "bob").await;
+    let order_url = format!("{}/order", sluice.ports.order_base());
+    let order = |forwarded_for: &'static str| {
+        proxy
+            .post(&order_url)
+            .bearer_auth(&token)
+            .header("x-forwarded-for", forwarded_for)
+            .body(r#"{"userId":"bob","product":"widget","quantity":1}"#)
+            .send()
+    };
+    for expected in [202, 202, 429] {
+        assert_eq!(order(guesser).await.unwrap().status(), expected);
+    }
+    assert_eq!(order(owner).await.unwrap().status(), 202);
     sluice.stop();
 }
 
