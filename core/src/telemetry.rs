@@ -10,6 +10,15 @@ pub const HTTP_REQUESTS: &str = "sluice_http_requests_total";
 pub const HTTP_DURATION: &str = "sluice_http_request_duration_seconds";
 /// Counter: login attempts, labelled `outcome` (`success`, `failure`).
 pub const LOGINS: &str = "sluice_logins_total";
+/// Counter: login attempts made to wait because their user name has too many recent failures.
+pub const LOGINS_DELAYED: &str = "sluice_logins_delayed_total";
+/// Counter: logins refused because no password check was free for them, labelled `reason`
+/// (`queue_full`, `wait_timeout`: 503; `per_address`: the client address holds its share of
+/// the checks already, 429).
+pub const PASSWORD_CHECKS_REFUSED: &str = "sluice_password_checks_refused_total";
+/// Counter: requests from a trusted proxy whose `X-Forwarded-For` header could not be read;
+/// their client address is the proxy's.
+pub const FORWARDED_MALFORMED: &str = "sluice_forwarded_for_malformed_total";
 /// Counter: orders the log acknowledged to the ingress.
 pub const ORDERS_ACCEPTED: &str = "sluice_orders_accepted_total";
 /// Counter: token verifications, labelled `kind` (`jwt` or `capability`): one per request

@@ -10,6 +10,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use sluice_core::topology::{FlowNode, Issues, NodeKind, Wiring};
 
+pub use crate::forwarded::IpNetwork;
+
 /// `[ingress]`: the HTTP front door.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -18,7 +20,9 @@ pub struct IngressConfig {
     /// `development` starts anyway and warns.
     #[serde(default)]
     pub mode: Mode,
-    /// Address serving `POST /login` (and the health and metrics routes).
+    /// Address serving `POST /login`, and `/healthz` and `/readyz` (in development mode also
+    /// `/metrics`; in production mode `/readyz` answers without its reasons, and the metrics
+    /// and the reasons are served on `[ops] listen` only).
     #[serde(default = "defaults::login_listen")]
     pub login_listen: SocketAddr,
     /// Address serving `POST /order` and `GET /order/{id}`; may equal `login_listen`.
@@ -47,8 +51,22 @@ pub struct IngressConfig {
     /// closed as soon as they are accepted, so one client cannot take every connection.
     /// Behind a load balancer or proxy, whose address every connection shares, raise it to
     /// `max_connections`.
+    /// It counts TCP connections, so it keys on the proxy itself, not on the addresses in
+    /// `X-Forwarded-For` (see `trusted_proxies`). At least 1.
     #[serde(default = "defaults::max_connections_per_address")]
     pub max_connections_per_address: usize,
+    /// Reverse proxies or load balancers in front of the ingress, as IP addresses or CIDR
+    /// networks (`["10.0.0.0/8", "192.0.2.7"]`; default none). A request whose TCP peer is
+    /// one of them speaks for the right-most address of its `X-Forwarded-For` header that is
+    /// not itself a trusted proxy, and the rate limits and login defences key on that address;
+    /// `X-Forwarded-For` from any other peer is ignored, and a malformed one from a trusted
+    /// proxy counts as the proxy's own request (and in
+    /// `sluice_forwarded_for_malformed_total`). List only proxies that overwrite or append to
+    /// the header, never a network clients can connect from. When set, the ingress is taken
+    /// to be reachable from other machines: development mode disables the shipped demo users
+    /// as it does for a non-loopback listener.
+    #[serde(default)]
+    pub trusted_proxies: Vec<IpNetwork>,
     /// How long a request's headers may take to arrive before the connection is closed (this
     /// also closes keep-alive connections idle that long).
     #[serde(default = "defaults::header_read_timeout_ms")]
@@ -176,9 +194,10 @@ pub struct JwtKeyConfig {
 /// defences of `POST /login`.
 ///
 /// A login is refused (429) only where its own address has been guessing: failed logins are
-/// counted per user name and address and per address, after the password check. Failures for a
-/// user name from anywhere only slow that name's logins down ([`login_failure_delay`]), so
-/// nobody can lock a user out from elsewhere.
+/// counted per user name and address and per address (an attempt counts as a failure from its
+/// admission until its password proves right, so concurrent guesses cannot overrun the burst).
+/// Failures for a user name from anywhere only slow that name's logins down
+/// ([`login_failure_delay`]), so nobody can lock a user out from elsewhere.
 ///
 /// [`login_failure_delay`]: RateLimitsConfig::login_failure_delay
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -205,7 +224,7 @@ pub struct RateLimitsConfig {
     #[serde(default = "defaults::login_failures_per_address")]
     pub login_failures_per_address: Quota,
     /// Failed logins per user name, from any address, before its logins slow down: once a
-    /// name has more recent failures than the burst (they drain at the rate), every attempt
+    /// name has as many recent failures as the burst (they drain at the rate), every attempt
     /// for it waits [`login_failure_delay`](Self::login_failure_delay). Never refuses.
     #[serde(default = "defaults::login_failures_per_user")]
     pub login_failures_per_user: Quota,
@@ -232,6 +251,22 @@ impl RateLimitsConfig {
                 "max_ms must be at least base_ms",
             );
         }
+        let checks = &self.password_checks;
+        if checks.waiting > MAX_PASSWORD_CHECKS_WAITING {
+            issues.push(
+                "ingress.rate_limits.password_checks.waiting",
+                format!("must be at most {MAX_PASSWORD_CHECKS_WAITING}"),
+            );
+        }
+        if checks
+            .at_once
+            .is_some_and(|n| n.get() > MAX_PASSWORD_CHECKS_AT_ONCE)
+        {
+            issues.push(
+                "ingress.rate_limits.password_checks.at_once",
+                format!("must be at most {MAX_PASSWORD_CHECKS_AT_ONCE} (each check has a thread)"),
+            );
+        }
     }
 }
 
@@ -251,7 +286,8 @@ impl Default for RateLimitsConfig {
 }
 
 /// An exponential delay: `base_ms × 2^k` milliseconds, at most `max_ms`. Written
-/// `{ base_ms = 250, max_ms = 4000 }`.
+/// `{ base_ms = 250, max_ms = 4000 }`; used as a [`sluice_core::retry::Backoff`] without
+/// jitter (see its [`nominal`](sluice_core::retry::Backoff::nominal)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Backoff {
@@ -261,16 +297,13 @@ pub struct Backoff {
     pub max_ms: NonZeroU64,
 }
 
-impl Backoff {
-    /// The `k`-th delay: `base × 2^k`, at most `max`.
-    pub fn delay(&self, k: u32) -> Duration {
-        let factor = 1u64.checked_shl(k.min(63)).unwrap_or(u64::MAX);
-        let ms = self
-            .base_ms
-            .get()
-            .saturating_mul(factor)
-            .min(self.max_ms.get());
-        Duration::from_millis(ms)
+impl From<Backoff> for sluice_core::retry::Backoff {
+    fn from(backoff: Backoff) -> Self {
+        sluice_core::retry::Backoff::new(
+            Duration::from_millis(backoff.base_ms.get()),
+            Duration::from_millis(backoff.max_ms.get()),
+        )
+        .with_jitter(0.0)
     }
 }
 
@@ -279,16 +312,27 @@ impl Backoff {
 #[serde(deny_unknown_fields)]
 pub struct PasswordChecksConfig {
     /// Password checks running at once, on as many threads kept for them (default: half the
-    /// cores, at least one, so that orders keep a core while logins are busy).
+    /// cores, at least one, so that orders keep a core while logins are busy; at most 1024).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub at_once: Option<NonZeroUsize>,
-    /// Logins that may wait for a check to start; one more gets 503 at once.
+    /// Logins that may wait for a check to start (at most 1000000); one more gets 503 at once.
     #[serde(default = "defaults::password_checks_waiting")]
     pub waiting: usize,
     /// Longest wait for a check to start, in milliseconds; then 503.
     #[serde(default = "defaults::password_checks_wait_ms")]
     pub wait_ms: NonZeroU64,
+    /// Logins from one client address (IPv6: one /64) that may wait for or run a check at
+    /// once; one more gets 429 with `Retry-After`, so a few addresses cannot fill the queue
+    /// everyone shares.
+    #[serde(default = "defaults::password_checks_per_address")]
+    pub per_address: NonZeroUsize,
 }
+
+/// Most password checks `at_once` that validation accepts (each runs on a thread of its own).
+pub const MAX_PASSWORD_CHECKS_AT_ONCE: usize = 1_024;
+
+/// Most logins `waiting` for a password check that validation accepts.
+pub const MAX_PASSWORD_CHECKS_WAITING: usize = 1_000_000;
 
 impl Default for PasswordChecksConfig {
     fn default() -> Self {
@@ -296,6 +340,7 @@ impl Default for PasswordChecksConfig {
             at_once: None,
             waiting: defaults::password_checks_waiting(),
             wait_ms: defaults::password_checks_wait_ms(),
+            per_address: defaults::password_checks_per_address(),
         }
     }
 }
@@ -323,7 +368,7 @@ pub struct Quota {
 pub enum Rate {
     /// This many requests per second.
     PerSecond(NonZeroU32),
-    /// This many requests per minute, for slow limits such as logins per user name.
+    /// This many requests per minute, for slow limits such as failed logins per user name.
     PerMinute(NonZeroU32),
 }
 
@@ -412,6 +457,25 @@ impl IngressConfig {
         }
         if ingress.ack_timeout_ms == 0 {
             issues.push("ingress.ack_timeout_ms", "must be at least 1");
+        }
+        if ingress.max_connections_per_address == 0 {
+            issues.push(
+                "ingress.max_connections_per_address",
+                "must be at least 1 (behind a proxy, raise it to max_connections)",
+            );
+        }
+        for network in &ingress.trusted_proxies {
+            if network.prefix() == 0 {
+                issues.push(
+                    "ingress.trusted_proxies",
+                    format!("{network} trusts every address, so any client could forge X-Forwarded-For; list only your proxies' addresses or networks"),
+                );
+            } else if network.has_host_bits() {
+                issues.push(
+                    "ingress.trusted_proxies",
+                    format!("{network} has bits set past its prefix length; write the network's first address (e.g. 10.0.0.0/8) or a single address"),
+                );
+            }
         }
         ingress.rate_limits.validate(issues);
     }
@@ -583,6 +647,9 @@ mod defaults {
     pub fn password_checks_wait_ms() -> NonZeroU64 {
         NonZeroU64::new(2_000).expect("not zero")
     }
+    pub fn password_checks_per_address() -> std::num::NonZeroUsize {
+        std::num::NonZeroUsize::new(4).expect("not zero")
+    }
 }
 
 #[cfg(test)]
@@ -605,7 +672,9 @@ mod tests {
             limits.login_failures_per_user,
             defaults::login_failures_per_user()
         );
-        assert_eq!(limits.login_failure_delay.delay(10), Duration::from_secs(2));
+        let delay = sluice_core::retry::Backoff::from(limits.login_failure_delay);
+        assert_eq!(delay.nominal(10), Duration::from_secs(2));
+        assert_eq!(delay.pause(10), Duration::from_secs(2), "no jitter");
         assert_eq!(limits.password_checks.at_once_on(64), 3);
         assert_eq!(limits.password_checks.waiting, 64);
         assert_eq!(limits.password_checks.wait_ms.get(), 500);
@@ -619,6 +688,71 @@ mod tests {
         );
     }
 
+    fn ingress(extra: &str) -> Result<IngressConfig, toml::de::Error> {
+        toml::from_str(&format!(
+            "orders_topic = \"o\"\nlogins_topic = \"l\"\n{extra}\n[auth]\nusers_file = \"users.toml\"\n"
+        ))
+    }
+
+    fn ingress_issues(config: &IngressConfig) -> Vec<String> {
+        let mut issues = Issues::new();
+        let topics = std::collections::BTreeMap::new();
+        let sharding = sluice_core::topology::ShardingConfig { buckets: 256 };
+        let wiring = Wiring {
+            topics: &topics,
+            sharding: &sharding,
+            shards: &[],
+        };
+        config.validate(&wiring, &mut issues);
+        issues
+            .into_vec()
+            .into_iter()
+            .filter(|issue| !issue.at.ends_with("_topic"))
+            .map(|issue| format!("{}: {}", issue.at, issue.message))
+            .collect()
+    }
+
+    #[test]
+    fn trusted_proxies_are_addresses_or_networks_and_never_everyone() {
+        let config =
+            ingress(r#"trusted_proxies = ["10.0.0.0/8", "192.0.2.7", "fd00::/8"]"#).unwrap();
+        assert_eq!(config.trusted_proxies.len(), 3);
+        assert!(
+            ingress_issues(&config).is_empty(),
+            "{:?}",
+            ingress_issues(&config)
+        );
+        assert!(ingress("").unwrap().trusted_proxies.is_empty());
+        let bad = ingress(r#"trusted_proxies = ["10.0.0.0/33"]"#).unwrap_err();
+        assert!(
+            bad.to_string()
+                .contains("\"10.0.0.0/33\" has a prefix length"),
+            "{bad}"
+        );
+        let bad = ingress(r#"trusted_proxies = ["proxy.example"]"#).unwrap_err();
+        assert!(
+            bad.to_string()
+                .contains("is not an IP address or CIDR network"),
+            "{bad}"
+        );
+        let everyone = ingress(r#"trusted_proxies = ["0.0.0.0/0"]"#).unwrap();
+        let issues = ingress_issues(&everyone);
+        assert_eq!(issues.len(), 1, "{issues:?}");
+        assert!(issues[0].starts_with("ingress.trusted_proxies: 0.0.0.0/0 trusts every address"));
+        let typo = ingress(r#"trusted_proxies = ["10.0.0.1/8"]"#).unwrap();
+        let issues = ingress_issues(&typo);
+        assert_eq!(issues.len(), 1, "{issues:?}");
+        assert!(issues[0].contains("10.0.0.1/8 has bits set past its prefix length"));
+    }
+
+    #[test]
+    fn no_connection_per_address_is_refused() {
+        let config = ingress("max_connections_per_address = 0").unwrap();
+        let issues = ingress_issues(&config);
+        assert_eq!(issues.len(), 1, "{issues:?}");
+        assert!(issues[0].starts_with("ingress.max_connections_per_address: must be at least 1"));
+    }
+
     #[test]
     fn a_delay_must_not_shrink() {
         let mut limits = RateLimitsConfig::default();
@@ -630,5 +764,26 @@ mod tests {
         let issues = issues.into_vec();
         assert_eq!(issues.len(), 1);
         assert_eq!(issues[0].at, "ingress.rate_limits.login_failure_delay");
+    }
+
+    #[test]
+    fn password_check_queues_are_bounded() {
+        let limits: RateLimitsConfig = toml::from_str(
+            "password_checks = { waiting = 18446744073709551615, at_once = 100000 }",
+        )
+        .unwrap();
+        let mut issues = Issues::new();
+        limits.validate(&mut issues);
+        let at: Vec<String> = issues.into_vec().into_iter().map(|i| i.at).collect();
+        assert_eq!(
+            at,
+            [
+                "ingress.rate_limits.password_checks.waiting",
+                "ingress.rate_limits.password_checks.at_once"
+            ]
+        );
+        assert_eq!(limits.password_checks.per_address.get(), 4);
+        let zero = toml::from_str::<RateLimitsConfig>("password_checks = { per_address = 0 }");
+        assert!(zero.is_err());
     }
 }

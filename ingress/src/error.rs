@@ -186,7 +186,15 @@ impl From<RateLimited> for ApiError {
 /// waited too long.
 impl From<PasswordChecksBusy> for ApiError {
     fn from(busy: PasswordChecksBusy) -> Self {
-        ApiError::unavailable(format!("{busy}; retry after Retry-After"))
+        match busy {
+            // The client's own share is taken: 429, like any limit on that address.
+            PasswordChecksBusy::PerAddress(share) => ApiError::rate_limited(
+                "of password checks per client address",
+                Duration::from_secs(1),
+                u32::try_from(share).unwrap_or(u32::MAX),
+            ),
+            _ => ApiError::unavailable(format!("{busy}; retry after Retry-After")),
+        }
     }
 }
 

@@ -11,7 +11,9 @@
 //!   `202` **only after the log acknowledged it** (503 if it cannot within the ack timeout);
 //! - `GET /order/{id}` reports one of the caller's orders (JWT only): stored, rejected or
 //!   pending;
-//! - `/healthz`, `/readyz`, `/metrics` for operations.
+//! - `/healthz` and `/readyz` for operations on both listeners, and `/metrics` too in
+//!   development mode; in production mode `/readyz` answers without its reasons, and the
+//!   metrics and the reasons are served on `[ops] listen` only.
 //!
 //! By default `/login` is served on one listener and `/order` on another; give both the same
 //! address to serve everything on one port.
@@ -21,6 +23,7 @@ pub mod body;
 pub mod capability;
 pub mod config;
 pub mod error;
+pub mod forwarded;
 pub mod generated_secret;
 pub mod idempotency;
 pub mod limits;
@@ -32,7 +35,7 @@ pub mod server;
 pub mod users;
 
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -151,8 +154,9 @@ fn free_here(table: Arc<Users>) {
 /// Loads the users file at `path` (blocking: call from a blocking thread) and applies
 /// `config`'s rules for the shipped demo users (found by their password hashes, without
 /// hashing anything). Production mode refuses them, and `config`'s weak token settings
-/// ([`IngressError::Insecure`]). Development mode keeps them usable while every listener is
-/// a loopback address (warning that they are), and otherwise disables them: they are refused
+/// ([`IngressError::Insecure`]). Development mode keeps them usable while only this machine
+/// reaches the ingress ([`security::only_this_machine_reaches`]: loopback listeners, no
+/// trusted proxies), warning that they are, and otherwise disables them: they are refused
 /// as unknown users are, and one warning names them and the fix.
 fn load_users(config: &IngressConfig, path: &std::path::Path) -> Result<Users, IngressError> {
     let mut users = Users::load(path)?;
@@ -172,16 +176,16 @@ fn load_users(config: &IngressConfig, path: &std::path::Path) -> Result<Users, I
         "give each a new password with `sluice users add <name>` or remove it with `sluice users remove <name>` (file {})",
         path.display()
     );
-    if security::listeners_are_loopback(config) {
+    if security::only_this_machine_reaches(config) {
         tracing::warn!(
-            weakness = %format!("users {names} have the shipped demo passwords; they work only while every ingress listener is a loopback address: {fix}"),
+            weakness = %format!("users {names} have the shipped demo passwords; they work only while every ingress listener is a loopback address and no trusted_proxies are set: {fix}"),
             "DEVELOPMENT MODE: not safe for production"
         );
     } else {
         users.disable(&demo);
         tracing::warn!(
             users = %names,
-            "demo users disabled: they have the shipped demo passwords and an ingress listener (login_listen or order_listen) is not a loopback address; {fix}"
+            "demo users disabled: they have the shipped demo passwords and an ingress listener (login_listen or order_listen) is not a loopback address, or trusted_proxies forward other machines' requests; {fix}"
         );
     }
     Ok(users)
@@ -477,6 +481,7 @@ impl Ingress {
             header_read_timeout: std::time::Duration::from_millis(config.header_read_timeout_ms),
             max_header_bytes: config.max_header_bytes,
         };
+        let proxies = Arc::new(forwarded::TrustedProxies::new(&config.trusted_proxies));
         let drain = std::time::Duration::from_millis(config.drain_timeout_ms);
         let deadline = {
             let shutdown = shutdown.clone();
@@ -495,7 +500,7 @@ impl Ingress {
                         .or(ops_routes(state))
                         .unify();
                     let service = warp::service(routes.recover(error::recover));
-                    server::serve(login_listener, service, limits, shutdown).await;
+                    server::serve(login_listener, service, limits, proxies, shutdown).await;
                 }
                 Some(order_listener) => {
                     let login = warp::service(
@@ -511,8 +516,14 @@ impl Ingress {
                             .recover(error::recover),
                     );
                     tokio::join!(
-                        server::serve(login_listener, login, limits, shutdown.clone()),
-                        server::serve(order_listener, orders, limits, shutdown),
+                        server::serve(
+                            login_listener,
+                            login,
+                            limits,
+                            proxies.clone(),
+                            shutdown.clone()
+                        ),
+                        server::serve(order_listener, orders, limits, proxies, shutdown),
                     );
                 }
             }
@@ -552,8 +563,10 @@ fn login_route(state: &Arc<State>) -> BoxedFilter<(Response,)> {
         .and(warp::header::headers_cloned())
         .and(warp::body::stream())
         .then(
-            |state: Arc<State>, client: Option<SocketAddr>, headers: HeaderMap, body| async move {
+            |state: Arc<State>, client: Option<IpAddr>, headers: HeaderMap, body| async move {
                 respond("login", async {
+                    // Charged before the body is read, as `/order` is.
+                    routes::login::charge(&state, client)?;
                     let body = body::read_limited(&headers, body, &state.config).await?;
                     routes::login::handle(&state, client, &body).await
                 })

@@ -5,14 +5,16 @@
 //! no password check free in time is [`PasswordChecksBusy`] (503 with `Retry-After`).
 //!
 //! `POST /login` is defended so that nobody can lock a user out from elsewhere
-//! ([`LoginLimits`]): failures are counted after the password check, per user name and
-//! address and per address, and only the guessing address is refused; failures for a name
-//! from anywhere slow that name's logins down but never refuse them.
+//! ([`LoginLimits`]): failures are counted per user name and address and per address, from
+//! an attempt's admission (a success gives its count back), and only the guessing address is
+//! refused; failures for a name from anywhere slow that name's logins down but never refuse
+//! them.
 //!
 //! Memory stays bounded under a flood of distinct keys: a background sweep forgets keys whose
 //! bucket is full again, and when more than [`MAX_TRACKED_KEYS`] are tracked the sweep runs at
-//! once. Failure counts only grow after a password check, which [`PasswordChecks`] bounds, and
-//! forget keys once their failures have drained. IPv6 clients are keyed by their /64, since
+//! once. Failure counts only keep what admitted attempts left (failures; attempts in flight,
+//! which `logins_per_address`, the connection caps and [`PasswordChecks`] bound), and forget
+//! keys once their failures have drained. IPv6 clients are keyed by their /64, since
 //! one host can own a whole /64.
 
 use std::collections::HashMap;
@@ -22,20 +24,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use crate::config::{Backoff, PasswordChecksConfig, Quota, Rate, RateLimitsConfig};
+use crate::config::{PasswordChecksConfig, Quota, Rate, RateLimitsConfig};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota as GovernorQuota, RateLimiter};
+use sluice_core::telemetry::{LOGINS_DELAYED, PASSWORD_CHECKS_REFUSED};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Past this many tracked keys, idle keys are swept at once instead of at the next tick.
 pub const MAX_TRACKED_KEYS: usize = 200_000;
-
-/// Counter: login attempts made to wait because their user name has too many recent failures.
-pub const LOGINS_DELAYED: &str = "sluice_logins_delayed_total";
-
-/// Counter: logins answered 503 because no password check was free, labelled `reason`
-/// (`queue_full`, `wait_timeout`).
-pub const PASSWORD_CHECKS_REFUSED: &str = "sluice_password_checks_refused_total";
 
 /// Failures remembered per key beyond a failure quota's burst: the most a slow-down can grow
 /// by, and how long a key stays tracked after its last failure (burst plus this many
@@ -206,9 +202,7 @@ impl<K: Hash + Eq> FailureCount<K> {
 
     /// Recent failures of `key` at `now`.
     fn failures_at(&self, key: &K, now: Instant) -> u32 {
-        let remaining = self.remaining(key, now).as_nanos();
-        let interval = self.interval.as_nanos().max(1);
-        u32::try_from(remaining.div_ceil(interval)).unwrap_or(u32::MAX)
+        self.failures_in(&self.state(), key, now)
     }
 
     /// Recent failures of `key`.
@@ -241,9 +235,72 @@ impl<K: Hash + Eq> FailureCount<K> {
     /// Counts one failure of `key` (at most [`MAX_EXCESS_FAILURES`] beyond the burst are
     /// remembered).
     pub fn record(&self, key: K) {
+        self.add(key);
+    }
+
+    /// Counts one failure of `key`, as [`record`](Self::record) does, and says how many it
+    /// had before.
+    pub fn add(&self, key: K) -> u32 {
         let now = Instant::now();
-        let ceiling = now + self.interval * (self.burst + MAX_EXCESS_FAILURES);
         let mut state = self.state();
+        let before = self.failures_in(&state, &key, now);
+        self.add_locked(&mut state, key, now);
+        before
+    }
+
+    /// Counts one failure of `key` at once unless it has `burst` recent failures already
+    /// (then refuses it as [`check`](Self::check) does): a check and a count that no
+    /// concurrent caller can come between. [`refund`](Self::refund) gives it back.
+    pub fn reserve(&self, key: &K) -> Result<(), RateLimited>
+    where
+        K: Clone,
+    {
+        let now = Instant::now();
+        let mut state = self.state();
+        let remaining = state.empty_at.get(key).map_or(Duration::ZERO, |empty_at| {
+            empty_at.saturating_duration_since(now)
+        });
+        let allowed = self.interval * (self.burst - 1);
+        if remaining > allowed {
+            drop(state);
+            self.refused.increment(1);
+            return Err(RateLimited {
+                limit: self.name,
+                retry_after: remaining - allowed,
+                burst: self.burst,
+            });
+        }
+        self.add_locked(&mut state, key.clone(), now);
+        Ok(())
+    }
+
+    /// Takes back one failure of `key` counted by [`reserve`](Self::reserve) or
+    /// [`add`](Self::add) (a failure that has drained meanwhile is not taken twice).
+    pub fn refund(&self, key: &K) {
+        let now = Instant::now();
+        let mut state = self.state();
+        if let Some(empty_at) = state.empty_at.get_mut(key) {
+            *empty_at = empty_at
+                .checked_sub(self.interval)
+                .map_or(now, |earlier| earlier.max(now));
+        }
+    }
+
+    fn failures_in(&self, state: &FailureState<K>, key: &K, now: Instant) -> u32 {
+        let remaining = state
+            .empty_at
+            .get(key)
+            .map_or(Duration::ZERO, |empty_at| {
+                empty_at.saturating_duration_since(now)
+            })
+            .as_nanos();
+        let interval = self.interval.as_nanos().max(1);
+        u32::try_from(remaining.div_ceil(interval)).unwrap_or(u32::MAX)
+    }
+
+    fn add_locked(&self, state: &mut FailureState<K>, key: K, now: Instant) {
+        let remembered = self.burst.saturating_add(MAX_EXCESS_FAILURES);
+        let ceiling = now + self.interval.saturating_mul(remembered);
         let empty_at = state.empty_at.entry(key).or_insert(now);
         *empty_at = ((*empty_at).max(now) + self.interval).min(ceiling);
         let due = now.saturating_duration_since(state.last_sweep) >= Duration::from_secs(10);
@@ -272,20 +329,41 @@ impl<K: Hash + Eq> FailureCount<K> {
 ///   [`crate::Limits`]) takes every attempt, so one address cannot ask for unbounded password
 ///   checks;
 /// - [`admit`](Self::admit) refuses an address that has failed too often for this user name,
-///   or for any user names; other addresses are not affected;
+///   or for any user names; other addresses are not affected. An admitted attempt counts as a
+///   failure at once ([`LoginAttempt`]), so that concurrent guesses cannot all be admitted
+///   before the first of them fails; a success gives it back;
 /// - it also says how long the attempt must wait when the name itself has too many recent
 ///   failures from anywhere: `base × 2^k` for the `k`-th failure past the burst, capped. The
 ///   right password still succeeds from an address that has not been guessing;
-/// - [`record`](Self::record) counts the outcome once the password has been checked: a
-///   failure for all three counts, a success forgets the address's failures for the name.
+/// - [`LoginAttempt::succeeded`] and [`LoginAttempt::failed`] settle the outcome once the
+///   password has been checked: a failure keeps its three counts, a success gives them back
+///   and forgets the address's failures for the name. An attempt dropped unsettled (no
+///   password was checked: no check was free, or the check failed) gives its counts back.
 pub struct LoginLimits {
+    counts: Arc<LoginCounts>,
+    delay: sluice_core::retry::Backoff,
+    delayed: metrics::Counter,
+}
+
+/// The failure counts of [`LoginLimits`], shared with the attempts they admitted.
+struct LoginCounts {
     per_user_address: FailureCount<(String, IpAddr)>,
     per_address: FailureCount<IpAddr>,
     per_user: FailureCount<String>,
-    delay: Backoff,
-    delayed: metrics::Counter,
     successes: metrics::Counter,
     failures: metrics::Counter,
+}
+
+/// One admitted login attempt, counted as a failure until it is settled: call
+/// [`succeeded`](Self::succeeded) or [`failed`](Self::failed) once its password has been
+/// checked. Dropping it unsettled gives its counts back (no password was checked).
+#[must_use = "an attempt is counted as a failure until it is settled"]
+pub struct LoginAttempt {
+    counts: Arc<LoginCounts>,
+    user: String,
+    address: Option<IpAddr>,
+    delay: Duration,
+    settled: bool,
 }
 
 impl LoginLimits {
@@ -293,76 +371,120 @@ impl LoginLimits {
     pub fn new(config: &RateLimitsConfig) -> Self {
         let outcome = |outcome: &'static str| metrics::counter!(sluice_core::telemetry::LOGINS, "outcome" => outcome);
         LoginLimits {
-            per_user_address: FailureCount::new(
-                "after failed logins for this user name from this address",
-                config.login_failures_per_user_address,
-            ),
-            per_address: FailureCount::new(
-                "after failed logins from this address",
-                config.login_failures_per_address,
-            ),
-            per_user: FailureCount::new(
-                "after failed logins for this user name",
-                config.login_failures_per_user,
-            ),
-            delay: config.login_failure_delay,
+            counts: Arc::new(LoginCounts {
+                per_user_address: FailureCount::new(
+                    "after failed logins for this user name from this address",
+                    config.login_failures_per_user_address,
+                ),
+                per_address: FailureCount::new(
+                    "after failed logins from this address",
+                    config.login_failures_per_address,
+                ),
+                per_user: FailureCount::new(
+                    "after failed logins for this user name",
+                    config.login_failures_per_user,
+                ),
+                successes: outcome("success"),
+                failures: outcome("failure"),
+            }),
+            delay: config.login_failure_delay.into(),
             delayed: metrics::counter!(LOGINS_DELAYED),
-            successes: outcome("success"),
-            failures: outcome("failure"),
         }
     }
 
     /// Before the password check of `user` (a valid user name) from `client`: refuses an
-    /// address with too many recent failures for this name or overall, else says how long the
-    /// attempt must wait first (zero unless the name has too many recent failures).
-    pub fn admit(&self, user: &str, client: Option<IpAddr>) -> Result<Duration, RateLimited> {
-        if let Some(ip) = client {
-            let address = address_key(ip);
-            self.per_user_address.check(&(user.to_string(), address))?;
-            self.per_address.check(&address)?;
+    /// address with too many recent failures (settled or in flight) for this name or overall;
+    /// else counts the attempt as a failure until it is settled, and says how long it must
+    /// wait first ([`LoginAttempt::delay`]: zero unless the name has too many recent
+    /// failures).
+    pub fn admit(&self, user: &str, client: Option<IpAddr>) -> Result<LoginAttempt, RateLimited> {
+        let counts = &self.counts;
+        let address = client.map(address_key);
+        if let Some(address) = address {
+            let key = (user.to_string(), address);
+            counts.per_user_address.reserve(&key)?;
+            if let Err(refused) = counts.per_address.reserve(&address) {
+                counts.per_user_address.refund(&key);
+                return Err(refused);
+            }
         }
-        let delay = match self.per_user.excess(&user.to_string()) {
+        // The name's failures before this attempt: the `k` of its delay.
+        let before = counts.per_user.add(user.to_string());
+        let delay = match before.checked_sub(counts.per_user.burst) {
             Some(k) => {
                 self.delayed.increment(1);
-                self.delay.delay(k)
+                self.delay.nominal(k)
             }
             None => Duration::ZERO,
         };
-        Ok(delay)
+        Ok(LoginAttempt {
+            counts: counts.clone(),
+            user: user.to_string(),
+            address,
+            delay,
+            settled: false,
+        })
     }
 
-    /// After the password check of `user` from `client`: counts a failure, or forgets the
-    /// address's failures for the name on success.
-    pub fn record(&self, user: &str, client: Option<IpAddr>, success: bool) {
-        let address = client.map(address_key);
-        if success {
-            self.successes.increment(1);
-            if let Some(address) = address {
-                self.per_user_address.forget(&(user.to_string(), address));
-            }
-            return;
-        }
-        self.failures.increment(1);
-        if let Some(address) = address {
-            self.per_user_address.record((user.to_string(), address));
-            self.per_address.record(address);
-        }
-        self.per_user.record(user.to_string());
-    }
-
-    /// Recent failures for `user` from anywhere.
+    /// Recent failures for `user` from anywhere (attempts in flight included).
     pub fn failures_for(&self, user: &str) -> u32 {
-        self.per_user.failures(&user.to_string())
+        self.counts.per_user.failures(&user.to_string())
     }
 
     /// Keys tracked by the three failure counts (per user name and address, per address, per
     /// user name).
     pub fn tracked_keys(&self) -> (usize, usize, usize) {
+        let counts = &self.counts;
         (
-            self.per_user_address.tracked_keys(),
-            self.per_address.tracked_keys(),
-            self.per_user.tracked_keys(),
+            counts.per_user_address.tracked_keys(),
+            counts.per_address.tracked_keys(),
+            counts.per_user.tracked_keys(),
         )
+    }
+}
+
+impl LoginAttempt {
+    /// How long the attempt must wait before its password is checked.
+    pub fn delay(&self) -> Duration {
+        self.delay
+    }
+
+    /// The password was wrong (or the user unknown): the failure counted at admission stays.
+    pub fn failed(mut self) {
+        self.settled = true;
+        self.counts.failures.increment(1);
+    }
+
+    /// The password was right: gives the counted failure back, and forgets the address's
+    /// failures for the name.
+    pub fn succeeded(mut self) {
+        self.settled = true;
+        self.counts.successes.increment(1);
+        self.refund();
+        if let Some(address) = self.address {
+            self.counts
+                .per_user_address
+                .forget(&(self.user.clone(), address));
+        }
+    }
+
+    fn refund(&self) {
+        let counts = &self.counts;
+        if let Some(address) = self.address {
+            counts
+                .per_user_address
+                .refund(&(self.user.clone(), address));
+            counts.per_address.refund(&address);
+        }
+        counts.per_user.refund(&self.user);
+    }
+}
+
+impl Drop for LoginAttempt {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.refund();
+        }
     }
 }
 
@@ -375,6 +497,10 @@ pub enum PasswordChecksBusy {
     /// No check became free within the wait.
     #[error("no password check became free within {0:?}")]
     WaitedTooLong(Duration),
+    /// The client address has this many logins waiting for or running a password check
+    /// already (answered 429).
+    #[error("this client address has {0} logins waiting for or running a password check already")]
+    PerAddress(usize),
 }
 
 /// The password-check threads died (a check panicked, or the process is going down).
@@ -391,14 +517,68 @@ type Job = Box<dyn FnOnce() + Send>;
 /// ends, so a client that disconnects cannot start more checks than that. Keeping the checks
 /// on their own threads also keeps their memory in those threads' allocator arenas, instead
 /// of in one arena for each blocking thread a check ever ran on.
+///
+/// One client address (IPv6: its /64) holds at most `per_address` of the places, waiting or
+/// running, so that a few addresses cannot fill the queue everyone shares.
 pub struct PasswordChecks {
     running: Arc<Semaphore>,
     admitted: Arc<Semaphore>,
+    per_address: PerAddressShare,
     at_once: usize,
     wait: Duration,
     jobs: std::sync::mpsc::Sender<Job>,
     queue_full: metrics::Counter,
     wait_timeout: metrics::Counter,
+    address_full: metrics::Counter,
+}
+
+/// The places in the password-check queue held per client address, capped.
+struct PerAddressShare {
+    held: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    cap: usize,
+}
+
+/// One place of a client address in the password-check queue; dropping it frees the place.
+struct AddressPlace {
+    held: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    key: IpAddr,
+}
+
+impl PerAddressShare {
+    /// A place for `address`, unless it holds `cap` already (then how many it holds).
+    fn take(&self, address: IpAddr) -> Result<AddressPlace, usize> {
+        let key = address_key(address);
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = held.entry(key).or_insert(0);
+        if *count >= self.cap {
+            return Err(*count);
+        }
+        *count += 1;
+        Ok(AddressPlace {
+            held: self.held.clone(),
+            key,
+        })
+    }
+
+    /// Addresses holding a place now.
+    fn addresses(&self) -> usize {
+        self.held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+}
+
+impl Drop for AddressPlace {
+    fn drop(&mut self) {
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = held.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                held.remove(&self.key);
+            }
+        }
+    }
 }
 
 /// The right to run one password check; [`run`](Self::run) keeps it until the check ends.
@@ -406,6 +586,7 @@ pub struct PasswordCheckPermit {
     jobs: std::sync::mpsc::Sender<Job>,
     _running: OwnedSemaphorePermit,
     _admitted: OwnedSemaphorePermit,
+    _place: Option<AddressPlace>,
 }
 
 impl PasswordChecks {
@@ -430,20 +611,41 @@ impl PasswordChecks {
         }
         let refused =
             |reason: &'static str| metrics::counter!(PASSWORD_CHECKS_REFUSED, "reason" => reason);
+        // Validation bounds both; the clamp only keeps `Semaphore::new` from panicking.
+        let at_once_sem = at_once.min(Semaphore::MAX_PERMITS);
+        let admitted = at_once_sem
+            .saturating_add(config.waiting)
+            .min(Semaphore::MAX_PERMITS);
         Ok(PasswordChecks {
-            running: Arc::new(Semaphore::new(at_once)),
-            admitted: Arc::new(Semaphore::new(at_once.saturating_add(config.waiting))),
-            at_once,
+            running: Arc::new(Semaphore::new(at_once_sem)),
+            admitted: Arc::new(Semaphore::new(admitted)),
+            per_address: PerAddressShare {
+                held: Arc::default(),
+                cap: config.per_address.get(),
+            },
+            at_once: at_once_sem,
             wait: Duration::from_millis(config.wait_ms.get()),
             jobs,
             queue_full: refused("queue_full"),
             wait_timeout: refused("wait_timeout"),
+            address_full: refused("per_address"),
         })
     }
 
-    /// Waits for a password check to be free: refuses at once when the queue is full, and
+    /// Waits for a password check to be free for a login from `client`: refuses at once when
+    /// the client address holds its share of the queue already or the queue is full, and
     /// after the wait when none became free. Dropping the future leaves the queue.
-    pub async fn acquire(&self) -> Result<PasswordCheckPermit, PasswordChecksBusy> {
+    pub async fn acquire(
+        &self,
+        client: Option<IpAddr>,
+    ) -> Result<PasswordCheckPermit, PasswordChecksBusy> {
+        let place = match client.map(|ip| self.per_address.take(ip)).transpose() {
+            Ok(place) => place,
+            Err(held) => {
+                self.address_full.increment(1);
+                return Err(PasswordChecksBusy::PerAddress(held));
+            }
+        };
         let Ok(admitted) = self.admitted.clone().try_acquire_owned() else {
             self.queue_full.increment(1);
             return Err(PasswordChecksBusy::QueueFull);
@@ -453,6 +655,7 @@ impl PasswordChecks {
                 jobs: self.jobs.clone(),
                 _running: running,
                 _admitted: admitted,
+                _place: place,
             }),
             // The semaphores are never closed; a closed one would mean no check can start.
             Ok(Err(_)) | Err(_) => {
@@ -470,6 +673,11 @@ impl PasswordChecks {
     /// The most password checks that run at once.
     pub fn at_once(&self) -> usize {
         self.at_once
+    }
+
+    /// Client addresses (IPv6: /64s) with a login waiting for or running a check now.
+    pub fn addresses_waiting(&self) -> usize {
+        self.per_address.addresses()
     }
 }
 
@@ -504,6 +712,7 @@ mod tests {
     use std::num::NonZeroU32;
 
     use super::*;
+    use crate::config::Backoff;
 
     #[tokio::test]
     async fn burst_then_429_with_retry_after_and_ratelimit_headers() {
@@ -626,29 +835,37 @@ mod tests {
         }
     }
 
+    /// One admitted attempt of `user` from `address` that fails.
+    fn fail(limits: &LoginLimits, user: &str, address: IpAddr) {
+        limits.admit(user, Some(address)).unwrap().failed();
+    }
+
     #[test]
     fn guesses_from_one_address_refuse_that_address_only() {
         let limits = LoginLimits::new(&login_config());
         let guesser: IpAddr = "192.0.2.1".parse().unwrap();
         let owner: IpAddr = "198.51.100.7".parse().unwrap();
         for _ in 0..3 {
-            assert_eq!(limits.admit("alice", Some(guesser)), Ok(Duration::ZERO));
-            limits.record("alice", Some(guesser), false);
+            let attempt = limits.admit("alice", Some(guesser)).unwrap();
+            assert_eq!(attempt.delay(), Duration::ZERO);
+            attempt.failed();
         }
-        let refused = limits.admit("alice", Some(guesser)).unwrap_err();
+        let refused = limits.admit("alice", Some(guesser)).err().unwrap();
         assert_eq!(
             refused.limit,
             "after failed logins for this user name from this address"
         );
-        assert_eq!(limits.admit("alice", Some(owner)), Ok(Duration::ZERO));
+        limits.admit("alice", Some(owner)).unwrap().succeeded();
         // Another name from the guessing address, until the address has 5 failures in all.
-        assert_eq!(limits.admit("bob", Some(guesser)), Ok(Duration::ZERO));
-        limits.record("mallory", Some(guesser), false);
-        limits.record("mallory", Some(guesser), false);
-        let refused = limits.admit("bob", Some(guesser)).unwrap_err();
+        limits.admit("bob", Some(guesser)).unwrap().succeeded();
+        fail(&limits, "mallory", guesser);
+        fail(&limits, "mallory", guesser);
+        let refused = limits.admit("bob", Some(guesser)).err().unwrap();
         assert_eq!(refused.limit, "after failed logins from this address");
-        assert_eq!(limits.admit("bob", Some(owner)), Ok(Duration::ZERO));
-        assert_eq!(limits.tracked_keys(), (2, 1, 2));
+        limits.admit("bob", Some(owner)).unwrap().succeeded();
+        assert_eq!(limits.tracked_keys().1, 2);
+        assert_eq!(limits.failures_for("alice"), 3);
+        assert_eq!(limits.failures_for("bob"), 0, "successes are given back");
     }
 
     #[test]
@@ -656,15 +873,65 @@ mod tests {
         let limits = LoginLimits::new(&login_config());
         let address: IpAddr = "192.0.2.1".parse().unwrap();
         for _ in 0..2 {
-            limits.record("alice", Some(address), false);
+            fail(&limits, "alice", address);
         }
-        limits.record("alice", Some(address), true);
+        limits.admit("alice", Some(address)).unwrap().succeeded();
         for _ in 0..2 {
-            limits.record("alice", Some(address), false);
+            fail(&limits, "alice", address);
         }
-        assert!(limits.admit("alice", Some(address)).is_ok());
+        limits.admit("alice", Some(address)).unwrap().succeeded();
         // The name's own count is not reset by a success: 4 failures in all.
         assert_eq!(limits.failures_for("alice"), 4);
+    }
+
+    #[test]
+    fn concurrent_guesses_are_counted_before_their_checks_end() {
+        let limits = Arc::new(LoginLimits::new(&login_config()));
+        let guesser: IpAddr = "192.0.2.1".parse().unwrap();
+        // 16 guesses at once, none settled yet: only the burst (3) is admitted.
+        let barrier = Arc::new(std::sync::Barrier::new(16));
+        let admitted: Vec<Option<LoginAttempt>> = (0..16)
+            .map(|_| {
+                let (limits, barrier) = (limits.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    limits.admit("alice", Some(guesser)).ok()
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|thread| thread.join().unwrap())
+            .collect();
+        let admitted: Vec<LoginAttempt> = admitted.into_iter().flatten().collect();
+        assert_eq!(admitted.len(), 3);
+        // Another address is not affected, and gets in with the right password.
+        let owner: IpAddr = "198.51.100.7".parse().unwrap();
+        limits.admit("alice", Some(owner)).unwrap().succeeded();
+        // An attempt that ends without a check gives its place back; a failure keeps it.
+        let mut admitted = admitted.into_iter();
+        drop(admitted.next().unwrap());
+        let again = limits.admit("alice", Some(guesser)).unwrap();
+        assert!(limits.admit("alice", Some(guesser)).is_err());
+        again.failed();
+        for attempt in admitted {
+            attempt.failed();
+        }
+        assert!(limits.admit("alice", Some(guesser)).is_err());
+        assert_eq!(limits.failures_for("alice"), 3);
+    }
+
+    #[test]
+    fn an_attempt_dropped_before_its_check_gives_its_counts_back() {
+        let limits = LoginLimits::new(&login_config());
+        let address: IpAddr = "192.0.2.1".parse().unwrap();
+        for _ in 0..10 {
+            drop(limits.admit("alice", Some(address)).unwrap());
+        }
+        assert_eq!(limits.failures_for("alice"), 0);
+        for _ in 0..3 {
+            fail(&limits, "alice", address);
+        }
+        assert!(limits.admit("alice", Some(address)).is_err());
     }
 
     #[test]
@@ -673,26 +940,30 @@ mod tests {
         let mut delays = Vec::new();
         for i in 0..10u8 {
             // Each failure from a new address: no address is refused.
-            let address = IpAddr::from([192, 0, 2, i]);
-            let delay = limits.admit("alice", Some(address)).unwrap();
-            delays.push(delay.as_millis());
-            limits.record("alice", Some(address), false);
+            let attempt = limits.admit("alice", Some(IpAddr::from([192, 0, 2, i])));
+            let attempt = attempt.unwrap();
+            delays.push(attempt.delay().as_millis());
+            attempt.failed();
         }
+        // The burst is 4: the attempt after the 4th failure waits the base delay.
         assert_eq!(delays, [0, 0, 0, 0, 100, 200, 400, 800, 1_000, 1_000]);
         let owner = IpAddr::from([198, 51, 100, 7]);
-        assert_eq!(
-            limits.admit("alice", Some(owner)),
-            Ok(Duration::from_millis(1_000))
-        );
-        assert_eq!(limits.admit("bob", Some(owner)), Ok(Duration::ZERO));
+        let attempt = limits.admit("alice", Some(owner)).unwrap();
+        assert_eq!(attempt.delay(), Duration::from_millis(1_000));
+        attempt.succeeded();
+        let attempt = limits.admit("bob", Some(owner)).unwrap();
+        assert_eq!(attempt.delay(), Duration::ZERO);
     }
 
     #[test]
     fn ipv6_guesses_count_per_slash_64() {
         let limits = LoginLimits::new(&login_config());
         for i in 0..3u16 {
-            let address = IpAddr::from([0x2001, 0xdb8, 0, 1, 0, 0, 0, i]);
-            limits.record("alice", Some(address), false);
+            fail(
+                &limits,
+                "alice",
+                IpAddr::from([0x2001, 0xdb8, 0, 1, 0, 0, 0, i]),
+            );
         }
         let neighbour = IpAddr::from([0x2001, 0xdb8, 0, 1, 0xffff, 0, 0, 9]);
         assert!(limits.admit("alice", Some(neighbour)).is_err());
@@ -706,6 +977,7 @@ mod tests {
                 at_once: Some(at_once.try_into().unwrap()),
                 waiting,
                 wait_ms: wait_ms.try_into().unwrap(),
+                per_address: 1_000.try_into().unwrap(),
             },
             8,
         )
@@ -715,13 +987,13 @@ mod tests {
     #[tokio::test]
     async fn password_checks_queue_a_bounded_number_for_a_bounded_time() {
         let checks = checks(1, 1, 50);
-        let running = checks.acquire().await.unwrap();
+        let running = checks.acquire(None).await.unwrap();
         // One may wait; the next is refused at once.
-        let waiting = checks.acquire();
+        let waiting = checks.acquire(None);
         tokio::pin!(waiting);
         assert!(futures::poll!(&mut waiting).is_pending());
         assert_eq!(
-            checks.acquire().await.err(),
+            checks.acquire(None).await.err(),
             Some(PasswordChecksBusy::QueueFull)
         );
         // The waiter gives up after the wait, and its place is free again.
@@ -730,11 +1002,11 @@ mod tests {
             Some(PasswordChecksBusy::WaitedTooLong(Duration::from_millis(50)))
         );
         assert_eq!(
-            checks.acquire().await.err(),
+            checks.acquire(None).await.err(),
             Some(PasswordChecksBusy::WaitedTooLong(Duration::from_millis(50)))
         );
         drop(running);
-        assert!(checks.acquire().await.is_ok());
+        assert!(checks.acquire(None).await.is_ok());
     }
 
     #[tokio::test]
@@ -742,7 +1014,7 @@ mod tests {
         let checks = checks(1, 4, 50);
         let (release, released) = std::sync::mpsc::channel::<()>();
         let job = checks
-            .acquire()
+            .acquire(None)
             .await
             .unwrap()
             .run(move || released.recv().is_ok());
@@ -751,13 +1023,13 @@ mod tests {
         assert_eq!(checks.running(), 1);
         // …yet it holds its place until it ends.
         assert!(matches!(
-            checks.acquire().await,
+            checks.acquire(None).await,
             Err(PasswordChecksBusy::WaitedTooLong(_))
         ));
         release.send(()).unwrap();
         let permit = tokio::time::timeout(Duration::from_secs(30), async {
             loop {
-                if let Ok(permit) = checks.acquire().await {
+                if let Ok(permit) = checks.acquire(None).await {
                     return permit;
                 }
             }
@@ -772,15 +1044,64 @@ mod tests {
     async fn a_panicking_check_fails_alone_and_frees_its_thread() {
         let checks = checks(1, 0, 1_000);
         let panicked = checks
-            .acquire()
+            .acquire(None)
             .await
             .unwrap()
             .run(|| -> bool { panic!("a check that panics") })
             .await;
         assert_eq!(panicked, Err(PasswordCheckFailed));
-        let answer = checks.acquire().await.unwrap().run(|| 42).await;
+        let answer = checks.acquire(None).await.unwrap().run(|| 42).await;
         assert_eq!(answer, Ok(42));
         assert_eq!(checks.running(), 0);
+    }
+
+    #[tokio::test]
+    async fn one_address_holds_at_most_its_share_of_the_password_checks() {
+        let checks = PasswordChecks::new(
+            &PasswordChecksConfig {
+                at_once: Some(1.try_into().unwrap()),
+                waiting: 64,
+                wait_ms: 60_000.try_into().unwrap(),
+                per_address: 2.try_into().unwrap(),
+            },
+            2,
+        )
+        .unwrap();
+        let greedy: IpAddr = "192.0.2.1".parse().unwrap();
+        let neighbour: IpAddr = "2001:db8::1".parse().unwrap();
+        let same_64: IpAddr = "2001:db8::ffff".parse().unwrap();
+        // The greedy address runs one check and queues one more…
+        let running = checks.acquire(Some(greedy)).await.unwrap();
+        let mut queued = Box::pin(checks.acquire(Some(greedy)));
+        assert!(futures::poll!(&mut queued).is_pending());
+        // …and is refused a third at once, while others still queue behind it.
+        assert_eq!(
+            checks.acquire(Some(greedy)).await.err(),
+            Some(PasswordChecksBusy::PerAddress(2))
+        );
+        let mut other = Box::pin(checks.acquire(Some(neighbour)));
+        assert!(futures::poll!(&mut other).is_pending());
+        let mut other_again = Box::pin(checks.acquire(Some(same_64)));
+        assert!(futures::poll!(&mut other_again).is_pending());
+        assert_eq!(
+            checks.acquire(Some(same_64)).await.err(),
+            Some(PasswordChecksBusy::PerAddress(2)),
+            "one /64 is one address"
+        );
+        assert_eq!(checks.addresses_waiting(), 2);
+        let error = crate::error::ApiError::from(PasswordChecksBusy::PerAddress(2));
+        assert_eq!(error.status, warp::http::StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(error.retry_after, Some(Duration::from_secs(1)));
+        // A place held by a check comes back when it ends.
+        drop(running);
+        let second = queued.await.unwrap();
+        let mut third = Box::pin(checks.acquire(Some(greedy)));
+        assert!(futures::poll!(&mut third).is_pending(), "a place again");
+        drop(second);
+        drop(third);
+        drop(other);
+        drop(other_again);
+        assert_eq!(checks.addresses_waiting(), 0, "no address left behind");
     }
 
     #[test]
@@ -794,13 +1115,13 @@ mod tests {
 
     #[test]
     fn backoff_doubles_up_to_its_ceiling() {
-        let backoff = Backoff {
+        let backoff = sluice_core::retry::Backoff::from(Backoff {
             base_ms: 250.try_into().unwrap(),
             max_ms: 4_000.try_into().unwrap(),
-        };
-        let delays: Vec<u128> = (0..7).map(|k| backoff.delay(k).as_millis()).collect();
+        });
+        let delays: Vec<u128> = (0..7).map(|k| backoff.pause(k).as_millis()).collect();
         assert_eq!(delays, [250, 500, 1_000, 2_000, 4_000, 4_000, 4_000]);
-        assert_eq!(backoff.delay(u32::MAX), Duration::from_millis(4_000));
+        assert_eq!(backoff.pause(u32::MAX), Duration::from_millis(4_000));
     }
 
     #[test]

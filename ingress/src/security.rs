@@ -98,11 +98,14 @@ pub fn demo_users(users: &Users) -> Vec<String> {
     found
 }
 
-/// Whether every ingress listener (`login_listen`, `order_listen`) is a loopback address, so
-/// that only this machine can reach it.
-pub fn listeners_are_loopback(config: &IngressConfig) -> bool {
+/// Whether only this machine can reach the ingress: every listener (`login_listen`,
+/// `order_listen`) is a loopback address and no `trusted_proxies` are set (a proxy on this
+/// machine forwards other machines' requests to a loopback listener).
+pub fn only_this_machine_reaches(config: &IngressConfig) -> bool {
     let loopback = |address: &SocketAddr| address.ip().to_canonical().is_loopback();
-    loopback(&config.login_listen) && loopback(&config.order_listen)
+    loopback(&config.login_listen)
+        && loopback(&config.order_listen)
+        && config.trusted_proxies.is_empty()
 }
 
 /// Every weakness of `config` and `users` that production mode refuses, each saying what to
@@ -266,25 +269,29 @@ mod tests {
             config.order_listen = order.parse().unwrap();
             config
         };
-        assert!(listeners_are_loopback(&config(
+        assert!(only_this_machine_reaches(&config(
             "127.0.0.1:3000",
             "[::1]:3001"
         )));
-        assert!(listeners_are_loopback(&config(
+        assert!(only_this_machine_reaches(&config(
             "127.0.0.1:3000",
             "[::ffff:127.0.0.1]:3001"
         )));
-        assert!(!listeners_are_loopback(&config(
+        assert!(!only_this_machine_reaches(&config(
             "127.0.0.1:3000",
             "0.0.0.0:3001"
         )));
-        assert!(!listeners_are_loopback(&config(
+        assert!(!only_this_machine_reaches(&config(
             "[::]:3000",
             "127.0.0.1:3001"
         )));
-        assert!(!listeners_are_loopback(&config(
+        assert!(!only_this_machine_reaches(&config(
             "192.0.2.7:3000",
             "127.0.0.1:3001"
         )));
+        // Behind a proxy, loopback listeners serve other machines.
+        let mut proxied = config("127.0.0.1:3000", "127.0.0.1:3001");
+        proxied.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+        assert!(!only_this_machine_reaches(&proxied));
     }
 }

@@ -3,15 +3,18 @@
 //!
 //! - request headers must arrive within `header_read_timeout_ms` (slowloris), and may not
 //!   exceed `max_header_bytes` in all (hyper answers 431);
-//! - each connection learns its client address, which the routes read as [`ClientAddr`];
-//! - one client address (IPv6: one /64) holds at most `max_connections_per_address`
+//! - each request learns its client address, which the routes read as [`ClientAddr`]: its
+//!   TCP peer, or, when the peer is one of `trusted_proxies`, the address the proxy names in
+//!   `X-Forwarded-For` (see [`crate::forwarded`]);
+//! - one TCP peer address (IPv6: one /64) holds at most `max_connections_per_address`
 //!   connections; more are closed as soon as they are accepted, so a single client cannot
-//!   take the slots everyone shares;
+//!   take the slots everyone shares. This cap counts connections, so behind a proxy it keys
+//!   on the proxy: raise it there;
 //! - on shutdown the listener closes at once and open connections finish their requests.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -25,12 +28,15 @@ use tower_service::Service;
 use warp::reply::Response;
 use warp::Filter;
 
-/// The client address of the connection a request came on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClientAddr(pub SocketAddr);
+use crate::forwarded::{ClientSource, TrustedProxies};
 
-/// A filter extracting the client address, when known.
-pub fn client_addr() -> impl Filter<Extract = (Option<SocketAddr>,), Error = Infallible> + Clone {
+/// The client address of a request: its connection's TCP peer, or the address a trusted
+/// proxy forwarded it for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddr(pub IpAddr);
+
+/// A filter extracting the client address, when known (what every per-address limit keys on).
+pub fn client_addr() -> impl Filter<Extract = (Option<IpAddr>,), Error = Infallible> + Clone {
     warp::ext::optional::<ClientAddr>().map(|client: Option<ClientAddr>| client.map(|c| c.0))
 }
 
@@ -47,11 +53,13 @@ pub struct ConnectionLimits {
     pub max_header_bytes: usize,
 }
 
-/// Serves `service` on `listener` until `shutdown`, then drains open connections.
+/// Serves `service` on `listener` until `shutdown`, then drains open connections. Each
+/// request's [`ClientAddr`] is found through `proxies`.
 pub async fn serve<S>(
     listener: TcpListener,
     service: S,
     limits: ConnectionLimits,
+    proxies: Arc<TrustedProxies>,
     shutdown: CancellationToken,
 ) where
     S: Service<http::Request<Incoming>, Response = Response, Error = Infallible>
@@ -71,7 +79,9 @@ pub async fn serve<S>(
         .max_buf_size(limits.max_header_bytes.max(8192));
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    // Validation refuses 0; `max(1)` only keeps a hand-built `ConnectionLimits` serving.
     let per_address = PerAddress::new(limits.max_connections_per_address.max(1));
+    let malformed = metrics::counter!(sluice_core::telemetry::FORWARDED_MALFORMED);
     let refused = metrics::counter!(
         sluice_core::telemetry::CONNECTIONS_REFUSED,
         "reason" => "per_address"
@@ -105,8 +115,15 @@ pub async fn serve<S>(
             continue;
         };
         let service = service.clone();
+        let (proxies, malformed) = (proxies.clone(), malformed.clone());
         let service = hyper::service::service_fn(move |mut request: http::Request<Incoming>| {
-            request.extensions_mut().insert(ClientAddr(client));
+            let source = proxies.client(client.ip(), request.headers());
+            if let ClientSource::Malformed(_) = source {
+                malformed.increment(1);
+            }
+            request
+                .extensions_mut()
+                .insert(ClientAddr(source.address()));
             service.clone().call(request)
         });
         let connection = builder

@@ -2,19 +2,23 @@
 //!
 //! Each step is cheap before the expensive one, and nobody can lock a user out from elsewhere:
 //!
-//! 1. every attempt takes one from `logins_per_address` (429 past it);
-//! 2. the body is parsed and the user name checked against the rule of the users file (422
-//!    past it: no limiter key, event or log line is made of a name that breaks it);
-//! 3. an address with too many recent failures for this name, or for any names, gets 429
-//!    ([`LoginLimits::admit`](crate::limits::LoginLimits::admit)); other addresses do not;
+//! 1. every attempt takes one from `logins_per_address` before its body is read (429 past
+//!    it: [`charge`]), as `/order` charges its address before reading anything;
+//! 2. the body is read and parsed, and the user name checked against the rule of the users
+//!    file (422 past it: no limiter key, event or log line is made of a name that breaks it);
+//! 3. an address with too many recent failures (settled or in flight) for this name, or for
+//!    any names, gets 429 ([`LoginLimits::admit`](crate::limits::LoginLimits::admit)); other
+//!    addresses do not. The attempt counts as a failure from here until its password proves
+//!    right;
 //! 4. a name with too many recent failures from anywhere waits a growing delay first;
 //! 5. the login waits for a password check in a bounded queue, for a bounded time (503 past
-//!    either);
+//!    either), holding at most `password_checks.per_address` places per address (429 past
+//!    it);
 //! 6. the check runs on a password-check thread, holding its slot, and the outcome is counted
 //!    and recorded in the logins topic by a task of its own: a client that disconnects can
 //!    neither free the slot early nor skip the count.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,7 +31,7 @@ use warp::reply::Response;
 use warp::Reply;
 
 use crate::error::ApiError;
-use crate::limits::PasswordCheckPermit;
+use crate::limits::{LoginAttempt, PasswordCheckPermit};
 use crate::users::check_user_name;
 use crate::State;
 
@@ -39,32 +43,41 @@ struct LoginRequest {
     password: String,
 }
 
-/// Handles one login (see the module's steps) and answers with a token, 401, 422, 429 or 503.
-pub async fn handle(
-    state: &Arc<State>,
-    client: Option<SocketAddr>,
-    body: &[u8],
-) -> Result<Response, ApiError> {
-    let address = client.map(|a| a.ip());
+/// Step 1: charges a login attempt from `address` to `logins_per_address`, before its body is
+/// read.
+pub fn charge(state: &State, address: Option<IpAddr>) -> Result<(), ApiError> {
     if let Some(ip) = address {
         state
             .limits
             .logins_per_address
             .check(&crate::limits::address_key(ip))?;
     }
+    Ok(())
+}
+
+/// Handles one login whose attempt was [`charge`]d (the module's steps from 2 on) and answers
+/// with a token, 401, 422, 429 or 503.
+pub async fn handle(
+    state: &Arc<State>,
+    address: Option<IpAddr>,
+    body: &[u8],
+) -> Result<Response, ApiError> {
     let LoginRequest { username, password } = crate::body::parse_json(body)?;
     // The error never repeats the name: it may be anything a client sent.
     check_user_name(&username).map_err(|bad| {
         ApiError::invalid_body(format!("invalid value for field `username`: {bad}"))
     })?;
-    let delay = state.limits.login_failures.admit(&username, address)?;
-    if !delay.is_zero() {
-        tokio::time::sleep(delay).await;
+    // Counted as a failure from here until its password is checked (a success gives it
+    // back); dropped before that (no check free, client gone), it is given back.
+    let admitted = state.limits.login_failures.admit(&username, address)?;
+    if !admitted.delay().is_zero() {
+        tokio::time::sleep(admitted.delay()).await;
     }
-    let permit = state.password_checks.acquire().await?;
+    let permit = state.password_checks.acquire(address).await?;
     let verified = tokio::spawn(attempt(
         state.clone(),
         permit,
+        admitted,
         username.clone(),
         password,
         address,
@@ -100,6 +113,7 @@ pub async fn handle(
 async fn attempt(
     state: Arc<State>,
     permit: PasswordCheckPermit,
+    admitted: LoginAttempt,
     username: String,
     password: String,
     address: Option<IpAddr>,
@@ -116,10 +130,11 @@ async fn attempt(
         .await
         .map_err(|failed| ApiError::unavailable(failed.to_string()))?;
     let success = verified.is_some();
-    state
-        .limits
-        .login_failures
-        .record(&username, address, success);
+    if success {
+        admitted.succeeded();
+    } else {
+        admitted.failed();
+    }
 
     let event = LoginEvent {
         username,

@@ -178,6 +178,140 @@ async fn guessing_from_one_address_never_locks_the_owner_out_from_another() {
     sluice.stop();
 }
 
+/// One login attempt sent with `X-Forwarded-For: forwarded_for`: its status.
+async fn attempt_forwarded(
+    client: &reqwest::Client,
+    url: &str,
+    forwarded_for: &str,
+    user: &str,
+    password: &str,
+) -> u16 {
+    let response = client
+        .post(url)
+        .header("x-forwarded-for", forwarded_for)
+        .body(format!(
+            r#"{{"username":"{user}","password":"{password}"}}"#
+        ))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    response.bytes().await.unwrap();
+    status
+}
+
+/// Behind a trusted proxy (127.0.0.1 here) every client shares the proxy's TCP address: the
+/// login defences key on the address the proxy forwards instead, so one guessing client does
+/// not lock out the others, and a peer that is not a trusted proxy cannot pick its own key by
+/// forging the header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_trusted_proxy_clients_are_limited_by_their_forwarded_address() {
+    let (test, ports) = topology("proxied", &["alice", "bob"], |t| {
+        t.ingress.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+        let limits = &mut t.ingress.rate_limits;
+        limits.login_failures_per_user_address = Quota::per_minute(n(1), n(3));
+        limits.login_failures_per_address = Quota::per_minute(n(1), n(5));
+        limits.login_failures_per_user = unlimited();
+        limits.orders_per_address = Quota::per_minute(n(1), n(2));
+    });
+    let sluice = Sluice::start(&test, ports, "info").await;
+    let url = sluice.login_url();
+    let proxy = client_from([127, 0, 0, 1]);
+    let (guesser, owner) = ("198.51.100.1", "198.51.100.2");
+
+    // One client behind the proxy guesses alice's password until it is refused…
+    for _ in 0..3 {
+        let status = attempt_forwarded(&proxy, &url, guesser, "alice", "guess-guess").await;
+        assert_eq!(status, 401);
+    }
+    assert_eq!(
+        attempt_forwarded(&proxy, &url, guesser, "alice", PASSWORD).await,
+        429
+    );
+    // …while another client behind the same proxy logs in as alice, and the proxy's own
+    // requests (no header) are not refused either.
+    assert_eq!(
+        attempt_forwarded(&proxy, &url, owner, "alice", PASSWORD).await,
+        200
+    );
+    assert_eq!(attempt(&proxy, &url, "alice", PASSWORD).await.0, 200);
+    // A client left of the proxy cannot pick its key: the proxy's entry is the right-most.
+    assert_eq!(
+        attempt_forwarded(
+            &proxy,
+            &url,
+            &format!("{owner}, {guesser}"),
+            "alice",
+            PASSWORD
+        )
+        .await,
+        429
+    );
+
+    // The guessing client reaches 5 failures in all and is refused for any name; the other
+    // client is not.
+    for _ in 0..2 {
+        let status = attempt_forwarded(&proxy, &url, guesser, "mallory", "guess-guess").await;
+        assert_eq!(status, 401);
+    }
+    assert_eq!(
+        attempt_forwarded(&proxy, &url, guesser, "bob", PASSWORD).await,
+        429
+    );
+    assert_eq!(
+        attempt_forwarded(&proxy, &url, owner, "bob", PASSWORD).await,
+        200
+    );
+
+    // A peer that is not a trusted proxy is keyed by its own address, whatever it forwards:
+    // its guesses "from" the owner's address are its own, and a fresh forged address does not
+    // lift its refusal.
+    let stranger = client_from([127, 0, 0, 2]);
+    for _ in 0..3 {
+        let status = attempt_forwarded(&stranger, &url, owner, "alice", "guess-guess").await;
+        assert_eq!(status, 401);
+    }
+    assert_eq!(
+        attempt_forwarded(&stranger, &url, "203.0.113.77", "alice", PASSWORD).await,
+        429
+    );
+    assert_eq!(
+        attempt_forwarded(&proxy, &url, owner, "alice", PASSWORD).await,
+        200
+    );
+
+    // A malformed header from the proxy counts as the proxy's own request, and is counted.
+    assert_eq!(
+        attempt_forwarded(&proxy, &url, "not-an-address", "bob", PASSWORD).await,
+        200
+    );
+    let metrics = scrape_metrics(&reqwest::Client::new(), &sluice.ports.login_base()).await;
+    let malformed: f64 = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("sluice_forwarded_for_malformed_total "))
+        .expect("malformed headers are counted")
+        .parse()
+        .unwrap();
+    assert_eq!(malformed, 1.0);
+
+    // `/order`'s limit per address keys on the forwarded address too.
+    let token = login(&proxy, &sluice.ports.login_base(), "bob").await;
+    let order_url = format!("{}/order", sluice.ports.order_base());
+    let order = |forwarded_for: &'static str| {
+        proxy
+            .post(&order_url)
+            .bearer_auth(&token)
+            .header("x-forwarded-for", forwarded_for)
+            .body(r#"{"userId":"bob","product":"widget","quantity":1}"#)
+            .send()
+    };
+    for expected in [202, 202, 429] {
+        assert_eq!(order(guesser).await.unwrap().status(), expected);
+    }
+    assert_eq!(order(owner).await.unwrap().status(), 202);
+    sluice.stop();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn distributed_guessing_slows_a_name_down_but_its_owner_still_logs_in() {
     let (base, max) = (Duration::from_millis(200), Duration::from_millis(800));
@@ -434,10 +568,13 @@ async fn hostile_user_names_are_refused_before_any_work() {
     let names = [
         (long.as_str(), "evilQQQQ"),
         (huge.as_str(), "ZZZZZZZZ"),
-        ("", "\"username\":\"\""),
+        // The decoded message would show an echoed empty name as `""`.
+        ("", "\"\""),
         ("al ice<script>", "<script>"),
-        ("alice\\u0000", "alice\\u0000"),
+        // JSON's \u0000 decodes to a NUL character, which is what an echo would carry.
+        ("alice\\u0000", "alice\u{0}"),
     ];
+    let mut messages = Vec::new();
     for (name, trace) in names {
         let response = client
             .post(&url)
@@ -460,7 +597,13 @@ async fn hostile_user_names_are_refused_before_any_work() {
             !message.contains(PASSWORD),
             "the error repeats the password"
         );
+        messages.push(message);
     }
+    // Nothing of the name shapes the answer: every refusal says the same.
+    assert!(
+        messages.iter().all(|message| *message == messages[0]),
+        "{messages:?}"
+    );
     // A valid name logs in: exactly one login event is recorded.
     assert_eq!(attempt(&client, &url, "alice", PASSWORD).await.0, 200);
     let log = sluice.stop();

@@ -194,6 +194,30 @@ async fn in_development_demo_users_work_on_loopback_only() {
     assert!(log_lines(&log_file, "demo users disabled").is_empty());
     let warned = log_lines(&log_file, "shipped demo passwords");
     assert_eq!(warned.len(), 1, "{warned:?}");
+
+    // Loopback listeners behind a trusted proxy serve other machines: disabled again.
+    let ports = Ports::free();
+    test.edit(|t| {
+        ports.apply(t);
+        t.ingress.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+    });
+    let log_file = test.dir.path().join("proxied.log");
+    let mut child = start_sluice(&test.path, &log_file, &[]);
+    wait_ready(&ports.login_base(), &mut child).await;
+    let alice = try_login(&client, &ports.login_base(), "alice", "wonderland").await;
+    let stranger = try_login(&client, &ports.login_base(), "mallory", "wonderland").await;
+    assert_eq!(alice.0, 401);
+    assert_eq!(alice, stranger, "a disabled demo user must look unknown");
+    assert_eq!(
+        try_login(&client, &ports.login_base(), "carol", PASSWORD)
+            .await
+            .0,
+        200
+    );
+    assert!(terminate(child).success());
+    let warnings = log_lines(&log_file, "demo users disabled");
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("trusted_proxies"), "{}", warnings[0]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
