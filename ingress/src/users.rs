@@ -296,7 +296,9 @@ pub(crate) fn parse(text: &str, origin: &Path) -> Result<Vec<UserEntry>, UsersEr
         .map(|file| file.users)
         .map_err(|e| UsersError::Invalid {
             path: origin.to_path_buf(),
-            message: e.to_string(),
+            // Never `e.to_string()`: it quotes the offending line (a hash, or a password
+            // someone wrote by hand).
+            message: crate::toml_error::describe(&e, text),
         })
 }
 
@@ -758,6 +760,31 @@ mod tests {
             assert!(parse(text, &path).is_err(), "{text}");
         }
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_broken_users_file_is_not_quoted_in_the_error() {
+        let path = Path::new("users.toml");
+        let plaintext = "correct-horse-battery-staple";
+        let broken = [
+            // A hand-written plaintext password, with a syntax error on its line.
+            format!("[[users]]\nname = \"alice\"\npassword = {plaintext}\n"),
+            // An unterminated string holding a hash.
+            format!("[[users]]\nname = \"alice\"\npassword_hash = \"{DEMO_HASH}\n"),
+            // An unknown key next to a hash.
+            format!("[[users]]\nname = \"alice\"\npassword_hash = \"{DEMO_HASH}\"\npassword = \"{plaintext}\"\n"),
+            // A hash where a table is expected.
+            format!("users = \"{DEMO_HASH}\"\n"),
+        ];
+        for text in &broken {
+            let message = parse(text, path).unwrap_err().to_string();
+            assert!(message.contains("line "), "{message}");
+            assert!(!message.contains(plaintext), "{message}");
+            assert!(!message.contains("$argon2id$"), "{message}");
+            assert!(!message.contains("m=19456"), "{message}");
+        }
+        let message = parse(&broken[0], path).unwrap_err().to_string();
+        assert!(message.contains("line 3, column "), "{message}");
     }
 
     const DEMO_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$3vsPJ483E0WZx7FzdRzZ7A$4rpq8AbJV8pOwTDW8W0nMtslxUj3BtbKYF+BIMceGOQ";
