@@ -459,9 +459,11 @@ pub fn list_users(path: &Path) -> Result<Vec<String>, UsersError> {
     Ok(read_file(path)?.users.into_iter().map(|u| u.name).collect())
 }
 
-/// Writes the users file atomically: a temporary file beside it, synced, then renamed over
-/// it, so a crash leaves either the old or the new file, never half of one. The file is
-/// readable by its owner only.
+/// Writes the users file atomically: a temporary file beside it (a random name of its own),
+/// synced, then renamed over it, so a crash leaves either the old or the new file, never half
+/// of one, and concurrent writers never break each other's write. The file is readable by its
+/// owner only. Two concurrent read-modify-write cycles (`sluice users add` twice at once) can
+/// still lose one of the updates: the last rename wins.
 fn write_file(path: &Path, file: &UsersFile) -> Result<(), UsersError> {
     use std::io::Write;
     let text = toml::to_string(file).map_err(|source| UsersError::Serialize {
@@ -472,28 +474,28 @@ fn write_file(path: &Path, file: &UsersFile) -> Result<(), UsersError> {
         path: path.to_path_buf(),
         source,
     };
-    let temporary = path.with_extension("toml.tmp");
-    // A stale temporary file (from a crash) would keep its own mode: remove it, then create
-    // a new one, owner-only from the start (and never through a planted symbolic link).
-    match std::fs::remove_file(&temporary) {
-        Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(io(error)),
-        _ => {}
-    }
+    // A random name of its own, so that concurrent writers (two `sluice users add`) never
+    // touch each other's temporary file; created new (never an existing file nor through a
+    // planted symbolic link) and owner-only from the start.
+    let temporary = crate::generated_secret::temporary_beside(path);
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let mut out = options.open(&temporary).map_err(io)?;
-    out.write_all(
-        format!(
-            "# Sluice users: argon2id hashes, managed by `sluice users add|remove|list`.\n{text}"
+    let written = out
+        .write_all(
+            format!(
+                "# Sluice users: argon2id hashes, managed by `sluice users add|remove|list`.\n{text}"
+            )
+            .as_bytes(),
         )
-        .as_bytes(),
-    )
-    .map_err(io)?;
-    out.sync_all().map_err(io)?;
+        .and_then(|()| out.sync_all());
     drop(out);
-    std::fs::rename(&temporary, path).map_err(io)?;
+    if let Err(error) = written.and_then(|()| std::fs::rename(&temporary, path)) {
+        let _ = std::fs::remove_file(&temporary);
+        return Err(io(error));
+    }
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         if let Ok(dir) = std::fs::File::open(parent) {
             let _ = dir.sync_all();
@@ -576,18 +578,51 @@ mod tests {
 
     #[cfg(unix)]
     #[test]
-    fn the_users_file_is_owner_only_even_over_a_stale_temporary_file() {
+    fn the_users_file_is_owner_only_and_leaves_other_temporary_files_alone() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile_dir();
         let path = dir.join("users.toml");
-        let stale = dir.join("users.toml.tmp");
-        std::fs::write(&stale, "left by a crash").unwrap();
-        std::fs::set_permissions(&stale, std::fs::Permissions::from_mode(0o666)).unwrap();
+        // The fixed name earlier versions used: another writer's, never touched.
+        let other = dir.join("users.toml.tmp");
+        std::fs::write(&other, "another writer's").unwrap();
+        std::fs::set_permissions(&other, std::fs::Permissions::from_mode(0o666)).unwrap();
         upsert_user(&path, "carol", STRONG, PasswordPolicy::RefuseWeak).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "users file mode {mode:o}");
-        assert!(!stale.exists());
+        assert_eq!(std::fs::read_to_string(&other).unwrap(), "another writer's");
         assert_eq!(list_users(&path).unwrap(), vec!["carol".to_string()]);
+        let files = std::fs::read_dir(&dir).unwrap().count();
+        assert_eq!(files, 2, "a temporary file was left behind");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn concurrent_writers_never_break_each_other() {
+        let dir = tempfile_dir();
+        let path = dir.join("users.toml");
+        upsert_user(&path, "first", STRONG, PasswordPolicy::RefuseWeak).unwrap();
+        let entries = read_entries(&path).unwrap();
+        std::thread::scope(|scope| {
+            for writer in 0..4 {
+                let (path, entries) = (&path, &entries);
+                scope.spawn(move || {
+                    for round in 0..25 {
+                        let mut file = UsersFile {
+                            users: entries.clone(),
+                        };
+                        file.users.push(entry(
+                            &format!("w{writer}r{round}"),
+                            entries[0].password_hash.clone(),
+                        ));
+                        write_file(path, &file).unwrap();
+                    }
+                });
+            }
+        });
+        // Whichever write came last, the file is whole, and no temporary file is left.
+        let users = Users::load(&path).unwrap();
+        assert_eq!(users.len(), 2);
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
         let _ = std::fs::remove_dir_all(dir);
     }
 
