@@ -140,9 +140,13 @@ pub fn decoy_hash(like: Option<&PasswordHash<'_>>) -> Result<String, UsersError>
 }
 
 impl Users {
-    /// Users from entries (validated: argon2id PHC strings, unique names). Builds the decoy
-    /// hash from the most common parameter set of the entries without hashing anything: cost
-    /// linear in the number of users, about a microsecond each.
+    /// Users from entries, validated: every name follows [`check_user_name`], every hash is
+    /// an argon2id PHC string whose parameters are within [`MAX_ARGON2_M_KIB`],
+    /// [`MAX_ARGON2_T`] and [`MAX_ARGON2_P`], names are unique. Builds the decoy hash from the
+    /// most common parameter set of the entries without hashing anything: cost linear in the
+    /// number of users, about a microsecond each. Logs a warning when the entries hold more
+    /// than one parameter set: users of the other sets can be told from unknown users by a
+    /// login's timing.
     pub fn from_entries(entries: Vec<UserEntry>, origin: &Path) -> Result<Self, UsersError> {
         let invalid = |message: String| UsersError::Invalid {
             path: origin.to_path_buf(),
@@ -151,6 +155,14 @@ impl Users {
         // Validate every entry and count the cost parameters, before taking the entries apart.
         let mut costs: HashMap<Cost<'_>, (usize, usize)> = HashMap::new();
         for (index, entry) in entries.iter().enumerate() {
+            // The name is checked first, and never repeated when it is invalid (it may be a
+            // password typed in the wrong place).
+            check_user_name(&entry.name).map_err(|e| {
+                invalid(format!(
+                    "user #{} (counting from 1, in file order) has an invalid name: {e}; fix or remove that entry",
+                    index + 1
+                ))
+            })?;
             let parsed = PasswordHash::new(&entry.password_hash).map_err(|e| {
                 invalid(format!(
                     "user {:?}: password_hash is not a PHC string: {e}",
@@ -169,6 +181,12 @@ impl Users {
                     entry.name
                 )));
             };
+            check_parameters(&parsed).map_err(|problem| {
+                invalid(format!(
+                    "user {:?}: password_hash {problem}; set a new password with `sluice users add {}`",
+                    entry.name, entry.name
+                ))
+            })?;
             let cost = Cost {
                 head: entry
                     .password_hash
@@ -178,6 +196,13 @@ impl Users {
                 output_len: output.len(),
             };
             costs.entry(cost).or_insert((0, index)).0 += 1;
+        }
+        if costs.len() > 1 {
+            tracing::warn!(
+                file = %origin.display(),
+                parameter_sets = costs.len(),
+                "the users file holds password hashes with different argon2 parameters: unknown users are checked with the most common set, so a login's timing can tell the users of the other sets from unknown users; set their passwords again with `sluice users add` to give every user the same parameters"
+            );
         }
         // The most common cost (ties: the one seen first, so the choice is stable).
         let like = costs
@@ -283,6 +308,37 @@ impl Users {
             .unwrap_or(false);
         known && matches
     }
+}
+
+/// Largest argon2 memory cost (`m`, KiB) a users file may hold: 256 MiB. Each check of a
+/// hash costs that much memory, and the decoy hash of unknown users copies the most common
+/// parameters, so a huge `m` would let any login attempt take GiBs.
+pub const MAX_ARGON2_M_KIB: u32 = 262_144;
+
+/// Largest argon2 time cost (`t`, passes) a users file may hold.
+pub const MAX_ARGON2_T: u32 = 16;
+
+/// Largest argon2 parallelism (`p`, lanes) a users file may hold.
+pub const MAX_ARGON2_P: u32 = 16;
+
+/// Whether `hash`'s argon2 parameters are valid and within the bounds above; the problem, in
+/// words, when not.
+fn check_parameters(hash: &PasswordHash<'_>) -> Result<(), String> {
+    let params = argon2::Params::try_from(hash)
+        .map_err(|e| format!("has invalid argon2 parameters ({e})"))?;
+    let bounds = [
+        ("m", params.m_cost(), MAX_ARGON2_M_KIB, " KiB"),
+        ("t", params.t_cost(), MAX_ARGON2_T, ""),
+        ("p", params.p_cost(), MAX_ARGON2_P, ""),
+    ];
+    for (name, value, max, unit) in bounds {
+        if value > max {
+            return Err(format!(
+                "has argon2 parameter {name}={value}{unit}, above the largest Sluice accepts ({name}={max}{unit}), as every login check would cost that much"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The entries of a users file's text (`origin` names it in errors). The layout `sluice users
@@ -723,6 +779,75 @@ mod tests {
         let hash = cheap_hash("x", 32, 1);
         let error = invalid(vec![entry("x", hash.clone()), entry("x", hash)]);
         assert!(error.contains("appears twice"), "{error}");
+    }
+
+    #[test]
+    fn bad_names_are_refused_by_index_without_repeating_them() {
+        let hash = cheap_hash("x", 32, 1);
+        for bad in [
+            "hunter2 is my password",
+            "",
+            "tab\there",
+            "ünïcode",
+            &"a".repeat(65),
+        ] {
+            let error = Users::from_entries(
+                vec![entry("alice", hash.clone()), entry(bad, hash.clone())],
+                Path::new("users.toml"),
+            )
+            .err()
+            .unwrap()
+            .to_string();
+            assert!(error.contains("user #2 "), "{error}");
+            assert!(error.contains("must be 1 to 64"), "{error}");
+            if !bad.is_empty() {
+                assert!(!error.contains(bad), "{error}");
+            }
+        }
+        // Through the file, too (both the line scanner and the TOML parser).
+        let dir = tempfile_dir();
+        let path = dir.join("users.toml");
+        for text in [
+            format!("[[users]]\nname = \"my secret pw\"\npassword_hash = \"{hash}\"\n"),
+            format!("[[users]]\nname = 'my secret pw'\npassword_hash = \"{hash}\"\n"),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let error = Users::load(&path).err().unwrap().to_string();
+            assert!(error.contains("user #1 "), "{error}");
+            assert!(!error.contains("my secret pw"), "{error}");
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn argon2_parameters_are_bounded_at_load() {
+        let load =
+            |hash: String| Users::from_entries(vec![entry("alice", hash)], Path::new("users.toml"));
+        let salt_and_output = "$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaA";
+        for (params, named) in [
+            ("m=4194304,t=2,p=1", "m=4194304 KiB"),
+            ("m=19456,t=100,p=1", "t=100"),
+            ("m=19456,t=2,p=64", "p=64"),
+        ] {
+            let error = load(format!("$argon2id$v=19${params}{salt_and_output}"))
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(error.contains(named), "{error}");
+            assert!(error.contains("largest Sluice accepts"), "{error}");
+            assert!(error.contains("sluice users add alice"), "{error}");
+        }
+        let error = load(format!("$argon2id$v=19$m=1,t=0,p=1{salt_and_output}"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(error.contains("invalid argon2 parameters"), "{error}");
+        // At the bounds: accepted (nothing is hashed at load).
+        let at_bounds = format!(
+            "$argon2id$v=19$m={MAX_ARGON2_M_KIB},t={MAX_ARGON2_T},p={MAX_ARGON2_P}{salt_and_output}"
+        );
+        assert!(load(at_bounds).is_ok());
+        assert!(load(DEMO_HASH.to_string()).is_ok());
     }
 
     #[test]
