@@ -387,8 +387,13 @@ fn parse_canonical(text: &str) -> Option<Vec<UserEntry>> {
         }
         Some(_) => None,
     };
-    for line in text.split('\n') {
-        let line = line.strip_suffix('\r').unwrap_or(line);
+    for line in text.split_inclusive('\n') {
+        // A `\r` ends a line only before a `\n` (CRLF); anywhere else TOML refuses it, and so
+        // does this scanner (the line then matches nothing and the file goes to TOML).
+        let line = match line.strip_suffix('\n') {
+            Some(line) => line.strip_suffix('\r').unwrap_or(line),
+            None => line,
+        };
         let comment = line.starts_with('#') && !line.chars().any(|c| c.is_control() && c != '\t');
         if line.is_empty() || comment {
             continue;
@@ -945,6 +950,139 @@ mod tests {
         }
         let message = parse(&broken[0], path).unwrap_err().to_string();
         assert!(message.contains("line 3, column "), "{message}");
+    }
+
+    #[test]
+    fn a_bare_carriage_return_at_the_end_is_left_to_toml() {
+        let path = Path::new("users.toml");
+        let good = format!("[[users]]\nname = \"alice\"\npassword_hash = \"{DEMO_HASH}\"");
+        assert_eq!(parse_canonical(&good).unwrap().len(), 1);
+        for ending in ["\r", "\n\r", "\r\n\r"] {
+            let text = format!("{good}{ending}");
+            assert!(parse_canonical(&text).is_none(), "{text:?}");
+            assert!(toml::from_str::<UsersFile>(&text).is_err(), "{text:?}");
+            assert!(parse(&text, path).is_err(), "{text:?}");
+        }
+    }
+
+    mod scanner_agrees_with_toml {
+        //! Property tests: on any users file, valid or slightly broken, the line scanner either
+        //! reads exactly the entries TOML reads, or defers to TOML.
+        use proptest::prelude::*;
+
+        use super::super::*;
+        use super::DEMO_HASH;
+
+        /// One line of a users file, without its line ending.
+        fn line() -> impl Strategy<Value = String> {
+            let name = prop_oneof![
+                Just("alice"),
+                Just("bob"),
+                Just("a b"),
+                Just(""),
+                Just("é"),
+                Just("x\ty"),
+            ];
+            let quoted = prop_oneof![
+                name.clone().prop_map(|n| format!("\"{n}\"")),
+                name.clone().prop_map(|n| format!("'{n}'")),
+                Just(r#""al\u0069ce""#.to_string()),
+                Just(r#""a\"b""#.to_string()),
+                Just(r#""a\\b""#.to_string()),
+                Just("\"a\rb\"".to_string()),
+                Just("\"unterminated".to_string()),
+                Just("\"\"\"alice\"\"\"".to_string()),
+            ];
+            prop_oneof![
+                4 => Just("[[users]]".to_string()),
+                1 => Just("[users]".to_string()),
+                1 => Just("[[ users ]]".to_string()),
+                4 => quoted.clone().prop_map(|v| format!("name = {v}")),
+                1 => quoted.prop_map(|v| format!("name={v}")),
+                4 => Just(format!("password_hash = \"{DEMO_HASH}\"")),
+                1 => Just(format!("password_hash = '{DEMO_HASH}'")),
+                1 => Just(format!("password_hash = \"{DEMO_HASH}\" # note")),
+                2 => Just("# a comment".to_string()),
+                1 => Just("#\ta comment with a tab \"quoted\"".to_string()),
+                1 => Just("# a \r in a comment".to_string()),
+                2 => Just(String::new()),
+                1 => Just("role = \"admin\"".to_string()),
+                1 => Just("\r".to_string()),
+            ]
+        }
+
+        fn file() -> impl Strategy<Value = String> {
+            let ending =
+                prop_oneof![4 => Just("\n"), 2 => Just("\r\n"), 1 => Just("\r"), 1 => Just("")];
+            let indent = prop_oneof![6 => Just(""), 1 => Just("  "), 1 => Just("\t")];
+            proptest::collection::vec((indent, line(), ending), 0..12).prop_map(|lines| {
+                lines
+                    .into_iter()
+                    .map(|(indent, line, ending)| format!("{indent}{line}{ending}"))
+                    .collect()
+            })
+        }
+
+        /// A file in the layout `sluice users add` writes, with LF or CRLF line endings.
+        fn canonical() -> impl Strategy<Value = String> {
+            let user = (
+                prop_oneof![Just("alice"), Just("bob.b"), Just("c@d"), Just("x\ty")],
+                any::<bool>(),
+            );
+            (
+                proptest::collection::vec(user, 0..5),
+                any::<bool>(),
+                any::<bool>(),
+            )
+                .prop_map(|(users, crlf, final_newline)| {
+                    let mut text = String::from("# Sluice users\n");
+                    for (index, (name, hash_first)) in users.into_iter().enumerate() {
+                        let name = format!("{name}{index}");
+                        let (a, b) = (
+                            format!("name = \"{name}\""),
+                            format!("password_hash = \"{DEMO_HASH}\""),
+                        );
+                        let (first, second) = if hash_first { (b, a) } else { (a, b) };
+                        text.push_str(&format!("\n[[users]]\n{first}\n{second}\n"));
+                    }
+                    if !final_newline {
+                        text = text.trim_end_matches('\n').to_string();
+                    }
+                    if crlf {
+                        text = text.replace('\n', "\r\n");
+                    }
+                    text
+                })
+        }
+
+        fn pairs(entries: &[UserEntry]) -> Vec<(String, String)> {
+            entries
+                .iter()
+                .map(|e| (e.name.clone(), e.password_hash.clone()))
+                .collect()
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+            #[test]
+            fn on_any_file(text in file()) {
+                let toml = toml::from_str::<UsersFile>(&text);
+                if let Some(scanned) = parse_canonical(&text) {
+                    let toml = toml.map_err(|e| crate::toml_error::describe(&e, &text));
+                    prop_assert!(toml.is_ok(), "scanned, but TOML refuses {text:?}: {toml:?}");
+                    prop_assert_eq!(pairs(&scanned), pairs(&toml.unwrap().users), "{:?}", text);
+                }
+            }
+
+            #[test]
+            fn on_the_written_layout(text in canonical()) {
+                let scanned = parse_canonical(&text);
+                prop_assert!(scanned.is_some(), "the written layout is not scanned: {text:?}");
+                let toml = toml::from_str::<UsersFile>(&text).unwrap();
+                prop_assert_eq!(pairs(&scanned.unwrap()), pairs(&toml.users));
+            }
+        }
     }
 
     const DEMO_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$3vsPJ483E0WZx7FzdRzZ7A$4rpq8AbJV8pOwTDW8W0nMtslxUj3BtbKYF+BIMceGOQ";
