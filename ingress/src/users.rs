@@ -79,6 +79,8 @@ pub struct Users {
     /// Hash checked for unknown users so that they cost the same time as a wrong password:
     /// the users' own argon2 parameters, with a random salt and output (see [`decoy_hash`]).
     decoy: String,
+    /// How many argon2 parameter sets (with output lengths) the users' hashes hold.
+    parameter_sets: usize,
 }
 
 /// Hashes `password` with argon2id (Argon2's default parameters) and a random salt.
@@ -197,7 +199,8 @@ impl Users {
             };
             costs.entry(cost).or_insert((0, index)).0 += 1;
         }
-        if costs.len() > 1 {
+        let parameter_sets = costs.len();
+        if parameter_sets > 1 {
             tracing::warn!(
                 file = %origin.display(),
                 parameter_sets = costs.len(),
@@ -227,7 +230,11 @@ impl Users {
                 }
             }
         }
-        Ok(Users { hashes, decoy })
+        Ok(Users {
+            hashes,
+            decoy,
+            parameter_sets,
+        })
     }
 
     /// Loads the users file at `path`. Blocking (file read, parse): call from a blocking
@@ -256,6 +263,12 @@ impl Users {
         for name in names {
             self.hashes.remove(name.as_str());
         }
+    }
+
+    /// How many argon2 parameter sets (with output lengths) the users' hashes hold. More than
+    /// one is warned about at load: only the most common set is as slow for unknown users.
+    pub fn parameter_sets(&self) -> usize {
+        self.parameter_sets
     }
 
     /// Whether `name` is a user.
@@ -481,12 +494,14 @@ pub fn upsert_user(
     if let (Some(weakness), PasswordPolicy::RefuseWeak) = (weakness, policy) {
         return Err(UsersError::WeakPassword(weakness));
     }
+    // Hashed before taking the lock, so other writers wait for file I/O only.
+    let password_hash = hash_password(password)?;
+    let _lock = lock_writers(path)?;
     let mut file = if path.exists() {
         read_file(path)?
     } else {
         UsersFile::default()
     };
-    let password_hash = hash_password(password)?;
     match file.users.iter_mut().find(|u| u.name == name) {
         Some(user) => user.password_hash = password_hash,
         None => file.users.push(UserEntry {
@@ -500,6 +515,7 @@ pub fn upsert_user(
 
 /// Removes `name` from the users file at `path`; returns whether the user existed.
 pub fn remove_user(path: &Path, name: &str) -> Result<bool, UsersError> {
+    let _lock = lock_writers(path)?;
     let mut file = read_file(path)?;
     let before = file.users.len();
     file.users.retain(|u| u.name != name);
@@ -520,11 +536,35 @@ pub fn list_users(path: &Path) -> Result<Vec<String>, UsersError> {
     Ok(read_file(path)?.users.into_iter().map(|u| u.name).collect())
 }
 
+/// Takes the writers' lock of the users file at `path` (an exclusive lock on `<file>.lock`
+/// beside it, created owner-only and kept), waiting for another `sluice users add|remove` to
+/// finish; released when the returned file is dropped. Held around each read-modify-write,
+/// so concurrent writers never lose each other's updates. Blocking.
+fn lock_writers(path: &Path) -> Result<std::fs::File, UsersError> {
+    let mut name = path
+        .file_name()
+        .map(|name| name.to_os_string())
+        .unwrap_or_default();
+    name.push(".lock");
+    let lock_path = path.with_file_name(name);
+    let io = |source| UsersError::Io {
+        path: lock_path.clone(),
+        source,
+    };
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true).write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let lock = options.open(&lock_path).map_err(io)?;
+    lock.lock().map_err(io)?;
+    Ok(lock)
+}
+
 /// Writes the users file atomically: a temporary file beside it (a random name of its own),
 /// synced, then renamed over it, so a crash leaves either the old or the new file, never half
 /// of one, and concurrent writers never break each other's write. The file is readable by its
-/// owner only. Two concurrent read-modify-write cycles (`sluice users add` twice at once) can
-/// still lose one of the updates: the last rename wins.
+/// owner only. Callers that read, modify and write hold [`lock_writers`], so that two
+/// concurrent `sluice users add` do not lose one of the updates.
 fn write_file(path: &Path, file: &UsersFile) -> Result<(), UsersError> {
     use std::io::Write;
     let text = toml::to_string(file).map_err(|source| UsersError::Serialize {
@@ -652,8 +692,10 @@ mod tests {
         assert_eq!(mode, 0o600, "users file mode {mode:o}");
         assert_eq!(std::fs::read_to_string(&other).unwrap(), "another writer's");
         assert_eq!(list_users(&path).unwrap(), vec!["carol".to_string()]);
-        let files = std::fs::read_dir(&dir).unwrap().count();
-        assert_eq!(files, 2, "a temporary file was left behind");
+        assert_eq!(
+            files_in(&dir),
+            ["users.toml", "users.toml.lock", "users.toml.tmp"]
+        );
         let _ = std::fs::remove_dir_all(dir);
     }
 
@@ -683,8 +725,45 @@ mod tests {
         // Whichever write came last, the file is whole, and no temporary file is left.
         let users = Users::load(&path).unwrap();
         assert_eq!(users.len(), 2);
-        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+        assert_eq!(files_in(&dir), ["users.toml", "users.toml.lock"]);
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn concurrent_adds_and_removes_lose_no_update() {
+        let dir = tempfile_dir();
+        let path = dir.join("users.toml");
+        upsert_user(&path, "leaving", STRONG, PasswordPolicy::RefuseWeak).unwrap();
+        std::thread::scope(|scope| {
+            for writer in 0..4 {
+                let path = &path;
+                scope.spawn(move || {
+                    for round in 0..3 {
+                        let name = format!("w{writer}r{round}");
+                        upsert_user(path, &name, STRONG, PasswordPolicy::RefuseWeak).unwrap();
+                    }
+                });
+            }
+            scope.spawn(|| assert!(remove_user(&path, "leaving").unwrap()));
+        });
+        let mut names = list_users(&path).unwrap();
+        names.sort();
+        let mut expected: Vec<String> = (0..4)
+            .flat_map(|w| (0..3).map(move |r| format!("w{w}r{r}")))
+            .collect();
+        expected.sort();
+        assert_eq!(names, expected);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// The names of the files in `dir`, sorted.
+    fn files_in(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
     }
 
     /// A PHC string with cheap parameters (tests only), so several can be made quickly.
@@ -726,6 +805,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(parts(&users.decoy), parts(&common));
+        assert_eq!(users.parameter_sets(), 2);
         assert!(users.decoy.contains("m=64,t=3,p=1"), "{}", users.decoy);
         assert_ne!(users.decoy, common, "the decoy has its own salt and output");
         assert!(!users.verify("nobody", "one"));
@@ -733,6 +813,16 @@ mod tests {
         // The shipped users file's parameters are Argon2's defaults, as is an empty file's
         // decoy.
         let empty = Users::from_entries(Vec::new(), Path::new("users.toml")).unwrap();
+        assert_eq!(empty.parameter_sets(), 0);
+        let uniform = Users::from_entries(
+            vec![
+                entry("alice", cheap_hash("one", 32, 1)),
+                entry("bob", cheap_hash("two", 32, 1)),
+            ],
+            Path::new("users.toml"),
+        )
+        .unwrap();
+        assert_eq!(uniform.parameter_sets(), 1);
         let real = hash_password("a real password here").unwrap();
         assert_eq!(parts(&empty.decoy), parts(&real));
         let two = Users::from_entries(Vec::new(), Path::new("users.toml")).unwrap();
