@@ -3,10 +3,12 @@
 //! No secret that is public may ever sign a token Sluice accepts. So the shipped topology
 //! sets no secret (`jwt_secret = "${SLUICE_JWT_SECRET:-}"`), and a development run without
 //! any token key generates 32 random bytes into `generated_secret_file` (owner-only) on its
-//! first start and reuses them afterwards; `sluice token` reads the same file. Production
-//! mode never generates one: it refuses to start without a configured key. Secrets that
-//! were ever published (a development default of earlier Sluice versions) are refused
-//! in every mode.
+//! first start and reuses them afterwards; `sluice token` reads the same file and never
+//! creates it ([`settle_read_only`]). The file is opened once and checked as opened: a
+//! regular file reached without a symbolic link, owned by the user Sluice runs as (Linux) and
+//! readable by that user only. Production mode never generates one: it refuses to start
+//! without a configured key. Secrets that were ever published (a development default of
+//! earlier Sluice versions) are refused in every mode.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
