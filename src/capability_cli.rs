@@ -479,6 +479,8 @@ mod tests {
         assert!(text.contains("$q <= 5"), "{text}");
         assert!(attenuate(&public, token.trim(), &[], None, None).is_err());
         assert!(mint(&private, "alice", Some(0)).is_err());
+        let refused = mint(&private, "alice smith", Some(600)).unwrap_err();
+        assert!(refused.contains("must be 1 to 64"), "{refused}");
         assert!(mint(&dir.path().join("missing"), "alice", None).is_err());
     }
 

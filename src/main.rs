@@ -237,7 +237,7 @@ fn mint_token(path: &std::path::Path, user: &str, ttl_secs: Option<u64>) -> Exit
             .map_err(|e| e.to_string())
             .and_then(|topology| {
                 let mut auth = topology.ingress.auth.clone();
-                sluice_ingress::generated_secret::settle(
+                sluice_ingress::generated_secret::settle_read_only(
                     &mut auth,
                     topology.ingress.mode,
                     &topology.base_dir,

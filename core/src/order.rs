@@ -63,11 +63,24 @@ pub struct EnrichedOrder {
 }
 
 /// A login attempt, produced to the logins topic whether it succeeded or not.
+///
+/// The topic keeps records durably, and people type passwords into the name field: so the
+/// name is recorded only when it is a user's (a success, or a wrong password for a known
+/// user). A failed login for a name that is no user's records `username_hash` instead, and
+/// the record's key is that hash too.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LoginEvent {
-    /// The user name the client presented.
-    pub username: String,
+    /// The user name the client presented, when it is a user's; `None` (and omitted from the
+    /// JSON) for a name no user has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// For a name no user has: a keyed hash of it (hex of the first 16 bytes of SHA-256 over
+    /// a random key of the recording process and the name). Equal names give equal hashes
+    /// within one process's life, so repeated attempts can be counted, but the name cannot be
+    /// found by hashing guesses. `None` (and omitted) when `username` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username_hash: Option<String>,
     /// Whether the password matched.
     pub success: bool,
     /// The client's address as seen by the ingress.

@@ -566,16 +566,25 @@ pub fn generate_root_keypair() -> (String, String) {
 
 /// Mints a token for `user` allowing `order`, signed with the root private key (hex); with
 /// `ttl`, the token expires that long from now (`sluice biscuit mint` gives a default).
+/// `user` must follow the user name rule ([`check_user_name`](crate::users::check_user_name)),
+/// as every user of the users file does: the error says so without repeating it.
 pub fn mint(
     private_key_hex: &str,
     user: &str,
     ttl: Option<Duration>,
 ) -> Result<String, CapabilityError> {
-    if user.trim().is_empty() {
-        return Err(CapabilityError::InvalidInput(
-            "the user must not be empty".into(),
-        ));
-    }
+    crate::users::check_user_name(user)
+        .map_err(|e| CapabilityError::InvalidInput(format!("the user is refused: {e}")))?;
+    mint_any_user(private_key_hex, user, ttl)
+}
+
+/// [`mint`] without the user name rule (so tests can make tokens for names the rule refuses,
+/// as someone holding the root key could).
+fn mint_any_user(
+    private_key_hex: &str,
+    user: &str,
+    ttl: Option<Duration>,
+) -> Result<String, CapabilityError> {
     let root = KeyPair::from(&parse_private_key(private_key_hex)?);
     let mut builder = biscuit!(
         r#"
@@ -1025,7 +1034,7 @@ mod tests {
     fn user_names_are_data_not_code() {
         let (private, authority, _) = setup();
         let tricky = r#"al"ice"); right("admin"#;
-        let token = mint(&private, tricky, None).unwrap();
+        let token = mint_any_user(&private, tricky, None).unwrap();
         let now = SystemTime::now();
         assert_eq!(
             authority
@@ -1037,6 +1046,35 @@ mod tests {
             .authorize(&token, &request("alice", "widget", 1), now)
             .is_err());
         assert!(mint(&private, "  ", None).is_err());
+    }
+
+    #[test]
+    fn mint_applies_the_user_name_rule() {
+        let (private, authority, _) = setup();
+        for bad in [
+            r#"al"ice"); right("admin"#,
+            "",
+            "  ",
+            "a b",
+            "ünï",
+            &"a".repeat(65),
+        ] {
+            let error = mint(&private, bad, None).unwrap_err();
+            assert!(matches!(error, CapabilityError::InvalidInput(_)), "{error}");
+            let message = error.to_string();
+            assert!(message.contains("must be 1 to 64"), "{message}");
+            if bad.trim().len() > 1 {
+                assert!(!message.contains(bad), "{message}");
+            }
+        }
+        let token = mint(&private, "carol@example.com", None).unwrap();
+        let now = SystemTime::now();
+        assert_eq!(
+            authority
+                .authorize(&token, &request("carol@example.com", "widget", 1), now)
+                .unwrap(),
+            "carol@example.com"
+        );
     }
 
     #[test]

@@ -3,10 +3,12 @@
 //! No secret that is public may ever sign a token Sluice accepts. So the shipped topology
 //! sets no secret (`jwt_secret = "${SLUICE_JWT_SECRET:-}"`), and a development run without
 //! any token key generates 32 random bytes into `generated_secret_file` (owner-only) on its
-//! first start and reuses them afterwards; `sluice token` reads the same file. Production
-//! mode never generates one: it refuses to start without a configured key. Secrets that
-//! were ever published (a development default of earlier Sluice versions) are refused
-//! in every mode.
+//! first start and reuses them afterwards; `sluice token` reads the same file and never
+//! creates it ([`settle_read_only`]). The file is opened once and checked as opened: a
+//! regular file reached without a symbolic link, owned by the user Sluice runs as (Linux) and
+//! readable by that user only. Production mode never generates one: it refuses to start
+//! without a configured key. Secrets that were ever published (a development default of
+//! earlier Sluice versions) are refused in every mode.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -49,6 +51,29 @@ pub enum SecretError {
     /// The generated secret file holds something else than a generated secret.
     #[error("ingress.auth.generated_secret_file {path} does not hold {} hex digits; delete it and a new secret is generated at the next start (tokens signed with the old one stop working)", 2 * GENERATED_SECRET_BYTES)]
     Corrupt {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The generated secret file is a symbolic link, not a regular file, or was replaced
+    /// while being opened.
+    #[error("ingress.auth.generated_secret_file {path} is not a regular file (a symbolic link, a directory, or replaced while it was opened); remove it, and a new secret is generated at the next `sluice run`")]
+    NotAFile {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The generated secret file belongs to another user.
+    #[error("ingress.auth.generated_secret_file {path} belongs to user id {owner}, not to user id {user} that Sluice runs as; remove it (and consider it leaked), and a new secret is generated at the next `sluice run`")]
+    NotOwned {
+        /// The file.
+        path: PathBuf,
+        /// Its owner's user id.
+        owner: u32,
+        /// The user id Sluice runs as.
+        user: u32,
+    },
+    /// A tool (`sluice token`) needs the generated secret and it was never generated.
+    #[error("ingress.auth.generated_secret_file {path} does not exist: start `sluice run` once (development mode generates it), or set SLUICE_JWT_SECRET (ingress.auth.jwt_secret)")]
+    NotGenerated {
         /// The file.
         path: PathBuf,
     },
@@ -102,9 +127,50 @@ fn refuse_published(auth: &AuthConfig) -> Result<(), SecretError> {
     Ok(())
 }
 
+/// Like [`settle`], for tools that only read (`sluice token`): never creates the generated
+/// secret file. When it is missing, says to start `sluice run` once (which generates it) or
+/// to set SLUICE_JWT_SECRET.
+///
+/// Blocking (file I/O): call from a blocking thread.
+pub fn settle_read_only(
+    auth: &mut AuthConfig,
+    mode: Mode,
+    base_dir: &Path,
+) -> Result<Option<PathBuf>, SecretError> {
+    refuse_published(auth)?;
+    if auth.jwt_secret.is_some() || !auth.keys.is_empty() {
+        return Ok(None);
+    }
+    if mode == Mode::Production {
+        return Err(SecretError::NoKeyInProduction);
+    }
+    let path = sluice_core::topology::resolve_relative(base_dir, &auth.generated_secret_file);
+    match read_secret(&path) {
+        Ok(secret) => {
+            auth.jwt_secret = Some(secret);
+            Ok(Some(path))
+        }
+        Err(SecretError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Err(SecretError::NotGenerated { path })
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// A name for a private temporary file beside `path`, random so that processes sharing the
+/// directory (replicas on one volume, often all PID 1) never pick the same one.
+pub(crate) fn temporary_beside(path: &Path) -> PathBuf {
+    let mut name = path
+        .file_name()
+        .map(|name| name.to_os_string())
+        .unwrap_or_default();
+    name.push(format!(".{:016x}.tmp", OsRng.next_u64()));
+    path.with_file_name(name)
+}
+
 /// The secret in `path`, generated first if the file does not exist. Two processes starting
-/// at once agree on one secret: each writes a private temporary file and links it into
-/// place, which fails for the second, who then reads the first one's.
+/// at once agree on one secret: each writes a private temporary file (random name, created
+/// new) and links it into place, which fails for the second, who then reads the first one's.
 fn load_or_generate(path: &Path) -> Result<String, SecretError> {
     let io = |source| SecretError::Io {
         path: path.to_path_buf(),
@@ -120,16 +186,18 @@ fn load_or_generate(path: &Path) -> Result<String, SecretError> {
     let mut bytes = [0u8; GENERATED_SECRET_BYTES];
     OsRng.fill_bytes(&mut bytes);
     let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    let temporary = path.with_extension(format!("{}.tmp", std::process::id()));
-    let _ = std::fs::remove_file(&temporary);
+    let temporary = temporary_beside(path);
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let written = options.open(&temporary).and_then(|mut file| {
-        file.write_all(format!("{secret}\n").as_bytes())?;
-        file.sync_all()
-    });
+    // `create_new` never follows a symbolic link nor reuses a file: if the name is taken,
+    // this fails and nothing is written.
+    let mut file = options.open(&temporary).map_err(io)?;
+    let written = file
+        .write_all(format!("{secret}\n").as_bytes())
+        .and_then(|()| file.sync_all());
+    drop(file);
     let linked = written.and_then(|()| std::fs::hard_link(&temporary, path));
     let _ = std::fs::remove_file(&temporary);
     match linked {
@@ -142,24 +210,75 @@ fn load_or_generate(path: &Path) -> Result<String, SecretError> {
     }
 }
 
-/// Reads a generated secret, refusing a file others can read or one that holds anything
-/// else.
+/// The user id this process runs as, when it can be found without `unsafe`: the owner of
+/// `/proc/self` (Linux). `None` elsewhere, and the owner check is then skipped.
+#[cfg(unix)]
+fn current_uid() -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").ok().map(|m| m.uid())
+}
+
+/// Reads a generated secret: opens the file once and checks what was opened (a regular
+/// file, not reached through a symbolic link, owned by this process's user, readable by
+/// its owner only), refusing one that holds anything else than a generated secret.
 fn read_secret(path: &Path) -> Result<String, SecretError> {
+    use std::io::Read as _;
     let io = |source| SecretError::Io {
         path: path.to_path_buf(),
         source,
     };
-    let text = std::fs::read_to_string(path).map_err(io)?;
+    // The link itself, not what it points to: a symbolic link is refused before opening.
+    let link = std::fs::symlink_metadata(path).map_err(io)?;
+    if !link.file_type().is_file() {
+        return Err(SecretError::NotAFile {
+            path: path.to_path_buf(),
+        });
+    }
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    // Everything below is checked on the opened file, so the file checked is the file read.
+    let opened = file.metadata().map_err(io)?;
     #[cfg(unix)]
     {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(path).map_err(io)?.permissions().mode();
-        if mode & 0o077 != 0 {
+        use std::os::unix::fs::MetadataExt;
+        // Replaced between the look and the open (by a link, or another file): refused.
+        if (opened.dev(), opened.ino()) != (link.dev(), link.ino()) || !opened.is_file() {
+            return Err(SecretError::NotAFile {
+                path: path.to_path_buf(),
+            });
+        }
+        if opened.mode() & 0o077 != 0 {
             return Err(SecretError::Exposed {
                 path: path.to_path_buf(),
             });
         }
+        if let Some(uid) = current_uid() {
+            if opened.uid() != uid {
+                return Err(SecretError::NotOwned {
+                    path: path.to_path_buf(),
+                    owner: opened.uid(),
+                    user: uid,
+                });
+            }
+        }
     }
+    #[cfg(not(unix))]
+    if !opened.is_file() {
+        return Err(SecretError::NotAFile {
+            path: path.to_path_buf(),
+        });
+    }
+    // A generated secret is 64 hex digits and a newline: read a little more than that, so a
+    // huge file is not read whole.
+    let mut text = String::new();
+    (&mut file)
+        .take(4 * GENERATED_SECRET_BYTES as u64)
+        .read_to_string(&mut text)
+        .map_err(|error| match error.kind() {
+            std::io::ErrorKind::InvalidData => SecretError::Corrupt {
+                path: path.to_path_buf(),
+            },
+            _ => io(error),
+        })?;
     let secret = text.trim();
     if secret.len() != 2 * GENERATED_SECRET_BYTES || !secret.bytes().all(|b| b.is_ascii_hexdigit())
     {
@@ -250,5 +369,103 @@ mod tests {
         std::fs::write(&path, "not a secret\n").unwrap();
         let error = settle(&mut auth(None), Mode::Development, dir.path()).unwrap_err();
         assert!(matches!(error, SecretError::Corrupt { .. }), "{error}");
+    }
+
+    #[test]
+    fn tools_read_the_secret_but_never_create_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let error = settle_read_only(&mut auth(None), Mode::Development, dir.path()).unwrap_err();
+        assert!(matches!(error, SecretError::NotGenerated { .. }), "{error}");
+        let message = error.to_string();
+        assert!(message.contains("sluice run"), "{message}");
+        assert!(message.contains("SLUICE_JWT_SECRET"), "{message}");
+        assert!(!dir.path().join("data").exists(), "a tool created the file");
+        let mut run = auth(None);
+        settle(&mut run, Mode::Development, dir.path()).unwrap();
+        let mut tool = auth(None);
+        let path = settle_read_only(&mut tool, Mode::Development, dir.path()).unwrap();
+        assert_eq!(path, Some(dir.path().join("data/jwt-secret")));
+        assert_eq!(tool.jwt_secret, run.jwt_secret);
+        // Published secrets and production without a key: refused as by `settle`.
+        let error = settle_read_only(
+            &mut auth(Some(PUBLISHED_SECRETS[1])),
+            Mode::Development,
+            dir.path(),
+        )
+        .unwrap_err();
+        assert!(matches!(error, SecretError::Published { .. }), "{error}");
+        let error = settle_read_only(&mut auth(None), Mode::Production, dir.path()).unwrap_err();
+        assert!(matches!(error, SecretError::NoKeyInProduction), "{error}");
+    }
+
+    #[test]
+    fn temporary_names_are_random_and_beside_the_file() {
+        let path = Path::new("/volume/data/jwt-secret");
+        let (a, b) = (temporary_beside(path), temporary_beside(path));
+        assert_ne!(a, b);
+        assert_eq!(a.parent(), path.parent());
+        let name = a.file_name().unwrap().to_str().unwrap();
+        let random = name
+            .strip_prefix("jwt-secret.")
+            .and_then(|rest| rest.strip_suffix(".tmp"))
+            .unwrap_or_else(|| panic!("{name}"));
+        assert!(
+            random.len() == 16 && random.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{name}"
+        );
+    }
+
+    #[test]
+    fn a_stale_temporary_file_of_this_process_id_is_left_alone() {
+        // Replicas sharing a volume often all run as PID 1: a temporary name derived from the
+        // process id would be shared, and one replica would remove or reuse another's file.
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        let other = data.join(format!("jwt-secret.{}.tmp", std::process::id()));
+        std::fs::write(&other, "another replica's half-written secret").unwrap();
+        let mut first = auth(None);
+        settle(&mut first, Mode::Development, dir.path()).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&other).unwrap(),
+            "another replica's half-written secret"
+        );
+        let leftovers: Vec<_> = std::fs::read_dir(&data)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .filter(|name| name.to_string_lossy().ends_with(".tmp") && data.join(name) != other)
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_symbolic_link_or_a_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        // A valid, owner-only secret elsewhere, linked into place.
+        let elsewhere = dir.path().join("elsewhere");
+        let mut other = auth(None);
+        other.generated_secret_file = elsewhere.clone();
+        settle(&mut other, Mode::Development, dir.path()).unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, data.join("jwt-secret")).unwrap();
+        for settle in [settle, settle_read_only] {
+            let error = settle(&mut auth(None), Mode::Development, dir.path()).unwrap_err();
+            assert!(matches!(error, SecretError::NotAFile { .. }), "{error}");
+        }
+        std::fs::remove_file(data.join("jwt-secret")).unwrap();
+        std::fs::create_dir(data.join("jwt-secret")).unwrap();
+        let error = settle(&mut auth(None), Mode::Development, dir.path()).unwrap_err();
+        assert!(matches!(error, SecretError::NotAFile { .. }), "{error}");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_owner_check_knows_this_process_user() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mine = std::fs::metadata(dir.path()).unwrap().uid();
+        assert_eq!(current_uid(), Some(mine));
     }
 }

@@ -32,6 +32,7 @@ pub mod prometheus;
 pub mod routes;
 pub mod security;
 pub mod server;
+pub mod toml_error;
 pub mod users;
 
 use std::future::Future;

@@ -79,6 +79,8 @@ pub struct Users {
     /// Hash checked for unknown users so that they cost the same time as a wrong password:
     /// the users' own argon2 parameters, with a random salt and output (see [`decoy_hash`]).
     decoy: String,
+    /// How many argon2 parameter sets (with output lengths) the users' hashes hold.
+    parameter_sets: usize,
 }
 
 /// Hashes `password` with argon2id (Argon2's default parameters) and a random salt.
@@ -140,9 +142,13 @@ pub fn decoy_hash(like: Option<&PasswordHash<'_>>) -> Result<String, UsersError>
 }
 
 impl Users {
-    /// Users from entries (validated: argon2id PHC strings, unique names). Builds the decoy
-    /// hash from the most common parameter set of the entries without hashing anything: cost
-    /// linear in the number of users, about a microsecond each.
+    /// Users from entries, validated: every name follows [`check_user_name`], every hash is
+    /// an argon2id PHC string whose parameters are within [`MAX_ARGON2_M_KIB`],
+    /// [`MAX_ARGON2_T`] and [`MAX_ARGON2_P`], names are unique. Builds the decoy hash from the
+    /// most common parameter set of the entries without hashing anything: cost linear in the
+    /// number of users, about a microsecond each. Logs a warning when the entries hold more
+    /// than one parameter set: users of the other sets can be told from unknown users by a
+    /// login's timing.
     pub fn from_entries(entries: Vec<UserEntry>, origin: &Path) -> Result<Self, UsersError> {
         let invalid = |message: String| UsersError::Invalid {
             path: origin.to_path_buf(),
@@ -151,6 +157,14 @@ impl Users {
         // Validate every entry and count the cost parameters, before taking the entries apart.
         let mut costs: HashMap<Cost<'_>, (usize, usize)> = HashMap::new();
         for (index, entry) in entries.iter().enumerate() {
+            // The name is checked first, and never repeated when it is invalid (it may be a
+            // password typed in the wrong place).
+            check_user_name(&entry.name).map_err(|e| {
+                invalid(format!(
+                    "user #{} (counting from 1, in file order) has an invalid name: {e}; fix or remove that entry",
+                    index + 1
+                ))
+            })?;
             let parsed = PasswordHash::new(&entry.password_hash).map_err(|e| {
                 invalid(format!(
                     "user {:?}: password_hash is not a PHC string: {e}",
@@ -169,6 +183,12 @@ impl Users {
                     entry.name
                 )));
             };
+            check_parameters(&parsed).map_err(|problem| {
+                invalid(format!(
+                    "user {:?}: password_hash {problem}; set a new password with `sluice users add {}`",
+                    entry.name, entry.name
+                ))
+            })?;
             let cost = Cost {
                 head: entry
                     .password_hash
@@ -178,6 +198,14 @@ impl Users {
                 output_len: output.len(),
             };
             costs.entry(cost).or_insert((0, index)).0 += 1;
+        }
+        let parameter_sets = costs.len();
+        if parameter_sets > 1 {
+            tracing::warn!(
+                file = %origin.display(),
+                parameter_sets = costs.len(),
+                "the users file holds password hashes with different argon2 parameters: unknown users are checked with the most common set, so a login's timing can tell the users of the other sets from unknown users; set their passwords again with `sluice users add` to give every user the same parameters"
+            );
         }
         // The most common cost (ties: the one seen first, so the choice is stable).
         let like = costs
@@ -202,7 +230,11 @@ impl Users {
                 }
             }
         }
-        Ok(Users { hashes, decoy })
+        Ok(Users {
+            hashes,
+            decoy,
+            parameter_sets,
+        })
     }
 
     /// Loads the users file at `path`. Blocking (file read, parse): call from a blocking
@@ -231,6 +263,12 @@ impl Users {
         for name in names {
             self.hashes.remove(name.as_str());
         }
+    }
+
+    /// How many argon2 parameter sets (with output lengths) the users' hashes hold. More than
+    /// one is warned about at load: only the most common set is as slow for unknown users.
+    pub fn parameter_sets(&self) -> usize {
+        self.parameter_sets
     }
 
     /// Whether `name` is a user.
@@ -285,6 +323,37 @@ impl Users {
     }
 }
 
+/// Largest argon2 memory cost (`m`, KiB) a users file may hold: 256 MiB. Each check of a
+/// hash costs that much memory, and the decoy hash of unknown users copies the most common
+/// parameters, so a huge `m` would let any login attempt take GiBs.
+pub const MAX_ARGON2_M_KIB: u32 = 262_144;
+
+/// Largest argon2 time cost (`t`, passes) a users file may hold.
+pub const MAX_ARGON2_T: u32 = 16;
+
+/// Largest argon2 parallelism (`p`, lanes) a users file may hold.
+pub const MAX_ARGON2_P: u32 = 16;
+
+/// Whether `hash`'s argon2 parameters are valid and within the bounds above; the problem, in
+/// words, when not.
+fn check_parameters(hash: &PasswordHash<'_>) -> Result<(), String> {
+    let params = argon2::Params::try_from(hash)
+        .map_err(|e| format!("has invalid argon2 parameters ({e})"))?;
+    let bounds = [
+        ("m", params.m_cost(), MAX_ARGON2_M_KIB, " KiB"),
+        ("t", params.t_cost(), MAX_ARGON2_T, ""),
+        ("p", params.p_cost(), MAX_ARGON2_P, ""),
+    ];
+    for (name, value, max, unit) in bounds {
+        if value > max {
+            return Err(format!(
+                "has argon2 parameter {name}={value}{unit}, above the largest Sluice accepts ({name}={max}{unit}), as every login check would cost that much"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The entries of a users file's text (`origin` names it in errors). The layout `sluice users
 /// add` writes is read by a line scanner ([`parse_canonical`]), several times faster than a
 /// TOML parser and leaving no garbage behind; anything else goes through the TOML parser.
@@ -296,7 +365,9 @@ pub(crate) fn parse(text: &str, origin: &Path) -> Result<Vec<UserEntry>, UsersEr
         .map(|file| file.users)
         .map_err(|e| UsersError::Invalid {
             path: origin.to_path_buf(),
-            message: e.to_string(),
+            // Never `e.to_string()`: it quotes the offending line (a hash, or a password
+            // someone wrote by hand).
+            message: crate::toml_error::describe(&e, text),
         })
 }
 
@@ -329,8 +400,13 @@ fn parse_canonical(text: &str) -> Option<Vec<UserEntry>> {
         }
         Some(_) => None,
     };
-    for line in text.split('\n') {
-        let line = line.strip_suffix('\r').unwrap_or(line);
+    for line in text.split_inclusive('\n') {
+        // A `\r` ends a line only before a `\n` (CRLF); anywhere else TOML refuses it, and so
+        // does this scanner (the line then matches nothing and the file goes to TOML).
+        let line = match line.strip_suffix('\n') {
+            Some(line) => line.strip_suffix('\r').unwrap_or(line),
+            None => line,
+        };
         let comment = line.starts_with('#') && !line.chars().any(|c| c.is_control() && c != '\t');
         if line.is_empty() || comment {
             continue;
@@ -418,12 +494,14 @@ pub fn upsert_user(
     if let (Some(weakness), PasswordPolicy::RefuseWeak) = (weakness, policy) {
         return Err(UsersError::WeakPassword(weakness));
     }
+    // Hashed before taking the lock, so other writers wait for file I/O only.
+    let password_hash = hash_password(password)?;
+    let _lock = lock_writers(path)?;
     let mut file = if path.exists() {
         read_file(path)?
     } else {
         UsersFile::default()
     };
-    let password_hash = hash_password(password)?;
     match file.users.iter_mut().find(|u| u.name == name) {
         Some(user) => user.password_hash = password_hash,
         None => file.users.push(UserEntry {
@@ -437,6 +515,7 @@ pub fn upsert_user(
 
 /// Removes `name` from the users file at `path`; returns whether the user existed.
 pub fn remove_user(path: &Path, name: &str) -> Result<bool, UsersError> {
+    let _lock = lock_writers(path)?;
     let mut file = read_file(path)?;
     let before = file.users.len();
     file.users.retain(|u| u.name != name);
@@ -457,9 +536,35 @@ pub fn list_users(path: &Path) -> Result<Vec<String>, UsersError> {
     Ok(read_file(path)?.users.into_iter().map(|u| u.name).collect())
 }
 
-/// Writes the users file atomically: a temporary file beside it, synced, then renamed over
-/// it, so a crash leaves either the old or the new file, never half of one. The file is
-/// readable by its owner only.
+/// Takes the writers' lock of the users file at `path` (an exclusive lock on `<file>.lock`
+/// beside it, created owner-only and kept), waiting for another `sluice users add|remove` to
+/// finish; released when the returned file is dropped. Held around each read-modify-write,
+/// so concurrent writers never lose each other's updates. Blocking.
+fn lock_writers(path: &Path) -> Result<std::fs::File, UsersError> {
+    let mut name = path
+        .file_name()
+        .map(|name| name.to_os_string())
+        .unwrap_or_default();
+    name.push(".lock");
+    let lock_path = path.with_file_name(name);
+    let io = |source| UsersError::Io {
+        path: lock_path.clone(),
+        source,
+    };
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true).write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let lock = options.open(&lock_path).map_err(io)?;
+    lock.lock().map_err(io)?;
+    Ok(lock)
+}
+
+/// Writes the users file atomically: a temporary file beside it (a random name of its own),
+/// synced, then renamed over it, so a crash leaves either the old or the new file, never half
+/// of one, and concurrent writers never break each other's write. The file is readable by its
+/// owner only. Callers that read, modify and write hold [`lock_writers`], so that two
+/// concurrent `sluice users add` do not lose one of the updates.
 fn write_file(path: &Path, file: &UsersFile) -> Result<(), UsersError> {
     use std::io::Write;
     let text = toml::to_string(file).map_err(|source| UsersError::Serialize {
@@ -470,28 +575,28 @@ fn write_file(path: &Path, file: &UsersFile) -> Result<(), UsersError> {
         path: path.to_path_buf(),
         source,
     };
-    let temporary = path.with_extension("toml.tmp");
-    // A stale temporary file (from a crash) would keep its own mode: remove it, then create
-    // a new one, owner-only from the start (and never through a planted symbolic link).
-    match std::fs::remove_file(&temporary) {
-        Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(io(error)),
-        _ => {}
-    }
+    // A random name of its own, so that concurrent writers (two `sluice users add`) never
+    // touch each other's temporary file; created new (never an existing file nor through a
+    // planted symbolic link) and owner-only from the start.
+    let temporary = crate::generated_secret::temporary_beside(path);
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let mut out = options.open(&temporary).map_err(io)?;
-    out.write_all(
-        format!(
-            "# Sluice users: argon2id hashes, managed by `sluice users add|remove|list`.\n{text}"
+    let written = out
+        .write_all(
+            format!(
+                "# Sluice users: argon2id hashes, managed by `sluice users add|remove|list`.\n{text}"
+            )
+            .as_bytes(),
         )
-        .as_bytes(),
-    )
-    .map_err(io)?;
-    out.sync_all().map_err(io)?;
+        .and_then(|()| out.sync_all());
     drop(out);
-    std::fs::rename(&temporary, path).map_err(io)?;
+    if let Err(error) = written.and_then(|()| std::fs::rename(&temporary, path)) {
+        let _ = std::fs::remove_file(&temporary);
+        return Err(io(error));
+    }
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         if let Ok(dir) = std::fs::File::open(parent) {
             let _ = dir.sync_all();
@@ -574,19 +679,91 @@ mod tests {
 
     #[cfg(unix)]
     #[test]
-    fn the_users_file_is_owner_only_even_over_a_stale_temporary_file() {
+    fn the_users_file_is_owner_only_and_leaves_other_temporary_files_alone() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile_dir();
         let path = dir.join("users.toml");
-        let stale = dir.join("users.toml.tmp");
-        std::fs::write(&stale, "left by a crash").unwrap();
-        std::fs::set_permissions(&stale, std::fs::Permissions::from_mode(0o666)).unwrap();
+        // The fixed name earlier versions used: another writer's, never touched.
+        let other = dir.join("users.toml.tmp");
+        std::fs::write(&other, "another writer's").unwrap();
+        std::fs::set_permissions(&other, std::fs::Permissions::from_mode(0o666)).unwrap();
         upsert_user(&path, "carol", STRONG, PasswordPolicy::RefuseWeak).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "users file mode {mode:o}");
-        assert!(!stale.exists());
+        assert_eq!(std::fs::read_to_string(&other).unwrap(), "another writer's");
         assert_eq!(list_users(&path).unwrap(), vec!["carol".to_string()]);
+        assert_eq!(
+            files_in(&dir),
+            ["users.toml", "users.toml.lock", "users.toml.tmp"]
+        );
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn concurrent_writers_never_break_each_other() {
+        let dir = tempfile_dir();
+        let path = dir.join("users.toml");
+        upsert_user(&path, "first", STRONG, PasswordPolicy::RefuseWeak).unwrap();
+        let entries = read_entries(&path).unwrap();
+        std::thread::scope(|scope| {
+            for writer in 0..4 {
+                let (path, entries) = (&path, &entries);
+                scope.spawn(move || {
+                    for round in 0..25 {
+                        let mut file = UsersFile {
+                            users: entries.clone(),
+                        };
+                        file.users.push(entry(
+                            &format!("w{writer}r{round}"),
+                            entries[0].password_hash.clone(),
+                        ));
+                        write_file(path, &file).unwrap();
+                    }
+                });
+            }
+        });
+        // Whichever write came last, the file is whole, and no temporary file is left.
+        let users = Users::load(&path).unwrap();
+        assert_eq!(users.len(), 2);
+        assert_eq!(files_in(&dir), ["users.toml", "users.toml.lock"]);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn concurrent_adds_and_removes_lose_no_update() {
+        let dir = tempfile_dir();
+        let path = dir.join("users.toml");
+        upsert_user(&path, "leaving", STRONG, PasswordPolicy::RefuseWeak).unwrap();
+        std::thread::scope(|scope| {
+            for writer in 0..4 {
+                let path = &path;
+                scope.spawn(move || {
+                    for round in 0..3 {
+                        let name = format!("w{writer}r{round}");
+                        upsert_user(path, &name, STRONG, PasswordPolicy::RefuseWeak).unwrap();
+                    }
+                });
+            }
+            scope.spawn(|| assert!(remove_user(&path, "leaving").unwrap()));
+        });
+        let mut names = list_users(&path).unwrap();
+        names.sort();
+        let mut expected: Vec<String> = (0..4)
+            .flat_map(|w| (0..3).map(move |r| format!("w{w}r{r}")))
+            .collect();
+        expected.sort();
+        assert_eq!(names, expected);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// The names of the files in `dir`, sorted.
+    fn files_in(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
     }
 
     /// A PHC string with cheap parameters (tests only), so several can be made quickly.
@@ -628,6 +805,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(parts(&users.decoy), parts(&common));
+        assert_eq!(users.parameter_sets(), 2);
         assert!(users.decoy.contains("m=64,t=3,p=1"), "{}", users.decoy);
         assert_ne!(users.decoy, common, "the decoy has its own salt and output");
         assert!(!users.verify("nobody", "one"));
@@ -635,6 +813,16 @@ mod tests {
         // The shipped users file's parameters are Argon2's defaults, as is an empty file's
         // decoy.
         let empty = Users::from_entries(Vec::new(), Path::new("users.toml")).unwrap();
+        assert_eq!(empty.parameter_sets(), 0);
+        let uniform = Users::from_entries(
+            vec![
+                entry("alice", cheap_hash("one", 32, 1)),
+                entry("bob", cheap_hash("two", 32, 1)),
+            ],
+            Path::new("users.toml"),
+        )
+        .unwrap();
+        assert_eq!(uniform.parameter_sets(), 1);
         let real = hash_password("a real password here").unwrap();
         assert_eq!(parts(&empty.decoy), parts(&real));
         let two = Users::from_entries(Vec::new(), Path::new("users.toml")).unwrap();
@@ -686,6 +874,75 @@ mod tests {
         let hash = cheap_hash("x", 32, 1);
         let error = invalid(vec![entry("x", hash.clone()), entry("x", hash)]);
         assert!(error.contains("appears twice"), "{error}");
+    }
+
+    #[test]
+    fn bad_names_are_refused_by_index_without_repeating_them() {
+        let hash = cheap_hash("x", 32, 1);
+        for bad in [
+            "hunter2 is my password",
+            "",
+            "tab\there",
+            "ünïcode",
+            &"a".repeat(65),
+        ] {
+            let error = Users::from_entries(
+                vec![entry("alice", hash.clone()), entry(bad, hash.clone())],
+                Path::new("users.toml"),
+            )
+            .err()
+            .unwrap()
+            .to_string();
+            assert!(error.contains("user #2 "), "{error}");
+            assert!(error.contains("must be 1 to 64"), "{error}");
+            if !bad.is_empty() {
+                assert!(!error.contains(bad), "{error}");
+            }
+        }
+        // Through the file, too (both the line scanner and the TOML parser).
+        let dir = tempfile_dir();
+        let path = dir.join("users.toml");
+        for text in [
+            format!("[[users]]\nname = \"my secret pw\"\npassword_hash = \"{hash}\"\n"),
+            format!("[[users]]\nname = 'my secret pw'\npassword_hash = \"{hash}\"\n"),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let error = Users::load(&path).err().unwrap().to_string();
+            assert!(error.contains("user #1 "), "{error}");
+            assert!(!error.contains("my secret pw"), "{error}");
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn argon2_parameters_are_bounded_at_load() {
+        let load =
+            |hash: String| Users::from_entries(vec![entry("alice", hash)], Path::new("users.toml"));
+        let salt_and_output = "$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaA";
+        for (params, named) in [
+            ("m=4194304,t=2,p=1", "m=4194304 KiB"),
+            ("m=19456,t=100,p=1", "t=100"),
+            ("m=19456,t=2,p=64", "p=64"),
+        ] {
+            let error = load(format!("$argon2id$v=19${params}{salt_and_output}"))
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(error.contains(named), "{error}");
+            assert!(error.contains("largest Sluice accepts"), "{error}");
+            assert!(error.contains("sluice users add alice"), "{error}");
+        }
+        let error = load(format!("$argon2id$v=19$m=1,t=0,p=1{salt_and_output}"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(error.contains("invalid argon2 parameters"), "{error}");
+        // At the bounds: accepted (nothing is hashed at load).
+        let at_bounds = format!(
+            "$argon2id$v=19$m={MAX_ARGON2_M_KIB},t={MAX_ARGON2_T},p={MAX_ARGON2_P}{salt_and_output}"
+        );
+        assert!(load(at_bounds).is_ok());
+        assert!(load(DEMO_HASH.to_string()).is_ok());
     }
 
     #[test]
@@ -758,6 +1015,164 @@ mod tests {
             assert!(parse(text, &path).is_err(), "{text}");
         }
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_broken_users_file_is_not_quoted_in_the_error() {
+        let path = Path::new("users.toml");
+        let plaintext = "correct-horse-battery-staple";
+        let broken = [
+            // A hand-written plaintext password, with a syntax error on its line.
+            format!("[[users]]\nname = \"alice\"\npassword = {plaintext}\n"),
+            // An unterminated string holding a hash.
+            format!("[[users]]\nname = \"alice\"\npassword_hash = \"{DEMO_HASH}\n"),
+            // An unknown key next to a hash.
+            format!("[[users]]\nname = \"alice\"\npassword_hash = \"{DEMO_HASH}\"\npassword = \"{plaintext}\"\n"),
+            // A hash where a table is expected.
+            format!("users = \"{DEMO_HASH}\"\n"),
+        ];
+        for text in &broken {
+            let message = parse(text, path).unwrap_err().to_string();
+            assert!(message.contains("line "), "{message}");
+            assert!(!message.contains(plaintext), "{message}");
+            assert!(!message.contains("$argon2id$"), "{message}");
+            assert!(!message.contains("m=19456"), "{message}");
+        }
+        let message = parse(&broken[0], path).unwrap_err().to_string();
+        assert!(message.contains("line 3, column "), "{message}");
+    }
+
+    #[test]
+    fn a_bare_carriage_return_at_the_end_is_left_to_toml() {
+        let path = Path::new("users.toml");
+        let good = format!("[[users]]\nname = \"alice\"\npassword_hash = \"{DEMO_HASH}\"");
+        assert_eq!(parse_canonical(&good).unwrap().len(), 1);
+        for ending in ["\r", "\n\r", "\r\n\r"] {
+            let text = format!("{good}{ending}");
+            assert!(parse_canonical(&text).is_none(), "{text:?}");
+            assert!(toml::from_str::<UsersFile>(&text).is_err(), "{text:?}");
+            assert!(parse(&text, path).is_err(), "{text:?}");
+        }
+    }
+
+    mod scanner_agrees_with_toml {
+        //! Property tests: on any users file, valid or slightly broken, the line scanner either
+        //! reads exactly the entries TOML reads, or defers to TOML.
+        use proptest::prelude::*;
+
+        use super::super::*;
+        use super::DEMO_HASH;
+
+        /// One line of a users file, without its line ending.
+        fn line() -> impl Strategy<Value = String> {
+            let name = prop_oneof![
+                Just("alice"),
+                Just("bob"),
+                Just("a b"),
+                Just(""),
+                Just("é"),
+                Just("x\ty"),
+            ];
+            let quoted = prop_oneof![
+                name.clone().prop_map(|n| format!("\"{n}\"")),
+                name.clone().prop_map(|n| format!("'{n}'")),
+                Just(r#""al\u0069ce""#.to_string()),
+                Just(r#""a\"b""#.to_string()),
+                Just(r#""a\\b""#.to_string()),
+                Just("\"a\rb\"".to_string()),
+                Just("\"unterminated".to_string()),
+                Just("\"\"\"alice\"\"\"".to_string()),
+            ];
+            prop_oneof![
+                4 => Just("[[users]]".to_string()),
+                1 => Just("[users]".to_string()),
+                1 => Just("[[ users ]]".to_string()),
+                4 => quoted.clone().prop_map(|v| format!("name = {v}")),
+                1 => quoted.prop_map(|v| format!("name={v}")),
+                4 => Just(format!("password_hash = \"{DEMO_HASH}\"")),
+                1 => Just(format!("password_hash = '{DEMO_HASH}'")),
+                1 => Just(format!("password_hash = \"{DEMO_HASH}\" # note")),
+                2 => Just("# a comment".to_string()),
+                1 => Just("#\ta comment with a tab \"quoted\"".to_string()),
+                1 => Just("# a \r in a comment".to_string()),
+                2 => Just(String::new()),
+                1 => Just("role = \"admin\"".to_string()),
+                1 => Just("\r".to_string()),
+            ]
+        }
+
+        fn file() -> impl Strategy<Value = String> {
+            let ending =
+                prop_oneof![4 => Just("\n"), 2 => Just("\r\n"), 1 => Just("\r"), 1 => Just("")];
+            let indent = prop_oneof![6 => Just(""), 1 => Just("  "), 1 => Just("\t")];
+            proptest::collection::vec((indent, line(), ending), 0..12).prop_map(|lines| {
+                lines
+                    .into_iter()
+                    .map(|(indent, line, ending)| format!("{indent}{line}{ending}"))
+                    .collect()
+            })
+        }
+
+        /// A file in the layout `sluice users add` writes, with LF or CRLF line endings.
+        fn canonical() -> impl Strategy<Value = String> {
+            let user = (
+                prop_oneof![Just("alice"), Just("bob.b"), Just("c@d"), Just("x\ty")],
+                any::<bool>(),
+            );
+            (
+                proptest::collection::vec(user, 0..5),
+                any::<bool>(),
+                any::<bool>(),
+            )
+                .prop_map(|(users, crlf, final_newline)| {
+                    let mut text = String::from("# Sluice users\n");
+                    for (index, (name, hash_first)) in users.into_iter().enumerate() {
+                        let name = format!("{name}{index}");
+                        let (a, b) = (
+                            format!("name = \"{name}\""),
+                            format!("password_hash = \"{DEMO_HASH}\""),
+                        );
+                        let (first, second) = if hash_first { (b, a) } else { (a, b) };
+                        text.push_str(&format!("\n[[users]]\n{first}\n{second}\n"));
+                    }
+                    if !final_newline {
+                        text = text.trim_end_matches('\n').to_string();
+                    }
+                    if crlf {
+                        text = text.replace('\n', "\r\n");
+                    }
+                    text
+                })
+        }
+
+        fn pairs(entries: &[UserEntry]) -> Vec<(String, String)> {
+            entries
+                .iter()
+                .map(|e| (e.name.clone(), e.password_hash.clone()))
+                .collect()
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+            #[test]
+            fn on_any_file(text in file()) {
+                let toml = toml::from_str::<UsersFile>(&text);
+                if let Some(scanned) = parse_canonical(&text) {
+                    let toml = toml.map_err(|e| crate::toml_error::describe(&e, &text));
+                    prop_assert!(toml.is_ok(), "scanned, but TOML refuses {text:?}: {toml:?}");
+                    prop_assert_eq!(pairs(&scanned), pairs(&toml.unwrap().users), "{:?}", text);
+                }
+            }
+
+            #[test]
+            fn on_the_written_layout(text in canonical()) {
+                let scanned = parse_canonical(&text);
+                prop_assert!(scanned.is_some(), "the written layout is not scanned: {text:?}");
+                let toml = toml::from_str::<UsersFile>(&text).unwrap();
+                prop_assert_eq!(pairs(&scanned.unwrap()), pairs(&toml.users));
+            }
+        }
     }
 
     const DEMO_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$3vsPJ483E0WZx7FzdRzZ7A$4rpq8AbJV8pOwTDW8W0nMtslxUj3BtbKYF+BIMceGOQ";

@@ -210,13 +210,13 @@ pub fn parse(text: &str, path: &Path, base_dir: PathBuf) -> Result<Topology, Top
     let mut topology: Topology =
         toml::from_str(&substituted.text).map_err(|error| TopologyError::Parse {
             path: path.to_path_buf(),
-            // The parser quotes the failing line, which may hold a value from the environment
-            // (a secret): those values are masked.
-            message: substituted
-                .values
-                .iter()
-                .filter(|v| v.len() >= 4)
-                .fold(error.to_string(), |m, v| m.replace(v.as_str(), "***")),
+            // Never the parser's `Display`: it quotes the failing line, which may hold a
+            // secret (a `jwt_secret` written literally). The explanation and position only,
+            // with values that came from the environment masked too.
+            message: substituted.values.iter().filter(|v| v.len() >= 4).fold(
+                sluice_ingress::toml_error::describe(&error, &substituted.text),
+                |m, v| m.replace(v.as_str(), "***"),
+            ),
         })?;
     topology.base_dir = base_dir;
     topology.source = path.to_path_buf();

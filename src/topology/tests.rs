@@ -54,6 +54,25 @@ fn unknown_field_is_a_parse_error_with_location() {
 }
 
 #[test]
+fn a_broken_topology_is_not_quoted_in_the_error() {
+    let secret = "literal-secret-written-in-the-topology-0123456789";
+    // A literal secret with a syntax error on its line, unterminated, or of the wrong type.
+    for broken in [
+        format!("jwt_secret = \"{secret}\" oops"),
+        format!("jwt_secret = \"{secret}"),
+        format!("jwt_secret = [\"{secret}\"]"),
+        format!("jwt_secret = {{ value = \"{secret}\" }}"),
+    ] {
+        let text = SHIPPED.replacen("jwt_secret = \"${SLUICE_JWT_SECRET:-}\"", &broken, 1);
+        assert_ne!(text, SHIPPED, "the shipped topology sets jwt_secret");
+        let message = parse_error(&text);
+        assert!(message.contains("line "), "{message}");
+        assert!(!message.contains(secret), "{message}");
+        assert!(!message.contains("literal-secret"), "{message}");
+    }
+}
+
+#[test]
 fn missing_environment_variable_is_named() {
     let text = SHIPPED.replace(
         "${SLUICE_KAFKA_BROKERS:-127.0.0.1:19092}",

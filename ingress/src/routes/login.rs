@@ -120,12 +120,13 @@ async fn attempt(
 ) -> Result<Option<String>, ApiError> {
     let users = state.users();
     let name = username.clone();
-    let verified = permit
+    let (verified, known) = permit
         .run(move || {
-            users
+            let verified = users
                 .verify(&name, &password)
                 .then(|| users.hash_of(&name).map(str::to_string))
-                .flatten()
+                .flatten();
+            (verified, users.contains(&name))
         })
         .await
         .map_err(|failed| ApiError::unavailable(failed.to_string()))?;
@@ -136,8 +137,17 @@ async fn attempt(
         admitted.failed();
     }
 
+    // A name that is no user's may be a password typed in the wrong field: the durable
+    // record holds a keyed hash of it, never the name.
+    let (username, username_hash) = if known {
+        (Some(username), None)
+    } else {
+        (None, Some(name_hash(&username)))
+    };
+    let key = username.clone().or_else(|| username_hash.clone());
     let event = LoginEvent {
         username,
+        username_hash,
         success,
         client_addr: address.map(|ip| ip.to_string()),
         at_ms: now_ms(),
@@ -148,7 +158,7 @@ async fn attempt(
         .log
         .send(
             &state.config.logins_topic,
-            OutRecord::new(event.username.as_bytes(), payload),
+            OutRecord::new(key.unwrap_or_default().into_bytes(), payload),
             timeout,
         )
         .await
@@ -157,4 +167,68 @@ async fn attempt(
             ApiError::unavailable("the event log is not accepting records; try again")
         })?;
     Ok(verified)
+}
+
+/// A keyed hash of a name that is no user's, for [`LoginEvent::username_hash`]: the hex of
+/// the first 16 bytes of SHA-256 over this process's random key and the name. Without the
+/// key (never written anywhere), the name cannot be found by hashing guesses.
+fn name_hash(name: &str) -> String {
+    use argon2::password_hash::rand_core::{OsRng, RngCore};
+    use sha2::{Digest, Sha256};
+    static KEY: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
+    let key = KEY.get_or_init(|| {
+        let mut key = [0u8; 32];
+        OsRng.fill_bytes(&mut key);
+        key
+    });
+    // The key has a fixed length, so key and name cannot be shifted into each other.
+    let digest = Sha256::new()
+        .chain_update(key)
+        .chain_update(name.as_bytes())
+        .finalize();
+    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn name_hashes_are_stable_in_a_process_distinct_and_keyed() {
+        use sha2::{Digest, Sha256};
+        let a = name_hash("hunter2-typed-as-a-name");
+        assert_eq!(a, name_hash("hunter2-typed-as-a-name"));
+        assert_ne!(a, name_hash("hunter3-typed-as-a-name"));
+        assert_eq!(a.len(), 32);
+        assert!(a.bytes().all(|b| b.is_ascii_hexdigit()));
+        // Not the plain (unkeyed) hash of the name: guesses cannot be checked against it.
+        let plain: String = Sha256::digest(b"hunter2-typed-as-a-name")[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_ne!(a, plain);
+        assert!(!a.contains("hunter2"));
+    }
+
+    #[test]
+    fn a_login_event_omits_what_it_does_not_have() {
+        let unknown = LoginEvent {
+            username: None,
+            username_hash: Some(name_hash("mallory")),
+            success: false,
+            client_addr: None,
+            at_ms: 1,
+        };
+        let json = serde_json::to_string(&unknown).unwrap();
+        assert!(!json.contains("\"username\""), "{json}");
+        assert!(json.contains("\"usernameHash\""), "{json}");
+        assert!(!json.contains("mallory"), "{json}");
+        assert_eq!(serde_json::from_str::<LoginEvent>(&json).unwrap(), unknown);
+        let known: LoginEvent = serde_json::from_str(
+            r#"{"username":"alice","success":true,"clientAddr":null,"atMs":2}"#,
+        )
+        .unwrap();
+        assert_eq!(known.username.as_deref(), Some("alice"));
+        assert_eq!(known.username_hash, None);
+    }
 }

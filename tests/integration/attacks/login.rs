@@ -621,6 +621,86 @@ async fn hostile_user_names_are_refused_before_any_work() {
     );
 }
 
+/// Every record of `topic` in the stopped process's embedded log, from the beginning.
+async fn records_of(test: &TestTopology, topic: &str) -> Vec<sluice_core::log::Record> {
+    use sluice_core::log::{assign_all, StartFrom};
+    let log = sluice::pipeline::open_log(&test.topology()).unwrap();
+    let mut consumer = log.consumer("login-events-check").await.unwrap();
+    consumer
+        .assign(
+            assign_all(log.as_ref(), &[topic.to_string()], StartFrom::Beginning)
+                .await
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let mut records = Vec::new();
+    loop {
+        let batch = consumer
+            .poll(1000, Duration::from_millis(300))
+            .await
+            .unwrap();
+        if batch.is_empty() {
+            return records;
+        }
+        records.extend(batch);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_login_of_an_unknown_name_never_records_the_name() {
+    let (test, ports) = topology("unknownname", &["alice"], |_| {});
+    let sluice = Sluice::start(&test, ports, "info").await;
+    let url = sluice.login_url();
+    let client = reqwest::Client::new();
+    // A password typed into the name field (it follows the user name rule).
+    let typed = "Tr0ub4dor-and-3";
+    assert_eq!(
+        attempt(&client, &url, typed, "anything at all").await.0,
+        401
+    );
+    assert_eq!(attempt(&client, &url, typed, "anything else").await.0, 401);
+    assert_eq!(
+        attempt(&client, &url, "alice", "not her password").await.0,
+        401
+    );
+    assert_eq!(attempt(&client, &url, "alice", PASSWORD).await.0, 200);
+    let log = sluice.stop();
+    assert!(
+        !log.contains(typed),
+        "the process log repeats the unknown name"
+    );
+
+    let topic = test.topology().ingress.logins_topic;
+    let records = records_of(&test, &topic).await;
+    assert_eq!(records.len(), 4, "one event per attempt");
+    let mut hashes = Vec::new();
+    for record in &records {
+        let payload = String::from_utf8(record.payload.clone()).unwrap();
+        assert!(!payload.contains(typed), "{payload}");
+        assert!(!String::from_utf8_lossy(&record.key).contains(typed));
+        let event: serde_json::Value = serde_json::from_str(&payload).unwrap();
+        match event.get("username") {
+            // Known user: recorded by name, as before.
+            Some(name) => {
+                assert_eq!(name, "alice", "{payload}");
+                assert_eq!(record.key, b"alice");
+                assert!(event.get("usernameHash").is_none(), "{payload}");
+            }
+            None => {
+                assert_eq!(event["success"], false, "{payload}");
+                let hash = event["usernameHash"].as_str().unwrap().to_string();
+                assert_eq!(hash.len(), 32, "{payload}");
+                assert_eq!(record.key, hash.as_bytes());
+                hashes.push(hash);
+            }
+        }
+    }
+    // The two attempts with the unknown name: one hash, so they can be counted together.
+    assert_eq!(hashes.len(), 2);
+    assert_eq!(hashes[0], hashes[1]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn error_bodies_and_logs_never_repeat_a_password_of_the_wrong_type() {
     let (test, ports) = topology("echo", &["alice"], |_| {});

@@ -46,12 +46,28 @@ async fn login_token(client: &reqwest::Client, base: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_the_embedded_defaults_no_public_secret_signs_a_token() {
     let (dir, topology) = shipped_copy();
+    let secret_file = dir.path().join("data/jwt-secret");
+
+    // `sluice token` before any run: it never generates the secret, it says how to get one.
+    let early = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["token", "--user", "alice", "--topology"])
+        .arg(&topology)
+        .env_remove("SLUICE_JWT_SECRET")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&early.stderr);
+    assert!(!early.status.success(), "{stderr}");
+    assert!(stderr.contains("sluice run"), "{stderr}");
+    assert!(
+        !secret_file.exists(),
+        "`sluice token` created the secret file"
+    );
+
     let (mut child, base) = run_without_secret(&topology, &dir.path().join("first.log"));
     wait_ready(&base, &mut child).await;
     let client = reqwest::Client::new();
 
     // The generated secret: 32 random bytes in hex, readable by its owner only.
-    let secret_file = dir.path().join("data/jwt-secret");
     let secret = std::fs::read_to_string(&secret_file).unwrap();
     assert_eq!(secret.trim().len(), 64, "{secret:?}");
     {

@@ -302,7 +302,7 @@ async fn client_loop(shared: Arc<Shared>) {
             // One key in four gives up after a 503: a client that never retries. A request
             // without any answer is always retried (its client cannot know what happened).
             let gives_up =
-                outcome == Outcome::Unavailable && mix(shared.config.seed ^ key) % 4 == 0;
+                outcome == Outcome::Unavailable && mix(shared.config.seed ^ key).is_multiple_of(4);
             (outcome.retryable() && !gives_up && state.attempts < MAX_ATTEMPTS).then(|| {
                 let backoff = 250u64 << state.attempts.min(4);
                 Instant::now() + Duration::from_millis(backoff)
