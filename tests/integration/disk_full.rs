@@ -18,7 +18,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::process::Child;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -26,30 +25,12 @@ use std::time::{Duration, Instant};
 use crate::common::*;
 use sluice_log_embedded::EmbeddedLogConfig;
 
-/// The `sluice` process of a test; killed when dropped (before the mount goes away).
-struct Process(Option<Child>);
-
-impl Process {
-    fn pid(&self) -> u32 {
-        self.0.as_ref().unwrap().id()
-    }
-
-    /// SIGTERM and wait; returns whether it exited 0.
-    async fn stop(mut self) -> bool {
-        let child = self.0.take().unwrap();
-        tokio::task::spawn_blocking(move || terminate(child).success())
-            .await
-            .unwrap()
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
+/// SIGTERM to the test's `sluice` process and wait, off the async workers; returns whether
+/// it exited 0. (Dropped without it, the process is killed: before the mount goes away.)
+async fn stop(process: SluiceProcess) -> bool {
+    tokio::task::spawn_blocking(move || terminate(process).success())
+        .await
+        .unwrap()
 }
 
 /// What the load saw.
@@ -346,7 +327,7 @@ async fn disk_fills_and_recovers(fault: &str, min_free_mib: u64, reason: &str) {
     let log_file: PathBuf = test.dir.path().join("sluice.log");
     let mut child = start_sluice(&test.path, &log_file, &[("RUST_LOG", "warn")]);
     wait_ready(&order_base, &mut child).await;
-    let process = Process(Some(child));
+    let process = child;
     let client = reqwest::Client::new();
     let tokens = tokens(&login_base, &users).await;
 
@@ -442,7 +423,7 @@ async fn disk_fills_and_recovers(fault: &str, min_free_mib: u64, reason: &str) {
     let (stored, _) = drained(&test, &acknowledged, Duration::from_secs(120)).await;
     report(fault, &acknowledged, &stored, ready_after, drained_after);
     assert!(
-        process.stop().await,
+        stop(process).await,
         "sluice did not stop cleanly after the fault"
     );
     drop(mount);
@@ -471,9 +452,9 @@ async fn a_stalled_log_refuses_orders_at_once_with_bounded_memory_and_recovers()
         ],
     );
     wait_ready(&order_base, &mut child).await;
-    let process = Process(Some(child));
+    let process = child;
     let tokens = tokens(&login_base, &users).await;
-    let pid = process.pid();
+    let pid = process.id();
 
     // 64 clients: far more orders in flight than the queue holds.
     let load = Load::start(&order_base, &tokens, 64);
@@ -530,7 +511,7 @@ async fn a_stalled_log_refuses_orders_at_once_with_bounded_memory_and_recovers()
         drained_after,
     );
     assert!(
-        process.stop().await,
+        stop(process).await,
         "sluice did not stop cleanly after the stall"
     );
 }
@@ -570,7 +551,7 @@ async fn an_injected_write_error_refuses_orders_with_the_reason_and_recovers() {
         ],
     );
     wait_ready(&order_base, &mut child).await;
-    let process = Process(Some(child));
+    let process = child;
     let client = reqwest::Client::new();
     let tokens = tokens(&login_base, &users).await;
 
@@ -621,7 +602,7 @@ async fn an_injected_write_error_refuses_orders_with_the_reason_and_recovers() {
         drained_after,
     );
     assert!(
-        process.stop().await,
+        stop(process).await,
         "sluice did not stop cleanly after the fault"
     );
 }

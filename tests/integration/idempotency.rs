@@ -4,7 +4,6 @@
 //! same process and again after `kill -9` and a restart. Each time the retry gets the same
 //! `orderId` and the shards store exactly one row, with the first body.
 
-use std::process::Child;
 use std::time::Duration;
 
 use serde_json::json;
@@ -13,12 +12,12 @@ use crate::common::*;
 
 const USER: &str = "alice";
 
-fn start(test: &TestTopology, run: usize) -> Child {
+fn start(test: &TestTopology, run: usize) -> SluiceProcess {
     let log = test.dir.path().join(format!("sluice-{run}.log"));
     start_sluice(&test.path, &log, &[("RUST_LOG", "warn")])
 }
 
-fn kill_9(mut child: Child) {
+fn kill_9(mut child: SluiceProcess) {
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
 }

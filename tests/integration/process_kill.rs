@@ -3,13 +3,13 @@
 //! and the graceful stop exits 0.
 
 use std::collections::HashMap;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::common::*;
 
-fn start(test: &TestTopology, run: usize) -> Child {
+fn start(test: &TestTopology, run: usize) -> SluiceProcess {
     let log = test.dir.path().join(format!("sluice-{run}.log"));
     start_sluice(&test.path, &log, &[("RUST_LOG", "warn")])
 }

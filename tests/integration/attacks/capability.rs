@@ -37,30 +37,10 @@ const ATTEMPTS: usize = 5;
 /// Facts of the self-join block: its rule enumerates this many cubed bindings.
 const JOINED_FACTS: usize = 256;
 
-/// A `sluice run` process of a test, killed by its id if the test ends without stopping it.
-pub(super) struct Process(Option<std::process::Child>);
-
-impl Process {
-    /// Stops the process with SIGTERM and checks that it exits cleanly.
-    pub(super) fn stop(mut self) {
-        let child = self.0.take().expect("the process runs");
-        assert!(terminate(child).success(), "sluice did not stop cleanly");
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
 /// A `sluice run` process trusting a fresh biscuit root key, for user alice.
 pub(super) struct Served {
     test: TestTopology,
-    pub(super) process: Process,
+    pub(super) process: SluiceProcess,
     /// Serves `/order`.
     pub(super) base: String,
     /// Serves `/login`.
@@ -93,7 +73,7 @@ impl Served {
         wait_ready(&base, &mut child).await;
         Served {
             test,
-            process: Process(Some(child)),
+            process: child,
             base,
             login_base: ports.login_base(),
             private,
@@ -119,7 +99,10 @@ impl Served {
 
     /// Stops the process and counts the orders its log holds.
     async fn stop_and_count_orders(self) -> i64 {
-        self.process.stop();
+        assert!(
+            terminate(self.process).success(),
+            "sluice did not stop cleanly"
+        );
         let topology = self.test.topology();
         let log = sluice::pipeline::open_log(&topology).unwrap();
         topic_records(log.as_ref(), &topology.ingress.orders_topic).await

@@ -40,7 +40,7 @@ impl Sluice {
         let mut child = start_sluice(&test.path, &log_file, &[("RUST_LOG", rust_log)]);
         wait_ready(&ports.order_base(), &mut child).await;
         Sluice {
-            child: Some(child),
+            child: Some(child.into()),
             ports,
             log_file,
         }

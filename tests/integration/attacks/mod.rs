@@ -1184,7 +1184,7 @@ async fn each_request_verifies_its_token_once() {
         (3, 2),
         "a capability token refused by its checks"
     );
-    served.process.stop();
+    assert!(terminate(served.process).success());
 }
 
 struct NoOrders;

@@ -583,20 +583,57 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// Starts `sluice run --topology <topology>` as a user would, stderr into `log`.
+/// Starts `sluice run --topology <topology>` as a user would, stderr into `log`. The process
+/// is killed when the returned guard is dropped, so a test that fails half-way leaves none
+/// behind; [`terminate`] stops it cleanly.
 pub fn start_sluice(
     topology: &std::path::Path,
     log: &std::path::Path,
     env: &[(&str, &str)],
-) -> std::process::Child {
-    std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["run", "--topology"])
-        .arg(topology)
-        .envs(env.iter().copied())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .expect("start sluice")
+) -> SluiceProcess {
+    SluiceProcess(Some(
+        std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["run", "--topology"])
+            .arg(topology)
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .expect("start sluice"),
+    ))
+}
+
+/// A `sluice` process a test started: killed and reaped when dropped unless it was handed
+/// over (`Child::from`) or stopped with [`terminate`]. Derefs to its [`std::process::Child`].
+pub struct SluiceProcess(Option<std::process::Child>);
+
+impl std::ops::Deref for SluiceProcess {
+    type Target = std::process::Child;
+
+    fn deref(&self) -> &Self::Target {
+        self.0.as_ref().expect("the process was handed over")
+    }
+}
+
+impl std::ops::DerefMut for SluiceProcess {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        self.0.as_mut().expect("the process was handed over")
+    }
+}
+
+impl From<SluiceProcess> for std::process::Child {
+    fn from(mut process: SluiceProcess) -> Self {
+        process.0.take().expect("the process was handed over")
+    }
+}
+
+impl Drop for SluiceProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 /// Waits until the process serving `base` is ready; fails if it exits first.
@@ -621,7 +658,8 @@ pub async fn wait_ready(base: &str, child: &mut std::process::Child) {
 }
 
 /// Sends SIGTERM and waits for the exit status.
-pub fn terminate(mut child: std::process::Child) -> std::process::ExitStatus {
+pub fn terminate(child: impl Into<std::process::Child>) -> std::process::ExitStatus {
+    let mut child = child.into();
     std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
