@@ -98,6 +98,21 @@ pub fn settle(
     mode: Mode,
     base_dir: &Path,
 ) -> Result<Option<PathBuf>, SecretError> {
+    let Some(path) = generated_secret_needed(auth, mode, base_dir)? else {
+        return Ok(None);
+    };
+    auth.jwt_secret = Some(load_or_generate(&path)?);
+    Ok(Some(path))
+}
+
+/// The checks [`settle`] and [`settle_read_only`] share: refuses published secrets, and a
+/// production mode without a key; returns the generated secret's file when `auth` needs it
+/// (no key configured).
+fn generated_secret_needed(
+    auth: &AuthConfig,
+    mode: Mode,
+    base_dir: &Path,
+) -> Result<Option<PathBuf>, SecretError> {
     refuse_published(auth)?;
     if auth.jwt_secret.is_some() || !auth.keys.is_empty() {
         return Ok(None);
@@ -105,9 +120,10 @@ pub fn settle(
     if mode == Mode::Production {
         return Err(SecretError::NoKeyInProduction);
     }
-    let path = sluice_core::topology::resolve_relative(base_dir, &auth.generated_secret_file);
-    auth.jwt_secret = Some(load_or_generate(&path)?);
-    Ok(Some(path))
+    Ok(Some(sluice_core::topology::resolve_relative(
+        base_dir,
+        &auth.generated_secret_file,
+    )))
 }
 
 fn refuse_published(auth: &AuthConfig) -> Result<(), SecretError> {
@@ -137,14 +153,9 @@ pub fn settle_read_only(
     mode: Mode,
     base_dir: &Path,
 ) -> Result<Option<PathBuf>, SecretError> {
-    refuse_published(auth)?;
-    if auth.jwt_secret.is_some() || !auth.keys.is_empty() {
+    let Some(path) = generated_secret_needed(auth, mode, base_dir)? else {
         return Ok(None);
-    }
-    if mode == Mode::Production {
-        return Err(SecretError::NoKeyInProduction);
-    }
-    let path = sluice_core::topology::resolve_relative(base_dir, &auth.generated_secret_file);
+    };
     match read_secret(&path) {
         Ok(secret) => {
             auth.jwt_secret = Some(secret);

@@ -523,7 +523,7 @@ type Job = Box<dyn FnOnce() + Send>;
 pub struct PasswordChecks {
     running: Arc<Semaphore>,
     admitted: Arc<Semaphore>,
-    per_address: PerAddressShare,
+    per_address: PerAddressCap,
     at_once: usize,
     wait: Duration,
     jobs: std::sync::mpsc::Sender<Job>,
@@ -532,21 +532,31 @@ pub struct PasswordChecks {
     address_full: metrics::Counter,
 }
 
-/// The places in the password-check queue held per client address, capped.
-struct PerAddressShare {
+/// Places (connections, password checks) held per client address (IPv6: per /64), capped:
+/// one client cannot take what everyone shares.
+#[derive(Clone)]
+pub struct PerAddressCap {
     held: Arc<Mutex<HashMap<IpAddr, usize>>>,
     cap: usize,
 }
 
-/// One place of a client address in the password-check queue; dropping it frees the place.
-struct AddressPlace {
+/// One place of a client address; dropping it frees the place.
+pub struct AddressPlace {
     held: Arc<Mutex<HashMap<IpAddr, usize>>>,
     key: IpAddr,
 }
 
-impl PerAddressShare {
+impl PerAddressCap {
+    /// At most `cap` places per address.
+    pub fn new(cap: usize) -> Self {
+        PerAddressCap {
+            held: Arc::default(),
+            cap,
+        }
+    }
+
     /// A place for `address`, unless it holds `cap` already (then how many it holds).
-    fn take(&self, address: IpAddr) -> Result<AddressPlace, usize> {
+    pub fn take(&self, address: IpAddr) -> Result<AddressPlace, usize> {
         let key = address_key(address);
         let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
         let count = held.entry(key).or_insert(0);
@@ -561,7 +571,7 @@ impl PerAddressShare {
     }
 
     /// Addresses holding a place now.
-    fn addresses(&self) -> usize {
+    pub fn addresses(&self) -> usize {
         self.held
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -619,10 +629,7 @@ impl PasswordChecks {
         Ok(PasswordChecks {
             running: Arc::new(Semaphore::new(at_once_sem)),
             admitted: Arc::new(Semaphore::new(admitted)),
-            per_address: PerAddressShare {
-                held: Arc::default(),
-                cap: config.per_address.get(),
-            },
+            per_address: PerAddressCap::new(config.per_address.get()),
             at_once: at_once_sem,
             wait: Duration::from_millis(config.wait_ms.get()),
             jobs,
@@ -712,6 +719,27 @@ mod tests {
     use std::num::NonZeroU32;
 
     use super::*;
+
+    #[test]
+    fn an_address_holds_at_most_its_cap_and_gets_places_back() {
+        let per_address = PerAddressCap::new(2);
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let first = per_address.take(a).unwrap();
+        let _second = per_address.take(a).unwrap();
+        assert!(per_address.take(a).is_err(), "a third connection of a");
+        assert!(per_address.take(b).is_ok(), "b has its own places");
+        drop(first);
+        assert!(
+            per_address.take(a).is_ok(),
+            "a closed one, so one more fits"
+        );
+        // One IPv6 /64 counts as one address.
+        let per_address = PerAddressCap::new(1);
+        let _held = per_address.take("2001:db8::1".parse().unwrap()).unwrap();
+        assert!(per_address.take("2001:db8::ffff".parse().unwrap()).is_err());
+        assert!(per_address.addresses() == 1);
+    }
     use crate::config::Backoff;
 
     #[tokio::test]

@@ -12,10 +12,9 @@
 //!   on the proxy: raise it there;
 //! - on shutdown the listener closes at once and open connections finish their requests.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::body::Incoming;
@@ -80,7 +79,7 @@ pub async fn serve<S>(
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
     // Validation refuses 0; `max(1)` only keeps a hand-built `ConnectionLimits` serving.
-    let per_address = PerAddress::new(limits.max_connections_per_address.max(1));
+    let per_address = crate::limits::PerAddressCap::new(limits.max_connections_per_address);
     let malformed = metrics::counter!(sluice_core::telemetry::FORWARDED_MALFORMED);
     let refused = metrics::counter!(
         sluice_core::telemetry::CONNECTIONS_REFUSED,
@@ -108,7 +107,7 @@ pub async fn serve<S>(
                 }
             },
         };
-        let Some(held) = per_address.admit(client.ip()) else {
+        let Ok(held) = per_address.take(client.ip()) else {
             // Closed at once: the client holds its share already.
             refused.increment(1);
             drop(stream);
@@ -139,81 +138,4 @@ pub async fn serve<S>(
     }
     drop(listener);
     graceful.shutdown().await;
-}
-
-/// Connections open per client address (IPv6: per /64), capped.
-#[derive(Clone)]
-struct PerAddress {
-    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
-    cap: usize,
-}
-
-/// One admitted connection of an address; dropping it frees its place.
-struct Held {
-    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
-    key: IpAddr,
-}
-
-impl PerAddress {
-    fn new(cap: usize) -> Self {
-        PerAddress {
-            open: Arc::default(),
-            cap,
-        }
-    }
-
-    /// A place for one more connection of `address`, unless it holds `cap` already.
-    fn admit(&self, address: IpAddr) -> Option<Held> {
-        let key = crate::limits::address_key(address);
-        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
-        let count = open.entry(key).or_insert(0);
-        if *count >= self.cap {
-            return None;
-        }
-        *count += 1;
-        Some(Held {
-            open: self.open.clone(),
-            key,
-        })
-    }
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(count) = open.get_mut(&self.key) {
-            *count -= 1;
-            if *count == 0 {
-                open.remove(&self.key);
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_address_holds_at_most_its_cap_and_gets_places_back() {
-        let per_address = PerAddress::new(2);
-        let a: IpAddr = "192.0.2.1".parse().unwrap();
-        let b: IpAddr = "192.0.2.2".parse().unwrap();
-        let first = per_address.admit(a).unwrap();
-        let _second = per_address.admit(a).unwrap();
-        assert!(per_address.admit(a).is_none(), "a third connection of a");
-        assert!(per_address.admit(b).is_some(), "b has its own places");
-        drop(first);
-        assert!(
-            per_address.admit(a).is_some(),
-            "a closed one, so one more fits"
-        );
-        // One IPv6 /64 counts as one address.
-        let per_address = PerAddress::new(1);
-        let _held = per_address.admit("2001:db8::1".parse().unwrap()).unwrap();
-        assert!(per_address
-            .admit("2001:db8::ffff".parse().unwrap())
-            .is_none());
-        assert!(per_address.open.lock().unwrap().len() == 1);
-    }
 }
