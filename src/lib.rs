@@ -4,6 +4,7 @@
 //! shutdown tree; the binary (`src/main.rs`) only parses arguments and calls it.
 
 pub mod capability_cli;
+pub mod connect_check;
 pub mod open_files;
 pub mod ops;
 pub mod pipeline;

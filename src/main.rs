@@ -35,6 +35,10 @@ enum Command {
         /// The topology file.
         #[arg(default_value = "topology.toml")]
         topology: PathBuf,
+        /// Also ask the Kafka brokers the file names whether each declared topic exists and
+        /// has the declared partitions (fewer is an error, more a warning).
+        #[arg(long)]
+        connect: bool,
     },
     /// Print the topology's flow as a Mermaid or DOT graph.
     Graph {
@@ -151,7 +155,7 @@ fn main() -> ExitCode {
         only: Vec::new(),
     });
     match command {
-        Command::Check { topology } => check(&topology),
+        Command::Check { topology, connect } => check(&topology, connect),
         Command::Graph { topology, format } => graph(&topology, format),
         Command::Users {
             action:
@@ -274,17 +278,47 @@ fn mint_token(path: &std::path::Path, user: &str, ttl_secs: Option<u64>) -> Exit
     )
 }
 
-fn check(path: &std::path::Path) -> ExitCode {
-    report(topology::load(path).map(|topology| {
-        format!(
-            "{}: ok ({} topics, {} stages, {} shards over {} buckets)\n",
-            path.display(),
-            topology.topics.len(),
-            topology.stages.len(),
-            topology.shards.len(),
-            topology.sharding.buckets
-        )
-    }))
+fn check(path: &std::path::Path, connect: bool) -> ExitCode {
+    let topology = match topology::load(path) {
+        Ok(topology) => topology,
+        Err(error) => {
+            eprintln!("{error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    out(&format!(
+        "{}: ok ({} topics, {} stages, {} shards over {} buckets)\n",
+        path.display(),
+        topology.topics.len(),
+        topology.stages.len(),
+        topology.shards.len(),
+        topology.sharding.buckets
+    ));
+    if topology.log.backend == LogBackend::Embedded {
+        out(sluice::connect_check::EMBEDDED_SERVES_ONE_PROCESS);
+        out("\n");
+        if connect {
+            out("--connect: the embedded log is a file on this machine; there is nothing to connect to\n");
+        }
+        return ExitCode::SUCCESS;
+    }
+    if !connect {
+        return ExitCode::SUCCESS;
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let report = runtime.block_on(sluice::connect_check::topics(&topology));
+    out(&report.text());
+    if report.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 fn graph(path: &std::path::Path, format: Format) -> ExitCode {
@@ -397,6 +431,13 @@ fn run(path: &std::path::Path, only: &[Part]) -> ExitCode {
         Ok(prepared) => prepared,
         Err(code) => return code,
     };
+    if !only.is_empty() && topology.log.backend == LogBackend::Embedded {
+        eprintln!(
+            "sluice: {}; run every part in one process (`sluice run` without --only)",
+            sluice::connect_check::EMBEDDED_SERVES_ONE_PROCESS
+        );
+        return ExitCode::FAILURE;
+    }
     sluice::open_files::raise_to_hard_limit();
     let parts = if only.is_empty() {
         Parts::ALL

@@ -16,6 +16,7 @@ mod faults;
 mod idempotency;
 mod ingress_errors;
 mod log_conformance;
+mod partitions;
 mod process_kill;
 mod replay;
 mod sink_crash;

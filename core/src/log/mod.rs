@@ -171,6 +171,20 @@ pub enum LogError {
     /// nearly full); the record was not taken. Retrying later can succeed.
     #[error("the log cannot take more records now: {0}; retry shortly")]
     Overloaded(String),
+    /// A topic exists with fewer partitions than the topology declares: records keyed to
+    /// the missing partitions would have nowhere to go, and the parts would disagree on
+    /// where a key lives.
+    #[error(
+        "topic {topic:?} has {actual} partitions but topology.toml declares {declared}: add partitions to the topic (kafka-topics.sh --alter --topic {topic} --partitions {declared}; keyed records then move partitions, so do it while the pipeline is drained), or declare {actual}"
+    )]
+    TooFewPartitions {
+        /// The topic.
+        topic: String,
+        /// Partitions declared in `[topics]`.
+        declared: u32,
+        /// Partitions the topic has.
+        actual: u32,
+    },
     /// A consumer was asked to commit a position beyond the records it handed out; committing
     /// it would lose the records in between. This is a bug in the caller.
     #[error(
@@ -284,11 +298,53 @@ pub async fn ensure_declared_topics(
     log: &dyn Log,
     topics: &BTreeMap<String, TopicConfig>,
 ) -> Result<(), LogError> {
-    let topics: Vec<_> = topics
+    let declared: Vec<_> = topics
         .iter()
         .map(|(name, t)| (name.clone(), t.partitions, t.replication))
         .collect();
-    log.ensure_topics(&topics).await
+    log.ensure_topics(&declared).await?;
+    for (topic, config) in topics {
+        match compare_partitions(topic, config.partitions, log.partition_count(topic).await?) {
+            PartitionCount::AsDeclared => {}
+            PartitionCount::More { declared, actual } => tracing::warn!(
+                topic = %topic,
+                declared,
+                actual,
+                "the topic has more partitions than topology.toml declares; every partition is read, but declare {actual} to say what runs"
+            ),
+            PartitionCount::Fewer(error) => return Err(error),
+        }
+    }
+    Ok(())
+}
+
+/// How a topic's partitions compare with the topology's declaration.
+#[derive(Debug)]
+pub enum PartitionCount {
+    /// As many as declared.
+    AsDeclared,
+    /// More than declared: workable (every partition is read), but worth a warning.
+    More {
+        /// Partitions declared.
+        declared: u32,
+        /// Partitions the topic has.
+        actual: u32,
+    },
+    /// Fewer than declared: an error ([`LogError::TooFewPartitions`]).
+    Fewer(LogError),
+}
+
+/// Compares the `actual` partitions of `topic` with the `declared` ones.
+pub fn compare_partitions(topic: &str, declared: u32, actual: u32) -> PartitionCount {
+    match actual.cmp(&declared) {
+        std::cmp::Ordering::Equal => PartitionCount::AsDeclared,
+        std::cmp::Ordering::Greater => PartitionCount::More { declared, actual },
+        std::cmp::Ordering::Less => PartitionCount::Fewer(LogError::TooFewPartitions {
+            topic: topic.to_string(),
+            declared,
+            actual,
+        }),
+    }
 }
 
 /// Assignments for every partition of `topics`, all starting at `start`.
