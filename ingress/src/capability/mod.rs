@@ -89,9 +89,10 @@ pub const ORDER_OPERATION: &str = "order";
 pub const REVOCATION_ID_BYTES: usize = 64;
 
 /// The longest base64 token accepted, in characters (checked before any decoding).
-pub const MAX_TOKEN_LEN: usize = 16 * 1024;
+/// It leaves room for the other headers within the default `max_header_bytes` (16 KiB).
+pub const MAX_TOKEN_LEN: usize = 12 * 1024;
 /// Why a token longer than [`MAX_TOKEN_LEN`] is refused.
-const TOO_LONG: &str = "longer than 16384 characters";
+const TOO_LONG: &str = "longer than 12288 characters";
 
 /// The most blocks a token may have: the authority block and up to 15 attenuations.
 pub const MAX_BLOCKS: usize = 16;
@@ -401,10 +402,20 @@ impl CapabilityAuthority {
         restrictions: &Restrictions,
     ) -> Result<String, CapabilityError> {
         let block = restrictions.block()?;
-        self.verify_signatures(token_base64, None)?
+        let attenuated = self
+            .verify_signatures(token_base64, None)?
             .append(block)
             .and_then(|token| token.to_base64())
-            .map_err(classify)
+            .map_err(classify)?;
+        // Never hand out a token the ingress would refuse (too many blocks or products, too
+        // long, already expired).
+        self.verify(&attenuated, SystemTime::now())
+            .map_err(|refused| {
+                CapabilityError::InvalidInput(format!(
+                    "the ingress would refuse the attenuated token ({refused}); narrow it with fewer blocks or products"
+                ))
+            })?;
+        Ok(attenuated)
     }
 
     /// A human-readable listing of a token this authority verifies: each block's facts, rules
@@ -896,6 +907,38 @@ mod tests {
             Err(CapabilityError::ChecksFailed(checks)) => assert_eq!(checks.len(), 2),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn attenuate_never_makes_a_token_the_ingress_refuses() {
+        let (private, authority, public) = setup();
+        let mut token = mint(&private, "alice", None).unwrap();
+        let narrower = Restrictions {
+            max_quantity: Some(5),
+            ..Restrictions::default()
+        };
+        for _ in 1..MAX_BLOCKS {
+            token = attenuate(&token, &public, &narrower).unwrap();
+            assert!(authority.verify(&token, SystemTime::now()).is_ok());
+        }
+        let refused = attenuate(&token, &public, &narrower).unwrap_err();
+        assert!(
+            matches!(&refused, CapabilityError::InvalidInput(message) if message.contains("would refuse")),
+            "{refused}"
+        );
+        let too_many = Restrictions {
+            products: Some(
+                (0..=MAX_PRODUCTS_PER_CHECK)
+                    .map(|i| format!("p{i}"))
+                    .collect(),
+            ),
+            ..Restrictions::default()
+        };
+        let fresh = mint(&private, "alice", None).unwrap();
+        assert!(matches!(
+            attenuate(&fresh, &public, &too_many),
+            Err(CapabilityError::InvalidInput(_))
+        ));
     }
 
     #[test]
