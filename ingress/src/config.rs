@@ -239,9 +239,35 @@ pub struct RateLimitsConfig {
     /// check's slot before the check ends.
     #[serde(default)]
     pub password_checks: PasswordChecksConfig,
+    /// How many ingress processes share these limits. Every limit is kept in its process's
+    /// memory, so N replicas behind a load balancer would allow N times each limit; with
+    /// `replicas = N` each process enforces its 1/N share of every rate and burst (rounded
+    /// up), so together they allow about the configured limits. The share is exact when the
+    /// load balancer spreads each client evenly (round robin); with sticky sessions a client
+    /// gets only its process's share.
+    #[serde(default = "defaults::replicas")]
+    pub replicas: NonZeroU32,
 }
 
 impl RateLimitsConfig {
+    /// The limits one of [`replicas`](Self::replicas) processes enforces: every quota's rate
+    /// and burst divided by `replicas`, rounded up (the slow-down and the password-check
+    /// bounds are per process already, and stay as they are).
+    pub fn per_process(&self) -> RateLimitsConfig {
+        let share = |quota: Quota| quota.share(self.replicas);
+        RateLimitsConfig {
+            orders_per_principal: share(self.orders_per_principal),
+            orders_per_address: share(self.orders_per_address),
+            logins_per_address: share(self.logins_per_address),
+            login_failures_per_user_address: share(self.login_failures_per_user_address),
+            login_failures_per_address: share(self.login_failures_per_address),
+            login_failures_per_user: share(self.login_failures_per_user),
+            login_failure_delay: self.login_failure_delay,
+            password_checks: self.password_checks,
+            replicas: NonZeroU32::MIN,
+        }
+    }
+
     /// Checks `[ingress.rate_limits]` beyond what its types ensure.
     pub fn validate(&self, issues: &mut Issues) {
         let delay = self.login_failure_delay;
@@ -281,6 +307,7 @@ impl Default for RateLimitsConfig {
             login_failures_per_user: defaults::login_failures_per_user(),
             login_failure_delay: defaults::login_failure_delay(),
             password_checks: PasswordChecksConfig::default(),
+            replicas: defaults::replicas(),
         }
     }
 }
@@ -378,6 +405,24 @@ impl Quota {
         Quota {
             rate: Rate::PerSecond(per_second),
             burst,
+        }
+    }
+
+    /// One of `replicas` equal shares of this quota: its rate and burst divided by
+    /// `replicas`, rounded up (never below one).
+    pub fn share(self, replicas: NonZeroU32) -> Quota {
+        let divide = |n: NonZeroU32| {
+            n.get()
+                .div_ceil(replicas.get())
+                .try_into()
+                .unwrap_or(NonZeroU32::MIN)
+        };
+        Quota {
+            rate: match self.rate {
+                Rate::PerSecond(n) => Rate::PerSecond(divide(n)),
+                Rate::PerMinute(n) => Rate::PerMinute(divide(n)),
+            },
+            burst: divide(self.burst),
         }
     }
 
@@ -611,6 +656,9 @@ mod defaults {
     pub fn leeway_secs() -> u64 {
         30
     }
+    pub fn replicas() -> NonZeroU32 {
+        NonZeroU32::MIN
+    }
     pub fn generated_secret_file() -> std::path::PathBuf {
         std::path::PathBuf::from("data/jwt-secret")
     }
@@ -655,6 +703,31 @@ mod defaults {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replicas_share_every_quota_rounding_up() {
+        let limits: RateLimitsConfig = toml::from_str(
+            "replicas = 3\n\
+             orders_per_principal = { per_second = 200, burst = 400 }\n\
+             login_failures_per_user_address = { per_minute = 5, burst = 10 }\n\
+             logins_per_address = { per_second = 1, burst = 1 }\n",
+        )
+        .unwrap();
+        let share = limits.per_process();
+        let n = |n: u32| NonZeroU32::new(n).unwrap();
+        assert_eq!(share.orders_per_principal, Quota::per_second(n(67), n(134)));
+        assert_eq!(
+            share.login_failures_per_user_address,
+            Quota::per_minute(n(2), n(4))
+        );
+        // Never below one request.
+        assert_eq!(share.logins_per_address, Quota::per_second(n(1), n(1)));
+        assert_eq!(share.replicas, NonZeroU32::MIN);
+        assert_eq!(share.password_checks, limits.password_checks);
+        // One process keeps the limits as written.
+        let one = RateLimitsConfig::default();
+        assert_eq!(one.per_process().orders_per_address, one.orders_per_address);
+    }
 
     #[test]
     fn login_limits_parse_with_defaults_and_refuse_the_old_per_user_limit() {

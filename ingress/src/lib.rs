@@ -406,7 +406,8 @@ impl Ingress {
         if users.is_empty() {
             tracing::warn!(file = %users_path.display(), "the users file has no users; add one with `sluice users add <name>`");
         }
-        let rates = &config.rate_limits;
+        // Each of `replicas` processes keeps its share of every limit.
+        let rates = &config.rate_limits.per_process();
         let limits = Limits {
             orders_per_principal: KeyedLimit::new("per user on /order", rates.orders_per_principal),
             orders_per_address: KeyedLimit::new(

@@ -638,3 +638,46 @@ async fn a_stalled_body_gets_408_and_does_not_hold_up_shutdown(backend: Backend)
     let orders_topic = test.topology().ingress.orders_topic;
     assert_eq!(topic_records(log.as_ref(), &orders_topic).await, 0);
 }
+
+/// Two ingress processes on one Kafka with `replicas = 2`: each keeps half of every limit, so
+/// together they allow the configured burst, not twice it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_kafka_replicas_share_the_configured_limits() {
+    let test = test_topology_on(Backend::Services, "replicas", &["alice"], |t| {
+        let n = |value| std::num::NonZeroU32::new(value).unwrap();
+        t.ingress.rate_limits.orders_per_principal = Quota::per_minute(n(1), n(4));
+        t.ingress.rate_limits.replicas = n(2);
+    });
+    let first = RunningPipeline::start(&test, Parts::INGRESS).await;
+    let second = RunningPipeline::start(&test, Parts::INGRESS).await;
+    let client = reqwest::Client::new();
+    let token = login(&client, &first.base_login, "alice").await;
+    let mut accepted = 0;
+    for pipeline in [&first, &second] {
+        let mut statuses = Vec::new();
+        for _ in 0..3 {
+            let response = client
+                .post(format!("{}/order", pipeline.base_order))
+                .bearer_auth(&token)
+                .body(r#"{"userId":"alice","product":"widget","quantity":1}"#)
+                .send()
+                .await
+                .unwrap();
+            statuses.push(response.status().as_u16());
+        }
+        assert_eq!(
+            statuses,
+            [202, 202, 429],
+            "each replica keeps half the burst"
+        );
+        accepted += 2;
+    }
+    let topology = test.topology();
+    let produced = topic_records(first.log.as_ref(), &topology.ingress.orders_topic).await;
+    assert_eq!(
+        produced, accepted,
+        "together the replicas allow the configured burst"
+    );
+    first.stop().await;
+    second.stop().await;
+}
