@@ -79,7 +79,7 @@ pub async fn serve<S>(
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
     // Validation refuses 0; `max(1)` only keeps a hand-built `ConnectionLimits` serving.
-    let per_address = crate::limits::PerAddressCap::new(limits.max_connections_per_address);
+    let per_address = crate::limits::PerAddressCap::new(limits.max_connections_per_address.max(1));
     let malformed = metrics::counter!(sluice_core::telemetry::FORWARDED_MALFORMED);
     let refused = metrics::counter!(
         sluice_core::telemetry::CONNECTIONS_REFUSED,
