@@ -10,7 +10,6 @@
 //! without a configured key. Secrets that were ever published (a development default of
 //! earlier Sluice versions) are refused in every mode.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use argon2::password_hash::rand_core::{OsRng, RngCore};
@@ -168,17 +167,6 @@ pub fn settle_read_only(
     }
 }
 
-/// A name for a private temporary file beside `path`, random so that processes sharing the
-/// directory (replicas on one volume, often all PID 1) never pick the same one.
-pub(crate) fn temporary_beside(path: &Path) -> PathBuf {
-    let mut name = path
-        .file_name()
-        .map(|name| name.to_os_string())
-        .unwrap_or_default();
-    name.push(format!(".{:016x}.tmp", OsRng.next_u64()));
-    path.with_file_name(name)
-}
-
 /// The secret in `path`, generated first if the file does not exist. Two processes starting
 /// at once agree on one secret: each writes a private temporary file (random name, created
 /// new) and links it into place, which fails for the second, who then reads the first one's.
@@ -197,19 +185,9 @@ fn load_or_generate(path: &Path) -> Result<String, SecretError> {
     let mut bytes = [0u8; GENERATED_SECRET_BYTES];
     OsRng.fill_bytes(&mut bytes);
     let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    let temporary = temporary_beside(path);
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    // `create_new` never follows a symbolic link nor reuses a file: if the name is taken,
-    // this fails and nothing is written.
-    let mut file = options.open(&temporary).map_err(io)?;
-    let written = file
-        .write_all(format!("{secret}\n").as_bytes())
-        .and_then(|()| file.sync_all());
-    drop(file);
-    let linked = written.and_then(|()| std::fs::hard_link(&temporary, path));
+    let temporary =
+        crate::private_file::write_temporary(path, format!("{secret}\n").as_bytes()).map_err(io)?;
+    let linked = std::fs::hard_link(&temporary, path);
     let _ = std::fs::remove_file(&temporary);
     match linked {
         Ok(()) => {
@@ -407,23 +385,6 @@ mod tests {
         assert!(matches!(error, SecretError::Published { .. }), "{error}");
         let error = settle_read_only(&mut auth(None), Mode::Production, dir.path()).unwrap_err();
         assert!(matches!(error, SecretError::NoKeyInProduction), "{error}");
-    }
-
-    #[test]
-    fn temporary_names_are_random_and_beside_the_file() {
-        let path = Path::new("/volume/data/jwt-secret");
-        let (a, b) = (temporary_beside(path), temporary_beside(path));
-        assert_ne!(a, b);
-        assert_eq!(a.parent(), path.parent());
-        let name = a.file_name().unwrap().to_str().unwrap();
-        let random = name
-            .strip_prefix("jwt-secret.")
-            .and_then(|rest| rest.strip_suffix(".tmp"))
-            .unwrap_or_else(|| panic!("{name}"));
-        assert!(
-            random.len() == 16 && random.bytes().all(|b| b.is_ascii_hexdigit()),
-            "{name}"
-        );
     }
 
     #[test]

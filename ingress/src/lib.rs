@@ -28,6 +28,7 @@ pub mod generated_secret;
 pub mod idempotency;
 pub mod limits;
 pub mod principal;
+pub mod private_file;
 pub mod prometheus;
 pub mod routes;
 pub mod security;

@@ -566,7 +566,6 @@ fn lock_writers(path: &Path) -> Result<std::fs::File, UsersError> {
 /// owner only. Callers that read, modify and write hold [`lock_writers`], so that two
 /// concurrent `sluice users add` do not lose one of the updates.
 fn write_file(path: &Path, file: &UsersFile) -> Result<(), UsersError> {
-    use std::io::Write;
     let text = toml::to_string(file).map_err(|source| UsersError::Serialize {
         path: path.to_path_buf(),
         source,
@@ -576,24 +575,16 @@ fn write_file(path: &Path, file: &UsersFile) -> Result<(), UsersError> {
         source,
     };
     // A random name of its own, so that concurrent writers (two `sluice users add`) never
-    // touch each other's temporary file; created new (never an existing file nor through a
-    // planted symbolic link) and owner-only from the start.
-    let temporary = crate::generated_secret::temporary_beside(path);
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut out = options.open(&temporary).map_err(io)?;
-    let written = out
-        .write_all(
-            format!(
-                "# Sluice users: argon2id hashes, managed by `sluice users add|remove|list`.\n{text}"
-            )
-            .as_bytes(),
+    // touch each other's temporary file.
+    let temporary = crate::private_file::write_temporary(
+        path,
+        format!(
+            "# Sluice users: argon2id hashes, managed by `sluice users add|remove|list`.\n{text}"
         )
-        .and_then(|()| out.sync_all());
-    drop(out);
-    if let Err(error) = written.and_then(|()| std::fs::rename(&temporary, path)) {
+        .as_bytes(),
+    )
+    .map_err(io)?;
+    if let Err(error) = std::fs::rename(&temporary, path) {
         let _ = std::fs::remove_file(&temporary);
         return Err(io(error));
     }
