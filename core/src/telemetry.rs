@@ -62,3 +62,11 @@ pub const LOG_APPEND_QUEUE: &str = "sluice_log_append_queue_records";
 /// Counter: new records the embedded log refused, labelled `reason` (`write_failure`,
 /// `low_disk_space`, `queue_full`).
 pub const LOG_APPENDS_REFUSED: &str = "sluice_log_appends_refused_total";
+/// Gauge: partitions a consumer reads now, labelled `group` (in a consumer group: its share).
+pub const CONSUMER_PARTITIONS: &str = "sluice_consumer_partitions";
+/// Counter: partitions a consumer's group gave or took, labelled `group` and `change`
+/// (`assigned`, `revoked`, `lost`).
+pub const CONSUMER_REBALANCED_PARTITIONS: &str = "sluice_consumer_rebalanced_partitions_total";
+/// Counter: sink batches refused because another sink process claimed one of their partitions
+/// since (the stale rows were dropped; the new owner stores them), labelled `shard`.
+pub const SINK_BATCHES_FENCED: &str = "sluice_sink_batches_fenced_total";

@@ -5,6 +5,14 @@
 //! runner commit the input positions, so a crash at any point replays the batch rather than
 //! losing it (at-least-once; sinks deduplicate by order id). A failed send is retried with
 //! backoff until it succeeds or the runner is cancelled, in which case nothing is committed.
+//!
+//! A live stage reads in its consumer group (`<prefix>.<stage>`): every process running the
+//! stage joins the group, and Kafka divides the input's partitions among them with
+//! cooperative incremental assignment. Partitions move only inside a poll, after the previous
+//! batch was committed, so a stage gives up a partition with everything it finished
+//! committed; a batch whose commit the group refused (it rebalanced meanwhile) is abandoned,
+//! and the partitions' owners read it again (at-least-once between topics; the shards store
+//! each order once).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,7 +20,9 @@ use std::time::{Duration, Instant};
 
 use crate::config::StageConfig;
 use futures::future::join_all;
-use sluice_core::log::{assign_all, Assignment, Log, LogError, Position, StartFrom};
+use sluice_core::log::{
+    assign_all, Assignment, CommittedStarts, Log, LogError, Position, StartFrom,
+};
 use sluice_core::retry::{Backoff, GaveUp, Retry, Verdict};
 use sluice_core::telemetry;
 use tokio_util::sync::CancellationToken;
@@ -47,7 +57,9 @@ pub struct StageRunner {
     /// Where to start: `Committed` for a live stage (the group's positions, else the beginning).
     pub start: StartFrom,
     /// Exact partitions and start offsets to read instead (replays); `None` reads every
-    /// partition of `input` from `start`.
+    /// partition of `input` from `start`, or, for a live stage (`start` is
+    /// [`StartFrom::Committed`] and there is no `stop_at`), the partitions its consumer group
+    /// gives this process.
     pub assignments: Option<Vec<Assignment>>,
     /// Stop once every input partition reaches these offsets (replay); `None` runs forever.
     pub stop_at: Option<BTreeMap<i32, i64>>,
@@ -89,21 +101,35 @@ pub async fn run_stage(
         source,
     };
     let mut consumer = log.consumer(&runner.group).await.map_err(fail)?;
-    let assignments = match &runner.assignments {
-        Some(assignments) => assignments.clone(),
-        None => assign_all(
-            log.as_ref(),
-            std::slice::from_ref(&runner.input),
-            runner.start,
-        )
-        .await
-        .map_err(fail)?,
-    };
-    consumer.assign(assignments).await.map_err(fail)?;
+    let in_group = runner.assignments.is_none()
+        && runner.stop_at.is_none()
+        && runner.start == StartFrom::Committed;
+    if in_group {
+        consumer
+            .subscribe(
+                std::slice::from_ref(&runner.input),
+                Box::new(CommittedStarts),
+            )
+            .await
+            .map_err(fail)?;
+    } else {
+        let assignments = match &runner.assignments {
+            Some(assignments) => assignments.clone(),
+            None => assign_all(
+                log.as_ref(),
+                std::slice::from_ref(&runner.input),
+                runner.start,
+            )
+            .await
+            .map_err(fail)?,
+        };
+        consumer.assign(assignments).await.map_err(fail)?;
+    }
     tracing::info!(
         stage = runner.name,
         input = runner.input,
         group = runner.group,
+        in_group,
         "stage started"
     );
 
@@ -186,15 +212,25 @@ pub async fn run_stage(
             break;
         }
         let positions: Vec<Position> = positions.into_values().collect();
-        if !commit_with_retry(&mut consumer, &runner.name, &positions, &cancel)
+        match commit_with_retry(&mut consumer, &runner.name, &positions, &cancel)
             .await
             .map_err(fail)?
         {
-            tracing::warn!(
-                stage = runner.name,
-                "cancelled before the batch was committed; it will be replayed"
-            );
-            break;
+            Committed::Yes => {}
+            Committed::Rebalanced => {
+                tracing::warn!(
+                    stage = runner.name,
+                    "the consumer group rebalanced before the batch was committed; the partitions' owners read it again"
+                );
+                continue;
+            }
+            Committed::Cancelled => {
+                tracing::warn!(
+                    stage = runner.name,
+                    "cancelled before the batch was committed; it will be replayed"
+                );
+                break;
+            }
         }
         if let Some(ends) = &mut remaining {
             for p in &positions {
@@ -214,6 +250,8 @@ pub async fn run_stage(
             .batch_duration
             .record(started.elapsed().as_secs_f64());
     }
+    // Leaving the group now hands the partitions to the other processes at once.
+    consumer.close().await;
     tracing::info!(stage = runner.name, records = done, "stage stopped");
     Ok(done)
 }
@@ -247,16 +285,27 @@ impl StageMetrics {
     }
 }
 
-/// Commits positions, retrying failures with backoff. `Ok(false)` if cancelled first (the
-/// batch is then processed again after a restart: at-least-once); `Err` when the consumer
-/// refuses the commit for good (a position past what it handed out: a bug, which retrying
-/// cannot fix and which must not be skipped).
+/// How a batch's commit ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Committed {
+    /// The positions are stored.
+    Yes,
+    /// The group rebalanced first: the positions were not stored (the batch is read again by
+    /// its partitions' owners).
+    Rebalanced,
+    /// Cancelled first (the batch is processed again after a restart: at-least-once).
+    Cancelled,
+}
+
+/// Commits positions, retrying failures with backoff. `Err` when the consumer refuses the
+/// commit for good (a position past what it handed out: a bug, which retrying cannot fix and
+/// which must not be skipped).
 async fn commit_with_retry(
     consumer: &mut sluice_core::log::LogConsumer,
     stage: &str,
     positions: &[Position],
     cancel: &CancellationToken,
-) -> Result<bool, LogError> {
+) -> Result<Committed, LogError> {
     let committed = Retry::new(Backoff::new(
         Duration::from_millis(100),
         Duration::from_secs(5),
@@ -269,16 +318,17 @@ async fn commit_with_retry(
             (consumer, committed)
         },
         |error| match error {
-            LogError::CommitPastRead { .. } => Verdict::Stop,
+            LogError::CommitPastRead { .. } | LogError::Rebalanced(_) => Verdict::Stop,
             _ => Verdict::Retry,
         },
         |error, _| tracing::warn!(stage, %error, "commit failed; retrying"),
     )
     .await;
     match committed {
-        Ok(()) => Ok(true),
+        Ok(()) => Ok(Committed::Yes),
+        Err(GaveUp::Permanent(LogError::Rebalanced(_))) => Ok(Committed::Rebalanced),
         Err(GaveUp::Permanent(error)) => Err(error),
-        Err(_) => Ok(false),
+        Err(_) => Ok(Committed::Cancelled),
     }
 }
 

@@ -7,6 +7,7 @@
 //! its shard, so a crash between write and commit can neither lose nor duplicate a row; rows
 //! are also idempotent by `order_id`, so a replay through a fresh cursor adds nothing twice.
 
+pub mod claims;
 pub mod config;
 pub mod lookup;
 pub mod migrations;
@@ -18,10 +19,11 @@ pub mod writer;
 use std::path::Path;
 use std::sync::Arc;
 
+pub use claims::{owner_name, Epochs, ShardClaims};
 pub use config::SinkConfig;
 pub use lookup::ShardLookup;
 pub use worker::{run_sink_worker, SinkWorker};
-pub use writer::{Batch, DatabaseError, Fault, Rejection, ShardWriter, SinkError};
+pub use writer::{Batch, Claimed, DatabaseError, Fault, Rejection, ShardWriter, SinkError};
 
 /// Opens the shard backend named by `url`: `mysql://…` or `sqlite://path` (a relative path
 /// resolves against `base_dir`, the topology file's folder).

@@ -1,10 +1,16 @@
 //! The sink worker of one shard: read, batch, write rows and positions together.
+//!
+//! A live worker reads in its shard's consumer group (`<prefix>.sink.<shard>.sink`): every
+//! sink process joins it, and Kafka divides the partitions of the shard's topic and of the
+//! dead-letter topic among them. Each partition a worker is given is claimed in the shard
+//! ([`crate::claims`]), and every batch is written with the claim's epoch, so only its
+//! current owner can store a partition's rows and position.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sluice_core::log::{Assignment, Log, LogConsumer, Position, Record, StartFrom};
+use sluice_core::log::{Assignment, Log, LogConsumer, Position, Record, StartFrom, TopicPartition};
 use sluice_core::order::{
     now_ms, EnrichedOrder, HEADER_DLQ_REASON, HEADER_DLQ_STAGE, HEADER_ORDER_ID,
 };
@@ -16,6 +22,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::claims::{Epochs, ShardClaims};
 use crate::config::SinkConfig;
 use crate::writer::{Batch, Fault, Rejection, ShardWriter, SinkError};
 
@@ -44,7 +51,8 @@ pub struct SinkWorker {
     pub start: StartFrom,
     /// Start offsets per `(topic, partition)` for partitions with no stored position (replays).
     pub start_offsets: HashMap<(String, i32), i64>,
-    /// Stop once every partition reaches these offsets (replay); `None` runs until cancelled.
+    /// Stop once every partition reaches these offsets (replay); `None` runs until cancelled,
+    /// reading the partitions the shard's consumer group gives this process.
     pub stop_at: Option<HashMap<(String, i32), i64>>,
 }
 
@@ -131,40 +139,17 @@ pub async fn run_sink_worker(
         source,
     };
     writer.migrate().await?;
-    let stored: HashMap<(String, i32), i64> = writer
-        .positions(&worker.consumer)
-        .await?
-        .into_iter()
-        .map(|p| ((p.topic, p.partition), p.next_offset))
-        .collect();
     let mut topics = vec![worker.topic.clone()];
     topics.extend(worker.rejections_topic.clone());
-    let mut assignments = Vec::new();
-    let mut remaining = worker.stop_at.clone();
-    if let Some(ends) = &mut remaining {
-        ends.retain(|key, end| stored.get(key).is_none_or(|&done| done < *end));
-    }
-    for topic in &topics {
-        for partition in 0..log.partition_count(topic).await.map_err(log_error)? as i32 {
-            let key = (topic.clone(), partition);
-            if remaining
-                .as_ref()
-                .is_some_and(|ends| !ends.contains_key(&key))
-            {
-                continue; // a bounded replay reads only the partitions it still has to cover
-            }
-            let start = match (stored.get(&key), worker.start_offsets.get(&key)) {
-                (Some(&offset), _) => StartFrom::Resume(offset),
-                (None, Some(&offset)) => StartFrom::Offset(offset),
-                (None, None) => worker.start,
-            };
-            assignments.push(Assignment {
-                topic: topic.clone(),
-                partition,
-                start,
-            });
-        }
-    }
+    let epochs = Epochs::default();
+    let claims = ShardClaims {
+        shard: worker.shard.clone(),
+        writer: writer.clone(),
+        consumer: worker.consumer.clone(),
+        start: worker.start,
+        start_offsets: worker.start_offsets.clone(),
+        epochs: epochs.clone(),
+    };
     let mut consumer = log
         .consumer(&format!(
             "{}.sink.{}.{}",
@@ -172,13 +157,60 @@ pub async fn run_sink_worker(
         ))
         .await
         .map_err(log_error)?;
-    consumer.assign(assignments).await.map_err(log_error)?;
-    tracing::info!(shard = worker.shard, topics = ?topics, resumed = stored.len(), "sink worker started");
+    let mut remaining = worker.stop_at.clone();
+    match &mut remaining {
+        None => {
+            consumer
+                .subscribe(&topics, Box::new(claims))
+                .await
+                .map_err(log_error)?;
+            tracing::info!(shard = worker.shard, topics = ?topics, "sink worker started in its consumer group");
+        }
+        Some(ends) => {
+            // A bounded replay reads every partition it still has to cover.
+            let mut partitions = Vec::new();
+            for topic in &topics {
+                let count = log.partition_count(topic).await.map_err(log_error)? as i32;
+                partitions.extend((0..count).map(|partition| TopicPartition {
+                    topic: topic.clone(),
+                    partition,
+                }));
+            }
+            let claimed = claims.claim_in_shard(&partitions).await?;
+            let mut assignments = Vec::new();
+            for (claim, start) in claimed {
+                let key = (claim.partition.topic.clone(), claim.partition.partition);
+                let done = claim
+                    .next_offset
+                    .is_some_and(|done| ends.get(&key).is_some_and(|&end| done >= end));
+                if done {
+                    ends.remove(&key);
+                }
+                if ends.contains_key(&key) {
+                    assignments.push(Assignment {
+                        topic: key.0,
+                        partition: key.1,
+                        start,
+                    });
+                }
+            }
+            consumer.assign(assignments).await.map_err(log_error)?;
+            tracing::info!(shard = worker.shard, topics = ?topics, "sink worker started");
+        }
+    }
 
     // The reader assembles the next batch while the writer commits the current one: with a
     // queue of one, reading and writing overlap and at most three batches are in memory.
     let (ready, mut queued) = tokio::sync::mpsc::channel::<ReadBatch>(1);
-    let read = read_batches(&mut consumer, &worker, &map, remaining, &cancel, ready);
+    let read = read_batches(
+        &mut consumer,
+        &worker,
+        &map,
+        &epochs,
+        remaining,
+        &cancel,
+        ready,
+    );
     let metrics = WriteMetrics::new(&worker.shard);
     let (writer, worker_ref, cancel_ref, progress) = (&writer, &worker, &cancel, &progress);
     let metrics_ref = &metrics;
@@ -187,15 +219,9 @@ pub async fn run_sink_worker(
     let write = async move {
         let mut done = 0u64;
         while let Some(read) = queued.recv().await {
-            write_with_retry(
-                writer.as_ref(),
-                worker_ref,
-                &read.batch,
-                cancel_ref,
-                metrics_ref,
-            )
-            .await?;
-            done += read.consumed as u64;
+            let consumed = read.consumed;
+            write_owned(writer.as_ref(), worker_ref, read, cancel_ref, metrics_ref).await?;
+            done += consumed as u64;
             if let Some(progress) = progress {
                 progress(done);
             }
@@ -203,6 +229,8 @@ pub async fn run_sink_worker(
         Ok::<u64, SinkError>(done)
     };
     let ((), done) = tokio::join!(read, write);
+    // Leaving the group now hands the partitions to the other sink processes at once.
+    consumer.close().await;
     let done = done?;
     tracing::info!(shard = worker.shard, records = done, "sink worker stopped");
     Ok(done)
@@ -213,6 +241,99 @@ pub async fn run_sink_worker(
 struct ReadBatch {
     batch: Batch,
     consumed: usize,
+    /// For each order of the batch, the index in `batch.positions` of its partition.
+    order_partitions: Vec<usize>,
+    /// For each rejection of the batch, the index in `batch.positions` of its partition.
+    rejection_partitions: Vec<usize>,
+}
+
+impl ReadBatch {
+    /// The batch without the rows and positions of `lost` partitions.
+    fn without(self, lost: &[TopicPartition]) -> ReadBatch {
+        let keep: Vec<bool> = self
+            .batch
+            .positions
+            .iter()
+            .map(|p| {
+                !lost
+                    .iter()
+                    .any(|l| l.partition == p.partition && l.topic == p.topic)
+            })
+            .collect();
+        // New indices of the positions kept.
+        let mut renumbered = Vec::with_capacity(keep.len());
+        let mut next = 0;
+        for &kept in &keep {
+            renumbered.push(next);
+            next += usize::from(kept);
+        }
+        let mut out = ReadBatch {
+            batch: Batch::default(),
+            consumed: self.consumed,
+            order_partitions: Vec::new(),
+            rejection_partitions: Vec::new(),
+        };
+        for (order, index) in self.batch.orders.into_iter().zip(self.order_partitions) {
+            if keep[index] {
+                out.batch.orders.push(order);
+                out.order_partitions.push(renumbered[index]);
+            }
+        }
+        for (rejection, index) in self
+            .batch
+            .rejections
+            .into_iter()
+            .zip(self.rejection_partitions)
+        {
+            if keep[index] {
+                out.batch.rejections.push(rejection);
+                out.rejection_partitions.push(renumbered[index]);
+            }
+        }
+        for (position, kept) in self.batch.positions.into_iter().zip(&keep) {
+            if *kept {
+                out.batch.positions.push(position);
+            }
+        }
+        out.batch.epochs = self
+            .batch
+            .epochs
+            .into_iter()
+            .filter(|(p, _)| !lost.contains(p))
+            .collect();
+        out
+    }
+}
+
+/// Writes a batch; if another process claimed some of its partitions since they were read
+/// ([`SinkError::Fenced`]), drops their rows and positions (the new owner stores them) and
+/// writes the rest.
+async fn write_owned(
+    writer: &dyn ShardWriter,
+    worker: &SinkWorker,
+    mut read: ReadBatch,
+    cancel: &CancellationToken,
+    metrics: &WriteMetrics,
+) -> Result<(), SinkError> {
+    loop {
+        match write_with_retry(writer, worker, &read.batch, cancel, metrics).await {
+            Err(SinkError::Fenced { partitions, .. }) => {
+                metrics.fenced.increment(1);
+                let rows = read.batch.orders.len() + read.batch.rejections.len();
+                read = read.without(&partitions);
+                tracing::warn!(
+                    shard = worker.shard,
+                    partitions = %partitions.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+                    dropped_rows = rows - read.batch.orders.len() - read.batch.rejections.len(),
+                    "another sink process owns these partitions now; dropped their rows from this batch (the new owner stores them)"
+                );
+                if read.batch.is_empty() {
+                    return Ok(());
+                }
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Reads records into batches of at most `max_rows`, closed `max_wait` after their first
@@ -222,6 +343,7 @@ async fn read_batches(
     consumer: &mut LogConsumer,
     worker: &SinkWorker,
     map: &ShardMap,
+    epochs: &Epochs,
     mut remaining: Option<HashMap<(String, i32), i64>>,
     cancel: &CancellationToken,
     ready: tokio::sync::mpsc::Sender<ReadBatch>,
@@ -232,7 +354,10 @@ async fn read_batches(
             break;
         }
         let mut batch = Batch::default();
-        let mut positions: BTreeMap<(String, i32), i64> = BTreeMap::new();
+        // The batch's partitions, in the order they came, with the next offset of each.
+        let mut positions: Vec<Position> = Vec::new();
+        let mut order_partitions = Vec::new();
+        let mut rejection_partitions = Vec::new();
         let mut consumed = 0usize;
         let mut deadline: Option<Instant> = None;
         while consumed < worker.max_rows {
@@ -281,8 +406,24 @@ async fn read_batches(
                         None => continue,
                     }
                 }
+                let index = match positions
+                    .iter()
+                    .position(|p| p.partition == record.partition && p.topic == record.topic)
+                {
+                    Some(index) => index,
+                    None => {
+                        positions.push(Position {
+                            topic: key.0,
+                            partition: key.1,
+                            next_offset: record.offset,
+                        });
+                        positions.len() - 1
+                    }
+                };
+                positions[index].next_offset = record.offset + 1;
                 classify(worker, map, record, &mut batch);
-                positions.insert(key, record.offset + 1);
+                order_partitions.resize(batch.orders.len(), index);
+                rejection_partitions.resize(batch.rejections.len(), index);
                 consumed += 1;
             }
         }
@@ -290,21 +431,32 @@ async fn read_batches(
             continue;
         }
         if let Some(ends) = &mut remaining {
-            for (key, next) in &positions {
-                if ends.get(key).is_some_and(|end| next >= end) {
-                    ends.remove(key);
+            for p in &positions {
+                let key = (p.topic.clone(), p.partition);
+                if ends.get(&key).is_some_and(|&end| p.next_offset >= end) {
+                    ends.remove(&key);
                 }
             }
         }
-        batch.positions = positions
-            .into_iter()
-            .map(|((topic, partition), next_offset)| Position {
-                topic,
-                partition,
-                next_offset,
+        batch.epochs = positions
+            .iter()
+            .map(|p| {
+                let partition = TopicPartition {
+                    topic: p.topic.clone(),
+                    partition: p.partition,
+                };
+                let epoch = epochs.of(&partition);
+                (partition, epoch)
             })
             .collect();
-        if ready.send(ReadBatch { batch, consumed }).await.is_err() {
+        batch.positions = positions;
+        let read = ReadBatch {
+            batch,
+            consumed,
+            order_partitions,
+            rejection_partitions,
+        };
+        if ready.send(read).await.is_err() {
             break; // the writer failed; it reports why
         }
     }
@@ -322,6 +474,8 @@ struct WriteMetrics {
     retries: metrics::Counter,
     /// Orders the shard refused for good and that were recorded as rejected.
     refused: metrics::Counter,
+    /// Batches refused because another sink process claimed one of their partitions.
+    fenced: metrics::Counter,
 }
 
 impl WriteMetrics {
@@ -329,6 +483,7 @@ impl WriteMetrics {
         WriteMetrics {
             retries: metrics::counter!(telemetry::SINK_RETRIES, "shard" => shard.to_string()),
             refused: metrics::counter!(telemetry::SINK_ROWS_REFUSED, "shard" => shard.to_string()),
+            fenced: metrics::counter!(telemetry::SINK_BATCHES_FENCED, "shard" => shard.to_string()),
         }
     }
 }
@@ -372,9 +527,11 @@ async fn write_retrying(
         .drain(3, Duration::from_millis(200))
         .run(
             || write_once(writer, worker, batch),
-            |error| match error.fault() {
-                Fault::Permanent => Verdict::Stop,
-                Fault::Transient | Fault::Other => Verdict::Retry,
+            |error| match error {
+                // Another process owns a partition now: retrying cannot succeed.
+                SinkError::Fenced { .. } => Verdict::Stop,
+                error if error.fault() == Fault::Permanent => Verdict::Stop,
+                _ => Verdict::Retry,
             },
             |error, next| {
                 metrics.retries.increment(1);
@@ -492,6 +649,7 @@ async fn store_around_refusals(
         orders: Vec::new(),
         rejections: refused,
         positions: batch.positions.clone(),
+        epochs: batch.epochs.clone(),
     };
     match write_retrying(writer, worker, &closing, cancel, metrics).await {
         Ok(()) => {
@@ -521,6 +679,7 @@ async fn store_around_refusals(
     }
     let positions = Batch {
         positions: batch.positions.clone(),
+        epochs: batch.epochs.clone(),
         ..Batch::default()
     };
     write_retrying(writer, worker, &positions, cancel, metrics).await

@@ -1,7 +1,7 @@
 //! The shard-writer contract.
 
 use async_trait::async_trait;
-use sluice_core::log::Position;
+use sluice_core::log::{Position, TopicPartition};
 use sluice_core::lookup::OrderStatus;
 use sluice_core::order::EnrichedOrder;
 use sluice_core::telemetry;
@@ -31,6 +31,22 @@ pub struct Batch {
     pub rejections: Vec<Rejection>,
     /// Positions that this batch completes, stored in the same transaction.
     pub positions: Vec<Position>,
+    /// The owner epochs under which the writer [claimed](ShardWriter::claim) the partitions
+    /// of `positions`. If any partition was claimed since (by another sink process), the
+    /// whole batch is refused with [`SinkError::Fenced`]. Empty: no check (a position of a
+    /// partition nobody claims, as in a test).
+    pub epochs: Vec<(TopicPartition, i64)>,
+}
+
+/// A partition a sink worker claimed in its shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claimed {
+    /// The partition.
+    pub partition: TopicPartition,
+    /// Its owner epoch, raised by every claim: a batch written under an older one is refused.
+    pub epoch: i64,
+    /// The position stored for the partition, if any.
+    pub next_offset: Option<i64>,
 }
 
 impl Batch {
@@ -38,6 +54,43 @@ impl Batch {
     pub fn is_empty(&self) -> bool {
         self.orders.is_empty() && self.rejections.is_empty() && self.positions.is_empty()
     }
+}
+
+/// The claims of `partitions`, from the `(topic, partition, epoch, stored next offset)` rows
+/// of the consumer's owner table after the claim.
+pub(crate) fn claimed(
+    partitions: &[TopicPartition],
+    rows: Vec<(String, i32, i64, Option<i64>)>,
+) -> Vec<Claimed> {
+    rows.into_iter()
+        .filter(|(topic, partition, _, _)| {
+            partitions
+                .iter()
+                .any(|p| p.partition == *partition && p.topic == *topic)
+        })
+        .map(|(topic, partition, epoch, next_offset)| Claimed {
+            partition: TopicPartition { topic, partition },
+            epoch,
+            next_offset,
+        })
+        .collect()
+}
+
+/// The partitions of `epochs` whose owner epoch in the shard (`owners`: topic, partition,
+/// epoch) is not the one the batch was read under: another process claimed them since.
+pub(crate) fn fenced(
+    epochs: &[(TopicPartition, i64)],
+    owners: &[(String, i32, i64)],
+) -> Vec<TopicPartition> {
+    epochs
+        .iter()
+        .filter(|(p, epoch)| {
+            !owners.iter().any(|(topic, partition, stored)| {
+                *partition == p.partition && *topic == p.topic && stored == epoch
+            })
+        })
+        .map(|(p, _)| p.clone())
+        .collect()
 }
 
 /// Records the metrics of a batch that `shard` committed: the commit's duration since
@@ -172,6 +225,19 @@ pub enum SinkError {
         /// The time limit.
         after: std::time::Duration,
     },
+    /// Another sink process claimed some of the batch's partitions after this worker did
+    /// (the group moved them while the batch was being read or written): the batch was
+    /// rolled back whole, so it cannot overwrite the new owner's position.
+    #[error(
+        "shard {shard:?}: another sink process owns {} now; this process's batch for {} was not stored (the new owner stores those records)",
+        names(.partitions), if .partitions.len() == 1 { "it" } else { "them" }
+    )]
+    Fenced {
+        /// The shard.
+        shard: String,
+        /// The partitions claimed since.
+        partitions: Vec<TopicPartition>,
+    },
     /// The log failed.
     #[error("shard {shard:?}: {source}")]
     Log {
@@ -180,6 +246,15 @@ pub enum SinkError {
         /// The log error.
         source: sluice_core::log::LogError,
     },
+}
+
+/// `topic/partition, …` for a message.
+fn names(partitions: &[TopicPartition]) -> String {
+    partitions
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// `"{error}; "` for a URL the driver could not parse, else nothing.
@@ -202,7 +277,7 @@ impl SinkError {
                 fault => fault,
             },
             SinkError::Timeout { .. } | SinkError::Log { .. } => Fault::Transient,
-            SinkError::Url { .. } => Fault::Other,
+            SinkError::Url { .. } | SinkError::Fenced { .. } => Fault::Other,
         }
     }
 
@@ -223,6 +298,17 @@ pub trait ShardWriter: Send + Sync {
 
     /// Positions stored by `consumer` (e.g. `"sink"`, or a replay's own name).
     async fn positions(&self, consumer: &str) -> Result<Vec<Position>, SinkError>;
+
+    /// Takes ownership of `partitions` for `consumer`: in one transaction, raises each one's
+    /// owner epoch (so a batch another process still writes under the old epoch is refused,
+    /// see [`Batch::epochs`]) and reads its stored position. `owner` names this process for
+    /// operators (host and process id).
+    async fn claim(
+        &self,
+        consumer: &str,
+        owner: &str,
+        partitions: &[TopicPartition],
+    ) -> Result<Vec<Claimed>, SinkError>;
 
     /// Stores the batch's rows and `consumer`'s positions in ONE transaction.
     /// A row whose `order_id` is already stored keeps its values unless the incoming one was

@@ -6,12 +6,12 @@ use std::sync::Arc;
 
 use mysql_async::prelude::Queryable;
 
-use sluice_core::log::Position;
+use sluice_core::log::{Position, TopicPartition};
 use sluice_core::lookup::OrderStatus;
 use sluice_core::order::EnrichedOrder;
 use sluice_sinks::mysql::MysqlShard;
 use sluice_sinks::sqlite::SqliteShard;
-use sluice_sinks::{Batch, Rejection, ShardWriter};
+use sluice_sinks::{Batch, Rejection, ShardWriter, SinkError};
 use uuid::Uuid;
 
 fn order(user: &str, quantity: i64) -> EnrichedOrder {
@@ -74,6 +74,7 @@ async fn conformance(shard: Arc<dyn ShardWriter>) {
             position("orders.shard.0", 1, 601),
             position("orders.dlq", 2, 1),
         ],
+        epochs: Vec::new(),
     };
     shard.write_batch("sink", &first).await.unwrap();
     assert_eq!(count_orders(shard.as_ref(), &first).await, 1200);
@@ -198,7 +199,90 @@ async fn conformance(shard: Arc<dyn ShardWriter>) {
 
     // An empty batch is a no-op.
     shard.write_batch("sink", &Batch::default()).await.unwrap();
+    claims_fence_the_previous_owner(shard.as_ref()).await;
     shard.close().await;
+}
+
+/// A partition claimed by a second process cannot be written by the first any more: its
+/// stale batch is refused whole (no row, no position), while the new owner's is stored, and
+/// a claim reads the position stored so far.
+async fn claims_fence_the_previous_owner(shard: &dyn ShardWriter) {
+    let partition = |n: i32| TopicPartition {
+        topic: "orders.shard.fenced".into(),
+        partition: n,
+    };
+    let first = shard
+        .claim("sink", "host-a:1", &[partition(0), partition(1)])
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 2);
+    assert!(first.iter().all(|c| c.next_offset.is_none()), "{first:?}");
+    let epoch_a = first[0].epoch;
+    let batch = |epoch: i64, next_offset: i64| Batch {
+        orders: vec![order("fenced-user", 1)],
+        rejections: Vec::new(),
+        positions: vec![position("orders.shard.fenced", 0, next_offset)],
+        epochs: vec![(partition(0), epoch)],
+    };
+    let stored_by_a = batch(epoch_a, 10);
+    shard.write_batch("sink", &stored_by_a).await.unwrap();
+
+    // Process B takes partition 0 over: it reads A's position.
+    let taken = shard
+        .claim("sink", "host-b:2", &[partition(0)])
+        .await
+        .unwrap();
+    assert_eq!(taken.len(), 1, "only the partition claimed: {taken:?}");
+    assert_eq!(taken[0].next_offset, Some(10));
+    assert!(taken[0].epoch > epoch_a);
+
+    // A's late batch is refused, and stores nothing.
+    let stale = batch(epoch_a, 20);
+    match shard.write_batch("sink", &stale).await {
+        Err(SinkError::Fenced { partitions, .. }) => assert_eq!(partitions, vec![partition(0)]),
+        other => panic!("a stale owner's batch must be fenced, got {other:?}"),
+    }
+    assert_eq!(
+        count_orders(shard, &stale).await,
+        0,
+        "the fenced batch's row"
+    );
+    let stored = |positions: Vec<Position>| {
+        positions
+            .into_iter()
+            .find(|p| p.topic == "orders.shard.fenced" && p.partition == 0)
+            .map(|p| p.next_offset)
+    };
+    assert_eq!(stored(shard.positions("sink").await.unwrap()), Some(10));
+
+    // B writes under its epoch; A still owns partition 1 and can write it.
+    shard
+        .write_batch("sink", &batch(taken[0].epoch, 30))
+        .await
+        .unwrap();
+    assert_eq!(stored(shard.positions("sink").await.unwrap()), Some(30));
+    let epoch_a1 = first[1].epoch;
+    shard
+        .write_batch(
+            "sink",
+            &Batch {
+                positions: vec![position("orders.shard.fenced", 1, 7)],
+                epochs: vec![(partition(1), epoch_a1)],
+                ..Batch::default()
+            },
+        )
+        .await
+        .unwrap();
+    // A partition nobody claimed under that name is fenced too.
+    let unclaimed = Batch {
+        positions: vec![position("orders.shard.fenced", 1, 8)],
+        epochs: vec![(partition(1), epoch_a1)],
+        ..Batch::default()
+    };
+    assert!(matches!(
+        shard.write_batch("replay-x", &unclaimed).await,
+        Err(SinkError::Fenced { .. })
+    ));
 }
 
 /// A shard's schema as the backends can compare it: the highest applied migration, and each
@@ -326,7 +410,11 @@ async fn sqlite_backend_conforms() {
     // Survives a reopen: the file holds everything.
     let reopened = SqliteShard::new("s0", &dir.path().join("nested/shard0.db"));
     reopened.migrate().await.unwrap();
-    assert_eq!(reopened.positions("sink").await.unwrap().len(), 3);
+    assert_eq!(
+        reopened.positions("sink").await.unwrap().len(),
+        5,
+        "the three positions of the first batch and the two of the fencing check"
+    );
     assert_eq!(
         sqlite_schema(&dir.path().join("nested/shard0.db")),
         expected_schema()

@@ -584,6 +584,14 @@ impl ShardWriter for StopsAfter {
     async fn positions(&self, consumer: &str) -> Result<Vec<Position>, SinkError> {
         self.inner.positions(consumer).await
     }
+    async fn claim(
+        &self,
+        consumer: &str,
+        owner: &str,
+        partitions: &[sluice_core::log::TopicPartition],
+    ) -> Result<Vec<sluice_sinks::Claimed>, SinkError> {
+        self.inner.claim(consumer, owner, partitions).await
+    }
     async fn write_batch(&self, consumer: &str, batch: &Batch) -> Result<(), SinkError> {
         use std::sync::atomic::Ordering;
         if self

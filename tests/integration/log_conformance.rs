@@ -308,7 +308,7 @@ async fn no_record_is_skipped_when_the_reader_fails(log: Arc<dyn Log>) {
         "the injected faults must lose records of a bare reader ({unguarded} of {total} read)"
     );
 
-    let mut consumer = LogConsumer::new(Box::new(faulty));
+    let mut consumer = LogConsumer::new(Box::new(faulty), &group);
     assign(&mut consumer, &topic, 4, StartFrom::Beginning).await;
     let mut records = Vec::new();
     let mut errors = 0;
@@ -409,10 +409,7 @@ async fn embedded_log_conforms() {
 async fn kafka_log_conforms() {
     let brokers = std::env::var("SLUICE_KAFKA_BROKERS")
         .expect("the Kafka conformance test needs a broker: run `make test` (or `bash scripts/infra up` and eval its env)");
-    let config = KafkaLogConfig {
-        brokers,
-        properties: Default::default(),
-    };
+    let config = KafkaLogConfig::new(brokers);
     let log: Arc<dyn Log> = Arc::new(KafkaLog::new(&config, &unique("conf")).unwrap());
     conformance(log.clone()).await;
     no_record_is_skipped_when_the_reader_fails(log).await;

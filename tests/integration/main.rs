@@ -9,6 +9,7 @@ mod common;
 
 mod attacks;
 mod capability;
+mod consumer_groups;
 mod disk_full;
 mod embedded_disk;
 mod end_to_end;

@@ -18,12 +18,27 @@
 //! - a failed poll rewinds every partition to its expected offset, so a transient error never
 //!   discards a record;
 //! - [`LogConsumer::commit`] refuses a position beyond the records this consumer handed out.
+//!
+//! A consumer either reads partitions it was given ([`LogConsumer::assign`]: replays, tests),
+//! or joins its group ([`LogConsumer::subscribe`]) and reads the partitions the group gives
+//! it, as they come and go. In a group:
+//! - a partition the group gives is read only once its [`Claims`] said where to start (a
+//!   stage: its group's committed position; a sink: the position stored in its shard, which
+//!   it claims there). A claim that fails (the shard is down) is tried again before every
+//!   read, and the partition is not read meanwhile;
+//! - a partition the group takes away is dropped at once: records of it that were polled but
+//!   not handed out are discarded, and positions of it are no longer committed (the new owner
+//!   reads on from the last committed position). Revocations happen only inside
+//!   [`LogConsumer::poll`], so an owner that commits each batch before it polls again has
+//!   committed everything it finished when it gives a partition up.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{report_skipped, Assignment, LogError, Position, Record, StartFrom};
+use super::{
+    report_skipped, Assignment, LogError, Position, Rebalance, Record, StartFrom, TopicPartition,
+};
 
 /// How many times a gap is read again from its start before the log's answer is believed.
 const REREADS_BEFORE_ACCEPTING_A_GAP: u8 = 2;
@@ -60,8 +75,102 @@ pub trait PartitionReader: Send {
     /// Stores positions under this reader's group.
     async fn commit(&mut self, positions: &[Position]) -> Result<(), LogError>;
 
+    /// Joins this reader's group to read `topics`: the group divides their partitions among
+    /// its members and reports each member's share through [`PartitionReader::rebalances`].
+    /// The default serves a backend that one process owns: every partition is this member's,
+    /// reported as one [`Rebalance::Assigned`].
+    async fn subscribe(&mut self, topics: &[String]) -> Result<(), LogError> {
+        let _ = topics;
+        Err(LogError::backend_message(
+            "this log backend cannot divide partitions among a group's members",
+        ))
+    }
+
+    /// The group's changes to this member's partitions since the last call, in order.
+    fn rebalances(&mut self) -> Vec<Rebalance> {
+        Vec::new()
+    }
+
+    /// Starts reading partitions the group assigned (every partition of the last
+    /// [`Rebalance::Assigned`], with where to start each), keeping the others, and returns
+    /// the offset each starts at.
+    async fn accept(&mut self, assignments: Vec<Assignment>) -> Result<Vec<Position>, LogError> {
+        let _ = assignments;
+        Err(LogError::backend_message(
+            "this log backend cannot divide partitions among a group's members",
+        ))
+    }
+
+    /// Leaves the group (so its partitions move to the other members at once, not after a
+    /// session timeout) and releases the backend's resources.
+    async fn close(&mut self) {}
+
     /// The committed next offset of a partition for this reader's group.
     async fn committed(&mut self, topic: &str, partition: i32) -> Result<Option<i64>, LogError>;
+}
+
+/// Where a group member starts reading the partitions its group gives it, and what it does
+/// when they are taken away.
+#[async_trait]
+pub trait Claims: Send {
+    /// Where to start reading `partitions`, which the group just gave this member: one
+    /// assignment for each. An error leaves them unread; the claim is tried again before the
+    /// next read.
+    async fn claim(&mut self, partitions: &[TopicPartition]) -> Result<Vec<Assignment>, LogError>;
+
+    /// `partitions` were taken away (`lost`: without a revocation).
+    fn released(&mut self, partitions: &[TopicPartition], lost: bool) {
+        let _ = (partitions, lost);
+    }
+}
+
+/// Claims for a member whose positions are committed to the log: each partition starts at
+/// its group's committed position ([`StartFrom::Committed`]).
+pub struct CommittedStarts;
+
+#[async_trait]
+impl Claims for CommittedStarts {
+    async fn claim(&mut self, partitions: &[TopicPartition]) -> Result<Vec<Assignment>, LogError> {
+        Ok(partitions
+            .iter()
+            .map(|p| Assignment {
+                topic: p.topic.clone(),
+                partition: p.partition,
+                start: StartFrom::Committed,
+            })
+            .collect())
+    }
+}
+
+/// A subscribed consumer's membership in its group.
+struct Membership {
+    /// Where the partitions the group gives start.
+    claims: Box<dyn Claims>,
+    /// Partitions the group gave that are not read yet (their claim has not succeeded).
+    waiting: Vec<TopicPartition>,
+    /// The membership's metric handles.
+    metrics: MembershipMetrics,
+}
+
+/// The metric handles of a group member, registered once when it subscribes.
+struct MembershipMetrics {
+    partitions: metrics::Gauge,
+    assigned: metrics::Counter,
+    revoked: metrics::Counter,
+    lost: metrics::Counter,
+}
+
+impl MembershipMetrics {
+    fn register(group: &str) -> Self {
+        use crate::telemetry::{CONSUMER_PARTITIONS, CONSUMER_REBALANCED_PARTITIONS};
+        let counter = |change: &'static str| metrics::counter!(CONSUMER_REBALANCED_PARTITIONS, "group" => group.to_string(), "change" => change);
+        MembershipMetrics {
+            partitions: metrics::gauge!(CONSUMER_PARTITIONS, "group" => group.to_string()),
+            assigned: counter("assigned"),
+            revoked: counter("revoked"),
+            lost: counter("lost"),
+        }
+    }
 }
 
 /// One assigned partition and the next offset the consumer hands out from it.
@@ -84,49 +193,136 @@ pub struct LogConsumer {
     expected: Vec<Expected>,
     /// The reader must be rewound to `expected` before it is read again.
     rewind_pending: bool,
+    /// Set once the consumer joined its group.
+    membership: Option<Membership>,
+    /// The group the consumer's positions are stored under.
+    group: String,
 }
 
 impl LogConsumer {
-    /// A consumer over a backend's reader.
-    pub fn new(reader: Box<dyn PartitionReader>) -> Self {
+    /// A consumer over a backend's reader whose positions are stored under `group`.
+    pub fn new(reader: Box<dyn PartitionReader>, group: &str) -> Self {
         LogConsumer {
             reader,
             expected: Vec::new(),
             rewind_pending: false,
+            membership: None,
+            group: group.to_string(),
         }
+    }
+
+    /// Joins the consumer's group to read `topics`: from now on it reads the partitions the
+    /// group gives it, each from where `claims` says (see the [module docs](self)).
+    pub async fn subscribe(
+        &mut self,
+        topics: &[String],
+        claims: Box<dyn Claims>,
+    ) -> Result<(), LogError> {
+        self.reader.subscribe(topics).await?;
+        self.expected.clear();
+        let metrics = MembershipMetrics::register(&self.group);
+        metrics.partitions.set(0.0);
+        self.membership = Some(Membership {
+            claims,
+            waiting: Vec::new(),
+            metrics,
+        });
+        Ok(())
+    }
+
+    /// The partitions this consumer reads now.
+    pub fn partitions(&self) -> Vec<TopicPartition> {
+        self.expected
+            .iter()
+            .map(|e| TopicPartition {
+                topic: e.topic.clone(),
+                partition: e.partition,
+            })
+            .collect()
+    }
+
+    /// Applies the group's changes the reader reported: revoked partitions are dropped at
+    /// once, assigned ones wait for their claim.
+    fn take_rebalances(&mut self) {
+        let Some(membership) = self.membership.as_mut() else {
+            return;
+        };
+        for change in self.reader.rebalances() {
+            match change {
+                Rebalance::Assigned(partitions) => {
+                    tracing::info!(group = self.group, partitions = %names(&partitions), "the group assigned partitions");
+                    membership
+                        .metrics
+                        .assigned
+                        .increment(partitions.len() as u64);
+                    membership.waiting.extend(partitions);
+                }
+                Rebalance::Revoked { partitions, lost } => {
+                    tracing::info!(group = self.group, partitions = %names(&partitions), lost, "the group took partitions away");
+                    match lost {
+                        true => &membership.metrics.lost,
+                        false => &membership.metrics.revoked,
+                    }
+                    .increment(partitions.len() as u64);
+                    membership.waiting.retain(|w| !partitions.contains(w));
+                    self.expected.retain(|e| {
+                        !partitions
+                            .iter()
+                            .any(|p| p.partition == e.partition && p.topic == e.topic)
+                    });
+                    membership.claims.released(&partitions, lost);
+                    membership
+                        .metrics
+                        .partitions
+                        .set(self.expected.len() as f64);
+                }
+            }
+        }
+    }
+
+    /// Claims the partitions the group gave and starts reading them.
+    async fn claim_waiting(&mut self) -> Result<(), LogError> {
+        let Some(membership) = self.membership.as_mut() else {
+            return Ok(());
+        };
+        if membership.waiting.is_empty() {
+            return Ok(());
+        }
+        let waiting = membership.waiting.clone();
+        let assignments = membership.claims.claim(&waiting).await?;
+        let requested = requested_starts(&assignments);
+        let starts = self.reader.accept(assignments).await?;
+        report_resumed(&requested, &starts);
+        if let Some(membership) = self.membership.as_mut() {
+            membership.waiting.clear();
+        }
+        self.expected.retain(|e| {
+            !starts
+                .iter()
+                .any(|s| s.partition == e.partition && s.topic == e.topic)
+        });
+        self.expected.extend(starts.into_iter().map(|p| Expected {
+            topic: p.topic,
+            partition: p.partition,
+            next: p.next_offset,
+            rereads: 0,
+            gap_at: None,
+        }));
+        Ok(())
+    }
+
+    /// Leaves the group, so its partitions move to the other members at once.
+    pub async fn close(mut self) {
+        self.reader.close().await;
     }
 
     /// Replaces the assignment: read these partitions from these positions. A
     /// [`StartFrom::Resume`] position that retention has already removed is reported as
     /// skipped records.
     pub async fn assign(&mut self, assignments: Vec<Assignment>) -> Result<(), LogError> {
-        let requested: Vec<(String, i32, StartFrom)> = assignments
-            .iter()
-            .map(|a| (a.topic.clone(), a.partition, a.start))
-            .collect();
+        let requested = requested_starts(&assignments);
         let starts = self.reader.assign(assignments).await?;
-        for start in &starts {
-            let resumed = requested
-                .iter()
-                .find(|(t, p, _)| *t == start.topic && *p == start.partition)
-                .and_then(|(_, _, s)| match s {
-                    StartFrom::Resume(n) => Some(*n),
-                    _ => None,
-                });
-            match resumed {
-                Some(from) if start.next_offset > from => {
-                    report_skipped(&start.topic, start.partition, start.next_offset - from)
-                }
-                Some(from) if start.next_offset < from => tracing::warn!(
-                    topic = start.topic,
-                    partition = start.partition,
-                    stored = from,
-                    end = start.next_offset,
-                    "stored position is past the end of the partition; reading from its end"
-                ),
-                _ => {}
-            }
-        }
+        report_resumed(&requested, &starts);
         self.expected = starts
             .into_iter()
             .map(|p| Expected {
@@ -145,10 +341,15 @@ impl LogConsumer {
     /// Every record of an assigned partition is handed out once, in offset order, with no
     /// offset skipped unless the log reports it gone (see the [module docs](self)).
     pub async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Record>, LogError> {
+        self.take_rebalances();
         if self.rewind_pending {
             self.rewind().await?;
         }
-        let polled = match self.reader.poll(max, wait).await {
+        self.claim_waiting().await?;
+        let polled = self.reader.poll(max, wait).await;
+        // Partitions revoked during the poll: their records are not handed out.
+        self.take_rebalances();
+        let polled = match polled {
             Ok(records) => records,
             Err(error) => {
                 // The reader may have moved past records it did not return: read them again.
@@ -261,9 +462,21 @@ impl LogConsumer {
     /// Stores positions under this consumer's group. A position beyond the records this
     /// consumer handed out is refused with [`LogError::CommitPastRead`]: committing it would
     /// lose the records in between.
+    ///
+    /// In a group, positions of partitions the group took away are not committed (the new
+    /// owner's positions are not overwritten): they are left out, and the rest committed.
     pub async fn commit(&mut self, positions: &[Position]) -> Result<(), LogError> {
+        let mut owned = Vec::with_capacity(positions.len());
         for position in positions {
             let read = self.next_offset(&position.topic, position.partition);
+            if read.is_none() && self.membership.is_some() {
+                tracing::debug!(
+                    topic = position.topic,
+                    partition = position.partition,
+                    "not committing a position of a partition the group took away"
+                );
+                continue;
+            }
             if read.is_none_or(|read| position.next_offset > read) {
                 return Err(LogError::CommitPastRead {
                     topic: position.topic.clone(),
@@ -272,9 +485,16 @@ impl LogConsumer {
                     read,
                 });
             }
+            owned.push(position.clone());
         }
-        let result = self.reader.commit(positions).await;
-        if result.is_err() {
+        if owned.is_empty() {
+            return Ok(());
+        }
+        let result = self.reader.commit(&owned).await;
+        if result
+            .as_ref()
+            .is_err_and(|e| !matches!(e, LogError::Rebalanced(_)))
+        {
             // A reader may replace a stuck client when commits fail; rewind before reading.
             self.rewind_pending = true;
         }
@@ -289,4 +509,48 @@ impl LogConsumer {
     ) -> Result<Option<i64>, LogError> {
         self.reader.committed(topic, partition).await
     }
+}
+
+/// `(topic, partition, start)` of each assignment, to compare with where reading starts.
+fn requested_starts(assignments: &[Assignment]) -> Vec<(String, i32, StartFrom)> {
+    assignments
+        .iter()
+        .map(|a| (a.topic.clone(), a.partition, a.start))
+        .collect()
+}
+
+/// Reports partitions that could not resume where they were asked to: a stored position
+/// that retention removed (skipped records) or one beyond the partition's end.
+fn report_resumed(requested: &[(String, i32, StartFrom)], starts: &[Position]) {
+    for start in starts {
+        let resumed = requested
+            .iter()
+            .find(|(t, p, _)| *t == start.topic && *p == start.partition)
+            .and_then(|(_, _, s)| match s {
+                StartFrom::Resume(n) => Some(*n),
+                _ => None,
+            });
+        match resumed {
+            Some(from) if start.next_offset > from => {
+                report_skipped(&start.topic, start.partition, start.next_offset - from)
+            }
+            Some(from) if start.next_offset < from => tracing::warn!(
+                topic = start.topic,
+                partition = start.partition,
+                stored = from,
+                end = start.next_offset,
+                "stored position is past the end of the partition; reading from its end"
+            ),
+            _ => {}
+        }
+    }
+}
+
+/// `topic/partition, …` for a log line.
+fn names(partitions: &[TopicPartition]) -> String {
+    partitions
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-pub use consumer::{LogConsumer, PartitionReader};
+pub use consumer::{Claims, CommittedStarts, LogConsumer, PartitionReader};
 
 use crate::topology::TopicConfig;
 
@@ -135,6 +135,39 @@ pub enum StartFrom {
     Resume(i64),
 }
 
+/// One partition of a topic.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TopicPartition {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+}
+
+impl std::fmt::Display for TopicPartition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.topic, self.partition)
+    }
+}
+
+/// A change of the partitions a group member reads, reported by a [`PartitionReader`] that
+/// was [subscribed](PartitionReader::subscribe).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rebalance {
+    /// The group gave these partitions to this member. The reader reads none of them until
+    /// it is told where to start ([`PartitionReader::accept`]).
+    Assigned(Vec<TopicPartition>),
+    /// The group took these partitions away (`lost`: without asking, because this member
+    /// was considered dead or its client was replaced). The reader reads them no more.
+    Revoked {
+        /// The partitions.
+        partitions: Vec<TopicPartition>,
+        /// Whether they were taken without a revocation (another member may already own
+        /// them).
+        lost: bool,
+    },
+}
+
 /// One partition to read and where to start.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Assignment {
@@ -185,6 +218,11 @@ pub enum LogError {
         /// Partitions the topic has.
         actual: u32,
     },
+    /// The consumer group rebalanced (or this member was fenced out of it) while positions
+    /// were being committed: they were not stored. The partitions' owners read the records
+    /// again from the last stored positions (at-least-once).
+    #[error("the consumer group rebalanced before the positions were committed: {0}")]
+    Rebalanced(String),
     /// A consumer was asked to commit a position beyond the records it handed out; committing
     /// it would lose the records in between. This is a bug in the caller.
     #[error(
@@ -286,7 +324,7 @@ pub trait Log: Send + Sync + 'static {
 
     /// A new consumer whose committed positions are stored under `group`.
     async fn consumer(&self, group: &str) -> Result<LogConsumer, LogError> {
-        Ok(LogConsumer::new(self.reader(group).await?))
+        Ok(LogConsumer::new(self.reader(group).await?, group))
     }
 
     /// Waits until records handed to [`Log::send`] are out, for at most `timeout`.

@@ -42,7 +42,8 @@ pub use partitioner::{murmur2, partition_for};
 
 use sluice_core::log::blocking;
 use sluice_core::log::{
-    Assignment, Delivery, Log, LogError, OutRecord, PartitionReader, Position, Record, StartFrom,
+    Assignment, Delivery, Log, LogError, OutRecord, PartitionReader, Position, Rebalance, Record,
+    StartFrom, TopicPartition,
 };
 
 /// `(topic, partition, offset)` → encoded record.
@@ -1056,6 +1057,7 @@ impl Log for EmbeddedLog {
             assigned: Vec::new(),
             next_partition: 0,
             appended: self.shared.appended.subscribe(),
+            rebalances: Vec::new(),
         }))
     }
 
@@ -1081,6 +1083,9 @@ struct EmbeddedReader {
     /// Where the next poll starts, so partitions take turns.
     next_partition: usize,
     appended: watch::Receiver<u64>,
+    /// Group changes not handed out yet: one process owns the embedded log, so a
+    /// subscription is one assignment of every partition.
+    rebalances: Vec<Rebalance>,
 }
 
 /// The position `group` stored for a partition (a redb read: call on a blocking thread).
@@ -1147,9 +1152,13 @@ fn read_batch(
     Ok(out)
 }
 
-#[async_trait]
-impl PartitionReader for EmbeddedReader {
-    async fn assign(&mut self, assignments: Vec<Assignment>) -> Result<Vec<Position>, LogError> {
+impl EmbeddedReader {
+    /// Each assignment's partition and the offset it starts at.
+    #[allow(clippy::type_complexity)]
+    async fn resolve(
+        &self,
+        assignments: Vec<Assignment>,
+    ) -> Result<(Vec<(String, u32, u64)>, Vec<Position>), LogError> {
         // Stored positions and seeks by time read the redb file: off the async threads.
         let (shared, group) = (self.shared.clone(), self.group.clone());
         let assigned = blocking(move || {
@@ -1192,8 +1201,52 @@ impl PartitionReader for EmbeddedReader {
                 next_offset: *start as i64,
             })
             .collect();
+        Ok((assigned, starts))
+    }
+}
+
+#[async_trait]
+impl PartitionReader for EmbeddedReader {
+    async fn assign(&mut self, assignments: Vec<Assignment>) -> Result<Vec<Position>, LogError> {
+        let (assigned, starts) = self.resolve(assignments).await?;
         self.assigned = assigned;
         self.next_partition = 0;
+        Ok(starts)
+    }
+
+    async fn subscribe(&mut self, topics: &[String]) -> Result<(), LogError> {
+        let mut partitions = Vec::new();
+        {
+            let known = self
+                .shared
+                .topics
+                .read()
+                .map_err(|_| storage_message("state lock poisoned"))?;
+            for topic in topics {
+                let count = known
+                    .get(topic)
+                    .map(|p| p.len() as i32)
+                    .ok_or_else(|| LogError::UnknownTopic(topic.clone()))?;
+                partitions.extend((0..count).map(|partition| TopicPartition {
+                    topic: topic.clone(),
+                    partition,
+                }));
+            }
+        }
+        self.assigned.clear();
+        self.rebalances.push(Rebalance::Assigned(partitions));
+        Ok(())
+    }
+
+    fn rebalances(&mut self) -> Vec<Rebalance> {
+        std::mem::take(&mut self.rebalances)
+    }
+
+    async fn accept(&mut self, assignments: Vec<Assignment>) -> Result<Vec<Position>, LogError> {
+        let (accepted, starts) = self.resolve(assignments).await?;
+        self.assigned
+            .retain(|(t, p, _)| !accepted.iter().any(|(at, ap, _)| at == t && ap == p));
+        self.assigned.extend(accepted);
         Ok(starts)
     }
 

@@ -5,34 +5,33 @@
 //! Java client's partitioner, so other Kafka clients agree on where a key lives.
 
 mod config;
+mod reader;
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::{FutureExt, StreamExt};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
 pub use config::KafkaLogConfig;
+use reader::{KafkaReader, STALL_CHECK};
 use sluice_core::log::blocking;
-use sluice_core::log::{
-    Assignment, Delivery, Log, LogError, OutRecord, PartitionReader, Position, Record, StartFrom,
-};
+use sluice_core::log::{Delivery, Log, LogError, OutRecord, PartitionReader};
 
 /// How long metadata and offset queries may take before they count as failed.
-const META_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const META_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Retries of a query that fails while a new topic's partition leaders settle: about five
 /// seconds of pauses, growing from 50 ms to 500 ms.
-fn settling() -> sluice_core::retry::Retry {
+pub(crate) fn settling() -> sluice_core::retry::Retry {
     sluice_core::retry::Retry::new(sluice_core::retry::Backoff::new(
         Duration::from_millis(50),
         Duration::from_millis(500),
@@ -145,9 +144,11 @@ pub struct KafkaLog {
     meta_config: ClientConfig,
     /// When the metadata client was last replaced.
     meta_renewed: std::sync::Mutex<std::time::Instant>,
+    /// How long a consumer group waits for a silent member before moving its partitions.
+    session_timeout: Duration,
 }
 
-fn backend(error: KafkaError) -> LogError {
+pub(crate) fn backend(error: KafkaError) -> LogError {
     LogError::backend("Kafka", error)
 }
 
@@ -208,6 +209,7 @@ impl KafkaLog {
             meta: std::sync::RwLock::new(Arc::new(meta)),
             meta_config,
             meta_renewed: std::sync::Mutex::new(std::time::Instant::now()),
+            session_timeout: Duration::from_millis(config.session_timeout_ms),
         })
     }
 
@@ -551,362 +553,16 @@ impl Log for KafkaLog {
     }
 
     async fn reader(&self, group: &str) -> Result<Box<dyn PartitionReader>, LogError> {
-        let mut config = self.base.clone();
-        config
-            .set("group.id", group)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("enable.partition.eof", "false")
-            .set("fetch.wait.max.ms", "50");
-        let consumer: StreamConsumer = config.create().map_err(backend)?;
-        Ok(Box::new(KafkaReader {
-            inner: Arc::new(consumer),
-            group: group.to_string(),
-            config,
-            commit_failing_since: None,
-            positions: Vec::new(),
-            last_progress: std::time::Instant::now(),
-            last_stall_check: std::time::Instant::now(),
-        }))
+        Ok(Box::new(KafkaReader::new(
+            &self.base,
+            group,
+            self.session_timeout,
+        )?))
     }
 
     async fn flush(&self, timeout: Duration) -> Result<(), LogError> {
         let producer = self.current_producer();
         blocking(move || producer.flush(timeout).map_err(backend)).await
-    }
-}
-
-/// A Kafka consumer with manual partition assignment and explicit commits.
-struct KafkaReader {
-    inner: Arc<StreamConsumer>,
-    group: String,
-    /// The client settings, to build a fresh client when this one is stuck.
-    config: ClientConfig,
-    /// Since when commits have been failing, if they are.
-    commit_failing_since: Option<std::time::Instant>,
-    /// The next offset this reader returns from each assigned partition.
-    positions: Vec<Position>,
-    /// When this reader last returned a record, or was (re)assigned.
-    last_progress: std::time::Instant,
-    /// When it last checked for a stall.
-    last_stall_check: std::time::Instant,
-}
-
-/// A reader that returned nothing for this long checks whether its partitions hold records it
-/// is not getting; if so, or if it cannot tell, it replaces its client.
-const STALL_CHECK: Duration = Duration::from_secs(10);
-
-/// Commits failing this long (or one commit attempt taking this long) mean the client is
-/// stuck, typically still "waiting for coordinator" after the broker came back: a fresh client
-/// finds the coordinator again.
-const STUCK_COMMITS: Duration = Duration::from_secs(10);
-
-fn to_record(message: &rdkafka::message::BorrowedMessage<'_>) -> Record {
-    let headers = message
-        .headers()
-        .map(|h| {
-            h.iter()
-                .map(|header| {
-                    (
-                        header.key.to_string(),
-                        header.value.unwrap_or_default().to_vec(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    Record {
-        topic: message.topic().to_string(),
-        partition: message.partition(),
-        offset: message.offset(),
-        key: message.key().unwrap_or_default().to_vec(),
-        payload: message.payload().unwrap_or_default().to_vec(),
-        headers,
-        timestamp_ms: message.timestamp().to_millis(),
-    }
-}
-
-impl KafkaReader {
-    /// Replaces the client with a fresh one that has no assignment; the consumer rewinds it
-    /// to its positions before reading again.
-    fn renew(&mut self) -> Result<(), LogError> {
-        let fresh: StreamConsumer = self.config.create().map_err(backend)?;
-        let old = std::mem::replace(&mut self.inner, Arc::new(fresh));
-        // Closing a client waits for its threads: not on an async worker.
-        tokio::task::spawn_blocking(move || drop(old));
-        self.commit_failing_since = None;
-        self.positions.clear(); // the fresh client has no assignment yet
-        Ok(())
-    }
-
-    /// Assigns exactly these offsets (a local operation, no round trip to the broker).
-    async fn assign_exact(&mut self, positions: Vec<Position>) -> Result<(), LogError> {
-        let mut list = TopicPartitionList::new();
-        for p in &positions {
-            list.add_partition_offset(&p.topic, p.partition, Offset::Offset(p.next_offset))
-                .map_err(backend)?;
-        }
-        let consumer = self.inner.clone();
-        blocking(move || consumer.assign(&list).map_err(backend)).await?;
-        self.positions = positions;
-        self.last_progress = std::time::Instant::now();
-        Ok(())
-    }
-
-    /// Whether an assigned partition holds records beyond this reader's position, or the
-    /// client cannot even tell (its watermark queries fail).
-    async fn lagging(&self) -> bool {
-        let consumer = self.inner.clone();
-        let positions = self.positions.clone();
-        blocking(move || {
-            Ok(positions.iter().any(|p| {
-                match consumer.fetch_watermarks(&p.topic, p.partition, Duration::from_secs(5)) {
-                    Ok((_, high)) => high > p.next_offset,
-                    Err(_) => true,
-                }
-            }))
-        })
-        .await
-        .unwrap_or(true)
-    }
-
-    /// After librdkafka has lost and regained the broker, a client can stop fetching some
-    /// partitions for good ("new leader not found in cache") without reporting anything: a
-    /// reader that got nothing for [`STALL_CHECK`] while its partitions hold more records
-    /// replaces its client and assigns it at its positions.
-    async fn recover_if_stalled(&mut self) -> Result<(), LogError> {
-        if self.positions.is_empty()
-            || self.last_progress.elapsed() < STALL_CHECK
-            || self.last_stall_check.elapsed() < STALL_CHECK
-        {
-            return Ok(());
-        }
-        self.last_stall_check = std::time::Instant::now();
-        if !self.lagging().await {
-            return Ok(());
-        }
-        tracing::warn!(
-            group = self.group,
-            idle_s = self.last_progress.elapsed().as_secs(),
-            "the Kafka consumer client gets no records although its partitions hold more; replacing it"
-        );
-        let positions = self.positions.clone();
-        self.renew()?;
-        self.assign_exact(positions).await
-    }
-
-    /// Resolves every start position to an offset now, so that `End` means the end at
-    /// assignment time (librdkafka would resolve it later, racing producers), then assigns.
-    /// Returns the offset each partition starts at.
-    async fn try_assign(&self, assignments: Vec<Assignment>) -> Result<Vec<Position>, LogError> {
-        let consumer = self.inner.clone();
-        let group = self.group.clone();
-        blocking(move || {
-            let mut committed = TopicPartitionList::new();
-            for a in assignments
-                .iter()
-                .filter(|a| a.start == StartFrom::Committed)
-            {
-                committed.add_partition(&a.topic, a.partition);
-            }
-            let committed = if committed.count() > 0 {
-                consumer
-                    .committed_offsets(committed, META_TIMEOUT)
-                    .map_err(backend)?
-            } else {
-                committed
-            };
-            let mut list = TopicPartitionList::new();
-            let mut starts = Vec::with_capacity(assignments.len());
-            for a in &assignments {
-                let watermarks = || {
-                    consumer
-                        .fetch_watermarks(&a.topic, a.partition, META_TIMEOUT)
-                        .map_err(backend)
-                };
-                let offset = match a.start {
-                    StartFrom::Committed => {
-                        match committed
-                            .find_partition(&a.topic, a.partition)
-                            .map(|e| e.offset())
-                        {
-                            Some(Offset::Offset(n)) => {
-                                let (low, high) = watermarks()?;
-                                sluice_core::log::clamp_position(
-                                    &a.topic,
-                                    a.partition,
-                                    n,
-                                    low,
-                                    high,
-                                )
-                            }
-                            _ => watermarks()?.0,
-                        }
-                    }
-                    StartFrom::Beginning => watermarks()?.0,
-                    StartFrom::End => watermarks()?.1,
-                    StartFrom::Offset(n) | StartFrom::Resume(n) => {
-                        let (low, high) = watermarks()?;
-                        n.clamp(low, high)
-                    }
-                    StartFrom::Time(ms) => {
-                        let mut query = TopicPartitionList::new();
-                        query
-                            .add_partition_offset(&a.topic, a.partition, Offset::Offset(ms))
-                            .map_err(backend)?;
-                        let found = consumer
-                            .offsets_for_times(query, META_TIMEOUT)
-                            .map_err(backend)?;
-                        match found.elements().first().map(|e| e.offset()) {
-                            Some(Offset::Offset(n)) => n,
-                            // No record at or after the time: start at the end.
-                            _ => watermarks()?.1,
-                        }
-                    }
-                };
-                list.add_partition_offset(&a.topic, a.partition, Offset::Offset(offset))
-                    .map_err(backend)?;
-                starts.push(Position {
-                    topic: a.topic.clone(),
-                    partition: a.partition,
-                    next_offset: offset,
-                });
-            }
-            tracing::debug!(group, partitions = list.count(), "assigning partitions");
-            consumer.assign(&list).map_err(backend)?;
-            Ok(starts)
-        })
-        .await
-    }
-}
-
-#[async_trait]
-impl PartitionReader for KafkaReader {
-    async fn assign(&mut self, assignments: Vec<Assignment>) -> Result<Vec<Position>, LogError> {
-        // Right after topics are created their leaders may still be settling; retry briefly.
-        let starts = settling()
-            .run(
-                || self.try_assign(assignments.clone()),
-                |_| sluice_core::retry::Verdict::Retry,
-                |error, _| tracing::debug!(%error, "partition assignment not possible yet; retrying"),
-            )
-            .await
-            .map_err(sluice_core::retry::GaveUp::into_error)?;
-        self.positions = starts.clone();
-        self.last_progress = std::time::Instant::now();
-        Ok(starts)
-    }
-
-    async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Record>, LogError> {
-        let mut records = Vec::new();
-        // Error events (the broker going away, a failed connection) are notices: librdkafka
-        // reconnects by itself and loses no record over them. They queue up while the broker
-        // is away, so take them all now, or a caller that pauses after each error would still
-        // be working through stale notices long after the broker is back.
-        let deadline = tokio::time::Instant::now() + wait;
-        let mut notice = None;
-        let first = loop {
-            match tokio::time::timeout_at(deadline, self.inner.recv()).await {
-                Ok(Ok(message)) => break message,
-                Ok(Err(error)) => notice = Some(error),
-                Err(_) => {
-                    self.recover_if_stalled().await?;
-                    return match notice {
-                        Some(error) => Err(backend(error)),
-                        None => Ok(records),
-                    };
-                }
-            }
-        };
-        records.push(to_record(&first));
-        drop(first);
-        // Take whatever else is already fetched, without waiting for more. An error event in
-        // that stream (a broker going away, say) ends the batch but never discards the records
-        // already taken: librdkafka's position is past them, so they would be lost.
-        let mut stream = self.inner.stream();
-        while records.len() < max {
-            match stream.next().now_or_never() {
-                Some(Some(Ok(message))) => records.push(to_record(&message)),
-                Some(Some(Err(error))) => {
-                    tracing::warn!(group = self.group, %error, "the Kafka consumer reported an error; returning the records read so far");
-                    break;
-                }
-                _ => break,
-            }
-        }
-        self.last_progress = std::time::Instant::now();
-        for record in &records {
-            if let Some(position) = self
-                .positions
-                .iter_mut()
-                .find(|p| p.partition == record.partition && p.topic == record.topic)
-            {
-                position.next_offset = position.next_offset.max(record.offset + 1);
-            }
-        }
-        Ok(records)
-    }
-
-    /// Assigns the exact offsets, with no round trip to the broker, so a rewind works at once
-    /// even while the broker is away; nothing is done when the client is already there. An
-    /// offset that retention removed meanwhile makes librdkafka start at the oldest record
-    /// (`auto.offset.reset=earliest`), which the consumer sees as a gap and reports.
-    async fn rewind(&mut self, positions: Vec<Position>) -> Result<Vec<Position>, LogError> {
-        // After an error event that lost nothing (this reader returns what it took), the
-        // client is already where the consumer wants it: assigning again would only restart
-        // its fetches, and while the broker is away every restart reports the outage again.
-        if positions != self.positions {
-            self.assign_exact(positions.clone()).await?;
-        }
-        Ok(positions)
-    }
-
-    async fn commit(&mut self, positions: &[Position]) -> Result<(), LogError> {
-        if positions.is_empty() {
-            return Ok(());
-        }
-        let mut list = TopicPartitionList::new();
-        for p in positions {
-            list.add_partition_offset(&p.topic, p.partition, Offset::Offset(p.next_offset))
-                .map_err(backend)?;
-        }
-        let consumer = self.inner.clone();
-        let started = std::time::Instant::now();
-        // A synchronous commit can block for most of a minute while the client waits for a
-        // coordinator; stop waiting once it counts as stuck (the commit is retried, and a late
-        // success of the abandoned one only moves the position back: records are re-read).
-        let commit = blocking(move || consumer.commit(&list, CommitMode::Sync).map_err(backend));
-        let result = tokio::time::timeout(STUCK_COMMITS, commit)
-            .await
-            .unwrap_or(Err(LogError::Timeout(STUCK_COMMITS)));
-        match &result {
-            Ok(()) => self.commit_failing_since = None,
-            Err(error) => {
-                let since = *self.commit_failing_since.get_or_insert(started);
-                if since.elapsed() >= STUCK_COMMITS || started.elapsed() >= STUCK_COMMITS {
-                    tracing::warn!(group = self.group, %error, "commits keep failing; replacing the Kafka consumer client");
-                    self.renew()?;
-                }
-            }
-        }
-        result
-    }
-
-    async fn committed(&mut self, topic: &str, partition: i32) -> Result<Option<i64>, LogError> {
-        let mut list = TopicPartitionList::new();
-        list.add_partition(topic, partition);
-        let consumer = self.inner.clone();
-        blocking(move || {
-            let found = consumer
-                .committed_offsets(list, META_TIMEOUT)
-                .map_err(backend)?;
-            Ok(found.elements().first().and_then(|e| match e.offset() {
-                Offset::Offset(n) => Some(n),
-                _ => None,
-            }))
-        })
-        .await
     }
 }
 

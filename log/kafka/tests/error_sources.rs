@@ -7,10 +7,10 @@ use sluice_log_kafka::{KafkaLog, KafkaLogConfig};
 
 #[test]
 fn a_kafka_client_that_cannot_be_created_reports_librdkafkas_error_as_the_source() {
-    let config = KafkaLogConfig {
-        brokers: "127.0.0.1:1".into(),
-        properties: [("no.such.property".to_string(), "1".to_string())].into(),
-    };
+    let mut config = KafkaLogConfig::new("127.0.0.1:1");
+    config
+        .properties
+        .insert("no.such.property".to_string(), "1".to_string());
     let error = match KafkaLog::new(&config, "sluice") {
         Ok(_) => panic!("an unknown librdkafka property must be refused"),
         Err(error) => error,

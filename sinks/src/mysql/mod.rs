@@ -13,12 +13,12 @@ use std::time::Instant;
 use async_trait::async_trait;
 use mysql_async::prelude::*;
 use mysql_async::{Opts, OptsBuilder, Params, Pool, TxOpts, Value};
-use sluice_core::log::Position;
+use sluice_core::log::{Position, TopicPartition};
 use sluice_core::lookup::OrderStatus;
 use sluice_core::order::{now_ms, EnrichedOrder};
 use uuid::Uuid;
 
-use crate::writer::{Batch, Fault, ShardWriter, SinkError};
+use crate::writer::{Batch, Claimed, Fault, ShardWriter, SinkError};
 
 /// Largest number of rows in one INSERT statement.
 pub const ROWS_PER_STATEMENT: usize = 500;
@@ -322,6 +322,52 @@ impl ShardWriter for MysqlShard {
             .collect())
     }
 
+    async fn claim(
+        &self,
+        consumer: &str,
+        owner: &str,
+        partitions: &[TopicPartition],
+    ) -> Result<Vec<Claimed>, SinkError> {
+        if partitions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = now_ms();
+        let mut tx = self
+            .pool
+            .start_transaction(TxOpts::default())
+            .await
+            .map_err(|e| self.db_error(e))?;
+        let sql = format!(
+            "INSERT INTO sluice_owners (consumer, topic, partition_id, epoch, owner, claimed_at_ms) VALUES {} \
+             ON DUPLICATE KEY UPDATE epoch = epoch + 1, owner = VALUES(owner), claimed_at_ms = VALUES(claimed_at_ms)",
+            placeholders("(?,?,?,1,?,?)", partitions.len())
+        );
+        let mut params = Vec::with_capacity(partitions.len() * 5);
+        for p in partitions {
+            params.extend([
+                Value::from(consumer),
+                Value::from(p.topic.as_str()),
+                Value::from(p.partition),
+                Value::from(owner),
+                Value::from(now),
+            ]);
+        }
+        tx.exec_drop(sql, Params::Positional(params))
+            .await
+            .map_err(|e| self.db_error(e))?;
+        let rows: Vec<(String, i32, i64, Option<i64>)> = tx
+            .exec(
+                "SELECT o.topic, o.partition_id, o.epoch, p.next_offset FROM sluice_owners o \
+                 LEFT JOIN sluice_offsets p ON p.consumer = o.consumer AND p.topic = o.topic AND p.partition_id = o.partition_id \
+                 WHERE o.consumer = ?",
+                (consumer,),
+            )
+            .await
+            .map_err(|e| self.db_error(e))?;
+        tx.commit().await.map_err(|e| self.db_error(e))?;
+        Ok(crate::writer::claimed(partitions, rows))
+    }
+
     async fn write_batch(&self, consumer: &str, batch: &Batch) -> Result<(), SinkError> {
         if batch.is_empty() {
             return Ok(());
@@ -333,6 +379,31 @@ impl ShardWriter for MysqlShard {
             .start_transaction(TxOpts::default())
             .await
             .map_err(|e| self.db_error(e))?;
+        if !batch.epochs.is_empty() {
+            // Lock the batch's owner rows first: a claim by another process waits for this
+            // transaction, or this one sees its new epoch and stores nothing.
+            let sql = format!(
+                "SELECT topic, partition_id, epoch FROM sluice_owners WHERE consumer = ? AND ({}) FOR UPDATE",
+                vec!["(topic = ? AND partition_id = ?)"; batch.epochs.len()].join(" OR ")
+            );
+            let mut params = Vec::with_capacity(1 + batch.epochs.len() * 2);
+            params.push(Value::from(consumer));
+            for (p, _) in &batch.epochs {
+                params.extend([Value::from(p.topic.as_str()), Value::from(p.partition)]);
+            }
+            let owners: Vec<(String, i32, i64)> = tx
+                .exec(sql, Params::Positional(params))
+                .await
+                .map_err(|e| self.db_error(e))?;
+            let fenced = crate::writer::fenced(&batch.epochs, &owners);
+            if !fenced.is_empty() {
+                drop(tx); // rolls back
+                return Err(SinkError::Fenced {
+                    shard: self.name.clone(),
+                    partitions: fenced,
+                });
+            }
+        }
         for chunk in batch.orders.chunks(ROWS_PER_STATEMENT) {
             let sql = format!(
                 "INSERT INTO orders ({ORDER_COLUMNS}) VALUES {} {LATEST_ENRICHMENT_WINS}",

@@ -47,4 +47,17 @@ pub const MIGRATIONS: &[Migration] = &[
         // MySQL shards have had `rejected_by_user` since version 1 (SQLite's lacked it).
         statements: &[],
     },
+    Migration {
+        version: 3,
+        name: "owner epochs of consumer positions",
+        statements: &["CREATE TABLE IF NOT EXISTS sluice_owners (
+        consumer VARCHAR(191) NOT NULL,
+        topic VARCHAR(249) NOT NULL,
+        partition_id INT NOT NULL,
+        epoch BIGINT NOT NULL COMMENT 'raised by every claim; writes under an older epoch are refused',
+        owner VARCHAR(255) NOT NULL COMMENT 'host and process id of the claiming sink',
+        claimed_at_ms BIGINT NOT NULL,
+        PRIMARY KEY (consumer, topic, partition_id)
+    ) ENGINE=InnoDB"],
+    },
 ];

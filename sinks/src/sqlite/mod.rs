@@ -11,13 +11,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use async_trait::async_trait;
-use rusqlite::{params, Connection, OptionalExtension};
-use sluice_core::log::Position;
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use sluice_core::log::{Position, TopicPartition};
 use sluice_core::lookup::OrderStatus;
 use sluice_core::order::{now_ms, EnrichedOrder};
 use uuid::Uuid;
 
-use crate::writer::{Batch, DatabaseError, Fault, ShardWriter, SinkError};
+use crate::writer::{Batch, Claimed, DatabaseError, Fault, ShardWriter, SinkError};
 
 /// One SQLite shard file.
 pub struct SqliteShard {
@@ -173,15 +173,71 @@ impl ShardWriter for SqliteShard {
         .await
     }
 
+    async fn claim(
+        &self,
+        consumer: &str,
+        owner: &str,
+        partitions: &[TopicPartition],
+    ) -> Result<Vec<Claimed>, SinkError> {
+        if partitions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (consumer, owner, partitions) =
+            (consumer.to_string(), owner.to_string(), partitions.to_vec());
+        self.with_conn(move |conn| {
+            let now = now_ms();
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            for p in &partitions {
+                tx.prepare_cached(
+                    "INSERT INTO sluice_owners (consumer, topic, partition_id, epoch, owner, claimed_at_ms) VALUES (?,?,?,1,?,?) \
+                     ON CONFLICT (consumer, topic, partition_id) DO UPDATE SET epoch = epoch + 1, owner = excluded.owner, \
+                     claimed_at_ms = excluded.claimed_at_ms",
+                )?
+                .execute(params![consumer, p.topic, p.partition, owner, now])?;
+            }
+            let rows = {
+                let mut statement = tx.prepare(
+                    "SELECT o.topic, o.partition_id, o.epoch, p.next_offset FROM sluice_owners o \
+                     LEFT JOIN sluice_offsets p ON p.consumer = o.consumer AND p.topic = o.topic AND p.partition_id = o.partition_id \
+                     WHERE o.consumer = ?",
+                )?;
+                let rows = statement.query_map([&consumer], |row| {
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+                })?;
+                rows.collect::<Result<Vec<_>, _>>()?
+            };
+            tx.commit()?;
+            Ok(crate::writer::claimed(&partitions, rows))
+        })
+        .await
+    }
+
     async fn write_batch(&self, consumer: &str, batch: &Batch) -> Result<(), SinkError> {
         if batch.is_empty() {
             return Ok(());
         }
         let started = Instant::now();
         let (consumer, batch_owned) = (consumer.to_string(), batch.clone());
-        self.with_conn(move |conn| {
+        let fenced = self.with_conn(move |conn| {
             let now = now_ms();
-            let tx = conn.transaction()?;
+            // Immediate: the owner epochs read below cannot change before the commit.
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            if !batch_owned.epochs.is_empty() {
+                let mut owners = Vec::with_capacity(batch_owned.epochs.len());
+                for (p, _) in &batch_owned.epochs {
+                    let epoch: Option<i64> = tx
+                        .prepare_cached(
+                            "SELECT epoch FROM sluice_owners WHERE consumer = ? AND topic = ? AND partition_id = ?",
+                        )?
+                        .query_row(params![consumer, p.topic, p.partition], |row| row.get(0))
+                        .optional()?;
+                    owners.extend(epoch.map(|epoch| (p.topic.clone(), p.partition, epoch)));
+                }
+                let fenced = crate::writer::fenced(&batch_owned.epochs, &owners);
+                if !fenced.is_empty() {
+                    return Ok(fenced); // the transaction rolls back when dropped
+                }
+            }
             for order in &batch_owned.orders {
                 insert_order(&tx, order, now)?;
             }
@@ -200,9 +256,16 @@ impl ShardWriter for SqliteShard {
                 )?
                 .execute(params![consumer, p.topic, p.partition, p.next_offset, now])?;
             }
-            tx.commit()
+            tx.commit()?;
+            Ok(Vec::new())
         })
         .await?;
+        if !fenced.is_empty() {
+            return Err(SinkError::Fenced {
+                shard: self.name.clone(),
+                partitions: fenced,
+            });
+        }
         crate::writer::record_committed(&self.name, batch, started);
         Ok(())
     }

@@ -54,6 +54,19 @@ pub const MIGRATIONS: &[Migration] = &[
             "CREATE INDEX IF NOT EXISTS rejected_by_user ON rejected_orders (user_id, order_id)",
         ],
     },
+    Migration {
+        version: 3,
+        name: "owner epochs of consumer positions",
+        statements: &["CREATE TABLE IF NOT EXISTS sluice_owners (
+    consumer TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    partition_id INTEGER NOT NULL,
+    epoch INTEGER NOT NULL,
+    owner TEXT NOT NULL,
+    claimed_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (consumer, topic, partition_id)
+) WITHOUT ROWID"],
+    },
 ];
 
 /// The highest version recorded in the shard, 0 for a shard with no version table.

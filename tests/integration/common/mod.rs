@@ -245,10 +245,7 @@ pub fn test_topology_on(
         Backend::Services => {
             let infra = infra();
             t.log.backend = LogBackend::Kafka;
-            t.log.kafka = Some(KafkaLogConfig {
-                brokers: infra.brokers.clone(),
-                properties: Default::default(),
-            });
+            t.log.kafka = Some(KafkaLogConfig::new(infra.brokers.clone()));
             for (index, shard) in t.shards.iter_mut().enumerate() {
                 shard.url = format!("{}/{id}_s{index}", infra.mysql_servers[index]);
             }

@@ -1,0 +1,710 @@
+//! Reading Kafka partitions: [`KafkaReader`], with partitions it is given (replays) or in a
+//! consumer group with cooperative incremental (sticky) assignment (live stages and sinks).
+//!
+//! In a group, librdkafka reports each rebalance to [`GroupContext`] on the thread that polls
+//! the client. A revocation is carried out at once (the owner has committed what it finished
+//! before it polled, see `sluice_core::log::consumer`). An assignment is only recorded: the
+//! group waits (librdkafka's "wait for the assign call") until the owner has claimed the
+//! partitions and said where each starts ([`PartitionReader::accept`]), so no record of them
+//! is fetched from a position the owner did not choose.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::{FutureExt, StreamExt};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Headers, Message};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+use sluice_core::log::{
+    blocking, Assignment, LogError, PartitionReader, Position, Rebalance, Record, StartFrom,
+    TopicPartition,
+};
+
+use crate::{backend, settling, META_TIMEOUT};
+
+/// A Kafka consumer client whose rebalances Sluice handles.
+type Client = StreamConsumer<GroupContext>;
+
+/// A reader that returned nothing for this long checks whether its partitions hold records it
+/// is not getting; if so, or if it cannot tell, it replaces its client.
+pub(crate) const STALL_CHECK: Duration = Duration::from_secs(10);
+
+/// Commits failing this long (or one commit attempt taking this long) mean the client is
+/// stuck, typically still "waiting for coordinator" after the broker came back: a fresh client
+/// finds the coordinator again.
+const STUCK_COMMITS: Duration = Duration::from_secs(10);
+
+/// Longest wait for a client to leave its group when it is closed.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The rebalances of one client, as librdkafka reports them while the client is polled.
+#[derive(Default)]
+pub(crate) struct GroupContext {
+    /// Changes not handed to the reader yet.
+    changes: Mutex<Vec<Rebalance>>,
+    /// The last assignment, until the reader accepts it: the group waits for it.
+    awaiting: Mutex<Option<TopicPartitionList>>,
+    /// The client is closing: nothing reads it any more, so rebalances are served at once.
+    closing: AtomicBool,
+}
+
+impl ClientContext for GroupContext {}
+
+impl ConsumerContext for GroupContext {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let closing = self.closing.load(Ordering::Acquire);
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                // The group needs an answer even to an empty assignment.
+                if closing || tpl.count() == 0 {
+                    if let Err(error) = consumer.incremental_assign(tpl) {
+                        tracing::warn!(%error, "cannot take the group's assignment");
+                    }
+                    return;
+                }
+                *lock(&self.awaiting) = Some(tpl.clone());
+                lock(&self.changes).push(Rebalance::Assigned(partitions_of(tpl)));
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let lost = consumer.assignment_lost();
+                if let Err(error) = consumer.incremental_unassign(tpl) {
+                    tracing::warn!(%error, "cannot give up the partitions the group revoked");
+                }
+                if !closing && tpl.count() > 0 {
+                    lock(&self.changes).push(Rebalance::Revoked {
+                        partitions: partitions_of(tpl),
+                        lost,
+                    });
+                }
+            }
+            other => {
+                let code: RDKafkaErrorCode = other.into();
+                tracing::warn!(error = %code, "the consumer group reported a rebalance error");
+            }
+        }
+    }
+}
+
+impl GroupContext {
+    /// Answers an assignment the reader will never accept (the client is closing or being
+    /// replaced), so the client can leave its group instead of waiting for the answer.
+    fn release(&self, consumer: &Client) {
+        self.closing.store(true, Ordering::Release);
+        if let Some(awaiting) = lock(&self.awaiting).take() {
+            if let Err(error) = consumer.incremental_assign(&awaiting) {
+                tracing::debug!(%error, "cannot answer the group's last assignment while closing");
+            }
+        }
+    }
+}
+
+/// The data behind `mutex`, even if a panic poisoned it.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The partitions of a librdkafka list.
+fn partitions_of(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
+    tpl.elements()
+        .iter()
+        .map(|e| TopicPartition {
+            topic: e.topic().to_string(),
+            partition: e.partition(),
+        })
+        .collect()
+}
+
+/// A librdkafka list of exact positions.
+fn position_list(positions: &[Position]) -> Result<TopicPartitionList, LogError> {
+    let mut list = TopicPartitionList::new();
+    for p in positions {
+        list.add_partition_offset(&p.topic, p.partition, Offset::Offset(p.next_offset))
+            .map_err(backend)?;
+    }
+    Ok(list)
+}
+
+/// Whether a commit failed because the group changed under it (a rebalance, or this member
+/// was fenced out): retrying the same commit cannot succeed, and the client is not stuck.
+fn group_changed(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::RebalanceInProgress
+                | RDKafkaErrorCode::IllegalGeneration
+                | RDKafkaErrorCode::UnknownMemberId
+                | RDKafkaErrorCode::FencedInstanceId
+                | RDKafkaErrorCode::StaleMemberEpoch
+                | RDKafkaErrorCode::AssignmentLost
+        )
+    )
+}
+
+/// A Kafka consumer with explicit commits, reading assigned partitions or its group's share.
+pub(crate) struct KafkaReader {
+    inner: Arc<Client>,
+    group: String,
+    /// The client settings, to build a fresh client when this one is stuck.
+    config: ClientConfig,
+    /// The topics of the group subscription, once subscribed.
+    subscription: Option<Vec<String>>,
+    /// Changes that are not the client's own (partitions lost with a replaced client).
+    replaced: Vec<Rebalance>,
+    /// Since when commits have been failing, if they are.
+    commit_failing_since: Option<std::time::Instant>,
+    /// The next offset this reader returns from each partition it reads.
+    positions: Vec<Position>,
+    /// When this reader last returned a record, or was (re)assigned.
+    last_progress: std::time::Instant,
+    /// When it last checked for a stall.
+    last_stall_check: std::time::Instant,
+}
+
+fn to_record(message: &rdkafka::message::BorrowedMessage<'_>) -> Record {
+    let headers = message
+        .headers()
+        .map(|h| {
+            h.iter()
+                .map(|header| {
+                    (
+                        header.key.to_string(),
+                        header.value.unwrap_or_default().to_vec(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Record {
+        topic: message.topic().to_string(),
+        partition: message.partition(),
+        offset: message.offset(),
+        key: message.key().unwrap_or_default().to_vec(),
+        payload: message.payload().unwrap_or_default().to_vec(),
+        headers,
+        timestamp_ms: message.timestamp().to_millis(),
+    }
+}
+
+impl KafkaReader {
+    /// A reader whose positions are committed under `group`. In a group, a member silent for
+    /// `session_timeout` is considered dead and its partitions move to the others.
+    pub(crate) fn new(
+        base: &ClientConfig,
+        group: &str,
+        session_timeout: Duration,
+    ) -> Result<Self, LogError> {
+        let session_ms = session_timeout.as_millis().max(1);
+        let mut config = base.clone();
+        config
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "false")
+            .set("fetch.wait.max.ms", "50")
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set("session.timeout.ms", session_ms.to_string())
+            // Three heartbeats per session, as Kafka recommends, at most every 3 s.
+            .set(
+                "heartbeat.interval.ms",
+                (session_ms / 3).clamp(1, 3000).to_string(),
+            );
+        Ok(KafkaReader {
+            inner: Arc::new(new_client(&config)?),
+            group: group.to_string(),
+            config,
+            subscription: None,
+            replaced: Vec::new(),
+            commit_failing_since: None,
+            positions: Vec::new(),
+            last_progress: std::time::Instant::now(),
+            last_stall_check: std::time::Instant::now(),
+        })
+    }
+
+    /// Replaces the client with a fresh one that reads nothing yet. Outside a group, the
+    /// consumer rewinds it to its positions before reading again; in a group, the fresh
+    /// client joins the group again, and the old client's partitions count as lost.
+    fn renew(&mut self) -> Result<(), LogError> {
+        let fresh = new_client(&self.config)?;
+        if let Some(topics) = &self.subscription {
+            subscribe(&fresh, topics)?;
+            let mut lost: Vec<TopicPartition> = self
+                .positions
+                .iter()
+                .map(|p| TopicPartition {
+                    topic: p.topic.clone(),
+                    partition: p.partition,
+                })
+                .collect();
+            // Assignments the owner has not accepted yet belonged to the old client too.
+            for change in std::mem::take(&mut *lock(&self.inner.context().changes)) {
+                match change {
+                    Rebalance::Assigned(partitions) => lost.extend(partitions),
+                    Rebalance::Revoked { partitions, .. } => {
+                        lost.retain(|p| !partitions.contains(p))
+                    }
+                }
+            }
+            if let Some(awaiting) = lock(&self.inner.context().awaiting).as_ref() {
+                lost.extend(partitions_of(awaiting));
+            }
+            lost.sort();
+            lost.dedup();
+            if !lost.is_empty() {
+                self.replaced.push(Rebalance::Revoked {
+                    partitions: lost,
+                    lost: true,
+                });
+            }
+        }
+        let old = std::mem::replace(&mut self.inner, Arc::new(fresh));
+        // Closing a client waits for its threads: not on an async worker.
+        tokio::task::spawn_blocking(move || close_client(old));
+        self.commit_failing_since = None;
+        self.positions.clear(); // the fresh client reads nothing yet
+        Ok(())
+    }
+
+    /// Assigns exactly these offsets (a local operation, no round trip to the broker).
+    async fn assign_exact(&mut self, positions: Vec<Position>) -> Result<(), LogError> {
+        let list = position_list(&positions)?;
+        let consumer = self.inner.clone();
+        blocking(move || consumer.assign(&list).map_err(backend)).await?;
+        self.positions = positions;
+        self.last_progress = std::time::Instant::now();
+        Ok(())
+    }
+
+    /// Moves the group's partitions to exactly these offsets (a local operation).
+    async fn seek_exact(&mut self, positions: Vec<Position>) -> Result<(), LogError> {
+        let list = position_list(&positions)?;
+        let consumer = self.inner.clone();
+        blocking(move || {
+            let done = consumer
+                .seek_partitions(list, Duration::from_secs(5))
+                .map_err(backend)?;
+            for element in done.elements() {
+                if let Err(error) = element.error() {
+                    return Err(LogError::backend(
+                        format!(
+                            "cannot move the reader of {}/{}",
+                            element.topic(),
+                            element.partition()
+                        ),
+                        error,
+                    ));
+                }
+            }
+            Ok(())
+        })
+        .await?;
+        for target in positions {
+            match self
+                .positions
+                .iter_mut()
+                .find(|p| p.partition == target.partition && p.topic == target.topic)
+            {
+                Some(position) => *position = target,
+                None => self.positions.push(target),
+            }
+        }
+        self.last_progress = std::time::Instant::now();
+        Ok(())
+    }
+
+    /// Whether a partition this reader reads holds records beyond its position, or the
+    /// client cannot even tell (its watermark queries fail).
+    async fn lagging(&self) -> bool {
+        let consumer = self.inner.clone();
+        let positions = self.positions.clone();
+        blocking(move || {
+            Ok(positions.iter().any(|p| {
+                match consumer.fetch_watermarks(&p.topic, p.partition, Duration::from_secs(5)) {
+                    Ok((_, high)) => high > p.next_offset,
+                    Err(_) => true,
+                }
+            }))
+        })
+        .await
+        .unwrap_or(true)
+    }
+
+    /// After librdkafka has lost and regained the broker, a client can stop fetching some
+    /// partitions for good ("new leader not found in cache") without reporting anything: a
+    /// reader that got nothing for [`STALL_CHECK`] while its partitions hold more records
+    /// replaces its client (outside a group, it assigns the fresh one at its positions).
+    async fn recover_if_stalled(&mut self) -> Result<(), LogError> {
+        if self.positions.is_empty()
+            || self.last_progress.elapsed() < STALL_CHECK
+            || self.last_stall_check.elapsed() < STALL_CHECK
+        {
+            return Ok(());
+        }
+        self.last_stall_check = std::time::Instant::now();
+        if !self.lagging().await {
+            return Ok(());
+        }
+        tracing::warn!(
+            group = self.group,
+            idle_s = self.last_progress.elapsed().as_secs(),
+            "the Kafka consumer client gets no records although its partitions hold more; replacing it"
+        );
+        let positions = self.positions.clone();
+        self.renew()?;
+        if self.subscription.is_none() {
+            self.assign_exact(positions).await?;
+        }
+        Ok(())
+    }
+
+    /// Resolves every start position to an offset now, so that `End` means the end at
+    /// assignment time (librdkafka would resolve it later, racing producers). Returns the
+    /// offset each partition starts at.
+    async fn resolve(&self, assignments: Vec<Assignment>) -> Result<Vec<Position>, LogError> {
+        let consumer = self.inner.clone();
+        blocking(move || resolve_starts(&consumer, &assignments)).await
+    }
+}
+
+/// A client with its own [`GroupContext`].
+fn new_client(config: &ClientConfig) -> Result<Client, LogError> {
+    config
+        .create_with_context(GroupContext::default())
+        .map_err(backend)
+}
+
+/// Subscribes `client` to `topics`.
+fn subscribe(client: &Client, topics: &[String]) -> Result<(), LogError> {
+    let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+    client.subscribe(&topics).map_err(backend)
+}
+
+/// Leaves the group and closes the client (blocking: call on a blocking thread).
+fn close_client(client: Arc<Client>) {
+    client.context().release(&client);
+    drop(client);
+}
+
+/// The offset each assignment starts at (blocking: call on a blocking thread).
+fn resolve_starts(
+    consumer: &Client,
+    assignments: &[Assignment],
+) -> Result<Vec<Position>, LogError> {
+    let mut committed = TopicPartitionList::new();
+    for a in assignments
+        .iter()
+        .filter(|a| a.start == StartFrom::Committed)
+    {
+        committed.add_partition(&a.topic, a.partition);
+    }
+    let committed = if committed.count() > 0 {
+        consumer
+            .committed_offsets(committed, META_TIMEOUT)
+            .map_err(backend)?
+    } else {
+        committed
+    };
+    let mut starts = Vec::with_capacity(assignments.len());
+    for a in assignments {
+        let watermarks = || {
+            consumer
+                .fetch_watermarks(&a.topic, a.partition, META_TIMEOUT)
+                .map_err(backend)
+        };
+        let offset = match a.start {
+            StartFrom::Committed => {
+                match committed
+                    .find_partition(&a.topic, a.partition)
+                    .map(|e| e.offset())
+                {
+                    Some(Offset::Offset(n)) => {
+                        let (low, high) = watermarks()?;
+                        sluice_core::log::clamp_position(&a.topic, a.partition, n, low, high)
+                    }
+                    _ => watermarks()?.0,
+                }
+            }
+            StartFrom::Beginning => watermarks()?.0,
+            StartFrom::End => watermarks()?.1,
+            StartFrom::Offset(n) | StartFrom::Resume(n) => {
+                let (low, high) = watermarks()?;
+                n.clamp(low, high)
+            }
+            StartFrom::Time(ms) => {
+                let mut query = TopicPartitionList::new();
+                query
+                    .add_partition_offset(&a.topic, a.partition, Offset::Offset(ms))
+                    .map_err(backend)?;
+                let found = consumer
+                    .offsets_for_times(query, META_TIMEOUT)
+                    .map_err(backend)?;
+                match found.elements().first().map(|e| e.offset()) {
+                    Some(Offset::Offset(n)) => n,
+                    // No record at or after the time: start at the end.
+                    _ => watermarks()?.1,
+                }
+            }
+        };
+        starts.push(Position {
+            topic: a.topic.clone(),
+            partition: a.partition,
+            next_offset: offset,
+        });
+    }
+    Ok(starts)
+}
+
+impl Drop for KafkaReader {
+    fn drop(&mut self) {
+        // Dropping the client waits until it left its group: answer an assignment it still
+        // waits for (or it would wait for ever), and wait on a blocking thread.
+        let client = self.inner.clone();
+        client.context().release(&client);
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(move || drop(client))),
+            Err(_) => drop(client),
+        }
+    }
+}
+
+#[async_trait]
+impl PartitionReader for KafkaReader {
+    async fn assign(&mut self, assignments: Vec<Assignment>) -> Result<Vec<Position>, LogError> {
+        // Right after topics are created their leaders may still be settling; retry briefly.
+        let starts = settling()
+            .run(
+                || self.resolve(assignments.clone()),
+                |_| sluice_core::retry::Verdict::Retry,
+                |error, _| tracing::debug!(%error, "partition assignment not possible yet; retrying"),
+            )
+            .await
+            .map_err(sluice_core::retry::GaveUp::into_error)?;
+        tracing::debug!(
+            group = self.group,
+            partitions = starts.len(),
+            "assigning partitions"
+        );
+        self.assign_exact(starts.clone()).await?;
+        Ok(starts)
+    }
+
+    async fn subscribe(&mut self, topics: &[String]) -> Result<(), LogError> {
+        subscribe(&self.inner, topics)?;
+        self.subscription = Some(topics.to_vec());
+        self.positions.clear();
+        Ok(())
+    }
+
+    fn rebalances(&mut self) -> Vec<Rebalance> {
+        let mut changes = std::mem::take(&mut self.replaced);
+        changes.append(&mut lock(&self.inner.context().changes));
+        for change in &changes {
+            if let Rebalance::Revoked { partitions, .. } = change {
+                self.positions.retain(|p| {
+                    !partitions
+                        .iter()
+                        .any(|r| r.partition == p.partition && r.topic == p.topic)
+                });
+            }
+        }
+        changes
+    }
+
+    async fn accept(&mut self, assignments: Vec<Assignment>) -> Result<Vec<Position>, LogError> {
+        let starts = settling()
+            .run(
+                || self.resolve(assignments.clone()),
+                |_| sluice_core::retry::Verdict::Retry,
+                |error, _| tracing::debug!(%error, "cannot resolve where assigned partitions start yet; retrying"),
+            )
+            .await
+            .map_err(sluice_core::retry::GaveUp::into_error)?;
+        let list = position_list(&starts)?;
+        let consumer = self.inner.clone();
+        blocking(move || {
+            // The group's assignment is answered with the same partitions, now with their
+            // offsets: the group waits for this call.
+            consumer.incremental_assign(&list).map_err(backend)?;
+            lock(&consumer.context().awaiting).take();
+            Ok(())
+        })
+        .await?;
+        tracing::debug!(
+            group = self.group,
+            partitions = starts.len(),
+            "reading the partitions the group assigned"
+        );
+        self.positions.retain(|p| {
+            !starts
+                .iter()
+                .any(|s| s.partition == p.partition && s.topic == p.topic)
+        });
+        self.positions.extend(starts.iter().cloned());
+        self.last_progress = std::time::Instant::now();
+        Ok(starts)
+    }
+
+    async fn close(&mut self) {
+        let client = self.inner.clone();
+        let leaving = blocking(move || {
+            client.context().release(&client);
+            client.unsubscribe();
+            Ok(())
+        });
+        // Serve the revocation that leaving the group brings, until nothing is assigned.
+        let left = async {
+            leaving.await?;
+            loop {
+                let _ = tokio::time::timeout(Duration::from_millis(100), self.inner.recv()).await;
+                let client = self.inner.clone();
+                if blocking(move || Ok(client.assignment().map_or(0, |a| a.count()))).await? == 0 {
+                    return Ok::<(), LogError>(());
+                }
+            }
+        };
+        match tokio::time::timeout(CLOSE_TIMEOUT, left).await {
+            Ok(Ok(())) => tracing::debug!(group = self.group, "left the consumer group"),
+            Ok(Err(error)) => {
+                tracing::warn!(group = self.group, %error, "cannot leave the consumer group cleanly")
+            }
+            Err(_) => tracing::warn!(
+                group = self.group,
+                "the Kafka consumer did not leave its group in time"
+            ),
+        }
+    }
+
+    async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Record>, LogError> {
+        let mut records = Vec::new();
+        // Error events (the broker going away, a failed connection) are notices: librdkafka
+        // reconnects by itself and loses no record over them. They queue up while the broker
+        // is away, so take them all now, or a caller that pauses after each error would still
+        // be working through stale notices long after the broker is back.
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut notice = None;
+        let first = loop {
+            match tokio::time::timeout_at(deadline, self.inner.recv()).await {
+                Ok(Ok(message)) => break message,
+                Ok(Err(error)) => notice = Some(error),
+                Err(_) => {
+                    self.recover_if_stalled().await?;
+                    return match notice {
+                        Some(error) => Err(backend(error)),
+                        None => Ok(records),
+                    };
+                }
+            }
+        };
+        records.push(to_record(&first));
+        drop(first);
+        // Take whatever else is already fetched, without waiting for more. An error event in
+        // that stream (a broker going away, say) ends the batch but never discards the records
+        // already taken: librdkafka's position is past them, so they would be lost.
+        let mut stream = self.inner.stream();
+        while records.len() < max {
+            match stream.next().now_or_never() {
+                Some(Some(Ok(message))) => records.push(to_record(&message)),
+                Some(Some(Err(error))) => {
+                    tracing::warn!(group = self.group, %error, "the Kafka consumer reported an error; returning the records read so far");
+                    break;
+                }
+                _ => break,
+            }
+        }
+        drop(stream);
+        self.last_progress = std::time::Instant::now();
+        for record in &records {
+            if let Some(position) = self
+                .positions
+                .iter_mut()
+                .find(|p| p.partition == record.partition && p.topic == record.topic)
+            {
+                position.next_offset = position.next_offset.max(record.offset + 1);
+            }
+        }
+        Ok(records)
+    }
+
+    /// Moves to the exact offsets, with no round trip to the broker, so a rewind works at once
+    /// even while the broker is away; nothing is done when the client is already there. An
+    /// offset that retention removed meanwhile makes librdkafka start at the oldest record
+    /// (`auto.offset.reset=earliest`), which the consumer sees as a gap and reports.
+    async fn rewind(&mut self, positions: Vec<Position>) -> Result<Vec<Position>, LogError> {
+        // After an error event that lost nothing (this reader returns what it took), the
+        // client is already where the consumer wants it: assigning again would only restart
+        // its fetches, and while the broker is away every restart reports the outage again.
+        if positions != self.positions {
+            if self.subscription.is_some() {
+                // In a group, assigning would answer (or disturb) a rebalance: seek instead.
+                self.seek_exact(positions.clone()).await?;
+            } else {
+                self.assign_exact(positions.clone()).await?;
+            }
+        }
+        Ok(positions)
+    }
+
+    async fn commit(&mut self, positions: &[Position]) -> Result<(), LogError> {
+        if positions.is_empty() {
+            return Ok(());
+        }
+        let list = position_list(positions)?;
+        let consumer = self.inner.clone();
+        let started = std::time::Instant::now();
+        // A synchronous commit can block for most of a minute while the client waits for a
+        // coordinator; stop waiting once it counts as stuck (the commit is retried, and a late
+        // success of the abandoned one only moves the position back: records are re-read).
+        let commit = blocking(move || {
+            consumer
+                .commit(&list, CommitMode::Sync)
+                .map_err(|error| match group_changed(&error) {
+                    true => LogError::Rebalanced(error.to_string()),
+                    false => backend(error),
+                })
+        });
+        let result = tokio::time::timeout(STUCK_COMMITS, commit)
+            .await
+            .unwrap_or(Err(LogError::Timeout(STUCK_COMMITS)));
+        match &result {
+            Ok(()) | Err(LogError::Rebalanced(_)) => self.commit_failing_since = None,
+            Err(error) => {
+                let since = *self.commit_failing_since.get_or_insert(started);
+                if since.elapsed() >= STUCK_COMMITS || started.elapsed() >= STUCK_COMMITS {
+                    tracing::warn!(group = self.group, %error, "commits keep failing; replacing the Kafka consumer client");
+                    self.renew()?;
+                }
+            }
+        }
+        result
+    }
+
+    async fn committed(&mut self, topic: &str, partition: i32) -> Result<Option<i64>, LogError> {
+        let mut list = TopicPartitionList::new();
+        list.add_partition(topic, partition);
+        let consumer = self.inner.clone();
+        blocking(move || {
+            let found = consumer
+                .committed_offsets(list, META_TIMEOUT)
+                .map_err(backend)?;
+            Ok(found.elements().first().and_then(|e| match e.offset() {
+                Offset::Offset(n) => Some(n),
+                _ => None,
+            }))
+        })
+        .await
+    }
+}
