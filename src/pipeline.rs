@@ -217,26 +217,30 @@ pub async fn run(
 
     if parts.sinks {
         for (index, (config, shard)) in topology.shards.iter().zip(&shards).enumerate() {
-            let worker = SinkWorker::live(
+            for worker in SinkWorker::live_workers(
                 config,
                 index,
                 &topology.sink,
                 &topology.log.consumer_group_prefix,
-            );
-            let (log, writer, map, token) = (
-                log.clone(),
-                shard.clone(),
-                shard_map.clone(),
-                shutdown.token(),
-            );
-            let name = format!("sink {}", config.name);
-            tasks.spawn(async move {
-                let result = run_sink_worker(log, writer, map, worker, token, None)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string());
-                (name, result)
-            });
+            ) {
+                let (log, writer, map, token) = (
+                    log.clone(),
+                    shard.clone(),
+                    shard_map.clone(),
+                    shutdown.token(),
+                );
+                let name = match worker.rejections_topic {
+                    Some(_) => format!("sink {} (rejections)", config.name),
+                    None => format!("sink {}", config.name),
+                };
+                tasks.spawn(async move {
+                    let result = run_sink_worker(log, writer, map, worker, token, None)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string());
+                    (name, result)
+                });
+            }
         }
     }
 

@@ -41,7 +41,7 @@ pub struct SinkWorker {
     /// Name under which positions are stored in the shard (`"sink"` for the live worker).
     pub consumer: String,
     /// `[log] consumer_group_prefix`: the worker's consumer group on the log is
-    /// `<prefix>.sink.<shard>.<consumer>`.
+    /// [`SinkWorker::group`].
     pub group_prefix: String,
     /// Rows per batch.
     pub max_rows: usize,
@@ -57,6 +57,43 @@ pub struct SinkWorker {
 }
 
 impl SinkWorker {
+    /// The live workers of `shard`, the `index`-th of `[[shards]]`: one stores the shard's
+    /// own topic, the other (when `[sink] rejections_topic` is set) its users' rejections.
+    /// Each reads in a consumer group of its own, so that sink processes split the orders
+    /// topic's partitions among themselves (one group over both topics would balance the
+    /// count of partitions and could leave one process all of the rarely written rejections).
+    pub fn live_workers(
+        shard: &ShardConfig,
+        index: usize,
+        sink: &SinkConfig,
+        group_prefix: &str,
+    ) -> Vec<Self> {
+        let both = SinkWorker::live(shard, index, sink, group_prefix);
+        let orders = SinkWorker {
+            rejections_topic: None,
+            ..both.clone()
+        };
+        let rejections = both
+            .rejections_topic
+            .clone()
+            .map(|topic| SinkWorker { topic, ..both });
+        std::iter::once(orders).chain(rejections).collect()
+    }
+
+    /// The consumer group the worker reads in: `<prefix>.sink.<shard>.<consumer>`, and for
+    /// a worker that reads only the rejections topic, `….rejections` after it.
+    pub fn group(&self) -> String {
+        let group = format!(
+            "{}.sink.{}.{}",
+            self.group_prefix, self.shard, self.consumer
+        );
+        if self.rejections_topic.as_deref() == Some(self.topic.as_str()) {
+            format!("{group}.rejections")
+        } else {
+            group
+        }
+    }
+
     /// The live worker of `shard`, the `index`-th of `[[shards]]`: it stores the shard's own
     /// topic and its users' rejections, under the positions named `"sink"`, in batches set by
     /// `[sink]`, and reads partitions with no stored position from the beginning.
@@ -141,6 +178,7 @@ pub async fn run_sink_worker(
     writer.migrate().await?;
     let mut topics = vec![worker.topic.clone()];
     topics.extend(worker.rejections_topic.clone());
+    topics.dedup();
     let epochs = Epochs::default();
     let claims = ShardClaims {
         shard: worker.shard.clone(),
@@ -150,13 +188,7 @@ pub async fn run_sink_worker(
         start_offsets: worker.start_offsets.clone(),
         epochs: epochs.clone(),
     };
-    let mut consumer = log
-        .consumer(&format!(
-            "{}.sink.{}.{}",
-            worker.group_prefix, worker.shard, worker.consumer
-        ))
-        .await
-        .map_err(log_error)?;
+    let mut consumer = log.consumer(&worker.group()).await.map_err(log_error)?;
     let mut remaining = worker.stop_at.clone();
     match &mut remaining {
         None => {

@@ -20,5 +20,6 @@ mod log_conformance;
 mod partitions;
 mod process_kill;
 mod replay;
+mod scale_out;
 mod sink_crash;
 mod sink_refusal;

@@ -14,66 +14,6 @@ fn start(test: &TestTopology, run: usize) -> SluiceProcess {
     start_sluice(&test.path, &log, &[("RUST_LOG", "warn")])
 }
 
-/// Sends orders with 16 in flight until `stop` is set; records the ids that got a 2xx.
-fn spawn_load(
-    client: reqwest::Client,
-    base: String,
-    tokens: Arc<HashMap<String, String>>,
-    accepted: Arc<Mutex<Vec<String>>>,
-    stop: Arc<std::sync::atomic::AtomicBool>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let users: Vec<String> = tokens.keys().cloned().collect();
-        let mut workers = Vec::new();
-        for w in 0..16 {
-            let (client, base, tokens, accepted, stop, users) = (
-                client.clone(),
-                base.clone(),
-                tokens.clone(),
-                accepted.clone(),
-                stop.clone(),
-                users.clone(),
-            );
-            workers.push(tokio::spawn(async move {
-                let mut n = w;
-                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                    let user = &users[n % users.len()];
-                    n += 16;
-                    let sent = client
-                        .post(format!("{base}/order"))
-                        .bearer_auth(&tokens[user])
-                        .json(&serde_json::json!({ "userId": user, "product": "gadget", "quantity": 2 }))
-                        .timeout(Duration::from_secs(10))
-                        .send()
-                        .await;
-                    match sent {
-                        Ok(response) if response.status().is_success() => {
-                            let body: serde_json::Value = response.json().await.unwrap();
-                            accepted.lock().unwrap().push(body["orderId"].as_str().unwrap().to_string());
-                        }
-                        _ => tokio::time::sleep(Duration::from_millis(20)).await,
-                    }
-                }
-            }));
-        }
-        for worker in workers {
-            let _ = worker.await;
-        }
-    })
-}
-
-/// Every stored order id (hex, no dashes) across the four shards, with how often it occurs.
-async fn stored_ids(test: &TestTopology) -> HashMap<String, usize> {
-    let mut stored = HashMap::new();
-    for shard in 0..4 {
-        for line in order_lines(test, shard).await {
-            let id = line.split('|').next().unwrap().to_string();
-            *stored.entry(id).or_default() += 1;
-        }
-    }
-    stored
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_kafka_and_mariadb_kill_9_and_sigterm_lose_and_duplicate_nothing() {
     kill_9_and_sigterm_lose_and_duplicate_nothing(Backend::Services).await;
@@ -102,7 +42,7 @@ async fn kill_9_and_sigterm_lose_and_duplicate_nothing(backend: Backend) {
     }
     let tokens = Arc::new(tokens);
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let load = spawn_load(
+    let load = spawn_order_load(
         client.clone(),
         order_base.clone(),
         tokens.clone(),
@@ -124,7 +64,7 @@ async fn kill_9_and_sigterm_lose_and_duplicate_nothing(backend: Backend) {
     let mut child = start(&test, 2);
     wait_ready(&order_base, &mut child).await;
     stop.store(false, std::sync::atomic::Ordering::SeqCst);
-    let load = spawn_load(
+    let load = spawn_order_load(
         client.clone(),
         order_base.clone(),
         tokens.clone(),
@@ -159,7 +99,7 @@ async fn kill_9_and_sigterm_lose_and_duplicate_nothing(backend: Backend) {
     );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
     let stored = loop {
-        let stored = stored_ids(&test).await;
+        let stored = stored_order_ids(&test).await;
         if expected
             .iter()
             .all(|id| stored.contains_key(&id.replace('-', "")))

@@ -271,13 +271,10 @@ impl LogConsumer {
                             .any(|p| p.partition == e.partition && p.topic == e.topic)
                     });
                     membership.claims.released(&partitions, lost);
-                    membership
-                        .metrics
-                        .partitions
-                        .set(self.expected.len() as f64);
                 }
             }
         }
+        self.count_partitions();
     }
 
     /// Claims the partitions the group gave and starts reading them.
@@ -308,7 +305,18 @@ impl LogConsumer {
             rereads: 0,
             gap_at: None,
         }));
+        self.count_partitions();
         Ok(())
+    }
+
+    /// Sets the gauge of the partitions this member reads.
+    fn count_partitions(&self) {
+        if let Some(membership) = self.membership.as_ref() {
+            membership
+                .metrics
+                .partitions
+                .set(self.expected.len() as f64);
+        }
     }
 
     /// Leaves the group, so its partitions move to the other members at once.
@@ -343,7 +351,17 @@ impl LogConsumer {
     pub async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Record>, LogError> {
         self.take_rebalances();
         if self.rewind_pending {
-            self.rewind().await?;
+            if let Err(error) = self.rewind().await {
+                if self.membership.is_some() {
+                    // The group may be taking a partition away (this member's session ran
+                    // out while the broker was away): moving it fails until the revocation
+                    // is served, and only a read serves it. Read once and drop the records:
+                    // the rewind, still pending, reads them again.
+                    let _ = self.reader.poll(max, Duration::from_millis(100)).await;
+                    self.take_rebalances();
+                }
+                return Err(error);
+            }
         }
         self.claim_waiting().await?;
         let polled = self.reader.poll(max, wait).await;

@@ -40,6 +40,9 @@ pub(crate) const STALL_CHECK: Duration = Duration::from_secs(10);
 /// finds the coordinator again.
 const STUCK_COMMITS: Duration = Duration::from_secs(10);
 
+/// Longest time a commit is tried again while the group completes a rebalance.
+const REBALANCE_COMMIT_WAIT: Duration = Duration::from_secs(5);
+
 /// Longest wait for a client to leave its group when it is closed.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -289,8 +292,19 @@ impl KafkaReader {
         Ok(())
     }
 
-    /// Moves the group's partitions to exactly these offsets (a local operation).
+    /// Moves the group's partitions to exactly these offsets (a local operation). Partitions
+    /// the client no longer holds (the group is taking them away; the revocation is served by
+    /// the next read) are left alone.
     async fn seek_exact(&mut self, positions: Vec<Position>) -> Result<(), LogError> {
+        let consumer = self.inner.clone();
+        let held = blocking(move || consumer.assignment().map_err(backend)).await?;
+        let positions: Vec<Position> = positions
+            .into_iter()
+            .filter(|p| held.find_partition(&p.topic, p.partition).is_some())
+            .collect();
+        if positions.is_empty() {
+            return Ok(());
+        }
         let list = position_list(&positions)?;
         let consumer = self.inner.clone();
         blocking(move || {
@@ -669,12 +683,27 @@ impl PartitionReader for KafkaReader {
         // coordinator; stop waiting once it counts as stuck (the commit is retried, and a late
         // success of the abandoned one only moves the position back: records are re-read).
         let commit = blocking(move || {
-            consumer
-                .commit(&list, CommitMode::Sync)
-                .map_err(|error| match group_changed(&error) {
-                    true => LogError::Rebalanced(error.to_string()),
-                    false => backend(error),
-                })
+            // While the group completes a rebalance the broker refuses commits for a moment;
+            // this member still owns its partitions until it polls again (a revocation is
+            // carried out there), so the commit is tried again: a partition that moves takes
+            // the position of everything finished with it.
+            let mut pause = Duration::from_millis(20);
+            loop {
+                match consumer.commit(&list, CommitMode::Sync) {
+                    Err(error)
+                        if error.rdkafka_error_code()
+                            == Some(RDKafkaErrorCode::RebalanceInProgress)
+                            && started.elapsed() + pause < REBALANCE_COMMIT_WAIT =>
+                    {
+                        std::thread::sleep(pause);
+                        pause = (pause * 2).min(Duration::from_millis(500));
+                    }
+                    Err(error) if group_changed(&error) => {
+                        return Err(LogError::Rebalanced(error.to_string()))
+                    }
+                    other => return other.map_err(backend),
+                }
+            }
         });
         let result = tokio::time::timeout(STUCK_COMMITS, commit)
             .await

@@ -97,6 +97,18 @@ impl TestTopology {
         self.save();
     }
 
+    /// Writes a copy of the topology changed by `change` beside it, as `<name>.toml`, for a
+    /// process that needs its own settings (say, its own `[ops] listen`), and returns its path.
+    pub fn variant(&self, name: &str, change: impl FnOnce(&mut Topology)) -> PathBuf {
+        let mut topology = self.topology.clone();
+        change(&mut topology);
+        let topology = sluice::topology::check(topology)
+            .unwrap_or_else(|error| panic!("test topology must be valid: {error}"));
+        let path = self.path.with_file_name(format!("{name}.toml"));
+        std::fs::write(&path, toml::to_string(&topology).unwrap()).unwrap();
+        path
+    }
+
     fn save(&self) {
         let topology = sluice::topology::check(self.topology.clone())
             .unwrap_or_else(|error| panic!("test topology must be valid: {error}"));
@@ -588,16 +600,89 @@ pub fn start_sluice(
     log: &std::path::Path,
     env: &[(&str, &str)],
 ) -> SluiceProcess {
+    start_sluice_with(topology, log, env, &[])
+}
+
+/// Starts `sluice run --topology <topology> <args>` (e.g. `--only processors`), like
+/// [`start_sluice`].
+pub fn start_sluice_with(
+    topology: &std::path::Path,
+    log: &std::path::Path,
+    env: &[(&str, &str)],
+    args: &[&str],
+) -> SluiceProcess {
     SluiceProcess(Some(
         std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
             .args(["run", "--topology"])
             .arg(topology)
+            .args(args)
             .envs(env.iter().copied())
             .stdout(std::process::Stdio::null())
             .stderr(std::fs::File::create(log).unwrap())
             .spawn()
             .expect("start sluice"),
     ))
+}
+
+/// Sends orders with 16 in flight until `stop` is set, spread over the users of `tokens`
+/// (user → JWT); records the ids that got a 2xx.
+pub fn spawn_order_load(
+    client: reqwest::Client,
+    base: String,
+    tokens: std::sync::Arc<std::collections::HashMap<String, String>>,
+    accepted: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let users: Vec<String> = tokens.keys().cloned().collect();
+        let mut workers = Vec::new();
+        for w in 0..16 {
+            let (client, base, tokens, accepted, stop, users) = (
+                client.clone(),
+                base.clone(),
+                tokens.clone(),
+                accepted.clone(),
+                stop.clone(),
+                users.clone(),
+            );
+            workers.push(tokio::spawn(async move {
+                let mut n = w;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let user = &users[n % users.len()];
+                    n += 16;
+                    let sent = client
+                        .post(format!("{base}/order"))
+                        .bearer_auth(&tokens[user])
+                        .json(&serde_json::json!({ "userId": user, "product": "gadget", "quantity": 2 }))
+                        .timeout(Duration::from_secs(10))
+                        .send()
+                        .await;
+                    match sent {
+                        Ok(response) if response.status().is_success() => {
+                            let body: serde_json::Value = response.json().await.unwrap();
+                            accepted.lock().unwrap().push(body["orderId"].as_str().unwrap().to_string());
+                        }
+                        _ => tokio::time::sleep(Duration::from_millis(20)).await,
+                    }
+                }
+            }));
+        }
+        for worker in workers {
+            let _ = worker.await;
+        }
+    })
+}
+
+/// Every stored order id (hex, no dashes) across the four shards, with how often it occurs.
+pub async fn stored_order_ids(test: &TestTopology) -> std::collections::HashMap<String, usize> {
+    let mut stored = std::collections::HashMap::new();
+    for shard in 0..4 {
+        for line in order_lines(test, shard).await {
+            let id = line.split('|').next().unwrap().to_string();
+            *stored.entry(id).or_default() += 1;
+        }
+    }
+    stored
 }
 
 /// A `sluice` process a test started: killed and reaped when dropped unless it was handed

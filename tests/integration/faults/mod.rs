@@ -5,7 +5,8 @@
 //! Faults on Kafka and MariaDB run against a private `scripts/infra` instance (its own ports
 //! and state directory), never the shared one. Each fault happens at a random moment drawn
 //! from a seed printed on its line; `SLUICE_CHAOS_SEED=<seed>` replays it and
-//! `SLUICE_CHAOS_ONLY=broker-kill,shard-pause` picks faults. The short run of every fault is
+//! `SLUICE_CHAOS_ONLY=broker-kill,shard-pause` picks faults (`SLUICE_CHAOS_RUST_LOG` sets the
+//! processes' `RUST_LOG`, `warn` by default). The short run of every fault is
 //! part of `cargo test`; `make chaos` runs the long one (more load, longer faults, more rounds).
 //!
 //! One line per fault: orders acknowledged (2xx), stored (under the acknowledged id), lost,
@@ -357,7 +358,10 @@ impl Deployment {
         let child = command
             .arg("--topology")
             .arg(&self.test().path)
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("SLUICE_CHAOS_RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(std::process::Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()

@@ -1,0 +1,298 @@
+//! Sluice across many processes on a real broker and real shards: one ingress, two processor
+//! processes and two sink processes, the `sluice` binary each, with a few thousand orders from
+//! many users; one processor and one sink are killed with `kill -9` mid-stream. Every order
+//! answered 2xx is stored exactly once, each intermediate topic holds about one record per
+//! order (the processors split the partitions rather than both processing everything), and
+//! every process did work before the kill, the survivors after it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+
+/// The session timeout of the test's consumer groups: a killed member's partitions move
+/// after at most this long.
+const SESSION_TIMEOUT_MS: u64 = 6_000;
+
+/// One `sluice run --only <part>` process with its own operations listener.
+struct Part {
+    name: &'static str,
+    process: SluiceProcess,
+    ops: String,
+}
+
+impl Part {
+    fn start(test: &TestTopology, name: &'static str, only: &str) -> Part {
+        let ops_port = free_port();
+        let topology = test.variant(name, |t| {
+            t.ops.listen = Some(([127, 0, 0, 1], ops_port).into());
+            if let (Ok(debug), Some(kafka)) = (
+                std::env::var("SLUICE_SCALE_KAFKA_DEBUG"),
+                t.log.kafka.as_mut(),
+            ) {
+                kafka.properties.insert("debug".into(), debug);
+            }
+        });
+        // Outside the test's folder, so a failed run keeps them.
+        let log = std::env::temp_dir().join(format!("{}-{name}.log", test.id));
+        let process = start_sluice_with(
+            &topology,
+            &log,
+            &[(
+                "RUST_LOG",
+                std::env::var("SLUICE_SCALE_RUST_LOG")
+                    .as_deref()
+                    .unwrap_or("info"),
+            )],
+            &["--only", only],
+        );
+        Part {
+            name,
+            process,
+            ops: format!("http://127.0.0.1:{ops_port}"),
+        }
+    }
+
+    /// The sum of the samples of `metric` on this process's `/metrics` whose labels contain
+    /// `labels` (0 when there is none).
+    async fn metric(&self, client: &reqwest::Client, metric: &str, labels: &str) -> f64 {
+        let text = match client.get(format!("{}/metrics", self.ops)).send().await {
+            Ok(response) => response.text().await.unwrap_or_default(),
+            Err(_) => return 0.0,
+        };
+        sum_samples(&text, metric, labels)
+    }
+}
+
+/// The sum of the samples of `metric` in Prometheus text whose labels contain `labels`.
+fn sum_samples(text: &str, metric: &str, labels: &str) -> f64 {
+    text.lines()
+        .filter(|line| {
+            line.strip_prefix(metric)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+                && line.contains(labels)
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processors_and_two_sinks_split_the_work_and_survive_kill_9() {
+    let users = users_covering_shards(8);
+    let user_refs: Vec<&str> = users.iter().map(String::as_str).collect();
+    let ports = Ports::free();
+    let test = test_topology_on(Backend::Services, "scale", &user_refs, |t| {
+        ports.apply(t);
+        if let Some(kafka) = t.log.kafka.as_mut() {
+            kafka.session_timeout_ms = SESSION_TIMEOUT_MS;
+        }
+    });
+    let topology = test.topology();
+    let prefix = topology.log.consumer_group_prefix.clone();
+    let client = reqwest::Client::new();
+
+    let mut ingress = Part::start(&test, "ingress", "ingress");
+    let processors = [
+        Part::start(&test, "processors-a", "processors"),
+        Part::start(&test, "processors-b", "processors"),
+    ];
+    let sinks = [
+        Part::start(&test, "sinks-a", "sinks"),
+        Part::start(&test, "sinks-b", "sinks"),
+    ];
+    wait_ready(&ports.order_base(), &mut ingress.process).await;
+    for part in processors.iter().chain(&sinks) {
+        eventually(
+            Duration::from_secs(60),
+            "every part to be ready",
+            || async {
+                client
+                    .get(format!("{}/readyz", part.ops))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+            },
+        )
+        .await;
+    }
+
+    let mut tokens = HashMap::new();
+    for user in &users {
+        tokens.insert(
+            user.clone(),
+            login(&client, &ports.login_base(), user).await,
+        );
+    }
+    let accepted = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = spawn_order_load(
+        client.clone(),
+        ports.order_base(),
+        Arc::new(tokens),
+        accepted.clone(),
+        stop.clone(),
+    );
+
+    // Both processors and both sinks share the work before anything is killed.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let mut work = Vec::new();
+        for part in &processors {
+            let done = part
+                .metric(
+                    &client,
+                    "sluice_stage_records_in_total",
+                    "stage=\"validate\"",
+                )
+                .await;
+            work.push((part.name, done));
+        }
+        for part in &sinks {
+            work.push((
+                part.name,
+                part.metric(&client, "sluice_sink_rows_total", "").await,
+            ));
+        }
+        let orders = accepted.lock().unwrap().len();
+        if orders >= 1500 && work.iter().all(|(_, done)| *done > 0.0) {
+            eprintln!("before the kill: {orders} orders acknowledged; work per process {work:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not every process did work within 120 s: {orders} orders acknowledged, work per process {work:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let [processors_a, mut processors_b] = processors;
+    let [sinks_a, mut sinks_b] = sinks;
+    let done_by_b = processors_b
+        .metric(&client, "sluice_stage_records_in_total", "")
+        .await;
+
+    // kill -9 one processor and one sink mid-stream.
+    let killed = Instant::now();
+    processors_b.process.kill().unwrap();
+    sinks_b.process.kill().unwrap();
+    processors_b.process.wait().unwrap();
+    sinks_b.process.wait().unwrap();
+
+    // The survivors take every partition within the session timeout (plus a rebalance).
+    let groups = [
+        (&processors_a, format!("group=\"{prefix}.validate\"")),
+        (&processors_a, format!("group=\"{prefix}.route\"")),
+        (&sinks_a, format!("group=\"{prefix}.sink.shard0.sink\"")),
+        (&sinks_a, format!("group=\"{prefix}.sink.shard3.sink\"")),
+    ];
+    let mut took_over = Vec::new();
+    for (part, group) in &groups {
+        let expected = 4.0;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while part
+            .metric(&client, "sluice_consumer_partitions", group)
+            .await
+            < expected
+        {
+            if Instant::now() > deadline {
+                let text = scrape_metrics(&client, &part.ops).await;
+                let gauges: Vec<&str> = text
+                    .lines()
+                    .filter(|l| l.starts_with("sluice_consumer_"))
+                    .collect();
+                panic!(
+                    "{} did not take every partition of {group} within 60 s of the kill: {gauges:#?}",
+                    part.name
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        took_over.push(killed.elapsed());
+    }
+    let takeover = *took_over.iter().max().unwrap();
+    eprintln!("the survivors owned every partition {takeover:?} after the kill");
+    assert!(
+        takeover < Duration::from_millis(SESSION_TIMEOUT_MS) + Duration::from_secs(20),
+        "failover took {takeover:?}"
+    );
+
+    let before_more = accepted.lock().unwrap().len();
+    eventually(
+        Duration::from_secs(120),
+        "orders to flow after the kill",
+        || async { accepted.lock().unwrap().len() >= before_more.max(3000) + 1000 },
+    )
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    load.await.unwrap();
+    let accepted: Vec<String> = accepted.lock().unwrap().clone();
+
+    // Every 2xx order is stored exactly once.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let stored = loop {
+        let stored = stored_order_ids(&test).await;
+        if accepted
+            .iter()
+            .all(|id| stored.contains_key(&id.replace('-', "")))
+            || tokio::time::Instant::now() > deadline
+        {
+            break stored;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let missing = accepted
+        .iter()
+        .filter(|id| !stored.contains_key(&id.replace('-', "")))
+        .count();
+    assert_eq!(
+        missing,
+        0,
+        "{missing} of {} acknowledged orders were lost",
+        accepted.len()
+    );
+    let twice = stored.values().filter(|&&n| n > 1).count();
+    assert_eq!(twice, 0, "{twice} orders are stored more than once");
+
+    // About one record per order in each intermediate topic: the two processors did not both
+    // process everything. The kill makes the survivor redo at most the batches in flight.
+    let log = sluice::pipeline::open_log(&topology).unwrap();
+    let raw = topic_records(log.as_ref(), &topology.ingress.orders_topic).await;
+    assert!(raw as usize >= accepted.len());
+    for stage in topology.stages.iter().skip(1) {
+        let written = topic_records(log.as_ref(), &stage.input).await;
+        let ratio = written as f64 / raw as f64;
+        eprintln!(
+            "{}: {written} records for {raw} orders ({ratio:.3} per order)",
+            stage.input
+        );
+        assert!(
+            (0.99..1.25).contains(&ratio),
+            "{} holds {written} records for {raw} orders",
+            stage.input
+        );
+    }
+
+    // The survivors kept working after the kill.
+    assert!(
+        processors_a
+            .metric(&client, "sluice_stage_records_in_total", "")
+            .await
+            > 0.0
+    );
+    assert!(done_by_b > 0.0, "the killed processor had done work");
+    for (part, metric) in [
+        (&processors_a, "sluice_stage_records_in_total"),
+        (&sinks_a, "sluice_sink_rows_total"),
+    ] {
+        assert!(
+            part.metric(&client, metric, "").await > 0.0,
+            "{} did no work",
+            part.name
+        );
+    }
+    for part in [ingress, processors_a, sinks_a] {
+        let status = terminate(part.process);
+        assert!(status.success(), "{} exited with {status:?}", part.name);
+    }
+    drop(log);
+}
