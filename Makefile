@@ -28,7 +28,7 @@ fmt:
 	cargo fmt --all
 
 bench: infra-up
-	eval "$$(bash scripts/infra env)" && cargo bench --bench pipeline --bench limiter --bench users
+	eval "$$(bash scripts/infra env)" && cargo bench --bench pipeline --bench limiter --bench users --bench scale_out
 
 check:
 	cargo run --quiet -- check topology.toml
