@@ -9,7 +9,8 @@
 //!    shard, 64 requests in flight) while no processor runs, so they wait in the raw topic;
 //!    the ingress is then stopped;
 //! 2. two `--only sinks` processes start (the same two in both runs), and the bench waits until
-//!    every shard's consumer group has split its partitions between them;
+//!    every sink consumer group (a shard's orders, a shard's rejections) has split its
+//!    partitions between them;
 //! 3. the clock starts as the processor processes (one, then two) are spawned, and stops when
 //!    the sinks' stored positions cover every order.
 //!
@@ -18,9 +19,9 @@
 //! one row per order and that every intermediate topic holds one record per order. Figures
 //! only: nothing is timed against a limit.
 //!
-//! SLUICE_BENCH_ORDERS sets the number of orders (default 20 000). A group's second member gets
-//! partitions only at the first member's next heartbeat (up to 3 s after it joins), so with a
-//! small backlog the second processor process may finish with nothing to do: the table says
+//! SLUICE_BENCH_ORDERS sets the number of orders (default 100 000). A group's second member
+//! gets partitions only at the first member's next heartbeat (up to 3 s after it joins), so with
+//! a small backlog the second processor process may finish with nothing to do: the table says
 //! so. The processes' logs are kept under `target/tmp/scale_out`.
 #![allow(clippy::print_stdout)] // a benchmark prints its figures
 
@@ -318,8 +319,7 @@ struct ProcessWork {
     /// Records in per stage (processors) or rows stored (sinks), as printed.
     work: String,
     /// Partitions its consumer groups gave it, took back and left it holding at the end (from
-    /// `sluice_consumer_rebalanced_partitions_total`: the `sluice_consumer_partitions` gauge
-    /// is not raised when partitions are assigned).
+    /// `sluice_consumer_rebalanced_partitions_total`).
     partitions: Partitions,
     /// Processors: when, after they were spawned, the first partition was assigned to them
     /// (`None`: before every order was stored, never).
@@ -432,15 +432,18 @@ async fn run(processors: usize, orders: usize, users: &[String], logs: &Path) ->
     for sink in &mut sinks {
         sink.wait_ready().await;
     }
-    // Each shard's group reads its shard topic and the dead-letter topic.
+    // Each shard has two groups: its shard topic's, and the dead-letter topic's.
     let mut sink_partitions = 0;
+    let mut sink_groups = 0;
     for shard in &topology.shards {
         sink_partitions += log.partition_count(&shard.topic).await.unwrap();
+        sink_groups += 1;
         if let Some(rejections) = &topology.sink.rejections_topic {
             sink_partitions += log.partition_count(rejections).await.unwrap();
+            sink_groups += 1;
         }
     }
-    let sinks_settled = settle(&sinks, topology.shards.len(), sink_partitions as f64).await;
+    let sinks_settled = settle(&sinks, sink_groups, sink_partitions as f64).await;
 
     // 3. The processors, timed until every order is stored.
     let started = Instant::now();
@@ -552,7 +555,7 @@ fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }
-    let orders = size("SLUICE_BENCH_ORDERS", 20_000);
+    let orders = size("SLUICE_BENCH_ORDERS", 100_000);
     let logs = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("scale_out");
     std::fs::create_dir_all(&logs).unwrap();
     // 16 users per shard: every shard, and so every shard topic partition, gets orders.

@@ -10,9 +10,10 @@
 //! stage joins the group, and Kafka divides the input's partitions among them with
 //! cooperative incremental assignment. Partitions move only inside a poll, after the previous
 //! batch was committed, so a stage gives up a partition with everything it finished
-//! committed; a batch whose commit the group refused (it rebalanced meanwhile) is abandoned,
-//! and the partitions' owners read it again (at-least-once between topics; the shards store
-//! each order once).
+//! committed (a commit the broker refuses while the group completes a rebalance is tried
+//! again). Only a member fenced out of its group (its session ran out) abandons its batch; the
+//! partitions' new owners read it again (at-least-once between topics; the shards store each
+//! order once).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

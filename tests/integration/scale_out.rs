@@ -296,3 +296,164 @@ async fn two_processors_and_two_sinks_split_the_work_and_survive_kill_9() {
     }
     drop(log);
 }
+
+/// A sink process frozen (SIGSTOP) for longer than the session timeout is a zombie: the group
+/// gives its partitions to the other sink process, which claims them in the shards. When the
+/// zombie wakes up with a batch in hand, its write is refused (fenced) instead of moving a
+/// position backwards or storing a row twice; it rejoins and the load goes on. Every 2xx
+/// order is stored exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_process_frozen_past_its_session_is_fenced_when_it_wakes() {
+    let users = users_covering_shards(8);
+    let user_refs: Vec<&str> = users.iter().map(String::as_str).collect();
+    let ports = Ports::free();
+    let test = test_topology_on(Backend::Services, "zombie", &user_refs, |t| {
+        ports.apply(t);
+        if let Some(kafka) = t.log.kafka.as_mut() {
+            kafka.session_timeout_ms = SESSION_TIMEOUT_MS;
+        }
+        // Larger, slower batches: the frozen process more likely holds one when it stops.
+        t.sink.max_wait_ms = 200;
+    });
+    let prefix = test.topology().log.consumer_group_prefix.clone();
+    let client = reqwest::Client::new();
+    let mut ingress = Part::start(&test, "ingress", "ingress");
+    let processors = Part::start(&test, "processors", "processors");
+    let sinks = [
+        Part::start(&test, "sinks-a", "sinks"),
+        Part::start(&test, "sinks-b", "sinks"),
+    ];
+    wait_ready(&ports.order_base(), &mut ingress.process).await;
+    let mut tokens = HashMap::new();
+    for user in &users {
+        tokens.insert(
+            user.clone(),
+            login(&client, &ports.login_base(), user).await,
+        );
+    }
+    let accepted = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = spawn_order_load(
+        client.clone(),
+        ports.order_base(),
+        Arc::new(tokens),
+        accepted.clone(),
+        stop.clone(),
+    );
+    let group = format!("group=\"{prefix}.sink.shard0.sink\"");
+    eventually(
+        Duration::from_secs(120),
+        "both sink processes to store rows of shard0",
+        || async {
+            let mut both = true;
+            for part in &sinks {
+                both &= part
+                    .metric(&client, "sluice_consumer_partitions", &group)
+                    .await
+                    > 0.0;
+                both &= part
+                    .metric(&client, "sluice_sink_rows_total", "shard=\"shard0\"")
+                    .await
+                    > 0.0;
+            }
+            both
+        },
+    )
+    .await;
+
+    // Freeze sinks-b past its session: sinks-a takes every partition.
+    let [sinks_a, sinks_b] = sinks;
+    let signal = |name: &str, part: &Part| {
+        let status = std::process::Command::new("kill")
+            .args([name, &part.process.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    signal("-STOP", &sinks_b);
+    eventually(
+        Duration::from_secs(60),
+        "sinks-a to take the frozen process's partitions",
+        || async {
+            sinks_a
+                .metric(&client, "sluice_consumer_partitions", &group)
+                .await
+                >= 4.0
+        },
+    )
+    .await;
+    // Let sinks-a store some of them under its new claims before the zombie wakes.
+    let stored_by_a = sinks_a.metric(&client, "sluice_sink_rows_total", "").await;
+    eventually(Duration::from_secs(60), "sinks-a to store more", || async {
+        sinks_a.metric(&client, "sluice_sink_rows_total", "").await > stored_by_a + 200.0
+    })
+    .await;
+    signal("-CONT", &sinks_b);
+
+    // The zombie rejoins; the load goes on for a while across the rebalance.
+    let before = accepted.lock().unwrap().len();
+    eventually(
+        Duration::from_secs(120),
+        "orders to keep flowing",
+        || async { accepted.lock().unwrap().len() >= before + 1500 },
+    )
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    load.await.unwrap();
+    let accepted: Vec<String> = accepted.lock().unwrap().clone();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let stored = loop {
+        let stored = stored_order_ids(&test).await;
+        if accepted
+            .iter()
+            .all(|id| stored.contains_key(&id.replace('-', "")))
+            || tokio::time::Instant::now() > deadline
+        {
+            break stored;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let missing = accepted
+        .iter()
+        .filter(|id| !stored.contains_key(&id.replace('-', "")))
+        .count();
+    assert_eq!(missing, 0, "{missing} acknowledged orders were lost");
+    assert_eq!(
+        stored.values().filter(|&&n| n > 1).count(),
+        0,
+        "an order is stored twice"
+    );
+    let fenced = sinks_b
+        .metric(&client, "sluice_sink_batches_fenced_total", "")
+        .await;
+    let rejoined = sinks_b
+        .metric(
+            &client,
+            "sluice_consumer_rebalanced_partitions_total",
+            "change=\"lost\"",
+        )
+        .await;
+    eprintln!(
+        "the woken sink process had {fenced} batches fenced and lost {rejoined} partitions with its session"
+    );
+    assert!(
+        rejoined > 0.0,
+        "the frozen process must have lost its partitions with its session"
+    );
+    // Every shard's stored positions reach its topic's end, and stay there: no late write of
+    // the woken process moved one back.
+    let log = sluice::pipeline::open_log(&test.topology()).unwrap();
+    eventually(Duration::from_secs(60), "the sinks to catch up", || async {
+        sinks_caught_up(&test, log.as_ref()).await
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        sinks_caught_up(&test, log.as_ref()).await,
+        "a stored position moved back"
+    );
+    for part in [ingress, processors, sinks_a, sinks_b] {
+        let status = terminate(part.process);
+        assert!(status.success(), "{} exited with {status:?}", part.name);
+    }
+}
