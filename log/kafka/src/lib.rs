@@ -21,7 +21,7 @@ use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
-pub use config::KafkaLogConfig;
+pub use config::{ConnectError, KafkaLogConfig};
 use sluice_core::log::blocking;
 use sluice_core::log::{
     Assignment, Delivery, Log, LogError, OutRecord, PartitionReader, Position, Record, StartFrom,
