@@ -50,8 +50,9 @@ impl std::fmt::Debug for KafkaLogConfig {
 
 /// The values librdkafka takes for `security.protocol`.
 const PROTOCOLS: [&str; 4] = ["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"];
-/// The SASL mechanisms built into Sluice's librdkafka (GSSAPI would need libsasl2).
-const MECHANISMS: [&str; 4] = ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"];
+/// The SASL mechanisms Sluice supports. GSSAPI would need libsasl2; OAUTHBEARER needs a
+/// token provider (a callback, or OIDC through libcurl) that Sluice does not have.
+const MECHANISMS: [&str; 3] = ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"];
 /// Properties that name a file librdkafka reads when it creates a client.
 const FILE_PROPERTIES: [&str; 5] = [
     "ssl.ca.location",
@@ -172,7 +173,14 @@ impl KafkaLogConfig {
         if mechanism.eq_ignore_ascii_case("GSSAPI") {
             issues.push(
                 property(key),
-                "Kerberos (GSSAPI) is not built into Sluice (it needs the system's libsasl2); use SCRAM-SHA-512, SCRAM-SHA-256, PLAIN or OAUTHBEARER",
+                "Kerberos (GSSAPI) is not built into Sluice (it needs the system's libsasl2); use SCRAM-SHA-512, SCRAM-SHA-256 or PLAIN",
+            );
+            return;
+        }
+        if mechanism.eq_ignore_ascii_case("OAUTHBEARER") {
+            issues.push(
+                property(key),
+                "OAUTHBEARER is not supported: Sluice has no OAuth token provider; use SCRAM-SHA-512, SCRAM-SHA-256 or PLAIN",
             );
             return;
         }
@@ -188,9 +196,6 @@ impl KafkaLogConfig {
                 property(key),
                 format!("{mechanism:?} is not a SASL mechanism Sluice supports; {hint}"),
             );
-            return;
-        }
-        if mechanism == "OAUTHBEARER" {
             return;
         }
         for (needed, example) in [
@@ -473,6 +478,12 @@ mod tests {
         ]));
         assert_eq!(gssapi.len(), 1, "{gssapi:?}");
         assert!(gssapi[0].contains("not built into Sluice"), "{gssapi:?}");
+        let oauth = issues(&kafka(&[
+            ("security.protocol", "SASL_SSL"),
+            ("sasl.mechanism", "OAUTHBEARER"),
+        ]));
+        assert_eq!(oauth.len(), 1, "{oauth:?}");
+        assert!(oauth[0].contains("not supported"), "{oauth:?}");
         let lower = issues(&kafka(&[
             ("security.protocol", "SASL_SSL"),
             ("sasl.mechanism", "scram-sha-512"),
