@@ -11,6 +11,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use sluice_core::log::{compare_partitions, LogError, PartitionCount};
+use sluice_log_kafka::ConnectError;
 
 use crate::topology::{LogBackend, Topology};
 
@@ -20,6 +21,24 @@ pub const EMBEDDED_SERVES_ONE_PROCESS: &str = "the embedded log is a file that s
 
 /// Longest wait for the first answer of the cluster.
 pub const PROBE_LIMIT: Duration = Duration::from_secs(10);
+
+/// Longest the start of `sluice run` waits to learn whether the cluster refuses Sluice.
+pub const START_PROBE_LIMIT: Duration = Duration::from_secs(5);
+
+/// Whether the Kafka cluster of `topology` refuses Sluice for good: credentials refused, a
+/// certificate that does not verify, a failed TLS handshake or settings librdkafka rejects.
+/// `sluice run` then stops at once saying what to fix, instead of failing a minute later
+/// with a timeout. A cluster that does not answer (yet) is not a refusal: the pipeline waits
+/// for it as before. Blocking, at most [`START_PROBE_LIMIT`].
+pub fn refusal(topology: &Topology) -> Option<ConnectError> {
+    let (LogBackend::Kafka, Some(kafka)) = (topology.log.backend, &topology.log.kafka) else {
+        return None;
+    };
+    match kafka.probe(START_PROBE_LIMIT) {
+        Ok(()) | Err(ConnectError::Unreachable { .. }) => None,
+        Err(error) => Some(error),
+    }
+}
 
 /// What `--connect` found, topic by topic.
 #[derive(Debug, Default)]
@@ -60,7 +79,7 @@ pub async fn topics(topology: &Topology) -> TopicsReport {
             Ok(Err(error)) => {
                 report
                     .errors
-                    .push(format!("cannot connect to the Kafka cluster: {error}"));
+                    .push(format!("cannot ask the brokers about the topics: {error}"));
                 return report;
             }
             Err(error) => {

@@ -274,3 +274,37 @@ async fn a_ca_that_did_not_sign_the_broker_fails_check_connect_saying_certificat
         checked.took
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sluice_run_with_a_wrong_password_stops_at_once_saying_authentication_failed() {
+    let secured = secured();
+    let wrong = "not-the-password-0815";
+    let ports = Ports::free();
+    let test = test_topology("tlsrun", &[], |t| {
+        ports.apply(t);
+        secure(t, "SCRAM-SHA-512", &secured.scram.0, &secured.ca);
+    });
+    let log = test.dir.path().join("sluice.log");
+    let started = Instant::now();
+    let mut child = start_sluice(&test.path, &log, &[(PASSWORD_VAR, wrong)]);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "sluice run kept running with refused credentials"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(!status.success());
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logged.contains("cannot connect to the Kafka cluster: SASL authentication failed"),
+        "{logged}"
+    );
+    assert!(
+        !logged.contains(wrong),
+        "the password reached the log: {logged}"
+    );
+}

@@ -237,7 +237,8 @@ impl KafkaLogConfig {
 
     /// Connects to the cluster once and asks for its metadata, waiting at most `limit`.
     /// Blocking. On failure says why in words that tell what to change: the credentials
-    /// refused, the broker's certificate not verified, or no broker answering.
+    /// refused, the broker's certificate not verified, or no broker answering (at once when
+    /// librdkafka reports every broker down, e.g. connections refused).
     pub fn probe(&self, limit: Duration) -> Result<(), ConnectError> {
         let context = ProbeContext::default();
         // A producer hands librdkafka's error events, with their reasons, to the context
@@ -256,14 +257,19 @@ impl KafkaLogConfig {
                 return Ok(());
             }
             producer.poll(Duration::ZERO);
-            if let Some(error) = self.diagnose(&producer.context().seen()) {
+            let seen = producer.context().seen();
+            if let Some(error) = self.diagnose(&seen) {
                 return Err(error);
             }
-            if Instant::now() >= deadline {
-                let detail = producer
-                    .context()
-                    .seen()
-                    .last()
+            let all_down = seen
+                .iter()
+                .any(|(code, _)| *code == RDKafkaErrorCode::AllBrokersDown);
+            if all_down || Instant::now() >= deadline {
+                let detail = seen
+                    .iter()
+                    .rev()
+                    .find(|(code, _)| *code != RDKafkaErrorCode::AllBrokersDown)
+                    .or(seen.last())
                     .map(|(_, reason)| self.redact(reason))
                     .or_else(|| result.err().map(|e| e.to_string()));
                 return Err(ConnectError::Unreachable {
@@ -349,12 +355,12 @@ pub enum ConnectError {
         /// librdkafka's own words.
         detail: String,
     },
-    /// No broker answered in time.
+    /// No broker answered (all refused or went away, or none answered in time).
     #[error(
-        "no broker answered within {secs} s: check [log.kafka] brokers, that security.protocol matches the listener, and that the cluster is up. Last error: {detail}"
+        "no broker answered (waited at most {secs} s): check [log.kafka] brokers, that security.protocol matches the listener, and that the cluster is up. Last error: {detail}"
     )]
     Unreachable {
-        /// How long Sluice waited.
+        /// The longest Sluice would have waited.
         secs: u64,
         /// The last error librdkafka reported.
         detail: String,
