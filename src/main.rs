@@ -438,6 +438,11 @@ fn run(path: &std::path::Path, only: &[Part]) -> ExitCode {
         );
         return ExitCode::FAILURE;
     }
+    if let Some(error) = sluice::connect_check::refusal(&topology) {
+        tracing::error!(%error, "the Kafka cluster refuses Sluice");
+        eprintln!("sluice: cannot connect to the Kafka cluster: {error}");
+        return ExitCode::FAILURE;
+    }
     sluice::open_files::raise_to_hard_limit();
     let parts = if only.is_empty() {
         Parts::ALL

@@ -16,6 +16,14 @@ INFRA_HOST=127.0.0.1
 KAFKA_VERSION="${SLUICE_KAFKA_VERSION:-4.4.0}"
 KAFKA_PORT="${SLUICE_KAFKA_PORT:-19092}"
 KAFKA_CONTROLLER_PORT=$((KAFKA_PORT + 1))
+# A second client listener with TLS and SASL (PLAIN, SCRAM-SHA-256/512), for the tests of
+# Sluice on a secured cluster. Every other test uses the PLAINTEXT listener on KAFKA_PORT.
+KAFKA_SASL_SSL_PORT=$((KAFKA_PORT + 2))
+# Documented development-only SASL users of that listener. Not secrets.
+KAFKA_SCRAM_USER=sluice_scram
+KAFKA_SCRAM_PASSWORD=sluice-scram-password
+KAFKA_PLAIN_USER=sluice_plain
+KAFKA_PLAIN_PASSWORD=sluice-plain-password
 
 # MariaDB: shard i listens on MYSQL_BASE_PORT + i.
 MYSQL_BASE_PORT="${SLUICE_MYSQL_BASE_PORT:-13306}"

@@ -215,6 +215,41 @@ fn embedded_backend_needs_no_brokers_but_kafka_does() {
 }
 
 #[test]
+fn kafka_security_mistakes_are_reported_with_the_other_issues_and_never_the_password() {
+    std::env::set_var("SLUICE_TEST_KAFKA_SECURITY_PASSWORD", "p4ss-from-the-env");
+    let text = SHIPPED
+        .replace("${SLUICE_LOG_BACKEND:-embedded}", "kafka")
+        .replace(
+            "[log.kafka]\nbrokers = \"${SLUICE_KAFKA_BROKERS:-127.0.0.1:19092}\"\n",
+            "[log.kafka]\nbrokers = \"b:9096\"\n[log.kafka.properties]\n\
+             \"security.protocol\" = \"SASL_SSL\"\n\
+             \"sasl.mechanism\" = \"GSSAPI\"\n\
+             \"sasl.password\" = \"${SLUICE_TEST_KAFKA_SECURITY_PASSWORD}\"\n\
+             \"ssl.ca.location\" = \"/nonexistent/sluice-ca.pem\"\n",
+        )
+        .replace(
+            "partitions = 4\n[topics.\"orders.valid\"]",
+            "partitions = 0\n[topics.\"orders.valid\"]",
+        );
+    let issues = issues_of(&text);
+    assert_issue(
+        &issues,
+        "log.kafka.properties.\"sasl.mechanism\": Kerberos (GSSAPI) is not built into Sluice",
+    );
+    assert_issue(
+        &issues,
+        "log.kafka.properties.\"ssl.ca.location\": no file at \"/nonexistent/sluice-ca.pem\"",
+    );
+    assert_issue(&issues, "orders.raw");
+    assert!(
+        issues
+            .iter()
+            .all(|issue| !issue.contains("p4ss-from-the-env")),
+        "{issues:#?}"
+    );
+}
+
+#[test]
 fn settings_that_moved_to_a_backend_table_say_where_they_go() {
     let text = SHIPPED.replace(
         "consumer_group_prefix = \"sluice\"\n",

@@ -16,6 +16,7 @@ mod end_to_end;
 mod faults;
 mod idempotency;
 mod ingress_errors;
+mod kafka_security;
 mod log_conformance;
 mod partitions;
 mod process_kill;

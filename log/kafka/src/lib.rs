@@ -21,7 +21,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
-pub use config::KafkaLogConfig;
+pub use config::{ConnectError, KafkaLogConfig};
 use reader::{KafkaReader, STALL_CHECK};
 use sluice_core::log::blocking;
 use sluice_core::log::{Delivery, Log, LogError, OutRecord, PartitionReader};

@@ -166,7 +166,7 @@ impl Drop for PrivateInfra {
     }
 }
 
-/// A Kafka port with its controller port (+1) and four consecutive MariaDB ports, all free,
+/// A Kafka port with its controller (+1) and SASL_SSL (+2) ports and four consecutive MariaDB ports, all free,
 /// below the ephemeral range so no outgoing connection takes them meanwhile.
 fn free_port_blocks() -> (u16, u16) {
     use rand::Rng;
@@ -183,9 +183,9 @@ fn free_port_blocks() -> (u16, u16) {
         }
     };
     loop {
-        let kafka = pick(2);
+        let kafka = pick(3);
         let mysql = pick(4);
-        if mysql > kafka + 1 || mysql + 4 <= kafka {
+        if mysql > kafka + 2 || mysql + 4 <= kafka {
             return (kafka, mysql);
         }
     }
