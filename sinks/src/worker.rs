@@ -355,7 +355,7 @@ async fn write_owned(
                 read = read.without(&partitions);
                 tracing::warn!(
                     shard = worker.shard,
-                    partitions = %partitions.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+                    partitions = %TopicPartition::list(&partitions),
                     dropped_rows = rows - read.batch.orders.len() - read.batch.rejections.len(),
                     "another sink process owns these partitions now; dropped their rows from this batch (the new owner stores them)"
                 );

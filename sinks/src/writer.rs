@@ -230,7 +230,7 @@ pub enum SinkError {
     /// rolled back whole, so it cannot overwrite the new owner's position.
     #[error(
         "shard {shard:?}: another sink process owns {} now; this process's batch for {} was not stored (the new owner stores those records)",
-        names(.partitions), if .partitions.len() == 1 { "it" } else { "them" }
+        TopicPartition::list(.partitions), if .partitions.len() == 1 { "it" } else { "them" }
     )]
     Fenced {
         /// The shard.
@@ -246,15 +246,6 @@ pub enum SinkError {
         /// The log error.
         source: sluice_core::log::LogError,
     },
-}
-
-/// `topic/partition, …` for a message.
-fn names(partitions: &[TopicPartition]) -> String {
-    partitions
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// `"{error}; "` for a URL the driver could not parse, else nothing.

@@ -97,24 +97,8 @@ async fn kill_9_and_sigterm_lose_and_duplicate_nothing(backend: Backend) {
         accepted.len(),
         "an order id was handed out twice"
     );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    let stored = loop {
-        let stored = stored_order_ids(&test).await;
-        if expected
-            .iter()
-            .all(|id| stored.contains_key(&id.replace('-', "")))
-            || tokio::time::Instant::now() > deadline
-        {
-            break stored;
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    };
-    assert!(stored.values().all(|&n| n == 1), "an order is stored twice");
-    let missing = expected
-        .iter()
-        .filter(|id| !stored.contains_key(&id.replace('-', "")))
-        .count();
-    assert_eq!(missing, 0, "{missing} acknowledged orders were lost");
+    let stored =
+        assert_stored_exactly_once(&test, expected.iter().copied(), Duration::from_secs(90)).await;
     // Orders whose 2xx was lost with the killed process may be stored too, but never twice.
     assert!(stored.len() >= expected.len());
     Command::new("kill")

@@ -65,6 +65,40 @@ impl Part {
     }
 }
 
+/// Orders sent with 16 in flight by every user until `stop` is set.
+struct Load {
+    /// Ids of the orders answered 2xx.
+    accepted: Arc<Mutex<Vec<String>>>,
+    /// Set to stop sending.
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    /// The sending task.
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Load {
+    /// Logs every user in and starts sending.
+    async fn start(client: &reqwest::Client, ports: &Ports, users: &[String]) -> Load {
+        let mut tokens = HashMap::new();
+        for user in users {
+            tokens.insert(user.clone(), login(client, &ports.login_base(), user).await);
+        }
+        let accepted = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let task = spawn_order_load(
+            client.clone(),
+            ports.order_base(),
+            Arc::new(tokens),
+            accepted.clone(),
+            stop.clone(),
+        );
+        Load {
+            accepted,
+            stop,
+            task,
+        }
+    }
+}
+
 /// The sum of the samples of `metric` in Prometheus text whose labels contain `labels`.
 fn sum_samples(text: &str, metric: &str, labels: &str) -> f64 {
     text.lines()
@@ -117,22 +151,11 @@ async fn two_processors_and_two_sinks_split_the_work_and_survive_kill_9() {
         .await;
     }
 
-    let mut tokens = HashMap::new();
-    for user in &users {
-        tokens.insert(
-            user.clone(),
-            login(&client, &ports.login_base(), user).await,
-        );
-    }
-    let accepted = Arc::new(Mutex::new(Vec::new()));
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let load = spawn_order_load(
-        client.clone(),
-        ports.order_base(),
-        Arc::new(tokens),
-        accepted.clone(),
-        stop.clone(),
-    );
+    let Load {
+        accepted,
+        stop,
+        task: load,
+    } = Load::start(&client, &ports, &users).await;
 
     // Both processors and both sinks share the work before anything is killed.
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -228,31 +251,7 @@ async fn two_processors_and_two_sinks_split_the_work_and_survive_kill_9() {
     let accepted: Vec<String> = accepted.lock().unwrap().clone();
 
     // Every 2xx order is stored exactly once.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    let stored = loop {
-        let stored = stored_order_ids(&test).await;
-        if accepted
-            .iter()
-            .all(|id| stored.contains_key(&id.replace('-', "")))
-            || tokio::time::Instant::now() > deadline
-        {
-            break stored;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
-    let missing = accepted
-        .iter()
-        .filter(|id| !stored.contains_key(&id.replace('-', "")))
-        .count();
-    assert_eq!(
-        missing,
-        0,
-        "{missing} of {} acknowledged orders were lost",
-        accepted.len()
-    );
-    let twice = stored.values().filter(|&&n| n > 1).count();
-    assert_eq!(twice, 0, "{twice} orders are stored more than once");
-
+    assert_stored_exactly_once(&test, &accepted, Duration::from_secs(120)).await;
     // About one record per order in each intermediate topic: the two processors did not both
     // process everything. The kill makes the survivor redo at most the batches in flight.
     let log = sluice::pipeline::open_log(&topology).unwrap();
@@ -324,22 +323,11 @@ async fn a_sink_process_frozen_past_its_session_is_fenced_when_it_wakes() {
         Part::start(&test, "sinks-b", "sinks"),
     ];
     wait_ready(&ports.order_base(), &mut ingress.process).await;
-    let mut tokens = HashMap::new();
-    for user in &users {
-        tokens.insert(
-            user.clone(),
-            login(&client, &ports.login_base(), user).await,
-        );
-    }
-    let accepted = Arc::new(Mutex::new(Vec::new()));
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let load = spawn_order_load(
-        client.clone(),
-        ports.order_base(),
-        Arc::new(tokens),
-        accepted.clone(),
-        stop.clone(),
-    );
+    let Load {
+        accepted,
+        stop,
+        task: load,
+    } = Load::start(&client, &ports, &users).await;
     let group = format!("group=\"{prefix}.sink.shard0.sink\"");
     eventually(
         Duration::from_secs(120),
@@ -401,28 +389,7 @@ async fn a_sink_process_frozen_past_its_session_is_fenced_when_it_wakes() {
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     load.await.unwrap();
     let accepted: Vec<String> = accepted.lock().unwrap().clone();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    let stored = loop {
-        let stored = stored_order_ids(&test).await;
-        if accepted
-            .iter()
-            .all(|id| stored.contains_key(&id.replace('-', "")))
-            || tokio::time::Instant::now() > deadline
-        {
-            break stored;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
-    let missing = accepted
-        .iter()
-        .filter(|id| !stored.contains_key(&id.replace('-', "")))
-        .count();
-    assert_eq!(missing, 0, "{missing} acknowledged orders were lost");
-    assert_eq!(
-        stored.values().filter(|&&n| n > 1).count(),
-        0,
-        "an order is stored twice"
-    );
+    assert_stored_exactly_once(&test, &accepted, Duration::from_secs(120)).await;
     let fenced = sinks_b
         .metric(&client, "sluice_sink_batches_fenced_total", "")
         .await;

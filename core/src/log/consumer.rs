@@ -250,7 +250,7 @@ impl LogConsumer {
         for change in self.reader.rebalances() {
             match change {
                 Rebalance::Assigned(partitions) => {
-                    tracing::info!(group = self.group, partitions = %names(&partitions), "the group assigned partitions");
+                    tracing::info!(group = self.group, partitions = %TopicPartition::list(&partitions), "the group assigned partitions");
                     membership
                         .metrics
                         .assigned
@@ -258,7 +258,7 @@ impl LogConsumer {
                     membership.waiting.extend(partitions);
                 }
                 Rebalance::Revoked { partitions, lost } => {
-                    tracing::info!(group = self.group, partitions = %names(&partitions), lost, "the group took partitions away");
+                    tracing::info!(group = self.group, partitions = %TopicPartition::list(&partitions), lost, "the group took partitions away");
                     match lost {
                         true => &membership.metrics.lost,
                         false => &membership.metrics.revoked,
@@ -562,13 +562,4 @@ fn report_resumed(requested: &[(String, i32, StartFrom)], starts: &[Position]) {
             _ => {}
         }
     }
-}
-
-/// `topic/partition, …` for a log line.
-fn names(partitions: &[TopicPartition]) -> String {
-    partitions
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(", ")
 }

@@ -387,10 +387,20 @@ impl KafkaReader {
 
     /// Resolves every start position to an offset now, so that `End` means the end at
     /// assignment time (librdkafka would resolve it later, racing producers). Returns the
-    /// offset each partition starts at.
+    /// offset each partition starts at. Right after topics are created their leaders may
+    /// still be settling: failures are retried briefly.
     async fn resolve(&self, assignments: Vec<Assignment>) -> Result<Vec<Position>, LogError> {
-        let consumer = self.inner.clone();
-        blocking(move || resolve_starts(&consumer, &assignments)).await
+        settling()
+            .run(
+                || {
+                    let (consumer, assignments) = (self.inner.clone(), assignments.clone());
+                    blocking(move || resolve_starts(&consumer, &assignments))
+                },
+                |_| sluice_core::retry::Verdict::Retry,
+                |error, _| tracing::debug!(%error, "cannot resolve where partitions start yet; retrying"),
+            )
+            .await
+            .map_err(sluice_core::retry::GaveUp::into_error)
     }
 }
 
@@ -498,15 +508,7 @@ impl Drop for KafkaReader {
 #[async_trait]
 impl PartitionReader for KafkaReader {
     async fn assign(&mut self, assignments: Vec<Assignment>) -> Result<Vec<Position>, LogError> {
-        // Right after topics are created their leaders may still be settling; retry briefly.
-        let starts = settling()
-            .run(
-                || self.resolve(assignments.clone()),
-                |_| sluice_core::retry::Verdict::Retry,
-                |error, _| tracing::debug!(%error, "partition assignment not possible yet; retrying"),
-            )
-            .await
-            .map_err(sluice_core::retry::GaveUp::into_error)?;
+        let starts = self.resolve(assignments).await?;
         tracing::debug!(
             group = self.group,
             partitions = starts.len(),
@@ -539,14 +541,7 @@ impl PartitionReader for KafkaReader {
     }
 
     async fn accept(&mut self, assignments: Vec<Assignment>) -> Result<Vec<Position>, LogError> {
-        let starts = settling()
-            .run(
-                || self.resolve(assignments.clone()),
-                |_| sluice_core::retry::Verdict::Retry,
-                |error, _| tracing::debug!(%error, "cannot resolve where assigned partitions start yet; retrying"),
-            )
-            .await
-            .map_err(sluice_core::retry::GaveUp::into_error)?;
+        let starts = self.resolve(assignments).await?;
         let list = position_list(&starts)?;
         let consumer = self.inner.clone();
         blocking(move || {

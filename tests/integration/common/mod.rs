@@ -673,6 +673,40 @@ pub fn spawn_order_load(
     })
 }
 
+/// Waits up to `limit` until every order id of `accepted` (as answered, with dashes) is stored
+/// in the shards, then asserts that none is missing and no order is stored twice. Returns
+/// every stored order id with its count (orders whose 2xx never arrived may be stored too).
+pub async fn assert_stored_exactly_once<'a>(
+    test: &TestTopology,
+    accepted: impl IntoIterator<Item = &'a String>,
+    limit: Duration,
+) -> std::collections::HashMap<String, usize> {
+    let accepted: Vec<String> = accepted.into_iter().map(|id| id.replace('-', "")).collect();
+    let deadline = tokio::time::Instant::now() + limit;
+    let stored = loop {
+        let stored = stored_order_ids(test).await;
+        if accepted.iter().all(|id| stored.contains_key(id))
+            || tokio::time::Instant::now() > deadline
+        {
+            break stored;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let missing = accepted
+        .iter()
+        .filter(|id| !stored.contains_key(*id))
+        .count();
+    assert_eq!(
+        missing,
+        0,
+        "{missing} of {} acknowledged orders were not stored within {limit:?}",
+        accepted.len()
+    );
+    let twice = stored.values().filter(|&&n| n > 1).count();
+    assert_eq!(twice, 0, "{twice} orders are stored more than once");
+    stored
+}
+
 /// Every stored order id (hex, no dashes) across the four shards, with how often it occurs.
 pub async fn stored_order_ids(test: &TestTopology) -> std::collections::HashMap<String, usize> {
     let mut stored = std::collections::HashMap::new();
