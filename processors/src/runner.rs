@@ -11,9 +11,10 @@
 //! cooperative incremental assignment. Partitions move only inside a poll, after the previous
 //! batch was committed, so a stage gives up a partition with everything it finished
 //! committed (a commit the broker refuses while the group completes a rebalance is tried
-//! again). Only a member fenced out of its group (its session ran out) abandons its batch; the
-//! partitions' new owners read it again (at-least-once between topics; the shards store each
-//! order once).
+//! again for a few seconds). A member fenced out of its group (its session ran out), or whose
+//! commit is still refused after that, abandons the commit; the partitions' owners read those
+//! records again from the last committed positions (at-least-once between topics; the shards
+//! store each order once).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

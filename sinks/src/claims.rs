@@ -19,7 +19,16 @@ use crate::writer::{Claimed, ShardWriter, SinkError};
 /// The owner epochs of the partitions a worker claimed, shared by its reader (which claims)
 /// and the batches it writes (which carry them).
 #[derive(Clone, Default)]
-pub struct Epochs(Arc<Mutex<HashMap<TopicPartition, i64>>>);
+pub struct Epochs(Arc<Mutex<ClaimedEpochs>>);
+
+/// What [`Epochs`] holds.
+#[derive(Default)]
+struct ClaimedEpochs {
+    /// The epoch of each partition this worker claimed and still owns.
+    epochs: HashMap<TopicPartition, i64>,
+    /// Partitions whose claim another process took although this worker holds them.
+    stale: Vec<TopicPartition>,
+}
 
 /// An epoch no claim ever gets: a batch carrying it is always refused.
 const NOT_OWNED: i64 = -1;
@@ -28,10 +37,40 @@ impl Epochs {
     /// The epoch `partition` was claimed under, or one that no write accepts if this worker
     /// does not own it (any more).
     pub fn of(&self, partition: &TopicPartition) -> i64 {
-        self.lock().get(partition).copied().unwrap_or(NOT_OWNED)
+        self.lock()
+            .epochs
+            .get(partition)
+            .copied()
+            .unwrap_or(NOT_OWNED)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TopicPartition, i64>> {
+    /// After a batch read under `claimed_under` was fenced for `fenced`: those whose claim
+    /// this worker has not renewed since were claimed by another process while this worker
+    /// still holds them, and are to be claimed again ([`Epochs::take_stale`]).
+    pub fn stale_if_current(
+        &self,
+        fenced: &[TopicPartition],
+        claimed_under: &[(TopicPartition, i64)],
+    ) {
+        let mut claims = self.lock();
+        for partition in fenced {
+            let current = claims.epochs.get(partition).copied();
+            let read_under = claimed_under
+                .iter()
+                .find(|(p, _)| p == partition)
+                .map(|(_, epoch)| *epoch);
+            if current.is_some() && current == read_under && !claims.stale.contains(partition) {
+                claims.stale.push(partition.clone());
+            }
+        }
+    }
+
+    /// The partitions to claim again, once.
+    pub fn take_stale(&self) -> Vec<TopicPartition> {
+        std::mem::take(&mut self.lock().stale)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ClaimedEpochs> {
         self.0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -39,17 +78,19 @@ impl Epochs {
 
     /// Records claims.
     pub fn record(&self, claimed: &[Claimed]) {
-        let mut epochs = self.lock();
+        let mut claims = self.lock();
         for claim in claimed {
-            epochs.insert(claim.partition.clone(), claim.epoch);
+            claims.epochs.insert(claim.partition.clone(), claim.epoch);
+            claims.stale.retain(|p| *p != claim.partition);
         }
     }
 
     /// Forgets partitions this worker no longer owns.
     pub fn forget(&self, partitions: &[TopicPartition]) {
-        let mut epochs = self.lock();
+        let mut claims = self.lock();
         for partition in partitions {
-            epochs.remove(partition);
+            claims.epochs.remove(partition);
+            claims.stale.retain(|p| p != partition);
         }
     }
 }

@@ -1,10 +1,11 @@
 //! The sink worker of one shard: read, batch, write rows and positions together.
 //!
-//! A live worker reads in its shard's consumer group (`<prefix>.sink.<shard>.sink`): every
-//! sink process joins it, and Kafka divides the partitions of the shard's topic and of the
-//! dead-letter topic among them. Each partition a worker is given is claimed in the shard
-//! ([`crate::claims`]), and every batch is written with the claim's epoch, so only its
-//! current owner can store a partition's rows and position.
+//! A shard has two live workers, each in a consumer group of its own that every sink process
+//! joins: one reads the shard's topic (`<prefix>.sink.<shard>.sink`), the other the
+//! dead-letter topic for the shard's users (`….sink.rejections`). Each partition a worker is
+//! given is claimed in the shard ([`crate::claims`]), and every batch is written with the
+//! epochs it was read under, so only a partition's current owner can store its position (a
+//! stale owner's rows, idempotent by order id, can at most be written again).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -246,13 +247,22 @@ pub async fn run_sink_worker(
     let metrics = WriteMetrics::new(&worker.shard);
     let (writer, worker_ref, cancel_ref, progress) = (&writer, &worker, &cancel, &progress);
     let metrics_ref = &metrics;
+    let epochs_ref = &epochs;
     // `move`: the queue's receiver belongs to `write`, so a failed write drops it, which
     // fails the reader's pending send and stops the reader.
     let write = async move {
         let mut done = 0u64;
         while let Some(read) = queued.recv().await {
             let consumed = read.consumed;
-            write_owned(writer.as_ref(), worker_ref, read, cancel_ref, metrics_ref).await?;
+            write_owned(
+                writer.as_ref(),
+                worker_ref,
+                epochs_ref,
+                read,
+                cancel_ref,
+                metrics_ref,
+            )
+            .await?;
             done += consumed as u64;
             if let Some(progress) = progress {
                 progress(done);
@@ -343,6 +353,7 @@ impl ReadBatch {
 async fn write_owned(
     writer: &dyn ShardWriter,
     worker: &SinkWorker,
+    epochs: &Epochs,
     mut read: ReadBatch,
     cancel: &CancellationToken,
     metrics: &WriteMetrics,
@@ -351,6 +362,7 @@ async fn write_owned(
         match write_with_retry(writer, worker, &read.batch, cancel, metrics).await {
             Err(SinkError::Fenced { partitions, .. }) => {
                 metrics.fenced.increment(1);
+                epochs.stale_if_current(&partitions, &read.batch.epochs);
                 let rows = read.batch.orders.len() + read.batch.rejections.len();
                 read = read.without(&partitions);
                 tracing::warn!(
@@ -381,13 +393,17 @@ async fn read_batches(
     ready: tokio::sync::mpsc::Sender<ReadBatch>,
 ) {
     let mut failed_polls = 0u32;
+    // Records polled for the next batch (the current one had to close first).
+    let mut carried: Vec<Record> = Vec::new();
     'run: loop {
         if remaining.as_ref().is_some_and(HashMap::is_empty) {
             break;
         }
         let mut batch = Batch::default();
-        // The batch's partitions, in the order they came, with the next offset of each.
+        // The batch's partitions, in the order they came, with the next offset of each, and
+        // the epoch each was claimed under when its first record came.
         let mut positions: Vec<Position> = Vec::new();
+        let mut claimed_under: Vec<(TopicPartition, i64)> = Vec::new();
         let mut order_partitions = Vec::new();
         let mut rejection_partitions = Vec::new();
         let mut consumed = 0usize;
@@ -400,7 +416,14 @@ async fn read_batches(
             if deadline.is_some() && wait.is_zero() {
                 break;
             }
-            let records = tokio::select! {
+            let stale = epochs.take_stale();
+            if !stale.is_empty() {
+                consumer.reclaim(&stale);
+            }
+            let records = if !carried.is_empty() {
+                std::mem::take(&mut carried)
+            } else {
+                tokio::select! {
                 biased;
                 _ = cancel.cancelled() => {
                     if consumed == 0 { break 'run; }
@@ -418,10 +441,21 @@ async fn read_batches(
                         continue;
                     }
                 },
+                }
             };
             failed_polls = 0;
             if records.is_empty() {
                 continue; // nothing yet; the deadline (if a batch has started) ends the wait
+            }
+            // A partition of this batch claimed again since its first record (taken away and
+            // given back within the batch): the batch closes with the epoch it was read under
+            // (so it is fenced for that partition), and these records start the next one.
+            if claimed_under
+                .iter()
+                .any(|(partition, epoch)| epochs.of(partition) != *epoch)
+            {
+                carried = records;
+                break;
             }
             deadline.get_or_insert_with(|| Instant::now() + worker.max_wait);
             for record in &records {
@@ -444,11 +478,17 @@ async fn read_batches(
                 {
                     Some(index) => index,
                     None => {
-                        positions.push(Position {
+                        let partition = TopicPartition {
                             topic: key.0,
                             partition: key.1,
+                        };
+                        let epoch = epochs.of(&partition);
+                        positions.push(Position {
+                            topic: partition.topic.clone(),
+                            partition: partition.partition,
                             next_offset: record.offset,
                         });
+                        claimed_under.push((partition, epoch));
                         positions.len() - 1
                     }
                 };
@@ -470,17 +510,7 @@ async fn read_batches(
                 }
             }
         }
-        batch.epochs = positions
-            .iter()
-            .map(|p| {
-                let partition = TopicPartition {
-                    topic: p.topic.clone(),
-                    partition: p.partition,
-                };
-                let epoch = epochs.of(&partition);
-                (partition, epoch)
-            })
-            .collect();
+        batch.epochs = claimed_under;
         batch.positions = positions;
         let read = ReadBatch {
             batch,

@@ -1,11 +1,11 @@
-//! The shard worker over a real embedded log and a real SQLite shard: when every write fails
-//! transiently (the shard stays locked) and the worker is cancelled, it stops with the error
-//! instead of hanging, even with its reader blocked on a full queue of batches.
+//! The shard worker over a real embedded log and a real SQLite shard: a shard that stays
+//! locked stores nothing and the worker stops when cancelled; a worker whose claim another
+//! process takes while it still holds the partition claims it again and stores on.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use sluice_core::log::{Log, OutRecord, StartFrom};
+use sluice_core::log::{Log, OutRecord, StartFrom, TopicPartition};
 use sluice_core::order::EnrichedOrder;
 use sluice_core::sharding::{BucketRange, ShardMap};
 use sluice_log_embedded::{EmbeddedLog, Retention};
@@ -109,4 +109,118 @@ async fn a_worker_whose_shard_stays_locked_stores_nothing_and_stops_when_cancell
         .query_row("SELECT COUNT(*) FROM rejected_orders", [], |row| row.get(0))
         .unwrap();
     assert_eq!(rejected, 0, "a transient failure became a rejection");
+}
+
+/// `count` enriched orders of user `u1` appended to `topic`.
+async fn append_orders(log: &dyn Log, topic: &str, map: &ShardMap, count: usize) {
+    for _ in 0..count {
+        let order = EnrichedOrder {
+            order_id: Uuid::now_v7(),
+            user_id: "u1".into(),
+            product: "widget".into(),
+            quantity: 1,
+            unit_price_minor: 999,
+            line_total_minor: 999,
+            currency: "EUR".into(),
+            received_at_ms: 1,
+            enriched_at_ms: 2,
+            bucket: map.bucket("u1"),
+            shard: "s0".into(),
+        };
+        let record = OutRecord::new("u1", serde_json::to_vec(&order).unwrap());
+        log.send(topic, record, Duration::from_secs(10))
+            .await
+            .unwrap();
+    }
+}
+
+/// Waits until the shard's stored position of partition 0 of `topic` reaches `offset`.
+async fn stored_up_to(shard: &SqliteShard, topic: &str, offset: i64) -> bool {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while tokio::time::Instant::now() < deadline {
+        let positions = shard.positions("sink").await.unwrap();
+        if positions
+            .iter()
+            .any(|p| p.topic == topic && p.partition == 0 && p.next_offset >= offset)
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+/// A claim taken by another process (a sink that woke up after its session ran out and
+/// claimed late) while this worker still holds the partition in its group: the worker's next
+/// batch is fenced, and instead of dropping the partition's rows for ever it claims the
+/// partition again and stores on from the stored position, every order once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_whose_claim_is_taken_claims_its_partition_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let log: Arc<dyn Log> = Arc::new(
+        EmbeddedLog::open(
+            &dir.path().join("log.redb"),
+            Retention {
+                max_age: None,
+                max_records: None,
+            },
+        )
+        .unwrap(),
+    );
+    let topic = "orders.shard.0".to_string();
+    log.ensure_topics(&[(topic.clone(), 1, 1)]).await.unwrap();
+    let map = ShardMap::new(16, &[("s0".into(), BucketRange { first: 0, last: 15 })]).unwrap();
+    let file = dir.path().join("shard0.db");
+    let shard = Arc::new(SqliteShard::new("s0", &file));
+    let cancel = CancellationToken::new();
+    let worker = tokio::spawn(run_sink_worker(
+        log.clone(),
+        shard.clone(),
+        map.clone(),
+        SinkWorker {
+            shard: "s0".into(),
+            shard_index: 0,
+            topic: topic.clone(),
+            rejections_topic: None,
+            consumer: "sink".into(),
+            group_prefix: "sluice".into(),
+            max_rows: 50,
+            max_wait: Duration::from_millis(20),
+            start: StartFrom::Beginning,
+            start_offsets: Default::default(),
+            stop_at: None,
+        },
+        cancel.clone(),
+        None,
+    ));
+    append_orders(log.as_ref(), &topic, &map, 100).await;
+    assert!(
+        stored_up_to(&shard, &topic, 100).await,
+        "the first orders were not stored"
+    );
+
+    // Another process claims the partition behind the worker's back.
+    let partition = TopicPartition {
+        topic: topic.clone(),
+        partition: 0,
+    };
+    let taken = shard
+        .claim("sink", "late-claimer:1", std::slice::from_ref(&partition))
+        .await
+        .unwrap();
+    assert_eq!(taken[0].next_offset, Some(100));
+
+    append_orders(log.as_ref(), &topic, &map, 100).await;
+    assert!(
+        stored_up_to(&shard, &topic, 200).await,
+        "the worker stays fenced: {:?}",
+        shard.positions("sink").await.unwrap()
+    );
+    let rows: i64 = rusqlite::Connection::open(&file)
+        .unwrap()
+        .query_row("SELECT COUNT(*) FROM orders", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(rows, 200, "every order once");
+    cancel.cancel();
+    worker.await.unwrap().unwrap();
 }

@@ -24,13 +24,17 @@
 //! it, as they come and go. In a group:
 //! - a partition the group gives is read only once its [`Claims`] said where to start (a
 //!   stage: its group's committed position; a sink: the position stored in its shard, which
-//!   it claims there). A claim that fails (the shard is down) is tried again before every
-//!   read, and the partition is not read meanwhile;
+//!   it claims there). A claim that fails (the shard is down) fails the poll, so nothing is
+//!   read until it succeeds; it is tried again before the next read;
 //! - a partition the group takes away is dropped at once: records of it that were polled but
 //!   not handed out are discarded, and positions of it are no longer committed (the new owner
-//!   reads on from the last committed position). Revocations happen only inside
+//!   reads on from the last committed position). The group revokes partitions only inside
 //!   [`LogConsumer::poll`], so an owner that commits each batch before it polls again has
-//!   committed everything it finished when it gives a partition up.
+//!   committed everything it finished when it gives a partition up. (A reader that replaces
+//!   a stuck client loses every partition at once, in a poll or a commit; the new owners
+//!   read on from the last committed positions.)
+//! - a partition whose claim another process took while this member still holds it (a
+//!   sink's batch was fenced) can be claimed again ([`LogConsumer::reclaim`]).
 
 use std::time::Duration;
 
@@ -77,8 +81,8 @@ pub trait PartitionReader: Send {
 
     /// Joins this reader's group to read `topics`: the group divides their partitions among
     /// its members and reports each member's share through [`PartitionReader::rebalances`].
-    /// The default serves a backend that one process owns: every partition is this member's,
-    /// reported as one [`Rebalance::Assigned`].
+    /// The default refuses: the backend cannot divide partitions (a backend that one process
+    /// owns implements it as one [`Rebalance::Assigned`] of every partition).
     async fn subscribe(&mut self, topics: &[String]) -> Result<(), LogError> {
         let _ = topics;
         Err(LogError::backend_message(
@@ -148,6 +152,9 @@ struct Membership {
     claims: Box<dyn Claims>,
     /// Partitions the group gave that are not read yet (their claim has not succeeded).
     waiting: Vec<TopicPartition>,
+    /// Partitions this member still holds whose claim another process took since: they
+    /// are claimed again before the next read (see [`LogConsumer::reclaim`]).
+    reclaiming: Vec<TopicPartition>,
     /// The membership's metric handles.
     metrics: MembershipMetrics,
 }
@@ -225,6 +232,7 @@ impl LogConsumer {
         self.membership = Some(Membership {
             claims,
             waiting: Vec::new(),
+            reclaiming: Vec::new(),
             metrics,
         });
         Ok(())
@@ -265,6 +273,7 @@ impl LogConsumer {
                     }
                     .increment(partitions.len() as u64);
                     membership.waiting.retain(|w| !partitions.contains(w));
+                    membership.reclaiming.retain(|w| !partitions.contains(w));
                     self.expected.retain(|e| {
                         !partitions
                             .iter()
@@ -306,6 +315,67 @@ impl LogConsumer {
             gap_at: None,
         }));
         self.count_partitions();
+        Ok(())
+    }
+
+    /// Claims again partitions this member holds but whose claim another process has taken
+    /// since (a sink found its batch fenced while the group still gives it the partition: a
+    /// member that woke up after its session ran out, or a claim that came late). They are
+    /// read no more until claimed again, then from where the claim says: records handed out
+    /// meanwhile are read again. Without this, the group's owner of a partition could be
+    /// fenced for ever by a claim the group no longer backs.
+    pub fn reclaim(&mut self, partitions: &[TopicPartition]) {
+        let Some(membership) = self.membership.as_mut() else {
+            return;
+        };
+        for partition in partitions {
+            let held = self
+                .expected
+                .iter()
+                .any(|e| e.partition == partition.partition && e.topic == partition.topic);
+            if held && !membership.reclaiming.contains(partition) {
+                tracing::warn!(
+                    group = self.group,
+                    %partition,
+                    "another process claimed a partition this member holds; claiming it again"
+                );
+                membership.reclaiming.push(partition.clone());
+            }
+        }
+        let reclaiming = membership.reclaiming.clone();
+        self.expected.retain(|e| {
+            !reclaiming
+                .iter()
+                .any(|p| p.partition == e.partition && p.topic == e.topic)
+        });
+    }
+
+    /// Claims the partitions [`LogConsumer::reclaim`] gave back and moves the reader to where
+    /// the claims say (a start without an offset reads the partition from its beginning).
+    async fn claim_again(&mut self) -> Result<(), LogError> {
+        let Some(membership) = self.membership.as_mut() else {
+            return Ok(());
+        };
+        if membership.reclaiming.is_empty() {
+            return Ok(());
+        }
+        let reclaiming = membership.reclaiming.clone();
+        let assignments = membership.claims.claim(&reclaiming).await?;
+        membership.reclaiming.clear();
+        for assignment in assignments {
+            let next = match assignment.start {
+                StartFrom::Offset(n) | StartFrom::Resume(n) => n,
+                _ => 0,
+            };
+            self.expected.push(Expected {
+                topic: assignment.topic,
+                partition: assignment.partition,
+                next,
+                rereads: 0,
+                gap_at: None,
+            });
+        }
+        self.rewind_pending = true;
         Ok(())
     }
 
@@ -364,6 +434,10 @@ impl LogConsumer {
             }
         }
         self.claim_waiting().await?;
+        self.claim_again().await?;
+        if self.rewind_pending {
+            self.rewind().await?;
+        }
         let polled = self.reader.poll(max, wait).await;
         // Partitions revoked during the poll: their records are not handed out.
         self.take_rebalances();
@@ -484,6 +558,9 @@ impl LogConsumer {
     /// In a group, positions of partitions the group took away are not committed (the new
     /// owner's positions are not overwritten): they are left out, and the rest committed.
     pub async fn commit(&mut self, positions: &[Position]) -> Result<(), LogError> {
+        // A reader that replaced its client (a stuck commit) lost its partitions: learn it
+        // before committing for them.
+        self.take_rebalances();
         let mut owned = Vec::with_capacity(positions.len());
         for position in positions {
             let read = self.next_offset(&position.topic, position.partition);

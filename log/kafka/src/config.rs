@@ -43,7 +43,8 @@ fn default_session_timeout_ms() -> u64 {
 
 /// librdkafka properties Sluice sets itself on its consumers, and what to use instead.
 const MANAGED_PROPERTIES: &[(&str, &str)] = &[
-    ("group.id", "consumer groups are named `<[log] consumer_group_prefix>.<stage>` and `<prefix>.sink.<shard>.sink`; set `[log] consumer_group_prefix`"),
+    ("group.id", "consumer groups are named `<[log] consumer_group_prefix>.<stage>`, `<prefix>.sink.<shard>.sink` and `<prefix>.sink.<shard>.sink.rejections`; set `[log] consumer_group_prefix`"),
+    ("group.protocol", "Sluice's consumers use the classic group protocol with cooperative-sticky assignment"),
     ("session.timeout.ms", "set `session_timeout_ms` in [log.kafka]"),
     ("partition.assignment.strategy", "Sluice's consumers use cooperative-sticky assignment, which rebalances without stopping the other members"),
     ("enable.auto.commit", "Sluice commits positions itself, only after the work is done"),

@@ -168,6 +168,8 @@ pub(crate) struct KafkaReader {
     replaced: Vec<Rebalance>,
     /// Since when commits have been failing, if they are.
     commit_failing_since: Option<std::time::Instant>,
+    /// Since when the starts of an assignment cannot be found, if they cannot.
+    accept_failing_since: Option<std::time::Instant>,
     /// The next offset this reader returns from each partition it reads.
     positions: Vec<Position>,
     /// When this reader last returned a record, or was (re)assigned.
@@ -220,6 +222,15 @@ impl KafkaReader {
             .set("fetch.wait.max.ms", "50")
             .set("partition.assignment.strategy", "cooperative-sticky")
             .set("session.timeout.ms", session_ms.to_string())
+            // librdkafka refuses a session longer than the poll interval (5 min by default).
+            .set(
+                "max.poll.interval.ms",
+                base.get("max.poll.interval.ms")
+                    .and_then(|v| v.parse::<u128>().ok())
+                    .unwrap_or(300_000)
+                    .max(session_ms)
+                    .to_string(),
+            )
             // Three heartbeats per session, as Kafka recommends, at most every 3 s.
             .set(
                 "heartbeat.interval.ms",
@@ -232,6 +243,7 @@ impl KafkaReader {
             subscription: None,
             replaced: Vec::new(),
             commit_failing_since: None,
+            accept_failing_since: None,
             positions: Vec::new(),
             last_progress: std::time::Instant::now(),
             last_stall_check: std::time::Instant::now(),
@@ -253,15 +265,15 @@ impl KafkaReader {
                     partition: p.partition,
                 })
                 .collect();
-            // Assignments the owner has not accepted yet belonged to the old client too.
-            for change in std::mem::take(&mut *lock(&self.inner.context().changes)) {
-                match change {
-                    Rebalance::Assigned(partitions) => lost.extend(partitions),
-                    Rebalance::Revoked { partitions, .. } => {
-                        lost.retain(|p| !partitions.contains(p))
-                    }
+            // The old client's changes the owner has not seen yet are handed on in order, and
+            // assignments among them were the old client's too.
+            let changes = std::mem::take(&mut *lock(&self.inner.context().changes));
+            for change in &changes {
+                if let Rebalance::Assigned(partitions) = change {
+                    lost.extend(partitions.iter().cloned());
                 }
             }
+            self.replaced.extend(changes);
             if let Some(awaiting) = lock(&self.inner.context().awaiting).as_ref() {
                 lost.extend(partitions_of(awaiting));
             }
@@ -278,6 +290,7 @@ impl KafkaReader {
         // Closing a client waits for its threads: not on an async worker.
         tokio::task::spawn_blocking(move || close_client(old));
         self.commit_failing_since = None;
+        self.accept_failing_since = None;
         self.positions.clear(); // the fresh client reads nothing yet
         Ok(())
     }
@@ -540,8 +553,33 @@ impl PartitionReader for KafkaReader {
         changes
     }
 
+    /// A client that cannot find where its assigned partitions start for [`STALL_CHECK`]
+    /// (after a broker came back it can be left unable to reach a partition's leader) is
+    /// replaced: its assignment counts as lost, and the fresh client joins the group again.
     async fn accept(&mut self, assignments: Vec<Assignment>) -> Result<Vec<Position>, LogError> {
-        let starts = self.resolve(assignments).await?;
+        let started = std::time::Instant::now();
+        let resolved = tokio::time::timeout(STALL_CHECK, self.resolve(assignments))
+            .await
+            .unwrap_or(Err(LogError::Timeout(STALL_CHECK)));
+        let starts = match resolved {
+            Ok(starts) => {
+                self.accept_failing_since = None;
+                starts
+            }
+            Err(error) => {
+                let since = *self.accept_failing_since.get_or_insert(started);
+                if since.elapsed() >= STALL_CHECK {
+                    tracing::warn!(
+                        group = self.group,
+                        %error,
+                        "cannot find where the assigned partitions start; replacing the Kafka consumer client"
+                    );
+                    self.accept_failing_since = None;
+                    self.renew()?;
+                }
+                return Err(error);
+            }
+        };
         let list = position_list(&starts)?;
         let consumer = self.inner.clone();
         blocking(move || {

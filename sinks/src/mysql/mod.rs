@@ -56,6 +56,15 @@ const LATEST_ENRICHMENT_WINS: &str = concat!(
     ", VALUES(enriched_at_ms), enriched_at_ms)"
 );
 
+/// Run on every new connection. On MariaDB (`/*M! … */` is MariaDB-only), a transaction that
+/// sits idle for 10 s is rolled back and its connection closed: a sink process frozen in the
+/// middle of a batch (SIGSTOP, a stalled VM) would otherwise hold its row locks, and the sink
+/// process that takes its partitions over could not claim them until it woke. A live sink
+/// sends a transaction's statements back to back, so it is never idle that long. MySQL has
+/// no such setting: there a frozen sink's locks last until its connection ends.
+const IDLE_TRANSACTION_LIMIT: &str =
+    "SET @sluice_session = 1 /*M!100300 , SESSION idle_transaction_timeout = 10 */";
+
 /// One MySQL shard.
 pub struct MysqlShard {
     name: String,
@@ -75,6 +84,7 @@ impl MysqlShard {
                 source: None,
             });
         }
+        let opts = OptsBuilder::from_opts(opts).setup(vec![IDLE_TRANSACTION_LIMIT]);
         Ok(MysqlShard {
             name: name.to_string(),
             url: url.to_string(),
