@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use sluice_core::log::{Log, OutRecord, StartFrom, TopicPartition};
 use sluice_core::order::EnrichedOrder;
 use sluice_core::sharding::{BucketRange, ShardMap};
@@ -20,41 +21,8 @@ use uuid::Uuid;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_whose_shard_stays_locked_stores_nothing_and_stops_when_cancelled() {
     let dir = tempfile::tempdir().unwrap();
-    let log: Arc<dyn Log> = Arc::new(
-        EmbeddedLog::open(
-            &dir.path().join("log.redb"),
-            Retention {
-                max_age: None,
-                max_records: None,
-            },
-        )
-        .unwrap(),
-    );
-    let topic = "orders.shard.0".to_string();
-    log.ensure_topics(&[(topic.clone(), 1, 1)]).await.unwrap();
-    let map = ShardMap::new(16, &[("s0".into(), BucketRange { first: 0, last: 15 })]).unwrap();
-    let mut sends = Vec::new();
-    for _ in 0..2_000 {
-        let order = EnrichedOrder {
-            order_id: Uuid::now_v7(),
-            user_id: "u1".into(),
-            product: "widget".into(),
-            quantity: 1,
-            unit_price_minor: 999,
-            line_total_minor: 999,
-            currency: "EUR".into(),
-            received_at_ms: 1,
-            enriched_at_ms: 2,
-            bucket: map.bucket("u1"),
-            shard: "s0".into(),
-        };
-        let record = OutRecord::new("u1", serde_json::to_vec(&order).unwrap());
-        let (log, topic) = (log.clone(), topic.clone());
-        sends.push(async move { log.send(&topic, record, Duration::from_secs(10)).await });
-    }
-    for sent in futures::future::join_all(sends).await {
-        sent.unwrap();
-    }
+    let (log, topic, map) = one_partition_log(dir.path()).await;
+    append_orders(log.as_ref(), &topic, &map, 2_000).await;
 
     // A shard that another connection keeps locked for writing: every claim fails with
     // "database is locked", a transient error that is retried, never taken for a refusal.
@@ -111,9 +79,27 @@ async fn a_worker_whose_shard_stays_locked_stores_nothing_and_stops_when_cancell
     assert_eq!(rejected, 0, "a transient failure became a rejection");
 }
 
-/// `count` enriched orders of user `u1` appended to `topic`.
+/// An embedded log in `dir` with one topic of one partition, and a map of one shard.
+async fn one_partition_log(dir: &std::path::Path) -> (Arc<dyn Log>, String, ShardMap) {
+    let log: Arc<dyn Log> = Arc::new(
+        EmbeddedLog::open(
+            &dir.join("log.redb"),
+            Retention {
+                max_age: None,
+                max_records: None,
+            },
+        )
+        .unwrap(),
+    );
+    let topic = "orders.shard.0".to_string();
+    log.ensure_topics(&[(topic.clone(), 1, 1)]).await.unwrap();
+    let map = ShardMap::new(16, &[("s0".into(), BucketRange { first: 0, last: 15 })]).unwrap();
+    (log, topic, map)
+}
+
+/// `count` enriched orders of user `u1` appended to `topic`, 64 at a time.
 async fn append_orders(log: &dyn Log, topic: &str, map: &ShardMap, count: usize) {
-    for _ in 0..count {
+    let sends = (0..count).map(|_| {
         let order = EnrichedOrder {
             order_id: Uuid::now_v7(),
             user_id: "u1".into(),
@@ -128,10 +114,16 @@ async fn append_orders(log: &dyn Log, topic: &str, map: &ShardMap, count: usize)
             shard: "s0".into(),
         };
         let record = OutRecord::new("u1", serde_json::to_vec(&order).unwrap());
-        log.send(topic, record, Duration::from_secs(10))
-            .await
-            .unwrap();
-    }
+        async move {
+            log.send(topic, record, Duration::from_secs(10))
+                .await
+                .unwrap()
+        }
+    });
+    futures::stream::iter(sends)
+        .buffer_unordered(64)
+        .collect::<Vec<_>>()
+        .await;
 }
 
 /// Waits until the shard's stored position of partition 0 of `topic` reaches `offset`.
@@ -157,19 +149,7 @@ async fn stored_up_to(shard: &SqliteShard, topic: &str, offset: i64) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_whose_claim_is_taken_claims_its_partition_again() {
     let dir = tempfile::tempdir().unwrap();
-    let log: Arc<dyn Log> = Arc::new(
-        EmbeddedLog::open(
-            &dir.path().join("log.redb"),
-            Retention {
-                max_age: None,
-                max_records: None,
-            },
-        )
-        .unwrap(),
-    );
-    let topic = "orders.shard.0".to_string();
-    log.ensure_topics(&[(topic.clone(), 1, 1)]).await.unwrap();
-    let map = ShardMap::new(16, &[("s0".into(), BucketRange { first: 0, last: 15 })]).unwrap();
+    let (log, topic, map) = one_partition_log(dir.path()).await;
     let file = dir.path().join("shard0.db");
     let shard = Arc::new(SqliteShard::new("s0", &file));
     let cancel = CancellationToken::new();
