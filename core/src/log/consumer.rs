@@ -296,6 +296,14 @@ impl LogConsumer {
         }
         let waiting = membership.waiting.clone();
         let assignments = membership.claims.claim(&waiting).await?;
+        // The group waits for an answer covering exactly the partitions it gave.
+        let uncovered = uncovered(&waiting, &assignments);
+        if !uncovered.is_empty() {
+            return Err(LogError::backend_message(format!(
+                "claiming gave no start for {}; claiming again",
+                TopicPartition::list(&uncovered)
+            )));
+        }
         let requested = requested_starts(&assignments);
         let starts = self.reader.accept(assignments).await?;
         report_resumed(&requested, &starts);
@@ -606,6 +614,19 @@ impl LogConsumer {
     }
 }
 
+/// The partitions of `partitions` that no assignment covers.
+fn uncovered(partitions: &[TopicPartition], assignments: &[Assignment]) -> Vec<TopicPartition> {
+    partitions
+        .iter()
+        .filter(|p| {
+            !assignments
+                .iter()
+                .any(|a| a.partition == p.partition && a.topic == p.topic)
+        })
+        .cloned()
+        .collect()
+}
+
 /// `(topic, partition, start)` of each assignment, to compare with where reading starts.
 fn requested_starts(assignments: &[Assignment]) -> Vec<(String, i32, StartFrom)> {
     assignments
@@ -638,5 +659,30 @@ fn report_resumed(requested: &[(String, i32, StartFrom)], starts: &[Position]) {
             ),
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn partition(n: i32) -> TopicPartition {
+        TopicPartition {
+            topic: "t".into(),
+            partition: n,
+        }
+    }
+
+    #[test]
+    fn a_claim_must_give_a_start_to_every_partition_the_group_gave() {
+        let given = [partition(0), partition(1), partition(2)];
+        let start = |n: i32| Assignment {
+            topic: "t".into(),
+            partition: n,
+            start: StartFrom::Committed,
+        };
+        assert!(uncovered(&given, &[start(2), start(0), start(1)]).is_empty());
+        assert_eq!(uncovered(&given, &[start(0), start(2)]), vec![partition(1)]);
+        assert_eq!(uncovered(&given, &[]), given.to_vec());
     }
 }
