@@ -219,13 +219,11 @@ pub async fn run_stage(
             .map_err(fail)?
         {
             Committed::Yes => {}
-            Committed::Rebalanced => {
-                tracing::warn!(
-                    stage = runner.name,
-                    "the consumer group rebalanced before the batch was committed; the partitions' owners read it again"
-                );
-                continue;
-            }
+            // The batch was processed and its outputs are acknowledged: it counts as done.
+            Committed::Rebalanced => tracing::warn!(
+                stage = runner.name,
+                "the consumer group rebalanced before the batch was committed; the partitions' owners read it again"
+            ),
             Committed::Cancelled => {
                 tracing::warn!(
                     stage = runner.name,

@@ -193,6 +193,24 @@ struct Expected {
     gap_at: Option<i64>,
 }
 
+impl Expected {
+    /// A partition whose next record to hand out is at `position`.
+    fn at(position: Position) -> Self {
+        Expected {
+            topic: position.topic,
+            partition: position.partition,
+            next: position.next_offset,
+            rereads: 0,
+            gap_at: None,
+        }
+    }
+
+    /// Whether this is `partition` of `topic`.
+    fn is(&self, topic: &str, partition: i32) -> bool {
+        self.partition == partition && self.topic == topic
+    }
+}
+
 /// Reads assigned partitions, handing out every record exactly once and in order per partition,
 /// and commits positions explicitly. See the [module docs](self).
 pub struct LogConsumer {
@@ -274,12 +292,8 @@ impl LogConsumer {
                     .increment(partitions.len() as u64);
                     membership.waiting.retain(|w| !partitions.contains(w));
                     membership.reclaiming.retain(|w| !partitions.contains(w));
-                    self.expected.retain(|e| {
-                        !partitions
-                            .iter()
-                            .any(|p| p.partition == e.partition && p.topic == e.topic)
-                    });
                     membership.claims.released(&partitions, lost);
+                    forget(&mut self.expected, &partitions);
                 }
             }
         }
@@ -295,33 +309,15 @@ impl LogConsumer {
             return Ok(());
         }
         let waiting = membership.waiting.clone();
-        let assignments = membership.claims.claim(&waiting).await?;
-        // The group waits for an answer covering exactly the partitions it gave.
-        let uncovered = uncovered(&waiting, &assignments);
-        if !uncovered.is_empty() {
-            return Err(LogError::backend_message(format!(
-                "claiming gave no start for {}; claiming again",
-                TopicPartition::list(&uncovered)
-            )));
-        }
+        let assignments = claim_every(membership.claims.as_mut(), &waiting).await?;
         let requested = requested_starts(&assignments);
         let starts = self.reader.accept(assignments).await?;
         report_resumed(&requested, &starts);
         if let Some(membership) = self.membership.as_mut() {
             membership.waiting.clear();
         }
-        self.expected.retain(|e| {
-            !starts
-                .iter()
-                .any(|s| s.partition == e.partition && s.topic == e.topic)
-        });
-        self.expected.extend(starts.into_iter().map(|p| Expected {
-            topic: p.topic,
-            partition: p.partition,
-            next: p.next_offset,
-            rereads: 0,
-            gap_at: None,
-        }));
+        forget(&mut self.expected, &waiting);
+        self.expected.extend(starts.into_iter().map(Expected::at));
         self.count_partitions();
         Ok(())
     }
@@ -340,7 +336,7 @@ impl LogConsumer {
             let held = self
                 .expected
                 .iter()
-                .any(|e| e.partition == partition.partition && e.topic == partition.topic);
+                .any(|e| e.is(&partition.topic, partition.partition));
             if held && !membership.reclaiming.contains(partition) {
                 tracing::warn!(
                     group = self.group,
@@ -350,12 +346,8 @@ impl LogConsumer {
                 membership.reclaiming.push(partition.clone());
             }
         }
-        let reclaiming = membership.reclaiming.clone();
-        self.expected.retain(|e| {
-            !reclaiming
-                .iter()
-                .any(|p| p.partition == e.partition && p.topic == e.topic)
-        });
+        forget(&mut self.expected, &membership.reclaiming);
+        self.count_partitions();
     }
 
     /// Claims the partitions [`LogConsumer::reclaim`] gave back and moves the reader to where
@@ -368,22 +360,21 @@ impl LogConsumer {
             return Ok(());
         }
         let reclaiming = membership.reclaiming.clone();
-        let assignments = membership.claims.claim(&reclaiming).await?;
+        let assignments = claim_every(membership.claims.as_mut(), &reclaiming).await?;
         membership.reclaiming.clear();
         for assignment in assignments {
-            let next = match assignment.start {
+            let next_offset = match assignment.start {
                 StartFrom::Offset(n) | StartFrom::Resume(n) => n,
                 _ => 0,
             };
-            self.expected.push(Expected {
+            self.expected.push(Expected::at(Position {
                 topic: assignment.topic,
                 partition: assignment.partition,
-                next,
-                rereads: 0,
-                gap_at: None,
-            });
+                next_offset,
+            }));
         }
         self.rewind_pending = true;
+        self.count_partitions();
         Ok(())
     }
 
@@ -409,16 +400,7 @@ impl LogConsumer {
         let requested = requested_starts(&assignments);
         let starts = self.reader.assign(assignments).await?;
         report_resumed(&requested, &starts);
-        self.expected = starts
-            .into_iter()
-            .map(|p| Expected {
-                topic: p.topic,
-                partition: p.partition,
-                next: p.next_offset,
-                rereads: 0,
-                gap_at: None,
-            })
-            .collect();
+        self.expected = starts.into_iter().map(Expected::at).collect();
         self.rewind_pending = false;
         Ok(())
     }
@@ -546,16 +528,14 @@ impl LogConsumer {
 
     /// What this consumer expects from a partition, if it is assigned.
     fn expected_mut(&mut self, topic: &str, partition: i32) -> Option<&mut Expected> {
-        self.expected
-            .iter_mut()
-            .find(|e| e.partition == partition && e.topic == topic)
+        self.expected.iter_mut().find(|e| e.is(topic, partition))
     }
 
     /// The next offset this consumer will hand out from a partition, if it is assigned.
     pub fn next_offset(&self, topic: &str, partition: i32) -> Option<i64> {
         self.expected
             .iter()
-            .find(|e| e.partition == partition && e.topic == topic)
+            .find(|e| e.is(topic, partition))
             .map(|e| e.next)
     }
 
@@ -612,6 +592,29 @@ impl LogConsumer {
     ) -> Result<Option<i64>, LogError> {
         self.reader.committed(topic, partition).await
     }
+}
+
+/// Where each of `partitions` starts, from `claims`. The group waits for an answer covering
+/// exactly the partitions it gave, and a partition left out would be fetched but never
+/// handed out: a claim that leaves one out is an error, and is tried again.
+async fn claim_every(
+    claims: &mut dyn Claims,
+    partitions: &[TopicPartition],
+) -> Result<Vec<Assignment>, LogError> {
+    let assignments = claims.claim(partitions).await?;
+    let uncovered = uncovered(partitions, &assignments);
+    if !uncovered.is_empty() {
+        return Err(LogError::backend_message(format!(
+            "claiming gave no start for {}; claiming again",
+            TopicPartition::list(&uncovered)
+        )));
+    }
+    Ok(assignments)
+}
+
+/// Drops `partitions` from `expected`.
+fn forget(expected: &mut Vec<Expected>, partitions: &[TopicPartition]) {
+    expected.retain(|e| !partitions.iter().any(|p| e.is(&p.topic, p.partition)));
 }
 
 /// The partitions of `partitions` that no assignment covers.

@@ -339,6 +339,13 @@ impl KafkaReader {
             Ok(())
         })
         .await?;
+        self.read_from(positions);
+        Ok(())
+    }
+
+    /// Records that the client reads these partitions from these positions now (others it
+    /// reads are unchanged).
+    fn read_from(&mut self, positions: Vec<Position>) {
         for target in positions {
             match self
                 .positions
@@ -350,7 +357,6 @@ impl KafkaReader {
             }
         }
         self.last_progress = std::time::Instant::now();
-        Ok(())
     }
 
     /// Whether a partition this reader reads holds records beyond its position, or the
@@ -595,13 +601,7 @@ impl PartitionReader for KafkaReader {
             partitions = starts.len(),
             "reading the partitions the group assigned"
         );
-        self.positions.retain(|p| {
-            !starts
-                .iter()
-                .any(|s| s.partition == p.partition && s.topic == p.topic)
-        });
-        self.positions.extend(starts.iter().cloned());
-        self.last_progress = std::time::Instant::now();
+        self.read_from(starts.clone());
         Ok(starts)
     }
 
