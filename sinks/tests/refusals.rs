@@ -61,16 +61,8 @@ fn live_worker(shard: &str) -> SinkWorker {
 }
 
 async fn embedded_log(dir: &std::path::Path) -> Arc<dyn Log> {
-    let log: Arc<dyn Log> = Arc::new(
-        EmbeddedLog::open(
-            &dir.join("log.redb"),
-            Retention {
-                max_age: None,
-                max_records: None,
-            },
-        )
-        .unwrap(),
-    );
+    let log: Arc<dyn Log> =
+        Arc::new(EmbeddedLog::open(&dir.join("log.redb"), Retention::KEEP_ALL).unwrap());
     log.ensure_topics(&[(TOPIC.to_string(), 1, 1)])
         .await
         .unwrap();

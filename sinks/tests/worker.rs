@@ -37,19 +37,7 @@ async fn a_worker_whose_shard_stays_locked_stores_nothing_and_stops_when_cancell
         log.clone(),
         shard.clone(),
         map,
-        SinkWorker {
-            shard: "s0".into(),
-            shard_index: 0,
-            topic: topic.clone(),
-            rejections_topic: None,
-            consumer: "sink".into(),
-            group_prefix: "sluice".into(),
-            max_rows: 100,
-            max_wait: Duration::from_millis(10),
-            start: StartFrom::Beginning,
-            start_offsets: Default::default(),
-            stop_at: None,
-        },
+        live_worker(&topic, 100, Duration::from_millis(10)),
         cancel.clone(),
         None,
     ));
@@ -81,20 +69,30 @@ async fn a_worker_whose_shard_stays_locked_stores_nothing_and_stops_when_cancell
 
 /// An embedded log in `dir` with one topic of one partition, and a map of one shard.
 async fn one_partition_log(dir: &std::path::Path) -> (Arc<dyn Log>, String, ShardMap) {
-    let log: Arc<dyn Log> = Arc::new(
-        EmbeddedLog::open(
-            &dir.join("log.redb"),
-            Retention {
-                max_age: None,
-                max_records: None,
-            },
-        )
-        .unwrap(),
-    );
+    let log: Arc<dyn Log> =
+        Arc::new(EmbeddedLog::open(&dir.join("log.redb"), Retention::KEEP_ALL).unwrap());
     let topic = "orders.shard.0".to_string();
     log.ensure_topics(&[(topic.clone(), 1, 1)]).await.unwrap();
     let map = ShardMap::new(16, &[("s0".into(), BucketRange { first: 0, last: 15 })]).unwrap();
     (log, topic, map)
+}
+
+/// The live worker of shard `s0` over `topic`, in batches of `max_rows` closed after
+/// `max_wait`.
+fn live_worker(topic: &str, max_rows: usize, max_wait: Duration) -> SinkWorker {
+    SinkWorker {
+        shard: "s0".into(),
+        shard_index: 0,
+        topic: topic.to_string(),
+        rejections_topic: None,
+        consumer: "sink".into(),
+        group_prefix: "sluice".into(),
+        max_rows,
+        max_wait,
+        start: StartFrom::Beginning,
+        start_offsets: Default::default(),
+        stop_at: None,
+    }
 }
 
 /// `count` enriched orders of user `u1` appended to `topic`, 64 at a time.
@@ -157,19 +155,7 @@ async fn a_worker_whose_claim_is_taken_claims_its_partition_again() {
         log.clone(),
         shard.clone(),
         map.clone(),
-        SinkWorker {
-            shard: "s0".into(),
-            shard_index: 0,
-            topic: topic.clone(),
-            rejections_topic: None,
-            consumer: "sink".into(),
-            group_prefix: "sluice".into(),
-            max_rows: 50,
-            max_wait: Duration::from_millis(20),
-            start: StartFrom::Beginning,
-            start_offsets: Default::default(),
-            stop_at: None,
-        },
+        live_worker(&topic, 50, Duration::from_millis(20)),
         cancel.clone(),
         None,
     ));

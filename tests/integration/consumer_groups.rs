@@ -108,14 +108,7 @@ async fn a_member_reads_everything_once(log: Arc<dyn Log>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_subscribed_consumer_reads_every_partition() {
     let dir = tempfile::tempdir().unwrap();
-    let log = EmbeddedLog::open(
-        &dir.path().join("log.redb"),
-        Retention {
-            max_age: None,
-            max_records: None,
-        },
-    )
-    .unwrap();
+    let log = EmbeddedLog::open(&dir.path().join("log.redb"), Retention::KEEP_ALL).unwrap();
     a_member_reads_everything_once(Arc::new(log)).await;
 }
 

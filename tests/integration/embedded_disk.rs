@@ -13,14 +13,9 @@ use sluice_log_embedded::{EmbeddedLog, Options, Retention};
 
 use crate::common::Mount;
 
-const NO_RETENTION: Retention = Retention {
-    max_age: None,
-    max_records: None,
-};
-
 fn options(min_free_bytes: u64, max_pending_appends: usize) -> Options {
     Options {
-        retention: NO_RETENTION,
+        retention: Retention::KEEP_ALL,
         min_free_bytes,
         max_pending_appends,
         stall_file: None,

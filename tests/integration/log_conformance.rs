@@ -392,14 +392,7 @@ async fn no_record_is_skipped_when_the_reader_fails(log: Arc<dyn Log>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_log_conforms() {
     let dir = tempfile::tempdir().unwrap();
-    let log = EmbeddedLog::open(
-        &dir.path().join("log.redb"),
-        Retention {
-            max_age: None,
-            max_records: None,
-        },
-    )
-    .unwrap();
+    let log = EmbeddedLog::open(&dir.path().join("log.redb"), Retention::KEEP_ALL).unwrap();
     let log: Arc<dyn Log> = Arc::new(log);
     conformance(log.clone()).await;
     no_record_is_skipped_when_the_reader_fails(log).await;
@@ -455,14 +448,7 @@ async fn embedded_log_survives_reopen_and_enforces_retention() {
         .unwrap();
         fill_and_commit(&log, &topic, 25, 7).await;
         assert!(
-            EmbeddedLog::open(
-                &path,
-                Retention {
-                    max_age: None,
-                    max_records: None
-                }
-            )
-            .is_err(),
+            EmbeddedLog::open(&path, Retention::KEEP_ALL).is_err(),
             "a second opener must be refused"
         );
     }

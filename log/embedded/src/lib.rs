@@ -106,6 +106,14 @@ pub struct Retention {
     pub max_records: Option<u64>,
 }
 
+impl Retention {
+    /// Keeps every record: no age or count limit.
+    pub const KEEP_ALL: Retention = Retention {
+        max_age: None,
+        max_records: None,
+    };
+}
+
 /// Options of the embedded log beyond its file.
 #[derive(Debug, Clone)]
 pub struct Options {

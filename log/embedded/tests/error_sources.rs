@@ -7,11 +7,6 @@ use std::time::Duration;
 use sluice_core::log::{Log, LogError, OutRecord};
 use sluice_log_embedded::{EmbeddedLog, Options, Retention};
 
-const NO_RETENTION: Retention = Retention {
-    max_age: None,
-    max_records: None,
-};
-
 /// The errors of `error`'s source chain, outermost first, without `error` itself.
 fn sources(error: &dyn Error) -> Vec<&(dyn Error + 'static)> {
     let mut chain = Vec::new();
@@ -27,8 +22,8 @@ fn sources(error: &dyn Error) -> Vec<&(dyn Error + 'static)> {
 fn an_embedded_log_in_use_reports_redbs_error_as_the_source() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("log.redb");
-    let _first = EmbeddedLog::open(&path, NO_RETENTION).unwrap();
-    let error = EmbeddedLog::open(&path, NO_RETENTION).err().unwrap();
+    let _first = EmbeddedLog::open(&path, Retention::KEEP_ALL).unwrap();
+    let error = EmbeddedLog::open(&path, Retention::KEEP_ALL).err().unwrap();
     assert!(
         error.to_string().contains("in use by another process"),
         "{error}"
@@ -48,7 +43,7 @@ fn a_log_folder_that_cannot_be_created_reports_the_io_error_as_the_source() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("a-file");
     std::fs::write(&file, b"").unwrap();
-    let error = EmbeddedLog::open(&file.join("sub").join("log.redb"), NO_RETENTION)
+    let error = EmbeddedLog::open(&file.join("sub").join("log.redb"), Retention::KEEP_ALL)
         .err()
         .unwrap();
     assert!(
@@ -71,7 +66,7 @@ async fn a_failed_write_gives_the_append_the_storage_error_as_its_source() {
         Options {
             fail_file: Some(fail.clone()),
             min_free_bytes: 0,
-            ..Options::new(NO_RETENTION)
+            ..Options::new(Retention::KEEP_ALL)
         },
     )
     .unwrap();
