@@ -4,7 +4,8 @@ use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use sluice::pipeline::{self, Parts};
 use sluice::topology::{self, LogBackend};
 use sluice_core::shutdown::Shutdown;
@@ -30,20 +31,40 @@ enum Command {
         #[arg(long, value_enum)]
         only: Vec<Part>,
     },
-    /// Validate a topology file and print every problem at once.
+    /// Validate a topology file and print every problem at once; with --connect, also reach
+    /// everything it names (the log, every shard, the users and key files) and apply the
+    /// production-mode checks.
+    ///
+    /// Exits 1 when any problem is an error (warnings alone exit 0).
     Check {
+        /// The topology file (the same as --topology, which it overrides; kept for scripts
+        /// that give the path alone).
+        #[arg(value_name = "TOPOLOGY")]
+        path: Option<PathBuf>,
         /// The topology file.
-        #[arg(default_value = "topology.toml")]
+        #[arg(short, long, env = "SLUICE_TOPOLOGY", default_value = "topology.toml")]
         topology: PathBuf,
-        /// Also ask the Kafka brokers the file names whether each declared topic exists and
-        /// has the declared partitions (fewer is an error, more a warning).
+        /// Also reach what the topology names, within a few seconds each, and report every
+        /// problem with the setting or file to fix: the Kafka topics and their partitions (or
+        /// the embedded log's folder and free space), every shard (reachable, credentials,
+        /// database, schema version, privileges; read-only), the users file, the token and
+        /// biscuit key files, and the production-mode checks (warnings in development mode).
         #[arg(long)]
         connect: bool,
+        /// Output: text for people, json for machines (one document:
+        /// `{"ok", "topology", "problems": [{"severity", "component", "setting", "message"}],
+        /// "notes", "checked"}`).
+        #[arg(long, value_enum, default_value = "text")]
+        format: CheckFormat,
     },
     /// Print the topology's flow as a Mermaid or DOT graph.
     Graph {
+        /// The topology file (the same as --topology, which it overrides; kept for
+        /// compatibility).
+        #[arg(value_name = "TOPOLOGY")]
+        path: Option<PathBuf>,
         /// The topology file.
-        #[arg(default_value = "topology.toml")]
+        #[arg(short, long, env = "SLUICE_TOPOLOGY", default_value = "topology.toml")]
         topology: PathBuf,
         /// Output format.
         #[arg(long, value_enum, default_value = "mermaid")]
@@ -76,6 +97,21 @@ enum Command {
         /// Name of this replay's position; reuse it to resume.
         #[arg(long, default_value = "backfill")]
         name: String,
+        /// Read at most this many records per second, to leave a live shard room for its
+        /// live sink. Also applies when the replay runs inside the running embedded pipeline.
+        #[arg(long, value_name = "RECORDS_PER_SECOND")]
+        rate: Option<std::num::NonZeroU32>,
+        /// Print the plan (per partition: topic, partition, start offset, stop offset,
+        /// records; and the total) and exit without reading or writing a record.
+        #[arg(long)]
+        dry_run: bool,
+        /// Serve /metrics on this address while the replay runs
+        /// (`sluice_replay_records_total`, `sluice_replay_remaining_records`). Default: the
+        /// topology's [ops] listen, when the replay runs in this process and the address is
+        /// free; a replay handed to the running embedded pipeline shows on that pipeline's
+        /// /metrics.
+        #[arg(long, value_name = "ADDR")]
+        metrics_listen: Option<std::net::SocketAddr>,
     },
     /// Mint a JWT for a script or service, signed with the topology's signing key.
     Token {
@@ -140,6 +176,12 @@ enum Part {
     Sinks,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum CheckFormat {
+    Text,
+    Json,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum Format {
     Mermaid,
@@ -147,7 +189,28 @@ enum Format {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(error) => error.exit(),
+    };
+    // `check` and `graph` take the topology as a path (as they always did) or as
+    // -t/--topology: not both on one command line.
+    for name in ["check", "graph"] {
+        if let Some(sub) = matches.subcommand_matches(name) {
+            if sub.contains_id("path")
+                && sub.value_source("path") == Some(ValueSource::CommandLine)
+                && sub.value_source("topology") == Some(ValueSource::CommandLine)
+            {
+                Cli::command()
+                    .error(
+                        clap::error::ErrorKind::ArgumentConflict,
+                        format!("sluice {name}: give the topology file either as a path or with --topology, not both"),
+                    )
+                    .exit();
+            }
+        }
+    }
     let command = cli.command.unwrap_or_else(|| Command::Run {
         topology: std::env::var_os("SLUICE_TOPOLOGY")
             .map(PathBuf::from)
@@ -155,8 +218,17 @@ fn main() -> ExitCode {
         only: Vec::new(),
     });
     match command {
-        Command::Check { topology, connect } => check(&topology, connect),
-        Command::Graph { topology, format } => graph(&topology, format),
+        Command::Check {
+            path,
+            topology,
+            connect,
+            format,
+        } => check(&path.unwrap_or(topology), connect, format),
+        Command::Graph {
+            path,
+            topology,
+            format,
+        } => graph(&path.unwrap_or(topology), format),
         Command::Users {
             action:
                 UsersAction::Add {
@@ -197,6 +269,9 @@ fn main() -> ExitCode {
             from,
             to,
             name,
+            rate,
+            dry_run,
+            metrics_listen,
         } => {
             let target = match (stage, shard) {
                 (Some(stage), _) => sluice::replay::Target::Stage(stage),
@@ -211,7 +286,10 @@ fn main() -> ExitCode {
                     to,
                     target,
                     name,
+                    rate,
                 },
+                dry_run,
+                metrics_listen,
             )
         }
     }
@@ -278,42 +356,49 @@ fn mint_token(path: &std::path::Path, user: &str, ttl_secs: Option<u64>) -> Exit
     )
 }
 
-fn check(path: &std::path::Path, connect: bool) -> ExitCode {
-    let topology = match topology::load(path) {
+fn check(path: &std::path::Path, connect: bool, format: CheckFormat) -> ExitCode {
+    use sluice::connect_check::{self, CheckReport};
+    let mut report = CheckReport::new(path);
+    let loaded = topology::load(path);
+    let topology = match loaded {
         Ok(topology) => topology,
         Err(error) => {
-            eprintln!("{error}");
+            report.problems = connect_check::topology_problems(&error);
+            match format {
+                // As it always was: the loader's own message, every problem in it.
+                CheckFormat::Text => eprintln!("{error}"),
+                CheckFormat::Json => out(&format!("{}\n", report.json())),
+            }
             return ExitCode::FAILURE;
         }
     };
-    out(&format!(
-        "{}: ok ({} topics, {} stages, {} shards over {} buckets)\n",
+    connect_check::count_declared(&mut report, &topology);
+    let summary = format!(
+        "{}: ok ({} topics, {} stages, {} shards over {} buckets)",
         path.display(),
         topology.topics.len(),
         topology.stages.len(),
         topology.shards.len(),
         topology.sharding.buckets
-    ));
-    if topology.log.backend == LogBackend::Embedded {
-        out(sluice::connect_check::EMBEDDED_SERVES_ONE_PROCESS);
-        out("\n");
-        if connect {
-            out("--connect: the embedded log is a file on this machine; there is nothing to connect to\n");
-        }
-        return ExitCode::SUCCESS;
+    );
+    report.note(summary);
+    if topology.log.backend == LogBackend::Embedded && !connect {
+        report.note(connect_check::EMBEDDED_SERVES_ONE_PROCESS);
     }
-    if !connect {
-        return ExitCode::SUCCESS;
+    if connect {
+        let runtime = match tokio::runtime::Runtime::new() {
+            Ok(runtime) => runtime,
+            Err(error) => {
+                eprintln!("cannot start the async runtime: {error}");
+                return ExitCode::FAILURE;
+            }
+        };
+        report.merge(runtime.block_on(connect_check::connect(&topology)));
     }
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("cannot start the async runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let report = runtime.block_on(sluice::connect_check::topics(&topology));
-    out(&report.text());
+    match format {
+        CheckFormat::Text => out(&report.text()),
+        CheckFormat::Json => out(&format!("{}\n", report.json())),
+    }
     if report.is_ok() {
         ExitCode::SUCCESS
     } else {
@@ -371,11 +456,19 @@ fn add_user(name: &str, file: &std::path::Path, allow_weak: bool) -> ExitCode {
     )
 }
 
-fn replay(path: &std::path::Path, spec: sluice::replay::ReplaySpec) -> ExitCode {
+fn replay(
+    path: &std::path::Path,
+    spec: sluice::replay::ReplaySpec,
+    dry_run: bool,
+    metrics_listen: Option<std::net::SocketAddr>,
+) -> ExitCode {
     let (topology, runtime) = match prepare(path) {
         Ok(prepared) => prepared,
         Err(code) => return code,
     };
+    if dry_run {
+        return dry_run_replay(&topology, &runtime, &spec);
+    }
     let label = match &spec.target {
         sluice::replay::Target::Stage(name) => format!("replay {} -> stage {name}", spec.name),
         sluice::replay::Target::Shard(name) => format!("replay {} -> shard {name}", spec.name),
@@ -383,27 +476,52 @@ fn replay(path: &std::path::Path, spec: sluice::replay::ReplaySpec) -> ExitCode 
     let result = runtime.block_on(async {
         let shutdown = Shutdown::new();
         shutdown.listen_for_signals();
-        let progress = sluice::replay::progress_printer(label, std::time::Duration::from_secs(2));
+        // Stops the metrics listener when the replay ends, however it ends.
+        let metrics_stop = tokio_util::sync::CancellationToken::new();
+        let _stop_metrics = metrics_stop.clone().drop_guard();
+        let mut stream = None;
         if topology.log.backend == LogBackend::Embedded {
             // A running `sluice run` holds the embedded log: hand it the replay.
             let log_file = topology.resolve_path(&topology.log.embedded.path);
-            if let Some(stream) = sluice::replay_socket::connect(&log_file).await {
-                eprintln!("the pipeline is running: the replay runs inside it");
-                return sluice::replay_socket::request(
-                    stream,
-                    &spec,
-                    Some(progress),
-                    shutdown.token(),
-                )
+            stream = sluice::replay_socket::connect(&log_file).await;
+        }
+        // Metrics: --metrics-listen, else [ops] listen when the replay runs here (a running
+        // embedded pipeline counts the replay on its own /metrics).
+        sluice_ingress::prometheus::handle();
+        let (address, explicit) = match (metrics_listen, topology.ops.listen) {
+            (Some(address), _) => (Some(address), true),
+            (None, Some(address)) if stream.is_none() => (Some(address), false),
+            _ => (None, false),
+        };
+        if let Some(address) = address {
+            match tokio::net::TcpListener::bind(address).await {
+                Ok(listener) => {
+                    sluice::replay::eprint_line(&format!("replay metrics on http://{address}/metrics"));
+                    tokio::spawn(sluice::replay::serve_metrics(listener, metrics_stop.clone()));
+                }
+                Err(error) if explicit => {
+                    return Err(format!("cannot serve metrics on --metrics-listen {address}: {error}"));
+                }
+                Err(error) => sluice::replay::eprint_line(&format!(
+                    "no replay metrics on [ops] listen {address} ({error}): is the pipeline running? give --metrics-listen another address"
+                )),
+            }
+        }
+        let progress = sluice::replay::progress_printer(label, std::time::Duration::from_secs(2));
+        if let Some(stream) = stream {
+            eprintln!("the pipeline is running: the replay runs inside it");
+            // This process's /metrics (--metrics-listen) follows the remote replay too.
+            let progress = sluice::replay::with_metrics(&spec.target, progress);
+            return sluice::replay_socket::request(stream, &spec, Some(progress), shutdown.token())
                 .await
                 .map_err(|e| e.to_string());
-            }
         }
         let log = pipeline::open_log(&topology).map_err(|e| e.to_string())?;
         sluice::replay::replay(&topology, log, &spec, shutdown.token(), Some(progress))
             .await
             .map_err(|e| e.to_string())
     });
+    sluice::replay::finish_progress();
     match result {
         Ok(outcome) if outcome.complete => {
             out(&format!(
@@ -421,6 +539,39 @@ fn replay(path: &std::path::Path, spec: sluice::replay::ReplaySpec) -> ExitCode 
         }
         Err(error) => {
             eprintln!("sluice replay: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `sluice replay --dry-run`: the plan, asked of the running embedded pipeline when there is
+/// one (it holds the log), else computed here.
+fn dry_run_replay(
+    topology: &topology::Topology,
+    runtime: &tokio::runtime::Runtime,
+    spec: &sluice::replay::ReplaySpec,
+) -> ExitCode {
+    let result = runtime.block_on(async {
+        if topology.log.backend == LogBackend::Embedded {
+            let log_file = topology.resolve_path(&topology.log.embedded.path);
+            if let Some(stream) = sluice::replay_socket::connect(&log_file).await {
+                return sluice::replay_socket::plan_request(stream, spec)
+                    .await
+                    .map_err(|e| e.to_string());
+            }
+        }
+        let log = pipeline::open_log(topology).map_err(|e| e.to_string())?;
+        sluice::replay::plan_replay(topology, log, spec)
+            .await
+            .map_err(|e| e.to_string())
+    });
+    match result {
+        Ok(plan) => {
+            out(&plan.text());
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("sluice replay --dry-run: {error}");
             ExitCode::FAILURE
         }
     }

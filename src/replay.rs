@@ -5,13 +5,22 @@
 //! name combines `--name` with the topic and bounds, so changing `--from` or `--to` starts a
 //! fresh replay instead of resuming an old one. Sinks are idempotent by `order_id`, so a replay
 //! never duplicates rows.
+//!
+//! Operations: [`plan_replay`] says what a replay would cover without reading a record
+//! (`--dry-run`); [`ReplaySpec::rate`] paces the reads (`--rate`, to protect live shards);
+//! while a replay runs, `sluice_replay_records_total{target}` counts its records and
+//! `sluice_replay_remaining_records{target}` says how many are left; on a terminal the
+//! progress is a bar, with log lines printed above it ([`LogWriter`]).
 
 use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
 use std::io::{IsTerminal, Write};
+use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use sluice_core::log::{Assignment, Log, LogError, StartFrom};
 use sluice_core::telemetry;
@@ -43,6 +52,16 @@ pub enum Target {
     Shard(String),
 }
 
+impl Target {
+    /// The `target` label of the replay metrics: `stage:<name>` or `shard:<name>`.
+    pub fn label(&self) -> String {
+        match self {
+            Target::Stage(name) => format!("stage:{name}"),
+            Target::Shard(name) => format!("shard:{name}"),
+        }
+    }
+}
+
 /// One replay.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ReplaySpec {
@@ -56,6 +75,10 @@ pub struct ReplaySpec {
     pub target: Target,
     /// Names the replay's own consumer position; rerun with the same name to resume.
     pub name: String,
+    /// Most records read per second (none: as fast as the target takes them). A replay that
+    /// rebuilds a shard under live traffic uses it to leave the shard room for the live sink.
+    #[serde(default)]
+    pub rate: Option<NonZeroU32>,
 }
 
 /// Why a replay could not run.
@@ -104,14 +127,6 @@ pub struct ReplayOutcome {
 }
 
 impl ReplayOutcome {
-    /// Records to cover in `(partition, start, end)` ranges.
-    fn total_of(ranges: &[(i32, i64, i64)]) -> u64 {
-        ranges
-            .iter()
-            .map(|(_, start, end)| (end - start) as u64)
-            .sum()
-    }
-
     /// A run that reached its end.
     fn finished(records: u64, total: u64) -> Self {
         ReplayOutcome {
@@ -130,6 +145,109 @@ impl ReplayOutcome {
             total,
             complete: !cancel.is_cancelled() || records >= total,
         }
+    }
+}
+
+/// One partition of a [`ReplayPlan`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionPlan {
+    /// The partition.
+    pub partition: i32,
+    /// First offset to read (the stored position when the replay resumes).
+    pub start: i64,
+    /// Offset to stop before.
+    pub stop: i64,
+    /// Records in between (`stop - start`; fewer if retention removes some first).
+    pub records: u64,
+}
+
+/// What a replay covers, computed without reading a record or writing anything.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplayPlan {
+    /// The target's metric label (`stage:<name>` or `shard:<name>`).
+    pub target: String,
+    /// The topic read.
+    pub topic: String,
+    /// The name the replay's position is stored under.
+    pub position: String,
+    /// Whether a stored position of an earlier, interrupted run of the same replay was found
+    /// (then the starts are where it stopped).
+    pub resumed: bool,
+    /// Every partition with something to replay.
+    pub partitions: Vec<PartitionPlan>,
+    /// Records in all (the sum of the partitions').
+    pub total: u64,
+    /// Something the plan could not settle, said to the user (say, a stored position that
+    /// could not be read: then the plan assumes a fresh start).
+    pub note: Option<String>,
+}
+
+impl ReplayPlan {
+    fn new(target: &Target, topic: &str, position: String, ranges: &[(i32, i64, i64)]) -> Self {
+        let partitions: Vec<PartitionPlan> = ranges
+            .iter()
+            .map(|&(partition, start, stop)| PartitionPlan {
+                partition,
+                start,
+                stop,
+                records: (stop - start).max(0) as u64,
+            })
+            .collect();
+        ReplayPlan {
+            target: target.label(),
+            topic: topic.to_string(),
+            position,
+            resumed: false,
+            total: partitions.iter().map(|p| p.records).sum(),
+            partitions,
+            note: None,
+        }
+    }
+
+    /// `(partition, start, stop)` of every partition.
+    fn ranges(&self) -> Vec<(i32, i64, i64)> {
+        self.partitions
+            .iter()
+            .map(|p| (p.partition, p.start, p.stop))
+            .collect()
+    }
+
+    /// The plan as `sluice replay --dry-run` prints it: a header, one line per partition
+    /// (topic, partition, start offset, stop offset, records), and the total.
+    pub fn text(&self) -> String {
+        let mut text = format!(
+            "replay plan: {} -> {} (position {}{})\n",
+            self.topic,
+            self.target,
+            self.position,
+            if self.resumed {
+                ", resuming an interrupted run"
+            } else {
+                ""
+            }
+        );
+        if let Some(note) = &self.note {
+            let _ = writeln!(text, "note: {note}");
+        }
+        let _ = writeln!(
+            text,
+            "{:<40} {:>9} {:>12} {:>12} {:>10}",
+            "topic", "partition", "start", "stop", "records"
+        );
+        for p in &self.partitions {
+            let _ = writeln!(
+                text,
+                "{:<40} {:>9} {:>12} {:>12} {:>10}",
+                self.topic, p.partition, p.start, p.stop, p.records
+            );
+        }
+        let _ = writeln!(
+            text,
+            "total: {} records in {} partition(s); nothing was read or written (--dry-run)",
+            self.total,
+            self.partitions.len()
+        );
+        text
     }
 }
 
@@ -155,7 +273,7 @@ async fn resolve(
 
 /// `(partition, start, end)` for every partition with something to replay; `resumed` maps a
 /// partition to a stored position that overrides the start.
-async fn plan(
+async fn ranges(
     log: &dyn Log,
     topic: &str,
     spec: &ReplaySpec,
@@ -189,6 +307,174 @@ impl ReplaySpec {
     }
 }
 
+/// The stage replay's consumer group for `topic`.
+fn stage_group(topology: &Topology, spec: &ReplaySpec, topic: &str, stage: &str) -> String {
+    format!(
+        "{}.replay.{}.{}",
+        topology.log.consumer_group_prefix,
+        spec.position_name(topic),
+        stage
+    )
+}
+
+/// The stored positions of a stage replay's group, by partition (read only).
+async fn stage_positions(
+    log: &dyn Log,
+    group: &str,
+    topic: &str,
+) -> Result<HashMap<i32, i64>, LogError> {
+    let mut consumer = log.consumer(group).await?;
+    let mut resumed = HashMap::new();
+    for partition in 0..log.partition_count(topic).await? as i32 {
+        if let Some(position) = consumer.committed(topic, partition).await? {
+            resumed.insert(partition, position);
+        }
+    }
+    Ok(resumed)
+}
+
+/// What `spec` would replay against `topology` over `log`, without reading a record or
+/// writing anything: the stored position is read (from the log for a stage, from the shard
+/// for a shard, whose database is neither created nor migrated) and the bounds resolved.
+pub async fn plan_replay(
+    topology: &Topology,
+    log: Arc<dyn Log>,
+    spec: &ReplaySpec,
+) -> Result<ReplayPlan, ReplayError> {
+    let (topic, position, resumed, note) = match &spec.target {
+        Target::Stage(name) => {
+            let config = topology.stage(name).ok_or_else(|| {
+                ReplayError::UnknownTarget(format!("no stage named {name:?} in the topology"))
+            })?;
+            let topic = spec.topic.clone().unwrap_or_else(|| config.input.clone());
+            let group = stage_group(topology, spec, &topic, name);
+            let resumed = stage_positions(log.as_ref(), &group, &topic).await?;
+            (topic, group, resumed, None)
+        }
+        Target::Shard(name) => {
+            let config = shard_config(topology, name)?.1;
+            let topic = spec.topic.clone().unwrap_or_else(|| config.topic.clone());
+            let consumer = format!("replay.{}", spec.position_name(&topic));
+            let (resumed, note) = match stored_shard_positions(topology, config, &consumer, &topic).await {
+                Ok(resumed) => (resumed, None),
+                Err(error) => (
+                    HashMap::new(),
+                    Some(format!(
+                        "the stored position of this replay could not be read from shard {name:?} ({error}); the plan assumes a fresh start"
+                    )),
+                ),
+            };
+            (topic, consumer, resumed, note)
+        }
+    };
+    let found = ranges(log.as_ref(), &topic, spec, &resumed).await?;
+    let mut plan = ReplayPlan::new(&spec.target, &topic, position, &found);
+    plan.resumed = !resumed.is_empty();
+    plan.note = note;
+    Ok(plan)
+}
+
+/// The shard named `name`, with its index.
+fn shard_config<'a>(
+    topology: &'a Topology,
+    name: &str,
+) -> Result<(usize, &'a sluice_core::topology::ShardConfig), ReplayError> {
+    topology
+        .shards
+        .iter()
+        .enumerate()
+        .find(|(_, s)| s.name == name)
+        .ok_or_else(|| ReplayError::UnknownTarget(format!("no shard named {name:?} in the topology")))
+}
+
+/// The positions a shard stores for `consumer` on `topic`, read without creating or
+/// migrating anything (a SQLite file that does not exist has none).
+async fn stored_shard_positions(
+    topology: &Topology,
+    config: &sluice_core::topology::ShardConfig,
+    consumer: &str,
+    topic: &str,
+) -> Result<HashMap<i32, i64>, sluice_sinks::SinkError> {
+    if let Some(path) = config.url.strip_prefix("sqlite://") {
+        let path =
+            sluice_core::topology::resolve_relative(&topology.base_dir, std::path::Path::new(path));
+        if !path.exists() {
+            return Ok(HashMap::new());
+        }
+    }
+    let writer = open_shard(&config.name, &config.url, &topology.base_dir)?;
+    let positions = writer.positions(consumer).await;
+    writer.close().await;
+    Ok(positions?
+        .into_iter()
+        .filter(|p| p.topic == topic)
+        .map(|p| (p.partition, p.next_offset))
+        .collect())
+}
+
+/// The replay metrics of one target, registered once per replay: records delivered
+/// (`sluice_replay_records_total`) and records left (`sluice_replay_remaining_records`).
+struct ReplayMetrics {
+    records: metrics::Counter,
+    remaining: metrics::Gauge,
+    counted: AtomicU64,
+    total: u64,
+}
+
+impl ReplayMetrics {
+    fn new(target: &Target, total: u64) -> Arc<Self> {
+        let label = target.label();
+        let metrics = ReplayMetrics {
+            records: metrics::counter!(telemetry::REPLAY_RECORDS, "target" => label.clone()),
+            remaining: metrics::gauge!(telemetry::REPLAY_REMAINING, "target" => label),
+            counted: AtomicU64::new(0),
+            total,
+        };
+        metrics.records.increment(0);
+        metrics.remaining.set(total as f64);
+        Arc::new(metrics)
+    }
+
+    /// `done` records of this run are delivered.
+    fn done(&self, done: u64) {
+        let before = self.counted.fetch_max(done, Ordering::Relaxed);
+        if done > before {
+            self.records.increment(done - before);
+        }
+        self.remaining.set(self.total.saturating_sub(done) as f64);
+    }
+
+    /// The runner's reporter: updates the metrics, then `progress`.
+    fn reporter(self: &Arc<Self>, progress: Option<ProgressFn>) -> Arc<dyn Fn(u64) + Send + Sync> {
+        let (metrics, total) = (self.clone(), self.total);
+        Arc::new(move |done: u64| {
+            metrics.done(done);
+            if let Some(progress) = &progress {
+                progress(done, total);
+            }
+        })
+    }
+}
+
+/// `progress`, also counting into this process's replay metrics of `target`: for a replay
+/// that runs in another process (the running embedded pipeline), whose progress comes back
+/// over its socket. The metric handles are made here, once.
+pub fn with_metrics(target: &Target, progress: ProgressFn) -> ProgressFn {
+    let label = target.label();
+    let records = metrics::counter!(telemetry::REPLAY_RECORDS, "target" => label.clone());
+    let remaining = metrics::gauge!(telemetry::REPLAY_REMAINING, "target" => label);
+    records.increment(0);
+    let counted = AtomicU64::new(0);
+    Arc::new(move |done: u64, total: u64| {
+        let before = counted.fetch_max(done, Ordering::Relaxed);
+        if done > before {
+            records.increment(done - before);
+        }
+        remaining.set(total.saturating_sub(done) as f64);
+        progress(done, total);
+    })
+}
+
 /// Runs `spec` against `topology` over `log` until done or `cancel`.
 pub async fn replay(
     topology: &Topology,
@@ -206,25 +492,19 @@ pub async fn replay(
                 ReplayError::UnknownTarget(format!("no stage named {name:?} in the topology"))
             })?;
             let topic = spec.topic.clone().unwrap_or_else(|| config.input.clone());
-            let group = format!(
-                "{}.replay.{}.{}",
-                topology.log.consumer_group_prefix,
-                spec.position_name(&topic),
-                name
+            let group = stage_group(topology, spec, &topic, name);
+            let resumed = stage_positions(log.as_ref(), &group, &topic).await?;
+            let plan = ReplayPlan::new(
+                &spec.target,
+                &topic,
+                group.clone(),
+                &ranges(log.as_ref(), &topic, spec, &resumed).await?,
             );
-            let mut consumer = log.consumer(&group).await?;
-            let mut resumed = HashMap::new();
-            for partition in 0..log.partition_count(&topic).await? as i32 {
-                if let Some(position) = consumer.committed(&topic, partition).await? {
-                    resumed.insert(partition, position);
-                }
-            }
-            drop(consumer);
-            let ranges = plan(log.as_ref(), &topic, spec, &resumed).await?;
-            let total = ReplayOutcome::total_of(&ranges);
-            if ranges.is_empty() {
+            let metrics = ReplayMetrics::new(&spec.target, plan.total);
+            if plan.partitions.is_empty() {
                 return Ok(ReplayOutcome::finished(0, 0));
             }
+            let ranges = plan.ranges();
             let stage = config.build(&topology.stage_context())?;
             let mut runner = StageRunner::from_config(config, &topology.log.consumer_group_prefix);
             runner.name = format!("replay.{}.{name}", spec.name);
@@ -246,23 +526,19 @@ pub async fn replay(
                     .map(|&(partition, _, end)| (partition, end))
                     .collect::<BTreeMap<_, _>>(),
             );
-            let reporter = progress.map(|p| {
-                Arc::new(move |done: u64| p(done, total)) as Arc<dyn Fn(u64) + Send + Sync>
-            });
-            let records = run_stage(log, stage, runner, cancel.clone(), reporter).await?;
-            metrics::counter!(telemetry::REPLAY_RECORDS, "target" => format!("stage:{name}"))
-                .increment(records);
-            Ok(ReplayOutcome::after_run(records, total, &cancel))
+            let records = run_stage(
+                paced(log, spec.rate),
+                stage,
+                runner,
+                cancel.clone(),
+                Some(metrics.reporter(progress)),
+            )
+            .await?;
+            metrics.done(records);
+            Ok(ReplayOutcome::after_run(records, plan.total, &cancel))
         }
         Target::Shard(name) => {
-            let (index, config) = topology
-                .shards
-                .iter()
-                .enumerate()
-                .find(|(_, s)| &s.name == name)
-                .ok_or_else(|| {
-                    ReplayError::UnknownTarget(format!("no shard named {name:?} in the topology"))
-                })?;
+            let (index, config) = shard_config(topology, name)?;
             let topic = spec.topic.clone().unwrap_or_else(|| config.topic.clone());
             let writer = open_shard(&config.name, &config.url, &topology.base_dir)?;
             writer.migrate().await?;
@@ -274,11 +550,17 @@ pub async fn replay(
                 .filter(|p| p.topic == topic)
                 .map(|p| (p.partition, p.next_offset))
                 .collect();
-            let ranges = plan(log.as_ref(), &topic, spec, &resumed).await?;
-            let total = ReplayOutcome::total_of(&ranges);
-            if ranges.is_empty() {
+            let plan = ReplayPlan::new(
+                &spec.target,
+                &topic,
+                consumer.clone(),
+                &ranges(log.as_ref(), &topic, spec, &resumed).await?,
+            );
+            let metrics = ReplayMetrics::new(&spec.target, plan.total);
+            if plan.partitions.is_empty() {
                 return Ok(ReplayOutcome::finished(0, 0));
             }
+            let ranges = plan.ranges();
             let worker = SinkWorker {
                 topic: topic.clone(),
                 rejections_topic: None,
@@ -300,23 +582,304 @@ pub async fn replay(
                     &topology.log.consumer_group_prefix,
                 )
             };
-            let reporter = progress.map(|p| {
-                Arc::new(move |done: u64| p(done, total)) as Arc<dyn Fn(u64) + Send + Sync>
-            });
-            let records =
-                run_sink_worker(log, writer.clone(), map, worker, cancel.clone(), reporter).await?;
+            let records = run_sink_worker(
+                paced(log, spec.rate),
+                writer.clone(),
+                map,
+                worker,
+                cancel.clone(),
+                Some(metrics.reporter(progress)),
+            )
+            .await?;
             writer.close().await;
-            metrics::counter!(telemetry::REPLAY_RECORDS, "target" => format!("shard:{name}"))
-                .increment(records);
-            Ok(ReplayOutcome::after_run(records, total, &cancel))
+            metrics.done(records);
+            Ok(ReplayOutcome::after_run(records, plan.total, &cancel))
         }
     }
 }
 
-/// Progress shown on a terminal as one updating line, elsewhere as a plain line every
-/// `every` (records done, total, rate, estimated time left).
+/// `log`, with its reads paced to `rate` records per second when one is given.
+fn paced(log: Arc<dyn Log>, rate: Option<NonZeroU32>) -> Arc<dyn Log> {
+    match rate {
+        Some(rate) => Arc::new(pace::PacedLog::new(log, rate)),
+        None => log,
+    }
+}
+
+/// `--rate`: a log whose readers hand out records no faster than a rate.
+mod pace {
+    use std::num::NonZeroU32;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+    use sluice_core::log::{
+        Assignment, Delivery, Log, LogError, OutRecord, PartitionReader, Position, Rebalance,
+        Record,
+    };
+    use tokio::time::Instant;
+
+    /// When the next records may go: every record read pushes it `1 / rate` seconds on, and
+    /// the reader hands records out only once their time has come. It never runs ahead of
+    /// the clock (no burst is saved up while idle), so `n` records take at least
+    /// `n / rate` seconds.
+    pub(super) struct Pacer {
+        per_record: Duration,
+        /// Largest poll: a quarter of a second's records (at least one), so the wait between
+        /// hand-outs stays short and even.
+        batch: usize,
+        next: tokio::sync::Mutex<Option<Instant>>,
+    }
+
+    impl Pacer {
+        pub(super) fn new(rate: NonZeroU32) -> Self {
+            Pacer {
+                per_record: Duration::from_secs_f64(1.0 / f64::from(rate.get())),
+                batch: (rate.get() as usize / 4).max(1),
+                next: tokio::sync::Mutex::new(None),
+            }
+        }
+
+        /// Waits until `records` more records may be handed out.
+        pub(super) async fn take(&self, records: usize) {
+            let until = {
+                let mut next = self.next.lock().await;
+                let now = Instant::now();
+                let from = next.map_or(now, |next| next.max(now));
+                let until = from + self.per_record * records as u32;
+                *next = Some(until);
+                until
+            };
+            tokio::time::sleep_until(until).await;
+        }
+    }
+
+    /// A log whose readers share one [`Pacer`]; everything else goes straight through.
+    pub(super) struct PacedLog {
+        inner: Arc<dyn Log>,
+        pacer: Arc<Pacer>,
+    }
+
+    impl PacedLog {
+        pub(super) fn new(inner: Arc<dyn Log>, rate: NonZeroU32) -> Self {
+            PacedLog {
+                inner,
+                pacer: Arc::new(Pacer::new(rate)),
+            }
+        }
+    }
+
+    #[async_trait]
+    impl Log for PacedLog {
+        async fn ensure_topics(&self, topics: &[(String, u32, u32)]) -> Result<(), LogError> {
+            self.inner.ensure_topics(topics).await
+        }
+
+        async fn send(
+            &self,
+            topic: &str,
+            record: OutRecord,
+            timeout: Duration,
+        ) -> Result<Delivery, LogError> {
+            self.inner.send(topic, record, timeout).await
+        }
+
+        async fn partition_count(&self, topic: &str) -> Result<u32, LogError> {
+            self.inner.partition_count(topic).await
+        }
+
+        async fn watermarks(&self, topic: &str, partition: i32) -> Result<(i64, i64), LogError> {
+            self.inner.watermarks(topic, partition).await
+        }
+
+        async fn offset_for_time(
+            &self,
+            topic: &str,
+            partition: i32,
+            time_ms: i64,
+        ) -> Result<i64, LogError> {
+            self.inner.offset_for_time(topic, partition, time_ms).await
+        }
+
+        async fn try_send(
+            &self,
+            topic: &str,
+            record: OutRecord,
+            timeout: Duration,
+        ) -> Result<Delivery, LogError> {
+            self.inner.try_send(topic, record, timeout).await
+        }
+
+        async fn check_ready(&self) -> Result<(), LogError> {
+            self.inner.check_ready().await
+        }
+
+        async fn reader(&self, group: &str) -> Result<Box<dyn PartitionReader>, LogError> {
+            Ok(Box::new(PacedReader {
+                inner: self.inner.reader(group).await?,
+                pacer: self.pacer.clone(),
+            }))
+        }
+
+        async fn flush(&self, timeout: Duration) -> Result<(), LogError> {
+            self.inner.flush(timeout).await
+        }
+    }
+
+    /// A reader that hands out records as its [`Pacer`] allows; every other call goes
+    /// straight to the backend's reader.
+    struct PacedReader {
+        inner: Box<dyn PartitionReader>,
+        pacer: Arc<Pacer>,
+    }
+
+    #[async_trait]
+    impl PartitionReader for PacedReader {
+        async fn assign(
+            &mut self,
+            assignments: Vec<Assignment>,
+        ) -> Result<Vec<Position>, LogError> {
+            self.inner.assign(assignments).await
+        }
+
+        async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Record>, LogError> {
+            let records = self.inner.poll(max.min(self.pacer.batch), wait).await?;
+            if !records.is_empty() {
+                self.pacer.take(records.len()).await;
+            }
+            Ok(records)
+        }
+
+        async fn rewind(&mut self, positions: Vec<Position>) -> Result<Vec<Position>, LogError> {
+            self.inner.rewind(positions).await
+        }
+
+        async fn commit(&mut self, positions: &[Position]) -> Result<(), LogError> {
+            self.inner.commit(positions).await
+        }
+
+        async fn subscribe(&mut self, topics: &[String]) -> Result<(), LogError> {
+            self.inner.subscribe(topics).await
+        }
+
+        fn rebalances(&mut self) -> Vec<Rebalance> {
+            self.inner.rebalances()
+        }
+
+        async fn accept(
+            &mut self,
+            assignments: Vec<Assignment>,
+        ) -> Result<Vec<Position>, LogError> {
+            self.inner.accept(assignments).await
+        }
+
+        async fn close(&mut self) {
+            self.inner.close().await
+        }
+
+        async fn committed(
+            &mut self,
+            topic: &str,
+            partition: i32,
+        ) -> Result<Option<i64>, LogError> {
+            self.inner.committed(topic, partition).await
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[tokio::test(start_paused = true)]
+        async fn the_pacer_hands_out_no_more_than_its_rate() {
+            let pacer = Pacer::new(NonZeroU32::new(10).unwrap());
+            assert_eq!(pacer.batch, 2);
+            let started = Instant::now();
+            for _ in 0..5 {
+                pacer.take(2).await;
+            }
+            // 10 records at 10 per second: at least a second.
+            assert!(started.elapsed() >= Duration::from_secs(1));
+            assert!(started.elapsed() < Duration::from_millis(1100));
+        }
+    }
+}
+
+/// The progress bar on the terminal while a replay runs, if any: log lines are printed above
+/// it ([`LogWriter`]).
+static ACTIVE_BAR: Mutex<Option<ProgressBar>> = Mutex::new(None);
+
+fn active_bar() -> Option<ProgressBar> {
+    ACTIVE_BAR
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone()
+}
+
+/// Where Sluice's log lines go: standard error, and while a replay's progress bar is on the
+/// terminal, above the bar (it is hidden for the line and drawn again after), so the two do
+/// not overwrite each other. Give it to `tracing_subscriber`'s `with_writer`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LogWriter;
+
+/// One log line's writer (see [`LogWriter`]).
+#[derive(Debug)]
+pub struct LogLine;
+
+impl Write for LogLine {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match active_bar() {
+            Some(bar) => bar.suspend(|| std::io::stderr().write(buf)),
+            None => std::io::stderr().write(buf),
+        }
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        match active_bar() {
+            Some(bar) => bar.suspend(|| std::io::stderr().write_all(buf)),
+            None => std::io::stderr().write_all(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogWriter {
+    type Writer = LogLine;
+
+    fn make_writer(&'a self) -> LogLine {
+        LogLine
+    }
+}
+
+/// Prints `line` on standard error, above the progress bar when one is shown.
+pub fn eprint_line(line: &str) {
+    let _ = LogLine.write_all(format!("{line}\n").as_bytes());
+}
+
+/// Progress shown on a terminal as a progress bar (records done/total, rate, estimated time
+/// left, labelled with the target), elsewhere as a plain line every `every` (records done,
+/// total, rate, left, estimated time left). Call [`finish_progress`] when the replay ends.
 pub fn progress_printer(label: String, every: Duration) -> ProgressFn {
-    let on_terminal = std::io::stderr().is_terminal();
+    if std::io::stderr().is_terminal() {
+        let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+        let style = ProgressStyle::with_template(
+            "{prefix} [{elapsed_precise}] [{wide_bar}] {human_pos}/{human_len} records ({percent}%) {per_sec} ETA {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ");
+        bar.set_style(style);
+        bar.set_prefix(label);
+        *ACTIVE_BAR
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(bar.clone());
+        return Arc::new(move |done: u64, total: u64| {
+            bar.set_length(total);
+            bar.set_position(done);
+        });
+    }
     let started = Instant::now();
     let last_print = Arc::new(AtomicU64::new(0));
     Arc::new(move |done: u64, total: u64| {
@@ -340,16 +903,34 @@ pub fn progress_printer(label: String, every: Duration) -> ProgressFn {
             done as f64 * 100.0 / total as f64
         };
         let line = format!("{label}: {done}/{total} records ({percent:.1}%), {rate:.0} records/s, {left} left, ~{eta:.0}s to go");
-        let mut err = std::io::stderr().lock();
-        if on_terminal {
-            let _ = write!(err, "\r\x1b[2K{line}");
-            if finished {
-                let _ = writeln!(err);
-            }
-        } else {
-            let _ = writeln!(err, "{line}");
-        }
+        let _ = writeln!(std::io::stderr().lock(), "{line}");
     })
+}
+
+/// Ends the progress bar of [`progress_printer`], if one is shown: it stays on the terminal
+/// as it ended, and log lines go straight to standard error again.
+pub fn finish_progress() {
+    let bar = ACTIVE_BAR
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take();
+    if let Some(bar) = bar {
+        bar.abandon();
+    }
+}
+
+/// Serves `/metrics` (the replay's counters among the process's others) on `listener` until
+/// `shutdown`: `sluice replay --metrics-listen`.
+pub async fn serve_metrics(listener: tokio::net::TcpListener, shutdown: CancellationToken) {
+    use warp::Filter;
+    let metrics = warp::path!("metrics")
+        .and(warp::get())
+        .map(sluice_ingress::routes::health::metrics);
+    warp::serve(metrics)
+        .incoming(listener)
+        .graceful(async move { shutdown.cancelled().await })
+        .run()
+        .await;
 }
 
 /// Parses a `--from`/`--to` value: `beginning`, an offset (`1234`), or a time (RFC 3339 with

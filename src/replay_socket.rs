@@ -8,8 +8,10 @@
 //! the progress streamed back. Closing the connection (Ctrl-C on the command) cancels the
 //! replay, which the same command resumes later.
 //!
-//! The protocol is one JSON [`ReplaySpec`] line from the client, then [`Reply`] lines from the
-//! process: progress, and at last the outcome or the error.
+//! The protocol is one JSON [`Request`] line from the client (a [`ReplaySpec`], its `rate`
+//! included, and whether it is a dry run), then [`Reply`] lines from the process: progress,
+//! and at last the outcome or the error; for a dry run, the plan ([`Reply::Planned`]) or the
+//! error.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -25,7 +27,9 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::replay::{replay, ProgressFn, ReplayError, ReplayOutcome, ReplaySpec};
+use crate::replay::{
+    plan_replay, replay, ProgressFn, ReplayError, ReplayOutcome, ReplayPlan, ReplaySpec,
+};
 
 /// Longest request line accepted on the socket.
 const MAX_REQUEST_BYTES: u64 = 64 * 1024;
@@ -38,6 +42,18 @@ pub fn socket_path(log_file: &Path) -> PathBuf {
     let mut name = log_file.as_os_str().to_owned();
     name.push(".replay.sock");
     PathBuf::from(name)
+}
+
+/// The one line from the replay command to the running process. A bare [`ReplaySpec`] is a
+/// request too (`dry_run` defaults to false).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Request {
+    /// The replay.
+    #[serde(flatten)]
+    pub spec: ReplaySpec,
+    /// Only compute and return the plan ([`plan_replay`]): nothing is read or written.
+    #[serde(default)]
+    pub dry_run: bool,
 }
 
 /// One line from the running process to the replay command.
@@ -53,6 +69,8 @@ pub enum Reply {
     },
     /// The replay ended (complete, or cancelled because the connection closed).
     Finished(ReplayOutcome),
+    /// The plan of a dry run.
+    Planned(ReplayPlan),
     /// The replay could not run.
     Failed {
         /// What went wrong, for the user.
@@ -156,8 +174,8 @@ async fn handle(
         );
         return send(&mut write, &Reply::Failed { error }).await;
     }
-    let spec: ReplaySpec = match serde_json::from_str(&request) {
-        Ok(spec) => spec,
+    let Request { spec, dry_run } = match serde_json::from_str(&request) {
+        Ok(request) => request,
         Err(error) => {
             let reply = Reply::Failed {
                 error: format!("not a replay request: {error}"),
@@ -165,6 +183,15 @@ async fn handle(
             return send(&mut write, &reply).await;
         }
     };
+    if dry_run {
+        let reply = match plan_replay(topology, log, &spec).await {
+            Ok(plan) => Reply::Planned(plan),
+            Err(error) => Reply::Failed {
+                error: error.to_string(),
+            },
+        };
+        return send(&mut write, &reply).await;
+    }
     let key = format!("{:?} {}", spec.target, spec.name);
     if !running
         .lock()
@@ -178,7 +205,7 @@ async fn handle(
         return send(&mut write, &Reply::Failed { error }).await;
     }
     let running_guard = RunningReplay { running, key };
-    tracing::info!(name = spec.name, target = ?spec.target, "replay requested over the socket");
+    tracing::info!(name = spec.name, target = ?spec.target, rate = ?spec.rate, "replay requested over the socket");
     let cancel = stop.child_token();
     // The client sends nothing more: the end of its stream means it went away.
     let mut rest = read.into_inner().into_inner();
@@ -250,7 +277,11 @@ pub async fn request(
 ) -> Result<ReplayOutcome, ReplayError> {
     let lost = ReplayError::Connection;
     let (read, mut write) = stream.into_split();
-    let mut line = serde_json::to_vec(spec).map_err(ReplayError::Protocol)?;
+    let request = Request {
+        spec: spec.clone(),
+        dry_run: false,
+    };
+    let mut line = serde_json::to_vec(&request).map_err(ReplayError::Protocol)?;
     line.push(b'\n');
     write.write_all(&line).await.map_err(lost)?;
     let mut lines = BufReader::new(read).lines();
@@ -276,7 +307,41 @@ pub async fn request(
             }
             Ok(Reply::Finished(outcome)) => return Ok(outcome),
             Ok(Reply::Failed { error }) => return Err(ReplayError::Remote(error)),
+            Ok(Reply::Planned(_)) => {
+                return Err(ReplayError::Remote(
+                    "the running sluice answered a plan to a replay".into(),
+                ))
+            }
             Err(error) => return Err(ReplayError::Protocol(error)),
+        }
+    }
+}
+
+/// Asks the running process on `stream` for the plan of `spec` (`--dry-run`): nothing is
+/// read or written.
+pub async fn plan_request(stream: UnixStream, spec: &ReplaySpec) -> Result<ReplayPlan, ReplayError> {
+    let (read, mut write) = stream.into_split();
+    let request = Request {
+        spec: spec.clone(),
+        dry_run: true,
+    };
+    let mut line = serde_json::to_vec(&request).map_err(ReplayError::Protocol)?;
+    line.push(b'\n');
+    write
+        .write_all(&line)
+        .await
+        .map_err(ReplayError::Connection)?;
+    let mut lines = BufReader::new(read).lines();
+    loop {
+        let next = lines
+            .next_line()
+            .await
+            .map_err(ReplayError::Connection)?
+            .ok_or(ReplayError::Closed)?;
+        match serde_json::from_str::<Reply>(&next).map_err(ReplayError::Protocol)? {
+            Reply::Planned(plan) => return Ok(plan),
+            Reply::Failed { error } => return Err(ReplayError::Remote(error)),
+            Reply::Progress { .. } | Reply::Finished(_) => {}
         }
     }
 }

@@ -11,6 +11,6 @@ pub fn init_logging() {
         .flatten_event(false)
         .with_current_span(false)
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(crate::replay::LogWriter)
         .try_init();
 }

@@ -51,6 +51,8 @@ pub const SINK_ROWS_REFUSED: &str = "sluice_sink_rows_refused_total";
 pub const LOG_RECORDS_SKIPPED: &str = "sluice_log_records_skipped_total";
 /// Counter: records a replay delivered, labelled `target`.
 pub const REPLAY_RECORDS: &str = "sluice_replay_records_total";
+/// Gauge: records a running replay still has to deliver, labelled `target`.
+pub const REPLAY_REMAINING: &str = "sluice_replay_remaining_records";
 /// Gauge: 1 while the embedded log refuses new orders, labelled `reason` (`write_failure`:
 /// the disk refused a write and the log retries; `low_disk_space`: free space is below
 /// `[log.embedded] min_free_mib`), else 0.
