@@ -499,9 +499,12 @@ async fn check_shard(topology: &Topology, index: usize, shard: &ShardConfig) -> 
         let path = sluice_core::topology::resolve_relative(&topology.base_dir, Path::new(path));
         let (component, setting) = (component.clone(), setting.clone());
         let name = shard.name.clone();
-        return tokio::task::spawn_blocking(move || sqlite_shard(&name, &path, &component, &setting))
-            .await
-            .unwrap_or_default();
+        let found =
+            tokio::task::spawn_blocking(move || sqlite_shard(&name, &path, &component, &setting))
+                .await
+                .unwrap_or_default();
+        report.merge(found);
+        return report;
     }
     if !shard.url.starts_with("mysql://") {
         report.error(

@@ -9,6 +9,7 @@ mod common;
 
 mod attacks;
 mod capability;
+mod check_cli;
 mod consumer_groups;
 mod disk_full;
 mod embedded_disk;

@@ -115,6 +115,7 @@ async fn replay_restores_shards_and_resumes(backend: Backend) {
         to,
         target: Target::Shard(shard_name.clone()),
         name: name.into(),
+        rate: None,
     };
 
     // 1. Empty the shard; replaying its own topic from the beginning restores exactly its rows.
@@ -215,6 +216,7 @@ async fn replay_restores_shards_and_resumes(backend: Backend) {
         to: None,
         target: Target::Stage("enrich".into()),
         name: "reenrich".into(),
+        rate: None,
     };
     let first = replay(
         &topology,
@@ -363,6 +365,7 @@ async fn replay_command_runs_inside_the_running_embedded_pipeline() {
         to: None,
         target: Target::Shard(shard_name.clone()),
         name: "interrupted".into(),
+        rate: None,
     };
     let log_file = topology.resolve_path(&topology.log.embedded.path);
     let interrupt = CancellationToken::new();
