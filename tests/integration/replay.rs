@@ -392,3 +392,251 @@ async fn replay_command_runs_inside_the_running_embedded_pipeline() {
         "the replay socket must go with the process"
     );
 }
+
+/// `(partition, start, stop, records)` of every line of a `--dry-run` plan about `topic`, and
+/// the total it prints.
+fn parse_plan(stdout: &str, topic: &str) -> (Vec<(i32, i64, i64, u64)>, u64) {
+    let mut rows = Vec::new();
+    let mut total = None;
+    for line in stdout.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.len() == 5 && fields[0] == topic {
+            rows.push((
+                fields[1].parse().unwrap(),
+                fields[2].parse().unwrap(),
+                fields[3].parse().unwrap(),
+                fields[4].parse().unwrap(),
+            ));
+        }
+        if let Some(rest) = line.strip_prefix("total: ") {
+            total = Some(rest.split_whitespace().next().unwrap().parse().unwrap());
+        }
+    }
+    (rows, total.unwrap_or_else(|| panic!("no total in the plan: {stdout}")))
+}
+
+/// The value of the series `name{target="…"}` in a Prometheus text, if present.
+fn series(metrics: &str, name: &str, target: &str) -> Option<f64> {
+    let prefix = format!("{name}{{target=\"{target}\"}} ");
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .map(|value| value.trim().parse().unwrap())
+}
+
+/// On Kafka + MariaDB, `--dry-run` prints the per-partition plan of a shard replay and of a
+/// stage replay, matching what was produced, and changes nothing: no row written, no position
+/// stored. The same replay then runs paced by `--rate` (it takes at least records / rate
+/// seconds) and its own `/metrics` (`--metrics-listen`) shows the records counter growing and
+/// the remaining records falling while it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dry_run_changes_nothing_and_a_paced_replay_shows_its_metrics() {
+    let users = users_covering_shards(2);
+    let refs: Vec<&str> = users.iter().map(String::as_str).collect();
+    let test = test_topology_on(Backend::Services, "replayops", &refs, |_| {});
+    let topology = test.topology();
+    let pipeline = RunningPipeline::start(&test, Parts::ALL).await;
+    let client = reqwest::Client::new();
+    let mut tokens = Vec::new();
+    for user in &users {
+        tokens.push((user.clone(), login(&client, &pipeline.base_login, user).await));
+    }
+    post_orders(&client, &pipeline.base_order, &tokens, 200).await;
+    let valid = 200 - 8;
+    eventually(Duration::from_secs(60), "the orders stored", || async {
+        total_rows(&test).await == valid
+    })
+    .await;
+
+    let shard = 1;
+    let shard_name = topology.shards[shard].name.clone();
+    let topic = topology.shards[shard].topic.clone();
+    let before = order_lines(&test, shard).await;
+    let produced = topic_records(pipeline.log.as_ref(), &topic).await as u64;
+    assert!(produced > 0);
+    let mut expected = Vec::new();
+    for partition in 0..4 {
+        let (low, high) = pipeline.log.watermarks(&topic, partition).await.unwrap();
+        if high > low {
+            expected.push((partition, low, high, (high - low) as u64));
+        }
+    }
+    execute(&test, shard, "DELETE FROM orders").await;
+
+    // The shard's plan: every partition from its beginning to its end, and the total.
+    let output = replay_command(&test, &["--shard", &shard_name, "--name", "ops", "--dry-run"]).await;
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let (rows, total) = parse_plan(&stdout, &topic);
+    assert_eq!(rows, expected, "{stdout}");
+    assert_eq!(total, produced, "{stdout}");
+    assert!(stdout.contains("nothing was read or written"), "{stdout}");
+    // The stage's plan covers its whole input topic.
+    let valid_topic = format!("{}.orders.valid", test.id);
+    let output = replay_command(&test, &["--stage", "enrich", "--dry-run"]).await;
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(output.status.success(), "{stdout}");
+    assert_eq!(parse_plan(&stdout, &valid_topic).1, valid as u64, "{stdout}");
+
+    // Nothing changed: no row written, no replay position stored.
+    assert_eq!(count_rows(&test, shard, "orders").await, 0);
+    let positions = query_strings(
+        &test,
+        shard,
+        "SELECT CAST(COUNT(*) AS CHAR) FROM sluice_offsets WHERE consumer LIKE 'replay.%'",
+    )
+    .await;
+    assert_eq!(positions, vec!["0".to_string()], "a dry run stored a position");
+
+    // The replay itself, paced, with its own metrics endpoint.
+    let rate = 20;
+    let metrics_port = free_port();
+    let base = format!("http://127.0.0.1:{metrics_port}");
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"));
+    command
+        .arg("replay")
+        .arg("--topology")
+        .arg(&test.path)
+        .args(["--shard", &shard_name, "--name", "ops"])
+        .args(["--rate", &rate.to_string()])
+        .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let started = std::time::Instant::now();
+    let child = command.spawn().unwrap();
+    let finished = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap());
+    let target = format!("shard:{shard_name}");
+    let mut counts = Vec::new();
+    let mut remaining = Vec::new();
+    while !finished.is_finished() {
+        if let Ok(response) = client.get(format!("{base}/metrics")).send().await {
+            let text = response.text().await.unwrap_or_default();
+            if let Some(count) = series(&text, "sluice_replay_records_total", &target) {
+                counts.push(count);
+            }
+            if let Some(left) = series(&text, "sluice_replay_remaining_records", &target) {
+                remaining.push(left);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let output = finished.await.unwrap();
+    let took = started.elapsed();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains(&format!("complete: {produced} records")), "{stdout}");
+    assert!(
+        took >= Duration::from_secs_f64(produced as f64 / f64::from(rate)),
+        "{produced} records at {rate}/s took only {took:?}"
+    );
+    assert!(
+        counts.windows(2).all(|w| w[0] <= w[1]),
+        "the records counter went down: {counts:?}"
+    );
+    let distinct_in_flight: std::collections::BTreeSet<u64> = counts
+        .iter()
+        .filter(|&&c| c > 0.0 && (c as u64) < produced)
+        .map(|&c| c as u64)
+        .collect();
+    assert!(
+        distinct_in_flight.len() >= 2,
+        "the metrics endpoint did not show the counter growing during the replay: {counts:?}"
+    );
+    assert!(
+        remaining.iter().any(|&left| left > 0.0) && remaining.windows(2).all(|w| w[0] >= w[1]),
+        "remaining records: {remaining:?}"
+    );
+    assert_eq!(
+        order_lines(&test, shard).await,
+        before,
+        "the paced replay did not restore the shard"
+    );
+    pipeline.stop().await;
+}
+
+/// On the embedded log, the running pipeline holds the log: a dry run is planned by it over
+/// the replay socket (nothing changes), and `--rate` travels with the request and paces the
+/// replay that runs inside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn on_the_embedded_log_dry_run_and_rate_go_over_the_socket() {
+    let users = users_covering_shards(1);
+    let refs: Vec<&str> = users.iter().map(String::as_str).collect();
+    let test = test_topology_on(Backend::Embedded, "replaysock", &refs, |_| {});
+    let topology = test.topology();
+    let pipeline = RunningPipeline::start(&test, Parts::ALL).await;
+    let client = reqwest::Client::new();
+    let mut tokens = Vec::new();
+    for user in &users {
+        tokens.push((user.clone(), login(&client, &pipeline.base_login, user).await));
+    }
+    post_orders(&client, &pipeline.base_order, &tokens, 100).await;
+    let valid = 100 - 4;
+    eventually(Duration::from_secs(60), "the orders stored", || async {
+        total_rows(&test).await == valid
+    })
+    .await;
+
+    let shard = 0;
+    let shard_name = topology.shards[shard].name.clone();
+    let topic = topology.shards[shard].topic.clone();
+    let produced = topic_records(pipeline.log.as_ref(), &topic).await as u64;
+    let before = order_lines(&test, shard).await;
+    execute(&test, shard, "DELETE FROM orders").await;
+
+    // The binary finds the socket and asks the running pipeline for the plan.
+    let output = replay_command(&test, &["--shard", &shard_name, "--name", "sock", "--dry-run"]).await;
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let (rows, total) = parse_plan(&stdout, &topic);
+    assert_eq!(total, produced, "{stdout}");
+    assert_eq!(rows.iter().map(|r| r.3).sum::<u64>(), produced, "{stdout}");
+    assert!(rows.iter().all(|r| r.1 == 0 && r.3 == (r.2 - r.1) as u64), "{stdout}");
+    assert_eq!(count_rows(&test, shard, "orders").await, 0, "a dry run wrote rows");
+
+    // A paced replay over the socket.
+    let rate = 25;
+    let spec = ReplaySpec {
+        topic: None,
+        from: Bound::Beginning,
+        to: None,
+        target: Target::Shard(shard_name.clone()),
+        name: "sock".into(),
+        rate: std::num::NonZeroU32::new(rate),
+    };
+    let log_file = topology.resolve_path(&topology.log.embedded.path);
+    let stream = sluice::replay_socket::connect(&log_file).await.unwrap();
+    let plan = sluice::replay_socket::plan_request(stream, &spec).await.unwrap();
+    assert_eq!(plan.total, produced);
+    assert!(!plan.resumed, "a dry run stored a position: {plan:?}");
+    let started = std::time::Instant::now();
+    let stream = sluice::replay_socket::connect(&log_file).await.unwrap();
+    let outcome = sluice::replay_socket::request(stream, &spec, None, CancellationToken::new())
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert!(outcome.complete);
+    assert_eq!(outcome.records, produced);
+    assert!(
+        took >= Duration::from_secs_f64(produced as f64 / f64::from(rate)),
+        "{produced} records at {rate}/s took only {took:?}"
+    );
+    assert_eq!(order_lines(&test, shard).await, before);
+    // Now the replay has a stored position: its plan is empty.
+    let stream = sluice::replay_socket::connect(&log_file).await.unwrap();
+    let plan = sluice::replay_socket::plan_request(stream, &spec).await.unwrap();
+    assert_eq!(plan.total, 0, "{plan:?}");
+    assert!(plan.resumed, "{plan:?}");
+    pipeline.stop().await;
+}
