@@ -194,7 +194,11 @@ impl CheckReport {
                 Severity::Error => "error",
                 Severity::Warning => "warning",
             };
-            let _ = write!(text, "{severity}: {} [{}", problem.message, problem.component);
+            let _ = write!(
+                text,
+                "{severity}: {} [{}",
+                problem.message, problem.component
+            );
             if !problem.setting.is_empty() {
                 let _ = write!(text, ": {}", problem.setting);
             }
@@ -308,7 +312,11 @@ pub async fn connect(topology: &Topology) -> CheckReport {
                 .await
                 .unwrap_or_else(|error| {
                     let mut report = CheckReport::default();
-                    report.error("keys", "", format!("the users and keys check failed: {error}"));
+                    report.error(
+                        "keys",
+                        "",
+                        format!("the users and keys check failed: {error}"),
+                    );
                     report
                 })
         }
@@ -485,7 +493,7 @@ fn existing_ancestor(folder: &Path) -> PathBuf {
 /// Free bytes (for unprivileged users) on the filesystem holding `folder` (or its nearest
 /// existing ancestor).
 fn free_bytes(folder: &Path) -> Option<u64> {
-    let stat = rustix::fs::statvfs(&existing_ancestor(folder)).ok()?;
+    let stat = rustix::fs::statvfs(existing_ancestor(folder)).ok()?;
     Some(stat.f_bavail.saturating_mul(stat.f_frsize))
 }
 
@@ -634,7 +642,9 @@ async fn mysql_findings(
         return Ok(findings);
     }
     let version: Result<Option<Option<i64>>, mysql_async::Error> = conn
-        .query_first(format!("SELECT MAX(version) FROM `{database}`.sluice_schema"))
+        .query_first(format!(
+            "SELECT MAX(version) FROM `{database}`.sluice_schema"
+        ))
         .await;
     match version {
         Ok(version) => {
@@ -692,7 +702,8 @@ fn sqlite_shard(name: &str, path: &Path, component: &str, setting: &str) -> Chec
             path.display()
         ));
     }
-    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let flags =
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let version = rusqlite::Connection::open_with_flags(path, flags).and_then(|conn| {
         conn.query_row("SELECT MAX(version) FROM sluice_schema", [], |row| {
             row.get::<_, Option<i64>>(0)
@@ -800,12 +811,20 @@ fn auth(topology: &Topology) -> CheckReport {
     let users = match sluice_ingress::Users::load(&users_file) {
         Ok(users) => {
             report.count("users", users.len() as u64);
-            report.note(format!("users: {} in {}", users.len(), users_file.display()));
+            report.note(format!(
+                "users: {} in {}",
+                users.len(),
+                users_file.display()
+            ));
             if users.is_empty() {
-                report.warning("users", "ingress.auth.users_file", format!(
+                report.warning(
+                    "users",
+                    "ingress.auth.users_file",
+                    format!(
                     "{} has no users: nobody can log in; add one with `sluice users add <name>`",
                     users_file.display()
-                ));
+                ),
+                );
             }
             Some(users)
         }

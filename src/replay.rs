@@ -221,7 +221,7 @@ impl ReplayPlan {
             self.target,
             self.position,
             if self.resumed {
-                ", resuming an interrupted run"
+                ", from its stored position"
             } else {
                 ""
             }
@@ -384,7 +384,9 @@ fn shard_config<'a>(
         .iter()
         .enumerate()
         .find(|(_, s)| s.name == name)
-        .ok_or_else(|| ReplayError::UnknownTarget(format!("no shard named {name:?} in the topology")))
+        .ok_or_else(|| {
+            ReplayError::UnknownTarget(format!("no shard named {name:?} in the topology"))
+        })
 }
 
 /// The positions a shard stores for `consumer` on `topic`, read without creating or
@@ -790,17 +792,22 @@ mod pace {
     mod tests {
         use super::*;
 
-        #[tokio::test(start_paused = true)]
+        #[tokio::test]
         async fn the_pacer_hands_out_no_more_than_its_rate() {
-            let pacer = Pacer::new(NonZeroU32::new(10).unwrap());
-            assert_eq!(pacer.batch, 2);
+            let pacer = Pacer::new(NonZeroU32::new(1000).unwrap());
+            assert_eq!(pacer.batch, 250);
             let started = Instant::now();
-            for _ in 0..5 {
-                pacer.take(2).await;
+            for _ in 0..2 {
+                pacer.take(250).await;
             }
-            // 10 records at 10 per second: at least a second.
-            assert!(started.elapsed() >= Duration::from_secs(1));
-            assert!(started.elapsed() < Duration::from_millis(1100));
+            // 500 records at 1000 per second: at least half a second, and not much more.
+            assert!(started.elapsed() >= Duration::from_millis(500));
+            assert!(started.elapsed() < Duration::from_secs(3));
+            // Idle time is not saved up as a burst.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let again = Instant::now();
+            pacer.take(100).await;
+            assert!(again.elapsed() >= Duration::from_millis(100));
         }
     }
 }
@@ -864,20 +871,31 @@ pub fn eprint_line(line: &str) {
 /// total, rate, left, estimated time left). Call [`finish_progress`] when the replay ends.
 pub fn progress_printer(label: String, every: Duration) -> ProgressFn {
     if std::io::stderr().is_terminal() {
-        let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+        // Hidden until the first progress, which brings the total.
+        let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::hidden());
         let style = ProgressStyle::with_template(
-            "{prefix} [{elapsed_precise}] [{wide_bar}] {human_pos}/{human_len} records ({percent}%) {per_sec} ETA {eta}",
+            "{prefix} [{wide_bar}] {human_pos}/{human_len} {percent}% {rate} ETA {eta}",
         )
         .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .with_key(
+            "rate",
+            |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = write!(w, "{:.0}/s", state.per_sec());
+            },
+        )
         .progress_chars("=> ");
         bar.set_style(style);
         bar.set_prefix(label);
         *ACTIVE_BAR
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(bar.clone());
+        let shown = std::sync::atomic::AtomicBool::new(false);
         return Arc::new(move |done: u64, total: u64| {
             bar.set_length(total);
             bar.set_position(done);
+            if !shown.swap(true, Ordering::Relaxed) {
+                bar.set_draw_target(ProgressDrawTarget::stderr());
+            }
         });
     }
     let started = Instant::now();
@@ -915,7 +933,11 @@ pub fn finish_progress() {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .take();
     if let Some(bar) = bar {
-        bar.abandon();
+        if !bar.is_hidden() {
+            bar.abandon();
+            // The bar's line stays; what follows starts on the next one.
+            let _ = writeln!(std::io::stderr());
+        }
     }
 }
 

@@ -319,7 +319,10 @@ pub async fn request(
 
 /// Asks the running process on `stream` for the plan of `spec` (`--dry-run`): nothing is
 /// read or written.
-pub async fn plan_request(stream: UnixStream, spec: &ReplaySpec) -> Result<ReplayPlan, ReplayError> {
+pub async fn plan_request(
+    stream: UnixStream,
+    spec: &ReplaySpec,
+) -> Result<ReplayPlan, ReplayError> {
     let (read, mut write) = stream.into_split();
     let request = Request {
         spec: spec.clone(),

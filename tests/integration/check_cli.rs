@@ -34,7 +34,9 @@ async fn check(path: &Path, args: &[&str]) -> (Output, Duration) {
         let waiter = std::thread::spawn(move || child.wait_with_output().unwrap());
         while !waiter.is_finished() {
             if started.elapsed() > CHECK_LIMIT {
-                let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
                 panic!("`sluice check` still ran after {CHECK_LIMIT:?}");
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -85,8 +87,7 @@ fn problems(report: &serde_json::Value) -> Vec<(String, String, String, String)>
 async fn migrate_shards(test: &TestTopology) {
     let topology = test.topology();
     for shard in &topology.shards {
-        let writer =
-            sluice_sinks::open_shard(&shard.name, &shard.url, &topology.base_dir).unwrap();
+        let writer = sluice_sinks::open_shard(&shard.name, &shard.url, &topology.base_dir).unwrap();
         writer.migrate().await.unwrap();
         writer.close().await;
     }
@@ -108,7 +109,9 @@ async fn a_good_kafka_and_mariadb_topology_checks_ok_in_text_and_json() {
                 "shard {:?} at {}",
                 shard.name,
                 shard.url.rsplit_once('@').unwrap().1
-            )) && text.contains(&format!("schema at version {version}, as this build expects")),
+            )) && text.contains(&format!(
+                "schema at version {version}, as this build expects"
+            )),
             "{text}"
         );
     }
@@ -125,7 +128,11 @@ async fn a_good_kafka_and_mariadb_topology_checks_ok_in_text_and_json() {
     let checked = &report["checked"];
     assert_eq!(checked["shards"], 4, "{report:#}");
     assert_eq!(checked["shards_reachable"], 4, "{report:#}");
-    assert_eq!(checked["kafka_topics"], test.topology().topics.len(), "{report:#}");
+    assert_eq!(
+        checked["kafka_topics"],
+        test.topology().topics.len(),
+        "{report:#}"
+    );
     assert_eq!(checked["users"], 1, "{report:#}");
 
     // Without --connect: the file only, in the same JSON shape.
@@ -141,7 +148,9 @@ async fn every_problem_is_listed_in_one_run_with_the_setting_to_fix() {
     let nobody = free_port();
     let test = test_topology_on(Backend::Services, "checkbad", &["alice"], |t| {
         // Shard 1: a wrong password. Shard 2: a port nobody listens on.
-        t.shards[1].url = t.shards[1].url.replacen(":sluice@", ":not-the-password@", 1);
+        t.shards[1].url = t.shards[1]
+            .url
+            .replacen(":sluice@", ":not-the-password@", 1);
         t.shards[2].url = format!("mysql://root:sluice@127.0.0.1:{nobody}/checkbad");
         // A biscuit public key file that does not exist.
         t.ingress.auth.biscuit_public_key_file = Some("no-such-biscuit.pub".into());
@@ -177,7 +186,10 @@ async fn every_problem_is_listed_in_one_run_with_the_setting_to_fix() {
         "{text}"
     );
     assert!(text.contains("4 error(s)"), "{text}");
-    assert!(!text.contains("not-the-password"), "a password was printed: {text}");
+    assert!(
+        !text.contains("not-the-password"),
+        "a password was printed: {text}"
+    );
     assert!(took < Duration::from_secs(15), "the check took {took:?}");
 
     let (output, _) = check(&test.path, &["--connect", "--format", "json"]).await;
@@ -212,8 +224,7 @@ async fn migrate_shards_except(test: &TestTopology, skip: &[usize]) {
         if skip.contains(&index) {
             continue;
         }
-        let writer =
-            sluice_sinks::open_shard(&shard.name, &shard.url, &topology.base_dir).unwrap();
+        let writer = sluice_sinks::open_shard(&shard.name, &shard.url, &topology.base_dir).unwrap();
         writer.migrate().await.unwrap();
         writer.close().await;
     }
@@ -281,9 +292,15 @@ async fn on_the_embedded_log_the_check_looks_at_its_folder_shards_and_users() {
         (severity.as_str(), component.as_str(), setting.as_str()),
         ("error", "log", "log.embedded.min_free_mib")
     );
-    assert!(message.contains("MiB free for the embedded log"), "{message}");
+    assert!(
+        message.contains("MiB free for the embedded log"),
+        "{message}"
+    );
     let notes = report["notes"].to_string();
-    assert!(notes.contains("does not exist yet; `sluice run` creates it"), "{notes}");
+    assert!(
+        notes.contains("does not exist yet; `sluice run` creates it"),
+        "{notes}"
+    );
     assert_eq!(report["checked"]["users"], 1);
     assert_eq!(report["checked"]["shards_checked"], 4);
 }
@@ -317,7 +334,11 @@ fn check_and_graph_take_the_topology_as_a_path_or_an_option_not_both() {
     for args in [vec!["graph", path], vec!["graph", "-t", path]] {
         let output = run(&args);
         assert!(output.status.success(), "{args:?}: {}", everything(&output));
-        assert!(stdout(&output).starts_with("flowchart"), "{}", stdout(&output));
+        assert!(
+            stdout(&output).starts_with("flowchart"),
+            "{}",
+            stdout(&output)
+        );
     }
     let both = run(&["check", path, "--topology", path]);
     assert_eq!(both.status.code(), Some(2));

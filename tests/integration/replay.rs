@@ -412,7 +412,10 @@ fn parse_plan(stdout: &str, topic: &str) -> (Vec<(i32, i64, i64, u64)>, u64) {
             total = Some(rest.split_whitespace().next().unwrap().parse().unwrap());
         }
     }
-    (rows, total.unwrap_or_else(|| panic!("no total in the plan: {stdout}")))
+    (
+        rows,
+        total.unwrap_or_else(|| panic!("no total in the plan: {stdout}")),
+    )
 }
 
 /// The value of the series `name{target="…"}` in a Prometheus text, if present.
@@ -439,7 +442,10 @@ async fn dry_run_changes_nothing_and_a_paced_replay_shows_its_metrics() {
     let client = reqwest::Client::new();
     let mut tokens = Vec::new();
     for user in &users {
-        tokens.push((user.clone(), login(&client, &pipeline.base_login, user).await));
+        tokens.push((
+            user.clone(),
+            login(&client, &pipeline.base_login, user).await,
+        ));
     }
     post_orders(&client, &pipeline.base_order, &tokens, 200).await;
     let valid = 200 - 8;
@@ -464,7 +470,11 @@ async fn dry_run_changes_nothing_and_a_paced_replay_shows_its_metrics() {
     execute(&test, shard, "DELETE FROM orders").await;
 
     // The shard's plan: every partition from its beginning to its end, and the total.
-    let output = replay_command(&test, &["--shard", &shard_name, "--name", "ops", "--dry-run"]).await;
+    let output = replay_command(
+        &test,
+        &["--shard", &shard_name, "--name", "ops", "--dry-run"],
+    )
+    .await;
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
         output.status.success(),
@@ -480,7 +490,11 @@ async fn dry_run_changes_nothing_and_a_paced_replay_shows_its_metrics() {
     let output = replay_command(&test, &["--stage", "enrich", "--dry-run"]).await;
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(output.status.success(), "{stdout}");
-    assert_eq!(parse_plan(&stdout, &valid_topic).1, valid as u64, "{stdout}");
+    assert_eq!(
+        parse_plan(&stdout, &valid_topic).1,
+        valid as u64,
+        "{stdout}"
+    );
 
     // Nothing changed: no row written, no replay position stored.
     assert_eq!(count_rows(&test, shard, "orders").await, 0);
@@ -490,7 +504,11 @@ async fn dry_run_changes_nothing_and_a_paced_replay_shows_its_metrics() {
         "SELECT CAST(COUNT(*) AS CHAR) FROM sluice_offsets WHERE consumer LIKE 'replay.%'",
     )
     .await;
-    assert_eq!(positions, vec!["0".to_string()], "a dry run stored a position");
+    assert_eq!(
+        positions,
+        vec!["0".to_string()],
+        "a dry run stored a position"
+    );
 
     // The replay itself, paced, with its own metrics endpoint.
     let rate = 20;
@@ -532,7 +550,10 @@ async fn dry_run_changes_nothing_and_a_paced_replay_shows_its_metrics() {
         String::from_utf8_lossy(&output.stderr),
     );
     assert!(output.status.success(), "{stdout}\n{stderr}");
-    assert!(stdout.contains(&format!("complete: {produced} records")), "{stdout}");
+    assert!(
+        stdout.contains(&format!("complete: {produced} records")),
+        "{stdout}"
+    );
     assert!(
         took >= Duration::from_secs_f64(produced as f64 / f64::from(rate)),
         "{produced} records at {rate}/s took only {took:?}"
@@ -575,7 +596,10 @@ async fn on_the_embedded_log_dry_run_and_rate_go_over_the_socket() {
     let client = reqwest::Client::new();
     let mut tokens = Vec::new();
     for user in &users {
-        tokens.push((user.clone(), login(&client, &pipeline.base_login, user).await));
+        tokens.push((
+            user.clone(),
+            login(&client, &pipeline.base_login, user).await,
+        ));
     }
     post_orders(&client, &pipeline.base_order, &tokens, 100).await;
     let valid = 100 - 4;
@@ -592,7 +616,11 @@ async fn on_the_embedded_log_dry_run_and_rate_go_over_the_socket() {
     execute(&test, shard, "DELETE FROM orders").await;
 
     // The binary finds the socket and asks the running pipeline for the plan.
-    let output = replay_command(&test, &["--shard", &shard_name, "--name", "sock", "--dry-run"]).await;
+    let output = replay_command(
+        &test,
+        &["--shard", &shard_name, "--name", "sock", "--dry-run"],
+    )
+    .await;
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
         output.status.success(),
@@ -602,8 +630,15 @@ async fn on_the_embedded_log_dry_run_and_rate_go_over_the_socket() {
     let (rows, total) = parse_plan(&stdout, &topic);
     assert_eq!(total, produced, "{stdout}");
     assert_eq!(rows.iter().map(|r| r.3).sum::<u64>(), produced, "{stdout}");
-    assert!(rows.iter().all(|r| r.1 == 0 && r.3 == (r.2 - r.1) as u64), "{stdout}");
-    assert_eq!(count_rows(&test, shard, "orders").await, 0, "a dry run wrote rows");
+    assert!(
+        rows.iter().all(|r| r.1 == 0 && r.3 == (r.2 - r.1) as u64),
+        "{stdout}"
+    );
+    assert_eq!(
+        count_rows(&test, shard, "orders").await,
+        0,
+        "a dry run wrote rows"
+    );
 
     // A paced replay over the socket.
     let rate = 25;
@@ -617,7 +652,9 @@ async fn on_the_embedded_log_dry_run_and_rate_go_over_the_socket() {
     };
     let log_file = topology.resolve_path(&topology.log.embedded.path);
     let stream = sluice::replay_socket::connect(&log_file).await.unwrap();
-    let plan = sluice::replay_socket::plan_request(stream, &spec).await.unwrap();
+    let plan = sluice::replay_socket::plan_request(stream, &spec)
+        .await
+        .unwrap();
     assert_eq!(plan.total, produced);
     assert!(!plan.resumed, "a dry run stored a position: {plan:?}");
     let started = std::time::Instant::now();
@@ -635,7 +672,9 @@ async fn on_the_embedded_log_dry_run_and_rate_go_over_the_socket() {
     assert_eq!(order_lines(&test, shard).await, before);
     // Now the replay has a stored position: its plan is empty.
     let stream = sluice::replay_socket::connect(&log_file).await.unwrap();
-    let plan = sluice::replay_socket::plan_request(stream, &spec).await.unwrap();
+    let plan = sluice::replay_socket::plan_request(stream, &spec)
+        .await
+        .unwrap();
     assert_eq!(plan.total, 0, "{plan:?}");
     assert!(plan.resumed, "{plan:?}");
     pipeline.stop().await;
