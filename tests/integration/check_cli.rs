@@ -355,3 +355,59 @@ fn check_and_graph_take_the_topology_as_a_path_or_an_option_not_both() {
     assert_eq!(report["ok"], false);
     assert_eq!(problems(&report)[0].1, "topology", "{report:#}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_user_without_the_privileges_sluice_needs_is_told_what_to_grant() {
+    let mut test = test_topology_on(Backend::Services, "checkgrants", &["alice"], |_| {});
+    migrate_shards(&test).await;
+    // Shard 0's user may only read its database.
+    let user = format!("ro_{}", &test.id[test.id.len() - 10..]);
+    let database = test.shard_url(0).rsplit_once('/').unwrap().1.to_string();
+    execute(
+        &test,
+        0,
+        &format!("CREATE USER '{user}'@'%' IDENTIFIED BY 'read-only-password'"),
+    )
+    .await;
+    execute(
+        &test,
+        0,
+        &format!("GRANT SELECT ON `{database}`.* TO '{user}'@'%'"),
+    )
+    .await;
+    let root_url = test.shard_url(0);
+    let url = root_url.replacen("root:sluice@", &format!("{user}:read-only-password@"), 1);
+    test.edit(|t| t.shards[0].url = url);
+
+    let (output, _) = check(&test.path, &["--connect", "--format", "json"]).await;
+    // The clean-up drops the test's databases as root.
+    test.edit(|t| t.shards[0].url = root_url);
+    let dropped = {
+        let mut conn = mysql_async::Conn::new(
+            mysql_async::Opts::from_url(&format!("{}/mysql", infra().mysql_servers[0])).unwrap(),
+        )
+        .await
+        .unwrap();
+        use mysql_async::prelude::Queryable;
+        conn.query_drop(format!("DROP USER '{user}'@'%'")).await
+    };
+    dropped.unwrap();
+    assert_eq!(output.status.code(), Some(1), "{}", everything(&output));
+    let report = json(&output);
+    let found = problems(&report);
+    assert_eq!(found.len(), 1, "{report:#}");
+    let (severity, component, setting, message) = &found[0];
+    assert_eq!(
+        (severity.as_str(), component.as_str(), setting.as_str()),
+        ("error", "shard:shard0", "shards[0].url"),
+        "{report:#}"
+    );
+    assert!(
+        message.contains("lacks INSERT, UPDATE, CREATE")
+            && message.contains(&format!(
+                "GRANT SELECT, INSERT, UPDATE, CREATE ON `{database}`.* TO '{user}'@'%'"
+            )),
+        "{message}"
+    );
+    assert!(!message.contains("read-only-password"), "{message}");
+}
