@@ -347,7 +347,30 @@ fn check_and_graph_take_the_topology_as_a_path_or_an_option_not_both() {
         "{}",
         everything(&both)
     );
-    // An invalid file: every problem, in JSON too.
+    // A topology with several problems: every one of them, in JSON too, each with where.
+    let valid = std::fs::read_to_string(&test.path).unwrap();
+    let mut broken: toml::Table = toml::from_str(&valid).unwrap();
+    broken["sharding"]["buckets"] = toml::Value::Integer(100);
+    broken["shards"][3]["topic"] = broken["shards"][2]["topic"].clone();
+    std::fs::write(&test.path, toml::to_string(&broken).unwrap()).unwrap();
+    let output = run(&["check", path, "--format", "json"]);
+    assert_eq!(output.status.code(), Some(1), "{}", everything(&output));
+    let report = json(&output);
+    assert_eq!(report["ok"], false);
+    let found = problems(&report);
+    assert!(found.len() >= 2, "{report:#}");
+    assert!(
+        found
+            .iter()
+            .all(|p| p.0 == "error" && p.1 == "topology" && !p.2.is_empty()),
+        "{report:#}"
+    );
+    assert!(found.iter().any(|p| p.2.starts_with("shards")), "{report:#}");
+    // In text, the same problems, as the loader says them.
+    let output = run(&["check", path]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(everything(&output).contains("problem(s)"), "{}", everything(&output));
+    // A file that does not parse: one problem.
     std::fs::write(&test.path, "[log]\nbackend = \"carrier-pigeon\"\n").unwrap();
     let output = run(&["check", path, "--format", "json"]);
     assert_eq!(output.status.code(), Some(1));
