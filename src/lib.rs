@@ -10,5 +10,6 @@ pub mod ops;
 pub mod pipeline;
 pub mod replay;
 pub mod replay_socket;
+pub mod status;
 pub mod telemetry;
 pub mod topology;

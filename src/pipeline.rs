@@ -133,6 +133,7 @@ pub async fn run(
         .shard_map()
         .ok_or(sluice_processors::BuildError::ShardMap)?;
     let mut tasks = JoinSet::new();
+    let status = crate::status::StatusPage::new(&topology, parts);
 
     if let Some(address) = topology.ops.listen {
         let listener = TcpListener::bind(address)
@@ -143,9 +144,9 @@ pub async fn run(
                 source,
             })?;
         tracing::info!(%address, "operations listener up");
-        let (log, token) = (log.clone(), shutdown.token());
+        let (log, status, token) = (log.clone(), status.clone(), shutdown.token());
         tasks.spawn(async move {
-            crate::ops::serve(listener, log, token).await;
+            crate::ops::serve(listener, log, status, token).await;
             ("ops listener".to_string(), Ok(()))
         });
     }
@@ -179,7 +180,8 @@ pub async fn run(
             log.clone(),
             lookup,
         )
-        .await?;
+        .await?
+        .with_ops_routes(status.routes());
         reload_on_hangup(
             ingress.reloader(),
             topology.source.clone(),

@@ -340,6 +340,7 @@ pub struct State {
 /// A configured ingress, ready to serve.
 pub struct Ingress {
     state: Arc<State>,
+    more_ops_routes: Option<BoxedFilter<(Response,)>>,
 }
 
 /// Why the ingress could not be built or reloaded.
@@ -447,7 +448,15 @@ impl Ingress {
         };
         Ok(Ingress {
             state: Arc::new(state),
+            more_ops_routes: None,
         })
+    }
+
+    /// Serves `routes` beside `/metrics` on the ingress listeners in development mode (the
+    /// binary's status page); production mode serves them on `[ops] listen` only.
+    pub fn with_ops_routes(mut self, routes: BoxedFilter<(Response,)>) -> Self {
+        self.more_ops_routes = Some(routes);
+        self
     }
 
     /// A handle that reloads the keys and the users file (the binary calls it on SIGHUP).
@@ -494,13 +503,14 @@ impl Ingress {
             }
         };
         let state = &self.state;
+        let more = &self.more_ops_routes;
         let servers = async move {
             match order_listener {
                 None => {
                     let routes = login_route(state)
                         .or(order_routes(state))
                         .unify()
-                        .or(ops_routes(state))
+                        .or(ops_routes(state, more))
                         .unify();
                     let service = warp::service(routes.recover(error::recover));
                     server::serve(login_listener, service, limits, proxies, shutdown).await;
@@ -508,13 +518,13 @@ impl Ingress {
                 Some(order_listener) => {
                     let login = warp::service(
                         login_route(state)
-                            .or(ops_routes(state))
+                            .or(ops_routes(state, more))
                             .unify()
                             .recover(error::recover),
                     );
                     let orders = warp::service(
                         order_routes(state)
-                            .or(ops_routes(state))
+                            .or(ops_routes(state, more))
                             .unify()
                             .recover(error::recover),
                     );
@@ -613,10 +623,13 @@ fn order_routes(state: &Arc<State>) -> BoxedFilter<(Response,)> {
     create.or(status).unify().boxed()
 }
 
-/// The operations routes of the public listeners: `/healthz`, `/readyz` and `/metrics` in
-/// development mode; in production mode only `/healthz` and a bare `/readyz` (the reasons and
+/// The operations routes of the public listeners: `/healthz`, `/readyz`, `/metrics` and
+/// `more` (the binary's status page) in development mode; in production mode only `/healthz` and a bare `/readyz` (the reasons and
 /// the metrics are served on `[ops] listen`).
-fn ops_routes(state: &Arc<State>) -> BoxedFilter<(Response,)> {
+fn ops_routes(
+    state: &Arc<State>,
+    more: &Option<BoxedFilter<(Response,)>>,
+) -> BoxedFilter<(Response,)> {
     let healthz = warp::path!("healthz")
         .and(warp::get())
         .map(routes::health::healthz);
@@ -633,5 +646,9 @@ fn ops_routes(state: &Arc<State>) -> BoxedFilter<(Response,)> {
     let metrics = warp::path!("metrics")
         .and(warp::get())
         .map(routes::health::metrics);
-    healthz.or(readyz).unify().or(metrics).unify().boxed()
+    let routes = healthz.or(readyz).unify().or(metrics).unify();
+    match more {
+        Some(more) => routes.or(more.clone()).unify().boxed(),
+        None => routes.boxed(),
+    }
 }
