@@ -61,8 +61,11 @@ function draw(status) {
     });
     path.append(el("title", {}, `${e.label}: ${rate(e.rate)} (total ${num(e.total)})`));
     edges.append(path);
-    // Fan-outs put the label nearer the target, where the arrows are apart.
-    const t = y1 === y2 ? 0.5 : 0.62;
+    // A dead-letter edge that carries nothing stays unlabelled (its tooltip has the figures).
+    if (e.dead_letter && !(e.rate > 0) && e.rate !== null) continue;
+    // Fan-outs put the label nearer the target, where the arrows are apart; dead letters
+    // nearer their source, away from the main flow's labels.
+    const t = y1 === y2 ? 0.5 : e.dead_letter ? 0.3 : 0.62;
     const lx = x1 + (x2 - x1) * t, ly = y1 + (y2 - y1) * t - 4;
     labels.append(el("text", {
       x: lx, y: ly, class: "rate " + (hot ? "hot" : e.rate === 0 ? "zero" : ""),
@@ -82,7 +85,8 @@ function draw(status) {
     n.lag.forEach((l, i) => {
       const what = l.what === "rejections" ? "rej " : "lag ";
       g.append(el("text", { x: 8, y: 33 + i * 14, class: "lag" + (l.growing ? " growing" : "") },
-        what + num(l.records) + " · " + secs(l.seconds) + (l.growing ? " ▲" : "")));
+        what + (l.records === null && l.seconds === null ? "–" : num(l.records) + " · " + secs(l.seconds)) +
+        (l.growing ? " ▲" : "")));
     });
     if (!n.here && n.kind !== "topic") g.append(el("text", { x: 8, y: NH - 6, class: "lag" }, "not in this process"));
     nodes.append(g);
