@@ -1,6 +1,6 @@
 "use strict";
 // Draws /status.json as columns of boxes joined by arrows, and refreshes it.
-const REFRESH_MS = 1500, NW = 124, NH = 58, GAP = 44, ROW = 76, PAD = 14;
+const REFRESH_MS = 1500, NW = 118, NH = 58, GAP = 54, ROW = 76, PAD = 14;
 const SVG = "http://www.w3.org/2000/svg";
 const $ = (id) => document.getElementById(id);
 let lastOk = null;
@@ -47,10 +47,20 @@ function draw(status) {
   svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
   const edges = $("edges"), nodes = $("nodes"), labels = $("labels");
   edges.replaceChildren(); nodes.replaceChildren(); labels.replaceChildren();
+  // A node's arrows leave (and arrive) at points spread along its side, in the order of the
+  // other ends, so they neither cross nor share a label spot.
+  const lists = {}, leave = new Map(), arrive = new Map();
+  for (const e of status.edges) {
+    (lists["out " + e.from] = lists["out " + e.from] || []).push([place[e.to].y, e, leave]);
+    (lists["in " + e.to] = lists["in " + e.to] || []).push([place[e.from].y, e, arrive]);
+  }
+  for (const list of Object.values(lists)) {
+    list.sort((a, b) => a[0] - b[0]).forEach(([, e, at], i) => at.set(e, NH * (i + 1) / (list.length + 1)));
+  }
   const dlqHot = new Set();
   for (const e of status.edges) {
     const a = place[e.from], b = place[e.to];
-    const x1 = a.x + NW, y1 = a.y + NH / 2, x2 = b.x - 2, y2 = b.y + NH / 2, dx = (x2 - x1) / 2;
+    const x1 = a.x + NW, y1 = a.y + leave.get(e), x2 = b.x - 2, y2 = b.y + arrive.get(e), dx = (x2 - x1) / 2;
     const hot = e.dead_letter && e.rate > 0;
     if (hot) dlqHot.add(e.from.startsWith("topic:") ? e.from : e.to);
     const width = e.rate > 0 ? 1.2 + Math.min(4, Math.log10(1 + e.rate)) : 1.2;
@@ -65,7 +75,7 @@ function draw(status) {
     if (e.dead_letter && !(e.rate > 0) && e.rate !== null) continue;
     // Fan-outs put the label nearer the target, where the arrows are apart; dead letters
     // nearer their source, away from the main flow's labels.
-    const t = y1 === y2 ? 0.5 : e.dead_letter ? 0.3 : 0.62;
+    const t = y1 === y2 ? 0.5 : e.dead_letter ? (e.from.startsWith("topic:") ? 0.5 : 0.3) : 0.62;
     const lx = x1 + (x2 - x1) * t, ly = y1 + (y2 - y1) * t - 4;
     labels.append(el("text", {
       x: lx, y: ly, class: "rate " + (hot ? "hot" : e.rate === 0 ? "zero" : ""),

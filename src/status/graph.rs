@@ -107,9 +107,6 @@ pub struct Graph {
     pub edges: Vec<Edge>,
 }
 
-/// Gauge of the lag monitor: the high watermark of a topic partition.
-pub const TOPIC_END_OFFSET: &str = "sluice_topic_end_offset";
-
 impl Graph {
     /// The graph of `topology`, marking the components `parts` runs in this process.
     pub fn new(topology: &Topology, parts: Parts) -> Self {
@@ -171,7 +168,7 @@ impl Graph {
                         &[("stage", &node.name), ("outcome", "emitted")],
                     ),
                     // A stage that writes several topics (route): each topic's growth.
-                    _ => Measure::new(TOPIC_END_OFFSET, &[("topic", &output.topic)]),
+                    _ => Measure::new(telemetry::TOPIC_END_OFFSET, &[("topic", &output.topic)]),
                 };
                 graph.edge(&id, &topic, output.label, !output.feeds, Some(measure));
             }
@@ -394,7 +391,7 @@ mod tests {
         assert_eq!(m.metric, "sluice_stage_records_out_total");
         assert!(m.labels.contains(&("outcome", "dead_letter".into())));
         let m = measure("stage:route", "topic:orders.shard.2");
-        assert_eq!(m.metric, TOPIC_END_OFFSET);
+        assert_eq!(m.metric, telemetry::TOPIC_END_OFFSET);
         let m = measure("topic:orders.enriched", "stage:route");
         assert_eq!(m.metric, "sluice_stage_records_in_total");
         let m = measure("topic:orders.dlq", "sink:shard1");

@@ -21,22 +21,20 @@ use warp::http::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE};
 use warp::reply::Response;
 use warp::{Filter, Reply};
 
+use sluice_core::telemetry::{BUILD_INFO, CONSUMER_LAG_RECORDS, CONSUMER_LAG_SECONDS};
+
 use self::exposition::Samples;
 use self::graph::{Edge, Graph, Node};
 use crate::pipeline::Parts;
 use crate::topology::Topology;
 
-/// Gauge: records a consumer group has yet to read of a topic partition.
-pub const CONSUMER_LAG_RECORDS: &str = "sluice_consumer_lag_records";
-/// Gauge: age in seconds of the oldest record a consumer group has yet to read.
-pub const CONSUMER_LAG_SECONDS: &str = "sluice_consumer_lag_seconds";
-/// Gauge = 1, labelled with the build's `version` and `revision`.
-pub const BUILD_INFO: &str = "sluice_build_info";
-
 /// Rates are computed over at least this long; requests in between get the last answer.
 pub const MIN_INTERVAL: Duration = Duration::from_millis(900);
-/// A consumer whose lag grew in each of this many successive samples is marked.
-pub const GROWING_SAMPLES: usize = 3;
+/// A consumer is marked as falling behind when its lag (records) rose at each of this many
+/// successive changes (the lag monitor updates it every few seconds)…
+pub const GROWING_CHANGES: usize = 3;
+/// …and its oldest unread record is at least this many seconds old.
+pub const GROWING_MIN_SECONDS: f64 = 5.0;
 
 static PAGE: LazyLock<String> = LazyLock::new(|| {
     include_str!("index.html")
@@ -227,17 +225,21 @@ impl StatusPage {
                             .entry(consumer.group.clone())
                             .or_default();
                         match records {
-                            Some(records) => history.push_back(records),
+                            Some(records) if history.back() != Some(&records) => {
+                                history.push_back(records)
+                            }
+                            Some(_) => {}
                             None => history.clear(),
                         }
-                        while history.len() > GROWING_SAMPLES + 1 {
+                        while history.len() > GROWING_CHANGES + 1 {
                             history.pop_front();
                         }
-                        let growing = history.len() > GROWING_SAMPLES
+                        let growing = history.len() > GROWING_CHANGES
                             && history
                                 .iter()
                                 .zip(history.iter().skip(1))
-                                .all(|(a, b)| b > a);
+                                .all(|(a, b)| b > a)
+                            && seconds.is_some_and(|s| s >= GROWING_MIN_SECONDS);
                         Lag {
                             what: consumer.what,
                             group: &consumer.group,

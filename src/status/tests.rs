@@ -8,6 +8,10 @@ fn shipped() -> Topology {
 }
 
 fn exposition(accepted: u64, dead: u64, lag: u64) -> String {
+    exposition_aged(accepted, dead, lag, 2.5)
+}
+
+fn exposition_aged(accepted: u64, dead: u64, lag: u64, age: f64) -> String {
     format!(
         "# TYPE sluice_orders_accepted_total counter\n\
          sluice_orders_accepted_total {accepted}\n\
@@ -15,7 +19,7 @@ fn exposition(accepted: u64, dead: u64, lag: u64) -> String {
          sluice_stage_records_out_total{{stage=\"validate\",outcome=\"dead_letter\"}} {dead}\n\
          sluice_consumer_lag_records{{group=\"sluice.enrich\",topic=\"orders.valid\",partition=\"0\"}} {lag}\n\
          sluice_consumer_lag_records{{group=\"sluice.enrich\",topic=\"orders.valid\",partition=\"1\"}} 1\n\
-         sluice_consumer_lag_seconds{{group=\"sluice.enrich\",topic=\"orders.valid\",partition=\"0\"}} 2.5\n\
+         sluice_consumer_lag_seconds{{group=\"sluice.enrich\",topic=\"orders.valid\",partition=\"0\"}} {age}\n\
          sluice_build_info{{version=\"0.1.0\",revision=\"abc123\",rustc=\"1.89\"}} 1\n"
     )
 }
@@ -80,21 +84,27 @@ fn rates_come_from_successive_samples_and_absent_metrics_are_null() {
 }
 
 #[test]
-fn lag_is_summed_over_partitions_and_marked_when_it_keeps_growing() {
+fn lag_is_summed_over_partitions_and_marked_when_it_keeps_growing_and_ages() {
     let page = StatusPage::new(&shipped(), Parts::ALL);
-    let mut sampler = Sampler::default();
+    let (mut old, mut young) = (Sampler::default(), Sampler::default());
     let start = Instant::now();
     let mut status = serde_json::Value::Null;
-    for (i, lag) in [5, 6, 8, 8, 9, 12, 20].into_iter().enumerate() {
+    // The lag monitor updates every few seconds: repeated values are not changes.
+    for (i, lag) in [5, 6, 8, 8, 7, 9, 12, 20].into_iter().enumerate() {
         let at = start + Duration::from_secs(i as u64);
-        status =
-            serde_json::from_str(&page.sample(&mut sampler, at, &exposition(0, 0, lag))).unwrap();
+        let text = exposition_aged(0, 0, lag, 6.0);
+        status = serde_json::from_str(&page.sample(&mut old, at, &text)).unwrap();
         let enrich = lag_of(&status, "stage:enrich");
         assert_eq!(enrich["records"], (lag + 1) as f64);
-        assert_eq!(enrich["seconds"], 2.5);
+        assert_eq!(enrich["seconds"], 6.0);
         assert_eq!(enrich["group"], "sluice.enrich");
-        // Growing once three successive samples each rose: 8→8 stopped the first run.
-        assert_eq!(enrich["growing"], i >= 6, "sample {i} (lag {lag})");
+        // Three rises in a row: 7→9→12→20 (8→8 was no change, 8→7 a fall).
+        assert_eq!(enrich["growing"], i >= 7, "sample {i} (lag {lag})");
+        // The same rises with young records are a consumer keeping up with a busier input.
+        let text = exposition_aged(0, 0, lag, 1.0);
+        let young: serde_json::Value =
+            serde_json::from_str(&page.sample(&mut young, at, &text)).unwrap();
+        assert_eq!(lag_of(&young, "stage:enrich")["growing"], false);
     }
     assert_eq!(status["lag_reported"], true);
     // Groups the exposition does not mention show no lag.

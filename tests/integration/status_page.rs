@@ -168,6 +168,24 @@ async fn the_status_page_draws_the_topology_with_live_rates_in_headless_chromium
     );
     assert_eq!(status["parts"]["sinks"], true);
     assert_eq!(status["topic_prefix"], format!("{}.", test.id));
+    // The lag monitor measures every consumer of this process and the route stage's outputs.
+    eventually(Duration::from_secs(30), "every consumer's lag", || async {
+        let status = status_json(&client, &ops).await;
+        status["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|n| n["lag"].as_array().unwrap())
+            .all(|lag| lag["records"].is_number() && lag["seconds"].is_number())
+    })
+    .await;
+    let status = status_json(&client, &ops).await;
+    assert_eq!(status["lag_reported"], true);
+    let shard_topic = format!("topic:{}.orders.shard.1", test.id);
+    assert!(
+        edge(&status, "stage:route", &shard_topic)["total"].as_f64() > Some(0.0),
+        "no end offset of the shard topic: {status}"
+    );
 
     // Development mode serves the page on the public listeners too, loading nothing else.
     let page = client
@@ -216,6 +234,24 @@ async fn the_status_page_draws_the_topology_with_live_rates_in_headless_chromium
         assert!(
             rates.iter().any(|&r| r > 0.0),
             "no edge shows a non-zero rate ({rates:?}):\n{graph}"
+        );
+        // Every consumer shows its lag as figures (records · seconds), not "–".
+        let figures = |prefix: &str| {
+            graph
+                .split(prefix)
+                .skip(1)
+                .filter(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))
+                .count()
+        };
+        assert_eq!(
+            figures("\">lag "),
+            7,
+            "stages and sinks show their lag:\n{graph}"
+        );
+        assert_eq!(
+            figures("\">rej "),
+            4,
+            "sinks show their rejections' lag:\n{graph}"
         );
         assert!(
             graph.contains("class=\"rate hot\""),
