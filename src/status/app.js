@@ -86,7 +86,7 @@ function draw(status) {
     const p = place[n.id];
     const growing = n.lag.some((l) => l.growing);
     const cls = ["node", n.kind, n.here ? "" : "away", growing ? "growing" : "",
-      n.dead_letter ? "dlq" : "", dlqHot.has(n.id) ? "hot" : ""].join(" ");
+      n.dead_letter ? "dlq" : "", dlqHot.has(n.id) ? "hot" : ""].filter(Boolean).join(" ");
     const g = el("g", { class: cls, transform: `translate(${p.x},${p.y})`, "data-id": n.id });
     g.append(el("rect", { width: NW, height: NH, rx: n.kind === "topic" ? 18 : 7 }));
     g.append(el("title", {}, `${n.kind} ${n.name}` + (n.here ? "" : " (not run by this process)")));

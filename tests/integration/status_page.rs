@@ -282,3 +282,53 @@ async fn the_status_page_draws_the_topology_with_live_rates_in_headless_chromium
     rejected.await.unwrap();
     assert!(terminate(child).success(), "sluice did not stop cleanly");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_running_some_parts_says_so_on_its_status_page() {
+    let ops_port = free_port();
+    let test = test_topology("status_some_parts", &[], |t| {
+        t.ops.listen = Some(([127, 0, 0, 1], ops_port).into());
+    });
+    let ops = format!("http://127.0.0.1:{ops_port}");
+    let mut child = start_sluice_with(
+        &test.path,
+        &test.dir.path().join("sluice.log"),
+        &[("RUST_LOG", "warn")],
+        &["--only", "processors"],
+    );
+    wait_ready(&ops, &mut child).await;
+
+    let client = reqwest::Client::new();
+    let status = status_json(&client, &ops).await;
+    assert_eq!(status["parts"]["ingress"], false);
+    assert_eq!(status["parts"]["processors"], true);
+    let here = |id: &str| {
+        status["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["id"] == id)
+            .unwrap_or_else(|| panic!("no node {id}: {status}"))["here"]
+            .clone()
+    };
+    assert_eq!(here("ingress"), false);
+    assert_eq!(here("stage:enrich"), true);
+    assert_eq!(here("sink:shard2"), false);
+
+    if let Some(chromium) = chromium() {
+        let dom = run_chromium(
+            &chromium,
+            &format!("{ops}/status"),
+            &["--dump-dom", "--virtual-time-budget=3000"],
+        )
+        .await;
+        assert!(
+            dom.contains("This process does not run ingress or sinks"),
+            "the page does not say which parts run elsewhere:\n{dom}"
+        );
+        assert!(dom.contains("class=\"node ingress away\""), "{dom}");
+        assert!(dom.contains("class=\"node stage\""), "{dom}");
+        assert!(dom.contains("not in this process"));
+    }
+    assert!(terminate(child).success(), "sluice did not stop cleanly");
+}
