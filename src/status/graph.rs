@@ -170,7 +170,13 @@ impl Graph {
                     // A stage that writes several topics (route): each topic's growth.
                     _ => Measure::new(telemetry::TOPIC_END_OFFSET, &[("topic", &output.topic)]),
                 };
-                graph.edge(&id, &topic, output.label, !output.feeds, Some(measure));
+                graph.edge(
+                    &id,
+                    &topic,
+                    output.label,
+                    dead_letters.contains(&output.topic.as_str()),
+                    Some(measure),
+                );
             }
             for input in &node.reads {
                 let topic = graph.topic(&input.topic, dead_letters.contains(&input.topic.as_str()));
@@ -390,6 +396,12 @@ mod tests {
         let m = measure("stage:validate", "topic:orders.dlq");
         assert_eq!(m.metric, "sluice_stage_records_out_total");
         assert!(m.labels.contains(&("outcome", "dead_letter".into())));
+        let logins = graph
+            .edges
+            .iter()
+            .find(|e| e.to == "topic:auth.logins")
+            .unwrap();
+        assert!(!logins.dead_letter, "login events are no dead letters");
         let m = measure("stage:route", "topic:orders.shard.2");
         assert_eq!(m.metric, telemetry::TOPIC_END_OFFSET);
         let m = measure("topic:orders.enriched", "stage:route");
