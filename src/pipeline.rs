@@ -128,11 +128,14 @@ pub async fn run(
     // Install the metrics recorder before anything counts.
     sluice_ingress::prometheus::handle();
     log::ensure_declared_topics(log.as_ref(), &topology.topics).await?;
+    // Every append of this process (ingress and stages) is timed per topic.
+    let log: Arc<dyn Log> = Arc::new(log::MeteredLog::new(log, topology.topics.keys().cloned()));
     let shards = open_shards(&topology)?;
     let shard_map = topology
         .shard_map()
         .ok_or(sluice_processors::BuildError::ShardMap)?;
     let mut tasks = JoinSet::new();
+    let status = crate::status::StatusPage::new(&topology, parts);
 
     if let Some(address) = topology.ops.listen {
         let listener = TcpListener::bind(address)
@@ -143,10 +146,26 @@ pub async fn run(
                 source,
             })?;
         tracing::info!(%address, "operations listener up");
+        let (log, status, token) = (log.clone(), status.clone(), shutdown.token());
+        tasks.spawn(async move {
+            crate::ops::serve(listener, log, status, token).await;
+            ("ops listener".to_string(), Ok(()))
+        });
+    }
+
+    {
+        // Consumer lag of every declared topic, and the build and process figures.
+        let topics = topology.topics.keys().cloned().collect();
         let (log, token) = (log.clone(), shutdown.token());
         tasks.spawn(async move {
-            crate::ops::serve(listener, log, token).await;
-            ("ops listener".to_string(), Ok(()))
+            sluice_core::lag::run_monitor(log, topics, sluice_core::lag::DEFAULT_INTERVAL, token)
+                .await;
+            ("lag monitor".to_string(), Ok(()))
+        });
+        let token = shutdown.token();
+        tasks.spawn(async move {
+            crate::process_metrics::run(token).await;
+            ("process metrics".to_string(), Ok(()))
         });
     }
 
@@ -179,7 +198,8 @@ pub async fn run(
             log.clone(),
             lookup,
         )
-        .await?;
+        .await?
+        .with_ops_routes(status.routes());
         reload_on_hangup(
             ingress.reloader(),
             topology.source.clone(),

@@ -6,7 +6,7 @@
 
 /// Counter: HTTP requests answered by the ingress, labelled `route` and `status`.
 pub const HTTP_REQUESTS: &str = "sluice_http_requests_total";
-/// Histogram: seconds from request to response, labelled `route`.
+/// Histogram: seconds from request to response, labelled `route` and `status`.
 pub const HTTP_DURATION: &str = "sluice_http_request_duration_seconds";
 /// Counter: login attempts, labelled `outcome` (`success`, `failure`).
 pub const LOGINS: &str = "sluice_logins_total";
@@ -36,6 +36,8 @@ pub const STAGE_RECORDS_IN: &str = "sluice_stage_records_in_total";
 pub const STAGE_RECORDS_OUT: &str = "sluice_stage_records_out_total";
 /// Histogram: seconds a stage batch took from read to commit, labelled `stage`.
 pub const STAGE_BATCH_DURATION: &str = "sluice_stage_batch_duration_seconds";
+/// Histogram: records per stage batch, labelled `stage`.
+pub const STAGE_BATCH_RECORDS: &str = "sluice_stage_batch_records";
 /// Counter: rows a shard sink committed, labelled `shard` and `table`.
 pub const SINK_ROWS: &str = "sluice_sink_rows_total";
 /// Histogram: rows per committed sink batch, labelled `shard`.
@@ -72,3 +74,66 @@ pub const CONSUMER_REBALANCED_PARTITIONS: &str = "sluice_consumer_rebalanced_par
 /// Counter: sink batches refused because another sink process claimed one of their partitions
 /// since (the stale rows were dropped; the new owner stores them), labelled `shard`.
 pub const SINK_BATCHES_FENCED: &str = "sluice_sink_batches_fenced_total";
+/// Gauge: HTTP connections open now, labelled `listener` (`login`, `order`: the login
+/// listener serves every route when no separate order listener is configured).
+pub const HTTP_CONNECTIONS_OPEN: &str = "sluice_http_connections_open";
+/// Histogram: seconds from handing a record to the log until the log acknowledged it,
+/// labelled `topic`.
+pub const LOG_PRODUCE_DURATION: &str = "sluice_log_produce_duration_seconds";
+/// Gauge: records a consumer has yet to read (end offset − its position), labelled `group`,
+/// `topic` and `partition`.
+pub const CONSUMER_LAG_RECORDS: &str = "sluice_consumer_lag_records";
+/// Gauge: seconds since the log's end offset first passed the consumer's position (roughly the
+/// age of the oldest unread record; 0 when caught up), labelled `group`, `topic`, `partition`.
+pub const CONSUMER_LAG_SECONDS: &str = "sluice_consumer_lag_seconds";
+/// Gauge: the end offset (high watermark) of a partition as the lag monitor last saw it,
+/// labelled `topic` and `partition`.
+pub const TOPIC_END_OFFSET: &str = "sluice_topic_end_offset";
+/// Histogram: seconds from the ingress receiving an order (`received_at_ms`) until a shard sink
+/// stored it, labelled `shard`.
+pub const ORDER_FRESHNESS: &str = "sluice_order_freshness_seconds";
+/// Gauge: always 1, labelled `version`, `revision` (git commit, `unknown` outside git) and
+/// `rustc` (the compiler version), so dashboards can tell builds apart.
+pub const BUILD_INFO: &str = "sluice_build_info";
+/// Gauge: resident memory of the process, in bytes (Linux only).
+pub const PROCESS_RESIDENT_MEMORY: &str = "process_resident_memory_bytes";
+/// Gauge: virtual memory of the process, in bytes (Linux only).
+pub const PROCESS_VIRTUAL_MEMORY: &str = "process_virtual_memory_bytes";
+/// Gauge: file descriptors the process holds open (Linux only).
+pub const PROCESS_OPEN_FDS: &str = "process_open_fds";
+/// Gauge: the process's soft limit on open file descriptors (Linux only).
+pub const PROCESS_MAX_FDS: &str = "process_max_fds";
+/// Counter: user and system CPU seconds the process used (Linux only).
+pub const PROCESS_CPU_SECONDS: &str = "process_cpu_seconds_total";
+/// Gauge: when the process started, in seconds since the Unix epoch (Linux only).
+pub const PROCESS_START_TIME: &str = "process_start_time_seconds";
+
+/// Buckets (seconds) of the latency histograms on the request path: HTTP requests and log
+/// produce acknowledgements.
+pub const REQUEST_SECONDS_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+/// Buckets (seconds) of batch durations: stage batches and sink transactions.
+pub const BATCH_SECONDS_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+/// Buckets (seconds) of end-to-end order freshness: from the ingress to a shard.
+pub const FRESHNESS_SECONDS_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
+];
+/// Buckets (records or rows) of batch sizes: stage batches and sink batches.
+pub const BATCH_SIZE_BUCKETS: &[f64] = &[
+    1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0,
+];
+
+/// Every histogram Sluice records, with its buckets: the Prometheus recorder is configured
+/// from this list, so no histogram is rendered as a summary.
+pub const HISTOGRAM_BUCKETS: &[(&str, &[f64])] = &[
+    (HTTP_DURATION, REQUEST_SECONDS_BUCKETS),
+    (LOG_PRODUCE_DURATION, REQUEST_SECONDS_BUCKETS),
+    (STAGE_BATCH_DURATION, BATCH_SECONDS_BUCKETS),
+    (SINK_COMMIT_DURATION, BATCH_SECONDS_BUCKETS),
+    (ORDER_FRESHNESS, FRESHNESS_SECONDS_BUCKETS),
+    (STAGE_BATCH_RECORDS, BATCH_SIZE_BUCKETS),
+    (SINK_BATCH_ROWS, BATCH_SIZE_BUCKETS),
+];

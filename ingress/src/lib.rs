@@ -43,7 +43,6 @@ use std::time::{Instant, SystemTime};
 
 use sluice_core::log::Log;
 use sluice_core::lookup::OrderLookup;
-use sluice_core::telemetry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use warp::filters::BoxedFilter;
@@ -340,6 +339,7 @@ pub struct State {
 /// A configured ingress, ready to serve.
 pub struct Ingress {
     state: Arc<State>,
+    more_ops_routes: Option<BoxedFilter<(Response,)>>,
 }
 
 /// Why the ingress could not be built or reloaded.
@@ -447,7 +447,15 @@ impl Ingress {
         };
         Ok(Ingress {
             state: Arc::new(state),
+            more_ops_routes: None,
         })
+    }
+
+    /// Serves `routes` beside `/metrics` on the ingress listeners in development mode (the
+    /// binary's status page); production mode serves them on `[ops] listen` only.
+    pub fn with_ops_routes(mut self, routes: BoxedFilter<(Response,)>) -> Self {
+        self.more_ops_routes = Some(routes);
+        self
     }
 
     /// A handle that reloads the keys and the users file (the binary calls it on SIGHUP).
@@ -494,27 +502,29 @@ impl Ingress {
             }
         };
         let state = &self.state;
+        let more = &self.more_ops_routes;
         let servers = async move {
             match order_listener {
                 None => {
                     let routes = login_route(state)
                         .or(order_routes(state))
                         .unify()
-                        .or(ops_routes(state))
+                        .or(ops_routes(state, more))
                         .unify();
                     let service = warp::service(routes.recover(error::recover));
-                    server::serve(login_listener, service, limits, proxies, shutdown).await;
+                    server::serve(login_listener, service, limits, proxies, shutdown, "login")
+                        .await;
                 }
                 Some(order_listener) => {
                     let login = warp::service(
                         login_route(state)
-                            .or(ops_routes(state))
+                            .or(ops_routes(state, more))
                             .unify()
                             .recover(error::recover),
                     );
                     let orders = warp::service(
                         order_routes(state)
-                            .or(ops_routes(state))
+                            .or(ops_routes(state, more))
                             .unify()
                             .recover(error::recover),
                     );
@@ -524,9 +534,10 @@ impl Ingress {
                             login,
                             limits,
                             proxies.clone(),
-                            shutdown.clone()
+                            shutdown.clone(),
+                            "login"
                         ),
-                        server::serve(order_listener, orders, limits, proxies, shutdown),
+                        server::serve(order_listener, orders, limits, proxies, shutdown, "order"),
                     );
                 }
             }
@@ -545,10 +556,108 @@ async fn respond(
 ) -> Response {
     let started = Instant::now();
     let response = handler.await.unwrap_or_else(Reply::into_response);
-    metrics::counter!(telemetry::HTTP_REQUESTS, "route" => route, "status" => response.status().as_u16().to_string()).increment(1);
-    metrics::histogram!(telemetry::HTTP_DURATION, "route" => route)
-        .record(started.elapsed().as_secs_f64());
+    let handles = http_metrics::route(route).status(response.status());
+    handles.requests.increment(1);
+    handles.duration.record(started.elapsed().as_secs_f64());
     response
+}
+
+/// The HTTP metric handles of each route and status, built once: the first response of a
+/// route with a status registers them, every later one only looks them up (no lock, no
+/// label allocation).
+mod http_metrics {
+    use std::sync::{OnceLock, RwLock};
+
+    use sluice_core::telemetry;
+    use warp::http::StatusCode;
+
+    /// The handles of one route and status.
+    pub(super) struct StatusMetrics {
+        /// `sluice_http_requests_total{route,status}`.
+        pub(super) requests: metrics::Counter,
+        /// `sluice_http_request_duration_seconds{route,status}`.
+        pub(super) duration: metrics::Histogram,
+    }
+
+    /// Status codes are 100 to 999.
+    const STATUSES: usize = 900;
+
+    /// The handles of one route, one slot per status code.
+    pub(super) struct RouteMetrics {
+        route: &'static str,
+        by_status: [OnceLock<StatusMetrics>; STATUSES],
+    }
+
+    impl RouteMetrics {
+        const fn new(route: &'static str) -> Self {
+            RouteMetrics {
+                route,
+                by_status: [const { OnceLock::new() }; STATUSES],
+            }
+        }
+
+        /// The handles for `status`, registered on its first use.
+        pub(super) fn status(&self, status: StatusCode) -> &StatusMetrics {
+            let code = status.as_u16();
+            self.by_status[usize::from(code - 100).min(STATUSES - 1)].get_or_init(|| {
+                let (route, status) = (self.route, code.to_string());
+                StatusMetrics {
+                    requests: metrics::counter!(telemetry::HTTP_REQUESTS, "route" => route, "status" => status.clone()),
+                    duration: metrics::histogram!(telemetry::HTTP_DURATION, "route" => route, "status" => status),
+                }
+            })
+        }
+    }
+
+    static LOGIN: RouteMetrics = RouteMetrics::new("login");
+    static ORDER: RouteMetrics = RouteMetrics::new("order");
+    static ORDER_STATUS: RouteMetrics = RouteMetrics::new("order_status");
+
+    /// The handles of `route`. The ingress's own routes have static tables; another route
+    /// name gets a table on its first request (kept for the process's life).
+    pub(super) fn route(route: &'static str) -> &'static RouteMetrics {
+        match route {
+            "login" => &LOGIN,
+            "order" => &ORDER,
+            "order_status" => &ORDER_STATUS,
+            other => other_route(other),
+        }
+    }
+
+    fn other_route(route: &'static str) -> &'static RouteMetrics {
+        static OTHERS: RwLock<Vec<&'static RouteMetrics>> = RwLock::new(Vec::new());
+        let find =
+            |tables: &[&'static RouteMetrics]| tables.iter().copied().find(|t| t.route == route);
+        if let Some(table) = find(&OTHERS.read().unwrap_or_else(|e| e.into_inner())) {
+            return table;
+        }
+        let mut tables = OTHERS.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(table) = find(&tables) {
+            return table;
+        }
+        let table: &'static RouteMetrics = Box::leak(Box::new(RouteMetrics::new(route)));
+        tables.push(table);
+        table
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn each_route_and_status_has_its_own_handles_built_once() {
+            let ok = route("login").status(StatusCode::OK) as *const StatusMetrics;
+            assert_eq!(ok, route("login").status(StatusCode::OK) as *const _);
+            assert_ne!(ok, route("order").status(StatusCode::OK) as *const _);
+            assert_ne!(
+                ok,
+                route("login").status(StatusCode::TOO_MANY_REQUESTS) as *const _
+            );
+            let other = route("elsewhere") as *const RouteMetrics;
+            assert_eq!(other, route("elsewhere") as *const _);
+            assert_eq!(route("elsewhere").route, "elsewhere");
+        }
+    }
 }
 
 fn with_state(
@@ -613,10 +722,13 @@ fn order_routes(state: &Arc<State>) -> BoxedFilter<(Response,)> {
     create.or(status).unify().boxed()
 }
 
-/// The operations routes of the public listeners: `/healthz`, `/readyz` and `/metrics` in
-/// development mode; in production mode only `/healthz` and a bare `/readyz` (the reasons and
+/// The operations routes of the public listeners: `/healthz`, `/readyz`, `/metrics` and
+/// `more` (the binary's status page) in development mode; in production mode only `/healthz` and a bare `/readyz` (the reasons and
 /// the metrics are served on `[ops] listen`).
-fn ops_routes(state: &Arc<State>) -> BoxedFilter<(Response,)> {
+fn ops_routes(
+    state: &Arc<State>,
+    more: &Option<BoxedFilter<(Response,)>>,
+) -> BoxedFilter<(Response,)> {
     let healthz = warp::path!("healthz")
         .and(warp::get())
         .map(routes::health::healthz);
@@ -633,5 +745,9 @@ fn ops_routes(state: &Arc<State>) -> BoxedFilter<(Response,)> {
     let metrics = warp::path!("metrics")
         .and(warp::get())
         .map(routes::health::metrics);
-    healthz.or(readyz).unify().or(metrics).unify().boxed()
+    let routes = healthz.or(readyz).unify().or(metrics).unify();
+    match more {
+        Some(more) => routes.or(more.clone()).unify().boxed(),
+        None => routes.boxed(),
+    }
 }

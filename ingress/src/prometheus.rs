@@ -1,19 +1,74 @@
 //! The process's Prometheus recorder, which `/metrics` renders (on the ingress listeners and
 //! on the `[ops]` listener).
+//!
+//! Every histogram is rendered as a Prometheus histogram with the explicit buckets of
+//! [`sluice_core::telemetry::HISTOGRAM_BUCKETS`]; a histogram missing from that list gets the
+//! request-latency buckets, so `/metrics` never holds summary (quantile) series.
 
 use std::sync::OnceLock;
 
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use sluice_core::telemetry::{HISTOGRAM_BUCKETS, REQUEST_SECONDS_BUCKETS};
 
 /// The process-wide Prometheus recorder, installed on first use. Call it before building
 /// components: metric handles taken before a recorder is installed count nowhere.
 pub fn handle() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
-        let recorder = PrometheusBuilder::new().build_recorder();
+        let recorder = builder().build_recorder();
         let handle = recorder.handle();
         // Another recorder may already be installed (tests); the handle still renders ours.
         let _ = metrics::set_global_recorder(recorder);
         handle
     })
+}
+
+/// The recorder's configuration: explicit buckets for every histogram Sluice records.
+fn builder() -> PrometheusBuilder {
+    let builder = PrometheusBuilder::new()
+        .set_buckets(REQUEST_SECONDS_BUCKETS)
+        .expect("the default buckets are not empty");
+    HISTOGRAM_BUCKETS
+        .iter()
+        .fold(builder, |builder, (name, buckets)| {
+            builder
+                .set_buckets_for_metric(Matcher::Full((*name).to_string()), buckets)
+                .expect("every histogram's buckets are listed, not empty")
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use metrics::Recorder;
+    use sluice_core::telemetry;
+
+    use super::*;
+
+    #[test]
+    fn histograms_render_with_their_buckets_and_no_quantiles() {
+        let recorder = builder().build_recorder();
+        let handle = recorder.handle();
+        let key = metrics::Key::from_parts(
+            telemetry::STAGE_BATCH_RECORDS,
+            vec![metrics::Label::new("stage", "validate")],
+        );
+        let metadata = metrics::Metadata::new("test", metrics::Level::INFO, None);
+        recorder.register_histogram(&key, &metadata).record(7.0);
+        let key = metrics::Key::from_name("sluice_unlisted_seconds");
+        recorder.register_histogram(&key, &metadata).record(0.002);
+        let text = handle.render();
+        assert!(
+            text.contains(r#"sluice_stage_batch_records_bucket{stage="validate",le="10"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"sluice_stage_batch_records_bucket{stage="validate",le="5"} 0"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"sluice_unlisted_seconds_bucket{le="0.0025"} 1"#),
+            "{text}"
+        );
+        assert!(!text.contains("quantile"), "{text}");
+    }
 }
