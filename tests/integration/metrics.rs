@@ -345,6 +345,7 @@ async fn a_process_without_the_ingress_serves_its_metrics_on_the_ops_listener() 
     let test = test_topology_on(Backend::Embedded, "opsmetrics", &[], |t| {
         own_names(t);
         t.ops.listen = Some(format!("127.0.0.1:{port}").parse().unwrap());
+        t.ops.lag_interval_ms = 200;
     });
     let topology = test.topology();
     let log = pipeline::open_log(&topology).unwrap();
