@@ -224,6 +224,8 @@ async fn orders_show_in_the_request_produce_freshness_and_lag_metrics() {
         panic!("{missing}:\n{text}");
     }
     assert!(!text.contains("quantile"), "{text}");
+    assert!(text.contains("sluice_orders_accepted_total "), "{text}");
+    assert!(text.contains("sluice_orders_accepted_total "), "{text}");
     assert!(text.contains("sluice_build_info{version=\""), "{text}");
     assert!(text.contains("process_resident_memory_bytes "), "{text}");
     assert!(text.contains("process_open_fds "), "{text}");
