@@ -153,15 +153,18 @@ pub async fn run(
         });
     }
 
-    {
-        // Consumer lag of every declared topic, and the build and process figures.
+    if parts.processors || parts.sinks {
+        // The lag of this process's consumers, over every declared topic.
         let topics = topology.topics.keys().cloned().collect();
+        let interval = Duration::from_millis(topology.ops.lag_interval_ms);
         let (log, token) = (log.clone(), shutdown.token());
         tasks.spawn(async move {
-            sluice_core::lag::run_monitor(log, topics, sluice_core::lag::DEFAULT_INTERVAL, token)
-                .await;
+            sluice_core::lag::run_monitor(log, topics, interval, token).await;
             ("lag monitor".to_string(), Ok(()))
         });
+    }
+    {
+        // The build and process figures.
         let token = shutdown.token();
         tasks.spawn(async move {
             crate::process_metrics::run(token).await;
