@@ -7,9 +7,11 @@
 
 mod common;
 
+mod alerts;
 mod attacks;
 mod capability;
 mod consumer_groups;
+mod dashboard;
 mod disk_full;
 mod embedded_disk;
 mod end_to_end;
