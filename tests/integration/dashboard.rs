@@ -4,7 +4,9 @@
 //! scrapes them with the shipped `compose/prometheus/prometheus.yml` and loads the shipped
 //! alert rules, and then every PromQL expression of every dashboard panel and every alert
 //! rule is run through Prometheus's HTTP API. The test fails listing each expression that
-//! errors or returns no series (or only NaN: a latency panel with no observation behind it).
+//! errors or returns no series (or only NaN: a latency panel with no observation behind it,
+//! or, where the result keeps `instance`, nothing for one of the two processes), and each alert
+//! that is pending or firing on this healthy system.
 //!
 //! An alert's expression returns nothing on a healthy system by design (`up == 0`, `rate > 0`),
 //! so each alert is checked without its top-level comparison: [`operands`] splits the
@@ -330,8 +332,8 @@ fn prometheus_config(logins: &[String], orders: &[String], prometheus_port: u16)
     config
 }
 
-/// Logs every user in, sends `good` orders spread over them and one order with quantity 0
-/// (the validate stage dead-letters it), and returns how many orders were accepted.
+/// Logs every user in, sends `good` orders spread over them, 10 a second, and one order with
+/// quantity 0 (the validate stage dead-letters it), and returns how many orders were accepted.
 async fn put_load(
     client: &reqwest::Client,
     login_base: &str,
@@ -369,6 +371,9 @@ async fn put_load(
             assert!(status.is_success(), "GET /order/{id}: {status}");
         }
         accepted += 1;
+        // Steady traffic over several scrapes: a series that appears with its first request
+        // (a new `status`) needs later increases for rate() to see them.
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     accepted
 }
@@ -382,37 +387,73 @@ async fn stored(test: &TestTopology) -> i64 {
     total
 }
 
-/// Runs one expression: an error, no series (unless [`EMPTY_WHEN_HEALTHY`] allows it) or only
-/// NaN (a quantile with no observation behind it) is a failure, described.
+/// The `instance` of the process on Kafka and MariaDB, and of the one on the embedded log.
+const SERVICES_INSTANCE: &str = "127.0.0.1";
+const EMBEDDED_INSTANCE: &str = "127.0.0.2";
+
+/// Metrics only the embedded log has: an expression over them needs series from the embedded
+/// process only.
+const EMBEDDED_ONLY: &[&str] = &[
+    "sluice_log_write_blocked",
+    "sluice_log_free_bytes",
+    "sluice_log_append_queue_records",
+];
+
+/// Runs one expression. A failure, described, is: an error; no series (unless
+/// [`EMPTY_WHEN_HEALTHY`] allows it); only NaN (a quantile with no observation behind it); or,
+/// when the result keeps the `instance` label, no series for one of the two processes (the
+/// embedded one alone for [`EMBEDDED_ONLY`] metrics): a metric registered only once it first
+/// changes would make `increase`/`rate` alerts miss that first change.
 async fn check(
     prometheus: &Prometheus,
     client: &reqwest::Client,
     what: &str,
     expr: &str,
 ) -> Option<String> {
-    match prometheus.query(client, expr).await {
-        Err(error) => Some(format!("{what}: `{expr}` errors: {error}")),
-        Ok(series) if series.is_empty() => {
-            match EMPTY_WHEN_HEALTHY
-                .iter()
-                .find(|(metric, _)| expr.contains(metric))
-            {
-                Some((_, why)) => {
-                    eprintln!("allowed to be empty ({why}): {what}: `{expr}`");
-                    None
-                }
-                None => Some(format!("{what}: `{expr}` returns no series")),
-            }
-        }
-        Ok(series)
-            if series
-                .iter()
-                .all(|s| sample_value(s).is_some_and(f64::is_nan)) =>
+    let series = match prometheus.query(client, expr).await {
+        Err(error) => return Some(format!("{what}: `{expr}` errors: {error}")),
+        Ok(series) => series,
+    };
+    if series.is_empty() {
+        return match EMPTY_WHEN_HEALTHY
+            .iter()
+            .find(|(metric, _)| expr.contains(metric))
         {
-            Some(format!("{what}: `{expr}` returns only NaN"))
-        }
-        Ok(_) => None,
+            Some((_, why)) => {
+                eprintln!("allowed to be empty ({why}): {what}: `{expr}`");
+                None
+            }
+            None => Some(format!("{what}: `{expr}` returns no series")),
+        };
     }
+    if series
+        .iter()
+        .all(|s| sample_value(s).is_some_and(f64::is_nan))
+    {
+        return Some(format!("{what}: `{expr}` returns only NaN"));
+    }
+    let instances: BTreeSet<&str> = series
+        .iter()
+        .filter_map(|s| s["metric"]["instance"].as_str())
+        .collect();
+    if instances.is_empty() {
+        return None;
+    }
+    let expected: &[&str] = if EMBEDDED_ONLY.iter().any(|metric| expr.contains(metric)) {
+        &[EMBEDDED_INSTANCE]
+    } else {
+        &[SERVICES_INSTANCE, EMBEDDED_INSTANCE]
+    };
+    let missing: Vec<&str> = expected
+        .iter()
+        .copied()
+        .filter(|instance| !instances.contains(instance))
+        .collect();
+    (!missing.is_empty()).then(|| {
+        format!(
+            "{what}: `{expr}` has no series for instance {missing:?} ({SERVICES_INSTANCE}: Kafka and MariaDB, {EMBEDDED_INSTANCE}: embedded log and SQLite)"
+        )
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -490,22 +531,24 @@ async fn every_dashboard_query_and_alert_expression_returns_series_from_a_real_p
     .await;
 
     // Load while Prometheus scrapes: logins, orders, one dead letter, one status read.
-    let services_accepted = put_load(
-        &client,
-        &services_ports.login_base(),
-        &services_ports.order_base(),
-        &users,
-        40,
-    )
-    .await;
-    let embedded_accepted = put_load(
-        &client,
-        &embedded_login_base,
-        &embedded_order_base,
-        &users,
-        20,
-    )
-    .await;
+    let services_login_base = services_ports.login_base();
+    let services_order_base = services_ports.order_base();
+    let (services_accepted, embedded_accepted) = tokio::join!(
+        put_load(
+            &client,
+            &services_login_base,
+            &services_order_base,
+            &users,
+            40
+        ),
+        put_load(
+            &client,
+            &embedded_login_base,
+            &embedded_order_base,
+            &users,
+            20
+        ),
+    );
     eventually(
         Duration::from_secs(120),
         "the good orders to be stored",
@@ -581,7 +624,7 @@ async fn every_dashboard_query_and_alert_expression_returns_series_from_a_real_p
             .iter()
             .filter_map(|s| s["metric"][label.trim()].as_str())
             .collect();
-        if values != BTreeSet::from(["127.0.0.1", "127.0.0.2"]) {
+        if values != BTreeSet::from([SERVICES_INSTANCE, EMBEDDED_INSTANCE]) {
             failures.push(format!(
                 "variable `{}`: `{definition}` lists {values:?}, not both processes",
                 variable["name"]
@@ -630,6 +673,33 @@ async fn every_dashboard_query_and_alert_expression_returns_series_from_a_real_p
             checked += 1;
             failures.extend(check(&prometheus, &client, &format!("alert {name}"), &part).await);
         }
+    }
+
+    // On this healthy system no alert may be pending or firing. (SluiceLogDiskLow only if the
+    // test machine's disk really has less than 1 GiB free.)
+    let alerts: Value = client
+        .get(format!("{}/api/v1/alerts", prometheus.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let disk_low = !prometheus
+        .query(&client, "sluice_log_free_bytes < 1073741824")
+        .await
+        .unwrap_or_default()
+        .is_empty();
+    for alert in alerts["data"]["alerts"].as_array().into_iter().flatten() {
+        let name = alert["labels"]["alertname"].as_str().unwrap_or_default();
+        if name == "SluiceLogDiskLow" && disk_low {
+            eprintln!("SluiceLogDiskLow is active: this machine has less than 1 GiB free");
+            continue;
+        }
+        failures.push(format!(
+            "alert {name} is {} on a healthy system: {}",
+            alert["state"], alert["labels"]
+        ));
     }
 
     drop(prometheus);
