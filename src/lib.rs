@@ -8,6 +8,7 @@ pub mod connect_check;
 pub mod open_files;
 pub mod ops;
 pub mod pipeline;
+pub mod process_metrics;
 pub mod replay;
 pub mod replay_socket;
 pub mod telemetry;

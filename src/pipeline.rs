@@ -128,6 +128,8 @@ pub async fn run(
     // Install the metrics recorder before anything counts.
     sluice_ingress::prometheus::handle();
     log::ensure_declared_topics(log.as_ref(), &topology.topics).await?;
+    // Every append of this process (ingress and stages) is timed per topic.
+    let log: Arc<dyn Log> = Arc::new(log::MeteredLog::new(log, topology.topics.keys().cloned()));
     let shards = open_shards(&topology)?;
     let shard_map = topology
         .shard_map()
@@ -147,6 +149,22 @@ pub async fn run(
         tasks.spawn(async move {
             crate::ops::serve(listener, log, token).await;
             ("ops listener".to_string(), Ok(()))
+        });
+    }
+
+    {
+        // Consumer lag of every declared topic, and the build and process figures.
+        let topics = topology.topics.keys().cloned().collect();
+        let (log, token) = (log.clone(), shutdown.token());
+        tasks.spawn(async move {
+            sluice_core::lag::run_monitor(log, topics, sluice_core::lag::DEFAULT_INTERVAL, token)
+                .await;
+            ("lag monitor".to_string(), Ok(()))
+        });
+        let token = shutdown.token();
+        tasks.spawn(async move {
+            crate::process_metrics::run(token).await;
+            ("process metrics".to_string(), Ok(()))
         });
     }
 

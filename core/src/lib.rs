@@ -12,6 +12,7 @@
 //! - [`retry`]: retrying with exponential backoff, jitter and cancellation;
 //! - [`telemetry`]: the name of every metric Sluice emits.
 
+pub mod lag;
 pub mod log;
 pub mod lookup;
 pub mod order;

@@ -36,9 +36,12 @@
 //! - a partition whose claim another process took while this member still holds it (a
 //!   sink's batch was fenced) can be claimed again ([`LogConsumer::reclaim`]).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+
+use crate::lag::PublishedPosition;
 
 use super::{
     report_skipped, Assignment, LogError, Position, Rebalance, Record, StartFrom, TopicPartition,
@@ -191,12 +194,21 @@ struct Expected {
     rereads: u8,
     /// A gap was seen in the current poll: the partition's later records in it are dropped.
     gap_at: Option<i64>,
+    /// `next`, as published for the lag monitor (see [`crate::lag`]); dropping the partition
+    /// unpublishes it.
+    published: PublishedPosition,
 }
 
 impl Expected {
-    /// A partition whose next record to hand out is at `position`.
-    fn at(position: Position) -> Self {
+    /// A partition of `group` whose next record to hand out is at `position`.
+    fn at(group: &Arc<str>, position: Position) -> Self {
         Expected {
+            published: PublishedPosition::new(
+                group,
+                &position.topic,
+                position.partition,
+                position.next_offset,
+            ),
             topic: position.topic,
             partition: position.partition,
             next: position.next_offset,
@@ -222,6 +234,8 @@ pub struct LogConsumer {
     membership: Option<Membership>,
     /// The group the consumer's positions are stored under.
     group: String,
+    /// `group`, shared with the positions published for the lag monitor.
+    lag_group: Arc<str>,
 }
 
 impl LogConsumer {
@@ -233,6 +247,7 @@ impl LogConsumer {
             rewind_pending: false,
             membership: None,
             group: group.to_string(),
+            lag_group: Arc::from(group),
         }
     }
 
@@ -317,7 +332,9 @@ impl LogConsumer {
             membership.waiting.clear();
         }
         forget(&mut self.expected, &waiting);
-        self.expected.extend(starts.into_iter().map(Expected::at));
+        let group = &self.lag_group;
+        self.expected
+            .extend(starts.into_iter().map(|start| Expected::at(group, start)));
         self.count_partitions();
         Ok(())
     }
@@ -367,11 +384,14 @@ impl LogConsumer {
                 StartFrom::Offset(n) | StartFrom::Resume(n) => n,
                 _ => 0,
             };
-            self.expected.push(Expected::at(Position {
-                topic: assignment.topic,
-                partition: assignment.partition,
-                next_offset,
-            }));
+            self.expected.push(Expected::at(
+                &self.lag_group,
+                Position {
+                    topic: assignment.topic,
+                    partition: assignment.partition,
+                    next_offset,
+                },
+            ));
         }
         self.rewind_pending = true;
         self.count_partitions();
@@ -400,7 +420,11 @@ impl LogConsumer {
         let requested = requested_starts(&assignments);
         let starts = self.reader.assign(assignments).await?;
         report_resumed(&requested, &starts);
-        self.expected = starts.into_iter().map(Expected::at).collect();
+        let group = &self.lag_group;
+        self.expected = starts
+            .into_iter()
+            .map(|start| Expected::at(group, start))
+            .collect();
         self.rewind_pending = false;
         Ok(())
     }
@@ -466,6 +490,7 @@ impl LogConsumer {
                 self.rewind_pending = true;
             }
         }
+        self.publish();
         Ok(out)
     }
 
@@ -523,7 +548,15 @@ impl LogConsumer {
             }
         }
         self.rewind_pending = false;
+        self.publish();
         Ok(())
+    }
+
+    /// Publishes the next offset of every partition for the lag monitor.
+    fn publish(&self) {
+        for expected in &self.expected {
+            expected.published.set(expected.next);
+        }
     }
 
     /// What this consumer expects from a partition, if it is assigned.

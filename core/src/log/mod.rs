@@ -10,6 +10,7 @@
 //! - records of one key always land in one partition, so a user's orders stay in order.
 
 pub mod consumer;
+pub mod metered;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -17,6 +18,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 pub use consumer::{Claims, CommittedStarts, LogConsumer, PartitionReader};
+pub use metered::MeteredLog;
 
 use crate::topology::TopicConfig;
 
