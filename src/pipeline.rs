@@ -152,8 +152,8 @@ pub async fn run(
         });
     }
 
-    {
-        // Consumer lag of every declared topic, and the build and process figures.
+    if parts.processors || parts.sinks {
+        // The lag of this process's consumers, over every declared topic.
         let topics = topology.topics.keys().cloned().collect();
         let (log, token) = (log.clone(), shutdown.token());
         tasks.spawn(async move {
@@ -161,6 +161,9 @@ pub async fn run(
                 .await;
             ("lag monitor".to_string(), Ok(()))
         });
+    }
+    {
+        // The build and process figures.
         let token = shutdown.token();
         tasks.spawn(async move {
             crate::process_metrics::run(token).await;

@@ -217,6 +217,22 @@ mod tests {
         );
     }
 
+    #[test]
+    fn the_build_is_described_by_its_commit_and_compiler() {
+        // Built from a git checkout: a short commit hash; else `unknown`.
+        let in_git = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(".git")
+            .exists();
+        let hash = REVISION.len() >= 7 && REVISION.chars().all(|c| c.is_ascii_hexdigit());
+        assert_eq!(hash, in_git, "{REVISION}");
+        assert!(hash || REVISION == "unknown", "{REVISION}");
+        let mut parts = RUSTC_VERSION.split('.');
+        assert_eq!(parts.next(), Some("1"), "{RUSTC_VERSION}");
+        assert!(parts
+            .next()
+            .is_some_and(|minor| minor.parse::<u32>().is_ok()));
+    }
+
     #[cfg(target_os = "linux")]
     #[test]
     fn this_process_has_plausible_figures() {

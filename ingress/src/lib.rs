@@ -43,7 +43,6 @@ use std::time::{Instant, SystemTime};
 
 use sluice_core::log::Log;
 use sluice_core::lookup::OrderLookup;
-use sluice_core::telemetry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use warp::filters::BoxedFilter;
@@ -503,7 +502,8 @@ impl Ingress {
                         .or(ops_routes(state))
                         .unify();
                     let service = warp::service(routes.recover(error::recover));
-                    server::serve(login_listener, service, limits, proxies, shutdown).await;
+                    server::serve(login_listener, service, limits, proxies, shutdown, "login")
+                        .await;
                 }
                 Some(order_listener) => {
                     let login = warp::service(
@@ -524,9 +524,10 @@ impl Ingress {
                             login,
                             limits,
                             proxies.clone(),
-                            shutdown.clone()
+                            shutdown.clone(),
+                            "login"
                         ),
-                        server::serve(order_listener, orders, limits, proxies, shutdown),
+                        server::serve(order_listener, orders, limits, proxies, shutdown, "order"),
                     );
                 }
             }
@@ -545,10 +546,108 @@ async fn respond(
 ) -> Response {
     let started = Instant::now();
     let response = handler.await.unwrap_or_else(Reply::into_response);
-    metrics::counter!(telemetry::HTTP_REQUESTS, "route" => route, "status" => response.status().as_u16().to_string()).increment(1);
-    metrics::histogram!(telemetry::HTTP_DURATION, "route" => route)
-        .record(started.elapsed().as_secs_f64());
+    let handles = http_metrics::route(route).status(response.status());
+    handles.requests.increment(1);
+    handles.duration.record(started.elapsed().as_secs_f64());
     response
+}
+
+/// The HTTP metric handles of each route and status, built once: the first response of a
+/// route with a status registers them, every later one only looks them up (no lock, no
+/// label allocation).
+mod http_metrics {
+    use std::sync::{OnceLock, RwLock};
+
+    use sluice_core::telemetry;
+    use warp::http::StatusCode;
+
+    /// The handles of one route and status.
+    pub(super) struct StatusMetrics {
+        /// `sluice_http_requests_total{route,status}`.
+        pub(super) requests: metrics::Counter,
+        /// `sluice_http_request_duration_seconds{route,status}`.
+        pub(super) duration: metrics::Histogram,
+    }
+
+    /// Status codes are 100 to 999.
+    const STATUSES: usize = 900;
+
+    /// The handles of one route, one slot per status code.
+    pub(super) struct RouteMetrics {
+        route: &'static str,
+        by_status: [OnceLock<StatusMetrics>; STATUSES],
+    }
+
+    impl RouteMetrics {
+        const fn new(route: &'static str) -> Self {
+            RouteMetrics {
+                route,
+                by_status: [const { OnceLock::new() }; STATUSES],
+            }
+        }
+
+        /// The handles for `status`, registered on its first use.
+        pub(super) fn status(&self, status: StatusCode) -> &StatusMetrics {
+            let code = status.as_u16();
+            self.by_status[usize::from(code - 100).min(STATUSES - 1)].get_or_init(|| {
+                let (route, status) = (self.route, code.to_string());
+                StatusMetrics {
+                    requests: metrics::counter!(telemetry::HTTP_REQUESTS, "route" => route, "status" => status.clone()),
+                    duration: metrics::histogram!(telemetry::HTTP_DURATION, "route" => route, "status" => status),
+                }
+            })
+        }
+    }
+
+    static LOGIN: RouteMetrics = RouteMetrics::new("login");
+    static ORDER: RouteMetrics = RouteMetrics::new("order");
+    static ORDER_STATUS: RouteMetrics = RouteMetrics::new("order_status");
+
+    /// The handles of `route`. The ingress's own routes have static tables; another route
+    /// name gets a table on its first request (kept for the process's life).
+    pub(super) fn route(route: &'static str) -> &'static RouteMetrics {
+        match route {
+            "login" => &LOGIN,
+            "order" => &ORDER,
+            "order_status" => &ORDER_STATUS,
+            other => other_route(other),
+        }
+    }
+
+    fn other_route(route: &'static str) -> &'static RouteMetrics {
+        static OTHERS: RwLock<Vec<&'static RouteMetrics>> = RwLock::new(Vec::new());
+        let find =
+            |tables: &[&'static RouteMetrics]| tables.iter().copied().find(|t| t.route == route);
+        if let Some(table) = find(&OTHERS.read().unwrap_or_else(|e| e.into_inner())) {
+            return table;
+        }
+        let mut tables = OTHERS.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(table) = find(&tables) {
+            return table;
+        }
+        let table: &'static RouteMetrics = Box::leak(Box::new(RouteMetrics::new(route)));
+        tables.push(table);
+        table
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn each_route_and_status_has_its_own_handles_built_once() {
+            let ok = route("login").status(StatusCode::OK) as *const StatusMetrics;
+            assert_eq!(ok, route("login").status(StatusCode::OK) as *const _);
+            assert_ne!(ok, route("order").status(StatusCode::OK) as *const _);
+            assert_ne!(
+                ok,
+                route("login").status(StatusCode::TOO_MANY_REQUESTS) as *const _
+            );
+            let other = route("elsewhere") as *const RouteMetrics;
+            assert_eq!(other, route("elsewhere") as *const _);
+            assert_eq!(route("elsewhere").route, "elsewhere");
+        }
+    }
 }
 
 fn with_state(

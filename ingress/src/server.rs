@@ -53,13 +53,15 @@ pub struct ConnectionLimits {
 }
 
 /// Serves `service` on `listener` until `shutdown`, then drains open connections. Each
-/// request's [`ClientAddr`] is found through `proxies`.
+/// request's [`ClientAddr`] is found through `proxies`. `name` labels the listener's
+/// `sluice_http_connections_open` gauge (`login`, `order`).
 pub async fn serve<S>(
     listener: TcpListener,
     service: S,
     limits: ConnectionLimits,
     proxies: Arc<TrustedProxies>,
     shutdown: CancellationToken,
+    name: &'static str,
 ) where
     S: Service<http::Request<Incoming>, Response = Response, Error = Infallible>
         + Clone
@@ -85,6 +87,7 @@ pub async fn serve<S>(
         sluice_core::telemetry::CONNECTIONS_REFUSED,
         "reason" => "per_address"
     );
+    let open = metrics::gauge!(sluice_core::telemetry::HTTP_CONNECTIONS_OPEN, "listener" => name);
     loop {
         let permit = tokio::select! {
             biased;
@@ -113,6 +116,7 @@ pub async fn serve<S>(
             drop(stream);
             continue;
         };
+        let counted = OpenConnection::count(&open);
         let service = service.clone();
         let (proxies, malformed) = (proxies.clone(), malformed.clone());
         let service = hyper::service::service_fn(move |mut request: http::Request<Incoming>| {
@@ -133,9 +137,25 @@ pub async fn serve<S>(
             if let Err(error) = connection.await {
                 tracing::debug!(%client, %error, "connection ended with an error");
             }
-            drop((permit, held));
+            drop((permit, held, counted));
         });
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// One open connection in the `sluice_http_connections_open` gauge, until dropped.
+struct OpenConnection(metrics::Gauge);
+
+impl OpenConnection {
+    fn count(gauge: &metrics::Gauge) -> Self {
+        gauge.increment(1.0);
+        OpenConnection(gauge.clone())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
 }

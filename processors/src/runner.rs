@@ -249,6 +249,7 @@ pub async fn run_stage(
         metrics
             .batch_duration
             .record(started.elapsed().as_secs_f64());
+        metrics.batch_records.record(taken as f64);
     }
     // Leaving the group now hands the partitions to the other processes at once.
     consumer.close().await;
@@ -271,6 +272,7 @@ struct StageMetrics {
     emitted: metrics::Counter,
     dead_lettered: metrics::Counter,
     batch_duration: metrics::Histogram,
+    batch_records: metrics::Histogram,
 }
 
 impl StageMetrics {
@@ -280,7 +282,8 @@ impl StageMetrics {
             records_in: metrics::counter!(telemetry::STAGE_RECORDS_IN, "stage" => stage.clone()),
             emitted: metrics::counter!(telemetry::STAGE_RECORDS_OUT, "stage" => stage.clone(), "outcome" => "emitted"),
             dead_lettered: metrics::counter!(telemetry::STAGE_RECORDS_OUT, "stage" => stage.clone(), "outcome" => "dead_letter"),
-            batch_duration: metrics::histogram!(telemetry::STAGE_BATCH_DURATION, "stage" => stage),
+            batch_duration: metrics::histogram!(telemetry::STAGE_BATCH_DURATION, "stage" => stage.clone()),
+            batch_records: metrics::histogram!(telemetry::STAGE_BATCH_RECORDS, "stage" => stage),
         }
     }
 }

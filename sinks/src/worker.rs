@@ -375,7 +375,12 @@ async fn write_owned(
                     return Ok(());
                 }
             }
-            other => return other,
+            other => {
+                if other.is_ok() {
+                    metrics.stored(&read.batch.orders);
+                }
+                return other;
+            }
         }
     }
 }
@@ -538,6 +543,8 @@ struct WriteMetrics {
     refused: metrics::Counter,
     /// Batches refused because another sink process claimed one of their partitions.
     fenced: metrics::Counter,
+    /// Seconds from the ingress receiving an order to its batch being stored.
+    freshness: metrics::Histogram,
 }
 
 impl WriteMetrics {
@@ -546,6 +553,23 @@ impl WriteMetrics {
             retries: metrics::counter!(telemetry::SINK_RETRIES, "shard" => shard.to_string()),
             refused: metrics::counter!(telemetry::SINK_ROWS_REFUSED, "shard" => shard.to_string()),
             fenced: metrics::counter!(telemetry::SINK_BATCHES_FENCED, "shard" => shard.to_string()),
+            freshness: metrics::histogram!(telemetry::ORDER_FRESHNESS, "shard" => shard.to_string()),
+        }
+        .with_commit_metrics(shard)
+    }
+
+    /// Registers the shard's commit metrics too, so they have series from start-up.
+    fn with_commit_metrics(self, shard: &str) -> Self {
+        crate::writer::commit_metrics(shard);
+        self
+    }
+
+    /// Records the freshness of `orders`, which were just stored.
+    fn stored(&self, orders: &[EnrichedOrder]) {
+        let now = now_ms();
+        for order in orders {
+            let age_ms = (now - order.received_at_ms).max(0);
+            self.freshness.record(age_ms as f64 / 1000.0);
         }
     }
 }

@@ -96,15 +96,45 @@ pub(crate) fn fenced(
 /// Records the metrics of a batch that `shard` committed: the commit's duration since
 /// `started`, and the rows per table.
 pub(crate) fn record_committed(shard: &str, batch: &Batch, started: std::time::Instant) {
-    let shard = shard.to_string();
-    metrics::histogram!(telemetry::SINK_COMMIT_DURATION, "shard" => shard.clone())
-        .record(started.elapsed().as_secs_f64());
-    metrics::histogram!(telemetry::SINK_BATCH_ROWS, "shard" => shard.clone())
-        .record(batch.orders.len() as f64);
-    metrics::counter!(telemetry::SINK_ROWS, "shard" => shard.clone(), "table" => "orders")
-        .increment(batch.orders.len() as u64);
-    metrics::counter!(telemetry::SINK_ROWS, "shard" => shard, "table" => "rejected_orders")
-        .increment(batch.rejections.len() as u64);
+    let metrics = commit_metrics(shard);
+    metrics.duration.record(started.elapsed().as_secs_f64());
+    metrics.batch_rows.record(batch.orders.len() as f64);
+    metrics.orders.increment(batch.orders.len() as u64);
+    metrics.rejections.increment(batch.rejections.len() as u64);
+}
+
+/// The commit metric handles of one shard.
+pub(crate) struct CommitMetrics {
+    duration: metrics::Histogram,
+    batch_rows: metrics::Histogram,
+    orders: metrics::Counter,
+    rejections: metrics::Counter,
+}
+
+/// The commit metric handles of `shard`, registered on first use (a sink worker registers
+/// its shard's when it starts, so the counters have series from start-up) and then only
+/// looked up.
+pub(crate) fn commit_metrics(shard: &str) -> std::sync::Arc<CommitMetrics> {
+    use std::collections::HashMap;
+    use std::sync::{Arc, OnceLock, RwLock};
+    static SHARDS: OnceLock<RwLock<HashMap<String, Arc<CommitMetrics>>>> = OnceLock::new();
+    let shards = SHARDS.get_or_init(Default::default);
+    if let Some(metrics) = shards.read().unwrap_or_else(|e| e.into_inner()).get(shard) {
+        return metrics.clone();
+    }
+    let mut shards = shards.write().unwrap_or_else(|e| e.into_inner());
+    shards
+        .entry(shard.to_string())
+        .or_insert_with(|| {
+            let shard = shard.to_string();
+            Arc::new(CommitMetrics {
+                duration: metrics::histogram!(telemetry::SINK_COMMIT_DURATION, "shard" => shard.clone()),
+                batch_rows: metrics::histogram!(telemetry::SINK_BATCH_ROWS, "shard" => shard.clone()),
+                orders: metrics::counter!(telemetry::SINK_ROWS, "shard" => shard.clone(), "table" => "orders"),
+                rejections: metrics::counter!(telemetry::SINK_ROWS, "shard" => shard, "table" => "rejected_orders"),
+            })
+        })
+        .clone()
 }
 
 /// Whether a failed write can succeed if it is tried again, which decides what the sink

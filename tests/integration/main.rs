@@ -20,6 +20,7 @@ mod idempotency;
 mod ingress_errors;
 mod kafka_security;
 mod log_conformance;
+mod metrics;
 mod partitions;
 mod process_kill;
 mod replay;

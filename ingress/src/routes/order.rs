@@ -110,7 +110,10 @@ async fn append(state: &State, order: &RawOrder) -> Result<serde_json::Value, Ap
                 "{why}; it may not be stored: retry with the same Idempotency-Key, which cannot create a second order"
             ))
         })?;
-    metrics::counter!(telemetry::ORDERS_ACCEPTED).increment(1);
+    static ACCEPTED: std::sync::OnceLock<metrics::Counter> = std::sync::OnceLock::new();
+    ACCEPTED
+        .get_or_init(|| metrics::counter!(telemetry::ORDERS_ACCEPTED))
+        .increment(1);
     Ok(json!({
         "orderId": order.order_id,
         "status": "accepted",
