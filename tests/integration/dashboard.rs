@@ -676,31 +676,44 @@ async fn every_dashboard_query_and_alert_expression_returns_series_from_a_real_p
     }
 
     // On this healthy system no alert may be pending or firing. (SluiceLogDiskLow only if the
-    // test machine's disk really has less than 1 GiB free.)
-    let alerts: Value = client
-        .get(format!("{}/api/v1/alerts", prometheus.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    // test machine's disk really has less than 1 GiB free.) An alert has 10 s to go away, so a
+    // scrape that timed out once on a busy machine (SluiceDown pending) is not a failure.
     let disk_low = !prometheus
         .query(&client, "sluice_log_free_bytes < 1073741824")
         .await
         .unwrap_or_default()
         .is_empty();
-    for alert in alerts["data"]["alerts"].as_array().into_iter().flatten() {
-        let name = alert["labels"]["alertname"].as_str().unwrap_or_default();
-        if name == "SluiceLogDiskLow" && disk_low {
-            eprintln!("SluiceLogDiskLow is active: this machine has less than 1 GiB free");
-            continue;
+    let mut active = Vec::new();
+    for _ in 0..10 {
+        let alerts: Value = client
+            .get(format!("{}/api/v1/alerts", prometheus.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        active = alerts["data"]["alerts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|alert| !(alert["labels"]["alertname"] == "SluiceLogDiskLow" && disk_low))
+            .map(|alert| {
+                format!(
+                    "alert {} is {} on a healthy system: {}",
+                    alert["labels"]["alertname"], alert["state"], alert["labels"]
+                )
+            })
+            .collect();
+        if active.is_empty() {
+            break;
         }
-        failures.push(format!(
-            "alert {name} is {} on a healthy system: {}",
-            alert["state"], alert["labels"]
-        ));
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
+    if disk_low {
+        eprintln!("SluiceLogDiskLow may be active: this machine has less than 1 GiB free");
+    }
+    failures.extend(active);
 
     drop(prometheus);
     assert!(
