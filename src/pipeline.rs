@@ -155,10 +155,10 @@ pub async fn run(
     if parts.processors || parts.sinks {
         // The lag of this process's consumers, over every declared topic.
         let topics = topology.topics.keys().cloned().collect();
+        let interval = Duration::from_millis(topology.ops.lag_interval_ms);
         let (log, token) = (log.clone(), shutdown.token());
         tasks.spawn(async move {
-            sluice_core::lag::run_monitor(log, topics, sluice_core::lag::DEFAULT_INTERVAL, token)
-                .await;
+            sluice_core::lag::run_monitor(log, topics, interval, token).await;
             ("lag monitor".to_string(), Ok(()))
         });
     }

@@ -106,6 +106,52 @@ pub const PROCESS_CPU_SECONDS: &str = "process_cpu_seconds_total";
 /// Gauge: when the process started, in seconds since the Unix epoch (Linux only).
 pub const PROCESS_START_TIME: &str = "process_start_time_seconds";
 
+/// The `# HELP` text of every metric above, which `/metrics` shows (a name missing here is
+/// rendered without one; a test keeps the list complete).
+pub const HELP: &[(&str, &str)] = &[
+    (HTTP_REQUESTS, "HTTP requests answered by the ingress, by route and status."),
+    (HTTP_DURATION, "Seconds from request to response, by route and status."),
+    (LOGINS, "Login attempts, by outcome."),
+    (LOGINS_DELAYED, "Login attempts made to wait because their user name has too many recent failures."),
+    (PASSWORD_CHECKS_REFUSED, "Logins refused because no password check was free for them, by reason."),
+    (FORWARDED_MALFORMED, "Requests from a trusted proxy whose X-Forwarded-For header could not be read."),
+    (ORDERS_ACCEPTED, "Orders the log acknowledged to the ingress."),
+    (AUTH_VERIFICATIONS, "Token verifications, by kind."),
+    (RATE_LIMITED, "Requests refused by a rate limit, by limit."),
+    (CONNECTIONS_REFUSED, "Connections the ingress closed as soon as it accepted them, by reason."),
+    (STAGE_RECORDS_IN, "Records a stage read."),
+    (STAGE_RECORDS_OUT, "Records a stage wrote, by outcome (emitted, dead_letter)."),
+    (STAGE_BATCH_DURATION, "Seconds a stage batch took from read to commit."),
+    (STAGE_BATCH_RECORDS, "Records per stage batch."),
+    (SINK_ROWS, "Rows a shard sink committed, by table."),
+    (SINK_BATCH_ROWS, "Orders per committed sink batch."),
+    (SINK_COMMIT_DURATION, "Seconds a sink transaction took."),
+    (SINK_RETRIES, "Failed sink transactions that were retried."),
+    (SINK_ROWS_REFUSED, "Orders a shard refused for good, recorded as rejected instead."),
+    (LOG_RECORDS_SKIPPED, "Records deleted by retention before a consumer read them."),
+    (REPLAY_RECORDS, "Records a replay delivered, by target."),
+    (LOG_WRITE_BLOCKED, "1 while the embedded log refuses new orders, by reason."),
+    (LOG_FREE_BYTES, "Free bytes on the embedded log's filesystem."),
+    (LOG_APPEND_QUEUE, "Records waiting in the embedded log's append queue."),
+    (LOG_APPENDS_REFUSED, "New records the embedded log refused, by reason."),
+    (CONSUMER_PARTITIONS, "Partitions this process reads in the consumer group."),
+    (CONSUMER_REBALANCED_PARTITIONS, "Partitions the consumer group gave or took, by change."),
+    (SINK_BATCHES_FENCED, "Sink batches refused because another sink process claimed one of their partitions."),
+    (HTTP_CONNECTIONS_OPEN, "HTTP connections open now, by listener."),
+    (LOG_PRODUCE_DURATION, "Seconds from handing a record to the log until it was acknowledged, by topic."),
+    (CONSUMER_LAG_RECORDS, "Records a consumer of this process has yet to read: end offset minus position."),
+    (CONSUMER_LAG_SECONDS, "Seconds since the oldest record a consumer of this process has not read was appended (estimated; 0 when caught up)."),
+    (TOPIC_END_OFFSET, "End offset (high watermark) of a partition, as the lag monitor last saw it."),
+    (ORDER_FRESHNESS, "Seconds from the ingress receiving an order until a shard sink stored it."),
+    (BUILD_INFO, "Always 1: the version, git revision and compiler of the running build."),
+    (PROCESS_RESIDENT_MEMORY, "Resident memory size in bytes."),
+    (PROCESS_VIRTUAL_MEMORY, "Virtual memory size in bytes."),
+    (PROCESS_OPEN_FDS, "Number of open file descriptors."),
+    (PROCESS_MAX_FDS, "Maximum number of open file descriptors."),
+    (PROCESS_CPU_SECONDS, "Total user and system CPU time spent in seconds."),
+    (PROCESS_START_TIME, "Start time of the process since unix epoch in seconds."),
+];
+
 /// Buckets (seconds) of the latency histograms on the request path: HTTP requests and log
 /// produce acknowledgements.
 pub const REQUEST_SECONDS_BUCKETS: &[f64] = &[
@@ -135,3 +181,32 @@ pub const HISTOGRAM_BUCKETS: &[(&str, &[f64])] = &[
     (STAGE_BATCH_RECORDS, BATCH_SIZE_BUCKETS),
     (SINK_BATCH_ROWS, BATCH_SIZE_BUCKETS),
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_name_has_help_text_once() {
+        let source = include_str!("telemetry.rs");
+        let names: Vec<&str> = source
+            .lines()
+            .filter(|l| l.starts_with("pub const ") && l.contains(": &str = \""))
+            .filter_map(|l| l.split('"').nth(1))
+            .collect();
+        assert!(names.len() >= 41, "{names:?}");
+        for name in &names {
+            let found = HELP.iter().filter(|(n, _)| n == name).count();
+            assert_eq!(found, 1, "{name}: add one line for it to telemetry::HELP");
+        }
+        assert_eq!(HELP.len(), names.len());
+    }
+
+    #[test]
+    fn every_histogram_has_increasing_buckets() {
+        for (name, buckets) in HISTOGRAM_BUCKETS {
+            assert!(buckets.windows(2).all(|w| w[0] < w[1]), "{name}");
+            assert!(name.ends_with("_seconds") || buckets[0] >= 1.0, "{name}");
+        }
+    }
+}

@@ -406,6 +406,7 @@ impl Ingress {
         if users.is_empty() {
             tracing::warn!(file = %users_path.display(), "the users file has no users; add one with `sluice users add <name>`");
         }
+        routes::order::accepted_counter();
         // Each of `replicas` processes keeps its share of every limit.
         let rates = &config.rate_limits.per_process();
         let limits = Limits {

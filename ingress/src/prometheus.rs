@@ -7,8 +7,9 @@
 
 use std::sync::OnceLock;
 
+use metrics::Recorder;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use sluice_core::telemetry::{HISTOGRAM_BUCKETS, REQUEST_SECONDS_BUCKETS};
+use sluice_core::telemetry::{HELP, HISTOGRAM_BUCKETS, REQUEST_SECONDS_BUCKETS};
 
 /// The process-wide Prometheus recorder, installed on first use. Call it before building
 /// components: metric handles taken before a recorder is installed count nowhere.
@@ -16,6 +17,7 @@ pub fn handle() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
         let recorder = builder().build_recorder();
+        describe(&recorder);
         let handle = recorder.handle();
         // Another recorder may already be installed (tests); the handle still renders ours.
         let _ = metrics::set_global_recorder(recorder);
@@ -37,9 +39,19 @@ fn builder() -> PrometheusBuilder {
         })
 }
 
+/// Gives every Sluice metric its `# HELP` line.
+fn describe(recorder: &impl Recorder) {
+    for (name, help) in HELP {
+        recorder.describe_counter(
+            metrics::KeyName::from_const_str(name),
+            None,
+            metrics::SharedString::const_str(help),
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use metrics::Recorder;
     use sluice_core::telemetry;
 
     use super::*;
@@ -47,6 +59,7 @@ mod tests {
     #[test]
     fn histograms_render_with_their_buckets_and_no_quantiles() {
         let recorder = builder().build_recorder();
+        describe(&recorder);
         let handle = recorder.handle();
         let key = metrics::Key::from_parts(
             telemetry::STAGE_BATCH_RECORDS,
@@ -70,5 +83,9 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("quantile"), "{text}");
+        assert!(
+            text.contains("# HELP sluice_stage_batch_records Records per stage batch."),
+            "{text}"
+        );
     }
 }

@@ -64,7 +64,7 @@ pub struct Topology {
 }
 
 /// `[ops]`: a listener with `/healthz`, `/readyz` and `/metrics` for any set of parts.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct OpsConfig {
     /// Address of the operations listener; leave out to serve those routes only on the
@@ -74,6 +74,23 @@ pub struct OpsConfig {
     /// network.
     #[serde(default)]
     pub listen: Option<SocketAddr>,
+    /// Milliseconds between two readings of the topics' end offsets for the consumer lag
+    /// metrics (`sluice_consumer_lag_records`, `sluice_consumer_lag_seconds`); at least 100.
+    #[serde(default = "default_lag_interval_ms")]
+    pub lag_interval_ms: u64,
+}
+
+impl Default for OpsConfig {
+    fn default() -> Self {
+        OpsConfig {
+            listen: None,
+            lag_interval_ms: default_lag_interval_ms(),
+        }
+    }
+}
+
+fn default_lag_interval_ms() -> u64 {
+    sluice_core::lag::DEFAULT_INTERVAL.as_millis() as u64
 }
 
 impl Topology {
@@ -143,6 +160,9 @@ impl Topology {
         sluice_processors::validate(&self.stages, &self.stage_context(), &mut issues);
         self.sink.validate(&wiring, &mut issues);
         self.flow().check(&mut issues);
+        if self.ops.lag_interval_ms < 100 {
+            issues.push("ops.lag_interval_ms", "must be at least 100 (milliseconds)");
+        }
         issues.into_vec()
     }
 

@@ -366,3 +366,12 @@ mod fuzz {
         }
     }
 }
+
+#[test]
+fn the_lag_interval_defaults_to_two_seconds_and_refuses_less_than_100_ms() {
+    let topology = parse_text(SHIPPED).unwrap();
+    assert_eq!(topology.ops.lag_interval_ms, 2000);
+    let set = |ms: u64| format!("{SHIPPED}\n[ops]\nlag_interval_ms = {ms}\n");
+    assert_eq!(parse_text(&set(500)).unwrap().ops.lag_interval_ms, 500);
+    assert_issue(&issues_of(&set(50)), "ops.lag_interval_ms");
+}

@@ -110,10 +110,7 @@ async fn append(state: &State, order: &RawOrder) -> Result<serde_json::Value, Ap
                 "{why}; it may not be stored: retry with the same Idempotency-Key, which cannot create a second order"
             ))
         })?;
-    static ACCEPTED: std::sync::OnceLock<metrics::Counter> = std::sync::OnceLock::new();
-    ACCEPTED
-        .get_or_init(|| metrics::counter!(telemetry::ORDERS_ACCEPTED))
-        .increment(1);
+    accepted_counter().increment(1);
     Ok(json!({
         "orderId": order.order_id,
         "status": "accepted",
@@ -198,6 +195,13 @@ fn is_recent(order_id: Uuid, keyed_received_at_ms: Option<i64>, window_secs: u64
     };
     let now = now_ms() / 1000;
     received_secs <= now + 60 && (now - received_secs) <= window_secs as i64
+}
+
+/// `sluice_orders_accepted_total`, registered on first use (the ingress does so when it is
+/// built, so the counter has a series from start-up).
+pub(crate) fn accepted_counter() -> &'static metrics::Counter {
+    static ACCEPTED: std::sync::OnceLock<metrics::Counter> = std::sync::OnceLock::new();
+    ACCEPTED.get_or_init(|| metrics::counter!(telemetry::ORDERS_ACCEPTED))
 }
 
 #[cfg(test)]
