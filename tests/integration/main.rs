@@ -7,10 +7,12 @@
 
 mod common;
 
+mod alerts;
 mod attacks;
 mod capability;
 mod check_cli;
 mod consumer_groups;
+mod dashboard;
 mod disk_full;
 mod embedded_disk;
 mod end_to_end;

@@ -831,3 +831,31 @@ impl Ports {
         format!("http://127.0.0.1:{}", self.order)
     }
 }
+
+/// The path of a Prometheus tool (`prometheus`, `promtool`): on `PATH`, else `/usr/bin`.
+/// Missing, it fails the test when `CI` is set (a CI machine must run every check) and
+/// otherwise returns `None` after saying how to install it, so the caller can skip.
+pub fn prometheus_tool(name: &str) -> Option<PathBuf> {
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|candidate| candidate.is_file())
+    });
+    let found = on_path.or_else(|| {
+        let fallback = PathBuf::from("/usr/bin").join(name);
+        fallback.is_file().then_some(fallback)
+    });
+    if found.is_none() {
+        let how = format!(
+            "{name} is missing: install Debian's prometheus package (`bash scripts/infra up` does, or `apt-get install prometheus`)"
+        );
+        assert!(std::env::var_os("CI").is_none(), "{how}");
+        eprintln!("skipped: {how}");
+    }
+    found
+}
+
+/// `compose/prometheus` in this checkout: the shipped Prometheus configuration and alert rules.
+pub fn compose_prometheus_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("compose/prometheus")
+}
