@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use sluice::pipeline::{self, Parts};
+use sluice::telemetry::LogFormat;
 use sluice::topology::{self, LogBackend};
 use sluice_core::shutdown::Shutdown;
 use sluice_core::topology::GraphFormat;
@@ -29,6 +30,9 @@ enum Command {
         /// Run only these parts (repeatable); default: all.
         #[arg(long, value_enum)]
         only: Vec<Part>,
+        /// Log format: `auto` (human lines on a terminal, else ECS JSON), `json` or `pretty`.
+        #[arg(long, value_enum, env = "SLUICE_LOG_FORMAT", default_value = "auto")]
+        log_format: LogFormat,
     },
     /// Validate a topology file and print every problem at once.
     Check {
@@ -76,6 +80,9 @@ enum Command {
         /// Name of this replay's position; reuse it to resume.
         #[arg(long, default_value = "backfill")]
         name: String,
+        /// Log format: `auto` (human lines on a terminal, else ECS JSON), `json` or `pretty`.
+        #[arg(long, value_enum, env = "SLUICE_LOG_FORMAT", default_value = "auto")]
+        log_format: LogFormat,
     },
     /// Mint a JWT for a script or service, signed with the topology's signing key.
     Token {
@@ -153,6 +160,10 @@ fn main() -> ExitCode {
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("topology.toml")),
         only: Vec::new(),
+        log_format: std::env::var("SLUICE_LOG_FORMAT")
+            .ok()
+            .and_then(|format| LogFormat::from_str(&format, true).ok())
+            .unwrap_or_default(),
     });
     match command {
         Command::Check { topology, connect } => check(&topology, connect),
@@ -188,7 +199,11 @@ fn main() -> ExitCode {
             user,
             ttl_secs,
         } => mint_token(&topology, &user, ttl_secs),
-        Command::Run { topology, only } => run(&topology, &only),
+        Command::Run {
+            topology,
+            only,
+            log_format,
+        } => run(&topology, &only, log_format),
         Command::Replay {
             topology,
             stage,
@@ -197,6 +212,7 @@ fn main() -> ExitCode {
             from,
             to,
             name,
+            log_format,
         } => {
             let target = match (stage, shard) {
                 (Some(stage), _) => sluice::replay::Target::Stage(stage),
@@ -205,6 +221,7 @@ fn main() -> ExitCode {
             };
             replay(
                 &topology,
+                log_format,
                 sluice::replay::ReplaySpec {
                     topic,
                     from,
@@ -332,8 +349,9 @@ fn graph(path: &std::path::Path, format: Format) -> ExitCode {
 /// Loads the topology and starts the async runtime for `run` and `replay`, or prints why not.
 fn prepare(
     path: &std::path::Path,
+    log_format: LogFormat,
 ) -> Result<(topology::Topology, tokio::runtime::Runtime), ExitCode> {
-    sluice::telemetry::init_logging();
+    sluice::telemetry::init_logging(log_format);
     let fail = |message: String| {
         eprintln!("{message}");
         ExitCode::FAILURE
@@ -371,8 +389,12 @@ fn add_user(name: &str, file: &std::path::Path, allow_weak: bool) -> ExitCode {
     )
 }
 
-fn replay(path: &std::path::Path, spec: sluice::replay::ReplaySpec) -> ExitCode {
-    let (topology, runtime) = match prepare(path) {
+fn replay(
+    path: &std::path::Path,
+    log_format: LogFormat,
+    spec: sluice::replay::ReplaySpec,
+) -> ExitCode {
+    let (topology, runtime) = match prepare(path, log_format) {
         Ok(prepared) => prepared,
         Err(code) => return code,
     };
@@ -426,8 +448,8 @@ fn replay(path: &std::path::Path, spec: sluice::replay::ReplaySpec) -> ExitCode 
     }
 }
 
-fn run(path: &std::path::Path, only: &[Part]) -> ExitCode {
-    let (topology, runtime) = match prepare(path) {
+fn run(path: &std::path::Path, only: &[Part], log_format: LogFormat) -> ExitCode {
+    let (topology, runtime) = match prepare(path, log_format) {
         Ok(prepared) => prepared,
         Err(code) => return code,
     };
