@@ -24,3 +24,4 @@ mod replay;
 mod scale_out;
 mod sink_crash;
 mod sink_refusal;
+mod traces;
