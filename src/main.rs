@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use sluice::otlp::Exporter;
 use sluice::pipeline::{self, Parts};
 use sluice::telemetry::LogFormat;
 use sluice::topology::{self, LogBackend};
@@ -347,10 +348,18 @@ fn graph(path: &std::path::Path, format: Format) -> ExitCode {
 }
 
 /// Loads the topology and starts the async runtime for `run` and `replay`, or prints why not.
+/// Also starts span export when an OTLP endpoint is configured.
 fn prepare(
     path: &std::path::Path,
     log_format: LogFormat,
-) -> Result<(topology::Topology, tokio::runtime::Runtime), ExitCode> {
+) -> Result<
+    (
+        topology::Topology,
+        tokio::runtime::Runtime,
+        Option<Exporter>,
+    ),
+    ExitCode,
+> {
     sluice::telemetry::init_logging(log_format);
     let fail = |message: String| {
         eprintln!("{message}");
@@ -359,7 +368,21 @@ fn prepare(
     let topology = topology::load(path).map_err(|e| fail(e.to_string()))?;
     let runtime = tokio::runtime::Runtime::new()
         .map_err(|e| fail(format!("cannot start the async runtime: {e}")))?;
-    Ok((topology, runtime))
+    let exporter = match sluice::otlp::endpoint(topology.ops.otlp_endpoint.as_deref()) {
+        Some(endpoint) => {
+            let _entered = runtime.enter();
+            sluice::otlp::start(&endpoint).map_err(|e| fail(e.to_string()))?
+        }
+        None => None,
+    };
+    Ok((topology, runtime, exporter))
+}
+
+/// Sends the spans still queued for export before the process exits.
+fn flush_spans(runtime: &tokio::runtime::Runtime, exporter: Option<Exporter>) {
+    if let Some(exporter) = exporter {
+        runtime.block_on(exporter.flush(std::time::Duration::from_secs(5)));
+    }
 }
 
 fn add_user(name: &str, file: &std::path::Path, allow_weak: bool) -> ExitCode {
@@ -394,7 +417,7 @@ fn replay(
     log_format: LogFormat,
     spec: sluice::replay::ReplaySpec,
 ) -> ExitCode {
-    let (topology, runtime) = match prepare(path, log_format) {
+    let (topology, runtime, exporter) = match prepare(path, log_format) {
         Ok(prepared) => prepared,
         Err(code) => return code,
     };
@@ -426,6 +449,7 @@ fn replay(
             .await
             .map_err(|e| e.to_string())
     });
+    flush_spans(&runtime, exporter);
     match result {
         Ok(outcome) if outcome.complete => {
             out(&format!(
@@ -449,7 +473,7 @@ fn replay(
 }
 
 fn run(path: &std::path::Path, only: &[Part], log_format: LogFormat) -> ExitCode {
-    let (topology, runtime) = match prepare(path, log_format) {
+    let (topology, runtime, exporter) = match prepare(path, log_format) {
         Ok(prepared) => prepared,
         Err(code) => return code,
     };
@@ -481,6 +505,7 @@ fn run(path: &std::path::Path, only: &[Part], log_format: LogFormat) -> ExitCode
         let log = pipeline::open_log(&topology)?;
         pipeline::run(topology, log, parts, None, shutdown).await
     });
+    flush_spans(&runtime, exporter);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

@@ -122,7 +122,7 @@ impl EcsFormat {
 }
 
 /// The machine's host name (Linux's, else `$HOSTNAME`, else `unknown`).
-fn hostname() -> String {
+pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|name| name.trim().to_string())

@@ -74,6 +74,11 @@ pub struct OpsConfig {
     /// network.
     #[serde(default)]
     pub listen: Option<SocketAddr>,
+    /// Base URL of an OpenTelemetry collector's OTLP/HTTP receiver (such as
+    /// `http://localhost:4318`): spans are sent to `{otlp_endpoint}/v1/traces` as OTLP/JSON.
+    /// Leave out to export no spans (or to take `OTEL_EXPORTER_OTLP_ENDPOINT`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otlp_endpoint: Option<String>,
 }
 
 impl Topology {

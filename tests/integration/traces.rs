@@ -252,3 +252,138 @@ async fn trace_id_is_on_every_log_line_about_the_order(backend: Backend) {
         assert_eq!(l["sluice.order_id"], rejected_id.as_str(), "{l}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_kafka_and_mariadb_spans_reach_an_otlp_collector_and_chain_by_parent() {
+    spans_reach_an_otlp_collector_and_chain_by_parent(Backend::Services).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_embedded_defaults_spans_reach_an_otlp_collector_and_chain_by_parent() {
+    spans_reach_an_otlp_collector_and_chain_by_parent(Backend::Embedded).await;
+}
+
+/// A stand-in OTLP/HTTP collector: keeps every JSON body POSTed to `/v1/traces` (with its
+/// content type) and answers 200. Returns its base URL.
+async fn collector(received: std::sync::Arc<std::sync::Mutex<Vec<(String, Value)>>>) -> String {
+    use warp::Filter;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let route = warp::path!("v1" / "traces")
+        .and(warp::post())
+        .and(warp::header::<String>("content-type"))
+        .and(warp::body::json())
+        .map(move |content_type: String, body: Value| {
+            received.lock().unwrap().push((content_type, body));
+            warp::reply::json(&serde_json::json!({}))
+        });
+    tokio::spawn(warp::serve(route).incoming(listener).run());
+    base
+}
+
+/// Every span the collector received, from every body.
+fn received_spans(received: &std::sync::Mutex<Vec<(String, Value)>>) -> Vec<Value> {
+    let bodies = received.lock().unwrap();
+    let mut spans = Vec::new();
+    for (content_type, body) in bodies.iter() {
+        assert!(
+            content_type.starts_with("application/json"),
+            "{content_type}"
+        );
+        for resource in body["resourceSpans"].as_array().expect("resourceSpans") {
+            let service = resource["resource"]["attributes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|a| a["key"] == "service.name")
+                .expect("service.name");
+            assert_eq!(service["value"]["stringValue"], "sluice");
+            for scope in resource["scopeSpans"].as_array().expect("scopeSpans") {
+                spans.extend(scope["spans"].as_array().expect("spans").iter().cloned());
+            }
+        }
+    }
+    spans
+}
+
+async fn spans_reach_an_otlp_collector_and_chain_by_parent(backend: Backend) {
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let endpoint = collector(received.clone()).await;
+    let user = users_covering_shards(1).remove(0);
+    let ports = Ports::free();
+    // The endpoint comes from the topology on one backend and from the environment on the other.
+    let from_env = backend == Backend::Services;
+    let test = test_topology_on(backend, "otlp", &[user.as_str()], |t| {
+        ports.apply(t);
+        if !from_env {
+            t.ops.otlp_endpoint = Some(endpoint.clone());
+        }
+    });
+    let log = test.dir.path().join("sluice.log");
+    let env: Vec<(&str, &str)> = if from_env {
+        vec![
+            ("RUST_LOG", "warn"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ]
+    } else {
+        vec![("RUST_LOG", "warn")]
+    };
+    let mut child = start_sluice(&test.path, &log, &env);
+    let (login_base, order_base) = (ports.login_base(), ports.order_base());
+    wait_ready(&order_base, &mut child).await;
+    let client = reqwest::Client::new();
+    let token = login(&client, &login_base, &user).await;
+
+    let (traceparent, trace_id) = client_traceparent();
+    let client_span = traceparent.split('-').nth(2).unwrap().to_string();
+    let (order_id, answered) =
+        send_order(&client, &order_base, &token, &user, 2, &traceparent).await;
+    wait_status(&client, &order_base, &token, &order_id, "stored").await;
+    // The sink's span is exported after its commit; SIGTERM flushes the queue.
+    assert!(terminate(child).success(), "sluice did not stop cleanly");
+
+    let spans: Vec<Value> = received_spans(&received)
+        .into_iter()
+        .filter(|s| s["traceId"] == trace_id)
+        .collect();
+    let named = |name: &str| -> Value {
+        spans
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap_or_else(|| panic!("no {name:?} span among {spans:#?}"))
+            .clone()
+    };
+    let ingress = named("POST /order");
+    assert_eq!(ingress["parentSpanId"], client_span.as_str());
+    assert_eq!(ingress["kind"], 2);
+    assert!(
+        answered.contains(ingress["spanId"].as_str().unwrap()),
+        "the answered traceparent names the ingress's span: {answered}"
+    );
+    let mut parent = ingress;
+    for name in [
+        "stage validate",
+        "stage enrich",
+        "stage route",
+        "sink store",
+    ] {
+        let span = named(name);
+        assert_eq!(
+            span["parentSpanId"], parent["spanId"],
+            "{name} is a child of {}",
+            parent["name"]
+        );
+        let start: u64 = span["startTimeUnixNano"].as_str().unwrap().parse().unwrap();
+        let end: u64 = span["endTimeUnixNano"].as_str().unwrap().parse().unwrap();
+        assert!(start > 0 && start <= end, "{span}");
+        let attributes = span["attributes"].as_array().unwrap();
+        assert!(
+            attributes
+                .iter()
+                .any(|a| a["key"] == "sluice.order_id"
+                    && a["value"]["stringValue"] == order_id.as_str()),
+            "{span}"
+        );
+        parent = span;
+    }
+}
