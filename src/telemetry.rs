@@ -427,6 +427,27 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_kibana_data_view_matches_the_lines() {
+        let ndjson = include_str!("../compose/kibana/data-view.ndjson");
+        let objects: Vec<Value> = ndjson
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect();
+        let view = objects
+            .iter()
+            .find(|o| o["type"] == "index-pattern")
+            .expect("a data view");
+        assert_eq!(view["attributes"]["title"], "sluice-*");
+        assert_eq!(view["attributes"]["timeFieldName"], "@timestamp");
+        let filebeat = include_str!("../compose/filebeat/filebeat.yml");
+        assert!(filebeat.contains(r#"index: "sluice-logs-%{+yyyy.MM.dd}""#));
+        assert!(
+            !filebeat.contains("- timestamp:"),
+            "Filebeat parses @timestamp once, when it decodes the line"
+        );
+    }
+
+    #[test]
     fn timestamps_are_rfc3339_utc_with_milliseconds() {
         assert_eq!(rfc3339_millis(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
         let leap_day = UNIX_EPOCH + Duration::from_millis(1_709_210_096_789);
