@@ -48,12 +48,21 @@ impl SpanId {
     }
 }
 
-/// Lowercase hex of `bytes`, as W3C Trace Context and OTLP/JSON write ids.
-fn write_hex(f: &mut fmt::Formatter<'_>, bytes: &[u8]) -> fmt::Result {
+/// Appends the lowercase hex of `bytes` to `out`, as W3C Trace Context and OTLP/JSON write
+/// ids (a table lookup: ids are formatted for every record of every hop).
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     for byte in bytes {
-        write!(f, "{byte:02x}")?;
+        out.push(DIGITS[usize::from(byte >> 4)] as char);
+        out.push(DIGITS[usize::from(byte & 0x0f)] as char);
     }
-    Ok(())
+}
+
+/// Writes the lowercase hex of `bytes` (at most 16) to `f`.
+fn write_hex(f: &mut fmt::Formatter<'_>, bytes: &[u8]) -> fmt::Result {
+    let mut hex = String::with_capacity(32);
+    push_hex(&mut hex, bytes);
+    f.write_str(&hex)
 }
 
 impl fmt::Display for TraceId {
@@ -154,6 +163,19 @@ impl TraceParent {
         })
     }
 
+    /// The header value, always version `00`: `00-<trace-id>-<parent-id>-<flags>` (what
+    /// `to_string` gives, built without the formatting machinery).
+    pub fn header(&self) -> String {
+        let mut out = String::with_capacity(55);
+        out.push_str("00-");
+        push_hex(&mut out, &self.trace_id.0);
+        out.push('-');
+        push_hex(&mut out, &self.parent_id.0);
+        out.push('-');
+        push_hex(&mut out, &[self.flags]);
+        out
+    }
+
     /// The `traceparent` of `record`, if it has a valid one.
     pub fn of_record(record: &Record) -> Option<Self> {
         record.header(HEADER_TRACEPARENT).and_then(Self::parse)
@@ -161,13 +183,9 @@ impl TraceParent {
 }
 
 impl fmt::Display for TraceParent {
-    /// The header value, always version `00`: `00-<trace-id>-<parent-id>-<flags>`.
+    /// The header value: see [`TraceParent::header`].
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "00-{}-{}-{:02x}",
-            self.trace_id, self.parent_id, self.flags
-        )
+        f.write_str(&self.header())
     }
 }
 
@@ -287,6 +305,7 @@ mod tests {
         assert_eq!(parsed.parent_id.to_string(), "00f067aa0ba902b7");
         assert_eq!(parsed.flags, 1);
         assert_eq!(parsed.to_string(), VALID);
+        assert_eq!(parsed.header(), VALID);
         let unsampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
         assert_eq!(TraceParent::parse(unsampled).unwrap().flags, 0);
     }

@@ -192,7 +192,7 @@ pub async fn run_stage(
             // This stage's hop of the record's trace (a record without one starts a trace):
             // its outputs, dead letters included, carry the hop's `traceparent`.
             let hop = Hop::after(TraceParent::of_record(record));
-            let traceparent = hop.traceparent().to_string();
+            let traceparent = hop.traceparent().header();
             let first_output = emissions.len();
             match stage.process(record) {
                 Outcome::Emit(out) => {

@@ -73,7 +73,7 @@ pub async fn create(
         });
     }
     let mut response = answer?;
-    if let Ok(value) = HeaderValue::from_str(&hop.traceparent().to_string()) {
+    if let Ok(value) = HeaderValue::from_str(&hop.traceparent().header()) {
         response.headers_mut().insert(HEADER_TRACEPARENT, value);
     }
     Ok(response)
@@ -144,7 +144,7 @@ async fn append(state: &State, order: &RawOrder, hop: &Hop) -> Result<serde_json
     let payload = serde_json::to_vec(order).map_err(|e| ApiError::unavailable(e.to_string()))?;
     let timeout = Duration::from_millis(state.config.ack_timeout_ms);
     let record = OutRecord::new(order.user_id.as_bytes(), payload)
-        .with_header(HEADER_TRACEPARENT, hop.traceparent().to_string());
+        .with_header(HEADER_TRACEPARENT, hop.traceparent().header());
     let delivery = state
         .log
         .try_send(&state.config.orders_topic, record, timeout)
