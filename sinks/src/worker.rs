@@ -139,6 +139,7 @@ fn classify(
             Ok(_) => {}
             Err(error) => tracing::error!(
                 shard = worker.shard, topic = record.topic, partition = record.partition, offset = record.offset, %error,
+                trace.id = TraceParent::of_record(record).map(|parent| tracing::field::display(parent.trace_id)),
                 "skipping a record that is not an enriched order"
             ),
         }
