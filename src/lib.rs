@@ -7,6 +7,7 @@ pub mod capability_cli;
 pub mod connect_check;
 pub mod open_files;
 pub mod ops;
+pub mod otlp;
 pub mod pipeline;
 pub mod process_metrics;
 pub mod replay;

@@ -6,7 +6,9 @@ use std::process::ExitCode;
 
 use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+use sluice::otlp::Exporter;
 use sluice::pipeline::{self, Parts};
+use sluice::telemetry::LogFormat;
 use sluice::topology::{self, LogBackend};
 use sluice_core::shutdown::Shutdown;
 use sluice_core::topology::GraphFormat;
@@ -30,6 +32,9 @@ enum Command {
         /// Run only these parts (repeatable); default: all.
         #[arg(long, value_enum)]
         only: Vec<Part>,
+        /// Log format: `auto` (human lines on a terminal, else ECS JSON), `json` or `pretty`.
+        #[arg(long, value_enum, env = "SLUICE_LOG_FORMAT", default_value = "auto")]
+        log_format: LogFormat,
     },
     /// Validate a topology file and print every problem at once; with --connect, also reach
     /// everything it names (the log, every shard, the users and key files) and apply the
@@ -112,6 +117,9 @@ enum Command {
         /// /metrics.
         #[arg(long, value_name = "ADDR")]
         metrics_listen: Option<std::net::SocketAddr>,
+        /// Log format: `auto` (human lines on a terminal, else ECS JSON), `json` or `pretty`.
+        #[arg(long, value_enum, env = "SLUICE_LOG_FORMAT", default_value = "auto")]
+        log_format: LogFormat,
     },
     /// Mint a JWT for a script or service, signed with the topology's signing key.
     Token {
@@ -216,6 +224,10 @@ fn main() -> ExitCode {
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("topology.toml")),
         only: Vec::new(),
+        log_format: std::env::var("SLUICE_LOG_FORMAT")
+            .ok()
+            .and_then(|format| LogFormat::from_str(&format, true).ok())
+            .unwrap_or_default(),
     });
     match command {
         Command::Check {
@@ -260,7 +272,11 @@ fn main() -> ExitCode {
             user,
             ttl_secs,
         } => mint_token(&topology, &user, ttl_secs),
-        Command::Run { topology, only } => run(&topology, &only),
+        Command::Run {
+            topology,
+            only,
+            log_format,
+        } => run(&topology, &only, log_format),
         Command::Replay {
             topology,
             stage,
@@ -272,6 +288,7 @@ fn main() -> ExitCode {
             rate,
             dry_run,
             metrics_listen,
+            log_format,
         } => {
             let target = match (stage, shard) {
                 (Some(stage), _) => sluice::replay::Target::Stage(stage),
@@ -280,6 +297,7 @@ fn main() -> ExitCode {
             };
             replay(
                 &topology,
+                log_format,
                 sluice::replay::ReplaySpec {
                     topic,
                     from,
@@ -415,10 +433,19 @@ fn graph(path: &std::path::Path, format: Format) -> ExitCode {
 }
 
 /// Loads the topology and starts the async runtime for `run` and `replay`, or prints why not.
+/// Also starts span export when an OTLP endpoint is configured.
 fn prepare(
     path: &std::path::Path,
-) -> Result<(topology::Topology, tokio::runtime::Runtime), ExitCode> {
-    sluice::telemetry::init_logging();
+    log_format: LogFormat,
+) -> Result<
+    (
+        topology::Topology,
+        tokio::runtime::Runtime,
+        Option<Exporter>,
+    ),
+    ExitCode,
+> {
+    sluice::telemetry::init_logging(log_format);
     let fail = |message: String| {
         eprintln!("{message}");
         ExitCode::FAILURE
@@ -426,7 +453,21 @@ fn prepare(
     let topology = topology::load(path).map_err(|e| fail(e.to_string()))?;
     let runtime = tokio::runtime::Runtime::new()
         .map_err(|e| fail(format!("cannot start the async runtime: {e}")))?;
-    Ok((topology, runtime))
+    let exporter = match sluice::otlp::endpoint(topology.ops.otlp_endpoint.as_deref()) {
+        Some(endpoint) => {
+            let _entered = runtime.enter();
+            sluice::otlp::start(&endpoint).map_err(|e| fail(e.to_string()))?
+        }
+        None => None,
+    };
+    Ok((topology, runtime, exporter))
+}
+
+/// Sends the spans still queued for export before the process exits.
+fn flush_spans(runtime: &tokio::runtime::Runtime, exporter: Option<Exporter>) {
+    if let Some(exporter) = exporter {
+        runtime.block_on(exporter.flush(std::time::Duration::from_secs(5)));
+    }
 }
 
 fn add_user(name: &str, file: &std::path::Path, allow_weak: bool) -> ExitCode {
@@ -458,11 +499,12 @@ fn add_user(name: &str, file: &std::path::Path, allow_weak: bool) -> ExitCode {
 
 fn replay(
     path: &std::path::Path,
+    log_format: LogFormat,
     spec: sluice::replay::ReplaySpec,
     dry_run: bool,
     metrics_listen: Option<std::net::SocketAddr>,
 ) -> ExitCode {
-    let (topology, runtime) = match prepare(path) {
+    let (topology, runtime, exporter) = match prepare(path, log_format) {
         Ok(prepared) => prepared,
         Err(code) => return code,
     };
@@ -522,6 +564,7 @@ fn replay(
             .map_err(|e| e.to_string())
     });
     sluice::replay::finish_progress();
+    flush_spans(&runtime, exporter);
     match result {
         Ok(outcome) if outcome.complete => {
             out(&format!(
@@ -577,8 +620,8 @@ fn dry_run_replay(
     }
 }
 
-fn run(path: &std::path::Path, only: &[Part]) -> ExitCode {
-    let (topology, runtime) = match prepare(path) {
+fn run(path: &std::path::Path, only: &[Part], log_format: LogFormat) -> ExitCode {
+    let (topology, runtime, exporter) = match prepare(path, log_format) {
         Ok(prepared) => prepared,
         Err(code) => return code,
     };
@@ -610,6 +653,7 @@ fn run(path: &std::path::Path, only: &[Part]) -> ExitCode {
         let log = pipeline::open_log(&topology)?;
         pipeline::run(topology, log, parts, None, shutdown).await
     });
+    flush_spans(&runtime, exporter);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

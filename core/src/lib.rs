@@ -10,7 +10,8 @@
 //! - [`lookup`]: the read contract the ingress uses to report an order's status;
 //! - [`shutdown`]: one cancellation tree for graceful drain;
 //! - [`retry`]: retrying with exponential backoff, jitter and cancellation;
-//! - [`telemetry`]: the name of every metric Sluice emits.
+//! - [`telemetry`]: the name of every metric Sluice emits;
+//! - [`trace`]: W3C trace context and the span export hook.
 
 pub mod lag;
 pub mod log;
@@ -21,3 +22,4 @@ pub mod sharding;
 pub mod shutdown;
 pub mod telemetry;
 pub mod topology;
+pub mod trace;

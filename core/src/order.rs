@@ -15,6 +15,9 @@ pub const HEADER_DLQ_SOURCE_PARTITION: &str = "sluice.dlq.source_partition";
 pub const HEADER_DLQ_SOURCE_OFFSET: &str = "sluice.dlq.source_offset";
 /// Header with the order id of a rejected record, when it could be read.
 pub const HEADER_ORDER_ID: &str = "sluice.order_id";
+/// Header carrying the order's W3C trace context (`00-<trace-id>-<span-id>-<flags>`), whose
+/// span id is the hop that wrote the record; see [`crate::trace`].
+pub const HEADER_TRACEPARENT: &str = "traceparent";
 
 /// An order as accepted by the ingress and written to the raw orders topic.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -23,10 +23,12 @@ use std::time::{Duration, Instant};
 use crate::config::StageConfig;
 use futures::future::join_all;
 use sluice_core::log::{
-    assign_all, Assignment, CommittedStarts, Log, LogError, Position, StartFrom,
+    assign_all, Assignment, CommittedStarts, Log, LogError, OutRecord, Position, StartFrom,
 };
+use sluice_core::order::{HEADER_ORDER_ID, HEADER_TRACEPARENT};
 use sluice_core::retry::{Backoff, GaveUp, Retry, Verdict};
 use sluice_core::telemetry;
+use sluice_core::trace::{self, FinishedSpan, Hop, SpanKind, TraceParent};
 use tokio_util::sync::CancellationToken;
 
 use crate::stage::{dead_letter, Emission, Outcome, Stage};
@@ -165,6 +167,10 @@ pub async fn run_stage(
             continue;
         }
         let started = Instant::now();
+        let exporter = trace::exporter();
+        let started_unix_nanos = exporter.map(|_| trace::now_unix_nanos());
+        // Each record's hop, for the spans exported once its outputs are acknowledged.
+        let mut hops: Vec<(Hop, Option<String>)> = Vec::new();
         let mut positions: BTreeMap<i32, Position> = BTreeMap::new();
         let mut emissions = Vec::with_capacity(records.len());
         let mut taken = 0u64;
@@ -183,18 +189,30 @@ pub async fn run_stage(
             }
             taken += 1;
             metrics.records_in.increment(1);
+            // This stage's hop of the record's trace (a record without one starts a trace):
+            // its outputs, dead letters included, carry the hop's `traceparent`.
+            let hop = Hop::after(TraceParent::of_record(record));
+            let traceparent = hop.traceparent().header();
+            let first_output = emissions.len();
             match stage.process(record) {
                 Outcome::Emit(out) => {
+                    tracing::debug!(
+                        stage = runner.name, trace.id = %hop.trace_id, span.id = %hop.span_id,
+                        order_id = order_id_in(&record.payload).as_deref(),
+                        partition = record.partition, offset = record.offset, outputs = out.len(),
+                        "record processed"
+                    );
                     emissions.extend(out.into_iter().map(|e| (e, Output::Emitted)))
                 }
                 Outcome::DeadLetter(reason) => {
+                    let out = dead_letter(&runner.name, record, &reason);
                     tracing::debug!(
-                        stage = runner.name,
-                        reason,
-                        offset = record.offset,
+                        stage = runner.name, trace.id = %hop.trace_id, span.id = %hop.span_id,
+                        order_id = out.headers.iter().find(|(name, _)| name == HEADER_ORDER_ID)
+                            .and_then(|(_, id)| std::str::from_utf8(id).ok()),
+                        reason, partition = record.partition, offset = record.offset,
                         "dead-lettering record"
                     );
-                    let out = dead_letter(&runner.name, record, &reason);
                     emissions.push((
                         Emission {
                             topic: runner.dead_letter.clone(),
@@ -204,6 +222,12 @@ pub async fn run_stage(
                     ));
                 }
             }
+            for (emission, _) in &mut emissions[first_output..] {
+                set_traceparent(&mut emission.record, &traceparent);
+            }
+            if exporter.is_some() {
+                hops.push((hop, order_id_in(&record.payload)));
+            }
             positions.insert(record.partition, record.next_position());
         }
         if !send_all(log.as_ref(), &runner, &metrics, emissions, &cancel).await {
@@ -212,6 +236,21 @@ pub async fn run_stage(
                 "cancelled before outputs were acknowledged; batch will be replayed"
             );
             break;
+        }
+        if let (Some(exporter), Some(start)) = (exporter, started_unix_nanos) {
+            let end = trace::now_unix_nanos();
+            for (hop, order_id) in hops {
+                let mut attributes = vec![("sluice.stage", runner.name.clone())];
+                attributes.extend(order_id.map(|id| ("sluice.order_id", id)));
+                exporter.export(FinishedSpan {
+                    hop,
+                    name: format!("stage {}", runner.name),
+                    kind: SpanKind::Consumer,
+                    start_unix_nanos: start,
+                    end_unix_nanos: end,
+                    attributes,
+                });
+            }
         }
         let positions: Vec<Position> = positions.into_values().collect();
         match commit_with_retry(&mut consumer, &runner.name, &positions, &cancel)
@@ -255,6 +294,37 @@ pub async fn run_stage(
     consumer.close().await;
     tracing::info!(stage = runner.name, records = done, "stage stopped");
     Ok(done)
+}
+
+/// The `orderId` of a JSON order payload, if it has one (for log lines and spans).
+fn order_id_in(payload: &[u8]) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_slice(payload).ok()?;
+    value.get("orderId")?.as_str().map(str::to_string)
+}
+
+/// Sets `record`'s `traceparent` header to `value` (replacing the one copied from its input).
+fn set_traceparent(record: &mut OutRecord, value: &str) {
+    match record
+        .headers
+        .iter_mut()
+        .find(|(name, _)| name == HEADER_TRACEPARENT)
+    {
+        Some((_, old)) => *old = value.as_bytes().to_vec(),
+        None => record
+            .headers
+            .push((HEADER_TRACEPARENT.into(), value.into())),
+    }
+}
+
+/// The trace id in `record`'s `traceparent` header, if it has a valid one.
+fn trace_id_of(record: &OutRecord) -> Option<String> {
+    record
+        .headers
+        .iter()
+        .find(|(name, _)| name == HEADER_TRACEPARENT)
+        .and_then(|(_, value)| std::str::from_utf8(value).ok())
+        .and_then(TraceParent::parse)
+        .map(|parent| parent.trace_id.to_string())
 }
 
 /// What a record the stage writes is, for its counter.
@@ -384,7 +454,12 @@ async fn send_pending(
                 Output::DeadLetter => metrics.dead_lettered.increment(1),
             },
             Err(error) => {
-                tracing::warn!(stage = runner.name, topic = emission.topic, %error, "send failed; will retry");
+                tracing::warn!(
+                    stage = runner.name, topic = emission.topic, %error,
+                    trace.id = trace_id_of(&emission.record).as_deref(),
+                    order_id = order_id_in(&emission.record.payload).as_deref(),
+                    "send failed; will retry"
+                );
                 failed.push((emission, outcome));
             }
         }

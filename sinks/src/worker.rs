@@ -19,6 +19,7 @@ use sluice_core::retry::{Backoff, GaveUp, Retry, Verdict};
 use sluice_core::sharding::ShardMap;
 use sluice_core::telemetry;
 use sluice_core::topology::ShardConfig;
+use sluice_core::trace::{self, FinishedSpan, Hop, SpanKind, TraceParent};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -115,18 +116,30 @@ impl SinkWorker {
     }
 }
 
+/// The sink's hop of each order's trace in a batch, by order id.
+type Traces = HashMap<Uuid, Hop>;
+
 /// Turns a record into a row for this shard, or nothing: a record of another shard's user
 /// (so a shard can be rebuilt from a topic that holds every shard's orders, such as the
-/// enriched topic), or a record that cannot be read, which is logged and skipped.
-fn classify(worker: &SinkWorker, map: &ShardMap, record: &Record, batch: &mut Batch) {
+/// enriched topic), or a record that cannot be read, which is logged and skipped. A row's
+/// order gets the sink's hop of its trace in `traces`.
+fn classify(
+    worker: &SinkWorker,
+    map: &ShardMap,
+    record: &Record,
+    batch: &mut Batch,
+    traces: &mut Traces,
+) {
     if worker.rejections_topic.as_deref() != Some(record.topic.as_str()) {
         match serde_json::from_slice::<EnrichedOrder>(&record.payload) {
             Ok(order) if map.shard_for_user(&order.user_id) == worker.shard_index => {
+                traces.insert(order.order_id, Hop::after(TraceParent::of_record(record)));
                 batch.orders.push(order)
             }
             Ok(_) => {}
             Err(error) => tracing::error!(
                 shard = worker.shard, topic = record.topic, partition = record.partition, offset = record.offset, %error,
+                trace.id = TraceParent::of_record(record).map(|parent| tracing::field::display(parent.trace_id)),
                 "skipping a record that is not an enriched order"
             ),
         }
@@ -143,10 +156,13 @@ fn classify(worker: &SinkWorker, map: &ShardMap, record: &Record, batch: &mut Ba
         tracing::warn!(
             shard = worker.shard,
             offset = record.offset,
+            trace.id = TraceParent::of_record(record)
+                .map(|parent| tracing::field::display(parent.trace_id)),
             "dead letter without an order id; not recorded"
         );
         return;
     };
+    traces.insert(order_id, Hop::after(TraceParent::of_record(record)));
     batch.rejections.push(Rejection {
         order_id,
         user_id,
@@ -287,6 +303,8 @@ struct ReadBatch {
     order_partitions: Vec<usize>,
     /// For each rejection of the batch, the index in `batch.positions` of its partition.
     rejection_partitions: Vec<usize>,
+    /// The sink's hop of each row's trace.
+    traces: Traces,
 }
 
 impl ReadBatch {
@@ -314,6 +332,7 @@ impl ReadBatch {
             consumed: self.consumed,
             order_partitions: Vec::new(),
             rejection_partitions: Vec::new(),
+            traces: self.traces,
         };
         for (order, index) in self.batch.orders.into_iter().zip(self.order_partitions) {
             if keep[index] {
@@ -359,7 +378,7 @@ async fn write_owned(
     metrics: &WriteMetrics,
 ) -> Result<(), SinkError> {
     loop {
-        match write_with_retry(writer, worker, &read.batch, cancel, metrics).await {
+        match write_with_retry(writer, worker, &read.batch, &read.traces, cancel, metrics).await {
             Err(SinkError::Fenced { partitions, .. }) => {
                 metrics.fenced.increment(1);
                 epochs.stale_if_current(&partitions, &read.batch.epochs);
@@ -411,6 +430,7 @@ async fn read_batches(
         let mut claimed_under: Vec<(TopicPartition, i64)> = Vec::new();
         let mut order_partitions = Vec::new();
         let mut rejection_partitions = Vec::new();
+        let mut traces = Traces::new();
         let mut consumed = 0usize;
         let mut deadline: Option<Instant> = None;
         while consumed < worker.max_rows {
@@ -498,7 +518,7 @@ async fn read_batches(
                     }
                 };
                 positions[index].next_offset = record.offset + 1;
-                classify(worker, map, record, &mut batch);
+                classify(worker, map, record, &mut batch, &mut traces);
                 order_partitions.resize(batch.orders.len(), index);
                 rejection_partitions.resize(batch.rejections.len(), index);
                 consumed += 1;
@@ -522,6 +542,7 @@ async fn read_batches(
             consumed,
             order_partitions,
             rejection_partitions,
+            traces,
         };
         if ready.send(read).await.is_err() {
             break; // the writer failed; it reports why
@@ -582,18 +603,67 @@ async fn write_with_retry(
     writer: &dyn ShardWriter,
     worker: &SinkWorker,
     batch: &Batch,
+    traces: &Traces,
     cancel: &CancellationToken,
     metrics: &WriteMetrics,
 ) -> Result<(), SinkError> {
+    let started = trace::exporter().map(|_| trace::now_unix_nanos());
     match write_retrying(writer, worker, batch, cancel, metrics).await {
+        Ok(()) => {
+            stored(worker, batch, traces, started);
+            Ok(())
+        }
         Err(error) if error.fault() == Fault::Permanent => {
             tracing::warn!(
                 shard = worker.shard, %error, rows = batch.orders.len() + batch.rejections.len(),
                 "the shard refused a row of the batch for good; splitting the batch to find it"
             );
-            store_around_refusals(writer, worker, batch, cancel, metrics).await
+            store_around_refusals(writer, worker, batch, traces, cancel, metrics).await
         }
         other => other,
+    }
+}
+
+/// Logs (at DEBUG) and exports the span of each row of `batch`, now stored; `started` is
+/// when the store began (set when spans are exported).
+fn stored(worker: &SinkWorker, batch: &Batch, traces: &Traces, started: Option<u64>) {
+    let exporter = trace::exporter();
+    if exporter.is_none() && !tracing::enabled!(tracing::Level::DEBUG) {
+        return;
+    }
+    let end = trace::now_unix_nanos();
+    let rows = batch
+        .orders
+        .iter()
+        .map(|order| (order.order_id, "order stored"))
+        .chain(
+            batch
+                .rejections
+                .iter()
+                .map(|rejection| (rejection.order_id, "rejection recorded")),
+        );
+    for (order_id, what) in rows {
+        let hop = traces.get(&order_id);
+        tracing::debug!(
+            shard = worker.shard, order_id = %order_id,
+            trace.id = hop.map(|hop| tracing::field::display(hop.trace_id)),
+            span.id = hop.map(|hop| tracing::field::display(hop.span_id)),
+            "{what}"
+        );
+        if let (Some(exporter), Some(hop), Some(start)) = (exporter, hop, started) {
+            exporter.export(FinishedSpan {
+                hop: *hop,
+                name: "sink store".into(),
+                kind: SpanKind::Consumer,
+                start_unix_nanos: start,
+                end_unix_nanos: end,
+                attributes: vec![
+                    ("sluice.shard", worker.shard.clone()),
+                    ("sluice.order_id", order_id.to_string()),
+                    ("sluice.outcome", what.into()),
+                ],
+            });
+        }
     }
 }
 
@@ -685,9 +755,16 @@ async fn store_around_refusals(
     writer: &dyn ShardWriter,
     worker: &SinkWorker,
     batch: &Batch,
+    traces: &Traces,
     cancel: &CancellationToken,
     metrics: &WriteMetrics,
 ) -> Result<(), SinkError> {
+    let started = trace::exporter().map(|_| trace::now_unix_nanos());
+    let trace_of = |order_id: &Uuid| {
+        traces
+            .get(order_id)
+            .map(|hop| tracing::field::display(hop.trace_id))
+    };
     let rows: Vec<Row<'_>> = batch
         .orders
         .iter()
@@ -700,9 +777,12 @@ async fn store_around_refusals(
     pieces.extend([second, first].into_iter().filter(|p| !p.is_empty()));
     let mut refused: Vec<Rejection> = Vec::new();
     while let Some(piece) = pieces.pop() {
-        let error = match write_retrying(writer, worker, &rows_batch(piece), cancel, metrics).await
-        {
-            Ok(()) => continue,
+        let piece_batch = rows_batch(piece);
+        let error = match write_retrying(writer, worker, &piece_batch, cancel, metrics).await {
+            Ok(()) => {
+                stored(worker, &piece_batch, traces, started);
+                continue;
+            }
             Err(error) if error.fault() == Fault::Permanent => error,
             Err(error) => return Err(error),
         };
@@ -711,6 +791,7 @@ async fn store_around_refusals(
                 let reason = truncate(&error.refusal_reason(), MAX_REASON_CHARS);
                 tracing::warn!(
                     shard = worker.shard, order_id = %order.order_id, user_id = order.user_id, reason,
+                    trace.id = trace_of(&order.order_id),
                     "the shard refused an order for good; recording it as rejected"
                 );
                 refused.push(Rejection {
@@ -723,6 +804,7 @@ async fn store_around_refusals(
             }
             [Row::Rejection(rejection)] => tracing::error!(
                 shard = worker.shard, order_id = %rejection.order_id, stage = rejection.stage, %error,
+                trace.id = trace_of(&rejection.order_id),
                 "the shard refused to record a dead-lettered order's rejection; skipping the record"
             ),
             _ => {
@@ -740,6 +822,7 @@ async fn store_around_refusals(
     match write_retrying(writer, worker, &closing, cancel, metrics).await {
         Ok(()) => {
             metrics.refused.increment(closing.rejections.len() as u64);
+            stored(worker, &closing, traces, started);
             return Ok(());
         }
         Err(error) if error.fault() == Fault::Permanent => {
@@ -758,6 +841,7 @@ async fn store_around_refusals(
             Ok(()) => metrics.refused.increment(1),
             Err(error) if error.fault() == Fault::Permanent => tracing::error!(
                 shard = worker.shard, order_id = %rejection.order_id, user_id = rejection.user_id, %error,
+                trace.id = trace_of(&rejection.order_id),
                 "the shard refused an order and its rejection record; the order is neither stored nor recorded"
             ),
             Err(error) => return Err(error),

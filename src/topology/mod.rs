@@ -78,6 +78,11 @@ pub struct OpsConfig {
     /// metrics (`sluice_consumer_lag_records`, `sluice_consumer_lag_seconds`); at least 100.
     #[serde(default = "default_lag_interval_ms")]
     pub lag_interval_ms: u64,
+    /// Base URL of an OpenTelemetry collector's OTLP/HTTP receiver (such as
+    /// `http://localhost:4318`): spans are sent to `{otlp_endpoint}/v1/traces` as OTLP/JSON.
+    /// Leave out to export no spans (or to take `OTEL_EXPORTER_OTLP_ENDPOINT`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otlp_endpoint: Option<String>,
 }
 
 impl Default for OpsConfig {
@@ -85,6 +90,7 @@ impl Default for OpsConfig {
         OpsConfig {
             listen: None,
             lag_interval_ms: default_lag_interval_ms(),
+            otlp_endpoint: None,
         }
     }
 }

@@ -357,7 +357,19 @@ async fn disk_fills_and_recovers(fault: &str, min_free_mib: u64, reason: &str) {
     // Orders keep coming for 2 s: they get 503 at once.
     let refused_from = Instant::now();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let metrics = scrape_metrics(&client, &ops_base).await;
+    // While refusing, the log retries its file: a retry whose small commit fits turns the gauge
+    // to 0 until the next append fails again, so watch it for a while rather than once.
+    let blocked = if min_free_mib == 0 {
+        "sluice_log_write_blocked{reason=\"write_failure\"} 1"
+    } else {
+        "sluice_log_write_blocked{reason=\"low_disk_space\"} 1"
+    };
+    let mut metrics = scrape_metrics(&client, &ops_base).await;
+    let watched = Instant::now();
+    while !metrics.contains(blocked) && watched.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        metrics = scrape_metrics(&client, &ops_base).await;
+    }
     let ledger = load.finish().await;
     let refusals: Vec<Duration> = ledger
         .unavailable
@@ -375,11 +387,6 @@ async fn disk_fills_and_recovers(fault: &str, min_free_mib: u64, reason: &str) {
         *slowest < Duration::from_millis(2500),
         "orders waited {slowest:?} for their 503"
     );
-    let blocked = if min_free_mib == 0 {
-        "sluice_log_write_blocked{reason=\"write_failure\"} 1"
-    } else {
-        "sluice_log_write_blocked{reason=\"low_disk_space\"} 1"
-    };
     assert!(
         metrics.contains(blocked),
         "no {blocked} in /metrics:\n{metrics}"

@@ -29,3 +29,4 @@ mod scale_out;
 mod sink_crash;
 mod sink_refusal;
 mod status_page;
+mod traces;

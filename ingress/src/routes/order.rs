@@ -6,10 +6,11 @@ use serde::Deserialize;
 use serde_json::json;
 use sluice_core::log::{LogError, OutRecord};
 use sluice_core::lookup::OrderStatus;
-use sluice_core::order::{now_ms, RawOrder};
+use sluice_core::order::{now_ms, RawOrder, HEADER_TRACEPARENT};
 use sluice_core::telemetry;
+use sluice_core::trace::{self, FinishedSpan, Hop, SpanKind, TraceParent};
 use uuid::Uuid;
-use warp::http::{HeaderMap, StatusCode};
+use warp::http::{HeaderMap, HeaderValue, StatusCode};
 use warp::reply::Response;
 use warp::Reply;
 
@@ -26,14 +27,66 @@ struct OrderRequest {
     quantity: i64,
 }
 
+/// The client's trace context: the request's one `traceparent` header if it is valid per W3C
+/// Trace Context level 1; `None` (a new trace is started) if it is missing, invalid or repeated.
+fn client_traceparent(headers: &HeaderMap) -> Option<TraceParent> {
+    let mut values = headers.get_all(HEADER_TRACEPARENT).iter();
+    match (values.next(), values.next()) {
+        (Some(value), None) => value.to_str().ok().and_then(TraceParent::parse),
+        _ => None,
+    }
+}
+
 /// Accepts one order from an authenticated `principal` (whose client address was charged
 /// already, before authentication): rate-limit per user, parse, check that the `userId` is the
 /// principal's, authorize a capability token's checks, append, answer 202 once durable.
+///
+/// The order's trace continues the request's `traceparent` (or starts here): the record
+/// carries the ingress's `traceparent` header, and the 202 answers with it, so the client
+/// learns the trace id.
 pub async fn create(
     state: &State,
     principal: &Principal,
     headers: &HeaderMap,
     body: &[u8],
+) -> Result<Response, ApiError> {
+    let hop = Hop::after(client_traceparent(headers));
+    let started = trace::exporter().map(|_| trace::now_unix_nanos());
+    let mut order_id = None;
+    let answer = accept(state, principal, headers, body, &hop, &mut order_id).await;
+    if let (Some(exporter), Some(started)) = (trace::exporter(), started) {
+        let status = match &answer {
+            Ok(_) => StatusCode::ACCEPTED,
+            Err(error) => error.status,
+        };
+        let mut attributes = vec![("http.response.status_code", status.as_str().to_string())];
+        if let Some(order_id) = order_id {
+            attributes.push(("sluice.order_id", order_id.to_string()));
+        }
+        exporter.export(FinishedSpan {
+            hop,
+            name: "POST /order".into(),
+            kind: SpanKind::Server,
+            start_unix_nanos: started,
+            end_unix_nanos: trace::now_unix_nanos(),
+            attributes,
+        });
+    }
+    let mut response = answer?;
+    if let Ok(value) = HeaderValue::from_str(&hop.traceparent().header()) {
+        response.headers_mut().insert(HEADER_TRACEPARENT, value);
+    }
+    Ok(response)
+}
+
+/// [`create`]'s work, in the trace `hop`; sets `order_id` once the order has one.
+async fn accept(
+    state: &State,
+    principal: &Principal,
+    headers: &HeaderMap,
+    body: &[u8],
+    hop: &Hop,
+    order_id_out: &mut Option<Uuid>,
 ) -> Result<Response, ApiError> {
     state
         .limits
@@ -65,6 +118,7 @@ pub async fn create(
         Some(entry) => (entry.order_id, entry.received_at_ms),
         None => (Uuid::now_v7(), now_ms()),
     };
+    *order_id_out = Some(order_id);
     let order = RawOrder {
         order_id,
         user_id: request.user_id,
@@ -76,32 +130,41 @@ pub async fn create(
         // Concurrent requests with one key wait for each other: one append, one answer.
         Some(entry) => entry
             .answer
-            .get_or_try_init(|| append(state, &order))
+            .get_or_try_init(|| append(state, &order, hop))
             .await?
             .clone(),
-        None => append(state, &order).await?,
+        None => append(state, &order, hop).await?,
     };
     Ok(warp::reply::with_status(warp::reply::json(&answer), StatusCode::ACCEPTED).into_response())
 }
 
-/// Appends `order` to the orders topic and returns the 202 body once the log acknowledged it.
-async fn append(state: &State, order: &RawOrder) -> Result<serde_json::Value, ApiError> {
+/// Appends `order` to the orders topic, with the `traceparent` of `hop`, and returns the 202
+/// body once the log acknowledged it.
+async fn append(state: &State, order: &RawOrder, hop: &Hop) -> Result<serde_json::Value, ApiError> {
     let payload = serde_json::to_vec(order).map_err(|e| ApiError::unavailable(e.to_string()))?;
     let timeout = Duration::from_millis(state.config.ack_timeout_ms);
+    let record = OutRecord::new(order.user_id.as_bytes(), payload)
+        .with_header(HEADER_TRACEPARENT, hop.traceparent().header());
     let delivery = state
         .log
-        .try_send(&state.config.orders_topic, OutRecord::new(order.user_id.as_bytes(), payload), timeout)
+        .try_send(&state.config.orders_topic, record, timeout)
         .await
         .map_err(|error| {
             if let LogError::Overloaded(reason) = &error {
                 // Refused before it was taken: nothing was stored. Refusals come in floods, so
                 // they are counted by the log's metrics rather than logged one by one.
-                tracing::debug!(%error, order_id = %order.order_id, "log has no room; answering 503");
+                tracing::debug!(
+                    %error, trace.id = %hop.trace_id, span.id = %hop.span_id, order_id = %order.order_id,
+                    "log has no room; answering 503"
+                );
                 return ApiError::unavailable(format!(
                     "the event log has no room for new orders now ({reason}); the order was not taken: retry after Retry-After"
                 ));
             }
-            tracing::warn!(%error, order_id = %order.order_id, "order not acknowledged; answering 503");
+            tracing::warn!(
+                %error, trace.id = %hop.trace_id, span.id = %hop.span_id, order_id = %order.order_id,
+                "order not acknowledged; answering 503"
+            );
             let why = match error {
                 LogError::Timeout(_) => "the event log did not acknowledge the order in time",
                 _ => "the event log is not accepting orders",
@@ -111,6 +174,11 @@ async fn append(state: &State, order: &RawOrder) -> Result<serde_json::Value, Ap
             ))
         })?;
     accepted_counter().increment(1);
+    tracing::debug!(
+        trace.id = %hop.trace_id, span.id = %hop.span_id, order_id = %order.order_id,
+        partition = delivery.partition, offset = delivery.offset,
+        "order accepted"
+    );
     Ok(json!({
         "orderId": order.order_id,
         "status": "accepted",

@@ -341,7 +341,7 @@ async fn a_start_with_twenty_thousand_users_reaches_ingress_listening_and_reload
         .args(["-HUP", &child.id().to_string()])
         .status()
         .unwrap();
-    let reloaded = format!("\"users\":{}", USERS + 1);
+    let reloaded = format!("\"sluice.users\":{}", USERS + 1);
     eventually(Duration::from_secs(60), "the reload", || async {
         log_lines(&log_file, "users reloaded")
             .iter()
