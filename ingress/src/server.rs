@@ -10,7 +10,11 @@
 //!   connections; more are closed as soon as they are accepted, so a single client cannot
 //!   take the slots everyone shares. This cap counts connections, so behind a proxy it keys
 //!   on the proxy: raise it there;
-//! - on shutdown the listener closes at once and open connections finish their requests.
+//! - on shutdown the listener closes at once (connections still in its accept queue stay
+//!   there for whoever else holds the socket: a process started to take over, see
+//!   `scripts/restart`) and open connections finish: a connection that has not sent its first
+//!   request yet is served it, a request in progress is answered with `Connection: close`, and
+//!   idle keep-alive connections are closed.
 
 use std::convert::Infallible;
 use std::net::IpAddr;
@@ -18,8 +22,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -69,10 +73,12 @@ pub async fn serve<S>(
     S::Future: Send + 'static,
 {
     // HTTP/1.1 only: its header timer also runs while a connection waits for its first
-    // request, so idle connections cannot pile up.
-    let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
+    // request, so idle connections cannot pile up. hyper's own HTTP/1 connection rather than
+    // hyper-util's auto one: on shutdown the auto connection drops a connection whose first
+    // bytes it has not read yet (it was still sniffing for HTTP/2), so a client accepted just
+    // before the drain would see its connection closed instead of an answer.
+    let mut builder = http1::Builder::new();
     builder
-        .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.max_header_bytes.max(8192));
@@ -125,9 +131,7 @@ pub async fn serve<S>(
                 .insert(ClientAddr(source.address()));
             service.clone().call(request)
         });
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
+        let connection = builder.serve_connection(TokioIo::new(stream), service);
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             if let Err(error) = connection.await {

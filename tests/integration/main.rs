@@ -21,6 +21,7 @@ mod log_conformance;
 mod partitions;
 mod process_kill;
 mod replay;
+mod restart;
 mod scale_out;
 mod sink_crash;
 mod sink_refusal;
