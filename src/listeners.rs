@@ -24,6 +24,9 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+/// Listening sockets, each with the address it listens on.
+type Sockets = Vec<(SocketAddr, OwnedFd)>;
+
 /// Most listeners one process hands over.
 const MAX_LISTENERS: usize = 8;
 
@@ -59,7 +62,11 @@ pub struct Obtained {
 /// Binds `addresses` (setting name, address), or takes them over from the process that holds
 /// them now. Logs where each came from.
 pub async fn obtain(addresses: &[(&'static str, SocketAddr)]) -> Result<Obtained, BindError> {
-    let name = addresses.first().map(|(_, address)| socket_name(*address));
+    // Port 0 (any free port, as tests ask) names no address a successor could ask for too.
+    let name = addresses
+        .first()
+        .filter(|(_, address)| address.port() != 0)
+        .map(|(_, address)| socket_name(*address));
     let mut handed = match &name {
         Some(name) => take_over(name).await,
         None => Vec::new(),
@@ -130,7 +137,7 @@ pub fn socket_name(address: SocketAddr) -> String {
 /// The listening sockets this process offers to its successor.
 pub struct Offer {
     name: Option<String>,
-    sockets: Vec<(SocketAddr, OwnedFd)>,
+    sockets: Sockets,
 }
 
 impl Offer {
@@ -153,7 +160,7 @@ impl Offer {
 
 /// Takes the listeners offered under `name`, if a process offers them: each with the address
 /// it listens on. Any failure is logged and leaves the addresses to be bound afresh.
-async fn take_over(name: &str) -> Vec<(SocketAddr, OwnedFd)> {
+async fn take_over(name: &str) -> Sockets {
     #[cfg(target_os = "linux")]
     {
         let name = name.to_string();
@@ -212,7 +219,7 @@ mod linux {
     }
 
     /// Connects to `name`; `None` when nobody offers listeners there.
-    pub fn take_over(name: &str) -> std::io::Result<Option<(i32, Vec<(SocketAddr, OwnedFd)>)>> {
+    pub fn take_over(name: &str) -> std::io::Result<Option<(i32, super::Sockets)>> {
         let address = UnixAddr::from_abstract_name(name.as_bytes())?;
         let stream = match UnixStream::connect_addr(&address) {
             Ok(stream) => stream,

@@ -24,7 +24,7 @@ use std::time::Duration;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::GracefulConnection;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_service::Service;
@@ -74,17 +74,18 @@ pub async fn serve<S>(
 {
     // HTTP/1.1 only: its header timer also runs while a connection waits for its first
     // request, so idle connections cannot pile up. hyper's own HTTP/1 connection rather than
-    // hyper-util's auto one: on shutdown the auto connection drops a connection whose first
-    // bytes it has not read yet (it was still sniffing for HTTP/2), so a client accepted just
-    // before the drain would see its connection closed instead of an answer.
+    // hyper-util's auto one, which on shutdown drops a connection whose first bytes it has
+    // not read yet (it is still sniffing for HTTP/2).
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.max_header_bytes.max(8192));
-    let graceful = GracefulShutdown::new();
-    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
-    // Validation refuses 0; `max(1)` only keeps a hand-built `ConnectionLimits` serving.
+    let max_connections = limits
+        .max_connections
+        .clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
+    // Validation refuses 0; the clamp only keeps a hand-built `ConnectionLimits` serving.
     let per_address = crate::limits::PerAddressCap::new(limits.max_connections_per_address.max(1));
     let malformed = metrics::counter!(sluice_core::telemetry::FORWARDED_MALFORMED);
     let refused = metrics::counter!(
@@ -121,7 +122,10 @@ pub async fn serve<S>(
         };
         let service = service.clone();
         let (proxies, malformed) = (proxies.clone(), malformed.clone());
+        // Whether a request has come on this connection yet (see `drain_connection`).
+        let (requested, first_request) = tokio::sync::watch::channel(false);
         let service = hyper::service::service_fn(move |mut request: http::Request<Incoming>| {
+            requested.send_replace(true);
             let source = proxies.client(client.ip(), request.headers());
             if let ClientSource::Malformed(_) = source {
                 malformed.increment(1);
@@ -132,14 +136,43 @@ pub async fn serve<S>(
             service.clone().call(request)
         });
         let connection = builder.serve_connection(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection);
+        let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
+            if let Err(error) = drain_connection(connection, first_request, shutdown).await {
                 tracing::debug!(%client, %error, "connection ended with an error");
             }
             drop((permit, held));
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    // Every connection holds a slot until it ends: wait for all of them.
+    let all = u32::try_from(max_connections).unwrap_or(u32::MAX);
+    let _ = slots.acquire_many(all).await;
+}
+
+/// Serves `connection` until `shutdown`, then ends it gracefully: once its current request is
+/// answered (with `Connection: close`), or at once if it is idle between requests. A
+/// connection that has not sent its first request yet is served that request first: hyper
+/// would close it unanswered (its graceful shutdown takes a connection it has read nothing
+/// from for an idle one), and its client, accepted just before the drain, would see the
+/// connection reset. hyper's header timeout still bounds the wait.
+async fn drain_connection<C>(
+    connection: C,
+    mut first_request: tokio::sync::watch::Receiver<bool>,
+    shutdown: CancellationToken,
+) -> Result<(), hyper::Error>
+where
+    C: GracefulConnection<Error = hyper::Error>,
+{
+    let mut connection = std::pin::pin!(connection);
+    tokio::select! {
+        ended = connection.as_mut() => return ended,
+        _ = shutdown.cancelled() => {}
+    }
+    tokio::select! {
+        ended = connection.as_mut() => return ended,
+        _ = first_request.wait_for(|requested| *requested) => {}
+    }
+    connection.as_mut().graceful_shutdown();
+    connection.await
 }

@@ -46,7 +46,9 @@ fn spawn_load(
             );
             let user = users[client_index % users.len()].clone();
             tokio::spawn(async move {
-                // No idle connections kept: every request opens its own.
+                // No idle connections kept, and `Connection: close` on every request: even a
+                // request already waiting when the previous one's connection comes back would
+                // otherwise be sent on it. Every request opens its own connection.
                 let client = reqwest::Client::builder()
                     .pool_max_idle_per_host(0)
                     .build()
@@ -55,6 +57,7 @@ fn spawn_load(
                     let sent = Instant::now();
                     let answer = client
                         .post(format!("{base}/order"))
+                        .header(reqwest::header::CONNECTION, "close")
                         .bearer_auth(&tokens[&user])
                         .json(&serde_json::json!({ "userId": user, "product": "gadget", "quantity": 1 }))
                         .timeout(Duration::from_secs(60))
@@ -254,6 +257,13 @@ async fn restart_under_load(backend: Backend) {
         old_exited - handover_started,
         failures.len(),
     );
+    if old_exited - handover_started > Duration::from_secs(5) {
+        // Slow, though not failed: show what each process did.
+        eprintln!(
+            "slow handover; old process:\n{old_log}\nnew process:\n{}",
+            std::fs::read_to_string(&log_new).unwrap_or_default()
+        );
+    }
     assert!(
         failures.is_empty(),
         "{} of {} requests failed, e.g. {:?}",
@@ -332,6 +342,7 @@ async fn sigterm_turns_readyz_to_503_everywhere_and_serves_on_for_the_drain_dela
         .unwrap();
     let response = fresh
         .post(format!("{}/order", ports.order_base()))
+        .header(reqwest::header::CONNECTION, "close")
         .bearer_auth(&token)
         .json(&serde_json::json!({ "userId": "alice", "product": "gadget", "quantity": 1 }))
         .send()
