@@ -81,11 +81,14 @@ pub async fn serve<S>(
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.max_header_bytes.max(8192));
+    // Validation refuses 0; the bounds only keep a hand-built `ConnectionLimits` serving (and
+    // let the drain below take every slot back at once).
     let max_connections = limits
         .max_connections
-        .clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
+        .min(tokio::sync::Semaphore::MAX_PERMITS)
+        .min(u32::MAX as usize)
+        .max(1);
     let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
-    // Validation refuses 0; the clamp only keeps a hand-built `ConnectionLimits` serving.
     let per_address = crate::limits::PerAddressCap::new(limits.max_connections_per_address.max(1));
     let malformed = metrics::counter!(sluice_core::telemetry::FORWARDED_MALFORMED);
     let refused = metrics::counter!(
@@ -146,7 +149,7 @@ pub async fn serve<S>(
     }
     drop(listener);
     // Every connection holds a slot until it ends: wait for all of them.
-    let all = u32::try_from(max_connections).unwrap_or(u32::MAX);
+    let all = u32::try_from(max_connections).expect("bounded to u32 above");
     let _ = slots.acquire_many(all).await;
 }
 
