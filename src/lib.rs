@@ -5,6 +5,7 @@
 
 pub mod capability_cli;
 pub mod connect_check;
+pub mod listeners;
 pub mod open_files;
 pub mod ops;
 pub mod otlp;

@@ -650,8 +650,19 @@ fn run(path: &std::path::Path, only: &[Part], log_format: LogFormat) -> ExitCode
     let result = runtime.block_on(async {
         let shutdown = Shutdown::new();
         shutdown.listen_for_signals();
-        let log = pipeline::open_log(&topology)?;
-        pipeline::run(topology, log, parts, None, shutdown).await
+        // Listeners first (taken over from a process running on the same addresses, if any),
+        // then the log: on the embedded log that process holds it until it has drained, and
+        // new connections wait in the accept queues meanwhile.
+        let bound = pipeline::obtain_listeners(&topology, parts).await?;
+        let stop = shutdown.token();
+        let log = tokio::select! {
+            log = pipeline::open_log_when_free(&topology) => log?,
+            _ = stop.cancelled() => {
+                tracing::info!("stopped while waiting for the log");
+                return Ok(());
+            }
+        };
+        pipeline::run_bound(topology, log, parts, bound, shutdown).await
     });
     flush_spans(&runtime, exporter);
     match result {

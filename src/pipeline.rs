@@ -88,24 +88,55 @@ pub fn open_shards(topology: &Topology) -> Result<Vec<Arc<dyn ShardWriter>>, Pip
         .collect()
 }
 
-async fn bind(topology: &Topology) -> Result<Listeners, PipelineError> {
+impl From<crate::listeners::BindError> for PipelineError {
+    fn from(error: crate::listeners::BindError) -> Self {
+        PipelineError::Bind {
+            address: error.address,
+            field: error.field,
+            source: error.source,
+        }
+    }
+}
+
+/// Every listener a process serves, obtained before the log is opened: so a process that
+/// replaces a running one holds the addresses (and new connections wait in their accept
+/// queues) while it waits for the embedded log.
+pub struct Bound {
+    ingress: Option<Listeners>,
+    ops: Option<TcpListener>,
+    offer: Option<crate::listeners::Offer>,
+}
+
+/// Takes over the listeners `parts` of `topology` serve from the process running on the same
+/// addresses, or binds them (see [`crate::listeners`]): the ingress's `login_listen` and
+/// `order_listen` when `parts` has the ingress, and `[ops] listen`.
+pub async fn obtain_listeners(topology: &Topology, parts: Parts) -> Result<Bound, PipelineError> {
     let ingress = &topology.ingress;
-    let bind = |address, field| async move {
-        TcpListener::bind(address)
-            .await
-            .map_err(|source| PipelineError::Bind {
-                address,
-                field,
-                source,
-            })
-    };
-    let login = bind(ingress.login_listen, "ingress.login_listen").await?;
-    let order = if ingress.order_listen == ingress.login_listen {
-        None
+    let mut wanted = Vec::new();
+    if parts.ingress {
+        wanted.push(("ingress.login_listen", ingress.login_listen));
+        if ingress.order_listen != ingress.login_listen {
+            wanted.push(("ingress.order_listen", ingress.order_listen));
+        }
+    }
+    if let Some(address) = topology.ops.listen {
+        wanted.push(("ops.listen", address));
+    }
+    let obtained = crate::listeners::obtain(&wanted).await?;
+    let mut listeners = obtained.listeners.into_iter();
+    let ingress = if parts.ingress {
+        let login = listeners.next().expect("one listener per address");
+        let order = (ingress.order_listen != ingress.login_listen)
+            .then(|| listeners.next().expect("one listener per address"));
+        Some(Listeners { login, order })
     } else {
-        Some(bind(ingress.order_listen, "ingress.order_listen").await?)
+        None
     };
-    Ok(Listeners { login, order })
+    Ok(Bound {
+        ingress,
+        ops: listeners.next(),
+        offer: Some(obtained.offer),
+    })
 }
 
 /// Opens the log a topology names (call within a Tokio runtime). Installs the metrics
@@ -113,6 +144,22 @@ async fn bind(topology: &Topology) -> Result<Listeners, PipelineError> {
 pub fn open_log(topology: &Topology) -> Result<Arc<dyn Log>, PipelineError> {
     sluice_ingress::prometheus::handle();
     Ok(topology.log.open(&topology.base_dir)?)
+}
+
+/// [`open_log`], waiting while another process holds the embedded log (the process this one
+/// replaces, until it has drained): logs "waiting for the embedded log held by pid …" and
+/// tries again every 100 ms, with no time limit.
+pub async fn open_log_when_free(topology: &Topology) -> Result<Arc<dyn Log>, PipelineError> {
+    if topology.log.backend != LogBackend::Embedded {
+        return open_log(topology);
+    }
+    sluice_ingress::prometheus::handle();
+    let log = topology
+        .log
+        .embedded
+        .open_when_free(&topology.base_dir, Duration::from_millis(100))
+        .await?;
+    Ok(Arc::new(log))
 }
 
 /// Runs `parts` of `topology` over `log` until `shutdown` is triggered (or a component fails), then
@@ -123,6 +170,35 @@ pub async fn run(
     log: Arc<dyn Log>,
     parts: Parts,
     listeners: Option<Listeners>,
+    shutdown: Shutdown,
+) -> Result<(), PipelineError> {
+    let bound = match listeners {
+        None => obtain_listeners(&topology, parts).await?,
+        Some(listeners) => {
+            let ops = match topology.ops.listen {
+                Some(address) => crate::listeners::obtain(&[("ops.listen", address)])
+                    .await?
+                    .listeners
+                    .pop(),
+                None => None,
+            };
+            Bound {
+                ingress: Some(listeners),
+                ops,
+                offer: None,
+            }
+        }
+    };
+    run_bound(topology, log, parts, bound, shutdown).await
+}
+
+/// [`run`] on listeners obtained beforehand ([`obtain_listeners`]); they are offered to a
+/// process that replaces this one until `shutdown`.
+pub async fn run_bound(
+    topology: Topology,
+    log: Arc<dyn Log>,
+    parts: Parts,
+    bound: Bound,
     shutdown: Shutdown,
 ) -> Result<(), PipelineError> {
     // Install the metrics recorder before anything counts.
@@ -137,18 +213,21 @@ pub async fn run(
     let mut tasks = JoinSet::new();
     let status = crate::status::StatusPage::new(&topology, parts);
 
-    if let Some(address) = topology.ops.listen {
-        let listener = TcpListener::bind(address)
-            .await
-            .map_err(|source| PipelineError::Bind {
-                address,
-                field: "ops.listen",
-                source,
-            })?;
+    if let Some(listener) = bound.ops {
+        let address = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
         tracing::info!(%address, "operations listener up");
         let (log, status, token) = (log.clone(), status.clone(), shutdown.token());
+        // Probes see the drain as the ingress's clients do.
+        let delay = if parts.ingress {
+            topology.ingress.drain_delay()
+        } else {
+            Duration::ZERO
+        };
         tasks.spawn(async move {
-            crate::ops::serve(listener, log, status, token).await;
+            crate::ops::serve(listener, log, status, token, delay).await;
             ("ops listener".to_string(), Ok(()))
         });
     }
@@ -208,9 +287,8 @@ pub async fn run(
             topology.source.clone(),
             shutdown.token(),
         );
-        let listeners = match listeners {
-            Some(listeners) => listeners,
-            None => bind(&topology).await?,
+        let Some(listeners) = bound.ingress else {
+            unreachable!("listeners are obtained for the ingress when it runs")
         };
         tracing::info!(
             login = %listeners.login.local_addr().map(|a| a.to_string()).unwrap_or_default(),
@@ -266,6 +344,13 @@ pub async fn run(
             }
         }
     }
+
+    if let Some(offer) = bound.offer {
+        // Until this process drains, a process started on the same addresses takes the
+        // listeners over from it.
+        tokio::spawn(offer.serve(shutdown.token()));
+    }
+    tracing::info!(pid = std::process::id(), "sluice is serving");
 
     while let Some(joined) = tasks.join_next().await {
         match joined {

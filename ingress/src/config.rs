@@ -81,6 +81,13 @@ pub struct IngressConfig {
     /// are abandoned.
     #[serde(default = "defaults::drain_timeout_ms")]
     pub drain_timeout_ms: u64,
+    /// On SIGTERM, how long the ingress keeps serving (and accepting) with `/readyz` already
+    /// answering 503 on every listener, before it stops accepting and drains: the time a load
+    /// balancer needs to see the 503 and send new clients elsewhere, or a process started on
+    /// the same addresses (`scripts/restart`) to take over. Leave out for 5000 in production
+    /// mode and 0 in development mode.
+    #[serde(default)]
+    pub drain_delay_ms: Option<u64>,
     /// How long after its creation an order that is neither stored nor rejected is reported
     /// as `pending`; after that `GET /order/{id}` answers 404.
     #[serde(default = "defaults::pending_window_secs")]
@@ -488,6 +495,16 @@ impl From<Quota> for QuotaFields {
 }
 
 impl IngressConfig {
+    /// The drain delay in force: `drain_delay_ms`, or its mode's default (5 s in production,
+    /// none in development).
+    pub fn drain_delay(&self) -> std::time::Duration {
+        let default = match self.mode {
+            Mode::Production => defaults::PRODUCTION_DRAIN_DELAY_MS,
+            Mode::Development => 0,
+        };
+        std::time::Duration::from_millis(self.drain_delay_ms.unwrap_or(default))
+    }
+
     /// Checks `[ingress]`: every problem, each with where to fix it.
     pub fn validate(&self, wiring: &Wiring, issues: &mut Issues) {
         let ingress = self;
@@ -644,6 +661,8 @@ mod defaults {
     pub fn body_timeout_ms() -> u64 {
         10_000
     }
+    /// `drain_delay_ms` in production mode when left out.
+    pub const PRODUCTION_DRAIN_DELAY_MS: u64 = 5_000;
     pub fn drain_timeout_ms() -> u64 {
         10_000
     }

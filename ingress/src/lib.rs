@@ -471,21 +471,36 @@ impl Ingress {
         &self.state
     }
 
-    /// Serves until `shutdown` fires, then stops accepting and drains in-flight requests.
-    /// With `order_listener` `None`, `login_listener` serves every route.
+    /// Serves until `shutdown` fires; then `/readyz` answers 503 at once, the listeners keep
+    /// accepting for the drain delay ([`IngressConfig::drain_delay`]), and then they stop
+    /// accepting and in-flight requests finish (within `drain_timeout_ms`), keep-alive
+    /// connections being closed after their current request. With `order_listener` `None`,
+    /// `login_listener` serves every route.
     pub async fn serve(
         self,
         login_listener: TcpListener,
         order_listener: Option<TcpListener>,
         shutdown: CancellationToken,
     ) {
+        let delay = self.state.config.drain_delay();
+        let stop = CancellationToken::new();
         {
-            let (shutdown, draining) = (shutdown.clone(), self.state.draining.clone());
+            let (draining, stop) = (self.state.draining.clone(), stop.clone());
             tokio::spawn(async move {
                 shutdown.cancelled().await;
                 draining.cancel();
+                if !delay.is_zero() {
+                    tracing::info!(
+                        ?delay,
+                        "draining: /readyz answers 503; serving on until the drain delay ends"
+                    );
+                    tokio::time::sleep(delay).await;
+                }
+                tracing::info!("drain delay over: no longer accepting connections");
+                stop.cancel();
             });
         }
+        let shutdown = stop;
         let config = &self.state.config;
         let limits = server::ConnectionLimits {
             max_connections: config.max_connections,

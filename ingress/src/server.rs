@@ -10,7 +10,11 @@
 //!   connections; more are closed as soon as they are accepted, so a single client cannot
 //!   take the slots everyone shares. This cap counts connections, so behind a proxy it keys
 //!   on the proxy: raise it there;
-//! - on shutdown the listener closes at once and open connections finish their requests.
+//! - on shutdown the listener closes at once (connections still in its accept queue stay
+//!   there for whoever else holds the socket: a process started to take over, see
+//!   `scripts/restart`) and open connections finish: a connection that has not sent its first
+//!   request yet is served it, a request in progress is answered with `Connection: close`, and
+//!   idle keep-alive connections are closed.
 
 use std::convert::Infallible;
 use std::net::IpAddr;
@@ -18,9 +22,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulConnection;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_service::Service;
@@ -71,16 +75,22 @@ pub async fn serve<S>(
     S::Future: Send + 'static,
 {
     // HTTP/1.1 only: its header timer also runs while a connection waits for its first
-    // request, so idle connections cannot pile up.
-    let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
+    // request, so idle connections cannot pile up. hyper's own HTTP/1 connection rather than
+    // hyper-util's auto one, which on shutdown drops a connection whose first bytes it has
+    // not read yet (it is still sniffing for HTTP/2).
+    let mut builder = http1::Builder::new();
     builder
-        .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.max_header_bytes.max(8192));
-    let graceful = GracefulShutdown::new();
-    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
-    // Validation refuses 0; `max(1)` only keeps a hand-built `ConnectionLimits` serving.
+    // Validation refuses 0; the bounds only keep a hand-built `ConnectionLimits` serving (and
+    // let the drain below take every slot back at once).
+    let max_connections = limits
+        .max_connections
+        .min(tokio::sync::Semaphore::MAX_PERMITS)
+        .min(u32::MAX as usize)
+        .max(1);
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
     let per_address = crate::limits::PerAddressCap::new(limits.max_connections_per_address.max(1));
     let malformed = metrics::counter!(sluice_core::telemetry::FORWARDED_MALFORMED);
     let refused = metrics::counter!(
@@ -119,7 +129,10 @@ pub async fn serve<S>(
         let counted = OpenConnection::count(&open);
         let service = service.clone();
         let (proxies, malformed) = (proxies.clone(), malformed.clone());
+        // Whether a request has come on this connection yet (see `drain_connection`).
+        let (requested, first_request) = tokio::sync::watch::channel(false);
         let service = hyper::service::service_fn(move |mut request: http::Request<Incoming>| {
+            requested.send_replace(true);
             let source = proxies.client(client.ip(), request.headers());
             if let ClientSource::Malformed(_) = source {
                 malformed.increment(1);
@@ -129,19 +142,46 @@ pub async fn serve<S>(
                 .insert(ClientAddr(source.address()));
             service.clone().call(request)
         });
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
+        let connection = builder.serve_connection(TokioIo::new(stream), service);
+        let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
+            if let Err(error) = drain_connection(connection, first_request, shutdown).await {
                 tracing::debug!(%client, %error, "connection ended with an error");
             }
             drop((permit, held, counted));
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    // Every connection holds a slot until it ends: wait for all of them.
+    let all = u32::try_from(max_connections).expect("bounded to u32 above");
+    let _ = slots.acquire_many(all).await;
+}
+
+/// Serves `connection` until `shutdown`, then ends it gracefully: once its current request is
+/// answered (with `Connection: close`), or at once if it is idle between requests. A
+/// connection that has not sent its first request yet is served that request first: hyper
+/// would close it unanswered (its graceful shutdown takes a connection it has read nothing
+/// from for an idle one), and its client, accepted just before the drain, would see the
+/// connection reset. hyper's header timeout still bounds the wait.
+async fn drain_connection<C>(
+    connection: C,
+    mut first_request: tokio::sync::watch::Receiver<bool>,
+    shutdown: CancellationToken,
+) -> Result<(), hyper::Error>
+where
+    C: GracefulConnection<Error = hyper::Error>,
+{
+    let mut connection = std::pin::pin!(connection);
+    tokio::select! {
+        ended = connection.as_mut() => return ended,
+        _ = shutdown.cancelled() => {}
+    }
+    tokio::select! {
+        ended = connection.as_mut() => return ended,
+        _ = first_request.wait_for(|requested| *requested) => {}
+    }
+    connection.as_mut().graceful_shutdown();
+    connection.await
 }
 
 /// One open connection in the `sluice_http_connections_open` gauge, until dropped.

@@ -25,6 +25,7 @@ mod metrics;
 mod partitions;
 mod process_kill;
 mod replay;
+mod restart;
 mod scale_out;
 mod sink_crash;
 mod sink_refusal;

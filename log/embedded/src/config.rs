@@ -80,6 +80,50 @@ impl EmbeddedLogConfig {
         }
     }
 
+    /// [`open`](Self::open), waiting while another process holds the file: a process taking
+    /// over from the one that runs now (see `scripts/restart`) has its listeners already and
+    /// gets the log when the old process has drained and let go of it. Logs once that it
+    /// waits, naming the holder's pid, then every minute; tries again every `retry`, with no
+    /// time limit (stop it by dropping the future). Other errors return at once.
+    pub async fn open_when_free(
+        &self,
+        base_dir: &Path,
+        retry: Duration,
+    ) -> Result<EmbeddedLog, LogError> {
+        let path = resolve_relative(base_dir, &self.path);
+        let started = std::time::Instant::now();
+        let mut reported: Option<std::time::Instant> = None;
+        loop {
+            // Opening reads the file: off the async workers.
+            let (config, dir) = (self.clone(), base_dir.to_path_buf());
+            let opened = tokio::task::spawn_blocking(move || config.open(&dir))
+                .await
+                .map_err(|e| LogError::backend("opening the embedded log was interrupted", e))?;
+            match opened {
+                Err(error) if crate::held_by_another_process(&error) => {
+                    if reported.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
+                        let holder = crate::holder_pid(&path)
+                            .map_or_else(|| "unknown".to_string(), |pid| pid.to_string());
+                        tracing::info!(
+                            log = %path.display(),
+                            waited = ?started.elapsed(),
+                            "waiting for the embedded log held by pid {holder}"
+                        );
+                        reported = Some(std::time::Instant::now());
+                    }
+                    tokio::time::sleep(retry).await;
+                }
+                Err(error) => return Err(error),
+                Ok(log) => {
+                    if reported.is_some() {
+                        tracing::info!(log = %path.display(), waited = ?started.elapsed(), "embedded log obtained");
+                    }
+                    return Ok(log);
+                }
+            }
+        }
+    }
+
     /// Opens the log; a relative `path` resolves against `base_dir` (the topology file's
     /// folder). Within a Tokio runtime, the retention sweeper starts too.
     pub fn open(&self, base_dir: &Path) -> Result<EmbeddedLog, LogError> {

@@ -20,7 +20,9 @@
 //!   file every half second until a commit works, and carries on with what is queued.
 //!
 //! The file is locked by the process that opens it: the embedded log serves one `sluice`
-//! process. Deployments that split the parts over several processes use Kafka.
+//! process. Deployments that split the parts over several processes use Kafka. The holder
+//! writes its pid beside the file (`<log file>.pid`), and a process taking over from it waits
+//! for the lock ([`EmbeddedLogConfig::open_when_free`]), naming that pid.
 
 mod codec;
 mod config;
@@ -254,6 +256,38 @@ fn open_database(path: &Path) -> Result<Database, LogError> {
     })
 }
 
+/// Whether `error` says that another process holds the log file (so opening it again later
+/// may work).
+pub fn held_by_another_process(error: &LogError) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(error) = source {
+        if matches!(
+            error.downcast_ref::<redb::DatabaseError>(),
+            Some(redb::DatabaseError::DatabaseAlreadyOpen)
+        ) {
+            return true;
+        }
+        source = error.source();
+    }
+    false
+}
+
+/// The file beside the log where its holder writes its pid.
+pub fn pid_file(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".pid");
+    PathBuf::from(name)
+}
+
+/// The pid the holder of the log at `path` wrote, if it wrote one.
+pub fn holder_pid(path: &Path) -> Option<u32> {
+    std::fs::read_to_string(pid_file(path))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 impl EmbeddedLog {
     /// Opens (or creates) the log stored at `path`, with the default [`Options`].
     pub fn open(path: &Path, retention: Retention) -> Result<Self, LogError> {
@@ -271,6 +305,11 @@ impl EmbeddedLog {
             })?;
         }
         let db = open_database(path)?;
+        // For a process waiting to take over: who it waits for. Best effort; the lock is what
+        // guards the file.
+        if let Err(error) = std::fs::write(pid_file(path), format!("{}\n", std::process::id())) {
+            tracing::debug!(%error, "cannot write the log's pid file");
+        }
         let topics = load_state(&db)?;
         let (appended, _) = watch::channel(0);
         let max_pending_appends = options.max_pending_appends.max(1);
