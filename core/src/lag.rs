@@ -4,7 +4,7 @@
 //! its position (the offset after the last record it handed out) into a process-wide registry;
 //! a partition the group takes away is removed at once. The lag monitor ([`run_monitor`]),
 //! which `sluice run` starts, asks the log every few seconds for the end offset of every
-//! partition of the declared topics and keeps a short history of them per partition. From it:
+//! partition of the declared topics and keeps a history of them per partition. From it:
 //!
 //! - `sluice_topic_end_offset{topic,partition}`: the end offset last seen;
 //! - `sluice_consumer_lag_records{group,topic,partition}`: end offset − position;
