@@ -2,10 +2,13 @@
 //! names (`process_resident_memory_bytes`, `process_virtual_memory_bytes`, `process_open_fds`,
 //! `process_max_fds`, `process_cpu_seconds_total`, `process_start_time_seconds`).
 //!
-//! The process figures are read from `/proc/self` on Linux; on other systems they are left
-//! out. `process_cpu_seconds_total` is exported as a gauge (the metrics facade's counters
-//! count whole numbers); `rate()` reads it all the same.
+//! The process figures are read from `/proc/self` on Linux (in a blocking thread, every
+//! [`REFRESH_INTERVAL`]); on other systems they are left out. They are kept out of the
+//! metrics facade, whose counters count whole numbers: [`exposition`] writes them as text,
+//! `process_cpu_seconds_total` as a counter of seconds, and
+//! [`sluice_ingress::prometheus::render`] appends it to `/metrics`.
 
+use std::fmt::Write;
 use std::time::Duration;
 
 use sluice_core::telemetry;
@@ -38,17 +41,17 @@ pub fn record_build_info() {
 }
 
 /// Records the build info, then the process figures every [`REFRESH_INTERVAL`] until `stop`.
+/// `/proc` is read in a blocking thread, never on an async worker.
 pub async fn run(stop: CancellationToken) {
     record_build_info();
-    let gauges = ProcessGauges::register();
     let mut ticks = tokio::time::interval(REFRESH_INTERVAL);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = ticks.tick() => {
-                if let Some(figures) = read() {
-                    gauges.set(&figures);
+                if let Ok(Some(figures)) = tokio::task::spawn_blocking(read).await {
+                    sluice_ingress::prometheus::set_appended(exposition(&figures));
                 }
             }
         }
@@ -72,37 +75,55 @@ pub struct ProcessFigures {
     pub start_time_seconds: f64,
 }
 
-/// The gauges of the process figures, registered once.
-struct ProcessGauges {
-    resident: metrics::Gauge,
-    virtual_memory: metrics::Gauge,
-    open_fds: metrics::Gauge,
-    max_fds: metrics::Gauge,
-    cpu: metrics::Gauge,
-    start_time: metrics::Gauge,
-}
-
-impl ProcessGauges {
-    fn register() -> Self {
-        ProcessGauges {
-            resident: metrics::gauge!(telemetry::PROCESS_RESIDENT_MEMORY),
-            virtual_memory: metrics::gauge!(telemetry::PROCESS_VIRTUAL_MEMORY),
-            open_fds: metrics::gauge!(telemetry::PROCESS_OPEN_FDS),
-            max_fds: metrics::gauge!(telemetry::PROCESS_MAX_FDS),
-            cpu: metrics::gauge!(telemetry::PROCESS_CPU_SECONDS),
-            start_time: metrics::gauge!(telemetry::PROCESS_START_TIME),
+/// The text exposition of `figures`, with the `# HELP` lines of [`telemetry::HELP`]:
+/// `process_cpu_seconds_total` is a counter, the others gauges (an unlimited
+/// `process_max_fds` is `+Inf`).
+pub fn exposition(figures: &ProcessFigures) -> String {
+    let families = [
+        (
+            telemetry::PROCESS_CPU_SECONDS,
+            "counter",
+            figures.cpu_seconds,
+        ),
+        (
+            telemetry::PROCESS_RESIDENT_MEMORY,
+            "gauge",
+            figures.resident_memory_bytes as f64,
+        ),
+        (
+            telemetry::PROCESS_VIRTUAL_MEMORY,
+            "gauge",
+            figures.virtual_memory_bytes as f64,
+        ),
+        (
+            telemetry::PROCESS_OPEN_FDS,
+            "gauge",
+            figures.open_fds as f64,
+        ),
+        (
+            telemetry::PROCESS_MAX_FDS,
+            "gauge",
+            figures.max_fds.map_or(f64::INFINITY, |max| max as f64),
+        ),
+        (
+            telemetry::PROCESS_START_TIME,
+            "gauge",
+            figures.start_time_seconds,
+        ),
+    ];
+    let mut text = String::new();
+    for (name, kind, value) in families {
+        if let Some((_, help)) = telemetry::HELP.iter().find(|(n, _)| *n == name) {
+            let _ = writeln!(text, "# HELP {name} {help}");
         }
+        let _ = writeln!(text, "# TYPE {name} {kind}");
+        let value = match value {
+            v if v == f64::INFINITY => "+Inf".to_string(),
+            v => v.to_string(),
+        };
+        let _ = writeln!(text, "{name} {value}");
     }
-
-    fn set(&self, figures: &ProcessFigures) {
-        self.resident.set(figures.resident_memory_bytes as f64);
-        self.virtual_memory.set(figures.virtual_memory_bytes as f64);
-        self.open_fds.set(figures.open_fds as f64);
-        self.max_fds
-            .set(figures.max_fds.map_or(f64::INFINITY, |max| max as f64));
-        self.cpu.set(figures.cpu_seconds);
-        self.start_time.set(figures.start_time_seconds);
-    }
+    text
 }
 
 /// Clock ticks per second of `/proc` CPU times (`USER_HZ`, 100 on every Linux architecture
@@ -231,6 +252,39 @@ mod tests {
         assert!(parts
             .next()
             .is_some_and(|minor| minor.parse::<u32>().is_ok()));
+    }
+
+    #[test]
+    fn cpu_seconds_are_a_counter_and_the_rest_gauges() {
+        let figures = ProcessFigures {
+            resident_memory_bytes: 2048,
+            virtual_memory_bytes: 4096,
+            open_fds: 12,
+            max_fds: None,
+            cpu_seconds: 1.25,
+            start_time_seconds: 1795983401.5,
+        };
+        let text = exposition(&figures);
+        assert!(
+            text.contains(
+                "# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total 1.25\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("# HELP process_cpu_seconds_total Total user and system CPU time spent in seconds.\n"), "{text}");
+        assert!(
+            text.contains(
+                "# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes 2048\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("process_max_fds +Inf\n"), "{text}");
+        assert!(
+            text.contains("process_start_time_seconds 1795983401.5\n"),
+            "{text}"
+        );
+        assert_eq!(text.matches("# TYPE ").count(), 6, "{text}");
+        assert_eq!(text.matches("# HELP ").count(), 6, "{text}");
     }
 
     #[cfg(target_os = "linux")]

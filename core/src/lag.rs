@@ -4,15 +4,34 @@
 //! its position (the offset after the last record it handed out) into a process-wide registry;
 //! a partition the group takes away is removed at once. The lag monitor ([`run_monitor`]),
 //! which `sluice run` starts, asks the log every few seconds for the end offset of every
-//! partition of the declared topics and keeps a short history of them per partition. From it:
+//! partition of the declared topics and keeps a history of them per partition. From it:
 //!
 //! - `sluice_topic_end_offset{topic,partition}`: the end offset last seen;
 //! - `sluice_consumer_lag_records{group,topic,partition}`: end offset − position;
 //! - `sluice_consumer_lag_seconds{group,topic,partition}`: how long ago the first unread record
 //!   was appended, estimated from the history (the time at which the end offset passed the
 //!   position, interpolated between the two samples around it, as kafka-lag-exporter does);
-//!   0 when the consumer is caught up. When the position is older than the history
-//!   ([`HISTORY_SAMPLES`] samples), the oldest sample's time is used: a lower bound.
+//!   0 when the consumer is caught up. The history keeps its [`DENSE_SAMPLES`] latest samples
+//!   as they came and thins older ones (see [`EndHistory`]), so it reaches back to the first
+//!   sample the monitor took with bounded memory, and the lag of a stuck consumer keeps
+//!   growing. A position older than every retained sample (appended before this process's
+//!   monitor started) gets the oldest sample's time: the figure is then a **lower bound**.
+//!
+//! Each partition's end offset is stamped with the time its own answer came, and the
+//! partitions are asked concurrently. A partition whose end cannot be read keeps its last end
+//! offset (and `lag_records`), while `lag_seconds` keeps growing: it is the time since the
+//! first unread record was appended, which needs no fresh end offset.
+//!
+//! A partition the group assigned to a consumer that has not started reading it yet (its claim
+//! has not succeeded: a sink whose shard is down) is published with the last position this
+//! process knew for it, or, when it knows none, as [`UNKNOWN_POSITION`]: the monitor then
+//! counts its lag from the partition's start (its low watermark), as if nothing had been read:
+//! an upper bound in records, which the claim corrects once it succeeds. A lag of 0 there
+//! would hide the backlog during exactly the outage that builds it.
+//!
+//! Replays' consumer groups (their names contain `.replay.`, see `sluice replay`) are not
+//! reported: a replay reads a bounded range, and reports its progress through
+//! `sluice_replay_remaining_records`.
 //!
 //! Both backends work alike: only positions this process's consumers hold are reported, so in a
 //! split deployment each process reports the partitions it reads (a partition that moved away
@@ -32,9 +51,27 @@ use crate::telemetry;
 /// How often `sluice run` samples end offsets, unless told otherwise.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(2);
 
-/// End-offset samples kept per partition (at the default interval, about 12 minutes of
-/// changes; samples are only added when the end offset moved).
-pub const HISTORY_SAMPLES: usize = 360;
+/// The latest end-offset samples kept as they came, per partition (at the default interval,
+/// about 12 minutes of changes; samples are only added when the end offset moved).
+pub const DENSE_SAMPLES: usize = 360;
+
+/// Older samples kept per partition, ever sparser (see [`EndHistory`]).
+pub const SPARSE_SAMPLES: usize = 120;
+
+/// Most samples kept per partition.
+pub const HISTORY_SAMPLES: usize = DENSE_SAMPLES + SPARSE_SAMPLES;
+
+/// How many end offsets the monitor asks for at once.
+const CONCURRENT_QUERIES: usize = 16;
+
+/// The position a consumer publishes for a partition it was given but whose start it does not
+/// know yet (see the [module docs](self)): its lag counts from the partition's start.
+pub const UNKNOWN_POSITION: i64 = -1;
+
+/// Whether `group` is a replay's consumer group (not reported, see the [module docs](self)).
+pub fn is_replay_group(group: &str) -> bool {
+    group.contains(".replay.")
+}
 
 /// A consumer's position in one partition, as published into the registry.
 #[derive(Debug)]
@@ -72,9 +109,20 @@ impl PublishedPosition {
         PublishedPosition { id, slot }
     }
 
+    /// Publishes that `group` was given `partition` of `topic` but does not know yet where it
+    /// starts reading it ([`UNKNOWN_POSITION`]).
+    pub fn unknown(group: &Arc<str>, topic: &str, partition: i32) -> Self {
+        PublishedPosition::new(group, topic, partition, UNKNOWN_POSITION)
+    }
+
     /// Updates the position: the next offset the consumer hands out. Lock-free.
     pub fn set(&self, next: i64) {
         self.slot.next.store(next, Ordering::Relaxed);
+    }
+
+    /// The position last published.
+    pub fn get(&self) -> i64 {
+        self.slot.next.load(Ordering::Relaxed)
     }
 }
 
@@ -126,7 +174,8 @@ pub struct ConsumerLag {
     pub topic: String,
     /// Partition.
     pub partition: i32,
-    /// The next offset the consumer hands out.
+    /// The next offset the consumer hands out (the partition's low watermark while the consumer
+    /// does not know it yet: see the [module docs](self)).
     pub position: i64,
     /// The partition's end offset when the lag was computed.
     pub end_offset: i64,
@@ -156,8 +205,9 @@ pub fn snapshot() -> LagSnapshot {
     }
 }
 
-/// `(group, topic, partition, next offset)` of every published position; when two consumers
-/// of one group in this process hold the same partition (a hand-over), the further one.
+/// `(group, topic, partition, next offset)` of every published position but replays'; when
+/// two consumers of one group in this process hold the same partition (a hand-over), the
+/// further one.
 fn positions() -> BTreeMap<(String, String, i32), i64> {
     let slots: Vec<Arc<Slot>> = registry()
         .positions
@@ -168,6 +218,9 @@ fn positions() -> BTreeMap<(String, String, i32), i64> {
         .collect();
     let mut out = BTreeMap::new();
     for slot in slots {
+        if is_replay_group(&slot.group) {
+            continue;
+        }
         let next = slot.next.load(Ordering::Relaxed);
         out.entry((slot.group.to_string(), slot.topic.clone(), slot.partition))
             .and_modify(|n: &mut i64| *n = (*n).max(next))
@@ -184,7 +237,13 @@ struct Sample {
     last_seen: Instant,
 }
 
-/// The recent end offsets of one partition, oldest first.
+/// The end offsets of one partition, oldest first.
+///
+/// The [`DENSE_SAMPLES`] latest are kept as they came. When the history is full, every other
+/// one of the older samples is dropped (never the oldest), so the older a stretch of the
+/// history, the sparser its samples: memory stays bounded ([`HISTORY_SAMPLES`]) while the
+/// history reaches back to the first sample. Dropping a sample only widens the interval an
+/// append time is interpolated in; the estimate stays between the two samples kept around it.
 #[derive(Debug, Clone, Default)]
 pub struct EndHistory {
     samples: VecDeque<Sample>,
@@ -205,13 +264,25 @@ impl EndHistory {
     }
 
     fn push(&mut self, end: i64, at: Instant) {
-        if self.samples.len() == HISTORY_SAMPLES {
-            self.samples.pop_front();
+        if self.samples.len() >= HISTORY_SAMPLES {
+            self.thin();
         }
         self.samples.push_back(Sample {
             end,
             first_seen: at,
             last_seen: at,
+        });
+    }
+
+    /// Drops every other sample of the sparse part (the samples before the dense latest ones),
+    /// keeping the oldest sample and the last sparse one.
+    fn thin(&mut self) {
+        let sparse = self.samples.len().saturating_sub(DENSE_SAMPLES);
+        let mut index = 0;
+        self.samples.retain(|_| {
+            let keep = index == 0 || index + 1 >= sparse || index % 2 == 0;
+            index += 1;
+            keep
         });
     }
 
@@ -224,7 +295,8 @@ impl EndHistory {
     /// read) was appended, estimated: between the last time the end offset was seen at or
     /// below `position` and the first time it was seen beyond it, assuming records came at an
     /// even pace in between. `None` when the end offset was never seen beyond `position`
-    /// (caught up). For a position older than the history, the oldest sample's time.
+    /// (caught up). For a position older than the history, the oldest sample's time: a lower
+    /// bound, since the record was appended before it.
     pub fn appended_at(&self, position: i64) -> Option<Instant> {
         let after = self.samples.iter().position(|s| s.end > position)?;
         let beyond = self.samples[after];
@@ -242,7 +314,8 @@ impl EndHistory {
     }
 
     /// Seconds between when the record at `position` was appended and `now`; 0 when the
-    /// consumer at `position` is caught up.
+    /// consumer at `position` is caught up. A lower bound when `position` is older than the
+    /// history (see [`EndHistory::appended_at`]).
     pub fn lag_seconds(&self, position: i64, now: Instant) -> f64 {
         self.appended_at(position)
             .map(|at| now.saturating_duration_since(at).as_secs_f64())
@@ -260,6 +333,8 @@ struct LagGauges {
 pub struct LagMonitor {
     topics: Vec<String>,
     histories: HashMap<(String, i32), EndHistory>,
+    /// The low watermark last seen per partition: where an [`UNKNOWN_POSITION`] counts from.
+    starts: HashMap<(String, i32), i64>,
     end_gauges: HashMap<(String, i32), metrics::Gauge>,
     lag_gauges: HashMap<(String, String, i32), LagGauges>,
 }
@@ -276,51 +351,77 @@ impl LagMonitor {
         LagMonitor {
             topics,
             histories: HashMap::new(),
+            starts: HashMap::new(),
             end_gauges: HashMap::new(),
             lag_gauges: HashMap::new(),
         }
     }
 
-    /// Reads every partition's end offset once, then updates the gauges and the
-    /// [`snapshot`]. A partition whose end offset cannot be read now keeps its last figures.
+    /// Reads every partition's watermarks once ([`CONCURRENT_QUERIES`] at a time, each stamped
+    /// with the time of its own answer), then updates the gauges and the [`snapshot`]. A
+    /// partition whose end offset cannot be read now keeps its last end offset, and its lag in
+    /// seconds keeps growing.
     pub async fn sample(&mut self, log: &dyn Log) {
-        let mut ends = Vec::new();
+        use futures::StreamExt;
+        let mut partitions = Vec::new();
         for topic in &self.topics {
-            let count = match log.partition_count(topic).await {
-                Ok(count) => count as i32,
+            match log.partition_count(topic).await {
+                Ok(count) => partitions.extend((0..count as i32).map(|p| (topic.clone(), p))),
                 Err(error) => {
-                    tracing::debug!(topic, %error, "lag monitor: cannot count partitions");
-                    continue;
-                }
-            };
-            for partition in 0..count {
-                match log.watermarks(topic, partition).await {
-                    Ok((_, high)) => ends.push((topic.clone(), partition, high)),
-                    Err(error) => {
-                        tracing::debug!(topic, partition, %error, "lag monitor: cannot read the end offset")
-                    }
+                    tracing::debug!(topic, %error, "lag monitor: cannot count partitions")
                 }
             }
         }
-        let (now, wall) = (Instant::now(), SystemTime::now());
-        self.update(ends, positions(), now, wall);
+        let ends: Vec<Watermarks> = futures::stream::iter(partitions)
+            .map(|(topic, partition)| async move {
+                let answer = log.watermarks(&topic, partition).await;
+                let (at, wall) = (Instant::now(), SystemTime::now());
+                match answer {
+                    Ok((low, high)) => Some(Watermarks {
+                        topic,
+                        partition,
+                        low,
+                        high,
+                        at,
+                        wall,
+                    }),
+                    Err(error) => {
+                        tracing::debug!(topic, partition, %error, "lag monitor: cannot read the end offset");
+                        None
+                    }
+                }
+            })
+            .buffer_unordered(CONCURRENT_QUERIES)
+            .filter_map(|found| async move { found })
+            .collect()
+            .await;
+        self.update(ends, positions(), Instant::now());
     }
 
-    /// Records end offsets seen at `now` and sets every figure from them and `positions`.
+    /// Records the watermarks read and sets every figure from them and `positions`, with
+    /// lags in seconds as of `now`.
     fn update(
         &mut self,
-        ends: Vec<(String, i32, i64)>,
+        ends: Vec<Watermarks>,
         positions: BTreeMap<(String, String, i32), i64>,
         now: Instant,
-        wall: SystemTime,
     ) {
         let mut figures = registry().figures.lock().expect("lag registry poisoned");
-        for (topic, partition, end) in ends {
+        for Watermarks {
+            topic,
+            partition,
+            low,
+            high: end,
+            at,
+            wall,
+        } in ends
+        {
             let key = (topic, partition);
             self.histories
                 .entry(key.clone())
                 .or_default()
-                .observe(end, now);
+                .observe(end, at);
+            self.starts.insert(key.clone(), low);
             self.end_gauges
                 .entry(key.clone())
                 .or_insert_with(|| {
@@ -349,6 +450,14 @@ impl LagMonitor {
             let Some(history) = self.histories.get(&(topic.clone(), partition)) else {
                 continue; // not a topic of this monitor, or its end is not known yet
             };
+            let position = match position {
+                UNKNOWN_POSITION => self
+                    .starts
+                    .get(&(topic.clone(), partition))
+                    .copied()
+                    .unwrap_or(0),
+                known => known,
+            };
             let end = history.end().unwrap_or(position);
             let lag = ConsumerLag {
                 lag_records: (end - position).max(0),
@@ -376,6 +485,20 @@ impl LagMonitor {
             figures.lags.insert(key, lag);
         }
     }
+}
+
+/// A partition's watermarks, as the monitor read them.
+struct Watermarks {
+    topic: String,
+    partition: i32,
+    /// The offset of the first record the partition retains.
+    low: i64,
+    /// The offset the next record appended will get.
+    high: i64,
+    /// When the answer came.
+    at: Instant,
+    /// When the answer came, on the wall clock.
+    wall: SystemTime,
 }
 
 /// Samples `topics` every `interval` until `stop` fires (see the [module docs](self)).
@@ -451,14 +574,144 @@ mod tests {
     fn the_history_is_bounded_and_restarts_when_the_end_goes_back() {
         let base = Instant::now();
         let mut history = EndHistory::default();
-        for n in 0..(HISTORY_SAMPLES as i64 + 50) {
+        for n in 0..(10 * HISTORY_SAMPLES as i64) {
             history.observe(n, base + Duration::from_secs(n as u64));
+            assert!(history.samples.len() <= HISTORY_SAMPLES);
         }
-        assert_eq!(history.samples.len(), HISTORY_SAMPLES);
-        assert_eq!(history.end(), Some(HISTORY_SAMPLES as i64 + 49));
-        history.observe(3, base + Duration::from_secs(1000));
+        assert_eq!(history.end(), Some(10 * HISTORY_SAMPLES as i64 - 1));
+        // The oldest sample stays, and the latest are all there, one per second.
+        assert_eq!(history.samples[0].first_seen, base);
+        let latest: Vec<i64> = history
+            .samples
+            .iter()
+            .rev()
+            .take(DENSE_SAMPLES)
+            .map(|s| s.end)
+            .collect();
+        assert!(latest.windows(2).all(|w| w[0] == w[1] + 1), "{latest:?}");
+        assert!(history
+            .samples
+            .iter()
+            .zip(history.samples.iter().skip(1))
+            .all(|(a, b)| a.end < b.end));
+        history.observe(3, base + Duration::from_secs(100_000));
         assert_eq!(history.samples.len(), 1);
         assert_eq!(history.end(), Some(3));
+    }
+
+    /// A consumer stuck at one offset on a busy topic, for far longer than the dense history
+    /// covers: its lag in seconds keeps growing with the time since its first unread record was
+    /// appended (within the coarser resolution of old samples), and never levels off.
+    #[test]
+    fn a_stuck_consumer_lags_for_longer_and_longer_beyond_the_dense_history() {
+        let base = Instant::now();
+        let mut history = EndHistory::default();
+        // 10 records every 2 s; the consumer stopped at offset 1_000, appended at 200 s.
+        let stuck = 1_000;
+        let appended = 200.0;
+        let mut last = 0.0;
+        for n in 0..(20 * HISTORY_SAMPLES as u64) {
+            let now = base + Duration::from_secs(2 * n);
+            history.observe(10 * n as i64, now);
+            let lag = history.lag_seconds(stuck, now);
+            let truth = (2 * n) as f64 - appended;
+            if truth <= 0.0 {
+                continue;
+            }
+            assert!(lag >= last, "the lag went down from {last} to {lag} at {n}");
+            // Off by at most a tenth of the age (old samples are sparse), never more.
+            assert!(
+                (lag - truth).abs() <= truth / 10.0 + 2.0,
+                "{lag} s, not {truth} s, at {n}"
+            );
+            last = lag;
+        }
+        let dense_window = 2.0 * DENSE_SAMPLES as f64;
+        assert!(last > 10.0 * dense_window, "{last}");
+        // A position older than every sample: the oldest sample's age, a lower bound.
+        let mut late = EndHistory::default();
+        late.observe(5_000, base + Duration::from_secs(10));
+        late.observe(6_000, base + Duration::from_secs(12));
+        assert_eq!(
+            late.lag_seconds(0, base + Duration::from_secs(1_010)),
+            1_000.0
+        );
+    }
+
+    /// Watermarks of partition 0 of `topic`, read at `at`.
+    fn read(topic: &str, low: i64, high: i64, at: Instant) -> Vec<Watermarks> {
+        vec![Watermarks {
+            topic: topic.to_string(),
+            partition: 0,
+            low,
+            high,
+            at,
+            wall: SystemTime::now(),
+        }]
+    }
+
+    /// The positions published for `topic`.
+    fn positions_of(topic: &str) -> BTreeMap<(String, String, i32), i64> {
+        positions()
+            .into_iter()
+            .filter(|((_, t, _), _)| t == topic)
+            .collect()
+    }
+
+    /// The lag in the snapshot of `group` on `topic`.
+    fn lag_of(group: &str, topic: &str) -> Option<ConsumerLag> {
+        snapshot()
+            .consumers
+            .into_iter()
+            .find(|c| c.topic == topic && c.group == group)
+    }
+
+    #[test]
+    fn a_partition_whose_start_is_unknown_lags_from_the_partition_start_and_grows() {
+        let group: Arc<str> = Arc::from("lag-unknown.sink.s0.sink");
+        let topic = "lag-unknown-topic";
+        let base = Instant::now();
+        let mut monitor = LagMonitor::new(vec![topic.to_string()]);
+        let position = PublishedPosition::unknown(&group, topic, 0);
+        monitor.update(read(topic, 3, 50, base), positions_of(topic), base);
+        monitor.update(
+            read(topic, 3, 80, base + Duration::from_secs(2)),
+            positions_of(topic),
+            base + Duration::from_secs(2),
+        );
+        let found = lag_of(&group, topic).expect("a lag for the unclaimed partition");
+        assert_eq!((found.position, found.lag_records), (3, 77));
+        // Its end offset cannot be read any more: the records stay, the seconds grow.
+        monitor.update(
+            Vec::new(),
+            positions_of(topic),
+            base + Duration::from_secs(30),
+        );
+        let later = lag_of(&group, topic).unwrap();
+        assert_eq!(later.lag_records, 77);
+        assert!((later.lag_seconds - 30.0).abs() < 1e-6, "{later:?}");
+        position.set(80);
+        monitor.update(
+            Vec::new(),
+            positions_of(topic),
+            base + Duration::from_secs(32),
+        );
+        assert_eq!(lag_of(&group, topic).unwrap().lag_records, 0);
+    }
+
+    #[test]
+    fn replay_groups_are_not_reported() {
+        let topic = "lag-replay-topic";
+        let replay: Arc<str> = Arc::from("sluice.replay.fix.0a1b2c3d.enrich");
+        let sink: Arc<str> = Arc::from("sluice.sink.s0.replay.fix.0a1b2c3d");
+        let live: Arc<str> = Arc::from("sluice.enrich");
+        let _positions = [
+            PublishedPosition::new(&replay, topic, 0, 1),
+            PublishedPosition::new(&sink, topic, 0, 1),
+            PublishedPosition::new(&live, topic, 0, 1),
+        ];
+        let groups: Vec<String> = positions_of(topic).into_keys().map(|(g, _, _)| g).collect();
+        assert_eq!(groups, vec!["sluice.enrich".to_string()]);
     }
 
     #[test]
@@ -466,18 +719,16 @@ mod tests {
         let group: Arc<str> = Arc::from("lag-test.stage");
         let topic = "lag-test-topic";
         let base = Instant::now();
-        let wall = SystemTime::now();
         let mut monitor = LagMonitor::new(vec![topic.to_string()]);
         let position = PublishedPosition::new(&group, topic, 0, 4);
-        let ends = |end| vec![(topic.to_string(), 0, end)];
-        let mine = || {
-            positions()
-                .into_iter()
-                .filter(|((_, t, _), _)| t == topic)
-                .collect::<BTreeMap<_, _>>()
-        };
-        monitor.update(ends(4), mine(), base, wall);
-        monitor.update(ends(10), mine(), base + Duration::from_secs(2), wall);
+        let ends = |end, at| read(topic, 0, end, at);
+        let mine = || positions_of(topic);
+        monitor.update(ends(4, base), mine(), base);
+        monitor.update(
+            ends(10, base + Duration::from_secs(2)),
+            mine(),
+            base + Duration::from_secs(2),
+        );
         let lag = |snapshot: &LagSnapshot| {
             snapshot
                 .consumers
@@ -493,11 +744,19 @@ mod tests {
             .iter()
             .any(|t| t.topic == topic && t.end_offset == 10));
         position.set(10);
-        monitor.update(ends(10), mine(), base + Duration::from_secs(4), wall);
+        monitor.update(
+            ends(10, base + Duration::from_secs(4)),
+            mine(),
+            base + Duration::from_secs(4),
+        );
         let found = lag(&snapshot()).expect("the consumer's lag");
         assert_eq!((found.lag_records, found.lag_seconds), (0, 0.0));
         drop(position);
-        monitor.update(ends(10), mine(), base + Duration::from_secs(6), wall);
+        monitor.update(
+            ends(10, base + Duration::from_secs(6)),
+            mine(),
+            base + Duration::from_secs(6),
+        );
         assert_eq!(lag(&snapshot()), None);
     }
 }

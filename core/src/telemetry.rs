@@ -132,6 +132,7 @@ pub const HELP: &[(&str, &str)] = &[
     (SINK_ROWS_REFUSED, "Orders a shard refused for good, recorded as rejected instead."),
     (LOG_RECORDS_SKIPPED, "Records deleted by retention before a consumer read them."),
     (REPLAY_RECORDS, "Records a replay delivered, by target."),
+    (REPLAY_REMAINING, "Records a running replay still has to deliver, by target."),
     (LOG_WRITE_BLOCKED, "1 while the embedded log refuses new orders, by reason."),
     (LOG_FREE_BYTES, "Free bytes on the embedded log's filesystem."),
     (LOG_APPEND_QUEUE, "Records waiting in the embedded log's append queue."),

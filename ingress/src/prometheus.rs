@@ -4,8 +4,12 @@
 //! Every histogram is rendered as a Prometheus histogram with the explicit buckets of
 //! [`sluice_core::telemetry::HISTOGRAM_BUCKETS`]; a histogram missing from that list gets the
 //! request-latency buckets, so `/metrics` never holds summary (quantile) series.
+//!
+//! [`render`] appends the text of metrics kept outside the recorder ([`set_appended`]): the
+//! process figures, whose `process_cpu_seconds_total` is a counter of fractional seconds, which
+//! the metrics facade's counters (whole numbers) cannot hold.
 
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use metrics::Recorder;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -23,6 +27,22 @@ pub fn handle() -> &'static PrometheusHandle {
         let _ = metrics::set_global_recorder(recorder);
         handle
     })
+}
+
+/// Text exposition appended to every [`render`], set by [`set_appended`].
+static APPENDED: Mutex<String> = Mutex::new(String::new());
+
+/// Replaces the text appended to every [`render`]: complete families (`# HELP`, `# TYPE` and
+/// sample lines, each ending in a newline) of metrics the recorder does not hold.
+pub fn set_appended(text: String) {
+    *APPENDED.lock().unwrap_or_else(|p| p.into_inner()) = text;
+}
+
+/// The text exposition of every metric of the process: the recorder's, then the appended one.
+pub fn render() -> String {
+    let mut text = handle().render();
+    text.push_str(&APPENDED.lock().unwrap_or_else(|p| p.into_inner()));
+    text
 }
 
 /// The recorder's configuration: explicit buckets for every histogram Sluice records.

@@ -82,6 +82,13 @@ impl SinkWorker {
         std::iter::once(orders).chain(rejections).collect()
     }
 
+    /// Whether this is a live worker (it runs until cancelled, storing under `"sink"`), not a
+    /// replay: only live workers record `sluice_order_freshness_seconds`, since a replay
+    /// stores old orders on purpose.
+    pub fn is_live(&self) -> bool {
+        self.stop_at.is_none() && self.consumer == "sink"
+    }
+
     /// The consumer group the worker reads in: `<prefix>.sink.<shard>.<consumer>`, and for
     /// a worker that reads only the rejections topic, `….rejections` after it.
     pub fn group(&self) -> String {
@@ -260,7 +267,7 @@ pub async fn run_sink_worker(
         &cancel,
         ready,
     );
-    let metrics = WriteMetrics::new(&worker.shard);
+    let metrics = WriteMetrics::new(&worker.shard, worker.is_live());
     let (writer, worker_ref, cancel_ref, progress) = (&writer, &worker, &cancel, &progress);
     let metrics_ref = &metrics;
     let epochs_ref = &epochs;
@@ -564,17 +571,21 @@ struct WriteMetrics {
     refused: metrics::Counter,
     /// Batches refused because another sink process claimed one of their partitions.
     fenced: metrics::Counter,
-    /// Seconds from the ingress receiving an order to its batch being stored.
-    freshness: metrics::Histogram,
+    /// Seconds from the ingress receiving an order to its batch being stored (live workers
+    /// only: see [`SinkWorker::is_live`]).
+    freshness: Option<metrics::Histogram>,
 }
 
 impl WriteMetrics {
-    fn new(shard: &str) -> Self {
+    /// The handles of `shard`'s worker; `live`: it records freshness.
+    fn new(shard: &str, live: bool) -> Self {
         WriteMetrics {
             retries: metrics::counter!(telemetry::SINK_RETRIES, "shard" => shard.to_string()),
             refused: metrics::counter!(telemetry::SINK_ROWS_REFUSED, "shard" => shard.to_string()),
             fenced: metrics::counter!(telemetry::SINK_BATCHES_FENCED, "shard" => shard.to_string()),
-            freshness: metrics::histogram!(telemetry::ORDER_FRESHNESS, "shard" => shard.to_string()),
+            freshness: live.then(
+                || metrics::histogram!(telemetry::ORDER_FRESHNESS, "shard" => shard.to_string()),
+            ),
         }
         .with_commit_metrics(shard)
     }
@@ -585,12 +596,15 @@ impl WriteMetrics {
         self
     }
 
-    /// Records the freshness of `orders`, which were just stored.
+    /// Records the freshness of `orders`, which were just stored (a live worker's).
     fn stored(&self, orders: &[EnrichedOrder]) {
+        let Some(freshness) = &self.freshness else {
+            return;
+        };
         let now = now_ms();
         for order in orders {
             let age_ms = (now - order.received_at_ms).max(0);
-            self.freshness.record(age_ms as f64 / 1000.0);
+            freshness.record(age_ms as f64 / 1000.0);
         }
     }
 }
@@ -860,5 +874,34 @@ fn truncate(text: &str, max: usize) -> String {
     match text.char_indices().nth(max) {
         Some((end, _)) => text[..end].to_string(),
         None => text.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sluice_core::sharding::BucketRange;
+
+    use super::*;
+
+    #[test]
+    fn only_live_workers_record_freshness() {
+        let shard = ShardConfig {
+            name: "s0".into(),
+            url: "sqlite://s0.db".into(),
+            buckets: BucketRange { first: 0, last: 15 },
+            topic: "orders.s0".into(),
+        };
+        let workers = SinkWorker::live_workers(&shard, 0, &SinkConfig::default(), "sluice");
+        assert!(!workers.is_empty());
+        assert!(workers.iter().all(SinkWorker::is_live));
+        // A replay into the shard: bounded, under positions of its own.
+        let replay = SinkWorker {
+            consumer: "replay.fix.0a1b2c3d".into(),
+            stop_at: Some(HashMap::new()),
+            ..workers[0].clone()
+        };
+        assert!(!replay.is_live());
+        assert!(WriteMetrics::new("s0", false).freshness.is_none());
+        assert!(WriteMetrics::new("s0", true).freshness.is_some());
     }
 }

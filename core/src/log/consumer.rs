@@ -35,6 +35,13 @@
 //!   read on from the last committed positions.)
 //! - a partition whose claim another process took while this member still holds it (a
 //!   sink's batch was fenced) can be claimed again ([`LogConsumer::reclaim`]).
+//!
+//! For the lag monitor ([`crate::lag`]), the consumer publishes the next offset of every
+//! partition it reads. A partition the group gave but that is not read yet keeps a published
+//! position too, so its backlog shows while its claim fails (a sink whose shard is down): the
+//! last position this member handed out from it (a partition being claimed again), or, when
+//! the member never read it, [`crate::lag::UNKNOWN_POSITION`] once a claim has failed (the
+//! monitor then counts from the partition's start). Only a revocation removes it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -158,6 +165,9 @@ struct Membership {
     /// Partitions this member still holds whose claim another process took since: they
     /// are claimed again before the next read (see [`LogConsumer::reclaim`]).
     reclaiming: Vec<TopicPartition>,
+    /// Positions published for partitions of `waiting` or `reclaiming` (see the
+    /// [module docs](self)): the last one handed out, or unknown.
+    unclaimed: Vec<(TopicPartition, PublishedPosition)>,
     /// The membership's metric handles.
     metrics: MembershipMetrics,
 }
@@ -202,13 +212,21 @@ struct Expected {
 impl Expected {
     /// A partition of `group` whose next record to hand out is at `position`.
     fn at(group: &Arc<str>, position: Position) -> Self {
+        let published = PublishedPosition::new(
+            group,
+            &position.topic,
+            position.partition,
+            position.next_offset,
+        );
+        Expected::with(published, position)
+    }
+
+    /// A partition whose next record to hand out is at `position`, published through
+    /// `published` (already published while the partition waited for its claim).
+    fn with(published: PublishedPosition, position: Position) -> Self {
+        published.set(position.next_offset);
         Expected {
-            published: PublishedPosition::new(
-                group,
-                &position.topic,
-                position.partition,
-                position.next_offset,
-            ),
+            published,
             topic: position.topic,
             partition: position.partition,
             next: position.next_offset,
@@ -266,6 +284,7 @@ impl LogConsumer {
             claims,
             waiting: Vec::new(),
             reclaiming: Vec::new(),
+            unclaimed: Vec::new(),
             metrics,
         });
         Ok(())
@@ -307,6 +326,9 @@ impl LogConsumer {
                     .increment(partitions.len() as u64);
                     membership.waiting.retain(|w| !partitions.contains(w));
                     membership.reclaiming.retain(|w| !partitions.contains(w));
+                    membership
+                        .unclaimed
+                        .retain(|(w, _)| !partitions.contains(w));
                     membership.claims.released(&partitions, lost);
                     forget(&mut self.expected, &partitions);
                 }
@@ -324,17 +346,47 @@ impl LogConsumer {
             return Ok(());
         }
         let waiting = membership.waiting.clone();
-        let assignments = claim_every(membership.claims.as_mut(), &waiting).await?;
-        let requested = requested_starts(&assignments);
-        let starts = self.reader.accept(assignments).await?;
+        let claimed = match claim_every(membership.claims.as_mut(), &waiting).await {
+            Ok(assignments) => {
+                let requested = requested_starts(&assignments);
+                self.reader
+                    .accept(assignments)
+                    .await
+                    .map(|starts| (requested, starts))
+            }
+            Err(error) => Err(error),
+        };
+        let Some(membership) = self.membership.as_mut() else {
+            return Ok(());
+        };
+        let (requested, starts) = match claimed {
+            Ok(claimed) => claimed,
+            Err(error) => {
+                // Not read yet, and maybe not for long (the shard is down): publish the
+                // partitions as given, with their start unknown, so their lag shows.
+                for partition in &waiting {
+                    if !membership.unclaimed.iter().any(|(p, _)| p == partition) {
+                        let published = PublishedPosition::unknown(
+                            &self.lag_group,
+                            &partition.topic,
+                            partition.partition,
+                        );
+                        membership.unclaimed.push((partition.clone(), published));
+                    }
+                }
+                return Err(error);
+            }
+        };
         report_resumed(&requested, &starts);
-        if let Some(membership) = self.membership.as_mut() {
-            membership.waiting.clear();
-        }
+        membership.waiting.clear();
         forget(&mut self.expected, &waiting);
-        let group = &self.lag_group;
-        self.expected
-            .extend(starts.into_iter().map(|start| Expected::at(group, start)));
+        for start in starts {
+            let expected = match take_unclaimed(membership, &start.topic, start.partition) {
+                Some(published) => Expected::with(published, start),
+                None => Expected::at(&self.lag_group, start),
+            };
+            self.expected.push(expected);
+        }
         self.count_partitions();
         Ok(())
     }
@@ -363,7 +415,20 @@ impl LogConsumer {
                 membership.reclaiming.push(partition.clone());
             }
         }
-        forget(&mut self.expected, &membership.reclaiming);
+        // Their last positions stay published until the claim succeeds again.
+        for partition in &membership.reclaiming {
+            let Some(index) = self
+                .expected
+                .iter()
+                .position(|e| e.is(&partition.topic, partition.partition))
+            else {
+                continue;
+            };
+            let expected = self.expected.remove(index);
+            membership
+                .unclaimed
+                .push((partition.clone(), expected.published));
+        }
         self.count_partitions();
     }
 
@@ -384,14 +449,16 @@ impl LogConsumer {
                 StartFrom::Offset(n) | StartFrom::Resume(n) => n,
                 _ => 0,
             };
-            self.expected.push(Expected::at(
-                &self.lag_group,
-                Position {
-                    topic: assignment.topic,
-                    partition: assignment.partition,
-                    next_offset,
-                },
-            ));
+            let position = Position {
+                topic: assignment.topic,
+                partition: assignment.partition,
+                next_offset,
+            };
+            let expected = match take_unclaimed(membership, &position.topic, position.partition) {
+                Some(published) => Expected::with(published, position),
+                None => Expected::at(&self.lag_group, position),
+            };
+            self.expected.push(expected);
         }
         self.rewind_pending = true;
         self.count_partitions();
@@ -643,6 +710,19 @@ async fn claim_every(
         )));
     }
     Ok(assignments)
+}
+
+/// Takes the position published for a partition while it waited for its claim, if any.
+fn take_unclaimed(
+    membership: &mut Membership,
+    topic: &str,
+    partition: i32,
+) -> Option<PublishedPosition> {
+    let index = membership
+        .unclaimed
+        .iter()
+        .position(|(p, _)| p.partition == partition && p.topic == topic)?;
+    Some(membership.unclaimed.swap_remove(index).1)
 }
 
 /// Drops `partitions` from `expected`.

@@ -88,6 +88,6 @@ pub async fn log_readiness(log: &dyn Log) -> Response {
 
 /// Prometheus text exposition of every metric of the process.
 pub fn metrics() -> Response {
-    let text = crate::prometheus::handle().render();
+    let text = crate::prometheus::render();
     warp::reply::with_header(text, "content-type", "text/plain; version=0.0.4").into_response()
 }
