@@ -1091,6 +1091,79 @@ pub fn parse_bound(text: &str) -> Result<Bound, String> {
 mod tests {
     use super::*;
 
+    /// A stored position that retention has passed resumes at the oldest retained record:
+    /// the replay's total counts only what is left, and the plan says how many were lost.
+    #[tokio::test]
+    async fn resumed_starts_are_clamped_to_the_oldest_retained_record() {
+        use sluice_core::log::OutRecord;
+        use sluice_log_embedded::{EmbeddedLog, Retention};
+        let dir = tempfile::tempdir().unwrap();
+        let log = EmbeddedLog::open(
+            &dir.path().join("log.redb"),
+            Retention {
+                max_age: None,
+                max_records: Some(4),
+            },
+        )
+        .unwrap();
+        log.ensure_topics(&[("t".into(), 1, 1)]).await.unwrap();
+        for n in 0..10 {
+            log.send("t", OutRecord::new("k", format!("{n}")), Duration::from_secs(5))
+                .await
+                .unwrap();
+        }
+        log.enforce_retention().await.unwrap();
+        assert_eq!(log.watermarks("t", 0).await.unwrap(), (6, 10));
+        let spec = ReplaySpec {
+            topic: Some("t".into()),
+            from: Bound::Beginning,
+            to: None,
+            target: Target::Stage("s".into()),
+            name: "n".into(),
+            rate: None,
+        };
+        let resumed = HashMap::from([(0, 2)]);
+        for mode in [Resumed::Plan, Resumed::Run] {
+            let found = ranges(&log, "t", &spec, &resumed, mode).await.unwrap();
+            assert_eq!(found.ranges, vec![(0, 6, 10)], "{mode:?}");
+            assert_eq!(found.expired, 4, "{mode:?}");
+        }
+        // Past the end: nothing left to replay.
+        let found = ranges(&log, "t", &spec, &HashMap::from([(0, 99)]), Resumed::Run)
+            .await
+            .unwrap();
+        assert!(found.ranges.is_empty() && found.expired == 0);
+        // Within the retained records: the stored position as it is.
+        let found = ranges(&log, "t", &spec, &HashMap::from([(0, 8)]), Resumed::Run)
+            .await
+            .unwrap();
+        assert_eq!(found.ranges, vec![(0, 8, 10)]);
+    }
+
+    /// However a replay ends, `sluice_replay_remaining_records` of its target goes to 0.
+    #[test]
+    fn the_remaining_records_gauge_is_reset_when_the_replay_ends() {
+        let handle = sluice_ingress::prometheus::handle();
+        // A target no other test uses: the recorder is the process's.
+        let target = Target::Shard("remaining-reset".into());
+        let line = || {
+            handle
+                .render()
+                .lines()
+                .find(|l| {
+                    l.starts_with("sluice_replay_remaining_records{")
+                        && l.contains("shard:remaining-reset")
+                })
+                .map(|l| l.rsplit(' ').next().unwrap().to_string())
+        };
+        let reset = RemainingReset::new(&target);
+        let metrics = ReplayMetrics::new(&target, 10);
+        metrics.done(3);
+        assert_eq!(line().as_deref(), Some("7"));
+        drop(reset); // the replay stopped here: cancelled, failed or done
+        assert_eq!(line().as_deref(), Some("0"));
+    }
+
     #[test]
     fn bounds_parse() {
         assert_eq!(parse_bound("beginning"), Ok(Bound::Beginning));
