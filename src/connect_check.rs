@@ -917,7 +917,9 @@ mod tests {
             ("shard:s0", "shards[0].url")
         );
         assert!(
-            problem.message.contains("the check of the SQLite shard failed")
+            problem
+                .message
+                .contains("the check of the SQLite shard failed")
                 && problem.message.contains("panicked"),
             "{}",
             problem.message

@@ -494,11 +494,16 @@ fn replay(
         // counts the replay on its own /metrics).
         sluice_ingress::prometheus::handle();
         if let Some(address) = metrics_listen {
-            let listener = tokio::net::TcpListener::bind(address).await.map_err(|error| {
-                format!("cannot serve metrics on --metrics-listen {address}: {error}")
-            })?;
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .map_err(|error| {
+                    format!("cannot serve metrics on --metrics-listen {address}: {error}")
+                })?;
             sluice::replay::eprint_line(&format!("replay metrics on http://{address}/metrics"));
-            tokio::spawn(sluice::replay::serve_metrics(listener, metrics_stop.clone()));
+            tokio::spawn(sluice::replay::serve_metrics(
+                listener,
+                metrics_stop.clone(),
+            ));
         }
         let progress = sluice::replay::progress_printer(label, std::time::Duration::from_secs(2));
         if let Some(stream) = stream {
@@ -558,7 +563,10 @@ fn dry_run_replay(
             if topology.log.backend == LogBackend::Embedded {
                 let log_file = topology.resolve_path(&topology.log.embedded.path);
                 if !log_file.exists() {
-                    return Err(format!("no log at {}: nothing to replay", log_file.display()));
+                    return Err(format!(
+                        "no log at {}: nothing to replay",
+                        log_file.display()
+                    ));
                 }
                 std::sync::Arc::new(
                     sluice_log_embedded::ReadOnlyEmbeddedLog::open(&log_file)

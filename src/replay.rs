@@ -1108,9 +1108,13 @@ mod tests {
         .unwrap();
         log.ensure_topics(&[("t".into(), 1, 1)]).await.unwrap();
         for n in 0..10 {
-            log.send("t", OutRecord::new("k", format!("{n}")), Duration::from_secs(5))
-                .await
-                .unwrap();
+            log.send(
+                "t",
+                OutRecord::new("k", format!("{n}")),
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
         }
         log.enforce_retention().await.unwrap();
         assert_eq!(log.watermarks("t", 0).await.unwrap(), (6, 10));

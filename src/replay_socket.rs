@@ -513,7 +513,8 @@ mod tests {
     #[test]
     fn unknown_fields_are_refused_and_bare_specs_are_replays() {
         // An older client's bare spec is a replay (served with its build's replies).
-        let bare = r#"{"topic":null,"from":"beginning","to":null,"target":{"shard":"s0"},"name":"b"}"#;
+        let bare =
+            r#"{"topic":null,"from":"beginning","to":null,"target":{"shard":"s0"},"name":"b"}"#;
         let (request, legacy) = parse_request(bare).unwrap();
         assert!(legacy);
         assert!(matches!(request, Request::Replay(ref s) if s.rate.is_none()));
@@ -533,7 +534,10 @@ mod tests {
         let reply = |reply: Reply| Some(serde_json::to_string(&reply).unwrap());
         assert!(check_accepted(&plan, reply(Reply::Accepted(plan.accepted()))).is_ok());
         let older = |result: Result<(), ReplayError>| {
-            matches!(result, Err(ReplayError::OlderPipeline { action: "dry-run" }))
+            matches!(
+                result,
+                Err(ReplayError::OlderPipeline { action: "dry-run" })
+            )
         };
         // A process that took the plan for a replay, or dropped the rate.
         assert!(older(check_accepted(
@@ -569,7 +573,10 @@ mod tests {
                 error: "not a replay request: missing field `from` at line 1 column 90".into()
             })
         )));
-        assert!(older(check_accepted(&plan, Some(r#"{"planned2":1}"#.into()))));
+        assert!(older(check_accepted(
+            &plan,
+            Some(r#"{"planned2":1}"#.into())
+        )));
         // A refusal that is not about the request's shape is the process's own error.
         assert!(matches!(
             check_accepted(
@@ -605,11 +612,8 @@ mod tests {
                 }
                 // The client's end of the stream is the cancel signal.
                 let mut rest = [0u8; 1];
-                if let Ok(Ok(0)) = tokio::time::timeout(
-                    Duration::from_millis(5),
-                    read.read(&mut rest),
-                )
-                .await
+                if let Ok(Ok(0)) =
+                    tokio::time::timeout(Duration::from_millis(5), read.read(&mut rest)).await
                 {
                     return Some(done);
                 }

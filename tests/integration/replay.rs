@@ -752,7 +752,10 @@ async fn on_the_embedded_log_a_dry_run_writes_nothing_and_a_cancelled_replay_lea
         .await
         .unwrap();
     assert!(!output.status.success());
-    assert!(!test.dir.path().join("logs").exists(), "a dry run created the log folder");
+    assert!(
+        !test.dir.path().join("logs").exists(),
+        "a dry run created the log folder"
+    );
 
     // A log with orders in it.
     let pipeline = RunningPipeline::start(&test, Parts::ALL).await;
@@ -882,6 +885,9 @@ async fn on_the_embedded_log_a_dry_run_writes_nothing_and_a_cancelled_replay_lea
     let output = finished.await.unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
-    assert!(probes >= 5, "the paced replay ended too soon to probe the port");
+    assert!(
+        probes >= 5,
+        "the paced replay ended too soon to probe the port"
+    );
     assert!(!stderr.contains("metrics on"), "{stderr}");
 }

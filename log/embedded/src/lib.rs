@@ -1336,7 +1336,10 @@ impl PartitionReader for EmbeddedReader {
     async fn committed(&mut self, topic: &str, partition: i32) -> Result<Option<i64>, LogError> {
         let (shared, group, topic) = (self.shared.clone(), self.group.clone(), topic.to_string());
         blocking(move || {
-            Ok(stored_position(&*shared.db()?, &group, &topic, partition as u32)?.map(|n| n as i64))
+            Ok(
+                stored_position(&*shared.db()?, &group, &topic, partition as u32)?
+                    .map(|n| n as i64),
+            )
         })
         .await
     }

@@ -227,9 +227,13 @@ mod tests {
             let log = EmbeddedLog::open(&path, Retention::KEEP_ALL).unwrap();
             log.ensure_topics(&[("t".into(), 2, 1)]).await.unwrap();
             for n in 0..5 {
-                log.send("t", OutRecord::new("k", format!("{n}")), Duration::from_secs(5))
-                    .await
-                    .unwrap();
+                log.send(
+                    "t",
+                    OutRecord::new("k", format!("{n}")),
+                    Duration::from_secs(5),
+                )
+                .await
+                .unwrap();
             }
             let mut consumer = log.reader("g").await.unwrap();
             let partition = crate::partition_for(b"k", 2);
@@ -264,6 +268,10 @@ mod tests {
             .is_err());
         drop(reader);
         drop(log);
-        assert_eq!(listing(dir.path()), before, "the read-only open changed the folder");
+        assert_eq!(
+            listing(dir.path()),
+            before,
+            "the read-only open changed the folder"
+        );
     }
 }
