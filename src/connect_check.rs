@@ -405,7 +405,7 @@ pub async fn topics(topology: &Topology) -> CheckReport {
 async fn embedded_log(topology: &Topology) -> CheckReport {
     let path = topology.resolve_path(&topology.log.embedded.path);
     let min_free_mib = topology.log.embedded.min_free_mib;
-    tokio::task::spawn_blocking(move || {
+    blocking_check("log", "log.embedded.path", "the embedded log", move || {
         let mut report = CheckReport::default();
         report.note(EMBEDDED_SERVES_ONE_PROCESS);
         let folder = folder_of(&path);
@@ -437,7 +437,28 @@ async fn embedded_log(topology: &Topology) -> CheckReport {
         report
     })
     .await
-    .unwrap_or_default()
+}
+
+/// Runs the blocking `check` of `what` on a blocking thread. If it fails (it panicked, or was
+/// cancelled), its report is one error on `component`/`setting`, so the check is never
+/// silently skipped and `sluice check --connect` exits 1.
+async fn blocking_check(
+    component: &str,
+    setting: &str,
+    what: &str,
+    check: impl FnOnce() -> CheckReport + Send + 'static,
+) -> CheckReport {
+    tokio::task::spawn_blocking(check)
+        .await
+        .unwrap_or_else(|error| {
+            let mut report = CheckReport::default();
+            report.error(
+                component,
+                setting,
+                format!("the check of {what} failed ({error}); nothing was concluded about it: run the check again, and report the failure if it persists"),
+            );
+            report
+        })
 }
 
 /// The folder holding `file` (`.` for a bare name).
@@ -505,12 +526,12 @@ async fn check_shard(topology: &Topology, index: usize, shard: &ShardConfig) -> 
     report.count("shards_checked", 1);
     if let Some(path) = shard.url.strip_prefix("sqlite://") {
         let path = sluice_core::topology::resolve_relative(&topology.base_dir, Path::new(path));
-        let (component, setting) = (component.clone(), setting.clone());
         let name = shard.name.clone();
-        let found =
-            tokio::task::spawn_blocking(move || sqlite_shard(&name, &path, &component, &setting))
-                .await
-                .unwrap_or_default();
+        let found = {
+            let (component, setting) = (component.clone(), setting.clone());
+            move || sqlite_shard(&name, &path, &component, &setting)
+        };
+        let found = blocking_check(&component, &setting, "the SQLite shard", found).await;
         report.merge(found);
         return report;
     }
@@ -880,6 +901,37 @@ mod tests {
             "db0:3306/sluice"
         );
         assert_eq!(server_of("mysql://db0/sluice"), "db0/sluice");
+    }
+
+    #[tokio::test]
+    async fn a_check_that_panics_is_an_error_not_an_empty_report() {
+        let report = blocking_check("shard:s0", "shards[0].url", "the SQLite shard", || {
+            panic!("the check broke")
+        })
+        .await;
+        assert!(!report.is_ok(), "{report:?}");
+        assert_eq!(report.problems.len(), 1);
+        let problem = &report.problems[0];
+        assert_eq!(
+            (problem.component.as_str(), problem.setting.as_str()),
+            ("shard:s0", "shards[0].url")
+        );
+        assert!(
+            problem
+                .message
+                .contains("the check of the SQLite shard failed")
+                && problem.message.contains("panicked"),
+            "{}",
+            problem.message
+        );
+        // A check that works passes its report through.
+        let report = blocking_check("log", "log.embedded.path", "the embedded log", || {
+            let mut report = CheckReport::default();
+            report.note("fine");
+            report
+        })
+        .await;
+        assert!(report.is_ok() && report.notes == ["fine"]);
     }
 
     #[test]

@@ -107,13 +107,17 @@ enum Command {
         #[arg(long, value_name = "RECORDS_PER_SECOND")]
         rate: Option<std::num::NonZeroU32>,
         /// Print the plan (per partition: topic, partition, start offset, stop offset,
-        /// records; and the total) and exit without reading or writing a record.
+        /// records; and the total) and exit without reading or writing a record. Nothing is
+        /// opened for writing: the embedded log is opened read-only (and must exist), and no
+        /// shard is opened, so a shard replay's plan starts at --from (the replay itself
+        /// resumes from its stored position). With the embedded pipeline running, that
+        /// pipeline computes the plan, stored position included.
         #[arg(long)]
         dry_run: bool,
         /// Serve /metrics on this address while the replay runs
-        /// (`sluice_replay_records_total`, `sluice_replay_remaining_records`). Default: the
-        /// topology's [ops] listen, when the replay runs in this process and the address is
-        /// free; a replay handed to the running embedded pipeline shows on that pipeline's
+        /// (`sluice_replay_records_total`, `sluice_replay_remaining_records`). Without it no
+        /// metrics are served (the topology's [ops] listen stays free for `sluice run`); a
+        /// replay handed to the running embedded pipeline also shows on that pipeline's
         /// /metrics.
         #[arg(long, value_name = "ADDR")]
         metrics_listen: Option<std::net::SocketAddr>,
@@ -527,27 +531,21 @@ fn replay(
             let log_file = topology.resolve_path(&topology.log.embedded.path);
             stream = sluice::replay_socket::connect(&log_file).await;
         }
-        // Metrics: --metrics-listen, else [ops] listen when the replay runs here (a running
-        // embedded pipeline counts the replay on its own /metrics).
+        // Metrics only on --metrics-listen: [ops] listen belongs to `sluice run`, which may
+        // start or restart on this host while the replay runs (a running embedded pipeline
+        // counts the replay on its own /metrics).
         sluice_ingress::prometheus::handle();
-        let (address, explicit) = match (metrics_listen, topology.ops.listen) {
-            (Some(address), _) => (Some(address), true),
-            (None, Some(address)) if stream.is_none() => (Some(address), false),
-            _ => (None, false),
-        };
-        if let Some(address) = address {
-            match tokio::net::TcpListener::bind(address).await {
-                Ok(listener) => {
-                    sluice::replay::eprint_line(&format!("replay metrics on http://{address}/metrics"));
-                    tokio::spawn(sluice::replay::serve_metrics(listener, metrics_stop.clone()));
-                }
-                Err(error) if explicit => {
-                    return Err(format!("cannot serve metrics on --metrics-listen {address}: {error}"));
-                }
-                Err(error) => sluice::replay::eprint_line(&format!(
-                    "no replay metrics on [ops] listen {address} ({error}): is the pipeline running? give --metrics-listen another address"
-                )),
-            }
+        if let Some(address) = metrics_listen {
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .map_err(|error| {
+                    format!("cannot serve metrics on --metrics-listen {address}: {error}")
+                })?;
+            sluice::replay::eprint_line(&format!("replay metrics on http://{address}/metrics"));
+            tokio::spawn(sluice::replay::serve_metrics(
+                listener,
+                metrics_stop.clone(),
+            ));
         }
         let progress = sluice::replay::progress_printer(label, std::time::Duration::from_secs(2));
         if let Some(stream) = stream {
@@ -588,7 +586,8 @@ fn replay(
 }
 
 /// `sluice replay --dry-run`: the plan, asked of the running embedded pipeline when there is
-/// one (it holds the log), else computed here.
+/// one (it holds the log), else computed here with nothing opened for writing: the embedded
+/// log read-only, no shard at all.
 fn dry_run_replay(
     topology: &topology::Topology,
     runtime: &tokio::runtime::Runtime,
@@ -603,8 +602,23 @@ fn dry_run_replay(
                     .map_err(|e| e.to_string());
             }
         }
-        let log = pipeline::open_log(topology).map_err(|e| e.to_string())?;
-        sluice::replay::plan_replay(topology, log, spec)
+        let log: std::sync::Arc<dyn sluice_core::log::Log> =
+            if topology.log.backend == LogBackend::Embedded {
+                let log_file = topology.resolve_path(&topology.log.embedded.path);
+                if !log_file.exists() {
+                    return Err(format!(
+                        "no log at {}: nothing to replay",
+                        log_file.display()
+                    ));
+                }
+                std::sync::Arc::new(
+                    sluice_log_embedded::ReadOnlyEmbeddedLog::open(&log_file)
+                        .map_err(|e| e.to_string())?,
+                )
+            } else {
+                pipeline::open_log(topology).map_err(|e| e.to_string())?
+            };
+        sluice::replay::plan_replay(topology, log, spec, sluice::replay::ShardPositions::Skip)
             .await
             .map_err(|e| e.to_string())
     });

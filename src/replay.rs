@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::{Deserialize, Serialize};
-use sluice_core::log::{Assignment, Log, LogError, StartFrom};
+use sluice_core::log::{clamp_position, Assignment, Log, LogError, StartFrom};
 use sluice_core::telemetry;
 use sluice_processors::{run_stage, StageRunner};
 use sluice_sinks::{open_shard, run_sink_worker, SinkWorker};
@@ -62,8 +62,10 @@ impl Target {
     }
 }
 
-/// One replay.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// One replay. Unknown fields are refused, so an option this build does not know is never
+/// silently dropped (see [`crate::replay_socket::Request`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ReplaySpec {
     /// Topic to read; defaults to the stage's input or the shard's topic.
     pub topic: Option<String>,
@@ -113,6 +115,14 @@ pub enum ReplayError {
     /// version?), or the request could not be encoded.
     #[error("unexpected reply from the running sluice: {0}")]
     Protocol(#[source] serde_json::Error),
+    /// The running `sluice` process is an older build that does not take this request (or
+    /// answered it in a way this build does not expect); the connection was dropped, which
+    /// cancels anything it may have started.
+    #[error("the running pipeline is an older Sluice; restart it or stop it to {action}")]
+    OlderPipeline {
+        /// What the user asked for: `dry-run` or `replay`.
+        action: &'static str,
+    },
 }
 
 /// How far a replay got.
@@ -271,30 +281,58 @@ async fn resolve(
     })
 }
 
-/// `(partition, start, end)` for every partition with something to replay; `resumed` maps a
-/// partition to a stored position that overrides the start.
+/// What to do with a stored position that retention has passed (or that is past the end).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Resumed {
+    /// A replay that runs: clamp it with [`clamp_position`], which reports and counts the
+    /// records retention removed before the replay read them.
+    Run,
+    /// A plan: clamp it quietly (the replay itself reports the loss when it runs).
+    Plan,
+}
+
+/// The ranges of a replay, and the records retention removed after its stored positions.
+struct Ranges {
+    /// `(partition, start, end)` for every partition with something to replay.
+    ranges: Vec<(i32, i64, i64)>,
+    /// Records between a stored position and the oldest retained offset, in all partitions.
+    expired: u64,
+}
+
+/// The ranges of `spec` on `topic`; `resumed` maps a partition to a stored position that
+/// overrides the start, moved into `[oldest retained offset, end of the partition]`.
 async fn ranges(
     log: &dyn Log,
     topic: &str,
     spec: &ReplaySpec,
     resumed: &HashMap<i32, i64>,
-) -> Result<Vec<(i32, i64, i64)>, LogError> {
-    let mut ranges = Vec::new();
+    mode: Resumed,
+) -> Result<Ranges, LogError> {
+    let mut found = Ranges {
+        ranges: Vec::new(),
+        expired: 0,
+    };
     for partition in 0..log.partition_count(topic).await? as i32 {
-        let high = log.watermarks(topic, partition).await?.1;
+        let (low, high) = log.watermarks(topic, partition).await?;
         let end = match spec.to {
             None => high,
             Some(bound) => resolve(log, topic, partition, bound).await?.min(high),
         };
         let start = match resumed.get(&partition) {
-            Some(&position) => position,
+            Some(&position) => {
+                found.expired += (low - position).max(0) as u64;
+                match mode {
+                    Resumed::Run => clamp_position(topic, partition, position, low, high),
+                    Resumed::Plan => position.clamp(low, high),
+                }
+            }
             None => resolve(log, topic, partition, spec.from).await?,
         };
         if start < end {
-            ranges.push((partition, start, end));
+            found.ranges.push((partition, start, end));
         }
     }
-    Ok(ranges)
+    Ok(found)
 }
 
 impl ReplaySpec {
@@ -333,13 +371,25 @@ async fn stage_positions(
     Ok(resumed)
 }
 
+/// Whether a plan of a shard replay reads the replay's stored position from the shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShardPositions {
+    /// Read it (the running pipeline, whose shards are open anyway): the shard's database is
+    /// neither created nor migrated.
+    Read,
+    /// Open no shard at all (`sluice replay --dry-run` with no pipeline running): the plan
+    /// starts at `--from` and says so in its note.
+    Skip,
+}
+
 /// What `spec` would replay against `topology` over `log`, without reading a record or
 /// writing anything: the stored position is read (from the log for a stage, from the shard
-/// for a shard, whose database is neither created nor migrated) and the bounds resolved.
+/// for a shard when `shard_positions` says so) and the bounds resolved.
 pub async fn plan_replay(
     topology: &Topology,
     log: Arc<dyn Log>,
     spec: &ReplaySpec,
+    shard_positions: ShardPositions,
 ) -> Result<ReplayPlan, ReplayError> {
     let (topic, position, resumed, note) = match &spec.target {
         Target::Stage(name) => {
@@ -355,22 +405,41 @@ pub async fn plan_replay(
             let config = shard_config(topology, name)?.1;
             let topic = spec.topic.clone().unwrap_or_else(|| config.topic.clone());
             let consumer = format!("replay.{}", spec.position_name(&topic));
-            let (resumed, note) = match stored_shard_positions(topology, config, &consumer, &topic).await {
-                Ok(resumed) => (resumed, None),
-                Err(error) => (
+            let (resumed, note) = match shard_positions {
+                ShardPositions::Skip => (
                     HashMap::new(),
                     Some(format!(
-                        "the stored position of this replay could not be read from shard {name:?} ({error}); the plan assumes a fresh start"
+                        "a dry run opens no shard, so it cannot see where an interrupted run of this replay stopped in shard {name:?}: the plan starts at --from, and the replay itself resumes from its stored position if it has one"
                     )),
                 ),
+                ShardPositions::Read => {
+                    match stored_shard_positions(topology, config, &consumer, &topic).await {
+                        Ok(resumed) => (resumed, None),
+                        Err(error) => (
+                            HashMap::new(),
+                            Some(format!(
+                                "the stored position of this replay could not be read from shard {name:?} ({error}); the plan assumes a fresh start"
+                            )),
+                        ),
+                    }
+                }
             };
             (topic, consumer, resumed, note)
         }
     };
-    let found = ranges(log.as_ref(), &topic, spec, &resumed).await?;
-    let mut plan = ReplayPlan::new(&spec.target, &topic, position, &found);
+    let found = ranges(log.as_ref(), &topic, spec, &resumed, Resumed::Plan).await?;
+    let mut plan = ReplayPlan::new(&spec.target, &topic, position, &found.ranges);
     plan.resumed = !resumed.is_empty();
-    plan.note = note;
+    let expired = (found.expired > 0).then(|| {
+        format!(
+            "retention removed {} records after the stored position before the replay read them; it resumes at the oldest retained record",
+            found.expired
+        )
+    });
+    plan.note = match (note, expired) {
+        (Some(note), Some(expired)) => Some(format!("{note}; {expired}")),
+        (note, expired) => note.or(expired),
+    };
     Ok(plan)
 }
 
@@ -421,6 +490,23 @@ struct ReplayMetrics {
     remaining: metrics::Gauge,
     counted: AtomicU64,
     total: u64,
+}
+
+/// Sets `sluice_replay_remaining_records{target}` to 0 when dropped: however a replay ends
+/// (complete, cancelled, failed, or its future dropped), the gauge does not keep its last
+/// value.
+struct RemainingReset(metrics::Gauge);
+
+impl RemainingReset {
+    fn new(target: &Target) -> Self {
+        RemainingReset(metrics::gauge!(telemetry::REPLAY_REMAINING, "target" => target.label()))
+    }
+}
+
+impl Drop for RemainingReset {
+    fn drop(&mut self) {
+        self.0.set(0.0);
+    }
 }
 
 impl ReplayMetrics {
@@ -488,6 +574,7 @@ pub async fn replay(
     let map = topology
         .shard_map()
         .ok_or(sluice_processors::BuildError::ShardMap)?;
+    let _reset = RemainingReset::new(&spec.target);
     match &spec.target {
         Target::Stage(name) => {
             let config = topology.stage(name).ok_or_else(|| {
@@ -500,7 +587,9 @@ pub async fn replay(
                 &spec.target,
                 &topic,
                 group.clone(),
-                &ranges(log.as_ref(), &topic, spec, &resumed).await?,
+                &ranges(log.as_ref(), &topic, spec, &resumed, Resumed::Run)
+                    .await?
+                    .ranges,
             );
             let metrics = ReplayMetrics::new(&spec.target, plan.total);
             if plan.partitions.is_empty() {
@@ -556,7 +645,9 @@ pub async fn replay(
                 &spec.target,
                 &topic,
                 consumer.clone(),
-                &ranges(log.as_ref(), &topic, spec, &resumed).await?,
+                &ranges(log.as_ref(), &topic, spec, &resumed, Resumed::Run)
+                    .await?
+                    .ranges,
             );
             let metrics = ReplayMetrics::new(&spec.target, plan.total);
             if plan.partitions.is_empty() {
@@ -999,6 +1090,83 @@ pub fn parse_bound(text: &str) -> Result<Bound, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A stored position that retention has passed resumes at the oldest retained record:
+    /// the replay's total counts only what is left, and the plan says how many were lost.
+    #[tokio::test]
+    async fn resumed_starts_are_clamped_to_the_oldest_retained_record() {
+        use sluice_core::log::OutRecord;
+        use sluice_log_embedded::{EmbeddedLog, Retention};
+        let dir = tempfile::tempdir().unwrap();
+        let log = EmbeddedLog::open(
+            &dir.path().join("log.redb"),
+            Retention {
+                max_age: None,
+                max_records: Some(4),
+            },
+        )
+        .unwrap();
+        log.ensure_topics(&[("t".into(), 1, 1)]).await.unwrap();
+        for n in 0..10 {
+            log.send(
+                "t",
+                OutRecord::new("k", format!("{n}")),
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
+        }
+        log.enforce_retention().await.unwrap();
+        assert_eq!(log.watermarks("t", 0).await.unwrap(), (6, 10));
+        let spec = ReplaySpec {
+            topic: Some("t".into()),
+            from: Bound::Beginning,
+            to: None,
+            target: Target::Stage("s".into()),
+            name: "n".into(),
+            rate: None,
+        };
+        let resumed = HashMap::from([(0, 2)]);
+        for mode in [Resumed::Plan, Resumed::Run] {
+            let found = ranges(&log, "t", &spec, &resumed, mode).await.unwrap();
+            assert_eq!(found.ranges, vec![(0, 6, 10)], "{mode:?}");
+            assert_eq!(found.expired, 4, "{mode:?}");
+        }
+        // Past the end: nothing left to replay.
+        let found = ranges(&log, "t", &spec, &HashMap::from([(0, 99)]), Resumed::Run)
+            .await
+            .unwrap();
+        assert!(found.ranges.is_empty() && found.expired == 0);
+        // Within the retained records: the stored position as it is.
+        let found = ranges(&log, "t", &spec, &HashMap::from([(0, 8)]), Resumed::Run)
+            .await
+            .unwrap();
+        assert_eq!(found.ranges, vec![(0, 8, 10)]);
+    }
+
+    /// However a replay ends, `sluice_replay_remaining_records` of its target goes to 0.
+    #[test]
+    fn the_remaining_records_gauge_is_reset_when_the_replay_ends() {
+        let handle = sluice_ingress::prometheus::handle();
+        // A target no other test uses: the recorder is the process's.
+        let target = Target::Shard("remaining-reset".into());
+        let line = || {
+            handle
+                .render()
+                .lines()
+                .find(|l| {
+                    l.starts_with("sluice_replay_remaining_records{")
+                        && l.contains("shard:remaining-reset")
+                })
+                .map(|l| l.rsplit(' ').next().unwrap().to_string())
+        };
+        let reset = RemainingReset::new(&target);
+        let metrics = ReplayMetrics::new(&target, 10);
+        metrics.done(3);
+        assert_eq!(line().as_deref(), Some("7"));
+        drop(reset); // the replay stopped here: cancelled, failed or done
+        assert_eq!(line().as_deref(), Some("0"));
+    }
 
     #[test]
     fn bounds_parse() {

@@ -365,11 +365,18 @@ fn check_and_graph_take_the_topology_as_a_path_or_an_option_not_both() {
             .all(|p| p.0 == "error" && p.1 == "topology" && !p.2.is_empty()),
         "{report:#}"
     );
-    assert!(found.iter().any(|p| p.2.starts_with("shards")), "{report:#}");
+    assert!(
+        found.iter().any(|p| p.2.starts_with("shards")),
+        "{report:#}"
+    );
     // In text, the same problems, as the loader says them.
     let output = run(&["check", path]);
     assert_eq!(output.status.code(), Some(1));
-    assert!(everything(&output).contains("problem(s)"), "{}", everything(&output));
+    assert!(
+        everything(&output).contains("problem(s)"),
+        "{}",
+        everything(&output)
+    );
     // A file that does not parse: one problem.
     std::fs::write(&test.path, "[log]\nbackend = \"carrier-pigeon\"\n").unwrap();
     let output = run(&["check", path, "--format", "json"]);

@@ -679,3 +679,215 @@ async fn on_the_embedded_log_dry_run_and_rate_go_over_the_socket() {
     assert!(plan.resumed, "{plan:?}");
     pipeline.stop().await;
 }
+
+/// Every file under `dir` (recursively), with its size and modification time.
+fn tree(dir: &std::path::Path) -> Vec<(std::path::PathBuf, u64, std::time::SystemTime)> {
+    let mut found = Vec::new();
+    let mut folders = vec![dir.to_path_buf()];
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(&folder).unwrap() {
+            let entry = entry.unwrap();
+            let meta = entry.metadata().unwrap();
+            if meta.is_dir() {
+                folders.push(entry.path());
+            }
+            found.push((entry.path(), meta.len(), meta.modified().unwrap()));
+        }
+    }
+    found.sort();
+    found
+}
+
+/// The value of `sluice_replay_remaining_records{target="…"}` in this process.
+fn remaining_here(target: &str) -> Option<f64> {
+    series(
+        &sluice_ingress::prometheus::handle().render(),
+        "sluice_replay_remaining_records",
+        target,
+    )
+}
+
+/// On the embedded log with no pipeline running, `--dry-run` opens nothing for writing: with
+/// no log file it says there is nothing to replay and creates nothing (no log, no folder, no
+/// shard file); with a log, the plan is right and no file in the test's folder changes (the
+/// log is opened read-only, the SQLite shard not at all). Also: a replay cancelled midway
+/// leaves `sluice_replay_remaining_records` of its target at 0, not at what was left; and a
+/// replay run here without `--metrics-listen` leaves the topology's `[ops] listen` port free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn on_the_embedded_log_a_dry_run_writes_nothing_and_a_cancelled_replay_leaves_no_remaining_records(
+) {
+    let users = users_covering_shards(1);
+    let refs: Vec<&str> = users.iter().map(String::as_str).collect();
+    // A shard name of this test's own, so the replay gauge is not shared with other tests.
+    let shard = 0;
+    let shard_name = "dryrun-shard0".to_string();
+    let test = test_topology_on(Backend::Embedded, "dryro", &refs, |t| {
+        t.shards[shard].name = shard_name.clone();
+    });
+    let topology = test.topology();
+    let log_file = topology.resolve_path(&topology.log.embedded.path);
+    let topic = topology.shards[shard].topic.clone();
+
+    // No log yet: nothing to replay, and nothing created.
+    let before = tree(test.dir.path());
+    let output = replay_command(&test, &["--shard", &shard_name, "--dry-run"]).await;
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "no log at {}: nothing to replay",
+            log_file.display()
+        )),
+        "{stderr}"
+    );
+    assert_eq!(tree(test.dir.path()), before, "a dry run created files");
+    // The same for a log in a folder that does not exist: the folder is not created.
+    let nested = test.variant("nested", |t| {
+        t.log.embedded.path = test.dir.path().join("logs").join("log.redb");
+    });
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"));
+    command.arg("replay").arg("--topology").arg(&nested);
+    command.args(["--stage", "enrich", "--dry-run"]);
+    let output = tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(
+        !test.dir.path().join("logs").exists(),
+        "a dry run created the log folder"
+    );
+
+    // A log with orders in it.
+    let pipeline = RunningPipeline::start(&test, Parts::ALL).await;
+    let client = reqwest::Client::new();
+    let mut tokens = Vec::new();
+    for user in &users {
+        tokens.push((
+            user.clone(),
+            login(&client, &pipeline.base_login, user).await,
+        ));
+    }
+    post_orders(&client, &pipeline.base_order, &tokens, 100).await;
+    let valid = 100 - 4;
+    eventually(Duration::from_secs(60), "the orders stored", || async {
+        total_rows(&test).await == valid
+    })
+    .await;
+    let produced = topic_records(pipeline.log.as_ref(), &topic).await as u64;
+    assert!(produced > 10);
+
+    // A paced replay, cancelled after its first records: the gauge goes back to 0.
+    let target = format!("shard:{shard_name}");
+    let cancel = CancellationToken::new();
+    let seen = Arc::new(AtomicU64::new(0));
+    let progress: sluice::replay::ProgressFn = {
+        let (cancel, seen, target) = (cancel.clone(), seen.clone(), target.clone());
+        Arc::new(move |done, total| {
+            assert_eq!(total, produced);
+            if done > 0 && done < total {
+                // While it runs, the gauge says what is left.
+                if let Some(left) = remaining_here(&target) {
+                    seen.store(left as u64, Ordering::SeqCst);
+                }
+                cancel.cancel();
+            }
+        })
+    };
+    let spec = ReplaySpec {
+        topic: None,
+        from: Bound::Beginning,
+        to: None,
+        target: Target::Shard(shard_name.clone()),
+        name: "cancelled".into(),
+        rate: std::num::NonZeroU32::new(40),
+    };
+    let outcome = replay(
+        &topology,
+        pipeline.log.clone(),
+        &spec,
+        cancel,
+        Some(progress),
+    )
+    .await
+    .unwrap();
+    assert!(!outcome.complete, "{outcome:?}");
+    assert!(
+        seen.load(Ordering::SeqCst) > 0,
+        "the gauge showed nothing left while the replay ran"
+    );
+    assert_eq!(
+        remaining_here(&target),
+        Some(0.0),
+        "a cancelled replay left its remaining records on the gauge"
+    );
+    pipeline.stop().await;
+
+    // With the pipeline stopped, dry runs read the log without changing a file.
+    std::thread::sleep(Duration::from_millis(50));
+    let before = tree(test.dir.path());
+    let output = replay_command(
+        &test,
+        &["--shard", &shard_name, "--name", "cancelled", "--dry-run"],
+    )
+    .await;
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let (rows, total) = parse_plan(&stdout, &topic);
+    assert_eq!(total, produced, "{stdout}");
+    assert!(rows.iter().all(|r| r.1 == 0), "{stdout}");
+    assert!(stdout.contains("a dry run opens no shard"), "{stdout}");
+    let valid_topic = format!("{}.orders.valid", test.id);
+    let output = replay_command(&test, &["--stage", "enrich", "--dry-run"]).await;
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(output.status.success(), "{stdout}");
+    assert_eq!(
+        parse_plan(&stdout, &valid_topic).1,
+        valid as u64,
+        "{stdout}"
+    );
+    assert_eq!(
+        tree(test.dir.path()),
+        before,
+        "a dry run changed a file (the log, a shard, or their folder)"
+    );
+
+    // A replay run here serves no metrics without --metrics-listen: the topology's
+    // [ops] listen stays free for a `sluice run` that starts meanwhile.
+    let ops_port = free_port();
+    let with_ops = test.variant("with-ops", |t| {
+        t.ops.listen = Some(([127, 0, 0, 1], ops_port).into());
+    });
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"));
+    command.arg("replay").arg("--topology").arg(&with_ops);
+    command.args(["--shard", &shard_name, "--name", "local", "--rate", "20"]);
+    command.env("RUST_LOG", "warn");
+    let child = command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let finished = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap());
+    let mut probes = 0;
+    while !finished.is_finished() {
+        assert!(
+            tokio::net::TcpStream::connect(("127.0.0.1", ops_port))
+                .await
+                .is_err(),
+            "the replay took [ops] listen 127.0.0.1:{ops_port}"
+        );
+        probes += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let output = finished.await.unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        probes >= 5,
+        "the paced replay ended too soon to probe the port"
+    );
+    assert!(!stderr.contains("metrics on"), "{stderr}");
+}

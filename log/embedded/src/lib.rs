@@ -27,6 +27,7 @@
 mod codec;
 mod config;
 mod partitioner;
+mod read_only;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -41,6 +42,7 @@ use tokio::sync::{oneshot, watch, OwnedSemaphorePermit, Semaphore};
 pub use codec::StoredRecord;
 pub use config::EmbeddedLogConfig;
 pub use partitioner::{murmur2, partition_for};
+pub use read_only::ReadOnlyEmbeddedLog;
 
 use sluice_core::log::blocking;
 use sluice_core::log::{
@@ -422,7 +424,8 @@ fn now_ms() -> i64 {
     sluice_core::order::now_ms()
 }
 
-/// Reads every topic's partition count and each partition's first and next offsets.
+/// Creates the tables that do not exist yet, then reads every topic's partition count and
+/// each partition's first and next offsets.
 fn load_state(db: &Database) -> Result<HashMap<String, Vec<PartitionState>>, LogError> {
     let write = db.begin_write().map_err(storage)?;
     {
@@ -432,9 +435,23 @@ fn load_state(db: &Database) -> Result<HashMap<String, Vec<PartitionState>>, Log
         write.open_table(PARTITIONS).map_err(storage)?;
     }
     write.commit().map_err(storage)?;
+    read_state(db)
+}
+
+/// Reads every topic's partition count and each partition's first and next offsets (none
+/// when the tables were never created).
+fn read_state(
+    db: &impl ReadableDatabase,
+) -> Result<HashMap<String, Vec<PartitionState>>, LogError> {
     let read = db.begin_read().map_err(storage)?;
-    let topics = read.open_table(TOPICS).map_err(storage)?;
-    let ends = read.open_table(PARTITIONS).map_err(storage)?;
+    let topics = match read.open_table(TOPICS) {
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(HashMap::new()),
+        other => other.map_err(storage)?,
+    };
+    let ends = match read.open_table(PARTITIONS) {
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(HashMap::new()),
+        other => other.map_err(storage)?,
+    };
     let mut state = HashMap::new();
     for entry in topics.iter().map_err(storage)? {
         let (name, count) = entry.map_err(storage)?;
@@ -841,7 +858,7 @@ fn enforce_retention(shared: &Shared) -> Result<u64, LogError> {
             if let Some(age) = max_age {
                 let oldest_kept = now_ms() - age.as_millis() as i64;
                 cutoff = cutoff.max(offset_for_time_sync(
-                    shared,
+                    &*shared.db()?,
                     topic,
                     partition as u32,
                     state,
@@ -897,13 +914,13 @@ fn enforce_retention(shared: &Shared) -> Result<u64, LogError> {
 
 /// First offset of a partition whose timestamp is at or after `time_ms` (binary search).
 fn offset_for_time_sync(
-    shared: &Shared,
+    db: &impl ReadableDatabase,
     topic: &str,
     partition: u32,
     state: &PartitionState,
     time_ms: i64,
 ) -> Result<u64, LogError> {
-    let read = shared.db()?.begin_read().map_err(storage)?;
+    let read = db.begin_read().map_err(storage)?;
     let records = read.open_table(RECORDS).map_err(storage)?;
     let (mut low, mut high) = (state.low, state.next);
     while low < high {
@@ -1087,7 +1104,7 @@ impl Log for EmbeddedLog {
         let state = self.shared.partition(topic, partition)?;
         let (shared, topic) = (self.shared.clone(), topic.to_string());
         blocking(move || {
-            offset_for_time_sync(&shared, &topic, partition as u32, &state, time_ms)
+            offset_for_time_sync(&*shared.db()?, &topic, partition as u32, &state, time_ms)
                 .map(|o| o as i64)
         })
         .await
@@ -1137,13 +1154,16 @@ struct EmbeddedReader {
 
 /// The position `group` stored for a partition (a redb read: call on a blocking thread).
 fn stored_position(
-    shared: &Shared,
+    db: &impl ReadableDatabase,
     group: &str,
     topic: &str,
     partition: u32,
 ) -> Result<Option<u64>, LogError> {
-    let read = shared.db()?.begin_read().map_err(storage)?;
-    let positions = read.open_table(POSITIONS).map_err(storage)?;
+    let read = db.begin_read().map_err(storage)?;
+    let positions = match read.open_table(POSITIONS) {
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+        other => other.map_err(storage)?,
+    };
     Ok(positions
         .get((group, topic, partition))
         .map_err(storage)?
@@ -1215,7 +1235,7 @@ impl EmbeddedReader {
                 let partition = a.partition as u32;
                 let start = match a.start {
                     StartFrom::Committed => {
-                        match stored_position(&shared, &group, &a.topic, partition)? {
+                        match stored_position(&*shared.db()?, &group, &a.topic, partition)? {
                             Some(stored) => sluice_core::log::clamp_position(
                                 &a.topic,
                                 a.partition,
@@ -1232,7 +1252,7 @@ impl EmbeddedReader {
                         (n.max(0) as u64).clamp(state.low, state.next)
                     }
                     StartFrom::Time(ms) => {
-                        offset_for_time_sync(&shared, &a.topic, partition, &state, ms)?
+                        offset_for_time_sync(&*shared.db()?, &a.topic, partition, &state, ms)?
                     }
                 };
                 assigned.push((a.topic, partition, start));
@@ -1355,7 +1375,10 @@ impl PartitionReader for EmbeddedReader {
     async fn committed(&mut self, topic: &str, partition: i32) -> Result<Option<i64>, LogError> {
         let (shared, group, topic) = (self.shared.clone(), self.group.clone(), topic.to_string());
         blocking(move || {
-            Ok(stored_position(&shared, &group, &topic, partition as u32)?.map(|n| n as i64))
+            Ok(
+                stored_position(&*shared.db()?, &group, &topic, partition as u32)?
+                    .map(|n| n as i64),
+            )
         })
         .await
     }
