@@ -9,6 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::status::StatusPage;
 use serde_json::json;
 use sluice_core::log::Log;
 use sluice_ingress::forwarded::TrustedProxies;
@@ -16,7 +17,6 @@ use sluice_ingress::routes::health::{healthz, log_readiness, metrics};
 use sluice_ingress::server::{self, ConnectionLimits};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use crate::status::StatusPage;
 use warp::http::StatusCode;
 use warp::{Filter, Reply};
 
@@ -65,7 +65,15 @@ pub async fn serve(
         });
     }
     let proxies = Arc::new(TrustedProxies::new(&[]));
-    server::serve(listener, warp::service(routes), LIMITS, proxies, stop, "ops").await;
+    server::serve(
+        listener,
+        warp::service(routes),
+        LIMITS,
+        proxies,
+        stop,
+        "ops",
+    )
+    .await;
 }
 
 /// What `/readyz` asks (a sized wrapper: warp's filters need one around a trait object).

@@ -17,11 +17,7 @@ use sluice_core::trace::{FinishedSpan, SpanExporter, SpanKind};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-/// Counter: spans the collector accepted.
-pub const OTLP_SPANS_EXPORTED: &str = "sluice_otlp_spans_exported_total";
-/// Counter: spans dropped, labelled `reason` (`queue_full`: the export queue was full;
-/// `export_failed`: the collector did not take their batch).
-pub const OTLP_SPANS_DROPPED: &str = "sluice_otlp_spans_dropped_total";
+use sluice_core::telemetry::{OTLP_SPANS_DROPPED, OTLP_SPANS_EXPORTED};
 
 /// Spans the queue holds before new ones are dropped.
 pub const QUEUE_SPANS: usize = 8192;

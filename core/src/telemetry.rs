@@ -55,6 +55,11 @@ pub const LOG_RECORDS_SKIPPED: &str = "sluice_log_records_skipped_total";
 pub const REPLAY_RECORDS: &str = "sluice_replay_records_total";
 /// Gauge: records a running replay still has to deliver, labelled `target`.
 pub const REPLAY_REMAINING: &str = "sluice_replay_remaining_records";
+/// Counter: spans the collector accepted.
+pub const OTLP_SPANS_EXPORTED: &str = "sluice_otlp_spans_exported_total";
+/// Counter: spans dropped, labelled `reason` (`queue_full`: the export queue was full;
+/// `export_failed`: the collector did not take their batch).
+pub const OTLP_SPANS_DROPPED: &str = "sluice_otlp_spans_dropped_total";
 /// Gauge: 1 while the embedded log refuses new orders, labelled `reason` (`write_failure`:
 /// the disk refused a write and the log retries; `low_disk_space`: free space is below
 /// `[log.embedded] min_free_mib`), else 0.
@@ -133,6 +138,8 @@ pub const HELP: &[(&str, &str)] = &[
     (LOG_RECORDS_SKIPPED, "Records deleted by retention before a consumer read them."),
     (REPLAY_RECORDS, "Records a replay delivered, by target."),
     (REPLAY_REMAINING, "Records a running replay still has to deliver, by target."),
+    (OTLP_SPANS_EXPORTED, "Spans the OTLP collector accepted."),
+    (OTLP_SPANS_DROPPED, "Spans dropped before export, by reason."),
     (LOG_WRITE_BLOCKED, "1 while the embedded log refuses new orders, by reason."),
     (LOG_FREE_BYTES, "Free bytes on the embedded log's filesystem."),
     (LOG_APPEND_QUEUE, "Records waiting in the embedded log's append queue."),
