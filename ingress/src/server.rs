@@ -162,7 +162,7 @@ pub async fn serve<S>(
 /// connection that has not sent its first request yet is served that request first: hyper
 /// would close it unanswered (its graceful shutdown takes a connection it has read nothing
 /// from for an idle one), and its client, accepted just before the drain, would see the
-/// connection reset. hyper's header timeout still bounds the wait.
+/// connection reset. It is given [`FIRST_REQUEST_GRACE`] to send it, not the whole header timeout.
 async fn drain_connection<C>(
     connection: C,
     mut first_request: tokio::sync::watch::Receiver<bool>,
@@ -179,10 +179,18 @@ where
     tokio::select! {
         ended = connection.as_mut() => return ended,
         _ = first_request.wait_for(|requested| *requested) => {}
+        // A client that opened a connection ahead of need (a browser's preconnect, a pool
+        // warming up) may never send on it: it must not hold the drain for the whole header
+        // timeout. One that connected as the drain began sends within this grace.
+        _ = tokio::time::sleep(FIRST_REQUEST_GRACE) => {}
     }
     connection.as_mut().graceful_shutdown();
     connection.await
 }
+
+/// How long a draining connection that has sent no request yet is given to send its first
+/// one before it is closed (see [`drain_connection`]).
+const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(2);
 
 /// One open connection in the `sluice_http_connections_open` gauge, until dropped.
 struct OpenConnection(metrics::Gauge);

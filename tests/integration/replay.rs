@@ -822,14 +822,23 @@ async fn on_the_embedded_log_a_dry_run_writes_nothing_and_a_cancelled_replay_lea
     );
     pipeline.stop().await;
 
-    // With the pipeline stopped, dry runs read the log without changing a file.
-    std::thread::sleep(Duration::from_millis(50));
-    let before = tree(test.dir.path());
-    let output = replay_command(
-        &test,
-        &["--shard", &shard_name, "--name", "cancelled", "--dry-run"],
-    )
-    .await;
+    // With the pipeline stopped, dry runs read the log without changing a file. The stopped
+    // pipeline's last tasks let go of the log file a moment after it drained: a dry run
+    // refused for its lock meanwhile is tried again.
+    let released = std::time::Instant::now() + Duration::from_secs(20);
+    let (before, output) = loop {
+        let before = tree(test.dir.path());
+        let output = replay_command(
+            &test,
+            &["--shard", &shard_name, "--name", "cancelled", "--dry-run"],
+        )
+        .await;
+        let held = String::from_utf8_lossy(&output.stderr).contains("in use by another process");
+        if !held || std::time::Instant::now() > released {
+            break (before, output);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
         output.status.success(),
