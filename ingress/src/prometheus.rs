@@ -25,8 +25,29 @@ pub fn handle() -> &'static PrometheusHandle {
         let handle = recorder.handle();
         // Another recorder may already be installed (tests); the handle still renders ours.
         let _ = metrics::set_global_recorder(recorder);
+        keep_up(handle.clone());
         handle
     })
+}
+
+/// How often the recorder's pending histogram samples are folded into their buckets.
+pub const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Folds the recorder's pending histogram samples into their buckets every
+/// [`UPKEEP_INTERVAL`], on a thread of its own. The recorder queues every recorded sample
+/// until something drains it; a render does, but a process nobody scrapes would otherwise
+/// keep every sample it ever recorded (several per order: its memory would grow without
+/// bound).
+fn keep_up(handle: PrometheusHandle) {
+    let spawned = std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(move || loop {
+            std::thread::sleep(UPKEEP_INTERVAL);
+            handle.run_upkeep();
+        });
+    if let Err(error) = spawned {
+        tracing::warn!(%error, "cannot start the metrics upkeep thread: histogram samples are folded only when /metrics is scraped");
+    }
 }
 
 /// Text exposition appended to every [`render`], set by [`set_appended`].
@@ -75,6 +96,22 @@ mod tests {
     use sluice_core::telemetry;
 
     use super::*;
+
+    /// Without upkeep, a process nobody scrapes keeps every histogram sample it records.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn installing_the_recorder_starts_the_upkeep_thread() {
+        handle();
+        let upkeep = std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter_map(|task| std::fs::read_to_string(task.path().join("comm")).ok())
+            .any(|name| name.trim_end() == "metrics-upkeep");
+        assert!(
+            upkeep,
+            "no metrics-upkeep thread runs after the recorder is installed"
+        );
+    }
 
     #[test]
     fn histograms_render_with_their_buckets_and_no_quantiles() {
