@@ -494,18 +494,20 @@ struct ReplayMetrics {
 
 /// Sets `sluice_replay_remaining_records{target}` to 0 when dropped: however a replay ends
 /// (complete, cancelled, failed, or its future dropped), the gauge does not keep its last
-/// value.
-struct RemainingReset(metrics::Gauge);
+/// value. The gauge is only looked up then: registering it earlier would show 0 remaining
+/// while the replay is still planning.
+struct RemainingReset(String);
 
 impl RemainingReset {
     fn new(target: &Target) -> Self {
-        RemainingReset(metrics::gauge!(telemetry::REPLAY_REMAINING, "target" => target.label()))
+        RemainingReset(target.label())
     }
 }
 
 impl Drop for RemainingReset {
     fn drop(&mut self) {
-        self.0.set(0.0);
+        metrics::gauge!(telemetry::REPLAY_REMAINING, "target" => std::mem::take(&mut self.0))
+            .set(0.0);
     }
 }
 
