@@ -8,7 +8,7 @@ use sluice_core::shutdown::Shutdown;
 
 use crate::topology::{LogBackend, Topology};
 use sluice_ingress::{Ingress, Reloader};
-use sluice_processors::{build_stages, run_stage, StageRunner};
+use sluice_processors::{run_chain, StageRunner};
 use sluice_sinks::{open_shard, run_sink_worker, ShardLookup, ShardWriter, SinkWorker};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -303,15 +303,20 @@ pub async fn run_bound(
     }
 
     if parts.processors {
-        for (config, stage) in build_stages(&topology.stages, &topology.stage_context())? {
-            let runner = StageRunner::from_config(&config, &topology.log.consumer_group_prefix);
+        for chain in topology.chains()? {
+            let runner =
+                StageRunner::from_config(chain.head(), &topology.log.consumer_group_prefix);
             let (log, token) = (log.clone(), shutdown.token());
+            let name = match chain.links().len() {
+                1 => format!("stage {}", chain.describe()),
+                _ => format!("stages {}", chain.describe()),
+            };
             tasks.spawn(async move {
-                let result = run_stage(log, stage, runner, token, None)
+                let result = run_chain(log, Arc::new(chain), runner, token, None)
                     .await
                     .map(|_| ())
                     .map_err(|e| e.to_string());
-                (format!("stage {}", config.name), result)
+                (name, result)
             });
         }
     }

@@ -24,7 +24,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use sluice_core::log::{clamp_position, Assignment, Log, LogError, StartFrom};
 use sluice_core::telemetry;
-use sluice_processors::{run_stage, StageRunner};
+use sluice_processors::{run_chain, StageRunner};
 use sluice_sinks::{open_shard, run_sink_worker, SinkWorker};
 use tokio_util::sync::CancellationToken;
 
@@ -345,6 +345,33 @@ impl ReplaySpec {
     }
 }
 
+/// The stage `name` and the topic its replay reads: `--topic`, else the stage's input. A
+/// stage fused behind one that does not write the topic between them has nothing to replay
+/// there: the error says what to do instead.
+fn stage_and_topic<'t>(
+    topology: &'t Topology,
+    spec: &ReplaySpec,
+    name: &str,
+) -> Result<(&'t sluice_processors::StageConfig, String), ReplayError> {
+    let config = topology.stage(name).ok_or_else(|| {
+        ReplayError::UnknownTarget(format!("no stage named {name:?} in the topology"))
+    })?;
+    if let Some(topic) = &spec.topic {
+        return Ok((config, topic.clone()));
+    }
+    match topology.fused_feeder(name) {
+        Some(feeder) if !feeder.write_output => Err(ReplayError::UnknownTarget(format!(
+            "stage {name:?} runs fused behind stage {feeder:?}, which does not write {input:?} \
+             (write_output = false), so there is nothing to replay there: replay stage \
+             {feeder:?} instead (its records go on through {name:?}), set write_output = true \
+             on stage {feeder:?} for later replays, or name another topic with --topic",
+            feeder = feeder.name,
+            input = config.input,
+        ))),
+        _ => Ok((config, config.input.clone())),
+    }
+}
+
 /// The stage replay's consumer group for `topic`.
 fn stage_group(topology: &Topology, spec: &ReplaySpec, topic: &str, stage: &str) -> String {
     format!(
@@ -393,10 +420,7 @@ pub async fn plan_replay(
 ) -> Result<ReplayPlan, ReplayError> {
     let (topic, position, resumed, note) = match &spec.target {
         Target::Stage(name) => {
-            let config = topology.stage(name).ok_or_else(|| {
-                ReplayError::UnknownTarget(format!("no stage named {name:?} in the topology"))
-            })?;
-            let topic = spec.topic.clone().unwrap_or_else(|| config.input.clone());
+            let (_, topic) = stage_and_topic(topology, spec, name)?;
             let group = stage_group(topology, spec, &topic, name);
             let resumed = stage_positions(log.as_ref(), &group, &topic).await?;
             (topic, group, resumed, None)
@@ -579,10 +603,7 @@ pub async fn replay(
     let _reset = RemainingReset::new(&spec.target);
     match &spec.target {
         Target::Stage(name) => {
-            let config = topology.stage(name).ok_or_else(|| {
-                ReplayError::UnknownTarget(format!("no stage named {name:?} in the topology"))
-            })?;
-            let topic = spec.topic.clone().unwrap_or_else(|| config.input.clone());
+            let (config, topic) = stage_and_topic(topology, spec, name)?;
             let group = stage_group(topology, spec, &topic, name);
             let resumed = stage_positions(log.as_ref(), &group, &topic).await?;
             let plan = ReplayPlan::new(
@@ -598,9 +619,16 @@ pub async fn replay(
                 return Ok(ReplayOutcome::finished(0, 0));
             }
             let ranges = plan.ranges();
-            let stage = config.build(&topology.stage_context())?;
+            // The stage and the stages fused behind it, so that the replayed records reach the
+            // topics live ones reach.
+            let chain = topology
+                .chains()?
+                .into_iter()
+                .find_map(|chain| chain.from_stage(name))
+                .expect("every stage is in a chain");
             let mut runner = StageRunner::from_config(config, &topology.log.consumer_group_prefix);
             runner.name = format!("replay.{}.{name}", spec.name);
+            runner.metric_prefix = format!("replay.{}.", spec.name);
             runner.input = topic.clone();
             runner.group = group;
             runner.assignments = Some(
@@ -619,9 +647,9 @@ pub async fn replay(
                     .map(|&(partition, _, end)| (partition, end))
                     .collect::<BTreeMap<_, _>>(),
             );
-            let records = run_stage(
+            let records = run_chain(
                 paced(log, spec.rate),
-                stage,
+                Arc::new(chain),
                 runner,
                 cancel.clone(),
                 Some(metrics.reporter(progress)),

@@ -28,6 +28,18 @@ pub struct StageConfig {
     pub dead_letter: String,
     /// Largest number of records handled per batch (read → write → commit).
     pub batch_size: usize,
+    /// Whether this stage is fused with the stage that feeds it (`chain = true`, the
+    /// default), when that stage's only output is this stage's input, nothing else writes or
+    /// reads that topic, and both run in one process: the pair then runs as one task, each
+    /// record is decoded once, and the topic between them is skipped (see
+    /// [`crate::chain`]). `false` keeps this stage a task of its own, reading its input topic
+    /// in its own consumer group (to run it in other processes than its feeder, say).
+    pub chain: bool,
+    /// Whether the stage writes its output topic even when the next stage is fused behind it
+    /// (default `false`: the fused stage gets the records directly). `true` keeps the topic
+    /// filled, for inspection and for replaying the next stage from it. A stage that is not
+    /// followed by a fused stage always writes its outputs.
+    pub write_output: bool,
     /// What the stage does (`kind = "validate" | "enrich" | "route"`), with that kind's own
     /// settings.
     #[serde(flatten)]
@@ -43,9 +55,24 @@ struct CommonFields {
     dead_letter: String,
     #[serde(default = "default_batch_size")]
     batch_size: usize,
+    #[serde(default = "default_chain")]
+    chain: bool,
+    #[serde(default)]
+    write_output: bool,
 }
 
-const COMMON_FIELDS: [&str; 4] = ["name", "input", "dead_letter", "batch_size"];
+const COMMON_FIELDS: [&str; 6] = [
+    "name",
+    "input",
+    "dead_letter",
+    "batch_size",
+    "chain",
+    "write_output",
+];
+
+fn default_chain() -> bool {
+    true
+}
 
 fn default_batch_size() -> usize {
     500
@@ -128,6 +155,8 @@ impl<'de> Deserialize<'de> for StageConfig {
             input: common.input,
             dead_letter: common.dead_letter,
             batch_size: common.batch_size,
+            chain: common.chain,
+            write_output: common.write_output,
             kind,
         })
     }

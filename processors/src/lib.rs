@@ -1,26 +1,29 @@
 //! Sluice stream processors.
 //!
-//! A [`Stage`] turns one input record into records for other topics, or rejects it with a
-//! reason. Stages are synchronous and do no I/O (an enrich stage reads the clock and its
-//! cached catalog, nothing else); the [`runner`] owns the I/O: it reads a batch, runs the
-//! stage on each record, writes every output, waits for the log to acknowledge them, and only
-//! then commits the input positions (at-least-once; the sinks are idempotent).
+//! A [`Stage`] passes one [`Item`] (a record, decoded once) on to a topic, possibly changed,
+//! or rejects it with a reason. Stages are synchronous and do no I/O (an enrich stage reads
+//! the clock and its cached catalog, nothing else). Consecutive stages are fused into a
+//! [`Chain`] that runs as one task (see [`chain`]); the [`runner`] owns the I/O: it reads a
+//! batch, runs each record through the chain, writes every output, and commits the input
+//! positions only once the log acknowledged them (at-least-once; the sinks are idempotent).
 //!
 //! Stages are declared in `topology.toml` as `[[stages]]` ([`StageConfig`]); each kind is one
 //! folder under `stages/` with its config, checks and construction ([`StageKind`]).
 
 pub mod catalog;
+pub mod chain;
 pub mod config;
+pub mod item;
 pub mod runner;
 pub mod stage;
 pub mod stages;
 
-use std::sync::Arc;
-
 pub use catalog::{Catalog, CatalogEntry};
 pub use config::{validate, KindConfig, StageConfig, StageContext, StageKind};
-pub use runner::{run_stage, RunnerError, StageRunner};
-pub use stage::{Emission, Outcome, Stage};
+pub use chain::{build_chains, Chain, Neighbours};
+pub use item::Item;
+pub use runner::{run_chain, RunnerError, StageRunner};
+pub use stage::{Outcome, Stage};
 
 /// Why stages could not be built from a topology.
 #[derive(Debug, thiserror::Error)]
@@ -39,16 +42,3 @@ pub enum BuildError {
     },
 }
 
-/// A stage's declaration next to the stage built from it.
-pub type BuiltStage = (StageConfig, Arc<dyn Stage>);
-
-/// Builds every stage of `stages`, in file order.
-pub fn build_stages(
-    stages: &[StageConfig],
-    context: &StageContext,
-) -> Result<Vec<BuiltStage>, BuildError> {
-    stages
-        .iter()
-        .map(|config| Ok((config.clone(), config.build(context)?)))
-        .collect()
-}

@@ -1,37 +1,55 @@
-//! The stage runner: consume → process → produce → commit.
+//! The stage runner: consume → process → produce → commit, pipelined.
 //!
-//! Each batch is read, processed record by record, and every resulting record (outputs and
-//! dead letters) is sent to the log. Only when the log has acknowledged all of them does the
-//! runner commit the input positions, so a crash at any point replays the batch rather than
-//! losing it (at-least-once; sinks deduplicate by order id). A failed send is retried with
-//! backoff until it succeeds or the runner is cancelled, in which case nothing is committed.
+//! A runner drives one [`Chain`] (a single stage is a chain of one). It reads a batch, runs
+//! each record through the chain's stages, and sends every resulting record (outputs and dead
+//! letters) to the log. While the log acknowledges one batch, the runner already reads and
+//! processes the next ones (at most [`BATCHES_IN_FLIGHT`]). Batches are committed in the order
+//! they were read, each only once the log acknowledged all of its records and those of every
+//! batch before it, so a committed position never passes an unacknowledged output, and a crash
+//! at any point replays what was not committed rather than losing it (at-least-once; sinks
+//! deduplicate by order id). A failed send is retried with backoff until it succeeds or the
+//! runner stops, in which case nothing after it is committed.
 //!
-//! A live stage reads in its consumer group (`<prefix>.<stage>`): every process running the
-//! stage joins the group, and Kafka divides the input's partitions among them with
-//! cooperative incremental assignment. Partitions move only inside a poll, after the previous
-//! batch was committed, so a stage gives up a partition with everything it finished
-//! committed (a commit the broker refuses while the group completes a rebalance is tried
-//! again for a few seconds). A member fenced out of its group (its session ran out), or whose
-//! commit is still refused after that, abandons the commit; the partitions' owners read those
-//! records again from the last committed positions (at-least-once between topics; the shards
-//! store each order once).
+//! A live chain reads in its first stage's consumer group (`<prefix>.<stage>`): every
+//! process running the chain joins the group, and Kafka divides the input's partitions among
+//! them with cooperative incremental assignment. Partitions move only inside a poll; a batch
+//! of a partition taken away while it was in flight is not committed by this member (the
+//! commit is refused, or the partition is no longer this member's), and the partition's new
+//! owner reads it again from the last committed position (at-least-once between topics; the
+//! shards store each order once). A member fenced out of its group (its session ran out), or
+//! whose commit is still refused after a few seconds, abandons the commit likewise.
+//!
+//! On shutdown the runner stops reading, waits up to [`DRAIN_GRACE`] for the batches in
+//! flight to be acknowledged and commits them, then stops.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::chain::Chain;
 use crate::config::StageConfig;
+use crate::item::Item;
 use futures::future::join_all;
 use sluice_core::log::{
-    assign_all, Assignment, CommittedStarts, Log, LogError, OutRecord, Position, StartFrom,
+    assign_all, Assignment, CommittedStarts, Log, LogConsumer, LogError, OutRecord, Position,
+    StartFrom,
 };
-use sluice_core::order::{HEADER_ORDER_ID, HEADER_TRACEPARENT};
+use sluice_core::order::HEADER_TRACEPARENT;
 use sluice_core::retry::{Backoff, GaveUp, Retry, Verdict};
 use sluice_core::telemetry;
 use sluice_core::trace::{self, FinishedSpan, Hop, SpanKind, TraceParent};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::stage::{dead_letter, Emission, Outcome, Stage};
+use crate::stage::{dead_letter, Outcome, Source};
+
+/// Most batches a runner has read but not yet committed: while the log acknowledges them,
+/// the runner reads and processes the next.
+pub const BATCHES_IN_FLIGHT: usize = 4;
+
+/// How long a stopping runner waits for the batches in flight to be acknowledged, so that it
+/// can commit them rather than leave them to be processed again.
+pub const DRAIN_GRACE: Duration = Duration::from_secs(5);
 
 /// Why a stage runner stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -46,14 +64,15 @@ pub enum RunnerError {
     },
 }
 
-/// Everything a runner needs to drive one stage.
+/// Everything a runner needs to read a chain's input.
 pub struct StageRunner {
-    /// Stage name (metrics label, log field).
+    /// Runner name (log field): the first stage's name for a live chain.
     pub name: String,
+    /// Prefix of the `stage` label of the chain's metrics (empty for a live chain; a replay
+    /// sets `replay.<name>.`, so its counts stay apart from the live stages').
+    pub metric_prefix: String,
     /// Topic read.
     pub input: String,
-    /// Topic that receives rejected records.
-    pub dead_letter: String,
     /// Consumer group that stores the committed input positions.
     pub group: String,
     /// Records per batch.
@@ -72,12 +91,13 @@ pub struct StageRunner {
 }
 
 impl StageRunner {
-    /// A live runner for the stage declared by `config`, committing under `<prefix>.<name>`.
+    /// A live runner for a chain whose first stage is `config`, committing under
+    /// `<prefix>.<name>`.
     pub fn from_config(config: &StageConfig, group_prefix: &str) -> Self {
         StageRunner {
             name: config.name.clone(),
+            metric_prefix: String::new(),
             input: config.input.clone(),
-            dead_letter: config.dead_letter.clone(),
             group: format!("{group_prefix}.{}", config.name),
             batch_size: config.batch_size,
             start: StartFrom::Committed,
@@ -91,11 +111,11 @@ impl StageRunner {
 /// Progress callback: records done in this run so far.
 pub type Progress = Arc<dyn Fn(u64) + Send + Sync>;
 
-/// Runs `stage` until `cancel` fires (or, for a bounded replay, until `stop_at` is reached).
+/// Runs `chain` until `cancel` fires (or, for a bounded replay, until `stop_at` is reached).
 /// Returns the number of input records processed.
-pub async fn run_stage(
+pub async fn run_chain(
     log: Arc<dyn Log>,
-    stage: Arc<dyn Stage>,
+    chain: Arc<Chain>,
     runner: StageRunner,
     cancel: CancellationToken,
     progress: Option<Progress>,
@@ -131,31 +151,68 @@ pub async fn run_stage(
     }
     tracing::info!(
         stage = runner.name,
+        chain = chain.describe(),
         input = runner.input,
         group = runner.group,
         in_group,
         "stage started"
     );
 
-    let metrics = StageMetrics::register(&runner.name);
-
-    let mut remaining = runner.stop_at.clone();
-    let mut done: u64 = 0;
+    let mut state = RunState {
+        metrics: chain
+            .links()
+            .iter()
+            .map(|link| StageMetrics::register(&format!("{}{}", runner.metric_prefix, link.config.name)))
+            .collect(),
+        remaining: runner.stop_at.clone(),
+        done: 0,
+        progress,
+    };
+    // Sends and commits stop on this token, which fires only after the drain: a stopping
+    // runner still commits what the log acknowledged.
+    let sends = CancellationToken::new();
+    let mut in_flight: VecDeque<(JoinHandle<bool>, Batch)> = VecDeque::new();
     let mut failed_polls = 0u32;
-    loop {
-        if remaining.as_ref().is_some_and(BTreeMap::is_empty) {
-            break;
+    let mut stopped = false;
+    let result = 'run: loop {
+        // Commit, in order, every batch whose outputs are all acknowledged.
+        while in_flight.front().is_some_and(|(send, _)| send.is_finished()) {
+            let (send, batch) = in_flight.pop_front().expect("checked above");
+            match state.finish(&mut consumer, &runner, &chain, send, batch, &sends).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    stopped = true;
+                    break;
+                }
+                Err(error) => break 'run Err(fail(error)),
+            }
         }
+        if stopped {
+            break Ok(());
+        }
+        if in_flight.len() >= BATCHES_IN_FLIGHT {
+            let (send, batch) = in_flight.pop_front().expect("the queue is full");
+            match state.finish(&mut consumer, &runner, &chain, send, batch, &sends).await {
+                Ok(true) => continue,
+                Ok(false) => break Ok(()),
+                Err(error) => break Err(fail(error)),
+            }
+        }
+        if state.remaining.as_ref().is_some_and(BTreeMap::is_empty) {
+            break Ok(());
+        }
+        // With batches in flight, look again soon to commit the ones acknowledged meanwhile.
+        let wait = if in_flight.is_empty() { 200 } else { 5 };
         let records = tokio::select! {
             biased;
-            _ = cancel.cancelled() => break,
-            polled = consumer.poll(runner.batch_size, Duration::from_millis(200)) => match polled {
+            _ = cancel.cancelled() => break Ok(()),
+            polled = consumer.poll(runner.batch_size, Duration::from_millis(wait)) => match polled {
                 Ok(records) => records,
                 Err(error) => {
                     // Transient broker trouble must not take the process down: back off, retry.
                     tracing::warn!(stage = runner.name, %error, "poll failed; retrying");
                     if !sluice_core::log::POLL_BACKOFF.wait(failed_polls, &cancel).await {
-                        break;
+                        break Ok(());
                     }
                     failed_polls = failed_polls.saturating_add(1);
                     continue;
@@ -166,16 +223,103 @@ pub async fn run_stage(
         if records.is_empty() {
             continue;
         }
-        let started = Instant::now();
+        let (batch, emissions) = state.process(&chain, &runner, records);
+        let send = tokio::spawn(send_all(
+            log.clone(),
+            runner.name.clone(),
+            runner.ack_timeout,
+            emissions,
+            sends.clone(),
+        ));
+        in_flight.push_back((send, batch));
+    };
+    // Stopping: commit the batches in flight that the log acknowledges in time.
+    let drained = tokio::time::timeout(DRAIN_GRACE, async {
+        while let Some((send, batch)) = in_flight.pop_front() {
+            if result.is_err() || stopped {
+                break;
+            }
+            match state.finish(&mut consumer, &runner, &chain, send, batch, &sends).await {
+                Ok(true) => {}
+                Ok(false) | Err(_) => break,
+            }
+        }
+    })
+    .await;
+    sends.cancel();
+    if drained.is_err() || !in_flight.is_empty() {
+        tracing::warn!(
+            stage = runner.name,
+            batches = in_flight.len(),
+            "stopped with batches not acknowledged or not committed; they will be processed again"
+        );
+    }
+    // Leaving the group now hands the partitions to the other processes at once.
+    consumer.close().await;
+    tracing::info!(stage = runner.name, records = state.done, "stage stopped");
+    result.map(|()| state.done)
+}
+
+/// A batch read and processed, whose outputs are being sent.
+struct Batch {
+    /// The input positions to commit once its outputs are acknowledged.
+    positions: Vec<Position>,
+    /// Input records it took.
+    taken: u64,
+    /// When it was read.
+    started: Instant,
+    /// Per stage of the chain: what it did with the batch, counted once acknowledged.
+    counts: Vec<StageCounts>,
+    /// Each record's hop per stage, for the spans exported once acknowledged (only when
+    /// spans are exported).
+    spans: Vec<(usize, Hop, Option<String>)>,
+    /// When processing began, for the spans.
+    started_unix_nanos: Option<u64>,
+}
+
+/// What one stage of a chain did with one batch.
+#[derive(Debug, Clone, Copy, Default)]
+struct StageCounts {
+    records_in: u64,
+    emitted: u64,
+    dead_lettered: u64,
+}
+
+/// A record to send: its topic and the record.
+type Emission = (Arc<str>, OutRecord);
+
+/// What a runner keeps across batches.
+struct RunState {
+    /// Per stage of the chain.
+    metrics: Vec<StageMetrics>,
+    /// For a bounded run, the partitions not yet at their end.
+    remaining: Option<BTreeMap<i32, i64>>,
+    /// Input records done (committed).
+    done: u64,
+    progress: Option<Progress>,
+}
+
+impl RunState {
+    /// Runs `records` through the chain: the batch, and the records to send for it.
+    fn process(
+        &mut self,
+        chain: &Chain,
+        runner: &StageRunner,
+        records: Vec<sluice_core::log::Record>,
+    ) -> (Batch, Vec<Emission>) {
         let exporter = trace::exporter();
-        let started_unix_nanos = exporter.map(|_| trace::now_unix_nanos());
-        // Each record's hop, for the spans exported once its outputs are acknowledged.
-        let mut hops: Vec<(Hop, Option<String>)> = Vec::new();
-        let mut positions: BTreeMap<i32, Position> = BTreeMap::new();
+        let mut batch = Batch {
+            positions: Vec::new(),
+            taken: 0,
+            started: Instant::now(),
+            counts: vec![StageCounts::default(); chain.links().len()],
+            spans: Vec::new(),
+            started_unix_nanos: exporter.map(|_| trace::now_unix_nanos()),
+        };
+        let mut next_offsets: BTreeMap<i32, i64> = BTreeMap::new();
         let mut emissions = Vec::with_capacity(records.len());
-        let mut taken = 0u64;
-        for record in &records {
-            if let Some(ends) = &mut remaining {
+        for record in records {
+            if let Some(ends) = &mut self.remaining {
                 match ends.get(&record.partition) {
                     Some(&end) if record.offset < end => {}
                     Some(_) => {
@@ -187,64 +331,98 @@ pub async fn run_stage(
                     None => continue,
                 }
             }
-            taken += 1;
-            metrics.records_in.increment(1);
-            // This stage's hop of the record's trace (a record without one starts a trace):
-            // its outputs, dead letters included, carry the hop's `traceparent`.
-            let hop = Hop::after(TraceParent::of_record(record));
-            let traceparent = hop.traceparent().header();
-            let first_output = emissions.len();
-            match stage.process(record) {
-                Outcome::Emit(out) => {
-                    tracing::debug!(
-                        stage = runner.name, trace.id = %hop.trace_id, span.id = %hop.span_id,
-                        order_id = order_id_in(&record.payload).as_deref(),
-                        partition = record.partition, offset = record.offset, outputs = out.len(),
-                        "record processed"
-                    );
-                    emissions.extend(out.into_iter().map(|e| (e, Output::Emitted)))
+            batch.taken += 1;
+            next_offsets.insert(record.partition, record.offset + 1);
+            let source = Source {
+                topic: &runner.input,
+                partition: record.partition,
+                offset: record.offset,
+            };
+            let mut parent = TraceParent::of_record(&record);
+            let mut item = Item::from(record);
+            for (index, link) in chain.links().iter().enumerate() {
+                self.metrics[index].records_in.increment(1);
+                batch.counts[index].records_in += 1;
+                // This stage's hop of the record's trace (a record without one starts a
+                // trace): what it writes, dead letters included, carries the hop's
+                // `traceparent`.
+                let hop = Hop::after(parent);
+                parent = Some(hop.traceparent());
+                if exporter.is_some() {
+                    batch.spans.push((index, hop, item.order_id()));
                 }
-                Outcome::DeadLetter(reason) => {
-                    let out = dead_letter(&runner.name, record, &reason);
-                    tracing::debug!(
-                        stage = runner.name, trace.id = %hop.trace_id, span.id = %hop.span_id,
-                        order_id = out.headers.iter().find(|(name, _)| name == HEADER_ORDER_ID)
-                            .and_then(|(_, id)| std::str::from_utf8(id).ok()),
-                        reason, partition = record.partition, offset = record.offset,
-                        "dead-lettering record"
-                    );
-                    emissions.push((
-                        Emission {
-                            topic: runner.dead_letter.clone(),
-                            record: out,
-                        },
-                        Output::DeadLetter,
-                    ));
+                let stage = link.config.name.as_str();
+                match link.stage.process(&mut item) {
+                    Outcome::Forward(topic) => {
+                        tracing::debug!(
+                            stage, trace.id = %hop.trace_id, span.id = %hop.span_id,
+                            order_id = item.order_id().as_deref(), topic = &*topic,
+                            partition = source.partition, offset = source.offset,
+                            "record processed"
+                        );
+                        batch.counts[index].emitted += 1;
+                        if link.handoff.as_deref() == Some(&*topic) {
+                            if link.config.write_output {
+                                emissions.push((topic, traced(item.to_out_record(), &hop)));
+                            }
+                            continue;
+                        }
+                        emissions.push((topic, traced(item.into_out_record(), &hop)));
+                        break;
+                    }
+                    Outcome::DeadLetter(reason) => {
+                        tracing::debug!(
+                            stage, trace.id = %hop.trace_id, span.id = %hop.span_id,
+                            order_id = item.order_id().as_deref(), reason,
+                            partition = source.partition, offset = source.offset,
+                            "dead-lettering record"
+                        );
+                        batch.counts[index].dead_lettered += 1;
+                        let out = dead_letter(stage, item, source, &reason);
+                        emissions.push((link.dead_letter.clone(), traced(out, &hop)));
+                        break;
+                    }
                 }
             }
-            for (emission, _) in &mut emissions[first_output..] {
-                set_traceparent(&mut emission.record, &traceparent);
-            }
-            if exporter.is_some() {
-                hops.push((hop, order_id_in(&record.payload)));
-            }
-            positions.insert(record.partition, record.next_position());
         }
-        if !send_all(log.as_ref(), &runner, &metrics, emissions, &cancel).await {
+        batch.positions = next_offsets
+            .into_iter()
+            .map(|(partition, next_offset)| Position {
+                topic: runner.input.clone(),
+                partition,
+                next_offset,
+            })
+            .collect();
+        (batch, emissions)
+    }
+
+    /// Waits for `batch`'s outputs and commits its input positions. `Ok(false)` when the
+    /// runner must stop (its sends were cancelled, or so was the commit).
+    async fn finish(
+        &mut self,
+        consumer: &mut LogConsumer,
+        runner: &StageRunner,
+        chain: &Chain,
+        send: JoinHandle<bool>,
+        batch: Batch,
+        cancel: &CancellationToken,
+    ) -> Result<bool, LogError> {
+        if !send.await.unwrap_or(false) {
             tracing::warn!(
                 stage = runner.name,
-                "cancelled before outputs were acknowledged; batch will be replayed"
+                "stopped before the outputs were acknowledged; the batch will be processed again"
             );
-            break;
+            return Ok(false);
         }
-        if let (Some(exporter), Some(start)) = (exporter, started_unix_nanos) {
+        if let (Some(exporter), Some(start)) = (trace::exporter(), batch.started_unix_nanos) {
             let end = trace::now_unix_nanos();
-            for (hop, order_id) in hops {
-                let mut attributes = vec![("sluice.stage", runner.name.clone())];
+            for (index, hop, order_id) in batch.spans {
+                let name = &chain.links()[index].config.name;
+                let mut attributes = vec![("sluice.stage", name.clone())];
                 attributes.extend(order_id.map(|id| ("sluice.order_id", id)));
                 exporter.export(FinishedSpan {
                     hop,
-                    name: format!("stage {}", runner.name),
+                    name: format!("stage {name}"),
                     kind: SpanKind::Consumer,
                     start_unix_nanos: start,
                     end_unix_nanos: end,
@@ -252,11 +430,7 @@ pub async fn run_stage(
                 });
             }
         }
-        let positions: Vec<Position> = positions.into_values().collect();
-        match commit_with_retry(&mut consumer, &runner.name, &positions, &cancel)
-            .await
-            .map_err(fail)?
-        {
+        match commit_with_retry(consumer, &runner.name, &batch.positions, cancel).await? {
             Committed::Yes => {}
             // The batch was processed and its outputs are acknowledged: it counts as done.
             Committed::Rebalanced => tracing::warn!(
@@ -266,13 +440,13 @@ pub async fn run_stage(
             Committed::Cancelled => {
                 tracing::warn!(
                     stage = runner.name,
-                    "cancelled before the batch was committed; it will be replayed"
+                    "stopped before the batch was committed; it will be processed again"
                 );
-                break;
+                return Ok(false);
             }
         }
-        if let Some(ends) = &mut remaining {
-            for p in &positions {
+        if let Some(ends) = &mut self.remaining {
+            for p in &batch.positions {
                 if ends
                     .get(&p.partition)
                     .is_some_and(|&end| p.next_offset >= end)
@@ -281,39 +455,40 @@ pub async fn run_stage(
                 }
             }
         }
-        done += taken;
-        if let Some(progress) = &progress {
-            progress(done);
+        self.done += batch.taken;
+        if let Some(progress) = &self.progress {
+            progress(self.done);
         }
-        metrics
-            .batch_duration
-            .record(started.elapsed().as_secs_f64());
-        metrics.batch_records.record(taken as f64);
+        let seconds = batch.started.elapsed().as_secs_f64();
+        for (metrics, counts) in self.metrics.iter().zip(&batch.counts) {
+            metrics.emitted.increment(counts.emitted);
+            metrics.dead_lettered.increment(counts.dead_lettered);
+            if counts.records_in > 0 {
+                metrics.batch_duration.record(seconds);
+                metrics.batch_records.record(counts.records_in as f64);
+            }
+        }
+        Ok(true)
     }
-    // Leaving the group now hands the partitions to the other processes at once.
-    consumer.close().await;
-    tracing::info!(stage = runner.name, records = done, "stage stopped");
-    Ok(done)
 }
 
-/// The `orderId` of a JSON order payload, if it has one (for log lines and spans).
-fn order_id_in(payload: &[u8]) -> Option<String> {
-    let value: serde_json::Value = serde_json::from_slice(payload).ok()?;
-    value.get("orderId")?.as_str().map(str::to_string)
-}
-
-/// Sets `record`'s `traceparent` header to `value` (replacing the one copied from its input).
-fn set_traceparent(record: &mut OutRecord, value: &str) {
+/// `record` with `hop`'s `traceparent` header (replacing the one copied from its input).
+fn traced(mut record: OutRecord, hop: &Hop) -> OutRecord {
+    let value = hop.traceparent().header().into_bytes();
     match record
         .headers
         .iter_mut()
         .find(|(name, _)| name == HEADER_TRACEPARENT)
     {
-        Some((_, old)) => *old = value.as_bytes().to_vec(),
-        None => record
-            .headers
-            .push((HEADER_TRACEPARENT.into(), value.into())),
+        Some((_, old)) => *old = value,
+        None => record.headers.push((HEADER_TRACEPARENT.into(), value)),
     }
+    record
+}
+
+/// The `orderId` of a JSON order payload, if it has one (for log lines).
+fn order_id_in(payload: &[u8]) -> Option<String> {
+    Item::new(Vec::new(), payload.to_vec(), Vec::new()).order_id()
 }
 
 /// The trace id in `record`'s `traceparent` header, if it has a valid one.
@@ -325,15 +500,6 @@ fn trace_id_of(record: &OutRecord) -> Option<String> {
         .and_then(|(_, value)| std::str::from_utf8(value).ok())
         .and_then(TraceParent::parse)
         .map(|parent| parent.trace_id.to_string())
-}
-
-/// What a record the stage writes is, for its counter.
-#[derive(Debug, Clone, Copy)]
-enum Output {
-    /// A record the stage emitted.
-    Emitted,
-    /// An input sent to the dead-letter topic.
-    DeadLetter,
 }
 
 /// A stage's metric handles, registered once when it starts.
@@ -408,21 +574,22 @@ async fn commit_with_retry(
 /// Sends every emission, retrying the failed ones with backoff. Returns false if cancelled
 /// first.
 async fn send_all(
-    log: &dyn Log,
-    runner: &StageRunner,
-    metrics: &StageMetrics,
-    pending: Vec<(Emission, Output)>,
-    cancel: &CancellationToken,
+    log: Arc<dyn Log>,
+    runner: String,
+    ack_timeout: Duration,
+    pending: Vec<Emission>,
+    cancel: CancellationToken,
 ) -> bool {
+    let (log, runner) = (log.as_ref(), runner.as_str());
     Retry::new(Backoff::new(
         Duration::from_millis(50),
         Duration::from_secs(5),
     ))
-    .cancel_on(cancel)
+    .cancel_on(&cancel)
     .run_with(
         pending,
         |mut pending| async move {
-            let sent = send_pending(log, runner, metrics, &mut pending).await;
+            let sent = send_pending(log, runner, ack_timeout, &mut pending).await;
             (pending, sent)
         },
         // Any send error can pass (a broker away, a full queue): only cancellation stops.
@@ -436,32 +603,26 @@ async fn send_all(
 /// Sends the `pending` emissions once and keeps the ones that failed; `Err` counts them.
 async fn send_pending(
     log: &dyn Log,
-    runner: &StageRunner,
-    metrics: &StageMetrics,
-    pending: &mut Vec<(Emission, Output)>,
+    runner: &str,
+    ack_timeout: Duration,
+    pending: &mut Vec<Emission>,
 ) -> Result<(), usize> {
     let results = join_all(
         pending
             .iter()
-            .map(|(e, _)| log.send(&e.topic, e.record.clone(), runner.ack_timeout)),
+            .map(|(topic, record)| log.send(topic, record.clone(), ack_timeout)),
     )
     .await;
     let mut failed = Vec::new();
-    for ((emission, outcome), result) in std::mem::take(pending).into_iter().zip(results) {
-        match result {
-            Ok(_) => match outcome {
-                Output::Emitted => metrics.emitted.increment(1),
-                Output::DeadLetter => metrics.dead_lettered.increment(1),
-            },
-            Err(error) => {
-                tracing::warn!(
-                    stage = runner.name, topic = emission.topic, %error,
-                    trace.id = trace_id_of(&emission.record).as_deref(),
-                    order_id = order_id_in(&emission.record.payload).as_deref(),
-                    "send failed; will retry"
-                );
-                failed.push((emission, outcome));
-            }
+    for ((topic, record), result) in std::mem::take(pending).into_iter().zip(results) {
+        if let Err(error) = result {
+            tracing::warn!(
+                stage = runner, topic = &*topic, %error,
+                trace.id = trace_id_of(&record).as_deref(),
+                order_id = order_id_in(&record.payload).as_deref(),
+                "send failed; will retry"
+            );
+            failed.push((topic, record));
         }
     }
     *pending = failed;

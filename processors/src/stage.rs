@@ -1,52 +1,66 @@
 //! The stage contract.
 
-use sluice_core::log::{OutRecord, Record};
+use std::sync::Arc;
+
+use sluice_core::log::OutRecord;
 use sluice_core::order::{
     HEADER_DLQ_REASON, HEADER_DLQ_SOURCE_OFFSET, HEADER_DLQ_SOURCE_PARTITION,
     HEADER_DLQ_SOURCE_TOPIC, HEADER_DLQ_STAGE, HEADER_ORDER_ID,
 };
 
-/// One record a stage wants written.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Emission {
-    /// Destination topic.
-    pub topic: String,
-    /// The record.
-    pub record: OutRecord,
-}
+use crate::item::Item;
 
-/// What a stage decided about one input record.
+/// What a stage decided about one item.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// Write these records (possibly none: the input is dropped on purpose).
-    Emit(Vec<Emission>),
-    /// Send the input to the stage's dead-letter topic with this reason.
+    /// Pass the item (as the stage left it) on to this topic: to the next stage of the chain
+    /// when that stage reads it, else to the log.
+    Forward(Arc<str>),
+    /// Send the item, unchanged, to the stage's dead-letter topic with this reason.
     DeadLetter(String),
 }
 
-/// A synchronous transformation of one record. Stages do no I/O; the runner does.
+/// A synchronous transformation of one item. Stages do no I/O; the runner does.
 pub trait Stage: Send + Sync {
-    /// Decides what becomes of `record`.
-    fn process(&self, record: &Record) -> Outcome;
+    /// Decides what becomes of `item`. A stage changes the item only when it forwards it, so
+    /// a dead letter carries the stage's input.
+    fn process(&self, item: &mut Item) -> Outcome;
 }
 
-/// The dead-letter record for `input` rejected by `stage` for `reason`: the original key and
-/// payload, with the reason and the source position in headers.
-pub fn dead_letter(stage: &str, input: &Record, reason: &str) -> OutRecord {
-    let mut out = OutRecord::new(input.key.clone(), input.payload.clone())
+/// Where the record a chain read came from: the input position a dead letter names.
+#[derive(Debug, Clone, Copy)]
+pub struct Source<'a> {
+    /// Topic read.
+    pub topic: &'a str,
+    /// Partition read.
+    pub partition: i32,
+    /// Offset read.
+    pub offset: i64,
+}
+
+/// The dead-letter record for `input` rejected by `stage` for `reason`: its key and body,
+/// with the reason, the stage, the position it was read from and its order id (when
+/// it has one) in headers. For a stage fused behind others, the position is the one the
+/// chain read.
+pub fn dead_letter(stage: &str, mut input: Item, source: Source, reason: &str) -> OutRecord {
+    let order_id = input.order_id().or_else(|| {
+        input
+            .headers
+            .iter()
+            .find(|(name, _)| name == HEADER_ORDER_ID)
+            .and_then(|(_, id)| std::str::from_utf8(id).ok())
+            .map(str::to_string)
+    });
+    // The runner adds the hop's `traceparent`; the input's other headers stay behind.
+    input.headers.clear();
+    let mut out = input
+        .into_out_record()
         .with_header(HEADER_DLQ_REASON, reason)
         .with_header(HEADER_DLQ_STAGE, stage)
-        .with_header(HEADER_DLQ_SOURCE_TOPIC, input.topic.as_str())
-        .with_header(HEADER_DLQ_SOURCE_PARTITION, input.partition.to_string())
-        .with_header(HEADER_DLQ_SOURCE_OFFSET, input.offset.to_string());
-    let order_id = serde_json::from_slice::<serde_json::Value>(&input.payload)
-        .ok()
-        .and_then(|v| {
-            v.get("orderId")
-                .and_then(|id| id.as_str())
-                .map(str::to_string)
-        });
-    if let Some(order_id) = order_id.or_else(|| input.header(HEADER_ORDER_ID).map(str::to_string)) {
+        .with_header(HEADER_DLQ_SOURCE_TOPIC, source.topic)
+        .with_header(HEADER_DLQ_SOURCE_PARTITION, source.partition.to_string())
+        .with_header(HEADER_DLQ_SOURCE_OFFSET, source.offset.to_string());
+    if let Some(order_id) = order_id {
         out = out.with_header(HEADER_ORDER_ID, order_id);
     }
     out

@@ -15,11 +15,11 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use sluice_core::topology::{
-    Flow, GraphFormat, Issue, Issues, ShardConfig, ShardingConfig, TopicConfig, Wiring,
+    ChainDrawing, Flow, GraphFormat, Issue, Issues, ShardConfig, ShardingConfig, TopicConfig, Wiring,
 };
 use sluice_ingress::IngressConfig;
 use sluice_processors::config::stage_location;
-use sluice_processors::{Catalog, StageConfig, StageContext};
+use sluice_processors::{build_chains, Catalog, Chain, Neighbours, StageConfig, StageContext};
 use sluice_sinks::SinkConfig;
 
 pub use env::{interpolate, substitute_env, Substituted};
@@ -117,6 +117,41 @@ impl Topology {
         }
     }
 
+    /// The topics the ingress writes and the sinks read besides the shard topics: a stage
+    /// reading one of them is never fused behind another (see [`sluice_processors::chain`]).
+    pub fn stage_neighbours(&self) -> Neighbours<'_> {
+        Neighbours {
+            writes: vec![
+                self.ingress.orders_topic.as_str(),
+                self.ingress.logins_topic.as_str(),
+            ],
+            reads: self.sink.rejections_topic.iter().map(String::as_str).collect(),
+        }
+    }
+
+    /// The stages fused into chains, as `sluice run` runs them.
+    pub fn chains(&self) -> Result<Vec<Chain>, sluice_processors::BuildError> {
+        build_chains(
+            &self.stages,
+            &self.stage_context(),
+            &self.stage_neighbours(),
+        )
+    }
+
+    /// The stage that stage `name` is fused behind in its chain, if any.
+    pub fn fused_feeder(&self, name: &str) -> Option<&StageConfig> {
+        sluice_processors::chain::plan(
+            &self.stages,
+            &self.stage_context(),
+            &self.stage_neighbours(),
+        )
+        .into_iter()
+        .find_map(|chain| {
+            let at = chain.iter().position(|&i| self.stages[i].name == name)?;
+            at.checked_sub(1).map(|feeder| &self.stages[chain[feeder]])
+        })
+    }
+
     /// The stage named `name`.
     pub fn stage(&self, name: &str) -> Option<&StageConfig> {
         self.stages.iter().find(|stage| stage.name == name)
@@ -172,9 +207,25 @@ impl Topology {
         issues.into_vec()
     }
 
-    /// The flow drawn in `format` (`sluice graph`).
+    /// The flow drawn in `format` (`sluice graph`), each chain of fused stages in a box.
     pub fn render(&self, format: GraphFormat) -> String {
-        self.flow().render(format)
+        let chains: Vec<ChainDrawing> = sluice_processors::chain::plan(
+            &self.stages,
+            &self.stage_context(),
+            &self.stage_neighbours(),
+        )
+        .into_iter()
+        .map(|chain| ChainDrawing {
+            stages: chain.iter().map(|&i| self.stages[i].name.clone()).collect(),
+            skipped: chain[..chain.len() - 1]
+                .iter()
+                .zip(&chain[1..])
+                .filter(|&(&feeder, _)| !self.stages[feeder].write_output)
+                .map(|(_, &fused)| self.stages[fused].input.clone())
+                .collect(),
+        })
+        .collect();
+        self.flow().render_chains(format, &chains)
     }
 }
 

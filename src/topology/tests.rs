@@ -167,13 +167,82 @@ fn shard_mistakes() {
     assert_issue(&issues, "\"euro\" is not a three-letter ISO 4217 code");
 }
 
+/// The chains `sluice run` would run for `text`, each as `a → b → c`.
+fn chains_of(text: &str) -> Vec<String> {
+    parse_text(text)
+        .unwrap()
+        .chains()
+        .unwrap()
+        .iter()
+        .map(|chain| chain.describe())
+        .collect()
+}
+
+#[test]
+fn the_shipped_stages_run_as_one_chain() {
+    assert_eq!(chains_of(SHIPPED), ["validate → enrich → route"]);
+    let topology = parse_text(SHIPPED).unwrap();
+    assert_eq!(
+        topology.fused_feeder("enrich").map(|s| s.name.as_str()),
+        Some("validate")
+    );
+    assert_eq!(topology.fused_feeder("validate").map(|s| &s.name), None);
+}
+
+#[test]
+fn chain_false_or_a_second_reader_of_the_topic_between_keeps_stages_apart() {
+    let unchained = SHIPPED.replacen(
+        "name = \"enrich\"\n",
+        "name = \"enrich\"\nchain = false\n",
+        1,
+    );
+    assert_eq!(chains_of(&unchained), ["validate", "enrich → route"]);
+
+    // A second stage reading orders.valid: validate's output has two readers, so validate
+    // writes the topic and both read it in their own groups.
+    let audit = format!(
+        "{SHIPPED}\n[[stages]]\nname = \"audit\"\nkind = \"route\"\ninput = \"orders.valid\"\ndead_letter = \"orders.dlq\"\n"
+    );
+    let chains = chains_of(&audit);
+    assert!(chains.contains(&"validate".to_string()), "{chains:?}");
+    assert!(chains.contains(&"enrich → route".to_string()), "{chains:?}");
+}
+
+#[test]
+fn graph_draws_each_chain_as_one_task_and_skips_the_topics_it_does_not_write() {
+    let topology = parse_text(SHIPPED).unwrap();
+    let mermaid = topology.render(GraphFormat::Mermaid);
+    assert!(
+        mermaid.contains("subgraph chain_0[\"one task: validate → enrich → route\"]"),
+        "{mermaid}"
+    );
+    assert!(mermaid.contains("stage_validate -->|fused| stage_enrich"), "{mermaid}");
+    assert!(!mermaid.contains("topic_orders_valid"), "{mermaid}");
+    let dot = topology.render(GraphFormat::Dot);
+    assert!(dot.contains("subgraph cluster_chain_0"), "{dot}");
+    assert!(dot.contains("stage_enrich -> stage_route [label=\"fused\"]"), "{dot}");
+
+    // A stage that keeps writing its output: the topic stays in the drawing.
+    let written = SHIPPED.replacen(
+        "name = \"validate\"\n",
+        "name = \"validate\"\nwrite_output = true\n",
+        1,
+    );
+    let mermaid = parse_text(&written).unwrap().render(GraphFormat::Mermaid);
+    assert!(
+        mermaid.contains("stage_validate -->|writes| topic_orders_valid"),
+        "{mermaid}"
+    );
+    assert!(mermaid.contains("stage_enrich -->|fused| stage_route"), "{mermaid}");
+}
+
 #[test]
 fn graph_renders_every_stage_and_shard() {
     let topology = parse_text(SHIPPED).unwrap();
     let mermaid = topology.render(GraphFormat::Mermaid);
     assert!(mermaid.starts_with("flowchart LR"));
     assert!(
-        mermaid.contains("stage_enrich -->|writes| topic_orders_enriched"),
+        mermaid.contains("stage_route -->|writes| topic_orders_shard_0"),
         "{mermaid}"
     );
     assert!(

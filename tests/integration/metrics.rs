@@ -9,23 +9,24 @@ use std::time::Duration;
 use crate::common::*;
 use sluice::pipeline::{self, Parts};
 use sluice_core::lag::{self, ConsumerLag};
-use sluice_core::log::{self, OutRecord, Record};
+use sluice_core::log::{self, OutRecord};
 use sluice_core::shutdown::Shutdown;
-use sluice_processors::{run_stage, Outcome, Stage, StageRunner};
+use sluice_processors::{run_chain, Chain, Item, Outcome, Stage, StageRunner};
 use tokio_util::sync::CancellationToken;
 
 /// A stage that holds its first batch until the gate opens, then passes everything.
 struct Gated {
     open: Arc<AtomicBool>,
+    output: Arc<str>,
 }
 
 impl Stage for Gated {
-    fn process(&self, _record: &Record) -> Outcome {
+    fn process(&self, _item: &mut Item) -> Outcome {
         // Blocks one runtime thread on purpose: the runner must not poll again meanwhile.
         while !self.open.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(10));
         }
-        Outcome::Emit(Vec::new())
+        Outcome::Forward(self.output.clone())
     }
 }
 
@@ -88,9 +89,18 @@ async fn a_stage_with_a_backlog_lags_until_it_catches_up(backend: Backend) {
     runner.batch_size = 10;
     let group = runner.group.clone();
     let open = Arc::new(AtomicBool::new(false));
-    let stage = tokio::spawn(run_stage(
+    let gated = Gated {
+        open: open.clone(),
+        output: topology.stages[0].outputs(&topology.stage_context())[0]
+            .as_str()
+            .into(),
+    };
+    let stage = tokio::spawn(run_chain(
         log.clone(),
-        Arc::new(Gated { open: open.clone() }),
+        Arc::new(Chain::new(vec![(
+            topology.stages[0].clone(),
+            Arc::new(gated) as Arc<dyn Stage>,
+        )])),
         runner,
         stop.clone(),
         None,

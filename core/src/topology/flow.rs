@@ -242,6 +242,12 @@ impl Flow {
 
     /// Draws the flow in `format`: components as boxes or cylinders, topics as cylinders.
     pub fn render(&self, format: GraphFormat) -> String {
+        self.render_chains(format, &[])
+    }
+
+    /// Draws the flow like [`Flow::render`], with each chain of fused stages in a box of its
+    /// own and the topics its stages hand over without writing drawn as direct edges.
+    pub fn render_chains(&self, format: GraphFormat, chains: &[ChainDrawing]) -> String {
         // (from id, to id, label), and id → (label, is a box).
         let mut edges = Vec::new();
         let mut nodes = std::collections::BTreeMap::new();
@@ -259,6 +265,23 @@ impl Flow {
                 edges.push((id.clone(), topic, output.label));
             }
         }
+        let chains: Vec<&ChainDrawing> = chains.iter().filter(|c| c.stages.len() > 1).collect();
+        for chain in &chains {
+            for pair in chain.stages.windows(2) {
+                let (from, to) = (stage_id(&pair[0]), stage_id(&pair[1]));
+                let topic = edges
+                    .iter()
+                    .find(|(f, t, _)| *f == from && edges.iter().any(|e| e.0 == *t && e.1 == to))
+                    .map(|(_, t, _)| t.clone());
+                let Some(topic) = topic else { continue };
+                let name = nodes.get(&topic).map(|(label, _)| label.clone());
+                if name.is_some_and(|name| chain.skipped.contains(&name)) {
+                    edges.retain(|(f, t, _)| *f != topic && *t != topic);
+                    nodes.remove(&topic);
+                    edges.push((from, to, "fused"));
+                }
+            }
+        }
         let mut out = String::new();
         match format {
             GraphFormat::Mermaid => {
@@ -266,6 +289,13 @@ impl Flow {
                 for (id, (label, is_box)) in &nodes {
                     let (open, close) = if *is_box { ("[", "]") } else { ("[(", ")]") };
                     let _ = writeln!(out, "    {id}{open}\"{label}\"{close}");
+                }
+                for (index, chain) in chains.iter().enumerate() {
+                    let _ = writeln!(out, "    subgraph chain_{index}[\"{}\"]", chain.label());
+                    for stage in &chain.stages {
+                        let _ = writeln!(out, "        {}", stage_id(stage));
+                    }
+                    out.push_str("    end\n");
                 }
                 for (from, to, what) in &edges {
                     let _ = writeln!(out, "    {from} -->|{what}| {to}");
@@ -277,6 +307,17 @@ impl Flow {
                     let shape = if *is_box { "box" } else { "cylinder" };
                     let _ = writeln!(out, "    {id} [label=\"{label}\", shape={shape}];");
                 }
+                for (index, chain) in chains.iter().enumerate() {
+                    let _ = writeln!(
+                        out,
+                        "    subgraph cluster_chain_{index} {{\n        label=\"{}\";\n        style=dashed;",
+                        chain.label()
+                    );
+                    for stage in &chain.stages {
+                        let _ = writeln!(out, "        {};", stage_id(stage));
+                    }
+                    out.push_str("    }\n");
+                }
                 for (from, to, what) in &edges {
                     let _ = writeln!(out, "    {from} -> {to} [label=\"{what}\"];");
                 }
@@ -285,6 +326,26 @@ impl Flow {
         }
         out
     }
+}
+
+/// Stages fused into one task, for [`Flow::render_chains`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainDrawing {
+    /// The stages' names, first to last.
+    pub stages: Vec<String>,
+    /// The topics between its stages that are handed over without being written.
+    pub skipped: Vec<String>,
+}
+
+impl ChainDrawing {
+    /// The box's title: `one task: validate → enrich → route`.
+    fn label(&self) -> String {
+        format!("one task: {}", self.stages.join(" → "))
+    }
+}
+
+fn stage_id(stage: &str) -> String {
+    sanitize(&format!("stage_{stage}"))
 }
 
 fn topic_id(topic: &str) -> String {

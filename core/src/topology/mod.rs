@@ -19,7 +19,7 @@ mod model;
 
 use std::path::{Path, PathBuf};
 
-pub use flow::{Flow, FlowNode, GraphFormat, NodeKind};
+pub use flow::{ChainDrawing, Flow, FlowNode, GraphFormat, NodeKind};
 pub use issues::{Issue, Issues};
 pub use model::*;
 

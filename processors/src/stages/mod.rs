@@ -11,18 +11,10 @@ pub use validate::{Validate, ValidateConfig, ValidateRules};
 
 #[cfg(test)]
 pub(crate) mod test_support {
-    use sluice_core::log::Record;
+    use crate::item::Item;
 
-    /// A record as a stage would read it from `topic`.
-    pub fn record(topic: &str, key: &str, payload: &str) -> Record {
-        Record {
-            topic: topic.into(),
-            partition: 2,
-            offset: 41,
-            key: key.as_bytes().to_vec(),
-            payload: payload.as_bytes().to_vec(),
-            headers: Vec::new(),
-            timestamp_ms: None,
-        }
+    /// An item as a stage would get it from its input topic.
+    pub fn item(key: &str, payload: &str) -> Item {
+        Item::new(key.as_bytes().to_vec(), payload.as_bytes().to_vec(), Vec::new())
     }
 }

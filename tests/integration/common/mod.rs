@@ -611,17 +611,36 @@ pub fn start_sluice_with(
     env: &[(&str, &str)],
     args: &[&str],
 ) -> SluiceProcess {
-    SluiceProcess(Some(
-        std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .args(["run", "--topology"])
-            .arg(topology)
-            .args(args)
-            .envs(env.iter().copied())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(log).unwrap())
-            .spawn()
-            .expect("start sluice"),
-    ))
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["run", "--topology"])
+        .arg(topology)
+        .args(args)
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .expect("start sluice");
+    STDERR_LOGS
+        .lock()
+        .unwrap()
+        .insert(child.id(), log.to_path_buf());
+    SluiceProcess(Some(child))
+}
+
+/// Where each process started by [`start_sluice_with`] writes its stderr, by pid, so that
+/// [`wait_ready`] can show why a process exited during start-up.
+static STDERR_LOGS: std::sync::LazyLock<
+    std::sync::Mutex<std::collections::HashMap<u32, std::path::PathBuf>>,
+> = std::sync::LazyLock::new(Default::default);
+
+/// The last lines `child` wrote to stderr, when [`start_sluice_with`] started it.
+fn stderr_tail(child: &std::process::Child) -> String {
+    let Some(path) = STDERR_LOGS.lock().unwrap().get(&child.id()).cloned() else {
+        return "(stderr not captured)".into();
+    };
+    let text = std::fs::read_to_string(&path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
 }
 
 /// Sends orders with 16 in flight until `stop` is set, spread over the users of `tokens`
@@ -764,10 +783,12 @@ pub async fn wait_ready(base: &str, child: &mut std::process::Child) {
         {
             return;
         }
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "sluice exited during start-up"
-        );
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "sluice exited during start-up ({status}); its stderr ends with:\n{}",
+                stderr_tail(child)
+            );
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("sluice did not become ready");

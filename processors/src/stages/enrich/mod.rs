@@ -4,16 +4,18 @@ mod config;
 
 pub use config::EnrichConfig;
 
-use sluice_core::log::{OutRecord, Record};
+use std::sync::Arc;
+
 use sluice_core::order::{now_ms, EnrichedOrder, RawOrder};
 use sluice_core::sharding::ShardMap;
 
 use crate::catalog::CachedCatalog;
-use crate::stage::{Emission, Outcome, Stage};
+use crate::item::Item;
+use crate::stage::{Outcome, Stage};
 
 /// Turns raw orders into priced, bucketed orders.
 pub struct Enrich {
-    output: String,
+    output: Arc<str>,
     catalog: CachedCatalog,
     shard_map: ShardMap,
     shard_names: Vec<String>,
@@ -28,7 +30,7 @@ impl Enrich {
         shard_names: Vec<String>,
     ) -> Self {
         Enrich {
-            output,
+            output: output.into(),
             catalog,
             shard_map,
             shard_names,
@@ -37,6 +39,11 @@ impl Enrich {
 
     /// The enriched form of `order`, priced now.
     pub fn enrich(&self, order: RawOrder) -> Result<EnrichedOrder, String> {
+        Ok(self.quote(&order)?.apply(order))
+    }
+
+    /// What enriching `order` adds to it, or why it cannot be enriched.
+    fn quote(&self, order: &RawOrder) -> Result<Quote, String> {
         let price = self
             .catalog
             .price(&order.product)
@@ -51,40 +58,55 @@ impl Enrich {
                 )
             })?;
         let bucket = self.shard_map.bucket(&order.user_id);
-        Ok(EnrichedOrder {
-            order_id: order.order_id,
-            shard: self.shard_names[self.shard_map.shard_index(bucket)].clone(),
-            user_id: order.user_id,
-            product: order.product,
-            quantity: order.quantity,
+        Ok(Quote {
             unit_price_minor: price.unit_minor,
             line_total_minor,
             currency: price.currency,
-            received_at_ms: order.received_at_ms,
-            enriched_at_ms: now_ms(),
             bucket,
+            shard: self.shard_names[self.shard_map.shard_index(bucket)].clone(),
         })
     }
 }
 
+/// The fields enriching an order adds.
+struct Quote {
+    unit_price_minor: i64,
+    line_total_minor: i64,
+    currency: String,
+    bucket: u32,
+    shard: String,
+}
+
+impl Quote {
+    /// `order` with these fields, enriched now.
+    fn apply(self, order: RawOrder) -> EnrichedOrder {
+        EnrichedOrder {
+            order_id: order.order_id,
+            user_id: order.user_id,
+            product: order.product,
+            quantity: order.quantity,
+            unit_price_minor: self.unit_price_minor,
+            line_total_minor: self.line_total_minor,
+            currency: self.currency,
+            received_at_ms: order.received_at_ms,
+            enriched_at_ms: now_ms(),
+            bucket: self.bucket,
+            shard: self.shard,
+        }
+    }
+}
+
 impl Stage for Enrich {
-    fn process(&self, record: &Record) -> Outcome {
-        let order: RawOrder = match serde_json::from_slice(&record.payload) {
-            Ok(order) => order,
+    fn process(&self, item: &mut Item) -> Outcome {
+        let quote = match item.raw_order() {
+            Ok(order) => self.quote(order),
             Err(e) => return Outcome::DeadLetter(format!("not a valid order record: {e}")),
         };
-        match self.enrich(order) {
-            Ok(enriched) => match serde_json::to_vec(&enriched) {
-                Ok(payload) => Outcome::Emit(vec![Emission {
-                    topic: self.output.clone(),
-                    record: OutRecord {
-                        key: record.key.clone(),
-                        payload,
-                        headers: record.headers.clone(),
-                    },
-                }]),
-                Err(e) => Outcome::DeadLetter(format!("cannot encode enriched order: {e}")),
-            },
+        match quote {
+            Ok(quote) => {
+                item.enrich_raw_order(|order| quote.apply(order));
+                Outcome::Forward(self.output.clone())
+            }
             Err(reason) => Outcome::DeadLetter(reason),
         }
     }
@@ -99,7 +121,7 @@ mod tests {
 
     use super::*;
     use crate::catalog::{CatalogEntry, TopologyCatalog};
-    use crate::stages::test_support::record;
+    use crate::stages::test_support::item;
 
     fn stage() -> Enrich {
         let mut entries = BTreeMap::new();
@@ -126,11 +148,13 @@ mod tests {
     #[test]
     fn prices_and_places_an_order() {
         let payload = r#"{"orderId":"0190f7a4-0000-7000-8000-000000000001","userId":"carol","product":"gadget","quantity":3,"receivedAtMs":1700000000000}"#;
-        let Outcome::Emit(out) = stage().process(&record("valid", "carol", payload)) else {
-            panic!("rejected")
-        };
-        assert_eq!(out[0].topic, "enriched");
-        let enriched: EnrichedOrder = serde_json::from_slice(&out[0].record.payload).unwrap();
+        let mut input = item("carol", payload);
+        assert_eq!(
+            stage().process(&mut input),
+            Outcome::Forward("enriched".into())
+        );
+        let enriched: EnrichedOrder =
+            serde_json::from_slice(&input.into_out_record().payload).unwrap();
         assert_eq!(enriched.unit_price_minor, 2450);
         assert_eq!(enriched.line_total_minor, 7350);
         assert_eq!(enriched.currency, "EUR");
@@ -144,15 +168,21 @@ mod tests {
     #[test]
     fn unknown_product_and_overflow_are_dead_lettered() {
         let unknown = r#"{"orderId":"0190f7a4-0000-7000-8000-000000000001","userId":"carol","product":"boat","quantity":3,"receivedAtMs":1}"#;
+        let mut input = item("carol", unknown);
         assert_eq!(
-            stage().process(&record("valid", "carol", unknown)),
+            stage().process(&mut input),
             Outcome::DeadLetter("product \"boat\" is not in the catalog".into())
+        );
+        assert_eq!(
+            input.into_out_record().payload,
+            unknown.as_bytes(),
+            "a rejected order is left as it came"
         );
         let huge = format!(
             r#"{{"orderId":"0190f7a4-0000-7000-8000-000000000001","userId":"carol","product":"gadget","quantity":{},"receivedAtMs":1}}"#,
             i64::MAX
         );
-        let Outcome::DeadLetter(reason) = stage().process(&record("valid", "carol", &huge)) else {
+        let Outcome::DeadLetter(reason) = stage().process(&mut item("carol", &huge)) else {
             panic!("accepted")
         };
         assert!(reason.contains("overflows"), "{reason}");

@@ -4,16 +4,17 @@ mod config;
 
 pub use config::RouteConfig;
 
-use sluice_core::log::{OutRecord, Record};
-use sluice_core::order::EnrichedOrder;
+use std::sync::Arc;
+
 use sluice_core::sharding::ShardMap;
 
-use crate::stage::{Emission, Outcome, Stage};
+use crate::item::Item;
+use crate::stage::{Outcome, Stage};
 
 /// Routes enriched orders to one stream per shard.
 pub struct Route {
     shard_map: ShardMap,
-    shard_topics: Vec<String>,
+    shard_topics: Vec<Arc<str>>,
 }
 
 impl Route {
@@ -21,28 +22,19 @@ impl Route {
     pub fn new(shard_map: ShardMap, shard_topics: Vec<String>) -> Self {
         Route {
             shard_map,
-            shard_topics,
+            shard_topics: shard_topics.into_iter().map(Arc::from).collect(),
         }
     }
 }
 
 impl Stage for Route {
-    fn process(&self, record: &Record) -> Outcome {
-        let order: EnrichedOrder = match serde_json::from_slice(&record.payload) {
-            Ok(order) => order,
-            Err(e) => return Outcome::DeadLetter(format!("not a valid enriched order: {e}")),
-        };
-        // The bucket is recomputed rather than trusted, so a stale record cannot land on the
-        // wrong shard after the map changed.
-        let shard = self.shard_map.shard_for_user(&order.user_id);
-        Outcome::Emit(vec![Emission {
-            topic: self.shard_topics[shard].clone(),
-            record: OutRecord {
-                key: record.key.clone(),
-                payload: record.payload.clone(),
-                headers: record.headers.clone(),
-            },
-        }])
+    fn process(&self, item: &mut Item) -> Outcome {
+        match item.enriched_order() {
+            Ok(order) => Outcome::Forward(
+                self.shard_topics[self.shard_map.shard_for_user(&order.user_id)].clone(),
+            ),
+            Err(e) => Outcome::DeadLetter(format!("not a valid enriched order: {e}")),
+        }
     }
 }
 
@@ -51,7 +43,7 @@ mod tests {
     use sluice_core::sharding::{bucket_of, BucketRange};
 
     use super::*;
-    use crate::stages::test_support::record;
+    use crate::stages::test_support::item;
 
     #[test]
     fn every_user_goes_to_the_shard_owning_its_bucket() {
@@ -76,16 +68,18 @@ mod tests {
             let payload = format!(
                 r#"{{"orderId":"0190f7a4-0000-7000-8000-000000000001","userId":"{user}","product":"p","quantity":1,"unitPriceMinor":1,"lineTotalMinor":1,"currency":"EUR","receivedAtMs":1,"enrichedAtMs":2,"bucket":0,"shard":"s0"}}"#
             );
-            let Outcome::Emit(out) = route.process(&record("enriched", &user, &payload)) else {
+            let mut input = item(&user, &payload);
+            let Outcome::Forward(topic) = route.process(&mut input) else {
                 panic!("rejected")
             };
             let expected = (bucket_of(&user, 256) / 64) as usize;
-            assert_eq!(out[0].topic, format!("shard.{expected}"));
+            assert_eq!(&*topic, format!("shard.{expected}"));
+            assert_eq!(input.into_out_record().payload, payload.as_bytes());
             seen[expected] += 1;
         }
         assert!(seen.iter().all(|&n| n > 0), "{seen:?}");
         assert!(matches!(
-            route.process(&record("enriched", "x", "[]")),
+            route.process(&mut item("x", "[]")),
             Outcome::DeadLetter(_)
         ));
     }

@@ -5,16 +5,16 @@ mod config;
 pub use config::{ValidateConfig, ValidateRules};
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use regex::Regex;
-use sluice_core::log::{OutRecord, Record};
-use sluice_core::order::RawOrder;
 
-use crate::stage::{Emission, Outcome, Stage};
+use crate::item::Item;
+use crate::stage::{Outcome, Stage};
 
 /// Checks shape, product and quantity of raw orders.
 pub struct Validate {
-    output: String,
+    output: Arc<str>,
     min_quantity: i64,
     max_quantity: i64,
     user_id: Regex,
@@ -29,7 +29,7 @@ impl Validate {
         catalog: HashSet<String>,
     ) -> Result<Self, regex::Error> {
         Ok(Validate {
-            output,
+            output: output.into(),
             min_quantity: rules.min_quantity,
             max_quantity: rules.max_quantity,
             user_id: Regex::new(&format!("^(?:{})$", rules.user_id_pattern))?,
@@ -37,8 +37,16 @@ impl Validate {
         })
     }
 
-    fn check(&self, record: &Record) -> Result<(), String> {
-        let order: RawOrder = serde_json::from_slice(&record.payload)
+    fn check(&self, item: &mut Item) -> Result<(), String> {
+        let key = std::mem::take(&mut item.key);
+        let checked = self.check_order(item, &key);
+        item.key = key;
+        checked
+    }
+
+    fn check_order(&self, item: &mut Item, key: &[u8]) -> Result<(), String> {
+        let order = item
+            .raw_order()
             .map_err(|e| format!("not a valid order record: {e}"))?;
         if !self.user_id.is_match(&order.user_id) {
             return Err(format!(
@@ -46,10 +54,10 @@ impl Validate {
                 order.user_id, self.user_id
             ));
         }
-        if record.key != order.user_id.as_bytes() {
+        if key != order.user_id.as_bytes() {
             return Err(format!(
                 "record key {:?} differs from userId {:?}",
-                record.key_str(),
+                String::from_utf8_lossy(key),
                 order.user_id
             ));
         }
@@ -69,16 +77,9 @@ impl Validate {
 }
 
 impl Stage for Validate {
-    fn process(&self, record: &Record) -> Outcome {
-        match self.check(record) {
-            Ok(()) => Outcome::Emit(vec![Emission {
-                topic: self.output.clone(),
-                record: OutRecord {
-                    key: record.key.clone(),
-                    payload: record.payload.clone(),
-                    headers: record.headers.clone(),
-                },
-            }]),
+    fn process(&self, item: &mut Item) -> Outcome {
+        match self.check(item) {
+            Ok(()) => Outcome::Forward(self.output.clone()),
             Err(reason) => Outcome::DeadLetter(reason),
         }
     }
@@ -87,7 +88,7 @@ impl Stage for Validate {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stages::test_support::record;
+    use crate::stages::test_support::item;
 
     fn stage() -> Validate {
         Validate::new(
@@ -107,48 +108,44 @@ mod tests {
     fn reason(outcome: Outcome) -> String {
         match outcome {
             Outcome::DeadLetter(reason) => reason,
-            Outcome::Emit(_) => panic!("expected a rejection"),
+            Outcome::Forward(_) => panic!("expected a rejection"),
         }
     }
 
     #[test]
     fn good_order_passes_unchanged() {
         let payload = order("alice", "widget", 3);
-        match stage().process(&record("raw", "alice", &payload)) {
-            Outcome::Emit(out) => {
-                assert_eq!(out.len(), 1);
-                assert_eq!(out[0].topic, "valid");
-                assert_eq!(out[0].record.payload, payload.as_bytes());
-                assert_eq!(out[0].record.key, b"alice");
-            }
-            other => panic!("rejected: {other:?}"),
-        }
+        let mut input = item("alice", &payload);
+        assert_eq!(stage().process(&mut input), Outcome::Forward("valid".into()));
+        let out = input.into_out_record();
+        assert_eq!(out.payload, payload.as_bytes());
+        assert_eq!(out.key, b"alice");
     }
 
     #[test]
     fn each_rule_names_its_reason() {
         let s = stage();
         assert_eq!(
-            reason(s.process(&record("raw", "alice", &order("alice", "widget", 0)))),
+            reason(s.process(&mut item("alice", &order("alice", "widget", 0)))),
             "quantity 0 is outside 1..=1000"
         );
         assert_eq!(
-            reason(s.process(&record("raw", "alice", &order("alice", "widget", 1001)))),
+            reason(s.process(&mut item("alice", &order("alice", "widget", 1001)))),
             "quantity 1001 is outside 1..=1000"
         );
         assert_eq!(
-            reason(s.process(&record("raw", "alice", &order("alice", "boat", 1)))),
+            reason(s.process(&mut item("alice", &order("alice", "boat", 1)))),
             "product \"boat\" is not in the catalog"
         );
         assert!(
-            reason(s.process(&record("raw", "a b", &order("a b", "widget", 1))))
+            reason(s.process(&mut item("a b", &order("a b", "widget", 1))))
                 .starts_with("userId \"a b\" does not match")
         );
         assert_eq!(
-            reason(s.process(&record("raw", "bob", &order("alice", "widget", 1)))),
+            reason(s.process(&mut item("bob", &order("alice", "widget", 1)))),
             "record key \"bob\" differs from userId \"alice\""
         );
-        assert!(reason(s.process(&record("raw", "alice", "{not json")))
+        assert!(reason(s.process(&mut item("alice", "{not json")))
             .starts_with("not a valid order record"));
     }
 }
