@@ -97,9 +97,9 @@ impl Item {
             Body::Encoded(_) => Body::Encoded(bytes),
         };
         match &self.body {
-            Body::Encoded(bytes)
-            | Body::Raw(_, Some(bytes))
-            | Body::Enriched(_, Some(bytes)) => bytes,
+            Body::Encoded(bytes) | Body::Raw(_, Some(bytes)) | Body::Enriched(_, Some(bytes)) => {
+                bytes
+            }
             _ => unreachable!("encoded just above"),
         }
     }
@@ -150,9 +150,7 @@ impl Item {
                 bytes
             }
             // Both order types are strings, integers and a UUID: encoding them cannot fail.
-            Body::Raw(order, None) => {
-                serde_json::to_vec(&order).expect("an order encodes as JSON")
-            }
+            Body::Raw(order, None) => serde_json::to_vec(&order).expect("an order encodes as JSON"),
             Body::Enriched(order, None) => {
                 serde_json::to_vec(&order).expect("an order encodes as JSON")
             }
@@ -174,11 +172,22 @@ mod tests {
 
     #[test]
     fn an_unchanged_order_is_written_as_the_bytes_it_was_read_as() {
-        let mut item = Item::new(b"carol".to_vec(), RAW.into(), vec![("h".into(), b"v".to_vec())]);
+        let mut item = Item::new(
+            b"carol".to_vec(),
+            RAW.into(),
+            vec![("h".into(), b"v".to_vec())],
+        );
         assert_eq!(item.raw_order().unwrap().quantity, 3);
-        assert_eq!(item.order_id().as_deref(), Some("0190f7a4-0000-7000-8000-000000000001"));
+        assert_eq!(
+            item.order_id().as_deref(),
+            Some("0190f7a4-0000-7000-8000-000000000001")
+        );
         let out = item.into_out_record();
-        assert_eq!(out.payload, RAW.as_bytes(), "the unknown field and spacing survive");
+        assert_eq!(
+            out.payload,
+            RAW.as_bytes(),
+            "the unknown field and spacing survive"
+        );
         assert_eq!(out.key, b"carol");
         assert_eq!(out.headers, vec![("h".to_string(), b"v".to_vec())]);
     }

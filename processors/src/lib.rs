@@ -19,8 +19,8 @@ pub mod stage;
 pub mod stages;
 
 pub use catalog::{Catalog, CatalogEntry};
-pub use config::{validate, KindConfig, StageConfig, StageContext, StageKind};
 pub use chain::{build_chains, Chain, Neighbours};
+pub use config::{validate, KindConfig, StageConfig, StageContext, StageKind};
 pub use item::Item;
 pub use runner::{run_chain, RunnerError, StageRunner};
 pub use stage::{Outcome, Stage};
@@ -41,4 +41,3 @@ pub enum BuildError {
         error: regex::Error,
     },
 }
-

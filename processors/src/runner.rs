@@ -162,7 +162,9 @@ pub async fn run_chain(
         metrics: chain
             .links()
             .iter()
-            .map(|link| StageMetrics::register(&format!("{}{}", runner.metric_prefix, link.config.name)))
+            .map(|link| {
+                StageMetrics::register(&format!("{}{}", runner.metric_prefix, link.config.name))
+            })
             .collect(),
         remaining: runner.stop_at.clone(),
         done: 0,
@@ -176,9 +178,15 @@ pub async fn run_chain(
     let mut stopped = false;
     let result = 'run: loop {
         // Commit, in order, every batch whose outputs are all acknowledged.
-        while in_flight.front().is_some_and(|(send, _)| send.is_finished()) {
+        while in_flight
+            .front()
+            .is_some_and(|(send, _)| send.is_finished())
+        {
             let (send, batch) = in_flight.pop_front().expect("checked above");
-            match state.finish(&mut consumer, &runner, &chain, send, batch, &sends).await {
+            match state
+                .finish(&mut consumer, &runner, &chain, send, batch, &sends)
+                .await
+            {
                 Ok(true) => {}
                 Ok(false) => {
                     stopped = true;
@@ -192,7 +200,10 @@ pub async fn run_chain(
         }
         if in_flight.len() >= BATCHES_IN_FLIGHT {
             let (send, batch) = in_flight.pop_front().expect("the queue is full");
-            match state.finish(&mut consumer, &runner, &chain, send, batch, &sends).await {
+            match state
+                .finish(&mut consumer, &runner, &chain, send, batch, &sends)
+                .await
+            {
                 Ok(true) => continue,
                 Ok(false) => break Ok(()),
                 Err(error) => break Err(fail(error)),
@@ -239,7 +250,10 @@ pub async fn run_chain(
             if result.is_err() || stopped {
                 break;
             }
-            match state.finish(&mut consumer, &runner, &chain, send, batch, &sends).await {
+            match state
+                .finish(&mut consumer, &runner, &chain, send, batch, &sends)
+                .await
+            {
                 Ok(true) => {}
                 Ok(false) | Err(_) => break,
             }

@@ -132,6 +132,8 @@ impl Graph {
             };
             let consumers = match node.kind {
                 NodeKind::Ingress => vec![],
+                // A stage fused behind another reads no topic: its chain's first stage does.
+                NodeKind::Stage if topology.fused_feeder(&node.name).is_some() => vec![],
                 NodeKind::Stage => vec![Consumer {
                     what: "orders",
                     group: format!("{prefix}.{}", node.name),
@@ -429,8 +431,12 @@ mod tests {
             ]
         );
         assert_eq!(
-            node(&graph, "stage:enrich").consumers[0].group,
-            "sluice.enrich"
+            node(&graph, "stage:validate").consumers[0].group,
+            "sluice.validate"
+        );
+        assert!(
+            node(&graph, "stage:enrich").consumers.is_empty(),
+            "enrich runs fused behind validate and reads no topic"
         );
     }
 

@@ -15,7 +15,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use sluice_core::topology::{
-    ChainDrawing, Flow, GraphFormat, Issue, Issues, ShardConfig, ShardingConfig, TopicConfig, Wiring,
+    ChainDrawing, Flow, GraphFormat, Issue, Issues, ShardConfig, ShardingConfig, TopicConfig,
+    Wiring,
 };
 use sluice_ingress::IngressConfig;
 use sluice_processors::config::stage_location;
@@ -125,7 +126,12 @@ impl Topology {
                 self.ingress.orders_topic.as_str(),
                 self.ingress.logins_topic.as_str(),
             ],
-            reads: self.sink.rejections_topic.iter().map(String::as_str).collect(),
+            reads: self
+                .sink
+                .rejections_topic
+                .iter()
+                .map(String::as_str)
+                .collect(),
         }
     }
 

@@ -216,11 +216,17 @@ fn graph_draws_each_chain_as_one_task_and_skips_the_topics_it_does_not_write() {
         mermaid.contains("subgraph chain_0[\"one task: validate → enrich → route\"]"),
         "{mermaid}"
     );
-    assert!(mermaid.contains("stage_validate -->|fused| stage_enrich"), "{mermaid}");
+    assert!(
+        mermaid.contains("stage_validate -->|fused| stage_enrich"),
+        "{mermaid}"
+    );
     assert!(!mermaid.contains("topic_orders_valid"), "{mermaid}");
     let dot = topology.render(GraphFormat::Dot);
     assert!(dot.contains("subgraph cluster_chain_0"), "{dot}");
-    assert!(dot.contains("stage_enrich -> stage_route [label=\"fused\"]"), "{dot}");
+    assert!(
+        dot.contains("stage_enrich -> stage_route [label=\"fused\"]"),
+        "{dot}"
+    );
 
     // A stage that keeps writing its output: the topic stays in the drawing.
     let written = SHIPPED.replacen(
@@ -233,7 +239,10 @@ fn graph_draws_each_chain_as_one_task_and_skips_the_topics_it_does_not_write() {
         mermaid.contains("stage_validate -->|writes| topic_orders_valid"),
         "{mermaid}"
     );
-    assert!(mermaid.contains("stage_enrich -->|fused| stage_route"), "{mermaid}");
+    assert!(
+        mermaid.contains("stage_enrich -->|fused| stage_route"),
+        "{mermaid}"
+    );
 }
 
 #[test]

@@ -10,6 +10,7 @@ mod common;
 mod alerts;
 mod attacks;
 mod capability;
+mod chaining;
 mod check_cli;
 mod consumer_groups;
 mod dashboard;

@@ -321,8 +321,9 @@ async fn orders_show_in_the_request_produce_freshness_and_lag_metrics() {
             "sluice_consumer_lag_records",
             &format!(r#"group="{prefix}."#),
         );
-        // validate, enrich, route: 4 partitions each; each shard's sink: 4 + 4 (rejections).
-        lags.len() == 3 * 4 + 4 * 8 && lags.iter().all(|v| *v == 0.0)
+        // validate → enrich → route, fused, read orders.raw's 4 partitions; each shard's
+        // sink: 4 + 4 (rejections).
+        lags.len() == 4 + 4 * 8 && lags.iter().all(|v| *v == 0.0)
     })
     .await;
 

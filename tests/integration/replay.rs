@@ -56,6 +56,7 @@ async fn replay_restores_shards_and_resumes(backend: Backend) {
     let users = users_covering_shards(2);
     let refs: Vec<&str> = users.iter().map(String::as_str).collect();
     let test = test_topology_on(backend, "replay", &refs, |t| {
+        keep_intermediate_topics(t);
         for stage in &mut t.stages {
             if stage.name == "enrich" {
                 stage.batch_size = 40;
@@ -284,7 +285,10 @@ async fn replay_command_runs_inside_the_running_embedded_pipeline() {
     let users = users_covering_shards(1);
     let refs: Vec<&str> = users.iter().map(String::as_str).collect();
     let ports = Ports::free();
-    let test = test_topology_on(Backend::Embedded, "livereplay", &refs, |t| ports.apply(t));
+    let test = test_topology_on(Backend::Embedded, "livereplay", &refs, |t| {
+        keep_intermediate_topics(t);
+        ports.apply(t)
+    });
     let topology = test.topology();
     let base_order = ports.order_base();
     let mut child = start_sluice(
@@ -436,7 +440,12 @@ fn series(metrics: &str, name: &str, target: &str) -> Option<f64> {
 async fn dry_run_changes_nothing_and_a_paced_replay_shows_its_metrics() {
     let users = users_covering_shards(2);
     let refs: Vec<&str> = users.iter().map(String::as_str).collect();
-    let test = test_topology_on(Backend::Services, "replayops", &refs, |_| {});
+    let test = test_topology_on(
+        Backend::Services,
+        "replayops",
+        &refs,
+        keep_intermediate_topics,
+    );
     let topology = test.topology();
     let pipeline = RunningPipeline::start(&test, Parts::ALL).await;
     let client = reqwest::Client::new();
@@ -590,7 +599,12 @@ async fn dry_run_changes_nothing_and_a_paced_replay_shows_its_metrics() {
 async fn on_the_embedded_log_dry_run_and_rate_go_over_the_socket() {
     let users = users_covering_shards(1);
     let refs: Vec<&str> = users.iter().map(String::as_str).collect();
-    let test = test_topology_on(Backend::Embedded, "replaysock", &refs, |_| {});
+    let test = test_topology_on(
+        Backend::Embedded,
+        "replaysock",
+        &refs,
+        keep_intermediate_topics,
+    );
     let topology = test.topology();
     let pipeline = RunningPipeline::start(&test, Parts::ALL).await;
     let client = reqwest::Client::new();
@@ -722,6 +736,7 @@ async fn on_the_embedded_log_a_dry_run_writes_nothing_and_a_cancelled_replay_lea
     let shard = 0;
     let shard_name = "dryrun-shard0".to_string();
     let test = test_topology_on(Backend::Embedded, "dryro", &refs, |t| {
+        keep_intermediate_topics(t);
         t.shards[shard].name = shard_name.clone();
     });
     let topology = test.topology();
@@ -899,4 +914,12 @@ async fn on_the_embedded_log_a_dry_run_writes_nothing_and_a_cancelled_replay_lea
         "the paced replay ended too soon to probe the port"
     );
     assert!(!stderr.contains("metrics on"), "{stderr}");
+}
+
+/// Every stage writes its output topic even with the next stage fused behind it, so the
+/// replays here can read `orders.valid` and `orders.enriched`.
+fn keep_intermediate_topics(topology: &mut sluice::topology::Topology) {
+    for stage in &mut topology.stages {
+        stage.write_output = true;
+    }
 }

@@ -118,6 +118,10 @@ async fn two_processors_and_two_sinks_split_the_work_and_survive_kill_9() {
     let ports = Ports::free();
     let test = test_topology_on(Backend::Services, "scale", &user_refs, |t| {
         ports.apply(t);
+        // validate → enrich run fused and keep writing orders.valid; route runs apart, in a
+        // consumer group of its own: both kinds of task split the work and take over.
+        t.stages[0].write_output = true;
+        t.stages[2].chain = false;
         if let Some(kafka) = t.log.kafka.as_mut() {
             kafka.session_timeout_ms = SESSION_TIMEOUT_MS;
         }

@@ -36,6 +36,15 @@ pub struct EmbeddedLogConfig {
     /// while the disk is slow.
     #[serde(default = "default_max_pending_appends")]
     pub max_pending_appends: usize,
+    /// MiB of the log file kept cached in memory (default 64). The stages and sinks read
+    /// records moments after they are written, so a small cache serves them; most of the
+    /// resident memory of a process on the embedded log is this cache once it has filled.
+    #[serde(default = "default_cache_mib")]
+    pub cache_mib: usize,
+}
+
+fn default_cache_mib() -> usize {
+    crate::DEFAULT_CACHE_BYTES >> 20
 }
 
 fn default_path() -> PathBuf {
@@ -62,6 +71,7 @@ impl Default for EmbeddedLogConfig {
             retention_records: None,
             min_free_mib: default_min_free_mib(),
             max_pending_appends: default_max_pending_appends(),
+            cache_mib: default_cache_mib(),
         }
     }
 }
@@ -77,6 +87,12 @@ impl EmbeddedLogConfig {
         }
         if self.max_pending_appends == 0 {
             issues.push(format!("{at}.max_pending_appends"), "must be at least 1");
+        }
+        if self.cache_mib == 0 {
+            issues.push(
+                format!("{at}.cache_mib"),
+                "must be at least 1 (MiB of the log file kept in memory)",
+            );
         }
     }
 
@@ -137,6 +153,7 @@ impl EmbeddedLogConfig {
             Options {
                 min_free_bytes: self.min_free_mib.saturating_mul(1 << 20),
                 max_pending_appends: self.max_pending_appends,
+                cache_bytes: self.cache_mib.saturating_mul(1 << 20),
                 ..Options::new(retention)
             },
         )?;

@@ -128,6 +128,8 @@ pub struct Options {
     pub min_free_bytes: u64,
     /// Most appends waiting to be written at once.
     pub max_pending_appends: usize,
+    /// Bytes of the file that the log keeps cached in memory (redb's page cache).
+    pub cache_bytes: usize,
     /// Fault injection for tests: while this file exists, the writer pauses before every
     /// commit (a stalled disk).
     pub stall_file: Option<PathBuf>,
@@ -146,6 +148,7 @@ impl Options {
             retention,
             min_free_bytes: DEFAULT_MIN_FREE_BYTES,
             max_pending_appends: DEFAULT_MAX_PENDING_APPENDS,
+            cache_bytes: DEFAULT_CACHE_BYTES,
             stall_file: file("SLUICE_FAULT_LOG_STALL_FILE"),
             fail_file: file("SLUICE_FAULT_LOG_FAIL_FILE"),
         }
@@ -154,6 +157,9 @@ impl Options {
 
 /// Default free-space watermark: 64 MiB.
 pub const DEFAULT_MIN_FREE_BYTES: u64 = 64 << 20;
+/// Default page cache: 64 MiB. The stages and sinks read what was just written, which the
+/// cache holds; a larger cache mostly keeps old records no one reads again.
+pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
 /// Default bound of the append queue.
 pub const DEFAULT_MAX_PENDING_APPENDS: usize = 8192;
 /// How often the writer measures free space while idle, and retries after a write failure.
@@ -225,6 +231,8 @@ struct Shared {
     slots: Arc<Semaphore>,
     max_pending_appends: usize,
     min_free_bytes: u64,
+    /// The page cache's size, for reopening the file.
+    cache_bytes: usize,
     health: Mutex<Health>,
     gauges: Gauges,
     /// Set when the log is dropped, so a writer waiting for the disk gives up.
@@ -241,8 +249,11 @@ pub struct EmbeddedLog {
 }
 
 /// Opens the redb file at `path`, with errors that say what to do.
-fn open_database(path: &Path) -> Result<Database, LogError> {
-    Database::create(path).map_err(|error| match error {
+fn open_database(path: &Path, cache_bytes: usize) -> Result<Database, LogError> {
+    Database::builder()
+        .set_cache_size(cache_bytes)
+        .create(path)
+        .map_err(|error| match error {
         error @ redb::DatabaseError::DatabaseAlreadyOpen => LogError::backend(
             format!(
                 "{} is in use by another process: the embedded log serves one `sluice` process (run every part in \
@@ -306,7 +317,7 @@ impl EmbeddedLog {
                 )
             })?;
         }
-        let db = open_database(path)?;
+        let db = open_database(path, options.cache_bytes)?;
         // For a process waiting to take over: who it waits for. Best effort; the lock is what
         // guards the file.
         if let Err(error) = std::fs::write(pid_file(path), format!("{}\n", std::process::id())) {
@@ -324,6 +335,7 @@ impl EmbeddedLog {
             slots: Arc::new(Semaphore::new(max_pending_appends)),
             max_pending_appends,
             min_free_bytes: options.min_free_bytes,
+            cache_bytes: options.cache_bytes,
             health: Mutex::new(Health::default()),
             gauges: Gauges::register(),
             closing: AtomicBool::new(false),
@@ -635,7 +647,7 @@ fn recover(shared: &Shared) {
             }
         }
         drop(shared.replace_db(None)?);
-        let db = open_database(&shared.path)?;
+        let db = open_database(&shared.path, shared.cache_bytes)?;
         // `load_state` commits a transaction: the proof that writing works again.
         let topics = match load_state(&db) {
             Ok(topics) => topics,

@@ -15,6 +15,10 @@ pub(crate) mod test_support {
 
     /// An item as a stage would get it from its input topic.
     pub fn item(key: &str, payload: &str) -> Item {
-        Item::new(key.as_bytes().to_vec(), payload.as_bytes().to_vec(), Vec::new())
+        Item::new(
+            key.as_bytes().to_vec(),
+            payload.as_bytes().to_vec(),
+            Vec::new(),
+        )
     }
 }

@@ -116,7 +116,10 @@ mod tests {
     fn good_order_passes_unchanged() {
         let payload = order("alice", "widget", 3);
         let mut input = item("alice", &payload);
-        assert_eq!(stage().process(&mut input), Outcome::Forward("valid".into()));
+        assert_eq!(
+            stage().process(&mut input),
+            Outcome::Forward("valid".into())
+        );
         let out = input.into_out_record();
         assert_eq!(out.payload, payload.as_bytes());
         assert_eq!(out.key, b"alice");

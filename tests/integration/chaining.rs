@@ -1,0 +1,172 @@
+//! Fused stages (operator chaining) on both backends: validate → enrich → route run as one
+//! task that reads the raw orders once and writes only the shard topics, the dead letters
+//! and the intermediate topics a stage asks for (`write_output`). A dead letter from a fused
+//! stage names that stage and the raw record it came from, as a separate stage's would.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use crate::common::*;
+use futures::StreamExt;
+use sluice::pipeline::Parts;
+use sluice_core::log::{assign_all, Log, Record, StartFrom};
+use sluice_core::order::{
+    HEADER_DLQ_REASON, HEADER_DLQ_SOURCE_OFFSET, HEADER_DLQ_SOURCE_PARTITION,
+    HEADER_DLQ_SOURCE_TOPIC, HEADER_DLQ_STAGE, HEADER_ORDER_ID, HEADER_TRACEPARENT,
+};
+use sluice_processors::KindConfig;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_kafka_and_mariadb_fused_stages_write_only_what_they_must() {
+    fused_stages_write_only_what_they_must(Backend::Services).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_embedded_defaults_fused_stages_write_only_what_they_must() {
+    fused_stages_write_only_what_they_must(Backend::Embedded).await;
+}
+
+/// Every record of `topic`, from the beginning.
+async fn records_of(log: &dyn Log, topic: &str, group: &str) -> Vec<Record> {
+    let mut consumer = log.consumer(group).await.unwrap();
+    consumer
+        .assign(
+            assign_all(log, &[topic.to_string()], StartFrom::Beginning)
+                .await
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let mut records = Vec::new();
+    loop {
+        let batch = consumer
+            .poll(1000, Duration::from_millis(500))
+            .await
+            .unwrap();
+        if batch.is_empty() {
+            return records;
+        }
+        records.extend(batch);
+    }
+}
+
+async fn fused_stages_write_only_what_they_must(backend: Backend) {
+    let users = users_covering_shards(1);
+    let user_refs: Vec<&str> = users.iter().map(String::as_str).collect();
+    let test = test_topology_on(backend, "chain", &user_refs, |t| {
+        // validate lets unknown products through, so enrich (fused behind it) rejects them.
+        if let KindConfig::Validate(validate) = &mut t.stages[0].kind {
+            validate.rules.require_known_product = false;
+        }
+        // enrich keeps writing its output topic; validate does not.
+        t.stages[1].write_output = true;
+    });
+    let topology = test.topology();
+    let chains: Vec<String> = topology
+        .chains()
+        .unwrap()
+        .iter()
+        .map(|c| c.describe())
+        .collect();
+    assert_eq!(chains, ["validate → enrich → route"]);
+    let pipeline = RunningPipeline::start(&test, Parts::ALL).await;
+    let client = reqwest::Client::new();
+    let mut tokens = HashMap::new();
+    for user in &users {
+        tokens.insert(
+            user.clone(),
+            login(&client, &pipeline.base_login, user).await,
+        );
+    }
+
+    // 200 orders: every 10th for a product the catalog lacks (enrich rejects it), every 10th
+    // (another one) for quantity 0 (validate rejects it).
+    let total = 200;
+    let requests = (0..total).map(|n| {
+        let user = users[n % users.len()].clone();
+        let token = tokens[&user].clone();
+        let (product, quantity) = match n % 10 {
+            3 => ("boat", 1),
+            7 => ("widget", 0),
+            _ => ("gadget", 2),
+        };
+        let (client, url) = (client.clone(), format!("{}/order", pipeline.base_order));
+        async move {
+            let body =
+                serde_json::json!({ "userId": user, "product": product, "quantity": quantity });
+            let response = client
+                .post(url)
+                .bearer_auth(token)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 202);
+            let json: serde_json::Value = response.json().await.unwrap();
+            (
+                json["orderId"].as_str().unwrap().to_string(),
+                product,
+                quantity,
+            )
+        }
+    });
+    let sent: Vec<(String, &str, i64)> = futures::stream::iter(requests)
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    let good: Vec<String> = sent
+        .iter()
+        .filter(|(_, product, quantity)| *product == "gadget" && *quantity > 0)
+        .map(|(id, _, _)| id.clone())
+        .collect();
+    assert_eq!(good.len(), total * 8 / 10);
+    let stored = assert_stored_exactly_once(&test, &good, Duration::from_secs(120)).await;
+    assert_eq!(stored.len(), good.len(), "only the good orders are stored");
+
+    // The dead letters: one per rejected order, each naming the stage that rejected it and
+    // the raw record it was read from, with its order id and a trace context.
+    let log = pipeline.log.as_ref();
+    let dlq = format!("{}.orders.dlq", test.id);
+    let raw_topic = topology.ingress.orders_topic.clone();
+    eventually(Duration::from_secs(60), "every dead letter", || async {
+        records_of(log, &dlq, &unique("dlq-check")).await.len() >= total / 5
+    })
+    .await;
+    let dead = records_of(log, &dlq, &unique("dlq-check")).await;
+    assert_eq!(dead.len(), total / 5);
+    let raw: HashMap<(i32, i64), Record> = records_of(log, &raw_topic, &unique("raw-check"))
+        .await
+        .into_iter()
+        .map(|r| ((r.partition, r.offset), r))
+        .collect();
+    for letter in &dead {
+        let header = |name: &str| letter.header(name).unwrap_or_default().to_string();
+        let id = header(HEADER_ORDER_ID);
+        let (_, product, _) = sent.iter().find(|(sent_id, _, _)| *sent_id == id).unwrap();
+        let (stage, reason) = match *product {
+            "boat" => ("enrich", "product \"boat\" is not in the catalog"),
+            _ => ("validate", "quantity 0 is outside 1..=1000"),
+        };
+        assert_eq!(header(HEADER_DLQ_STAGE), stage, "{letter:?}");
+        assert_eq!(header(HEADER_DLQ_REASON), reason, "{letter:?}");
+        assert_eq!(header(HEADER_DLQ_SOURCE_TOPIC), raw_topic, "{letter:?}");
+        let position: (i32, i64) = (
+            header(HEADER_DLQ_SOURCE_PARTITION).parse().unwrap(),
+            header(HEADER_DLQ_SOURCE_OFFSET).parse().unwrap(),
+        );
+        let source = &raw[&position];
+        assert_eq!(
+            letter.payload, source.payload,
+            "a dead letter carries the order as the rejecting stage got it"
+        );
+        assert!(String::from_utf8_lossy(&source.payload).contains(&id));
+        assert!(letter.header(HEADER_TRACEPARENT).is_some(), "{letter:?}");
+    }
+
+    // Nothing was written to orders.valid (validate hands its orders over); enrich, asked
+    // to, wrote one record per order it enriched.
+    let valid = format!("{}.orders.valid", test.id);
+    let enriched = format!("{}.orders.enriched", test.id);
+    assert_eq!(topic_records(log, &valid).await, 0);
+    assert_eq!(topic_records(log, &enriched).await, good.len() as i64);
+}
