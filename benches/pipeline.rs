@@ -5,10 +5,14 @@
 //! 2. orders/s through the ingress with authentication on (HTTP → durable in the log);
 //! 3. rows/s the four shard sinks store (rows + positions per transaction), next to a raw
 //!    500-row multi-row INSERT into the same MariaDB shards;
-//! 4. end to end: orders/s from HTTP to stored rows.
+//! 4. end to end: orders/s from HTTP to stored rows;
+//! 5. sustained: a `sluice run` process under 256 connections for SLUICE_BENCH_SECONDS
+//!    (default 60): orders acknowledged/s and rows stored/s over the run, the backlog left
+//!    when the load stops (bounded, or the pipeline does not keep up), and the process's
+//!    resident memory (peak and at the end).
 //!
 //! Sizes can be changed with SLUICE_BENCH_ORDERS, SLUICE_BENCH_ROWS and SLUICE_BENCH_RECORDS;
-//! SLUICE_BENCH_ONLY=log,ingress,sinks,e2e (any subset) runs only those sections.
+//! SLUICE_BENCH_ONLY=log,ingress,sinks,e2e,sustained (any subset) runs only those sections.
 #![allow(clippy::print_stdout)] // a benchmark prints its figures
 
 #[path = "../tests/integration/common/mod.rs"]
@@ -355,6 +359,110 @@ async fn bench_end_to_end(backend: Backend, orders: usize) -> String {
     figure
 }
 
+/// Resident memory of process `pid` in MiB: (now, peak), from `/proc/<pid>/status`.
+fn resident_mib(pid: u32) -> Option<(f64, f64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| -> Option<f64> {
+        let line = status.lines().find(|l| l.starts_with(name))?;
+        let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib / 1024.0)
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// What the sustained run measured.
+struct Sustained {
+    acknowledged_per_second: String,
+    stored_per_second: String,
+    backlog: String,
+    memory: String,
+}
+
+/// A `sluice run` process under `connections` clients for `seconds`: every client posts
+/// orders back to back. Rows stored are read from the sinks' positions once a second.
+async fn bench_sustained(backend: Backend, seconds: u64, connections: usize) -> Sustained {
+    let users = users_covering_shards(25);
+    let refs: Vec<&str> = users.iter().map(String::as_str).collect();
+    let ports = Ports::free();
+    let test = test_topology_on(backend, "bsustained", &refs, |t| {
+        ports.apply(t);
+        let unlimited = sluice_ingress::config::Quota::per_second(
+            std::num::NonZeroU32::new(1_000_000).unwrap(),
+            std::num::NonZeroU32::new(1_000_000).unwrap(),
+        );
+        t.ingress.rate_limits.orders_per_principal = unlimited;
+        t.ingress.rate_limits.orders_per_address = unlimited;
+    });
+    let mut process = start_sluice_with(
+        &test.path,
+        &test.dir.path().join("sluice.log"),
+        &[("RUST_LOG", "warn")],
+        &[],
+    );
+    wait_ready(&ports.order_base(), &mut process).await;
+    let pid = process.id();
+    let tokens = Arc::new(tokens(&ports.login_base(), &users).await);
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(connections)
+        .pool_idle_timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let acknowledged = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let started = Instant::now();
+    let clients: Vec<_> = (0..connections)
+        .map(|c| {
+            let (client, tokens, acknowledged, stop) =
+                (client.clone(), tokens.clone(), acknowledged.clone(), stop.clone());
+            let url = format!("{}/order", ports.order_base());
+            tokio::spawn(async move {
+                let mut n = c;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let (user, token) = &tokens[n % tokens.len()];
+                    n += connections;
+                    let body = serde_json::json!({ "userId": user, "product": "widget", "quantity": 1 + n % 5 });
+                    let sent = client.post(&url).bearer_auth(token).json(&body).send().await;
+                    if sent.is_ok_and(|r| r.status() == 202) {
+                        acknowledged.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut peak = 0f64;
+    let load = Duration::from_secs(seconds);
+    while started.elapsed() < load {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if let Some((_, high)) = resident_mib(pid) {
+            peak = peak.max(high);
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for client in clients {
+        let _ = client.await;
+    }
+    let elapsed = started.elapsed();
+    let acked = acknowledged.load(std::sync::atomic::Ordering::Relaxed);
+    let stored = sunk_records(&test).await;
+    let backlog = acked.saturating_sub(stored);
+    let drain_started = Instant::now();
+    while sunk_records(&test).await < acked && drain_started.elapsed() < Duration::from_secs(300) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (now, high) = resident_mib(pid).unwrap_or_default();
+    peak = peak.max(high);
+    terminate(process);
+    Sustained {
+        acknowledged_per_second: rate(acked, elapsed),
+        stored_per_second: rate(stored, elapsed),
+        backlog: format!(
+            "{backlog} ({:.1} s to drain)",
+            drain_started.elapsed().as_secs_f64()
+        ),
+        memory: format!("{peak:.0} / {now:.0} MiB"),
+    }
+}
+
 fn main() {
     // `cargo bench` passes --bench; `cargo test --all-targets` runs this binary without it.
     if !std::env::args().any(|a| a == "--bench") {
@@ -363,6 +471,7 @@ fn main() {
     let orders = size("SLUICE_BENCH_ORDERS", 20_000);
     let rows = size("SLUICE_BENCH_ROWS", 200_000);
     let records = size("SLUICE_BENCH_RECORDS", 100_000);
+    let seconds = size("SLUICE_BENCH_SECONDS", 60) as u64;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -377,6 +486,8 @@ fn main() {
         let mut latency = [None, None];
         let mut sinks = [None, None];
         let mut end_to_end = [None, None];
+        let (mut acked, mut stored, mut backlog, mut memory) =
+            ([None, None], [None, None], [None, None], [None, None]);
         for (i, backend) in BACKENDS.into_iter().enumerate() {
             if wanted("log") {
                 let (a, r) = bench_log(backend, records).await;
@@ -393,6 +504,13 @@ fn main() {
             }
             if wanted("e2e") {
                 end_to_end[i] = Some(bench_end_to_end(backend, orders).await);
+            }
+            if wanted("sustained") {
+                let run = bench_sustained(backend, seconds, 256).await;
+                acked[i] = Some(run.acknowledged_per_second);
+                stored[i] = Some(run.stored_per_second);
+                backlog[i] = Some(run.backlog);
+                memory[i] = Some(run.memory);
             }
         }
         both(
@@ -425,6 +543,16 @@ fn main() {
         both(
             format!("end to end: HTTP -> validate -> enrich -> route -> rows ({orders})"),
             end_to_end,
+        );
+        both(
+            format!("sustained, c=256 for {seconds} s: orders acknowledged/s"),
+            acked,
+        );
+        both("sustained: rows stored/s over the same time".into(), stored);
+        both("sustained: backlog when the load stopped".into(), backlog);
+        both(
+            "sustained: sluice resident memory, peak / end".into(),
+            memory,
         );
         table
     });

@@ -18,6 +18,7 @@ fn options(min_free_bytes: u64, max_pending_appends: usize) -> Options {
         retention: Retention::KEEP_ALL,
         min_free_bytes,
         max_pending_appends,
+        cache_bytes: sluice_log_embedded::DEFAULT_CACHE_BYTES,
         stall_file: None,
         fail_file: None,
     }
