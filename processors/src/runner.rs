@@ -176,36 +176,28 @@ pub async fn run_chain(
     let mut in_flight: VecDeque<(JoinHandle<bool>, Batch)> = VecDeque::new();
     let mut failed_polls = 0u32;
     let mut stopped = false;
-    let result = 'run: loop {
-        // Commit, in order, every batch whose outputs are all acknowledged.
+    let result = loop {
+        // Commit every batch at the front whose outputs are all acknowledged, with one commit
+        // (under load, several finish between two looks); with the queue full, wait for the
+        // first.
+        let mut ready = Vec::new();
         while in_flight
             .front()
             .is_some_and(|(send, _)| send.is_finished())
+            || (ready.is_empty() && in_flight.len() >= BATCHES_IN_FLIGHT)
         {
-            let (send, batch) = in_flight.pop_front().expect("checked above");
+            ready.push(in_flight.pop_front().expect("checked above"));
+        }
+        if !ready.is_empty() {
             match state
-                .finish(&mut consumer, &runner, &chain, send, batch, &sends)
+                .finish(&mut consumer, &runner, &chain, ready, &sends)
                 .await
             {
                 Ok(true) => {}
                 Ok(false) => {
                     stopped = true;
-                    break;
+                    break Ok(());
                 }
-                Err(error) => break 'run Err(fail(error)),
-            }
-        }
-        if stopped {
-            break Ok(());
-        }
-        if in_flight.len() >= BATCHES_IN_FLIGHT {
-            let (send, batch) = in_flight.pop_front().expect("the queue is full");
-            match state
-                .finish(&mut consumer, &runner, &chain, send, batch, &sends)
-                .await
-            {
-                Ok(true) => continue,
-                Ok(false) => break Ok(()),
                 Err(error) => break Err(fail(error)),
             }
         }
@@ -251,7 +243,7 @@ pub async fn run_chain(
                 break;
             }
             match state
-                .finish(&mut consumer, &runner, &chain, send, batch, &sends)
+                .finish(&mut consumer, &runner, &chain, vec![(send, batch)], &sends)
                 .await
             {
                 Ok(true) => {}
@@ -410,43 +402,64 @@ impl RunState {
         (batch, emissions)
     }
 
-    /// Waits for `batch`'s outputs and commits its input positions. `Ok(false)` when the
-    /// runner must stop (its sends were cancelled, or so was the commit).
+    /// Waits for the outputs of `batches` (in the order they were read) and commits the
+    /// input positions of those acknowledged, with one commit. `Ok(false)` when the runner
+    /// must stop (a batch's sends were cancelled, or so was the commit).
     async fn finish(
         &mut self,
         consumer: &mut LogConsumer,
         runner: &StageRunner,
         chain: &Chain,
-        send: JoinHandle<bool>,
-        batch: Batch,
+        batches: Vec<(JoinHandle<bool>, Batch)>,
         cancel: &CancellationToken,
     ) -> Result<bool, LogError> {
-        if !send.await.unwrap_or(false) {
-            tracing::warn!(
-                stage = runner.name,
-                "stopped before the outputs were acknowledged; the batch will be processed again"
-            );
-            return Ok(false);
+        let mut acknowledged = Vec::with_capacity(batches.len());
+        let mut go_on = true;
+        for (send, batch) in batches {
+            if !send.await.unwrap_or(false) {
+                tracing::warn!(
+                    stage = runner.name,
+                    "stopped before the outputs were acknowledged; the batch will be processed again"
+                );
+                go_on = false;
+                break;
+            }
+            acknowledged.push(batch);
         }
-        if let (Some(exporter), Some(start)) = (trace::exporter(), batch.started_unix_nanos) {
+        if acknowledged.is_empty() {
+            return Ok(go_on);
+        }
+        if let Some(exporter) = trace::exporter() {
             let end = trace::now_unix_nanos();
-            for (index, hop, order_id) in batch.spans {
-                let name = &chain.links()[index].config.name;
-                let mut attributes = vec![("sluice.stage", name.clone())];
-                attributes.extend(order_id.map(|id| ("sluice.order_id", id)));
-                exporter.export(FinishedSpan {
-                    hop,
-                    name: format!("stage {name}"),
-                    kind: SpanKind::Consumer,
-                    start_unix_nanos: start,
-                    end_unix_nanos: end,
-                    attributes,
-                });
+            for batch in &mut acknowledged {
+                let Some(start) = batch.started_unix_nanos else {
+                    continue;
+                };
+                for (index, hop, order_id) in std::mem::take(&mut batch.spans) {
+                    let name = &chain.links()[index].config.name;
+                    let mut attributes = vec![("sluice.stage", name.clone())];
+                    attributes.extend(order_id.map(|id| ("sluice.order_id", id)));
+                    exporter.export(FinishedSpan {
+                        hop,
+                        name: format!("stage {name}"),
+                        kind: SpanKind::Consumer,
+                        start_unix_nanos: start,
+                        end_unix_nanos: end,
+                        attributes,
+                    });
+                }
             }
         }
-        match commit_with_retry(consumer, &runner.name, &batch.positions, cancel).await? {
+        // A later batch's position in a partition is past an earlier one's.
+        let mut positions: BTreeMap<i32, Position> = BTreeMap::new();
+        for position in acknowledged.iter().flat_map(|b| &b.positions) {
+            positions.insert(position.partition, position.clone());
+        }
+        let positions: Vec<Position> = positions.into_values().collect();
+        match commit_with_retry(consumer, &runner.name, &positions, cancel).await? {
             Committed::Yes => {}
-            // The batch was processed and its outputs are acknowledged: it counts as done.
+            // The batches were processed and their outputs are acknowledged: they count as
+            // done.
             Committed::Rebalanced => tracing::warn!(
                 stage = runner.name,
                 "the consumer group rebalanced before the batch was committed; the partitions' owners read it again"
@@ -460,7 +473,7 @@ impl RunState {
             }
         }
         if let Some(ends) = &mut self.remaining {
-            for p in &batch.positions {
+            for p in &positions {
                 if ends
                     .get(&p.partition)
                     .is_some_and(|&end| p.next_offset >= end)
@@ -469,20 +482,22 @@ impl RunState {
                 }
             }
         }
-        self.done += batch.taken;
+        for batch in &acknowledged {
+            self.done += batch.taken;
+            let seconds = batch.started.elapsed().as_secs_f64();
+            for (metrics, counts) in self.metrics.iter().zip(&batch.counts) {
+                metrics.emitted.increment(counts.emitted);
+                metrics.dead_lettered.increment(counts.dead_lettered);
+                if counts.records_in > 0 {
+                    metrics.batch_duration.record(seconds);
+                    metrics.batch_records.record(counts.records_in as f64);
+                }
+            }
+        }
         if let Some(progress) = &self.progress {
             progress(self.done);
         }
-        let seconds = batch.started.elapsed().as_secs_f64();
-        for (metrics, counts) in self.metrics.iter().zip(&batch.counts) {
-            metrics.emitted.increment(counts.emitted);
-            metrics.dead_lettered.increment(counts.dead_lettered);
-            if counts.records_in > 0 {
-                metrics.batch_duration.record(seconds);
-                metrics.batch_records.record(counts.records_in as f64);
-            }
-        }
-        Ok(true)
+        Ok(go_on)
     }
 }
 

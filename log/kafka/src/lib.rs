@@ -52,6 +52,13 @@ const ACK_STALL: Duration = Duration::from_secs(2);
 /// queries mean the producer is stuck (librdkafka can be left so after a broker pause): it is
 /// replaced, at most once per this period.
 const PRODUCER_STUCK: Duration = Duration::from_secs(20);
+/// How long the producer waits to fill a batch (unless `linger.ms` is set): orders of
+/// concurrent requests share one produce request, so the broker handles fewer of them.
+const LINGER_MS: &str = "2";
+
+/// Compression of produced batches (unless `compression.type` is set).
+const COMPRESSION: &str = "lz4";
+
 /// Most KiB of records the producer holds (unless `queue.buffering.max.kbytes` is set).
 const QUEUE_MAX_KBYTES: &str = "65536";
 
@@ -170,8 +177,21 @@ impl KafkaLog {
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("partitioner", "murmur2_random")
-            .set("linger.ms", "2")
-            .set("compression.type", "lz4")
+            // Tuning: `[log.kafka.properties]` may change these two.
+            .set(
+                "linger.ms",
+                config
+                    .properties
+                    .get("linger.ms")
+                    .map_or(LINGER_MS, String::as_str),
+            )
+            .set(
+                "compression.type",
+                config
+                    .properties
+                    .get("compression.type")
+                    .map_or(COMPRESSION, String::as_str),
+            )
             .set(
                 "queue.buffering.max.messages",
                 config
