@@ -226,7 +226,7 @@ pub async fn run_chain(
         if records.is_empty() {
             continue;
         }
-        let (batch, emissions) = state.process(&chain, &runner, records);
+        let (batch, emissions) = state.process(&chain, &runner, records, consumer.generation());
         let send = tokio::spawn(send_all(
             log.clone(),
             runner.name.clone(),
@@ -281,6 +281,10 @@ struct Batch {
     spans: Vec<(usize, Hop, Option<String>)>,
     /// When processing began, for the spans.
     started_unix_nanos: Option<u64>,
+    /// The consumer's generation when the batch was read: a partition given to the consumer
+    /// again since then (taken away and given back while the batch was in flight) is read
+    /// again from its committed position, so the batch's position there is not committed.
+    generation: u64,
 }
 
 /// What one stage of a chain did with one batch.
@@ -312,6 +316,7 @@ impl RunState {
         chain: &Chain,
         runner: &StageRunner,
         records: Vec<sluice_core::log::Record>,
+        generation: u64,
     ) -> (Batch, Vec<Emission>) {
         let exporter = trace::exporter();
         let mut batch = Batch {
@@ -321,6 +326,7 @@ impl RunState {
             counts: vec![StageCounts::default(); chain.links().len()],
             spans: Vec::new(),
             started_unix_nanos: exporter.map(|_| trace::now_unix_nanos()),
+            generation,
         };
         let mut next_offsets: BTreeMap<i32, i64> = BTreeMap::new();
         let mut emissions = Vec::with_capacity(records.len());
@@ -452,8 +458,19 @@ impl RunState {
         }
         // A later batch's position in a partition is past an earlier one's.
         let mut positions: BTreeMap<i32, Position> = BTreeMap::new();
-        for position in acknowledged.iter().flat_map(|b| &b.positions) {
-            positions.insert(position.partition, position.clone());
+        for batch in &acknowledged {
+            for position in &batch.positions {
+                if consumer.given_since(&position.topic, position.partition, batch.generation) {
+                    tracing::debug!(
+                        stage = runner.name,
+                        partition = position.partition,
+                        "the partition was given back while the batch was in flight; not committing its position"
+                    );
+                    positions.remove(&position.partition);
+                } else {
+                    positions.insert(position.partition, position.clone());
+                }
+            }
         }
         let positions: Vec<Position> = positions.into_values().collect();
         match commit_with_retry(consumer, &runner.name, &positions, cancel).await? {

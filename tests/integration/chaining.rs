@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::common::*;
 use futures::StreamExt;
 use sluice::pipeline::Parts;
-use sluice_core::log::{assign_all, Log, Record, StartFrom};
+use sluice_core::log::Record;
 use sluice_core::order::{
     HEADER_DLQ_REASON, HEADER_DLQ_SOURCE_OFFSET, HEADER_DLQ_SOURCE_PARTITION,
     HEADER_DLQ_SOURCE_TOPIC, HEADER_DLQ_STAGE, HEADER_ORDER_ID, HEADER_TRACEPARENT,
@@ -24,30 +24,6 @@ async fn on_kafka_and_mariadb_fused_stages_write_only_what_they_must() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_the_embedded_defaults_fused_stages_write_only_what_they_must() {
     fused_stages_write_only_what_they_must(Backend::Embedded).await;
-}
-
-/// Every record of `topic`, from the beginning.
-async fn records_of(log: &dyn Log, topic: &str, group: &str) -> Vec<Record> {
-    let mut consumer = log.consumer(group).await.unwrap();
-    consumer
-        .assign(
-            assign_all(log, &[topic.to_string()], StartFrom::Beginning)
-                .await
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    let mut records = Vec::new();
-    loop {
-        let batch = consumer
-            .poll(1000, Duration::from_millis(500))
-            .await
-            .unwrap();
-        if batch.is_empty() {
-            return records;
-        }
-        records.extend(batch);
-    }
 }
 
 async fn fused_stages_write_only_what_they_must(backend: Backend) {
@@ -129,12 +105,12 @@ async fn fused_stages_write_only_what_they_must(backend: Backend) {
     let dlq = format!("{}.orders.dlq", test.id);
     let raw_topic = topology.ingress.orders_topic.clone();
     eventually(Duration::from_secs(60), "every dead letter", || async {
-        records_of(log, &dlq, &unique("dlq-check")).await.len() >= total / 5
+        read_topic(log, &dlq, &unique("dlq-check")).await.len() >= total / 5
     })
     .await;
-    let dead = records_of(log, &dlq, &unique("dlq-check")).await;
+    let dead = read_topic(log, &dlq, &unique("dlq-check")).await;
     assert_eq!(dead.len(), total / 5);
-    let raw: HashMap<(i32, i64), Record> = records_of(log, &raw_topic, &unique("raw-check"))
+    let raw: HashMap<(i32, i64), Record> = read_topic(log, &raw_topic, &unique("raw-check"))
         .await
         .into_iter()
         .map(|r| ((r.partition, r.offset), r))

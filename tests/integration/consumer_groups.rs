@@ -186,6 +186,7 @@ async fn kafka_members_split_partitions_and_take_over_without_rereading() {
         seen_a.poll_and_commit(&mut a).await;
         seen_b.poll_and_commit(&mut b).await;
     }
+    let (b_own, b_generation) = (owned(&b), b.generation());
     let left = tokio::time::Instant::now();
     a.close().await;
     let deadline = left + Duration::from_secs(30);
@@ -198,6 +199,15 @@ async fn kafka_members_split_partitions_and_take_over_without_rereading() {
         );
     }
     let took = left.elapsed();
+    // B can tell the partitions it was given after a point (a batch read before then must
+    // not commit positions there) from the ones it held throughout.
+    for partition in 0..PARTITIONS {
+        assert_eq!(
+            b.given_since(&topic, partition, b_generation),
+            !b_own.contains(&partition),
+            "partition {partition}: B held {b_own:?} before A left"
+        );
+    }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while seen_a.0.len() + seen_b.0.len() < 300 && tokio::time::Instant::now() < deadline {
         seen_b.poll_and_commit(&mut b).await;

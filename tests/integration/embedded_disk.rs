@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sluice_core::log::{assign_all, Log, LogError, OutRecord, StartFrom};
+use sluice_core::log::{Log, LogError, OutRecord};
 use sluice_log_embedded::{EmbeddedLog, Options, Retention};
 
 use crate::common::Mount;
@@ -26,28 +26,11 @@ fn options(min_free_bytes: u64, max_pending_appends: usize) -> Options {
 
 /// Reads every record of `topic` from the beginning: payload → times seen.
 async fn stored_payloads(log: &dyn Log, topic: &str) -> HashMap<Vec<u8>, u32> {
-    let mut consumer = log.consumer("check").await.unwrap();
-    consumer
-        .assign(
-            assign_all(log, &[topic.to_string()], StartFrom::Beginning)
-                .await
-                .unwrap(),
-        )
-        .await
-        .unwrap();
     let mut seen = HashMap::new();
-    loop {
-        let records = consumer
-            .poll(1000, Duration::from_millis(300))
-            .await
-            .unwrap();
-        if records.is_empty() {
-            return seen;
-        }
-        for record in records {
-            *seen.entry(record.payload).or_insert(0) += 1;
-        }
+    for record in crate::common::read_topic(log, topic, "check").await {
+        *seen.entry(record.payload).or_insert(0) += 1;
     }
+    seen
 }
 
 /// A payload of about 2 KiB that names record `n`.

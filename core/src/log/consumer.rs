@@ -207,6 +207,8 @@ struct Expected {
     /// `next`, as published for the lag monitor (see [`crate::lag`]); dropping the partition
     /// unpublishes it.
     published: PublishedPosition,
+    /// The consumer's [`LogConsumer::generation`] when it was given the partition.
+    given_at: u64,
 }
 
 impl Expected {
@@ -232,6 +234,7 @@ impl Expected {
             next: position.next_offset,
             rereads: 0,
             gap_at: None,
+            given_at: 0,
         }
     }
 
@@ -254,6 +257,8 @@ pub struct LogConsumer {
     group: String,
     /// `group`, shared with the positions published for the lag monitor.
     lag_group: Arc<str>,
+    /// Grows by one each time the consumer is given partitions.
+    generation: u64,
 }
 
 impl LogConsumer {
@@ -266,7 +271,25 @@ impl LogConsumer {
             membership: None,
             group: group.to_string(),
             lag_group: Arc::from(group),
+            generation: 0,
         }
+    }
+
+    /// A number that grows each time this consumer is given partitions (assigned, or given
+    /// by its group). A caller that reads records, then commits their positions later (with
+    /// polls in between), notes it when it reads: see [`LogConsumer::given_since`].
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Whether partition `partition` of `topic` was given to this consumer after
+    /// `generation` (the group took it away and gave it back since): records read from it
+    /// before belong to the earlier ownership, and their positions must not be committed
+    /// (the partition is read again from its committed position).
+    pub fn given_since(&self, topic: &str, partition: i32, generation: u64) -> bool {
+        self.expected
+            .iter()
+            .any(|e| e.is(topic, partition) && e.given_at > generation)
     }
 
     /// Joins the consumer's group to read `topics`: from now on it reads the partitions the
@@ -380,11 +403,13 @@ impl LogConsumer {
         report_resumed(&requested, &starts);
         membership.waiting.clear();
         forget(&mut self.expected, &waiting);
+        self.generation += 1;
         for start in starts {
-            let expected = match take_unclaimed(membership, &start.topic, start.partition) {
+            let mut expected = match take_unclaimed(membership, &start.topic, start.partition) {
                 Some(published) => Expected::with(published, start),
                 None => Expected::at(&self.lag_group, start),
             };
+            expected.given_at = self.generation;
             self.expected.push(expected);
         }
         self.count_partitions();
@@ -454,10 +479,13 @@ impl LogConsumer {
                 partition: assignment.partition,
                 next_offset,
             };
-            let expected = match take_unclaimed(membership, &position.topic, position.partition) {
+            let mut expected = match take_unclaimed(membership, &position.topic, position.partition)
+            {
                 Some(published) => Expected::with(published, position),
                 None => Expected::at(&self.lag_group, position),
             };
+            self.generation += 1;
+            expected.given_at = self.generation;
             self.expected.push(expected);
         }
         self.rewind_pending = true;
@@ -488,9 +516,14 @@ impl LogConsumer {
         let starts = self.reader.assign(assignments).await?;
         report_resumed(&requested, &starts);
         let group = &self.lag_group;
+        self.generation += 1;
+        let generation = self.generation;
         self.expected = starts
             .into_iter()
-            .map(|start| Expected::at(group, start))
+            .map(|start| Expected {
+                given_at: generation,
+                ..Expected::at(group, start)
+            })
             .collect();
         self.rewind_pending = false;
         Ok(())

@@ -623,28 +623,8 @@ async fn hostile_user_names_are_refused_before_any_work() {
 
 /// Every record of `topic` in the stopped process's embedded log, from the beginning.
 async fn records_of(test: &TestTopology, topic: &str) -> Vec<sluice_core::log::Record> {
-    use sluice_core::log::{assign_all, StartFrom};
     let log = sluice::pipeline::open_log(&test.topology()).unwrap();
-    let mut consumer = log.consumer("login-events-check").await.unwrap();
-    consumer
-        .assign(
-            assign_all(log.as_ref(), &[topic.to_string()], StartFrom::Beginning)
-                .await
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    let mut records = Vec::new();
-    loop {
-        let batch = consumer
-            .poll(1000, Duration::from_millis(300))
-            .await
-            .unwrap();
-        if batch.is_empty() {
-            return records;
-        }
-        records.extend(batch);
-    }
+    read_topic(log.as_ref(), topic, "login-events-check").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -395,6 +395,32 @@ pub async fn scrape_metrics(client: &reqwest::Client, base: &str) -> String {
 }
 
 /// Total records in `topic` (sum of high watermarks; topics start at offset 0).
+/// Every record of `topic` from the beginning, read under consumer group `group` (a poll
+/// that brings nothing for 300 ms ends it).
+pub async fn read_topic(log: &dyn Log, topic: &str, group: &str) -> Vec<sluice_core::log::Record> {
+    use sluice_core::log::{assign_all, StartFrom};
+    let mut consumer = log.consumer(group).await.unwrap();
+    consumer
+        .assign(
+            assign_all(log, &[topic.to_string()], StartFrom::Beginning)
+                .await
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let mut records = Vec::new();
+    loop {
+        let batch = consumer
+            .poll(1000, Duration::from_millis(300))
+            .await
+            .unwrap();
+        if batch.is_empty() {
+            return records;
+        }
+        records.extend(batch);
+    }
+}
+
 pub async fn topic_records(log: &dyn Log, topic: &str) -> i64 {
     let mut total = 0;
     for partition in 0..log.partition_count(topic).await.unwrap() as i32 {
