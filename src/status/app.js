@@ -98,6 +98,7 @@ function draw(status) {
         what + (l.records === null && l.seconds === null ? "–" : num(l.records) + " · " + secs(l.seconds)) +
         (l.growing ? " ▲" : "")));
     });
+    if (n.fused_behind) g.append(el("text", { x: 8, y: 33, class: "lag" }, "fused behind " + n.fused_behind));
     if (!n.here && n.kind !== "topic") g.append(el("text", { x: 8, y: NH - 6, class: "lag" }, "not in this process"));
     nodes.append(g);
   }

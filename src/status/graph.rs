@@ -55,6 +55,8 @@ pub struct Node {
     pub here: bool,
     /// Whether this is a dead-letter topic.
     pub dead_letter: bool,
+    /// For a stage fused behind another (one task, see `sluice graph`): that stage's name.
+    pub fused_behind: Option<String>,
     /// The consumer groups it reads in.
     #[serde(skip)]
     pub consumers: Vec<Consumer>,
@@ -154,6 +156,12 @@ impl Graph {
                     .collect(),
             };
             graph.node(&id, kind, &node.name, here, false, consumers);
+            if node.kind == NodeKind::Stage {
+                if let Some(feeder) = topology.fused_feeder(&node.name) {
+                    let index = graph.index[&id];
+                    graph.nodes[index].fused_behind = Some(feeder.name.clone());
+                }
+            }
             let main_outputs = node.writes.iter().filter(|w| w.feeds).count();
             for output in &node.writes {
                 let topic =
@@ -241,6 +249,7 @@ impl Builder {
             row: 0,
             here,
             dead_letter,
+            fused_behind: None,
             consumers,
         });
     }
@@ -438,6 +447,11 @@ mod tests {
             node(&graph, "stage:enrich").consumers.is_empty(),
             "enrich runs fused behind validate and reads no topic"
         );
+        assert_eq!(
+            node(&graph, "stage:enrich").fused_behind.as_deref(),
+            Some("validate")
+        );
+        assert_eq!(node(&graph, "stage:validate").fused_behind, None);
     }
 
     #[test]

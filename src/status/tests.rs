@@ -17,9 +17,9 @@ fn exposition_aged(accepted: u64, dead: u64, lag: u64, age: f64) -> String {
          sluice_orders_accepted_total {accepted}\n\
          sluice_stage_records_out_total{{stage=\"validate\",outcome=\"emitted\"}} {accepted}\n\
          sluice_stage_records_out_total{{stage=\"validate\",outcome=\"dead_letter\"}} {dead}\n\
-         sluice_consumer_lag_records{{group=\"sluice.enrich\",topic=\"orders.valid\",partition=\"0\"}} {lag}\n\
-         sluice_consumer_lag_records{{group=\"sluice.enrich\",topic=\"orders.valid\",partition=\"1\"}} 1\n\
-         sluice_consumer_lag_seconds{{group=\"sluice.enrich\",topic=\"orders.valid\",partition=\"0\"}} {age}\n\
+         sluice_consumer_lag_records{{group=\"sluice.validate\",topic=\"orders.raw\",partition=\"0\"}} {lag}\n\
+         sluice_consumer_lag_records{{group=\"sluice.validate\",topic=\"orders.raw\",partition=\"1\"}} 1\n\
+         sluice_consumer_lag_seconds{{group=\"sluice.validate\",topic=\"orders.raw\",partition=\"0\"}} {age}\n\
          sluice_build_info{{version=\"0.1.0\",revision=\"abc123\",rustc=\"1.89\"}} 1\n"
     )
 }
@@ -94,23 +94,25 @@ fn lag_is_summed_over_partitions_and_marked_when_it_keeps_growing_and_ages() {
         let at = start + Duration::from_secs(i as u64);
         let text = exposition_aged(0, 0, lag, 6.0);
         status = serde_json::from_str(&page.sample(&mut old, at, &text)).unwrap();
-        let enrich = lag_of(&status, "stage:enrich");
+        let enrich = lag_of(&status, "stage:validate");
         assert_eq!(enrich["records"], (lag + 1) as f64);
         assert_eq!(enrich["seconds"], 6.0);
-        assert_eq!(enrich["group"], "sluice.enrich");
+        assert_eq!(enrich["group"], "sluice.validate");
         // Three rises in a row: 7→9→12→20 (8→8 was no change, 8→7 a fall).
         assert_eq!(enrich["growing"], i >= 7, "sample {i} (lag {lag})");
         // The same rises with young records are a consumer keeping up with a busier input.
         let text = exposition_aged(0, 0, lag, 1.0);
         let young: serde_json::Value =
             serde_json::from_str(&page.sample(&mut young, at, &text)).unwrap();
-        assert_eq!(lag_of(&young, "stage:enrich")["growing"], false);
+        assert_eq!(lag_of(&young, "stage:validate")["growing"], false);
     }
     assert_eq!(status["lag_reported"], true);
     // Groups the exposition does not mention show no lag.
-    let route = lag_of(&status, "stage:route");
-    assert_eq!(route["records"], serde_json::Value::Null);
-    assert_eq!(route["growing"], false);
+    let sink = lag_of(&status, "sink:shard0");
+    assert_eq!(sink["records"], serde_json::Value::Null);
+    assert_eq!(sink["growing"], false);
+    // A stage fused behind another reads no topic: it has no lag of its own.
+    assert_eq!(lag_of(&status, "stage:route"), &serde_json::Value::Null);
 }
 
 fn lag_of<'a>(status: &'a serde_json::Value, node: &str) -> &'a serde_json::Value {

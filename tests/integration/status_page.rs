@@ -215,6 +215,8 @@ async fn the_status_page_draws_the_topology_with_live_rates_in_headless_chromium
             .and_then(|rest| rest.split("</svg>").next())
             .unwrap_or_else(|| panic!("no graph in the page:\n{dom}"));
         for name in [
+            "fused behind validate",
+            "fused behind enrich",
             "stage validate",
             "stage enrich",
             "stage route",
