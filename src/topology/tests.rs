@@ -179,6 +179,31 @@ fn chains_of(text: &str) -> Vec<String> {
 }
 
 #[test]
+fn the_enrich_stages_price_cache_is_set_in_the_topology_and_checked() {
+    let text = SHIPPED
+        .replacen(
+            "catalog_cache_entries = 100000",
+            "catalog_cache_entries = 0",
+            1,
+        )
+        .replacen(
+            "catalog_cache_ttl_secs = 60",
+            "catalog_cache_ttl_secs = 0",
+            1,
+        );
+    assert_ne!(text, SHIPPED, "the shipped topology sets both");
+    let issues = issues_of(&text);
+    assert_issue(
+        &issues,
+        "stages[1] \"enrich\".catalog_cache_entries: must be at least 1",
+    );
+    assert_issue(
+        &issues,
+        "stages[1] \"enrich\".catalog_cache_ttl_secs: must be at least 1",
+    );
+}
+
+#[test]
 fn the_shipped_stages_run_as_one_chain() {
     assert_eq!(chains_of(SHIPPED), ["validate → enrich → route"]);
     let topology = parse_text(SHIPPED).unwrap();
