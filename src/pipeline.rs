@@ -303,6 +303,18 @@ pub async fn run_bound(
     }
 
     if parts.processors {
+        for (name, runner, chain) in leftover_drains(&topology, log.as_ref()).await? {
+            let (log, token) = (log.clone(), shutdown.token());
+            tasks.spawn(async move {
+                let result = run_chain(log, Arc::new(chain), runner, token.clone(), None).await;
+                if let Ok(records) = &result {
+                    tracing::info!(stage = name, records, "records left by the stage's earlier runs are processed");
+                }
+                // Done: it waits for the shutdown like the live tasks.
+                token.cancelled().await;
+                (format!("stage {name} (leftover records)"), result.map(|_| ()).map_err(|e| e.to_string()))
+            });
+        }
         for chain in topology.chains()? {
             let runner =
                 StageRunner::from_config(chain.head(), &topology.log.consumer_group_prefix);
@@ -380,6 +392,66 @@ pub async fn run_bound(
         tracing::info!("pipeline drained; bye");
         Ok(())
     }
+}
+
+/// Bounded runs for the records a stage left in its input topic when it ran as a task of its
+/// own, now that it runs fused behind the stage that feeds it (an upgrade, or `chain` turned
+/// on): the fused stage no longer reads that topic, so from the position its consumer group
+/// committed to the end the topic has now, those records go through the stage and the stages
+/// after it in its chain, and the group's position moves on. Only for a feeder that does not
+/// write the topic any more (`write_output = false`): anything there is left over.
+async fn leftover_drains(
+    topology: &Topology,
+    log: &dyn Log,
+) -> Result<Vec<(String, StageRunner, sluice_processors::Chain)>, PipelineError> {
+    let prefix = &topology.log.consumer_group_prefix;
+    let mut drains = Vec::new();
+    for chain in topology.chains()? {
+        for pair in chain.links().windows(2) {
+            let (feeder, fused) = (&pair[0].config, &pair[1].config);
+            if feeder.write_output {
+                continue;
+            }
+            let mut runner = StageRunner::from_config(fused, prefix);
+            let mut consumer = log.consumer(&runner.group).await?;
+            let mut assignments = Vec::new();
+            let mut ends = std::collections::BTreeMap::new();
+            for partition in 0..log.partition_count(&fused.input).await? as i32 {
+                let Some(committed) = consumer.committed(&fused.input, partition).await? else {
+                    continue;
+                };
+                let (_, end) = log.watermarks(&fused.input, partition).await?;
+                if committed < end {
+                    assignments.push(log::Assignment {
+                        topic: fused.input.clone(),
+                        partition,
+                        start: log::StartFrom::Resume(committed),
+                    });
+                    ends.insert(partition, end);
+                }
+            }
+            consumer.close().await;
+            if assignments.is_empty() {
+                continue;
+            }
+            tracing::warn!(
+                stage = fused.name,
+                topic = fused.input,
+                partitions = assignments.len(),
+                "the stage now runs fused behind {:?}, and its input topic holds records it has not processed: processing them first",
+                feeder.name
+            );
+            runner.assignments = Some(assignments);
+            runner.stop_at = Some(ends);
+            let rest = topology
+                .chains()?
+                .into_iter()
+                .find_map(|c| c.from_stage(&fused.name))
+                .expect("the stage is in a chain");
+            drains.push((fused.name.clone(), runner, rest));
+        }
+    }
+    Ok(drains)
 }
 
 /// Reloads token keys and users on SIGHUP, until `stop`.

@@ -146,3 +146,94 @@ async fn fused_stages_write_only_what_they_must(backend: Backend) {
     assert_eq!(topic_records(log, &valid).await, 0);
     assert_eq!(topic_records(log, &enriched).await, good.len() as i64);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_kafka_and_mariadb_orders_left_between_stages_are_processed_once_they_are_fused() {
+    orders_left_between_stages_are_processed_once_they_are_fused(Backend::Services).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_embedded_defaults_orders_left_between_stages_are_processed_once_they_are_fused()
+{
+    orders_left_between_stages_are_processed_once_they_are_fused(Backend::Embedded).await;
+}
+
+/// An upgrade from separate stages: enrich's consumer group has read part of orders.valid
+/// and the rest waits there. Once enrich runs fused behind validate it reads orders.valid no
+/// more, so the pipeline processes what is left at start-up, and every such order is stored.
+async fn orders_left_between_stages_are_processed_once_they_are_fused(backend: Backend) {
+    use sluice_core::log::{Assignment, OutRecord, Position, StartFrom};
+    use sluice_core::order::RawOrder;
+
+    let users = users_covering_shards(1);
+    let user_refs: Vec<&str> = users.iter().map(String::as_str).collect();
+    let test = test_topology_on(backend, "leftover", &user_refs, |_| {});
+    let topology = test.topology();
+    let valid = format!("{}.orders.valid", test.id);
+    let group = format!("{}.enrich", topology.log.consumer_group_prefix);
+
+    // What the separate stages left: 60 valid orders, of which enrich's group committed
+    // the first record of each partition it had read (the records before are "done").
+    let log = sluice::pipeline::open_log(&topology).unwrap();
+    sluice_core::log::ensure_declared_topics(log.as_ref(), &topology.topics)
+        .await
+        .unwrap();
+    let mut left = Vec::new();
+    for n in 0..60 {
+        let user = &users[n % users.len()];
+        let order = RawOrder {
+            order_id: uuid::Uuid::now_v7(),
+            user_id: user.clone(),
+            product: "gadget".into(),
+            quantity: 1,
+            received_at_ms: sluice_core::order::now_ms(),
+        };
+        log.send(
+            &valid,
+            OutRecord::new(user.as_bytes(), serde_json::to_vec(&order).unwrap()),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+        left.push(order.order_id.to_string());
+    }
+    let partitions = topology.topics[&format!("{}.orders.valid", test.id)].partitions as i32;
+    let mut consumer = log.consumer(&group).await.unwrap();
+    consumer
+        .assign(
+            (0..partitions)
+                .map(|partition| Assignment {
+                    topic: valid.clone(),
+                    partition,
+                    start: StartFrom::Beginning,
+                })
+                .collect(),
+        )
+        .await
+        .unwrap();
+    // Read one record per partition and commit past it: those orders count as enriched.
+    let mut done = std::collections::HashSet::new();
+    let mut committed = HashMap::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while committed.len() < partitions as usize && tokio::time::Instant::now() < deadline {
+        for record in consumer.poll(100, Duration::from_millis(300)).await.unwrap() {
+            if !committed.contains_key(&record.partition) {
+                committed.insert(record.partition, record.next_position());
+                let order: RawOrder = serde_json::from_slice(&record.payload).unwrap();
+                done.insert(order.order_id.to_string());
+            }
+        }
+    }
+    let positions: Vec<Position> = committed.into_values().collect();
+    consumer.commit(&positions).await.unwrap();
+    consumer.close().await;
+    drop(log);
+
+    // The fused pipeline starts: the orders left in orders.valid reach the shards, once.
+    let pipeline = RunningPipeline::start(&test, Parts::ALL).await;
+    let expected: Vec<String> = left.iter().filter(|id| !done.contains(*id)).cloned().collect();
+    assert_eq!(expected.len(), 60 - positions.len());
+    let stored = assert_stored_exactly_once(&test, &expected, Duration::from_secs(120)).await;
+    assert_eq!(stored.len(), expected.len(), "only the orders left over are stored");
+    drop(pipeline);
+}
