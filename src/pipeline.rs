@@ -303,18 +303,18 @@ pub async fn run_bound(
     }
 
     if parts.processors {
-        for (name, runner, chain) in leftover_drains(&topology, log.as_ref()).await? {
-            let (log, token) = (log.clone(), shutdown.token());
-            tasks.spawn(async move {
-                let result = run_chain(log, Arc::new(chain), runner, token.clone(), None).await;
-                if let Ok(records) = &result {
-                    tracing::info!(stage = name, records, "records left by the stage's earlier runs are processed");
-                }
+        // Records stages left between them before they were fused, found and processed
+        // beside the live tasks, so that nothing here holds up the start.
+        let (leftovers, leftover_log, token) = (topology.clone(), log.clone(), shutdown.token());
+        tasks.spawn(async move {
+            let task = "leftover records".to_string();
+            let result = process_leftovers(&leftovers, leftover_log, &token).await;
+            if result.is_ok() {
                 // Done: it waits for the shutdown like the live tasks.
                 token.cancelled().await;
-                (format!("stage {name} (leftover records)"), result.map(|_| ()).map_err(|e| e.to_string()))
-            });
-        }
+            }
+            (task, result)
+        });
         for chain in topology.chains()? {
             let runner =
                 StageRunner::from_config(chain.head(), &topology.log.consumer_group_prefix);
@@ -394,6 +394,41 @@ pub async fn run_bound(
     }
 }
 
+/// Finds the records stages left between them before they were fused (trying again while
+/// the log is away) and takes them through the rest of their chains.
+async fn process_leftovers(
+    topology: &Topology,
+    log: Arc<dyn Log>,
+    token: &tokio_util::sync::CancellationToken,
+) -> Result<(), String> {
+    let mut failures = 0u32;
+    let drains = loop {
+        match leftover_drains(topology, log.as_ref()).await {
+            Ok(drains) => break drains,
+            Err(error) => {
+                tracing::warn!(%error, "cannot look for records left between fused stages; retrying");
+                if !log::POLL_BACKOFF.wait(failures, token).await {
+                    return Ok(());
+                }
+                failures = failures.saturating_add(1);
+            }
+        }
+    };
+    for (name, runner, chain) in drains {
+        let records = run_chain(log.clone(), Arc::new(chain), runner, token.clone(), None)
+            .await
+            .map_err(|error| error.to_string())?;
+        if !token.is_cancelled() {
+            tracing::info!(
+                stage = name,
+                records,
+                "records left by the stage's earlier runs are processed"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Bounded runs for the records a stage left in its input topic when it ran as a task of its
 /// own, now that it runs fused behind the stage that feeds it (an upgrade, or `chain` turned
 /// on): the fused stage no longer reads that topic, so from the position its consumer group
@@ -414,18 +449,27 @@ async fn leftover_drains(
             }
             let mut runner = StageRunner::from_config(fused, prefix);
             let mut consumer = log.consumer(&runner.group).await?;
+            let mut bounds = Vec::new();
+            for partition in 0..log.partition_count(&fused.input).await? as i32 {
+                let committed = consumer.committed(&fused.input, partition).await?;
+                let (low, end) = log.watermarks(&fused.input, partition).await?;
+                bounds.push((partition, committed, low, end));
+            }
+            // A group that never committed never ran: a new deployment has nothing left over.
+            // One that did reads a partition it never committed in from its beginning, as
+            // the stage would have.
+            let ran = bounds
+                .iter()
+                .any(|(_, committed, _, _)| committed.is_some());
             let mut assignments = Vec::new();
             let mut ends = std::collections::BTreeMap::new();
-            for partition in 0..log.partition_count(&fused.input).await? as i32 {
-                let Some(committed) = consumer.committed(&fused.input, partition).await? else {
-                    continue;
-                };
-                let (_, end) = log.watermarks(&fused.input, partition).await?;
-                if committed < end {
+            for (partition, committed, low, end) in bounds {
+                let start = committed.unwrap_or(low);
+                if ran && start < end {
                     assignments.push(log::Assignment {
                         topic: fused.input.clone(),
                         partition,
-                        start: log::StartFrom::Resume(committed),
+                        start: log::StartFrom::Resume(start),
                     });
                     ends.insert(partition, end);
                 }

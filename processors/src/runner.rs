@@ -38,6 +38,7 @@ use sluice_core::order::HEADER_TRACEPARENT;
 use sluice_core::retry::{Backoff, GaveUp, Retry, Verdict};
 use sluice_core::telemetry;
 use sluice_core::trace::{self, FinishedSpan, Hop, SpanKind, TraceParent};
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -170,27 +171,28 @@ pub async fn run_chain(
         done: 0,
         progress,
     };
-    // Sends and commits stop on this token, which fires only after the drain: a stopping
-    // runner still commits what the log acknowledged.
+    // Sends stop on this token, which fires only after the drain: a stopping runner still
+    // commits what the log acknowledged in time.
     let sends = CancellationToken::new();
+    // Each send task, once done, wakes the runner waiting for the oldest batch.
+    let sent = Arc::new(Notify::new());
     let mut in_flight: VecDeque<(JoinHandle<bool>, Batch)> = VecDeque::new();
     let mut failed_polls = 0u32;
     let mut stopped = false;
     let result = loop {
         // Commit every batch at the front whose outputs are all acknowledged, with one commit
-        // (under load, several finish between two looks); with the queue full, wait for the
-        // first.
+        // (under load, several finish between two looks).
         let mut ready = Vec::new();
         while in_flight
             .front()
             .is_some_and(|(send, _)| send.is_finished())
-            || (ready.is_empty() && in_flight.len() >= BATCHES_IN_FLIGHT)
         {
             ready.push(in_flight.pop_front().expect("checked above"));
         }
         if !ready.is_empty() {
+            // A commit that keeps failing gives up when the runner is told to stop.
             match state
-                .finish(&mut consumer, &runner, &chain, ready, &sends)
+                .finish(&mut consumer, &runner, &chain, ready, &cancel)
                 .await
             {
                 Ok(true) => {}
@@ -201,7 +203,17 @@ pub async fn run_chain(
                 Err(error) => break Err(fail(error)),
             }
         }
-        if state.remaining.as_ref().is_some_and(BTreeMap::is_empty) {
+        // With the queue full, or a bounded run read to its ends, wait for the oldest batch
+        // (or the order to stop) before reading on.
+        let read_to_ends = state.remaining.as_ref().is_some_and(BTreeMap::is_empty);
+        if in_flight.len() >= BATCHES_IN_FLIGHT || (read_to_ends && !in_flight.is_empty()) {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break Ok(()),
+                _ = oldest_sent(&in_flight, &sent) => continue,
+            }
+        }
+        if read_to_ends {
             break Ok(());
         }
         // With batches in flight, look again soon to commit the ones acknowledged meanwhile.
@@ -227,16 +239,23 @@ pub async fn run_chain(
             continue;
         }
         let (batch, emissions) = state.process(&chain, &runner, records, consumer.generation());
-        let send = tokio::spawn(send_all(
+        let (log, name, ack_timeout, sends, sent) = (
             log.clone(),
             runner.name.clone(),
             runner.ack_timeout,
-            emissions,
             sends.clone(),
-        ));
+            sent.clone(),
+        );
+        let send = tokio::spawn(async move {
+            let acknowledged = send_all(log, name, ack_timeout, emissions, sends).await;
+            sent.notify_one();
+            acknowledged
+        });
         in_flight.push_back((send, batch));
     };
     // Stopping: commit the batches in flight that the log acknowledges in time.
+    let unfinished = in_flight.len();
+    let mut committed = 0;
     let drained = tokio::time::timeout(DRAIN_GRACE, async {
         while let Some((send, batch)) = in_flight.pop_front() {
             if result.is_err() || stopped {
@@ -246,17 +265,17 @@ pub async fn run_chain(
                 .finish(&mut consumer, &runner, &chain, vec![(send, batch)], &sends)
                 .await
             {
-                Ok(true) => {}
+                Ok(true) => committed += 1,
                 Ok(false) | Err(_) => break,
             }
         }
     })
     .await;
     sends.cancel();
-    if drained.is_err() || !in_flight.is_empty() {
+    if drained.is_err() || committed < unfinished {
         tracing::warn!(
             stage = runner.name,
-            batches = in_flight.len(),
+            batches = unfinished - committed,
             "stopped with batches not acknowledged or not committed; they will be processed again"
         );
     }
@@ -264,6 +283,23 @@ pub async fn run_chain(
     consumer.close().await;
     tracing::info!(stage = runner.name, records = state.done, "stage stopped");
     result.map(|()| state.done)
+}
+
+/// Waits until the oldest batch's send task is done. Every send task notifies `sent` just
+/// before it ends; as its handle reads as finished a moment later, a wait woken while the
+/// oldest still runs looks again a millisecond later.
+async fn oldest_sent(in_flight: &VecDeque<(JoinHandle<bool>, Batch)>, sent: &Notify) {
+    let running = || {
+        in_flight
+            .front()
+            .is_some_and(|(send, _)| !send.is_finished())
+    };
+    while running() {
+        sent.notified().await;
+        if running() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
 }
 
 /// A batch read and processed, whose outputs are being sent.
@@ -422,7 +458,10 @@ impl RunState {
         let mut acknowledged = Vec::with_capacity(batches.len());
         let mut go_on = true;
         for (send, batch) in batches {
-            if !send.await.unwrap_or(false) {
+            let sent = send.await.map_err(|error| {
+                LogError::backend("the task sending a batch's outputs failed", error)
+            })?;
+            if !sent {
                 tracing::warn!(
                     stage = runner.name,
                     "stopped before the outputs were acknowledged; the batch will be processed again"

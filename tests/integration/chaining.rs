@@ -153,8 +153,7 @@ async fn on_kafka_and_mariadb_orders_left_between_stages_are_processed_once_they
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_the_embedded_defaults_orders_left_between_stages_are_processed_once_they_are_fused()
-{
+async fn on_the_embedded_defaults_orders_left_between_stages_are_processed_once_they_are_fused() {
     orders_left_between_stages_are_processed_once_they_are_fused(Backend::Embedded).await;
 }
 
@@ -216,7 +215,11 @@ async fn orders_left_between_stages_are_processed_once_they_are_fused(backend: B
     let mut committed = HashMap::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while committed.len() < partitions as usize && tokio::time::Instant::now() < deadline {
-        for record in consumer.poll(100, Duration::from_millis(300)).await.unwrap() {
+        for record in consumer
+            .poll(100, Duration::from_millis(300))
+            .await
+            .unwrap()
+        {
             if !committed.contains_key(&record.partition) {
                 committed.insert(record.partition, record.next_position());
                 let order: RawOrder = serde_json::from_slice(&record.payload).unwrap();
@@ -231,9 +234,17 @@ async fn orders_left_between_stages_are_processed_once_they_are_fused(backend: B
 
     // The fused pipeline starts: the orders left in orders.valid reach the shards, once.
     let pipeline = RunningPipeline::start(&test, Parts::ALL).await;
-    let expected: Vec<String> = left.iter().filter(|id| !done.contains(*id)).cloned().collect();
+    let expected: Vec<String> = left
+        .iter()
+        .filter(|id| !done.contains(*id))
+        .cloned()
+        .collect();
     assert_eq!(expected.len(), 60 - positions.len());
     let stored = assert_stored_exactly_once(&test, &expected, Duration::from_secs(120)).await;
-    assert_eq!(stored.len(), expected.len(), "only the orders left over are stored");
+    assert_eq!(
+        stored.len(),
+        expected.len(),
+        "only the orders left over are stored"
+    );
     drop(pipeline);
 }
