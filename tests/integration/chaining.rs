@@ -220,8 +220,10 @@ async fn orders_left_between_stages_are_processed_once_they_are_fused(backend: B
             .await
             .unwrap()
         {
-            if !committed.contains_key(&record.partition) {
-                committed.insert(record.partition, record.next_position());
+            if let std::collections::hash_map::Entry::Vacant(entry) =
+                committed.entry(record.partition)
+            {
+                entry.insert(record.next_position());
                 let order: RawOrder = serde_json::from_slice(&record.payload).unwrap();
                 done.insert(order.order_id.to_string());
             }
