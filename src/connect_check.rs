@@ -481,7 +481,13 @@ fn writable_folder(folder: &Path) -> Result<PathBuf, String> {
             existing.display()
         ));
     }
-    let probe = existing.join(format!(".sluice-check-{}", std::process::id()));
+    // One name per probe: the checks of several shards in one folder run at once.
+    static PROBES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let probe = existing.join(format!(
+        ".sluice-check-{}-{}",
+        std::process::id(),
+        PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
     match std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)

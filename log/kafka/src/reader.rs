@@ -385,6 +385,10 @@ impl KafkaReader {
             Ok(positions.iter().any(|p| {
                 match consumer.fetch_watermarks(&p.topic, p.partition, Duration::from_secs(5)) {
                     Ok((_, high)) => high > p.next_offset,
+                    // A broker that does not answer says nothing about the client: replacing
+                    // it now, while the broker is away, leaves a client that may never get
+                    // its partitions back (seen with a broker paused). Look again later.
+                    Err(error) if broker_unreachable(&error) => false,
                     Err(_) => true,
                 }
             }))
@@ -438,6 +442,19 @@ impl KafkaReader {
             .await
             .map_err(sluice_core::retry::GaveUp::into_error)
     }
+}
+
+/// Whether `error` only says the broker did not answer (away, paused, or too slow).
+fn broker_unreachable(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::OperationTimedOut
+                | RDKafkaErrorCode::BrokerTransportFailure
+                | RDKafkaErrorCode::AllBrokersDown
+                | RDKafkaErrorCode::RequestTimedOut
+        )
+    )
 }
 
 /// A client with its own [`GroupContext`].
