@@ -176,6 +176,10 @@ pub(crate) struct KafkaReader {
     last_progress: std::time::Instant,
     /// When it last checked for a stall.
     last_stall_check: std::time::Instant,
+    /// Whether this client has read partitions in its group (cleared when it is replaced).
+    held_partitions: bool,
+    /// Since when a client that held partitions has none, if it has none.
+    left_out_since: Option<std::time::Instant>,
 }
 
 fn to_record(message: &rdkafka::message::BorrowedMessage<'_>) -> Record {
@@ -264,6 +268,8 @@ impl KafkaReader {
             positions: Vec::new(),
             last_progress: std::time::Instant::now(),
             last_stall_check: std::time::Instant::now(),
+            held_partitions: false,
+            left_out_since: None,
         })
     }
 
@@ -373,6 +379,10 @@ impl KafkaReader {
                 None => self.positions.push(target),
             }
         }
+        if !self.positions.is_empty() {
+            self.held_partitions = true;
+            self.left_out_since = None;
+        }
         self.last_progress = std::time::Instant::now();
     }
 
@@ -402,8 +412,10 @@ impl KafkaReader {
     /// reader that got nothing for [`STALL_CHECK`] while its partitions hold more records
     /// replaces its client (outside a group, it assigns the fresh one at its positions).
     async fn recover_if_stalled(&mut self) -> Result<(), LogError> {
-        if self.positions.is_empty()
-            || self.last_progress.elapsed() < STALL_CHECK
+        if self.positions.is_empty() {
+            return self.rejoin_if_left_out();
+        }
+        if self.last_progress.elapsed() < STALL_CHECK
             || self.last_stall_check.elapsed() < STALL_CHECK
         {
             return Ok(());
@@ -423,6 +435,31 @@ impl KafkaReader {
             self.assign_exact(positions).await?;
         }
         Ok(())
+    }
+
+    /// A group member whose session ran out while the broker was away loses its partitions
+    /// and rejoins; after a broker pause a client was seen to stay out for good, logging
+    /// nothing. A client that held partitions and has had none for twice [`STALL_CHECK`] is
+    /// replaced, once per loss (a member the group legitimately gives nothing, with more
+    /// members than partitions, is replaced at most once, not over and over).
+    fn rejoin_if_left_out(&mut self) -> Result<(), LogError> {
+        if self.subscription.is_none() || !self.held_partitions {
+            return Ok(());
+        }
+        let since = *self
+            .left_out_since
+            .get_or_insert_with(std::time::Instant::now);
+        if since.elapsed() < 2 * STALL_CHECK {
+            return Ok(());
+        }
+        tracing::warn!(
+            group = self.group,
+            out_s = since.elapsed().as_secs(),
+            "the Kafka consumer client lost its partitions and the group gave none back; replacing it"
+        );
+        self.held_partitions = false;
+        self.left_out_since = None;
+        self.renew()
     }
 
     /// Resolves every start position to an offset now, so that `End` means the end at
