@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_core::log::{self, Log, LogError};
+use sluice_core::retry::{Retry, Verdict};
 use sluice_core::shutdown::Shutdown;
 
 use crate::topology::{LogBackend, Topology};
@@ -401,18 +402,19 @@ async fn process_leftovers(
     log: Arc<dyn Log>,
     token: &tokio_util::sync::CancellationToken,
 ) -> Result<(), String> {
-    let mut failures = 0u32;
-    let drains = loop {
-        match leftover_drains(topology, log.as_ref()).await {
-            Ok(drains) => break drains,
-            Err(error) => {
-                tracing::warn!(%error, "cannot look for records left between fused stages; retrying");
-                if !log::POLL_BACKOFF.wait(failures, token).await {
-                    return Ok(());
-                }
-                failures = failures.saturating_add(1);
-            }
-        }
+    let drains = Retry::new(log::POLL_BACKOFF)
+        .cancel_on(token)
+        .run(
+            || leftover_drains(topology, log.as_ref()),
+            |_| Verdict::Retry,
+            |error, _| {
+                tracing::warn!(%error, "cannot look for records left between fused stages; retrying")
+            },
+        )
+        .await;
+    // Only a stop ends the retries.
+    let Ok(drains) = drains else {
+        return Ok(());
     };
     for (name, runner, chain) in drains {
         let records = run_chain(log.clone(), Arc::new(chain), runner, token.clone(), None)
@@ -441,9 +443,9 @@ async fn leftover_drains(
 ) -> Result<Vec<(String, StageRunner, sluice_processors::Chain)>, PipelineError> {
     let prefix = &topology.log.consumer_group_prefix;
     let mut drains = Vec::new();
-    for chain in topology.chains()? {
-        for pair in chain.links().windows(2) {
-            let (feeder, fused) = (&pair[0].config, &pair[1].config);
+    for chain in topology.chain_plan() {
+        for pair in chain.windows(2) {
+            let (feeder, fused) = (&topology.stages[pair[0]], &topology.stages[pair[1]]);
             if feeder.write_output {
                 continue;
             }
@@ -488,10 +490,8 @@ async fn leftover_drains(
             runner.assignments = Some(assignments);
             runner.stop_at = Some(ends);
             let rest = topology
-                .chains()?
-                .into_iter()
-                .find_map(|c| c.from_stage(&fused.name))
-                .expect("the stage is in a chain");
+                .chain_from(&fused.name)?
+                .expect("the stage is in the topology's plan");
             drains.push((fused.name.clone(), runner, rest));
         }
     }

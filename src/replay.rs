@@ -621,11 +621,9 @@ pub async fn replay(
             let ranges = plan.ranges();
             // The stage and the stages fused behind it, so that the replayed records reach the
             // topics live ones reach.
-            let chain = topology
-                .chains()?
-                .into_iter()
-                .find_map(|chain| chain.from_stage(name))
-                .expect("every stage is in a chain");
+            let chain = topology.chain_from(name)?.ok_or_else(|| {
+                ReplayError::UnknownTarget(format!("no stage named {name:?} in the topology"))
+            })?;
             let mut runner = StageRunner::from_config(config, &topology.log.consumer_group_prefix);
             runner.name = format!("replay.{}.{name}", spec.name);
             runner.metric_prefix = format!("replay.{}.", spec.name);

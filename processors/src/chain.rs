@@ -157,14 +157,6 @@ impl Chain {
         let names: Vec<&str> = self.links.iter().map(|l| l.config.name.as_str()).collect();
         names.join(" → ")
     }
-
-    /// The part of the chain from stage `name` on (what a replay of that stage runs, so its
-    /// records reach the same outputs as live ones); `None` when no stage has that name.
-    pub fn from_stage(mut self, name: &str) -> Option<Chain> {
-        let at = self.links.iter().position(|l| l.config.name == name)?;
-        self.links.drain(..at);
-        Some(self)
-    }
 }
 
 /// Builds the stages of `stages` and fuses them into chains (see [`plan`]).
@@ -174,16 +166,24 @@ pub fn build_chains(
     neighbours: &Neighbours,
 ) -> Result<Vec<Chain>, BuildError> {
     plan(stages, context, neighbours)
-        .into_iter()
-        .map(|indexes| {
-            let built = indexes
-                .into_iter()
-                .map(|index| {
-                    let config = &stages[index];
-                    Ok((config.clone(), config.build(context)?))
-                })
-                .collect::<Result<Vec<_>, BuildError>>()?;
-            Ok(Chain::new(built))
-        })
+        .iter()
+        .map(|indexes| build_chain(stages, indexes, context))
         .collect()
+}
+
+/// Builds the stages at `indexes` of `stages` (one chain of [`plan`], or its tail) into a
+/// chain.
+pub fn build_chain(
+    stages: &[StageConfig],
+    indexes: &[usize],
+    context: &StageContext,
+) -> Result<Chain, BuildError> {
+    let built = indexes
+        .iter()
+        .map(|&index| {
+            let config = &stages[index];
+            Ok((config.clone(), config.build(context)?))
+        })
+        .collect::<Result<Vec<_>, BuildError>>()?;
+    Ok(Chain::new(built))
 }

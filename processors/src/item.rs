@@ -109,16 +109,7 @@ impl Item {
         match &self.body {
             Body::Raw(order, _) => Some(order.order_id.to_string()),
             Body::Enriched(order, _) => Some(order.order_id.to_string()),
-            Body::Encoded(bytes) => {
-                #[derive(serde::Deserialize)]
-                struct OrderId {
-                    #[serde(rename = "orderId")]
-                    order_id: String,
-                }
-                serde_json::from_slice::<OrderId>(bytes)
-                    .ok()
-                    .map(|id| id.order_id)
-            }
+            Body::Encoded(bytes) => order_id_of(bytes),
         }
     }
 
@@ -156,6 +147,18 @@ impl Item {
             }
         }
     }
+}
+
+/// The `orderId` of a JSON order body, if it has one (for log lines, spans and dead letters).
+pub fn order_id_of(payload: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct OrderId {
+        #[serde(rename = "orderId")]
+        order_id: String,
+    }
+    serde_json::from_slice::<OrderId>(payload)
+        .ok()
+        .map(|id| id.order_id)
 }
 
 impl From<Record> for Item {

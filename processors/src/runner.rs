@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use crate::chain::Chain;
 use crate::config::StageConfig;
-use crate::item::Item;
+use crate::item::{order_id_of, Item};
 use futures::future::join_all;
 use sluice_core::log::{
     assign_all, Assignment, CommittedStarts, Log, LogConsumer, LogError, OutRecord, Position,
@@ -571,18 +571,10 @@ fn traced(mut record: OutRecord, hop: &Hop) -> OutRecord {
     record
 }
 
-/// The `orderId` of a JSON order payload, if it has one (for log lines).
-fn order_id_in(payload: &[u8]) -> Option<String> {
-    Item::new(Vec::new(), payload.to_vec(), Vec::new()).order_id()
-}
-
 /// The trace id in `record`'s `traceparent` header, if it has a valid one.
 fn trace_id_of(record: &OutRecord) -> Option<String> {
     record
-        .headers
-        .iter()
-        .find(|(name, _)| name == HEADER_TRACEPARENT)
-        .and_then(|(_, value)| std::str::from_utf8(value).ok())
+        .header(HEADER_TRACEPARENT)
         .and_then(TraceParent::parse)
         .map(|parent| parent.trace_id.to_string())
 }
@@ -704,7 +696,7 @@ async fn send_pending(
             tracing::warn!(
                 stage = runner, topic = &*topic, %error,
                 trace.id = trace_id_of(&record).as_deref(),
-                order_id = order_id_in(&record.payload).as_deref(),
+                order_id = order_id_of(&record.payload).as_deref(),
                 "send failed; will retry"
             );
             failed.push((topic, record));

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use sluice_core::log::OutRecord;
+use sluice_core::log::{header_value, OutRecord};
 use sluice_core::order::{
     HEADER_DLQ_REASON, HEADER_DLQ_SOURCE_OFFSET, HEADER_DLQ_SOURCE_PARTITION,
     HEADER_DLQ_SOURCE_TOPIC, HEADER_DLQ_STAGE, HEADER_ORDER_ID,
@@ -43,14 +43,9 @@ pub struct Source<'a> {
 /// it has one) in headers. For a stage fused behind others, the position is the one the
 /// chain read.
 pub fn dead_letter(stage: &str, mut input: Item, source: Source, reason: &str) -> OutRecord {
-    let order_id = input.order_id().or_else(|| {
-        input
-            .headers
-            .iter()
-            .find(|(name, _)| name == HEADER_ORDER_ID)
-            .and_then(|(_, id)| std::str::from_utf8(id).ok())
-            .map(str::to_string)
-    });
+    let order_id = input
+        .order_id()
+        .or_else(|| header_value(&input.headers, HEADER_ORDER_ID).map(str::to_string));
     // The runner adds the hop's `traceparent`; the input's other headers stay behind.
     input.headers.clear();
     let mut out = input

@@ -144,15 +144,35 @@ impl Topology {
         )
     }
 
-    /// The stage that stage `name` is fused behind in its chain, if any.
-    pub fn fused_feeder(&self, name: &str) -> Option<&StageConfig> {
+    /// The chains `sluice run` runs, as indexes into `stages` (see
+    /// [`sluice_processors::chain::plan`]).
+    pub fn chain_plan(&self) -> Vec<Vec<usize>> {
         sluice_processors::chain::plan(
             &self.stages,
             &self.stage_context(),
             &self.stage_neighbours(),
         )
-        .into_iter()
-        .find_map(|chain| {
+    }
+
+    /// Stage `name` and the stages fused behind it, built (what a replay of that stage runs,
+    /// so its records reach the topics live ones reach); `None` when no stage has that name.
+    pub fn chain_from(&self, name: &str) -> Result<Option<Chain>, sluice_processors::BuildError> {
+        for indexes in self.chain_plan() {
+            if let Some(at) = indexes.iter().position(|&i| self.stages[i].name == name) {
+                let chain = sluice_processors::chain::build_chain(
+                    &self.stages,
+                    &indexes[at..],
+                    &self.stage_context(),
+                )?;
+                return Ok(Some(chain));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The stage that stage `name` is fused behind in its chain, if any.
+    pub fn fused_feeder(&self, name: &str) -> Option<&StageConfig> {
+        self.chain_plan().into_iter().find_map(|chain| {
             let at = chain.iter().position(|&i| self.stages[i].name == name)?;
             at.checked_sub(1).map(|feeder| &self.stages[chain[feeder]])
         })
@@ -215,22 +235,19 @@ impl Topology {
 
     /// The flow drawn in `format` (`sluice graph`), each chain of fused stages in a box.
     pub fn render(&self, format: GraphFormat) -> String {
-        let chains: Vec<ChainDrawing> = sluice_processors::chain::plan(
-            &self.stages,
-            &self.stage_context(),
-            &self.stage_neighbours(),
-        )
-        .into_iter()
-        .map(|chain| ChainDrawing {
-            stages: chain.iter().map(|&i| self.stages[i].name.clone()).collect(),
-            skipped: chain[..chain.len() - 1]
-                .iter()
-                .zip(&chain[1..])
-                .filter(|&(&feeder, _)| !self.stages[feeder].write_output)
-                .map(|(_, &fused)| self.stages[fused].input.clone())
-                .collect(),
-        })
-        .collect();
+        let chains: Vec<ChainDrawing> = self
+            .chain_plan()
+            .into_iter()
+            .map(|chain| ChainDrawing {
+                stages: chain.iter().map(|&i| self.stages[i].name.clone()).collect(),
+                skipped: chain[..chain.len() - 1]
+                    .iter()
+                    .zip(&chain[1..])
+                    .filter(|&(&feeder, _)| !self.stages[feeder].write_output)
+                    .map(|(_, &fused)| self.stages[fused].input.clone())
+                    .collect(),
+            })
+            .collect();
         self.flow().render_chains(format, &chains)
     }
 }

@@ -53,6 +53,19 @@ impl OutRecord {
         self.headers.push((name.to_string(), value.into()));
         self
     }
+
+    /// The value of header `name`, as UTF-8 text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        header_value(&self.headers, name)
+    }
+}
+
+/// The value of header `name` among `headers`, as UTF-8 text.
+pub fn header_value<'a>(headers: &'a [(String, Vec<u8>)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(n, _)| n == name)
+        .and_then(|(_, v)| std::str::from_utf8(v).ok())
 }
 
 /// A record read from the log.
@@ -77,10 +90,7 @@ pub struct Record {
 impl Record {
     /// The value of header `name`, as UTF-8 text.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+        header_value(&self.headers, name)
     }
 
     /// The key as UTF-8 text (lossy).
