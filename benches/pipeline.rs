@@ -4,7 +4,8 @@
 //! 1. records/s appended to and read from the log;
 //! 2. orders/s through the ingress with authentication on (HTTP → durable in the log);
 //! 3. rows/s the four shard sinks store (rows + positions per transaction) once they store,
-//!    next to a raw 500-row multi-row INSERT into the same MariaDB shards;
+//!    next to the raw limit: bare 500-row multi-row INSERTs into the same MariaDB shards, as
+//!    many rows per transaction as a sink batch holds;
 //! 4. end to end: orders/s from HTTP to stored rows;
 //! 5. sustained: a `sluice run` process under 256 connections for SLUICE_BENCH_SECONDS
 //!    (default 60): orders acknowledged/s and rows stored/s over the run, the backlog left
@@ -31,6 +32,11 @@ use sluice_core::order::EnrichedOrder;
 use sluice_sinks::mysql::MysqlShard;
 use sluice_sinks::{open_shard, run_sink_worker, ShardWriter, SinkWorker};
 use tokio_util::sync::CancellationToken;
+
+/// The allocator the `sluice` binary ships with, so the sections that run Sluice's parts in
+/// this process (log, sinks) measure what runs in production.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const BACKENDS: [Backend; 2] = [Backend::Services, Backend::Embedded];
 
@@ -296,11 +302,13 @@ async fn bench_sinks(backend: Backend, rows: usize) -> String {
     figure
 }
 
-/// Rows/s of a bare 500-row prepared INSERT per transaction into the four MariaDB shards.
-async fn bench_raw_insert(rows: usize) -> String {
+/// Rows/s of bare 500-row prepared INSERTs into the four MariaDB shards, `per_transaction`
+/// rows to a transaction (a sink batch's size, so the two differ only in what the sink adds).
+async fn bench_raw_insert(rows: usize, per_transaction: usize) -> String {
     let test = test_topology("braw", &[], |_| {});
     let topology = test.topology();
-    let per_shard = rows / 4 / 500 * 500;
+    let statements = per_transaction.div_ceil(500).max(1);
+    let per_shard = rows / 4 / (500 * statements) * (500 * statements);
     let mut shards = Vec::new();
     for shard in &topology.shards {
         let writer = MysqlShard::new(&shard.name, &shard.url).unwrap();
@@ -315,27 +323,29 @@ async fn bench_raw_insert(rows: usize) -> String {
              received_at_ms, enriched_at_ms, stored_at_ms, bucket, shard) VALUES {placeholders}"
         );
         let mut conn = shard.pool().get_conn().await.unwrap();
-        for _ in 0..per_shard / 500 {
-            let mut params = Vec::with_capacity(500 * 12);
-            for _ in 0..500 {
-                let o = enriched("raw", 1, shard.name());
-                params.extend([
-                    Value::from(o.order_id.as_bytes().to_vec()),
-                    Value::from(o.user_id),
-                    Value::from(o.product),
-                    Value::from(o.quantity),
-                    Value::from(o.unit_price_minor),
-                    Value::from(o.line_total_minor),
-                    Value::from(o.currency),
-                    Value::from(o.received_at_ms),
-                    Value::from(o.enriched_at_ms),
-                    Value::from(3),
-                    Value::from(o.bucket),
-                    Value::from(o.shard),
-                ]);
-            }
+        for _ in 0..per_shard / (500 * statements) {
             let mut tx = conn.start_transaction(TxOpts::default()).await.unwrap();
-            tx.exec_drop(&sql, Params::Positional(params)).await.unwrap();
+            for _ in 0..statements {
+                let mut params = Vec::with_capacity(500 * 12);
+                for _ in 0..500 {
+                    let o = enriched("raw", 1, shard.name());
+                    params.extend([
+                        Value::from(o.order_id.as_bytes().to_vec()),
+                        Value::from(o.user_id),
+                        Value::from(o.product),
+                        Value::from(o.quantity),
+                        Value::from(o.unit_price_minor),
+                        Value::from(o.line_total_minor),
+                        Value::from(o.currency),
+                        Value::from(o.received_at_ms),
+                        Value::from(o.enriched_at_ms),
+                        Value::from(3),
+                        Value::from(o.bucket),
+                        Value::from(o.shard),
+                    ]);
+                }
+                tx.exec_drop(&sql, Params::Positional(params)).await.unwrap();
+            }
             tx.commit().await.unwrap();
         }
         conn.disconnect().await.unwrap();
@@ -481,6 +491,7 @@ fn main() {
     let rows = size("SLUICE_BENCH_ROWS", 200_000);
     let records = size("SLUICE_BENCH_RECORDS", 100_000);
     let seconds = size("SLUICE_BENCH_SECONDS", 60) as u64;
+    let batch_rows = common::shipped().sink.max_rows;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -536,14 +547,14 @@ fn main() {
         );
         both("ingress: latency p50 / p99".into(), latency);
         both(
-            format!("sinks: 4 shards, 500-row batches + positions ({rows})"),
+            format!("sinks: 4 shards, {batch_rows}-row batches + positions ({rows})"),
             sinks,
         );
         both(
-            format!("raw 500-row prepared INSERT per transaction ({rows})"),
+            format!("raw: 500-row INSERTs, {batch_rows} rows per transaction ({rows})"),
             [
                 match wanted("sinks") {
-                    true => Some(bench_raw_insert(rows).await),
+                    true => Some(bench_raw_insert(rows, batch_rows).await),
                     false => None,
                 },
                 None,

@@ -457,3 +457,58 @@ async fn mysql_url_without_database_is_refused() {
         "{error}"
     );
 }
+
+/// A sink's connections go back to the pool as they are: a reset would drop the server's
+/// prepared statements, and every batch would prepare its 500-row INSERT again. The session
+/// keeps the setup run when the connection was made, and a prepared INSERT is prepared once.
+#[tokio::test]
+async fn mysql_connections_keep_their_prepared_statements_between_batches() {
+    let (shard, server, database) = fresh_mysql_shard("t_stmt");
+    shard.migrate().await.unwrap();
+    for n in 0..5 {
+        let batch = Batch {
+            orders: (0..600).map(|_| order("user1", 1)).collect(),
+            positions: vec![position("orders.shard.0", 0, (n + 1) * 600)],
+            ..Batch::default()
+        };
+        shard.write_batch("sink", &batch).await.unwrap();
+    }
+    let metrics = shard.pool().metrics();
+    let reset = metrics
+        .resetting_connection
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let returned = metrics
+        .connection_returned_to_pool
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(
+        reset, 0,
+        "connections were reset on their way back to the pool"
+    );
+    assert!(
+        returned >= 5,
+        "only {returned} connections went back to the pool"
+    );
+
+    // One connection migrated the shard and wrote the five batches in turn: it prepared the
+    // schema-version insert, the 500-row and the 100-row INSERT and the positions upsert once
+    // each, not once per batch.
+    let mut conn = shard.pool().get_conn().await.unwrap();
+    let prepared: Option<(String, u64)> = conn
+        .query_first("SHOW SESSION STATUS LIKE 'Com_stmt_prepare'")
+        .await
+        .unwrap();
+    let prepared = prepared.unwrap().1;
+    let session: Option<i64> = conn.query_first("SELECT @sluice_session").await.unwrap();
+    drop(conn);
+    assert_eq!(session, Some(1), "the connection lost its setup");
+    assert!(
+        prepared <= 4,
+        "{prepared} statements prepared for 5 batches of the same shape"
+    );
+    assert_eq!(
+        shard.positions("sink").await.unwrap(),
+        vec![position("orders.shard.0", 0, 3000)]
+    );
+    shard.close().await;
+    drop_database(&server, &database).await;
+}
