@@ -460,54 +460,85 @@ async fn mysql_url_without_database_is_refused() {
 
 /// A sink's connections go back to the pool as they are: a reset would drop the server's
 /// prepared statements, and every batch would prepare its 500-row INSERT again. The session
-/// keeps the setup run when the connection was made, and a prepared INSERT is prepared once.
+/// keeps the setup run when the connection was made; a full 500-row INSERT is prepared once,
+/// and an INSERT of any other row count is closed after its batch (so the cache holds no
+/// statement per batch size).
 #[tokio::test]
-async fn mysql_connections_keep_their_prepared_statements_between_batches() {
+async fn mysql_connections_keep_their_full_prepared_statements_between_batches() {
     let (shard, server, database) = fresh_mysql_shard("t_stmt");
     shard.migrate().await.unwrap();
-    for n in 0..5 {
-        let batch = Batch {
-            orders: (0..600).map(|_| order("user1", 1)).collect(),
-            positions: vec![position("orders.shard.0", 0, (n + 1) * 600)],
+    let mut next_offset = 0;
+    let mut write = |rows: usize| {
+        next_offset += rows as i64;
+        Batch {
+            orders: (0..rows).map(|_| order("user1", 1)).collect(),
+            positions: vec![position("orders.shard.0", 0, next_offset)],
             ..Batch::default()
-        };
-        shard.write_batch("sink", &batch).await.unwrap();
+        }
+    };
+    for _ in 0..5 {
+        shard.write_batch("sink", &write(1000)).await.unwrap();
     }
     let metrics = shard.pool().metrics();
     let reset = metrics
         .resetting_connection
         .load(std::sync::atomic::Ordering::Relaxed);
-    let returned = metrics
-        .connection_returned_to_pool
-        .load(std::sync::atomic::Ordering::Relaxed);
     assert_eq!(
         reset, 0,
         "connections were reset on their way back to the pool"
     );
+
+    // The statements prepared and closed on the pool's connections, all of them (the pool
+    // holds the one or two the migration and the batches used; none is in use now).
+    async fn statements(shard: &MysqlShard) -> (u64, u64, u64) {
+        let open = shard
+            .pool()
+            .metrics()
+            .connection_count
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let mut conns = Vec::new();
+        let (mut prepared, mut closed) = (0, 0);
+        for _ in 0..open {
+            let mut conn = shard.pool().get_conn().await.unwrap();
+            let session: Option<i64> = conn.query_first("SELECT @sluice_session").await.unwrap();
+            assert_eq!(session, Some(1), "a connection lost its setup");
+            let rows: Vec<(String, u64)> = conn
+                .query("SHOW SESSION STATUS WHERE Variable_name IN ('Com_stmt_prepare', 'Com_stmt_close')")
+                .await
+                .unwrap();
+            let count = |name: &str| rows.iter().find(|(n, _)| n == name).unwrap().1;
+            prepared += count("Com_stmt_prepare");
+            closed += count("Com_stmt_close");
+            conns.push(conn); // held, so the next get_conn hands out another one
+        }
+        (prepared, closed, open as u64)
+    }
+    let (prepared, _, open) = statements(&shard).await;
     assert!(
-        returned >= 5,
-        "only {returned} connections went back to the pool"
+        prepared <= 3 * open,
+        "{prepared} statements prepared on {open} connections for 5 batches of two full \
+         INSERTs each: the schema-version insert, the 500-row INSERT and the positions upsert \
+         are prepared once per connection, not once per batch"
     );
 
-    // One connection migrated the shard and wrote the five batches in turn: it prepared the
-    // schema-version insert, the 500-row and the 100-row INSERT and the positions upsert once
-    // each, not once per batch.
-    let mut conn = shard.pool().get_conn().await.unwrap();
-    let prepared: Option<(String, u64)> = conn
-        .query_first("SHOW SESSION STATUS LIKE 'Com_stmt_prepare'")
-        .await
-        .unwrap();
-    let prepared = prepared.unwrap().1;
-    let session: Option<i64> = conn.query_first("SELECT @sluice_session").await.unwrap();
-    drop(conn);
-    assert_eq!(session, Some(1), "the connection lost its setup");
+    // 700 rows: a full INSERT, still prepared, and a 200-row one prepared and closed each time.
+    for _ in 0..3 {
+        shard.write_batch("sink", &write(700)).await.unwrap();
+    }
+    let (prepared_after, closed_after, open) = statements(&shard).await;
+    let more = prepared_after - prepared;
     assert!(
-        prepared <= 4,
-        "{prepared} statements prepared for 5 batches of the same shape"
+        (3..=3 + 2 * open).contains(&more),
+        "{more} more statements prepared: one 200-row INSERT per batch (and the full INSERT \
+         and the upsert on a connection that had not written a batch yet)"
+    );
+    assert_eq!(
+        closed_after, 3,
+        "each 200-row INSERT is closed after its batch, and only it"
     );
     assert_eq!(
         shard.positions("sink").await.unwrap(),
-        vec![position("orders.shard.0", 0, 3000)]
+        vec![position("orders.shard.0", 0, 7100)]
     );
     shard.close().await;
     drop_database(&server, &database).await;

@@ -237,6 +237,26 @@ fn order_params(order: &EnrichedOrder, stored_at_ms: i64, params: &mut Vec<Value
     ]);
 }
 
+/// Runs a multi-row statement of `rows` rows. A full statement ([`ROWS_PER_STATEMENT`] rows,
+/// the shape of every statement under a backlog) stays prepared on the connection for the next
+/// batch. Any other row count is prepared for this run only and closed after it: batches that
+/// close on time have every size, and keeping each size's statement (with its thousands of
+/// parameter descriptions, on the client and on the server) would grow the sink's memory by
+/// tens of MiB per connection.
+async fn exec_rows(
+    tx: &mut mysql_async::Transaction<'_>,
+    sql: String,
+    params: Vec<Value>,
+    rows: usize,
+) -> Result<(), mysql_async::Error> {
+    if rows == ROWS_PER_STATEMENT {
+        return tx.exec_drop(sql, Params::Positional(params)).await;
+    }
+    let statement = tx.prep(sql).await?;
+    tx.exec_drop(&statement, Params::Positional(params)).await?;
+    tx.close(statement).await
+}
+
 fn placeholders(template: &str, rows: usize) -> String {
     vec![template; rows].join(",")
 }
@@ -432,7 +452,7 @@ impl ShardWriter for MysqlShard {
             for order in chunk {
                 order_params(order, now, &mut params);
             }
-            tx.exec_drop(sql, Params::Positional(params))
+            exec_rows(&mut tx, sql, params, chunk.len())
                 .await
                 .map_err(|e| self.db_error(e))?;
         }
@@ -452,7 +472,7 @@ impl ShardWriter for MysqlShard {
                     Value::from(r.rejected_at_ms),
                 ]);
             }
-            tx.exec_drop(sql, Params::Positional(params))
+            exec_rows(&mut tx, sql, params, chunk.len())
                 .await
                 .map_err(|e| self.db_error(e))?;
         }
