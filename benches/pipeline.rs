@@ -303,12 +303,18 @@ async fn bench_sinks(backend: Backend, rows: usize) -> String {
 }
 
 /// Rows/s of bare 500-row prepared INSERTs into the four MariaDB shards, `per_transaction`
-/// rows to a transaction (a sink batch's size, so the two differ only in what the sink adds).
+/// rows (rounded up to whole statements) to a transaction: a sink batch's size, so the two
+/// differ only in what the sink adds.
 async fn bench_raw_insert(rows: usize, per_transaction: usize) -> String {
+    const STATEMENT_ROWS: usize = sluice_sinks::mysql::ROWS_PER_STATEMENT;
     let test = test_topology("braw", &[], |_| {});
     let topology = test.topology();
-    let statements = per_transaction.div_ceil(500).max(1);
-    let per_shard = rows / 4 / (500 * statements) * (500 * statements);
+    let statements = per_transaction.div_ceil(STATEMENT_ROWS).max(1);
+    let per_shard = rows / 4 / (STATEMENT_ROWS * statements) * (STATEMENT_ROWS * statements);
+    assert!(
+        per_shard > 0,
+        "SLUICE_BENCH_ROWS={rows} is less than one transaction per shard; raise it"
+    );
     let mut shards = Vec::new();
     for shard in &topology.shards {
         let writer = MysqlShard::new(&shard.name, &shard.url).unwrap();
@@ -317,17 +323,17 @@ async fn bench_raw_insert(rows: usize, per_transaction: usize) -> String {
     }
     let started = Instant::now();
     let inserts = shards.iter().map(|shard| async move {
-        let placeholders = vec!["(?,?,?,?,?,?,?,?,?,?,?,?)"; 500].join(",");
+        let placeholders = vec!["(?,?,?,?,?,?,?,?,?,?,?,?)"; STATEMENT_ROWS].join(",");
         let sql = format!(
             "INSERT INTO orders (order_id, user_id, product, quantity, unit_price_minor, line_total_minor, currency, \
              received_at_ms, enriched_at_ms, stored_at_ms, bucket, shard) VALUES {placeholders}"
         );
         let mut conn = shard.pool().get_conn().await.unwrap();
-        for _ in 0..per_shard / (500 * statements) {
+        for _ in 0..per_shard / (STATEMENT_ROWS * statements) {
             let mut tx = conn.start_transaction(TxOpts::default()).await.unwrap();
             for _ in 0..statements {
-                let mut params = Vec::with_capacity(500 * 12);
-                for _ in 0..500 {
+                let mut params = Vec::with_capacity(STATEMENT_ROWS * 12);
+                for _ in 0..STATEMENT_ROWS {
                     let o = enriched("raw", 1, shard.name());
                     params.extend([
                         Value::from(o.order_id.as_bytes().to_vec()),

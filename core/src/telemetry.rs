@@ -177,7 +177,7 @@ pub const FRESHNESS_SECONDS_BUCKETS: &[f64] = &[
 ];
 /// Buckets (records or rows) of batch sizes: stage batches and sink batches.
 pub const BATCH_SIZE_BUCKETS: &[f64] = &[
-    1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0,
+    1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2000.0, 2500.0, 5000.0,
 ];
 
 /// Every histogram Sluice records, with its buckets: the Prometheus recorder is configured

@@ -8,9 +8,10 @@ use sluice_core::topology::{FlowNode, Issues, NodeKind, Wiring};
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SinkConfig {
-    /// A batch is written once it holds this many rows (in one transaction, as INSERTs of at
-    /// most 500 rows each: under a backlog a transaction's fixed cost, its round trips and
-    /// its commit, is shared by this many rows)...
+    /// A batch is written once it holds this many rows, in one transaction (on MariaDB /
+    /// MySQL as INSERTs of at most [`crate::mysql::ROWS_PER_STATEMENT`] rows each): under a
+    /// backlog a transaction's fixed cost, its round trips and its commit, is shared by this
+    /// many rows...
     #[serde(default = "default_max_rows")]
     pub max_rows: usize,
     /// ...or once its first row has waited this long, whichever comes first.

@@ -126,29 +126,21 @@ impl SinkWorker {
 /// The sink's hop of each order's trace in a batch, by order id.
 type Traces = HashMap<Uuid, Hop>;
 
-/// Whether stored rows are logged (DEBUG) or exported as spans, so the sink's hop of each
-/// row's trace is worth making: a hop costs two random ids and a map entry per row.
-fn rows_are_traced() -> bool {
-    trace::exporter().is_some() || tracing::enabled!(tracing::Level::DEBUG)
-}
-
 /// Turns a record into a row for this shard, or nothing: a record of another shard's user
 /// (so a shard can be rebuilt from a topic that holds every shard's orders, such as the
 /// enriched topic), or a record that cannot be read, which is logged and skipped. A row's
-/// order gets the sink's hop of its trace in `traces`, when they are kept.
+/// order gets the sink's hop of its trace in `traces`.
 fn classify(
     worker: &SinkWorker,
     map: &ShardMap,
     record: &Record,
     batch: &mut Batch,
-    traces: Option<&mut Traces>,
+    traces: &mut Traces,
 ) {
     if worker.rejections_topic.as_deref() != Some(record.topic.as_str()) {
         match serde_json::from_slice::<EnrichedOrder>(&record.payload) {
             Ok(order) if map.shard_for_user(&order.user_id) == worker.shard_index => {
-                if let Some(traces) = traces {
-                    traces.insert(order.order_id, Hop::after(TraceParent::of_record(record)));
-                }
+                traces.insert(order.order_id, Hop::after(TraceParent::of_record(record)));
                 batch.orders.push(order)
             }
             Ok(_) => {}
@@ -177,9 +169,7 @@ fn classify(
         );
         return;
     };
-    if let Some(traces) = traces {
-        traces.insert(order_id, Hop::after(TraceParent::of_record(record)));
-    }
+    traces.insert(order_id, Hop::after(TraceParent::of_record(record)));
     batch.rejections.push(Rejection {
         order_id,
         user_id,
@@ -448,7 +438,6 @@ async fn read_batches(
         let mut order_partitions = Vec::new();
         let mut rejection_partitions = Vec::new();
         let mut traces = Traces::new();
-        let traced = rows_are_traced();
         let mut consumed = 0usize;
         let mut deadline: Option<Instant> = None;
         while consumed < worker.max_rows {
@@ -536,13 +525,7 @@ async fn read_batches(
                     }
                 };
                 positions[index].next_offset = record.offset + 1;
-                classify(
-                    worker,
-                    map,
-                    record,
-                    &mut batch,
-                    traced.then_some(&mut traces),
-                );
+                classify(worker, map, record, &mut batch, &mut traces);
                 order_partitions.resize(batch.orders.len(), index);
                 rejection_partitions.resize(batch.rejections.len(), index);
                 consumed += 1;
@@ -658,10 +641,10 @@ async fn write_with_retry(
 /// Logs (at DEBUG) and exports the span of each row of `batch`, now stored; `started` is
 /// when the store began (set when spans are exported).
 fn stored(worker: &SinkWorker, batch: &Batch, traces: &Traces, started: Option<u64>) {
-    if !rows_are_traced() {
+    let exporter = trace::exporter();
+    if exporter.is_none() && !tracing::enabled!(tracing::Level::DEBUG) {
         return;
     }
-    let exporter = trace::exporter();
     let end = trace::now_unix_nanos();
     let rows = batch
         .orders

@@ -465,10 +465,13 @@ async fn mysql_url_without_database_is_refused() {
 /// statement per batch size).
 #[tokio::test]
 async fn mysql_connections_keep_their_full_prepared_statements_between_batches() {
-    let (shard, server, database) = fresh_mysql_shard("t_stmt");
+    let (_, server, database) = fresh_mysql_shard("t_stmt");
+    // One connection, so its session counters see every statement.
+    let shard =
+        MysqlShard::new("s0", &format!("{server}/{database}?pool_min=1&pool_max=1")).unwrap();
     shard.migrate().await.unwrap();
     let mut next_offset = 0;
-    let mut write = |rows: usize| {
+    let mut batch = |rows: usize| {
         next_offset += rows as i64;
         Batch {
             orders: (0..rows).map(|_| order("user1", 1)).collect(),
@@ -476,65 +479,51 @@ async fn mysql_connections_keep_their_full_prepared_statements_between_batches()
             ..Batch::default()
         }
     };
-    for _ in 0..5 {
-        shard.write_batch("sink", &write(1000)).await.unwrap();
+    // The statements prepared and closed on the connection so far.
+    async fn statements(shard: &MysqlShard) -> (u64, u64) {
+        let mut conn = shard.pool().get_conn().await.unwrap();
+        let session: Option<i64> = conn.query_first("SELECT @sluice_session").await.unwrap();
+        assert_eq!(session, Some(1), "the connection lost its setup");
+        let rows: Vec<(String, u64)> = conn
+            .query(
+                "SHOW SESSION STATUS WHERE Variable_name IN ('Com_stmt_prepare', 'Com_stmt_close')",
+            )
+            .await
+            .unwrap();
+        let count = |name: &str| rows.iter().find(|(n, _)| n == name).unwrap().1;
+        (count("Com_stmt_prepare"), count("Com_stmt_close"))
     }
-    let metrics = shard.pool().metrics();
-    let reset = metrics
+    let (migrated, _) = statements(&shard).await;
+
+    for _ in 0..5 {
+        shard.write_batch("sink", &batch(1000)).await.unwrap();
+    }
+    let reset = shard
+        .pool()
+        .metrics()
         .resetting_connection
         .load(std::sync::atomic::Ordering::Relaxed);
     assert_eq!(
         reset, 0,
         "connections were reset on their way back to the pool"
     );
-
-    // The statements prepared and closed on the pool's connections, all of them (the pool
-    // holds the one or two the migration and the batches used; none is in use now).
-    async fn statements(shard: &MysqlShard) -> (u64, u64, u64) {
-        let open = shard
-            .pool()
-            .metrics()
-            .connection_count
-            .load(std::sync::atomic::Ordering::Relaxed);
-        let mut conns = Vec::new();
-        let (mut prepared, mut closed) = (0, 0);
-        for _ in 0..open {
-            let mut conn = shard.pool().get_conn().await.unwrap();
-            let session: Option<i64> = conn.query_first("SELECT @sluice_session").await.unwrap();
-            assert_eq!(session, Some(1), "a connection lost its setup");
-            let rows: Vec<(String, u64)> = conn
-                .query("SHOW SESSION STATUS WHERE Variable_name IN ('Com_stmt_prepare', 'Com_stmt_close')")
-                .await
-                .unwrap();
-            let count = |name: &str| rows.iter().find(|(n, _)| n == name).unwrap().1;
-            prepared += count("Com_stmt_prepare");
-            closed += count("Com_stmt_close");
-            conns.push(conn); // held, so the next get_conn hands out another one
-        }
-        (prepared, closed, open as u64)
-    }
-    let (prepared, _, open) = statements(&shard).await;
-    assert!(
-        prepared <= 3 * open,
-        "{prepared} statements prepared on {open} connections for 5 batches of two full \
-         INSERTs each: the schema-version insert, the 500-row INSERT and the positions upsert \
-         are prepared once per connection, not once per batch"
+    let (prepared, closed) = statements(&shard).await;
+    assert_eq!(
+        (prepared - migrated, closed),
+        (2, 0),
+        "5 batches of two full INSERTs each: the 500-row INSERT and the positions upsert are \
+         prepared once, not once per batch"
     );
 
     // 700 rows: a full INSERT, still prepared, and a 200-row one prepared and closed each time.
     for _ in 0..3 {
-        shard.write_batch("sink", &write(700)).await.unwrap();
+        shard.write_batch("sink", &batch(700)).await.unwrap();
     }
-    let (prepared_after, closed_after, open) = statements(&shard).await;
-    let more = prepared_after - prepared;
-    assert!(
-        (3..=3 + 2 * open).contains(&more),
-        "{more} more statements prepared: one 200-row INSERT per batch (and the full INSERT \
-         and the upsert on a connection that had not written a batch yet)"
-    );
+    let (prepared_after, closed_after) = statements(&shard).await;
     assert_eq!(
-        closed_after, 3,
-        "each 200-row INSERT is closed after its batch, and only it"
+        (prepared_after - prepared, closed_after),
+        (3, 3),
+        "each 200-row INSERT is prepared for its batch and closed after it, and only it"
     );
     assert_eq!(
         shard.positions("sink").await.unwrap(),

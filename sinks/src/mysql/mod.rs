@@ -89,7 +89,8 @@ impl MysqlShard {
         // prepared its 500-row INSERT again (6,000 parameters described back to the client),
         // which halved the rows a sink stores per second. The sink leaves no session state
         // behind: a transaction it drops is rolled back before the connection is reused, and
-        // the setup below is the same for every connection.
+        // the setup below is the same for every connection. (So `reset_connection` in a shard
+        // URL is overridden.)
         let pool_opts = opts.pool_opts().clone().with_reset_connection(false);
         let opts = OptsBuilder::from_opts(opts)
             .setup(vec![IDLE_TRANSACTION_LIMIT])
@@ -253,8 +254,11 @@ async fn exec_rows(
         return tx.exec_drop(sql, Params::Positional(params)).await;
     }
     let statement = tx.prep(sql).await?;
-    tx.exec_drop(&statement, Params::Positional(params)).await?;
-    tx.close(statement).await
+    // Closed whether it ran or not: a refused row makes the worker split the batch into
+    // pieces of every size, and each piece's statement would otherwise stay prepared.
+    let ran = tx.exec_drop(&statement, Params::Positional(params)).await;
+    let closed = tx.close(statement).await;
+    ran.and(closed)
 }
 
 fn placeholders(template: &str, rows: usize) -> String {
