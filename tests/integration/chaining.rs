@@ -161,7 +161,7 @@ async fn on_the_embedded_defaults_orders_left_between_stages_are_processed_once_
 /// and the rest waits there. Once enrich runs fused behind validate it reads orders.valid no
 /// more, so the pipeline processes what is left at start-up, and every such order is stored.
 async fn orders_left_between_stages_are_processed_once_they_are_fused(backend: Backend) {
-    use sluice_core::log::{Assignment, OutRecord, Position, StartFrom};
+    use sluice_core::log::{assign_all, OutRecord, Position, StartFrom};
     use sluice_core::order::RawOrder;
 
     let users = users_covering_shards(1);
@@ -196,25 +196,21 @@ async fn orders_left_between_stages_are_processed_once_they_are_fused(backend: B
         .unwrap();
         left.push(order.order_id.to_string());
     }
-    let partitions = topology.topics[&format!("{}.orders.valid", test.id)].partitions as i32;
+    let assignments = assign_all(
+        log.as_ref(),
+        std::slice::from_ref(&valid),
+        StartFrom::Beginning,
+    )
+    .await
+    .unwrap();
+    let partitions = assignments.len();
     let mut consumer = log.consumer(&group).await.unwrap();
-    consumer
-        .assign(
-            (0..partitions)
-                .map(|partition| Assignment {
-                    topic: valid.clone(),
-                    partition,
-                    start: StartFrom::Beginning,
-                })
-                .collect(),
-        )
-        .await
-        .unwrap();
+    consumer.assign(assignments).await.unwrap();
     // Read one record per partition and commit past it: those orders count as enriched.
     let mut done = std::collections::HashSet::new();
     let mut committed = HashMap::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while committed.len() < partitions as usize && tokio::time::Instant::now() < deadline {
+    while committed.len() < partitions && tokio::time::Instant::now() < deadline {
         for record in consumer
             .poll(100, Duration::from_millis(300))
             .await
