@@ -102,14 +102,22 @@ mod tests {
     #[test]
     fn installing_the_recorder_starts_the_upkeep_thread() {
         handle();
-        let upkeep = std::fs::read_dir("/proc/self/task")
-            .unwrap()
-            .filter_map(Result::ok)
-            .filter_map(|task| std::fs::read_to_string(task.path().join("comm")).ok())
-            .any(|name| name.trim_end() == "metrics-upkeep");
+        let upkeep_runs = || {
+            std::fs::read_dir("/proc/self/task")
+                .unwrap()
+                .filter_map(Result::ok)
+                .filter_map(|task| std::fs::read_to_string(task.path().join("comm")).ok())
+                .any(|name| name.trim_end() == "metrics-upkeep")
+        };
+        // A new thread names itself once it starts running, which on a busy machine can be
+        // a while after `spawn` returned: wait for it, within a bound.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !upkeep_runs() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
         assert!(
-            upkeep,
-            "no metrics-upkeep thread runs after the recorder is installed"
+            upkeep_runs(),
+            "no metrics-upkeep thread runs 10 s after the recorder is installed"
         );
     }
 
