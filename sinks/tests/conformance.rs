@@ -53,6 +53,12 @@ async fn count_orders(shard: &dyn ShardWriter, batch: &Batch) -> usize {
 
 /// The contract every backend must keep.
 async fn conformance(shard: Arc<dyn ShardWriter>) {
+    // Before its sink worker created it, a shard answers lookups: nothing is stored there.
+    assert_eq!(
+        shard.find("user1", Uuid::now_v7()).await.unwrap(),
+        OrderStatus::Unknown,
+        "a shard not migrated yet must report nothing stored, not fail the lookup"
+    );
     shard.migrate().await.unwrap();
     shard.migrate().await.expect("migrate must be idempotent");
     assert!(shard.positions("sink").await.unwrap().is_empty());

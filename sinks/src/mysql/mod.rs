@@ -506,7 +506,34 @@ impl ShardWriter for MysqlShard {
     }
 
     async fn find(&self, user_id: &str, order_id: Uuid) -> Result<OrderStatus, SinkError> {
-        let mut conn = self.pool.get_conn().await.map_err(|e| self.db_error(e))?;
+        match self.find_stored(user_id, order_id).await {
+            Err(error) if not_created_yet(&error) => Ok(OrderStatus::Unknown),
+            found => found.map_err(|e| self.db_error(e)),
+        }
+    }
+
+    async fn close(&self) {
+        let _ = self.pool.clone().disconnect().await;
+    }
+}
+
+/// Whether `error` says the shard's database or tables do not exist yet: its sink worker has
+/// not [migrated](ShardWriter::migrate) it (a process that just started, or runs no sinks yet),
+/// so no order is stored there.
+fn not_created_yet(error: &mysql_async::Error) -> bool {
+    const ER_BAD_DB_ERROR: u16 = 1049;
+    const ER_NO_SUCH_TABLE: u16 = 1146;
+    matches!(error, mysql_async::Error::Server(server) if server.code == ER_BAD_DB_ERROR || server.code == ER_NO_SUCH_TABLE)
+}
+
+impl MysqlShard {
+    /// The order `order_id` of `user_id` as the shard records it.
+    async fn find_stored(
+        &self,
+        user_id: &str,
+        order_id: Uuid,
+    ) -> Result<OrderStatus, mysql_async::Error> {
+        let mut conn = self.pool.get_conn().await?;
         let id = order_id.as_bytes().to_vec();
         let stored: Option<OrderRow> = conn
             .exec_first(
@@ -514,8 +541,7 @@ impl ShardWriter for MysqlShard {
                  received_at_ms, enriched_at_ms, bucket, shard FROM orders WHERE order_id = ? AND user_id = ?",
                 (id.clone(), user_id),
             )
-            .await
-            .map_err(|e| self.db_error(e))?;
+            .await?;
         if let Some(order) = stored.and_then(row_to_order) {
             return Ok(OrderStatus::Stored { order });
         }
@@ -524,15 +550,10 @@ impl ShardWriter for MysqlShard {
                 "SELECT stage, reason FROM rejected_orders WHERE order_id = ? AND user_id = ?",
                 (id, user_id),
             )
-            .await
-            .map_err(|e| self.db_error(e))?;
+            .await?;
         Ok(match rejected {
             Some((stage, reason)) => OrderStatus::Rejected { stage, reason },
             None => OrderStatus::Unknown,
         })
-    }
-
-    async fn close(&self) {
-        let _ = self.pool.clone().disconnect().await;
     }
 }

@@ -272,7 +272,7 @@ impl ShardWriter for SqliteShard {
 
     async fn find(&self, user_id: &str, order_id: Uuid) -> Result<OrderStatus, SinkError> {
         let user_id = user_id.to_string();
-        self.with_conn(move |conn| {
+        let found = self.with_conn(move |conn| {
             let id = order_id.as_bytes().to_vec();
             let stored = conn
                 .query_row(
@@ -311,6 +311,20 @@ impl ShardWriter for SqliteShard {
                 None => OrderStatus::Unknown,
             })
         })
-        .await
+        .await;
+        match found {
+            Err(SinkError::Database {
+                source: DatabaseError::Sqlite(error),
+                ..
+            }) if no_such_table(&error) => Ok(OrderStatus::Unknown),
+            found => found,
+        }
     }
+}
+
+/// Whether `error` says a table does not exist yet: the shard's sink worker has not
+/// [migrated](ShardWriter::migrate) it (a process that just started, or runs no sinks yet), so
+/// no order is stored there.
+fn no_such_table(error: &rusqlite::Error) -> bool {
+    matches!(error, rusqlite::Error::SqliteFailure(_, Some(message)) if message.starts_with("no such table"))
 }
