@@ -337,7 +337,9 @@ pub trait ShardWriter: Send + Sync {
     /// the same records change nothing, a re-run of `enrich` reprices.
     async fn write_batch(&self, consumer: &str, batch: &Batch) -> Result<(), SinkError>;
 
-    /// The status of one order of one user in this shard.
+    /// The status of one order of one user in this shard. A shard not
+    /// [migrated](ShardWriter::migrate) yet holds nothing: [`OrderStatus::Unknown`], not an
+    /// error.
     async fn find(&self, user_id: &str, order_id: Uuid) -> Result<OrderStatus, SinkError>;
 
     /// Releases connections (called once at shutdown).

@@ -454,6 +454,23 @@ async fn both_backends_end_at_the_same_schema_version_and_indexes() {
 }
 
 #[tokio::test]
+async fn mysql_lookups_in_a_database_without_tables_find_nothing() {
+    let (shard, server, database) = fresh_mysql_shard("t_empty");
+    let mut conn = mysql_async::Conn::from_url(server.as_str()).await.unwrap();
+    conn.query_drop(format!("CREATE DATABASE `{database}`"))
+        .await
+        .unwrap();
+    conn.disconnect().await.unwrap();
+    assert_eq!(
+        shard.find("user1", Uuid::now_v7()).await.unwrap(),
+        OrderStatus::Unknown,
+        "a database whose tables are not created yet holds no order"
+    );
+    shard.close().await;
+    drop_database(&server, &database).await;
+}
+
+#[tokio::test]
 async fn mysql_url_without_database_is_refused() {
     let error = MysqlShard::new("s0", "mysql://root@127.0.0.1:1")
         .err()

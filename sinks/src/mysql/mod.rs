@@ -143,6 +143,36 @@ impl MysqlShard {
         .map_err(|e| self.db_error(e))?;
         conn.disconnect().await.map_err(|e| self.db_error(e))
     }
+
+    /// What the shard records about order `order_id` of `user_id`.
+    async fn query_status(
+        &self,
+        user_id: &str,
+        order_id: Uuid,
+    ) -> Result<OrderStatus, mysql_async::Error> {
+        let mut conn = self.pool.get_conn().await?;
+        let id = order_id.as_bytes().to_vec();
+        let stored: Option<OrderRow> = conn
+            .exec_first(
+                "SELECT order_id, user_id, product, quantity, unit_price_minor, line_total_minor, currency, \
+                 received_at_ms, enriched_at_ms, bucket, shard FROM orders WHERE order_id = ? AND user_id = ?",
+                (id.clone(), user_id),
+            )
+            .await?;
+        if let Some(order) = stored.and_then(row_to_order) {
+            return Ok(OrderStatus::Stored { order });
+        }
+        let rejected: Option<(String, String)> = conn
+            .exec_first(
+                "SELECT stage, reason FROM rejected_orders WHERE order_id = ? AND user_id = ?",
+                (id, user_id),
+            )
+            .await?;
+        Ok(match rejected {
+            Some((stage, reason)) => OrderStatus::Rejected { stage, reason },
+            None => OrderStatus::Unknown,
+        })
+    }
 }
 
 /// The driver's options for the URL of shard `shard`.
@@ -219,6 +249,22 @@ pub fn server_fault(code: u16, sqlstate: &str) -> Fault {
         _ if sqlstate.starts_with("22") || sqlstate.starts_with("23") => Fault::Permanent,
         _ => Fault::Other,
     }
+}
+
+/// Whether `error` says the shard's database or tables do not exist: usually because its
+/// sink worker has not [migrated](ShardWriter::migrate) it yet (a process that just started,
+/// or runs no sinks), so no order is stored there. (A database or table missing for another
+/// reason, such as a wrong name in the URL, also reads so; `sluice check` reports it, and a
+/// sink worker cannot write to such a shard.)
+fn not_created_yet(error: &mysql_async::Error) -> bool {
+    matches!(
+        error,
+        mysql_async::Error::Server(server) if matches!(
+            server.code,
+            1049 // ER_BAD_DB_ERROR: unknown database
+            | 1146 // ER_NO_SUCH_TABLE
+        )
+    )
 }
 
 fn order_params(order: &EnrichedOrder, stored_at_ms: i64, params: &mut Vec<Value>) {
@@ -506,54 +552,16 @@ impl ShardWriter for MysqlShard {
     }
 
     async fn find(&self, user_id: &str, order_id: Uuid) -> Result<OrderStatus, SinkError> {
-        match self.find_stored(user_id, order_id).await {
-            Err(error) if not_created_yet(&error) => Ok(OrderStatus::Unknown),
+        match self.query_status(user_id, order_id).await {
+            Err(error) if not_created_yet(&error) => {
+                tracing::debug!(shard = self.name, %error, "shard not created yet: it holds no order");
+                Ok(OrderStatus::Unknown)
+            }
             found => found.map_err(|e| self.db_error(e)),
         }
     }
 
     async fn close(&self) {
         let _ = self.pool.clone().disconnect().await;
-    }
-}
-
-/// Whether `error` says the shard's database or tables do not exist yet: its sink worker has
-/// not [migrated](ShardWriter::migrate) it (a process that just started, or runs no sinks yet),
-/// so no order is stored there.
-fn not_created_yet(error: &mysql_async::Error) -> bool {
-    const ER_BAD_DB_ERROR: u16 = 1049;
-    const ER_NO_SUCH_TABLE: u16 = 1146;
-    matches!(error, mysql_async::Error::Server(server) if server.code == ER_BAD_DB_ERROR || server.code == ER_NO_SUCH_TABLE)
-}
-
-impl MysqlShard {
-    /// The order `order_id` of `user_id` as the shard records it.
-    async fn find_stored(
-        &self,
-        user_id: &str,
-        order_id: Uuid,
-    ) -> Result<OrderStatus, mysql_async::Error> {
-        let mut conn = self.pool.get_conn().await?;
-        let id = order_id.as_bytes().to_vec();
-        let stored: Option<OrderRow> = conn
-            .exec_first(
-                "SELECT order_id, user_id, product, quantity, unit_price_minor, line_total_minor, currency, \
-                 received_at_ms, enriched_at_ms, bucket, shard FROM orders WHERE order_id = ? AND user_id = ?",
-                (id.clone(), user_id),
-            )
-            .await?;
-        if let Some(order) = stored.and_then(row_to_order) {
-            return Ok(OrderStatus::Stored { order });
-        }
-        let rejected: Option<(String, String)> = conn
-            .exec_first(
-                "SELECT stage, reason FROM rejected_orders WHERE order_id = ? AND user_id = ?",
-                (id, user_id),
-            )
-            .await?;
-        Ok(match rejected {
-            Some((stage, reason)) => OrderStatus::Rejected { stage, reason },
-            None => OrderStatus::Unknown,
-        })
     }
 }

@@ -27,7 +27,7 @@ pub struct SqliteShard {
 }
 
 impl SqliteShard {
-    /// A shard named `name` stored in the file at `path` (created with its folder on migrate).
+    /// A shard named `name` stored in the file at `path` (created with its folder on first use).
     pub fn new(name: &str, path: &Path) -> Self {
         SqliteShard {
             name: name.to_string(),
@@ -79,6 +79,13 @@ impl SqliteShard {
             source: e.into(),
         })?
     }
+}
+
+/// Whether `error` says a table does not exist: usually because the shard's sink worker has
+/// not [migrated](ShardWriter::migrate) it yet (a process that just started, or runs no sinks),
+/// so no order is stored there.
+fn not_created_yet(error: &rusqlite::Error) -> bool {
+    matches!(error, rusqlite::Error::SqliteFailure(_, Some(message)) if message.contains("no such table"))
 }
 
 /// Whether retrying a write that failed with `error` can help: a busy or locked database, a
@@ -316,15 +323,11 @@ impl ShardWriter for SqliteShard {
             Err(SinkError::Database {
                 source: DatabaseError::Sqlite(error),
                 ..
-            }) if no_such_table(&error) => Ok(OrderStatus::Unknown),
+            }) if not_created_yet(&error) => {
+                tracing::debug!(shard = self.name, %error, "shard not created yet: it holds no order");
+                Ok(OrderStatus::Unknown)
+            }
             found => found,
         }
     }
-}
-
-/// Whether `error` says a table does not exist yet: the shard's sink worker has not
-/// [migrated](ShardWriter::migrate) it (a process that just started, or runs no sinks yet), so
-/// no order is stored there.
-fn no_such_table(error: &rusqlite::Error) -> bool {
-    matches!(error, rusqlite::Error::SqliteFailure(_, Some(message)) if message.starts_with("no such table"))
 }
