@@ -38,6 +38,10 @@ pub struct IngressConfig {
     /// How long the ingress waits for the log to acknowledge an order before answering 503.
     #[serde(default = "defaults::ack_timeout_ms")]
     pub ack_timeout_ms: u64,
+    /// How long `GET /order/{id}` waits for the user's shard to answer before answering 503
+    /// (a frozen or unreachable shard must not hold requests, and their connections, open).
+    #[serde(default = "defaults::lookup_timeout_ms")]
+    pub lookup_timeout_ms: u64,
     /// How many `Idempotency-Key`s the ingress remembers (oldest forgotten first).
     #[serde(default = "defaults::idempotency_keys")]
     pub idempotency_keys: u64,
@@ -520,6 +524,9 @@ impl IngressConfig {
         if ingress.ack_timeout_ms == 0 {
             issues.push("ingress.ack_timeout_ms", "must be at least 1");
         }
+        if ingress.lookup_timeout_ms == 0 {
+            issues.push("ingress.lookup_timeout_ms", "must be at least 1");
+        }
         if ingress.max_connections_per_address == 0 {
             issues.push(
                 "ingress.max_connections_per_address",
@@ -639,6 +646,9 @@ mod defaults {
     }
     pub fn ack_timeout_ms() -> u64 {
         5_000
+    }
+    pub fn lookup_timeout_ms() -> u64 {
+        2_000
     }
     pub fn idempotency_keys() -> u64 {
         1_000_000

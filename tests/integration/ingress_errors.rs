@@ -439,6 +439,86 @@ impl OrderLookup for NoLookup {
     }
 }
 
+/// A shard that accepts connections and never answers, as a frozen MariaDB (SIGSTOP, a stalled
+/// VM) looks to a client: the kernel completes the connection, the server never speaks.
+/// `GET /order/{id}` answers 503 within `lookup_timeout_ms`, and the ingress keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_that_never_answers_makes_order_lookups_503_within_their_timeout() {
+    let test = test_topology_on(Backend::Embedded, "frozenshard", &["alice"], |t| {
+        t.ingress.lookup_timeout_ms = 1000;
+    });
+    let topology = test.topology();
+    // Listening, never accepting: connections complete in the kernel's backlog and get no
+    // greeting, exactly as with a stopped server process.
+    let frozen = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!(
+        "mysql://root:sluice@{}/sluice",
+        frozen.local_addr().unwrap()
+    );
+    let shards: Vec<Arc<dyn sluice_sinks::ShardWriter>> = topology
+        .shards
+        .iter()
+        .map(|shard| {
+            Arc::new(sluice_sinks::mysql::MysqlShard::new(&shard.name, &url).unwrap())
+                as Arc<dyn sluice_sinks::ShardWriter>
+        })
+        .collect();
+    let lookup = sluice_sinks::ShardLookup::new(topology.shard_map().unwrap(), shards);
+    let log: Arc<dyn Log> = topology.log.open(&topology.base_dir).unwrap();
+    let ingress = Ingress::new(
+        topology.ingress.clone(),
+        &topology.base_dir,
+        log,
+        Arc::new(lookup),
+    )
+    .await
+    .unwrap();
+    let alice = ingress
+        .state()
+        .users()
+        .hash_of("alice")
+        .unwrap()
+        .to_string();
+    let token = ingress
+        .state()
+        .tokens
+        .issue_for("alice", &alice, 3600)
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let server = tokio::spawn(ingress.serve(listener, None, cancel.clone()));
+
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    for _ in 0..2 {
+        let started = std::time::Instant::now();
+        let response = client
+            .get(format!("{base}/order/{}", uuid::Uuid::now_v7()))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("the lookup must be answered, not left hanging");
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+            "answered after {took:?}, with a 1 s lookup timeout"
+        );
+        assert!(response.headers().contains_key("retry-after"));
+        let (status, code, message) = error_of(response).await;
+        assert_eq!((status, code.as_str()), (503, "unavailable"), "{message}");
+        assert!(message.contains("did not answer in time"), "{message}");
+    }
+    // The ingress itself still answers at once.
+    let health = client.get(format!("{base}/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    cancel.cancel();
+    server.await.unwrap();
+    drop(frozen);
+}
+
 /// Kafka only: a broker address where nothing listens, so the order can never be
 /// acknowledged. The embedded log has no broker; its refusals (full disk, failed writes, a
 /// stalled log) are `disk_full`'s tests.

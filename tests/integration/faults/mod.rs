@@ -22,6 +22,7 @@ mod diagnose;
 mod embedded;
 mod infra;
 mod load;
+mod lookup;
 mod probe;
 mod services;
 
@@ -38,6 +39,7 @@ use rand::{Rng, SeedableRng};
 use crate::common::*;
 use infra::{InfraAddress, PrivateInfra};
 use load::{Load, LoadConfig, Shards, StoredRow};
+use lookup::LookupProbe;
 use probe::Probes;
 
 /// The faults, in the order a suite runs them.
@@ -490,6 +492,7 @@ async fn inject(
     infra: Option<&InfraAddress>,
     rng: &mut StdRng,
     settings: &Settings,
+    lookups: &LookupProbe,
     failures: &mut Vec<String>,
 ) -> Result<Window, String> {
     let shard = rng.random_range(0..4usize).to_string();
@@ -534,8 +537,13 @@ async fn inject(
         }
         Fault::ShardPause => {
             infra()?.exec(&["shard-pause", &shard]).await?;
-            tokio::time::sleep(pick(rng, settings.shard_pause_ms)).await;
+            let index: usize = shard.parse().expect("a shard number");
+            let pause = pick(rng, settings.shard_pause_ms);
+            // Order lookups on the frozen shard are answered (503) rather than held open.
+            let (frozen, ()) = tokio::join!(lookups.while_frozen(index), tokio::time::sleep(pause));
             infra()?.exec(&["shard-resume", &shard]).await?;
+            failures.extend(frozen.err());
+            failures.extend(lookups.after_thaw(index).await.err());
         }
         Fault::ShardKill => {
             infra()?.exec(&["shard-kill", &shard]).await?;
@@ -724,6 +732,7 @@ async fn run_fault(
             login(&client, &ports.login_base(), user).await,
         );
     }
+    let lookups = LookupProbe::new(ports.order_base(), deployment.test(), &tokens);
     let load = Load::start(
         LoadConfig {
             clients: settings.clients,
@@ -752,6 +761,7 @@ async fn run_fault(
                 infra.as_ref(),
                 &mut rng,
                 &settings,
+                &lookups,
                 &mut failures,
             )
             .await
