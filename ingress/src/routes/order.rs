@@ -209,9 +209,9 @@ pub async fn status(state: &State, principal: &Principal, id: &str) -> Result<Re
             format!("{id:?} is not an order id (a UUID)"),
         )
     })?;
-    let limit = Duration::from_millis(state.config.lookup_timeout_ms);
+    let timeout = Duration::from_millis(state.config.lookup_timeout_ms);
     let found =
-        match tokio::time::timeout(limit, state.lookup.find(principal.user(), order_id)).await {
+        match tokio::time::timeout(timeout, state.lookup.find(principal.user(), order_id)).await {
             Ok(found) => found.map_err(|error| {
                 tracing::warn!(%error, "order lookup failed");
                 ApiError::unavailable("the order store cannot be reached; try again")

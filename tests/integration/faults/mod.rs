@@ -495,9 +495,12 @@ async fn inject(
     lookups: &LookupProbe,
     failures: &mut Vec<String>,
 ) -> Result<Window, String> {
-    let shard = rng.random_range(0..4usize).to_string();
+    let index = rng.random_range(0..4usize);
+    let shard = index.to_string();
     let start = Instant::now();
     let mut outage = None;
+    // Checks made once the fault is over, outside its window (see the shard pause).
+    let mut after_the_fault = None;
     let infra = || infra.ok_or_else(|| "this fault needs the private infrastructure".to_string());
     match fault {
         Fault::BrokerKill => {
@@ -537,13 +540,12 @@ async fn inject(
         }
         Fault::ShardPause => {
             infra()?.exec(&["shard-pause", &shard]).await?;
-            let index: usize = shard.parse().expect("a shard number");
             let pause = pick(rng, settings.shard_pause_ms);
             // Order lookups on the frozen shard are answered (503) rather than held open.
             let (frozen, ()) = tokio::join!(lookups.while_frozen(index), tokio::time::sleep(pause));
-            infra()?.exec(&["shard-resume", &shard]).await?;
             failures.extend(frozen.err());
-            failures.extend(lookups.after_thaw(index).await.err());
+            infra()?.exec(&["shard-resume", &shard]).await?;
+            after_the_fault = Some(index);
         }
         Fault::ShardKill => {
             infra()?.exec(&["shard-kill", &shard]).await?;
@@ -590,11 +592,12 @@ async fn inject(
             }
         }
     }
-    Ok(Window {
-        start,
-        end: Instant::now(),
-        outage,
-    })
+    let end = Instant::now();
+    if let Some(index) = after_the_fault {
+        // And answered from the shard again once it is back.
+        failures.extend(lookups.after_thaw(index).await.err());
+    }
+    Ok(Window { start, end, outage })
 }
 
 /// Polls the shards until every id in `ids` is stored; the time that took, or `None` after
