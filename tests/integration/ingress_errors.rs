@@ -430,6 +430,39 @@ async fn rate_limits_answer_429_with_retry_after(backend: Backend) {
     pipeline.stop().await;
 }
 
+/// Serves `topology`'s ingress alone (no stages, no sinks) with `lookup` answering
+/// `GET /order/{id}`: its base URL, a token of "alice", and the token and task that stop it.
+async fn serve_alone(
+    topology: &sluice::topology::Topology,
+    lookup: Arc<dyn OrderLookup>,
+) -> (
+    String,
+    String,
+    tokio_util::sync::CancellationToken,
+    tokio::task::JoinHandle<()>,
+) {
+    let log: Arc<dyn Log> = topology.log.open(&topology.base_dir).unwrap();
+    let ingress = Ingress::new(topology.ingress.clone(), &topology.base_dir, log, lookup)
+        .await
+        .unwrap();
+    let alice = ingress
+        .state()
+        .users()
+        .hash_of("alice")
+        .unwrap()
+        .to_string();
+    let token = ingress
+        .state()
+        .tokens
+        .issue_for("alice", &alice, 3600)
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let server = tokio::spawn(ingress.serve(listener, None, cancel.clone()));
+    (base, token, cancel, server)
+}
+
 struct NoLookup;
 
 #[async_trait::async_trait]
@@ -464,30 +497,7 @@ async fn a_shard_that_never_answers_makes_order_lookups_503_within_their_timeout
         })
         .collect();
     let lookup = sluice_sinks::ShardLookup::new(topology.shard_map().unwrap(), shards);
-    let log: Arc<dyn Log> = topology.log.open(&topology.base_dir).unwrap();
-    let ingress = Ingress::new(
-        topology.ingress.clone(),
-        &topology.base_dir,
-        log,
-        Arc::new(lookup),
-    )
-    .await
-    .unwrap();
-    let alice = ingress
-        .state()
-        .users()
-        .hash_of("alice")
-        .unwrap()
-        .to_string();
-    let token = ingress
-        .state()
-        .tokens
-        .issue_for("alice", &alice, 3600)
-        .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let cancel = tokio_util::sync::CancellationToken::new();
-    let server = tokio::spawn(ingress.serve(listener, None, cancel.clone()));
+    let (base, token, cancel, server) = serve_alone(&topology, Arc::new(lookup)).await;
 
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
@@ -531,30 +541,7 @@ async fn unreachable_broker_means_503_never_2xx() {
         }
     });
     let topology = test.topology();
-    let log: Arc<dyn Log> = topology.log.open(&topology.base_dir).unwrap();
-    let ingress = Ingress::new(
-        topology.ingress.clone(),
-        &topology.base_dir,
-        log,
-        Arc::new(NoLookup),
-    )
-    .await
-    .unwrap();
-    let alice = ingress
-        .state()
-        .users()
-        .hash_of("alice")
-        .unwrap()
-        .to_string();
-    let token = ingress
-        .state()
-        .tokens
-        .issue_for("alice", &alice, 3600)
-        .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let cancel = tokio_util::sync::CancellationToken::new();
-    let server = tokio::spawn(ingress.serve(listener, None, cancel.clone()));
+    let (base, token, cancel, server) = serve_alone(&topology, Arc::new(NoLookup)).await;
 
     let client = reqwest::Client::new();
     let started = std::time::Instant::now();
