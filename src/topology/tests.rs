@@ -205,6 +205,17 @@ fn the_enrich_stages_price_cache_is_set_in_the_topology_and_checked() {
 }
 
 #[test]
+fn the_ingress_timeouts_are_set_in_the_topology_and_checked() {
+    let text = SHIPPED
+        .replacen("ack_timeout_ms = 5000", "ack_timeout_ms = 0", 1)
+        .replacen("lookup_timeout_ms = 2000", "lookup_timeout_ms = 0", 1);
+    assert_ne!(text, SHIPPED, "the shipped topology sets both");
+    let issues = issues_of(&text);
+    assert_issue(&issues, "ingress.ack_timeout_ms: must be at least 1");
+    assert_issue(&issues, "ingress.lookup_timeout_ms: must be at least 1");
+}
+
+#[test]
 fn the_shipped_stages_run_as_one_chain() {
     assert_eq!(chains_of(SHIPPED), ["validate → enrich → route"]);
     let topology = parse_text(SHIPPED).unwrap();
