@@ -477,10 +477,6 @@ impl OrderLookup for NoLookup {
 /// `GET /order/{id}` answers 503 within `lookup_timeout_ms`, and the ingress keeps serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shard_that_never_answers_makes_order_lookups_503_within_their_timeout() {
-    let test = test_topology_on(Backend::Embedded, "frozenshard", &["alice"], |t| {
-        t.ingress.lookup_timeout_ms = 1000;
-    });
-    let topology = test.topology();
     // Listening, never accepting: connections complete in the kernel's backlog and get no
     // greeting, exactly as with a stopped server process.
     let frozen = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -488,14 +484,14 @@ async fn a_shard_that_never_answers_makes_order_lookups_503_within_their_timeout
         "mysql://root:sluice@{}/sluice",
         frozen.local_addr().unwrap()
     );
-    let shards: Vec<Arc<dyn sluice_sinks::ShardWriter>> = topology
-        .shards
-        .iter()
-        .map(|shard| {
-            Arc::new(sluice_sinks::mysql::MysqlShard::new(&shard.name, &url).unwrap())
-                as Arc<dyn sluice_sinks::ShardWriter>
-        })
-        .collect();
+    let test = test_topology_on(Backend::Embedded, "frozenshard", &["alice"], |t| {
+        t.ingress.lookup_timeout_ms = 1000;
+        for shard in &mut t.shards {
+            shard.url = url.clone();
+        }
+    });
+    let topology = test.topology();
+    let shards = sluice::pipeline::open_shards(&topology).unwrap();
     let lookup = sluice_sinks::ShardLookup::new(topology.shard_map().unwrap(), shards);
     let (base, token, cancel, server) = serve_alone(&topology, Arc::new(lookup)).await;
 
