@@ -210,22 +210,19 @@ pub async fn status(state: &State, principal: &Principal, id: &str) -> Result<Re
         )
     })?;
     let timeout = Duration::from_millis(state.config.lookup_timeout_ms);
-    let found =
-        match tokio::time::timeout(timeout, state.lookup.find(principal.user(), order_id)).await {
-            Ok(found) => found.map_err(|error| {
-                tracing::warn!(%error, "order lookup failed");
-                ApiError::unavailable("the order store cannot be reached; try again")
-            })?,
-            Err(_) => {
-                tracing::warn!(
-                    limit_ms = state.config.lookup_timeout_ms,
-                    "order lookup timed out: the user's shard did not answer"
-                );
-                return Err(ApiError::unavailable(
-                    "the order store did not answer in time; try again",
-                ));
-            }
-        };
+    let found = tokio::time::timeout(timeout, state.lookup.find(principal.user(), order_id))
+        .await
+        .map_err(|_| {
+            tracing::warn!(
+                limit_ms = state.config.lookup_timeout_ms,
+                "order lookup timed out: the user's shard did not answer"
+            );
+            ApiError::unavailable("the order store did not answer in time; try again")
+        })?
+        .map_err(|error| {
+            tracing::warn!(%error, "order lookup failed");
+            ApiError::unavailable("the order store cannot be reached; try again")
+        })?;
     let body = match found {
         OrderStatus::Stored { order } => {
             json!({ "orderId": order_id, "status": "stored", "order": order })
