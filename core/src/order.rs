@@ -1,5 +1,6 @@
 //! The events that travel through the log, and the headers that annotate them.
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -18,6 +19,14 @@ pub const HEADER_ORDER_ID: &str = "sluice.order_id";
 /// Header carrying the order's W3C trace context (`00-<trace-id>-<span-id>-<flags>`), whose
 /// span id is the hop that wrote the record; see [`crate::trace`].
 pub const HEADER_TRACEPARENT: &str = "traceparent";
+
+/// Decodes a JSON record body (an order, a login event). The body's UTF-8 is checked once, as
+/// a whole, before parsing: parsing bytes, `serde_json` checks each key and string value on its
+/// own, which costs a fifth of the time it takes to decode an enriched order.
+pub fn from_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, serde_json::Error> {
+    let text = std::str::from_utf8(body).map_err(serde::de::Error::custom)?;
+    serde_json::from_str(text)
+}
 
 /// An order as accepted by the ingress and written to the raw orders topic.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,4 +107,44 @@ pub fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn order() -> EnrichedOrder {
+        EnrichedOrder {
+            order_id: Uuid::now_v7(),
+            user_id: "zoë".into(),
+            product: "widget \"deluxe\"".into(),
+            quantity: 2,
+            unit_price_minor: 999,
+            line_total_minor: 1998,
+            currency: "EUR".into(),
+            received_at_ms: 1,
+            enriched_at_ms: 2,
+            bucket: 7,
+            shard: "shard0".into(),
+        }
+    }
+
+    #[test]
+    fn from_json_reads_what_serde_json_writes_escapes_and_non_ascii_included() {
+        let order = order();
+        let body = serde_json::to_vec(&order).unwrap();
+        assert_eq!(from_json::<EnrichedOrder>(&body).unwrap(), order);
+    }
+
+    #[test]
+    fn from_json_refuses_bodies_that_are_not_utf8_or_not_the_type() {
+        let mut body = serde_json::to_vec(&order()).unwrap();
+        let at = body.windows(3).position(|w| w == b"zo\xc3").unwrap() + 2;
+        body[at] = 0xff; // no longer UTF-8
+        let error = from_json::<EnrichedOrder>(&body).unwrap_err();
+        assert!(error.to_string().contains("utf-8"), "{error}");
+        let error = from_json::<EnrichedOrder>(br#"{"orderId": 3}"#).unwrap_err();
+        assert!(error.is_data(), "{error}");
+        assert!(from_json::<EnrichedOrder>(b"").is_err());
+    }
 }

@@ -7,7 +7,7 @@
 //! what it read.
 
 use sluice_core::log::{OutRecord, Record};
-use sluice_core::order::{EnrichedOrder, RawOrder};
+use sluice_core::order::{from_json, EnrichedOrder, RawOrder};
 
 /// One record handed from stage to stage.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,7 +44,7 @@ impl Item {
     pub fn raw_order(&mut self) -> Result<&RawOrder, serde_json::Error> {
         if !matches!(self.body, Body::Raw(..)) {
             let bytes = self.take_encoded();
-            match serde_json::from_slice(&bytes) {
+            match from_json(&bytes) {
                 Ok(order) => self.body = Body::Raw(order, Some(bytes)),
                 Err(error) => {
                     self.body = Body::Encoded(bytes);
@@ -62,7 +62,7 @@ impl Item {
     pub fn enriched_order(&mut self) -> Result<&EnrichedOrder, serde_json::Error> {
         if !matches!(self.body, Body::Enriched(..)) {
             let bytes = self.take_encoded();
-            match serde_json::from_slice(&bytes) {
+            match from_json(&bytes) {
                 Ok(order) => self.body = Body::Enriched(order, Some(bytes)),
                 Err(error) => {
                     self.body = Body::Encoded(bytes);
@@ -156,9 +156,7 @@ pub fn order_id_of(payload: &[u8]) -> Option<String> {
         #[serde(rename = "orderId")]
         order_id: String,
     }
-    serde_json::from_slice::<OrderId>(payload)
-        .ok()
-        .map(|id| id.order_id)
+    from_json::<OrderId>(payload).ok().map(|id| id.order_id)
 }
 
 impl From<Record> for Item {

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use sluice_core::log::{Assignment, Log, LogConsumer, Position, Record, StartFrom, TopicPartition};
 use sluice_core::order::{
-    now_ms, EnrichedOrder, HEADER_DLQ_REASON, HEADER_DLQ_STAGE, HEADER_ORDER_ID,
+    from_json, now_ms, EnrichedOrder, HEADER_DLQ_REASON, HEADER_DLQ_STAGE, HEADER_ORDER_ID,
 };
 use sluice_core::retry::{Backoff, GaveUp, Retry, Verdict};
 use sluice_core::sharding::ShardMap;
@@ -138,7 +138,7 @@ fn classify(
     traces: &mut Traces,
 ) {
     if worker.rejections_topic.as_deref() != Some(record.topic.as_str()) {
-        match serde_json::from_slice::<EnrichedOrder>(&record.payload) {
+        match from_json::<EnrichedOrder>(&record.payload) {
             Ok(order) if map.shard_for_user(&order.user_id) == worker.shard_index => {
                 traces.insert(order.order_id, Hop::after(TraceParent::of_record(record)));
                 batch.orders.push(order)
