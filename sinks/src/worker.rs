@@ -126,21 +126,53 @@ impl SinkWorker {
 /// The sink's hop of each order's trace in a batch, by order id.
 type Traces = HashMap<Uuid, Hop>;
 
+/// The trace context each row of a batch arrived with (`None`: it came with none), in the
+/// order of the batch's orders and of its rejections. Reading a record only keeps its
+/// context; the sink's hops (a new span id each, in a map by order id) are made from it once
+/// a batch is written and something uses them: spans exported or logged at DEBUG, or a
+/// refused row's warning.
+#[derive(Default)]
+struct Incoming {
+    /// One per order of the batch.
+    orders: Vec<Option<TraceParent>>,
+    /// One per rejection of the batch.
+    rejections: Vec<Option<TraceParent>>,
+}
+
+impl Incoming {
+    /// The sink's hop of each row of `batch` (whose rows these contexts came with): it
+    /// continues the incoming trace, or starts one for a row that came with none.
+    fn hops(&self, batch: &Batch) -> Traces {
+        let orders = batch.orders.iter().map(|order| order.order_id);
+        let rejections = batch.rejections.iter().map(|rejection| rejection.order_id);
+        orders
+            .zip(&self.orders)
+            .chain(rejections.zip(&self.rejections))
+            .map(|(order_id, parent)| (order_id, Hop::after(*parent)))
+            .collect()
+    }
+}
+
+/// Whether stored rows' spans are used: exported, or logged at DEBUG.
+fn spans_wanted() -> bool {
+    trace::exporter().is_some() || tracing::enabled!(tracing::Level::DEBUG)
+}
+
 /// Turns a record into a row for this shard, or nothing: a record of another shard's user
 /// (so a shard can be rebuilt from a topic that holds every shard's orders, such as the
 /// enriched topic), or a record that cannot be read, which is logged and skipped. A row's
-/// order gets the sink's hop of its trace in `traces`.
+/// trace context goes into `incoming`.
 fn classify(
     worker: &SinkWorker,
     map: &ShardMap,
     record: &Record,
     batch: &mut Batch,
-    traces: &mut Traces,
+    incoming: &mut Incoming,
 ) {
     if worker.rejections_topic.as_deref() != Some(record.topic.as_str()) {
         match from_json::<EnrichedOrder>(&record.payload) {
             Ok(order) if map.shard_for_user(&order.user_id) == worker.shard_index => {
-                traces.insert(order.order_id, Hop::after(TraceParent::of_record(record)));
+                incoming.orders.push(TraceParent::of_record(record));
                 batch.orders.push(order)
             }
             Ok(_) => {}
@@ -169,7 +201,7 @@ fn classify(
         );
         return;
     };
-    traces.insert(order_id, Hop::after(TraceParent::of_record(record)));
+    incoming.rejections.push(TraceParent::of_record(record));
     batch.rejections.push(Rejection {
         order_id,
         user_id,
@@ -310,8 +342,8 @@ struct ReadBatch {
     order_partitions: Vec<usize>,
     /// For each rejection of the batch, the index in `batch.positions` of its partition.
     rejection_partitions: Vec<usize>,
-    /// The sink's hop of each row's trace.
-    traces: Traces,
+    /// The trace context each row came with.
+    incoming: Incoming,
 }
 
 impl ReadBatch {
@@ -339,22 +371,25 @@ impl ReadBatch {
             consumed: self.consumed,
             order_partitions: Vec::new(),
             rejection_partitions: Vec::new(),
-            traces: self.traces,
+            incoming: Incoming::default(),
         };
-        for (order, index) in self.batch.orders.into_iter().zip(self.order_partitions) {
+        let orders = self.batch.orders.into_iter().zip(self.incoming.orders);
+        for ((order, parent), index) in orders.zip(self.order_partitions) {
             if keep[index] {
                 out.batch.orders.push(order);
+                out.incoming.orders.push(parent);
                 out.order_partitions.push(renumbered[index]);
             }
         }
-        for (rejection, index) in self
+        let rejections = self
             .batch
             .rejections
             .into_iter()
-            .zip(self.rejection_partitions)
-        {
+            .zip(self.incoming.rejections);
+        for ((rejection, parent), index) in rejections.zip(self.rejection_partitions) {
             if keep[index] {
                 out.batch.rejections.push(rejection);
+                out.incoming.rejections.push(parent);
                 out.rejection_partitions.push(renumbered[index]);
             }
         }
@@ -385,7 +420,7 @@ async fn write_owned(
     metrics: &WriteMetrics,
 ) -> Result<(), SinkError> {
     loop {
-        match write_with_retry(writer, worker, &read.batch, &read.traces, cancel, metrics).await {
+        match write_with_retry(writer, worker, &read.batch, &read.incoming, cancel, metrics).await {
             Err(SinkError::Fenced { partitions, .. }) => {
                 metrics.fenced.increment(1);
                 epochs.stale_if_current(&partitions, &read.batch.epochs);
@@ -437,7 +472,7 @@ async fn read_batches(
         let mut claimed_under: Vec<(TopicPartition, i64)> = Vec::new();
         let mut order_partitions = Vec::new();
         let mut rejection_partitions = Vec::new();
-        let mut traces = Traces::new();
+        let mut incoming = Incoming::default();
         let mut consumed = 0usize;
         let mut deadline: Option<Instant> = None;
         while consumed < worker.max_rows {
@@ -491,8 +526,8 @@ async fn read_batches(
             }
             deadline.get_or_insert_with(|| Instant::now() + worker.max_wait);
             for record in &records {
-                let key = (record.topic.clone(), record.partition);
                 if let Some(ends) = &mut remaining {
+                    let key = (record.topic.clone(), record.partition);
                     match ends.get(&key) {
                         Some(&end) if record.offset < end => {}
                         Some(_) => {
@@ -511,8 +546,8 @@ async fn read_batches(
                     Some(index) => index,
                     None => {
                         let partition = TopicPartition {
-                            topic: key.0,
-                            partition: key.1,
+                            topic: record.topic.clone(),
+                            partition: record.partition,
                         };
                         let epoch = epochs.of(&partition);
                         positions.push(Position {
@@ -525,7 +560,7 @@ async fn read_batches(
                     }
                 };
                 positions[index].next_offset = record.offset + 1;
-                classify(worker, map, record, &mut batch, &mut traces);
+                classify(worker, map, record, &mut batch, &mut incoming);
                 order_partitions.resize(batch.orders.len(), index);
                 rejection_partitions.resize(batch.rejections.len(), index);
                 consumed += 1;
@@ -549,7 +584,7 @@ async fn read_batches(
             consumed,
             order_partitions,
             rejection_partitions,
-            traces,
+            incoming,
         };
         if ready.send(read).await.is_err() {
             break; // the writer failed; it reports why
@@ -617,14 +652,16 @@ async fn write_with_retry(
     writer: &dyn ShardWriter,
     worker: &SinkWorker,
     batch: &Batch,
-    traces: &Traces,
+    incoming: &Incoming,
     cancel: &CancellationToken,
     metrics: &WriteMetrics,
 ) -> Result<(), SinkError> {
     let started = trace::exporter().map(|_| trace::now_unix_nanos());
     match write_retrying(writer, worker, batch, cancel, metrics).await {
         Ok(()) => {
-            stored(worker, batch, traces, started);
+            if spans_wanted() {
+                stored(worker, batch, &incoming.hops(batch), started);
+            }
             Ok(())
         }
         Err(error) if error.fault() == Fault::Permanent => {
@@ -632,7 +669,8 @@ async fn write_with_retry(
                 shard = worker.shard, %error, rows = batch.orders.len() + batch.rejections.len(),
                 "the shard refused a row of the batch for good; splitting the batch to find it"
             );
-            store_around_refusals(writer, worker, batch, traces, cancel, metrics).await
+            let traces = incoming.hops(batch);
+            store_around_refusals(writer, worker, batch, &traces, cancel, metrics).await
         }
         other => other,
     }
@@ -641,10 +679,10 @@ async fn write_with_retry(
 /// Logs (at DEBUG) and exports the span of each row of `batch`, now stored; `started` is
 /// when the store began (set when spans are exported).
 fn stored(worker: &SinkWorker, batch: &Batch, traces: &Traces, started: Option<u64>) {
-    let exporter = trace::exporter();
-    if exporter.is_none() && !tracing::enabled!(tracing::Level::DEBUG) {
+    if !spans_wanted() {
         return;
     }
+    let exporter = trace::exporter();
     let end = trace::now_unix_nanos();
     let rows = batch
         .orders
@@ -903,5 +941,109 @@ mod tests {
         assert!(!replay.is_live());
         assert!(WriteMetrics::new("s0", false).freshness.is_none());
         assert!(WriteMetrics::new("s0", true).freshness.is_some());
+    }
+
+    fn order(user: &str) -> EnrichedOrder {
+        EnrichedOrder {
+            order_id: Uuid::now_v7(),
+            user_id: user.into(),
+            product: "widget".into(),
+            quantity: 1,
+            unit_price_minor: 100,
+            line_total_minor: 100,
+            currency: "EUR".into(),
+            received_at_ms: 1,
+            enriched_at_ms: 2,
+            bucket: 0,
+            shard: "s0".into(),
+        }
+    }
+
+    fn rejection(user: &str) -> Rejection {
+        Rejection {
+            order_id: Uuid::now_v7(),
+            user_id: user.into(),
+            stage: "validate".into(),
+            reason: "quantity must be positive".into(),
+            rejected_at_ms: 3,
+        }
+    }
+
+    fn parent(trace: u8) -> TraceParent {
+        TraceParent::parse(&format!("00-{:032x}-{:016x}-01", trace, trace)).unwrap()
+    }
+
+    #[test]
+    fn each_rows_hop_continues_the_trace_it_came_with_or_starts_one() {
+        let batch = Batch {
+            orders: vec![order("a"), order("b")],
+            rejections: vec![rejection("c")],
+            ..Batch::default()
+        };
+        let incoming = Incoming {
+            orders: vec![Some(parent(1)), None],
+            rejections: vec![Some(parent(3))],
+        };
+        let hops = incoming.hops(&batch);
+        assert_eq!(hops.len(), 3);
+        let first = hops[&batch.orders[0].order_id];
+        assert_eq!(first.trace_id, parent(1).trace_id);
+        assert_eq!(first.parent_id, Some(parent(1).parent_id));
+        assert_ne!(
+            first.span_id,
+            parent(1).parent_id,
+            "the sink's hop is a span of its own"
+        );
+        let started = hops[&batch.orders[1].order_id];
+        assert_eq!(
+            started.parent_id, None,
+            "a row that came without a trace starts one"
+        );
+        assert_ne!(started.trace_id, first.trace_id);
+        let rejected = hops[&batch.rejections[0].order_id];
+        assert_eq!(rejected.trace_id, parent(3).trace_id);
+    }
+
+    #[test]
+    fn dropping_a_lost_partition_keeps_each_rows_trace_with_its_row() {
+        let partition = |n| TopicPartition {
+            topic: "orders.s0".into(),
+            partition: n,
+        };
+        let position = |n| Position {
+            topic: "orders.s0".into(),
+            partition: n,
+            next_offset: 10,
+        };
+        let read = ReadBatch {
+            batch: Batch {
+                orders: vec![order("a"), order("b"), order("c")],
+                rejections: vec![rejection("d"), rejection("e")],
+                positions: vec![position(0), position(1)],
+                epochs: vec![(partition(0), 1), (partition(1), 1)],
+            },
+            consumed: 5,
+            order_partitions: vec![0, 1, 1],
+            rejection_partitions: vec![1, 0],
+            incoming: Incoming {
+                orders: vec![Some(parent(1)), Some(parent(2)), None],
+                rejections: vec![Some(parent(4)), Some(parent(5))],
+            },
+        };
+        let (b, c, d) = (
+            read.batch.orders[1].order_id,
+            read.batch.orders[2].order_id,
+            read.batch.rejections[0].order_id,
+        );
+        let kept = read.without(&[partition(0)]);
+        let ids: Vec<Uuid> = kept.batch.orders.iter().map(|o| o.order_id).collect();
+        assert_eq!(ids, [b, c]);
+        assert_eq!(kept.batch.rejections.len(), 1);
+        assert_eq!(kept.batch.rejections[0].order_id, d);
+        assert_eq!(kept.incoming.orders, [Some(parent(2)), None]);
+        assert_eq!(kept.incoming.rejections, [Some(parent(4))]);
+        assert_eq!(kept.order_partitions, [0, 0]);
+        assert_eq!(kept.rejection_partitions, [0]);
+        assert_eq!(kept.batch.positions, [position(1)]);
     }
 }
