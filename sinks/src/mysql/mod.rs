@@ -8,11 +8,12 @@
 
 pub(crate) mod schema;
 
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use async_trait::async_trait;
 use mysql_async::prelude::*;
-use mysql_async::{Opts, OptsBuilder, Params, Pool, TxOpts, Value};
+use mysql_async::{Opts, OptsBuilder, Params, Pool, Statement, TxOpts, Value};
 use sluice_core::log::{Position, TopicPartition};
 use sluice_core::lookup::OrderStatus;
 use sluice_core::order::{now_ms, EnrichedOrder};
@@ -311,6 +312,20 @@ fn placeholders(template: &str, rows: usize) -> String {
     vec![template; rows].join(",")
 }
 
+/// The statement that upserts `rows` orders.
+fn orders_statement(rows: usize) -> String {
+    format!(
+        "INSERT INTO orders ({ORDER_COLUMNS}) VALUES {} {LATEST_ENRICHMENT_WINS}",
+        placeholders(ORDER_PLACEHOLDERS, rows)
+    )
+}
+
+/// The statement that upserts a full chunk of [`ROWS_PER_STATEMENT`] orders, built once.
+fn full_orders_statement() -> &'static str {
+    static STATEMENT: OnceLock<String> = OnceLock::new();
+    STATEMENT.get_or_init(|| orders_statement(ROWS_PER_STATEMENT))
+}
+
 type OrderRow = (
     Vec<u8>,
     String,
@@ -493,18 +508,31 @@ impl ShardWriter for MysqlShard {
                 });
             }
         }
+        // Full chunks share one statement, looked up once per batch: given a statement's text,
+        // mysql_async scans all of it (thousands of placeholders) for named parameters first.
+        let mut full_chunk: Option<Statement> = None;
         for chunk in batch.orders.chunks(ROWS_PER_STATEMENT) {
-            let sql = format!(
-                "INSERT INTO orders ({ORDER_COLUMNS}) VALUES {} {LATEST_ENRICHMENT_WINS}",
-                placeholders(ORDER_PLACEHOLDERS, chunk.len())
-            );
             let mut params = Vec::with_capacity(chunk.len() * 12);
             for order in chunk {
                 order_params(order, now, &mut params);
             }
-            exec_rows(&mut tx, sql, params, chunk.len())
+            if chunk.len() < ROWS_PER_STATEMENT {
+                exec_rows(&mut tx, orders_statement(chunk.len()), params, chunk.len())
+                    .await
+                    .map_err(|e| self.db_error(e))?;
+                continue;
+            }
+            let statement = match full_chunk.take() {
+                Some(statement) => statement,
+                None => tx
+                    .prep(full_orders_statement())
+                    .await
+                    .map_err(|e| self.db_error(e))?,
+            };
+            tx.exec_drop(&statement, Params::Positional(params))
                 .await
                 .map_err(|e| self.db_error(e))?;
+            full_chunk = Some(statement);
         }
         for chunk in batch.rejections.chunks(ROWS_PER_STATEMENT) {
             let sql = format!(
