@@ -207,6 +207,10 @@ fn to_record(message: &rdkafka::message::BorrowedMessage<'_>) -> Record {
     }
 }
 
+/// Records a poll makes room for at once (more grow the batch as usual): a sink's batch
+/// (`max_rows`, 2,000 by default) in one allocation, without reserving a huge `max` up front.
+const POLL_CAPACITY: usize = 4_096;
+
 /// Longest a fetch waits for `fetch.min.bytes` (unless `fetch.wait.max.ms` is set).
 const FETCH_WAIT_MAX_MS: &str = "50";
 
@@ -707,7 +711,7 @@ impl PartitionReader for KafkaReader {
     }
 
     async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Record>, LogError> {
-        let mut records = Vec::new();
+        let mut records = Vec::with_capacity(max.min(POLL_CAPACITY));
         // Error events (the broker going away, a failed connection) are notices: librdkafka
         // reconnects by itself and loses no record over them. They queue up while the broker
         // is away, so take them all now, or a caller that pauses after each error would still
