@@ -19,6 +19,7 @@
 #[path = "../tests/integration/common/mod.rs"]
 mod common;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,6 +30,7 @@ use mysql_async::{Params, TxOpts, Value};
 use sluice::pipeline::Parts;
 use sluice_core::log::{self, Assignment, Log, OutRecord, StartFrom};
 use sluice_core::order::EnrichedOrder;
+use sluice_core::sharding::ShardMap;
 use sluice_sinks::mysql::MysqlShard;
 use sluice_sinks::{open_shard, run_sink_worker, ShardWriter, SinkWorker};
 use tokio_util::sync::CancellationToken;
@@ -194,6 +196,16 @@ fn enriched(user: &str, bucket: u32, shard: &str) -> EnrichedOrder {
     }
 }
 
+/// The 50 users whose orders the sink and raw INSERT benchmarks store in shard `index`, in
+/// turn: both write the same rows, so their secondary-index work is the same.
+fn shard_users(map: &ShardMap, index: usize) -> Vec<String> {
+    (0..)
+        .map(|n| format!("b{n}"))
+        .filter(|u| map.shard_for_user(u) == index)
+        .take(50)
+        .collect()
+}
+
 /// Records the sink workers have committed, from their stored positions: a cheap query
 /// (a `COUNT(*)` over growing tables would itself load the machine being measured).
 async fn sunk_records(test: &TestTopology) -> usize {
@@ -232,11 +244,7 @@ async fn bench_sinks(backend: Backend, rows: usize) -> String {
     let map = topology.shard_map().unwrap();
     let per_shard = rows / 4;
     for (index, shard) in topology.shards.iter().enumerate() {
-        let users: Vec<String> = (0..)
-            .map(|n| format!("b{n}"))
-            .filter(|u| map.shard_for_user(u) == index)
-            .take(50)
-            .collect();
+        let users = shard_users(&map, index);
         let sends = (0..per_shard).map(|n| {
             let user = &users[n % users.len()];
             let payload =
@@ -256,6 +264,11 @@ async fn bench_sinks(backend: Backend, rows: usize) -> String {
     }
     let cancel = CancellationToken::new();
     let mut workers = Vec::new();
+    // Records each worker has committed, as its progress reports them: counted in the
+    // process, so watching the sinks adds no queries to the shards being measured.
+    let committed: Vec<Arc<AtomicU64>> = (0..topology.shards.len())
+        .map(|_| Arc::new(AtomicU64::new(0)))
+        .collect();
     for (index, shard) in topology.shards.iter().enumerate() {
         let writer = open_shard(&shard.name, &shard.url, &topology.base_dir).unwrap();
         let worker = SinkWorker {
@@ -273,21 +286,28 @@ async fn bench_sinks(backend: Backend, rows: usize) -> String {
             map.clone(),
             worker,
             cancel.clone(),
-            None,
+            Some(Arc::new({
+                let committed = committed[index].clone();
+                move |done| committed.store(done, Ordering::Relaxed)
+            })),
         )));
     }
+    let stored = || -> usize {
+        let total: u64 = committed.iter().map(|c| c.load(Ordering::Relaxed)).sum();
+        total as usize
+    };
     // The clock starts once the sinks store rows: joining the consumer groups (a few seconds
     // on Kafka, once per process start) is not the speed at which they store.
     let first = loop {
-        let stored = sunk_records(&test).await;
+        let stored = stored();
         if stored > 0 {
             break stored;
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(Duration::from_millis(1)).await;
     };
     let started = Instant::now();
-    while sunk_records(&test).await < per_shard * 4 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    while stored() < per_shard * 4 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let figure = rate(per_shard * 4 - first, started.elapsed());
     cancel.cancel();
@@ -315,26 +335,31 @@ async fn bench_raw_insert(rows: usize, per_transaction: usize) -> String {
         per_shard > 0,
         "SLUICE_BENCH_ROWS={rows} is less than one transaction per shard; raise it"
     );
+    let map = topology.shard_map().unwrap();
     let mut shards = Vec::new();
-    for shard in &topology.shards {
+    for (index, shard) in topology.shards.iter().enumerate() {
         let writer = MysqlShard::new(&shard.name, &shard.url).unwrap();
         writer.migrate().await.unwrap();
-        shards.push(writer);
+        shards.push((writer, shard_users(&map, index)));
     }
     let started = Instant::now();
-    let inserts = shards.iter().map(|shard| async move {
+    let map = &map;
+    let inserts = shards.iter().map(|(shard, users)| async move {
         let placeholders = vec!["(?,?,?,?,?,?,?,?,?,?,?,?)"; STATEMENT_ROWS].join(",");
         let sql = format!(
             "INSERT INTO orders (order_id, user_id, product, quantity, unit_price_minor, line_total_minor, currency, \
              received_at_ms, enriched_at_ms, stored_at_ms, bucket, shard) VALUES {placeholders}"
         );
         let mut conn = shard.pool().get_conn().await.unwrap();
+        let mut next_user = 0;
         for _ in 0..per_shard / (STATEMENT_ROWS * statements) {
             let mut tx = conn.start_transaction(TxOpts::default()).await.unwrap();
             for _ in 0..statements {
                 let mut params = Vec::with_capacity(STATEMENT_ROWS * 12);
                 for _ in 0..STATEMENT_ROWS {
-                    let o = enriched("raw", 1, shard.name());
+                    let user = &users[next_user % users.len()];
+                    next_user += 1;
+                    let o = enriched(user, map.bucket(user), shard.name());
                     params.extend([
                         Value::from(o.order_id.as_bytes().to_vec()),
                         Value::from(o.user_id),
