@@ -141,8 +141,12 @@ struct Incoming {
 
 impl Incoming {
     /// The sink's hop of each row of `batch` (whose rows these contexts came with): it
-    /// continues the incoming trace, or starts one for a row that came with none.
+    /// continues the incoming trace, or starts one for a row that came with none. Each call
+    /// makes new span ids: a batch written again after it was fenced (some of its rows may
+    /// already be stored, see [`store_around_refusals`]) logs its rows under new spans.
     fn hops(&self, batch: &Batch) -> Traces {
+        debug_assert_eq!(self.orders.len(), batch.orders.len());
+        debug_assert_eq!(self.rejections.len(), batch.rejections.len());
         let orders = batch.orders.iter().map(|order| order.order_id);
         let rejections = batch.rejections.iter().map(|rejection| rejection.order_id);
         orders
@@ -817,6 +821,11 @@ async fn store_around_refusals(
             .get(order_id)
             .map(|hop| tracing::field::display(hop.trace_id))
     };
+    let span_of = |order_id: &Uuid| {
+        traces
+            .get(order_id)
+            .map(|hop| tracing::field::display(hop.span_id))
+    };
     let rows: Vec<Row<'_>> = batch
         .orders
         .iter()
@@ -843,7 +852,7 @@ async fn store_around_refusals(
                 let reason = truncate(&error.refusal_reason(), MAX_REASON_CHARS);
                 tracing::warn!(
                     shard = worker.shard, order_id = %order.order_id, user_id = order.user_id, reason,
-                    trace.id = trace_of(&order.order_id),
+                    trace.id = trace_of(&order.order_id), span.id = span_of(&order.order_id),
                     "the shard refused an order for good; recording it as rejected"
                 );
                 refused.push(Rejection {
@@ -856,7 +865,7 @@ async fn store_around_refusals(
             }
             [Row::Rejection(rejection)] => tracing::error!(
                 shard = worker.shard, order_id = %rejection.order_id, stage = rejection.stage, %error,
-                trace.id = trace_of(&rejection.order_id),
+                trace.id = trace_of(&rejection.order_id), span.id = span_of(&rejection.order_id),
                 "the shard refused to record a dead-lettered order's rejection; skipping the record"
             ),
             _ => {
@@ -893,7 +902,7 @@ async fn store_around_refusals(
             Ok(()) => metrics.refused.increment(1),
             Err(error) if error.fault() == Fault::Permanent => tracing::error!(
                 shard = worker.shard, order_id = %rejection.order_id, user_id = rejection.user_id, %error,
-                trace.id = trace_of(&rejection.order_id),
+                trace.id = trace_of(&rejection.order_id), span.id = span_of(&rejection.order_id),
                 "the shard refused an order and its rejection record; the order is neither stored nor recorded"
             ),
             Err(error) => return Err(error),
@@ -969,8 +978,9 @@ mod tests {
         }
     }
 
-    fn parent(trace: u8) -> TraceParent {
-        TraceParent::parse(&format!("00-{:032x}-{:016x}-01", trace, trace)).unwrap()
+    /// An incoming trace context whose trace and parent span ids are both `n`.
+    fn parent(n: u8) -> TraceParent {
+        TraceParent::parse(&format!("00-{n:032x}-{n:016x}-01")).unwrap()
     }
 
     #[test]
@@ -1045,5 +1055,7 @@ mod tests {
         assert_eq!(kept.order_partitions, [0, 0]);
         assert_eq!(kept.rejection_partitions, [0]);
         assert_eq!(kept.batch.positions, [position(1)]);
+        assert_eq!(kept.batch.epochs, [(partition(1), 1)]);
+        assert_eq!(kept.consumed, 5, "the records read still count as consumed");
     }
 }
