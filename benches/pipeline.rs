@@ -299,9 +299,9 @@ async fn bench_sinks(backend: Backend, rows: usize) -> String {
     // The clock starts once the sinks store rows: joining the consumer groups (a few seconds
     // on Kafka, once per process start) is not the speed at which they store.
     let first = loop {
-        let stored = stored();
-        if stored > 0 {
-            break stored;
+        let so_far = stored();
+        if so_far > 0 {
+            break so_far;
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     };

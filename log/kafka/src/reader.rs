@@ -207,8 +207,9 @@ fn to_record(message: &rdkafka::message::BorrowedMessage<'_>) -> Record {
     }
 }
 
-/// Records a poll makes room for at once (more grow the batch as usual): a sink's batch
-/// (`max_rows`, 2,000 by default) in one allocation, without reserving a huge `max` up front.
+/// Records a poll makes room for once its first record came (more grow the vector as usual):
+/// a sink's batch (`max_rows`, 2,000 by default) without regrowing it record by record, and
+/// no huge `max` reserved up front.
 const POLL_CAPACITY: usize = 4_096;
 
 /// Longest a fetch waits for `fetch.min.bytes` (unless `fetch.wait.max.ms` is set).
@@ -711,7 +712,6 @@ impl PartitionReader for KafkaReader {
     }
 
     async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Record>, LogError> {
-        let mut records = Vec::with_capacity(max.min(POLL_CAPACITY));
         // Error events (the broker going away, a failed connection) are notices: librdkafka
         // reconnects by itself and loses no record over them. They queue up while the broker
         // is away, so take them all now, or a caller that pauses after each error would still
@@ -726,11 +726,12 @@ impl PartitionReader for KafkaReader {
                     self.recover_if_stalled().await?;
                     return match notice {
                         Some(error) => Err(backend(error)),
-                        None => Ok(records),
+                        None => Ok(Vec::new()),
                     };
                 }
             }
         };
+        let mut records = Vec::with_capacity(max.min(POLL_CAPACITY));
         records.push(to_record(&first));
         drop(first);
         // Take whatever else is already fetched, without waiting for more. An error event in

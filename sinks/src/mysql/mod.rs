@@ -510,7 +510,7 @@ impl ShardWriter for MysqlShard {
         }
         // Full chunks share one statement, looked up once per batch: given a statement's text,
         // mysql_async scans all of it (thousands of placeholders) for named parameters first.
-        let mut full_chunk: Option<Statement> = None;
+        let mut full_statement: Option<Statement> = None;
         for chunk in batch.orders.chunks(ROWS_PER_STATEMENT) {
             let mut params = Vec::with_capacity(chunk.len() * 12);
             for order in chunk {
@@ -522,17 +522,17 @@ impl ShardWriter for MysqlShard {
                     .map_err(|e| self.db_error(e))?;
                 continue;
             }
-            let statement = match full_chunk.take() {
+            let statement = match &full_statement {
                 Some(statement) => statement,
-                None => tx
-                    .prep(full_orders_statement())
-                    .await
-                    .map_err(|e| self.db_error(e))?,
+                None => full_statement.insert(
+                    tx.prep(full_orders_statement())
+                        .await
+                        .map_err(|e| self.db_error(e))?,
+                ),
             };
-            tx.exec_drop(&statement, Params::Positional(params))
+            tx.exec_drop(statement, Params::Positional(params))
                 .await
                 .map_err(|e| self.db_error(e))?;
-            full_chunk = Some(statement);
         }
         for chunk in batch.rejections.chunks(ROWS_PER_STATEMENT) {
             let sql = format!(
