@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use crate::common::*;
 use sluice::pipeline::Parts;
-use sluice_sinks::open_shard;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn on_kafka_and_mariadb_an_order_its_shard_refuses_is_rejected_and_the_shard_goes_on() {
@@ -22,9 +21,7 @@ async fn on_the_embedded_defaults_an_order_its_shard_refuses_is_rejected_and_the
 }
 
 async fn an_order_its_shard_refuses_is_rejected_and_the_shard_goes_on(backend: Backend) {
-    // Sold by the catalog (so validate and enrich let it through) but 300 characters long,
-    // more than the shard stores.
-    let long_product = "x".repeat(300);
+    let long_product = too_long_product();
     let users = users_covering_shards(1);
     let user = users[0].as_str();
     let test = test_topology_on(backend, "refuse", &[user], |t| {
@@ -36,26 +33,7 @@ async fn an_order_its_shard_refuses_is_rejected_and_the_shard_goes_on(backend: B
             },
         );
     });
-    let expected_reason = match backend {
-        Backend::Services => "Data too long for column 'product'",
-        Backend::Embedded => {
-            let topology = test.topology();
-            let index = topology.shard_map().unwrap().shard_for_user(user);
-            let shard = &topology.shards[index];
-            let writer = open_shard(&shard.name, &shard.url, &topology.base_dir).unwrap();
-            writer.migrate().await.unwrap();
-            writer.close().await;
-            execute(
-                &test,
-                index,
-                "CREATE TRIGGER product_fits BEFORE INSERT ON orders \
-                 WHEN length(NEW.product) > 255 \
-                 BEGIN SELECT RAISE(ABORT, 'product longer than 255 characters'); END;",
-            )
-            .await;
-            "product longer than 255 characters"
-        }
-    };
+    let expected_reason = shard_refuses_long_products(&test, user).await;
     let pipeline = RunningPipeline::start(&test, Parts::ALL).await;
     let client = reqwest::Client::new();
     let token = login(&client, &pipeline.base_login, user).await;

@@ -54,20 +54,20 @@ fn ecs_lines(path: &std::path::Path) -> Vec<Value> {
         .collect()
 }
 
-/// Sends one order with `traceparent` and returns its id and the `traceparent` answered.
+/// Sends one order of `product` with `traceparent` and returns its id and the `traceparent`
+/// answered.
 async fn send_order(
     client: &reqwest::Client,
     base: &str,
     token: &str,
-    user: &str,
-    quantity: i64,
+    (user, product, quantity): (&str, &str, i64),
     traceparent: &str,
 ) -> (String, String) {
     let response = client
         .post(format!("{base}/order"))
         .bearer_auth(token)
         .header("traceparent", traceparent)
-        .json(&serde_json::json!({ "userId": user, "product": "widget", "quantity": quantity }))
+        .json(&serde_json::json!({ "userId": user, "product": product, "quantity": quantity }))
         .send()
         .await
         .unwrap();
@@ -132,7 +132,18 @@ fn line<'a>(lines: &[&'a Value], logger: &str, message: &str, stage: Option<&str
 async fn trace_id_is_on_every_log_line_about_the_order(backend: Backend) {
     let user = users_covering_shards(1).remove(0);
     let ports = Ports::free();
-    let test = test_topology_on(backend, "traces", &[user.as_str()], |t| ports.apply(t));
+    let long_product = too_long_product();
+    let test = test_topology_on(backend, "traces", &[user.as_str()], |t| {
+        ports.apply(t);
+        t.catalog.insert(
+            long_product.clone(),
+            sluice_processors::CatalogEntry {
+                price: "1.00".into(),
+                currency: "EUR".into(),
+            },
+        );
+    });
+    shard_refuses_long_products(&test, &user).await;
     let log = test.dir.path().join("sluice.log");
     let mut child = start_sluice(&test.path, &log, &[("RUST_LOG", DEBUG_SLUICE)]);
     let (login_base, order_base) = (ports.login_base(), ports.order_base());
@@ -142,8 +153,14 @@ async fn trace_id_is_on_every_log_line_about_the_order(backend: Backend) {
 
     // An order with the client's trace: stored.
     let (traceparent, trace_id) = client_traceparent();
-    let (stored_id, answered) =
-        send_order(&client, &order_base, &token, &user, 2, &traceparent).await;
+    let (stored_id, answered) = send_order(
+        &client,
+        &order_base,
+        &token,
+        (&user, "widget", 2),
+        &traceparent,
+    )
+    .await;
     assert!(
         answered.starts_with(&format!("00-{trace_id}-")) && answered != traceparent,
         "the answer continues the client's trace with the ingress's span: {answered}"
@@ -154,14 +171,24 @@ async fn trace_id_is_on_every_log_line_about_the_order(backend: Backend) {
         &client,
         &order_base,
         &token,
-        &user,
-        0,
+        (&user, "widget", 0),
         &rejected_traceparent,
+    )
+    .await;
+    // An order the shard refuses for good (its product is too long to store): the sink
+    // records it as rejected.
+    let (refused_traceparent, refused_trace_id) = client_traceparent();
+    let (refused_id, _) = send_order(
+        &client,
+        &order_base,
+        &token,
+        (&user, &long_product, 1),
+        &refused_traceparent,
     )
     .await;
     // An invalid traceparent (uppercase hex) is ignored: a new trace, never an error.
     let invalid = format!("00-{}-00f067aa0ba902b7-01", "A".repeat(32));
-    let (_, fresh) = send_order(&client, &order_base, &token, &user, 1, &invalid).await;
+    let (_, fresh) = send_order(&client, &order_base, &token, (&user, "widget", 1), &invalid).await;
     assert!(
         sluice_core::trace::TraceParent::parse(&fresh).is_some()
             && !fresh.contains(&trace_id)
@@ -171,14 +198,17 @@ async fn trace_id_is_on_every_log_line_about_the_order(backend: Backend) {
 
     wait_status(&client, &order_base, &token, &stored_id, "stored").await;
     wait_status(&client, &order_base, &token, &rejected_id, "rejected").await;
+    wait_status(&client, &order_base, &token, &refused_id, "rejected").await;
     // The sink logs its line after the commit that made the order visible: give it a moment.
     let expected_lines = |lines: &[Value]| {
         of_trace(lines, &trace_id)
             .iter()
             .any(|l| l["message"] == "order stored")
-            && of_trace(lines, &rejected_trace_id)
-                .iter()
-                .any(|l| l["message"] == "rejection recorded")
+            && [&rejected_trace_id, &refused_trace_id].iter().all(|id| {
+                of_trace(lines, id)
+                    .iter()
+                    .any(|l| l["message"] == "rejection recorded")
+            })
     };
     eventually(Duration::from_secs(10), "the sink's lines", || async {
         expected_lines(&ecs_lines(&log))
@@ -250,6 +280,28 @@ async fn trace_id_is_on_every_log_line_about_the_order(backend: Backend) {
     );
     for l in &rejected {
         assert_eq!(l["sluice.order_id"], rejected_id.as_str(), "{l}");
+    }
+
+    // The sink's warning about the refused order names its trace and the sink's span, the
+    // span under which the sink then records the rejection.
+    let refused = of_trace(&lines, &refused_trace_id);
+    let warning = line(
+        &refused,
+        "sluice_sinks::worker",
+        "the shard refused an order for good; recording it as rejected",
+        None,
+    );
+    assert_eq!(warning["log.level"], "warn", "{warning}");
+    let recorded = line(&refused, "sluice_sinks::worker", "rejection recorded", None);
+    let span = warning["span.id"].as_str().unwrap_or_default();
+    assert_eq!(
+        span.len(),
+        16,
+        "the warning names the sink's span: {warning}"
+    );
+    assert_eq!(recorded["span.id"], span, "{recorded}");
+    for l in &refused {
+        assert_eq!(l["sluice.order_id"], refused_id.as_str(), "{l}");
     }
 }
 
@@ -336,8 +388,14 @@ async fn spans_reach_an_otlp_collector_and_chain_by_parent(backend: Backend) {
 
     let (traceparent, trace_id) = client_traceparent();
     let client_span = traceparent.split('-').nth(2).unwrap().to_string();
-    let (order_id, answered) =
-        send_order(&client, &order_base, &token, &user, 2, &traceparent).await;
+    let (order_id, answered) = send_order(
+        &client,
+        &order_base,
+        &token,
+        (&user, "widget", 2),
+        &traceparent,
+    )
+    .await;
     wait_status(&client, &order_base, &token, &order_id, "stored").await;
     // The sink's span is exported after its commit; SIGTERM flushes the queue.
     assert!(terminate(child).success(), "sluice did not stop cleanly");

@@ -482,6 +482,41 @@ pub async fn query_strings(test: &TestTopology, index: usize, sql: &str) -> Vec<
     }
 }
 
+/// A product name of 300 characters: longer than a shard stores (`product VARCHAR(255)` on
+/// MariaDB; see [`shard_refuses_long_products`] for SQLite). Tests that want an order the shard
+/// refuses for good put it in their catalog, so validate and enrich let it through.
+pub fn too_long_product() -> String {
+    "x".repeat(300)
+}
+
+/// Makes the shard of `user` refuse orders whose product is longer than 255 characters, and
+/// returns the reason the shard gives. MariaDB's column does that already (strict mode);
+/// SQLite limits no text, so its shard gets the same limit as a trigger that aborts the insert,
+/// which SQLite reports as a broken constraint. Call it before the pipeline starts.
+pub async fn shard_refuses_long_products(test: &TestTopology, user: &str) -> &'static str {
+    match test.backend {
+        Backend::Services => "Data too long for column 'product'",
+        Backend::Embedded => {
+            let topology = test.topology();
+            let index = topology.shard_map().unwrap().shard_for_user(user);
+            let shard = &topology.shards[index];
+            let writer =
+                sluice_sinks::open_shard(&shard.name, &shard.url, &topology.base_dir).unwrap();
+            writer.migrate().await.unwrap();
+            writer.close().await;
+            execute(
+                test,
+                index,
+                "CREATE TRIGGER product_fits BEFORE INSERT ON orders \
+                 WHEN length(NEW.product) > 255 \
+                 BEGIN SELECT RAISE(ABORT, 'product longer than 255 characters'); END;",
+            )
+            .await;
+            "product longer than 255 characters"
+        }
+    }
+}
+
 /// Runs a statement on shard `index`, whatever its backend.
 pub async fn execute(test: &TestTopology, index: usize, sql: &str) {
     match test.backend {
