@@ -389,7 +389,6 @@ impl RunState {
             let mut parent = TraceParent::of_record(&record);
             let mut item = Item::from(record);
             for (index, link) in chain.links().iter().enumerate() {
-                self.metrics[index].records_in.increment(1);
                 batch.counts[index].records_in += 1;
                 // This stage's hop of the record's trace (a record without one starts a
                 // trace): what it writes, dead letters included, carries the hop's
@@ -432,6 +431,10 @@ impl RunState {
                     }
                 }
             }
+        }
+        // Counted as read now, once per stage and batch rather than per record.
+        for (metrics, counts) in self.metrics.iter().zip(&batch.counts) {
+            metrics.records_in.increment(counts.records_in);
         }
         batch.positions = next_offsets
             .into_iter()
