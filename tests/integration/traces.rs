@@ -151,44 +151,31 @@ async fn trace_id_is_on_every_log_line_about_the_order(backend: Backend) {
     let client = reqwest::Client::new();
     let token = login(&client, &login_base, &user).await;
 
+    let send = |product: &str, quantity: i64, traceparent: &str| {
+        let (product, traceparent) = (product.to_string(), traceparent.to_string());
+        let (client, order_base, token, user) = (&client, &order_base, &token, &user);
+        async move {
+            let order = (user.as_str(), product.as_str(), quantity);
+            send_order(client, order_base, token, order, &traceparent).await
+        }
+    };
     // An order with the client's trace: stored.
     let (traceparent, trace_id) = client_traceparent();
-    let (stored_id, answered) = send_order(
-        &client,
-        &order_base,
-        &token,
-        (&user, "widget", 2),
-        &traceparent,
-    )
-    .await;
+    let (stored_id, answered) = send("widget", 2, &traceparent).await;
     assert!(
         answered.starts_with(&format!("00-{trace_id}-")) && answered != traceparent,
         "the answer continues the client's trace with the ingress's span: {answered}"
     );
     // An order that validate rejects (quantity 0): dead-lettered, then recorded by the sink.
     let (rejected_traceparent, rejected_trace_id) = client_traceparent();
-    let (rejected_id, _) = send_order(
-        &client,
-        &order_base,
-        &token,
-        (&user, "widget", 0),
-        &rejected_traceparent,
-    )
-    .await;
+    let (rejected_id, _) = send("widget", 0, &rejected_traceparent).await;
     // An order the shard refuses for good (its product is too long to store): the sink
     // records it as rejected.
     let (refused_traceparent, refused_trace_id) = client_traceparent();
-    let (refused_id, _) = send_order(
-        &client,
-        &order_base,
-        &token,
-        (&user, &long_product, 1),
-        &refused_traceparent,
-    )
-    .await;
+    let (refused_id, _) = send(&long_product, 1, &refused_traceparent).await;
     // An invalid traceparent (uppercase hex) is ignored: a new trace, never an error.
     let invalid = format!("00-{}-00f067aa0ba902b7-01", "A".repeat(32));
-    let (_, fresh) = send_order(&client, &order_base, &token, (&user, "widget", 1), &invalid).await;
+    let (_, fresh) = send("widget", 1, &invalid).await;
     assert!(
         sluice_core::trace::TraceParent::parse(&fresh).is_some()
             && !fresh.contains(&trace_id)
