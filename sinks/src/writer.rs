@@ -197,6 +197,19 @@ impl DatabaseError {
         }
     }
 
+    /// Whether the error says the shard's database or tables do not exist: usually because
+    /// its sink worker has not [migrated](ShardWriter::migrate) it yet (a process that just
+    /// started, or runs no sinks), so no order is stored there. A database or table missing
+    /// for another reason (a wrong name in the URL) also reads so; `sluice check` reports it,
+    /// and a sink worker cannot write to such a shard.
+    pub fn not_created_yet(&self) -> bool {
+        match self {
+            DatabaseError::Mysql(error) => crate::mysql::not_created_yet(error),
+            DatabaseError::Sqlite(error) => crate::sqlite::not_created_yet(error),
+            DatabaseError::Io(_) | DatabaseError::Thread(_) | DatabaseError::Poisoned => false,
+        }
+    }
+
     /// The database's own words for a refusal, as stored with a rejected row: the server's
     /// message with its error code for MariaDB / MySQL, SQLite's message for SQLite.
     pub fn reason(&self) -> String {
@@ -210,6 +223,21 @@ impl DatabaseError {
             }
             other => other.to_string(),
         }
+    }
+}
+
+/// What [`ShardWriter::find`] answers, given a backend's lookup `found` in shard `shard`: a
+/// shard not created yet ([`DatabaseError::not_created_yet`]) holds nothing, so no order.
+pub(crate) fn found_unless_not_created(
+    shard: &str,
+    found: Result<OrderStatus, SinkError>,
+) -> Result<OrderStatus, SinkError> {
+    match found {
+        Err(SinkError::Database { source, .. }) if source.not_created_yet() => {
+            tracing::debug!(shard, error = %source, "shard not created yet: it holds no order");
+            Ok(OrderStatus::Unknown)
+        }
+        found => found,
     }
 }
 

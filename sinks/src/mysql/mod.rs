@@ -252,12 +252,9 @@ pub fn server_fault(code: u16, sqlstate: &str) -> Fault {
     }
 }
 
-/// Whether `error` says the shard's database or tables do not exist: usually because its
-/// sink worker has not [migrated](ShardWriter::migrate) it yet (a process that just started,
-/// or runs no sinks), so no order is stored there. (A database or table missing for another
-/// reason, such as a wrong name in the URL, also reads so; `sluice check` reports it, and a
-/// sink worker cannot write to such a shard.)
-fn not_created_yet(error: &mysql_async::Error) -> bool {
+/// Whether `error` says the shard's database or a table does not exist (see
+/// [`DatabaseError::not_created_yet`](crate::writer::DatabaseError::not_created_yet)).
+pub(crate) fn not_created_yet(error: &mysql_async::Error) -> bool {
     matches!(
         error,
         mysql_async::Error::Server(server) if matches!(
@@ -580,13 +577,8 @@ impl ShardWriter for MysqlShard {
     }
 
     async fn find(&self, user_id: &str, order_id: Uuid) -> Result<OrderStatus, SinkError> {
-        match self.query_status(user_id, order_id).await {
-            Err(error) if not_created_yet(&error) => {
-                tracing::debug!(shard = self.name, %error, "shard not created yet: it holds no order");
-                Ok(OrderStatus::Unknown)
-            }
-            found => found.map_err(|e| self.db_error(e)),
-        }
+        let found = self.query_status(user_id, order_id).await;
+        crate::writer::found_unless_not_created(&self.name, found.map_err(|e| self.db_error(e)))
     }
 
     async fn close(&self) {

@@ -81,10 +81,9 @@ impl SqliteShard {
     }
 }
 
-/// Whether `error` says a table does not exist: usually because the shard's sink worker has
-/// not [migrated](ShardWriter::migrate) it yet (a process that just started, or runs no sinks),
-/// so no order is stored there.
-fn not_created_yet(error: &rusqlite::Error) -> bool {
+/// Whether `error` says a table does not exist (see
+/// [`DatabaseError::not_created_yet`]).
+pub(crate) fn not_created_yet(error: &rusqlite::Error) -> bool {
     matches!(error, rusqlite::Error::SqliteFailure(_, Some(message)) if message.contains("no such table"))
 }
 
@@ -319,15 +318,6 @@ impl ShardWriter for SqliteShard {
             })
         })
         .await;
-        match found {
-            Err(SinkError::Database {
-                source: DatabaseError::Sqlite(error),
-                ..
-            }) if not_created_yet(&error) => {
-                tracing::debug!(shard = self.name, %error, "shard not created yet: it holds no order");
-                Ok(OrderStatus::Unknown)
-            }
-            found => found,
-        }
+        crate::writer::found_unless_not_created(&self.name, found)
     }
 }
