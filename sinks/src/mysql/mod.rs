@@ -282,22 +282,68 @@ fn order_params(order: &EnrichedOrder, stored_at_ms: i64, params: &mut Vec<Value
     ]);
 }
 
-/// Runs a multi-row statement of `rows` rows. A full statement ([`ROWS_PER_STATEMENT`] rows,
-/// the shape of every statement under a backlog) stays prepared on the connection for the next
-/// batch. Any other row count is prepared for this run only and closed after it: batches that
-/// close on time have every size, and keeping each size's statement (with its thousands of
-/// parameter descriptions, on the client and on the server) would grow the sink's memory by
-/// tens of MiB per connection.
+/// A table's multi-row upsert, for any number of rows up to [`ROWS_PER_STATEMENT`].
+struct Upsert {
+    /// The statement's text for a number of rows.
+    text: fn(usize) -> String,
+    /// The text for [`ROWS_PER_STATEMENT`] rows, built once.
+    full_text: OnceLock<String>,
+}
+
+impl Upsert {
+    /// The text for [`ROWS_PER_STATEMENT`] rows.
+    fn full_text(&self) -> &str {
+        self.full_text
+            .get_or_init(|| (self.text)(ROWS_PER_STATEMENT))
+    }
+}
+
+/// The upsert of orders: the latest enrichment of an order wins.
+static ORDERS_UPSERT: Upsert = Upsert {
+    text: |rows| {
+        format!(
+            "INSERT INTO orders ({ORDER_COLUMNS}) VALUES {} {LATEST_ENRICHMENT_WINS}",
+            placeholders(ORDER_PLACEHOLDERS, rows)
+        )
+    },
+    full_text: OnceLock::new(),
+};
+
+/// The upsert of rejections: the first recorded rejection of an order stays.
+static REJECTIONS_UPSERT: Upsert = Upsert {
+    text: |rows| {
+        format!(
+            "INSERT INTO rejected_orders (order_id, user_id, stage, reason, rejected_at_ms) VALUES {} \
+             ON DUPLICATE KEY UPDATE order_id = order_id",
+            placeholders("(?,?,?,?,?)", rows)
+        )
+    },
+    full_text: OnceLock::new(),
+};
+
+/// Runs `upsert` for `rows` rows. A full statement ([`ROWS_PER_STATEMENT`] rows, the shape of
+/// every statement under a backlog) stays prepared on the connection for the next batch, and
+/// is looked up once per batch: `full` holds it for the batch's other full chunks (given a
+/// statement's text, mysql_async scans all of it, thousands of placeholders, for named
+/// parameters first). Any other row count is prepared for this run only and closed after it:
+/// batches that close on time have every size, and keeping each size's statement (with its
+/// thousands of parameter descriptions, on the client and on the server) would grow the
+/// sink's memory by tens of MiB per connection.
 async fn exec_rows(
     tx: &mut mysql_async::Transaction<'_>,
-    sql: String,
+    upsert: &Upsert,
+    full: &mut Option<Statement>,
     params: Vec<Value>,
     rows: usize,
 ) -> Result<(), mysql_async::Error> {
     if rows == ROWS_PER_STATEMENT {
-        return tx.exec_drop(sql, Params::Positional(params)).await;
+        let statement = match full {
+            Some(statement) => statement,
+            None => full.insert(tx.prep(upsert.full_text()).await?),
+        };
+        return tx.exec_drop(&*statement, Params::Positional(params)).await;
     }
-    let statement = tx.prep(sql).await?;
+    let statement = tx.prep((upsert.text)(rows)).await?;
     // Closed whether it ran or not: a refused row makes the worker split the batch into
     // pieces of every size, and each piece's statement would otherwise stay prepared.
     let ran = tx.exec_drop(&statement, Params::Positional(params)).await;
@@ -307,20 +353,6 @@ async fn exec_rows(
 
 fn placeholders(template: &str, rows: usize) -> String {
     vec![template; rows].join(",")
-}
-
-/// The statement that upserts `rows` orders.
-fn orders_statement(rows: usize) -> String {
-    format!(
-        "INSERT INTO orders ({ORDER_COLUMNS}) VALUES {} {LATEST_ENRICHMENT_WINS}",
-        placeholders(ORDER_PLACEHOLDERS, rows)
-    )
-}
-
-/// The statement that upserts a full chunk of [`ROWS_PER_STATEMENT`] orders, built once.
-fn full_orders_statement() -> &'static str {
-    static STATEMENT: OnceLock<String> = OnceLock::new();
-    STATEMENT.get_or_init(|| orders_statement(ROWS_PER_STATEMENT))
 }
 
 type OrderRow = (
@@ -505,38 +537,18 @@ impl ShardWriter for MysqlShard {
                 });
             }
         }
-        // Full chunks share one statement, looked up once per batch: given a statement's text,
-        // mysql_async scans all of it (thousands of placeholders) for named parameters first.
-        let mut full_statement: Option<Statement> = None;
+        let mut full = None;
         for chunk in batch.orders.chunks(ROWS_PER_STATEMENT) {
             let mut params = Vec::with_capacity(chunk.len() * 12);
             for order in chunk {
                 order_params(order, now, &mut params);
             }
-            if chunk.len() < ROWS_PER_STATEMENT {
-                exec_rows(&mut tx, orders_statement(chunk.len()), params, chunk.len())
-                    .await
-                    .map_err(|e| self.db_error(e))?;
-                continue;
-            }
-            let statement = match &full_statement {
-                Some(statement) => statement,
-                None => full_statement.insert(
-                    tx.prep(full_orders_statement())
-                        .await
-                        .map_err(|e| self.db_error(e))?,
-                ),
-            };
-            tx.exec_drop(statement, Params::Positional(params))
+            exec_rows(&mut tx, &ORDERS_UPSERT, &mut full, params, chunk.len())
                 .await
                 .map_err(|e| self.db_error(e))?;
         }
+        let mut full = None;
         for chunk in batch.rejections.chunks(ROWS_PER_STATEMENT) {
-            let sql = format!(
-                "INSERT INTO rejected_orders (order_id, user_id, stage, reason, rejected_at_ms) VALUES {} \
-                 ON DUPLICATE KEY UPDATE order_id = order_id",
-                placeholders("(?,?,?,?,?)", chunk.len())
-            );
             let mut params = Vec::with_capacity(chunk.len() * 5);
             for r in chunk {
                 params.extend([
@@ -547,7 +559,7 @@ impl ShardWriter for MysqlShard {
                     Value::from(r.rejected_at_ms),
                 ]);
             }
-            exec_rows(&mut tx, sql, params, chunk.len())
+            exec_rows(&mut tx, &REJECTIONS_UPSERT, &mut full, params, chunk.len())
                 .await
                 .map_err(|e| self.db_error(e))?;
         }
