@@ -18,6 +18,8 @@
 
 #[path = "../tests/integration/common/mod.rs"]
 mod common;
+#[path = "support/load.rs"]
+mod load;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -25,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use futures::StreamExt;
+use load::{Connection, OrderRequests};
 use mysql_async::prelude::Queryable;
 use mysql_async::{Params, TxOpts, Value};
 use sluice::pipeline::Parts;
@@ -115,40 +118,48 @@ async fn bench_log(backend: Backend, records: usize) -> (String, String) {
     (appended, rate(records, started.elapsed()))
 }
 
-/// Posts `count` orders with `concurrency` in flight; returns per-request latencies.
+/// Posts `count` orders over `concurrency` keep-alive connections; returns per-request
+/// latencies, sorted.
 async fn post_orders(
     base: &str,
     tokens: &[(String, String)],
     count: usize,
     concurrency: usize,
 ) -> Vec<Duration> {
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(concurrency)
-        // Below the ingress's keep-alive limit, so no request races a closing connection.
-        .pool_idle_timeout(Duration::from_secs(5))
-        .build()
-        .unwrap();
-    let requests = (0..count).map(|n| {
-        let (user, token) = &tokens[n % tokens.len()];
-        let request = client
-            .post(format!("{base}/order"))
-            .bearer_auth(token)
-            .json(
-                &serde_json::json!({ "userId": user, "product": "widget", "quantity": 1 + n % 5 }),
-            );
-        async move {
-            let started = Instant::now();
-            let response = request.send().await.unwrap();
-            assert_eq!(response.status(), 202);
-            started.elapsed()
-        }
-    });
-    let mut latencies: Vec<Duration> = futures::stream::iter(requests)
-        .buffer_unordered(concurrency)
-        .collect()
-        .await;
+    let address = address_of(base);
+    let requests = Arc::new(OrderRequests::new(&address.to_string(), tokens));
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let connections: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (requests, next) = (requests.clone(), next.clone());
+            tokio::spawn(async move {
+                let mut connection = Connection::new(address);
+                let mut latencies = Vec::new();
+                loop {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    if n >= count {
+                        return latencies;
+                    }
+                    let (status, took) = connection.send(requests.get(n)).await.unwrap();
+                    assert_eq!(status, 202, "an order was not accepted");
+                    latencies.push(took);
+                }
+            })
+        })
+        .collect();
+    let mut latencies = Vec::with_capacity(count);
+    for connection in connections {
+        latencies.extend(connection.await.unwrap());
+    }
     latencies.sort();
     latencies
+}
+
+/// The address of a base URL such as `http://127.0.0.1:3001`.
+fn address_of(base: &str) -> std::net::SocketAddr {
+    base.trim_start_matches("http://")
+        .parse()
+        .expect("a base URL of an IP address and port")
 }
 
 async fn tokens(base: &str, users: &[String]) -> Vec<(String, String)> {
@@ -451,29 +462,29 @@ async fn bench_sustained(backend: Backend, seconds: u64, connections: usize) -> 
     );
     wait_ready(&ports.order_base(), &mut process).await;
     let pid = process.id();
-    let tokens = Arc::new(tokens(&ports.login_base(), &users).await);
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(connections)
-        .pool_idle_timeout(Duration::from_secs(5))
-        .build()
-        .unwrap();
+    let tokens = tokens(&ports.login_base(), &users).await;
+    let address = address_of(&ports.order_base());
+    let requests = Arc::new(OrderRequests::new(&address.to_string(), &tokens));
     let acknowledged = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let started = Instant::now();
     let clients: Vec<_> = (0..connections)
         .map(|c| {
-            let (client, tokens, acknowledged, stop) =
-                (client.clone(), tokens.clone(), acknowledged.clone(), stop.clone());
-            let url = format!("{}/order", ports.order_base());
+            let (requests, acknowledged, stop) =
+                (requests.clone(), acknowledged.clone(), stop.clone());
             tokio::spawn(async move {
+                let mut connection = Connection::new(address);
                 let mut n = c;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let (user, token) = &tokens[n % tokens.len()];
+                while !stop.load(Ordering::Relaxed) {
+                    let answer = connection.send(requests.get(n)).await;
                     n += connections;
-                    let body = serde_json::json!({ "userId": user, "product": "widget", "quantity": 1 + n % 5 });
-                    let sent = client.post(&url).bearer_auth(token).json(&body).send().await;
-                    if sent.is_ok_and(|r| r.status() == 202) {
-                        acknowledged.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    match answer {
+                        Ok((202, _)) => {
+                            acknowledged.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(_) => {}
+                        // Not a hot loop while the process cannot be reached.
+                        Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
                     }
                 }
             })
