@@ -1,14 +1,13 @@
 //! A lean HTTP/1.1 load generator for the benchmarks, in the manner of `wrk`: keep-alive
 //! connections that each write a request rendered once up front and read its answer.
 //!
-//! The client shares the machine with the process it measures, so every bit of CPU it spends
-//! is taken from that process. With a general-purpose client that builds every request and
-//! its JSON (reqwest with `serde_json`, used here before), the sustained run measured
-//! 19.9k–21.0k orders/s on Kafka and 20.2k–21.8k embedded; with this one, in turn with it and
-//! against the same build, 24.6k–24.8k and 28.8k–29.3k (2-core development machine). This one
-//! does no more per request than write bytes, parse a status line and headers, and skip the
-//! body.
+//! The client shares the machine with the process it measures, so the CPU it spends is taken
+//! from that process: a client that builds every request and its JSON (reqwest with
+//! `serde_json`, used here before) lowered the sustained figures by a sixth to a third (see
+//! "`make bench`" in the README). This one does no more per request than write bytes, parse a
+//! status line and headers, and skip the body.
 
+use std::io::{Error, ErrorKind};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -25,8 +24,12 @@ impl OrderRequests {
         let mut requests = Vec::with_capacity(tokens.len() * 5);
         for quantity in 1..=5 {
             for (user, token) in tokens {
-                let body = serde_json::json!({ "userId": user, "product": "widget", "quantity": quantity })
-                    .to_string();
+                let body = serde_json::json!({
+                    "userId": user,
+                    "product": "widget",
+                    "quantity": quantity,
+                })
+                .to_string();
                 requests.push(
                     format!(
                         "POST /order HTTP/1.1\r\nhost: {host}\r\nauthorization: Bearer {token}\r\n\
@@ -46,6 +49,10 @@ impl OrderRequests {
     }
 }
 
+/// Longest wait for one answer: a server that accepts and never answers fails the request
+/// instead of hanging the benchmark.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// One keep-alive connection: a request is written, then its whole answer read, in turn.
 pub struct Connection {
     address: SocketAddr,
@@ -64,12 +71,15 @@ impl Connection {
         }
     }
 
-    /// Sends `request` and reads the answer: its status code and how long it took. A
-    /// connection the server closed (an answer with `connection: close`, or an error) is
-    /// opened again for the next request.
+    /// Sends `request` and reads the answer: its status code and how long it took (connecting
+    /// included, when it connects). After an answer with `connection: close`, or any error
+    /// (no answer within 30 s among them), the next request opens a new connection.
     pub async fn send(&mut self, request: &[u8]) -> std::io::Result<(u16, Duration)> {
         let started = Instant::now();
-        let answer = self.exchange(request).await;
+        let answer = match tokio::time::timeout(ANSWER_TIMEOUT, self.exchange(request)).await {
+            Ok(answer) => answer,
+            Err(_) => Err(Error::new(ErrorKind::TimedOut, "no answer within 30 s")),
+        };
         match answer {
             Ok((status, keep_open)) => {
                 if !keep_open {
@@ -91,6 +101,13 @@ impl Connection {
             self.stream = Some(stream);
             self.buffer.clear();
         }
+        if !self.buffer.is_empty() {
+            // One request is in flight at a time: bytes before it are not an answer to it.
+            return Err(Error::new(
+                ErrorKind::InvalidData,
+                "the server sent bytes that answer no request",
+            ));
+        }
         let stream = self.stream.as_mut().expect("opened above");
         stream.write_all(request).await?;
         loop {
@@ -100,8 +117,8 @@ impl Connection {
             let mut chunk = [0u8; 4096];
             let read = stream.read(&mut chunk).await?;
             if read == 0 {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
+                return Err(Error::new(
+                    ErrorKind::UnexpectedEof,
                     "the server closed the connection before answering",
                 ));
             }
@@ -111,7 +128,8 @@ impl Connection {
 }
 
 /// Takes one whole answer from the front of `buffer`: `(status, whether the connection stays
-/// open)`, or `None` while it is incomplete.
+/// open)`, or `None` while it is incomplete. Only answers framed by `content-length` are read
+/// (what the ingress sends); any other framing is an error rather than a misread.
 fn parse_answer(buffer: &mut Vec<u8>) -> std::io::Result<Option<(u16, bool)>> {
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut response = httparse::Response::new(&mut headers);
@@ -119,34 +137,55 @@ fn parse_answer(buffer: &mut Vec<u8>) -> std::io::Result<Option<(u16, bool)>> {
         Ok(httparse::Status::Complete(head)) => head,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(error) => {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
+            return Err(Error::new(
+                ErrorKind::InvalidData,
                 format!("not an HTTP answer: {error}"),
             ))
         }
     };
-    let mut body = 0usize;
-    let mut keep_open = true;
+    let status = response.code.unwrap_or(0);
+    if status < 200 {
+        return Err(Error::new(
+            ErrorKind::InvalidData,
+            format!("an interim {status} answer: this client reads only final answers"),
+        ));
+    }
+    let mut body = None;
+    let (mut close, mut keep_alive) = (false, false);
     for header in response.headers.iter() {
         if header.name.eq_ignore_ascii_case("content-length") {
-            body = std::str::from_utf8(header.value)
-                .ok()
-                .and_then(|value| value.trim().parse().ok())
-                .ok_or_else(|| {
-                    std::io::Error::new(std::io::ErrorKind::InvalidData, "a bad content-length")
-                })?;
+            body = Some(
+                std::str::from_utf8(header.value)
+                    .ok()
+                    .and_then(|value| value.trim().parse::<usize>().ok())
+                    .ok_or_else(|| Error::new(ErrorKind::InvalidData, "a bad content-length"))?,
+            );
         } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
+            return Err(Error::new(
+                ErrorKind::InvalidData,
                 "a chunked answer: this client reads only answers with a content-length",
             ));
-        } else if header.name.eq_ignore_ascii_case("connection")
-            && header.value.eq_ignore_ascii_case(b"close")
-        {
-            keep_open = false;
+        } else if header.name.eq_ignore_ascii_case("connection") {
+            let tokens = std::str::from_utf8(header.value).unwrap_or_default();
+            for token in tokens.split(',').map(str::trim) {
+                close |= token.eq_ignore_ascii_case("close");
+                keep_alive |= token.eq_ignore_ascii_case("keep-alive");
+            }
         }
     }
-    let status = response.code.unwrap_or(0);
+    // HTTP/1.0 closes after each answer unless it says keep-alive; `close` always wins.
+    let keep_open = !close && (response.version == Some(1) || keep_alive);
+    let body = match (body, status) {
+        (Some(body), _) => body,
+        // These never carry a body.
+        (None, 204 | 304) => 0,
+        (None, _) => {
+            return Err(Error::new(
+                ErrorKind::InvalidData,
+                format!("a {status} answer without a content-length: its end cannot be told"),
+            ))
+        }
+    };
     if buffer.len() < head + body {
         return Ok(None);
     }
