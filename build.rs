@@ -22,12 +22,17 @@ fn main() {
     if let Some(git_dir) = git(&["rev-parse", "--git-dir"]) {
         println!("cargo:rerun-if-changed={git_dir}/HEAD");
     }
-    if let (Some(common), Some(branch)) = (
-        git(&["rev-parse", "--git-common-dir"]),
-        git(&["symbolic-ref", "-q", "HEAD"]),
-    ) {
-        println!("cargo:rerun-if-changed={common}/{branch}");
-        println!("cargo:rerun-if-changed={common}/packed-refs");
+    if let Some(common) = git(&["rev-parse", "--git-common-dir"]) {
+        // The branch's loose ref lives under `refs/heads` (a directory, which cargo scans as a
+        // whole, so a ref created there later is seen too); `git gc` may move it into
+        // `packed-refs`. A path that does not exist is never named: cargo would take it for
+        // changed on every build, and rebuild the binary each time.
+        for watched in ["refs/heads", "packed-refs"] {
+            let path = std::path::Path::new(&common).join(watched);
+            if path.exists() {
+                println!("cargo:rerun-if-changed={}", path.display());
+            }
+        }
     }
 }
 
