@@ -5,7 +5,9 @@
 //! 2. orders/s through the ingress with authentication on (HTTP → durable in the log);
 //! 3. rows/s the four shard sinks store (rows + positions per transaction) once they store,
 //!    next to the raw limit: bare 500-row multi-row INSERTs into the same MariaDB shards, as
-//!    many rows per transaction as a sink batch holds;
+//!    many rows per transaction as a sink batch holds; for both, what InnoDB did per row on
+//!    the MariaDB shards (redo bytes, pages created), which shows when rows arrive out of
+//!    primary-key order;
 //! 4. end to end: orders/s from HTTP to stored rows;
 //! 5. sustained: a `sluice run` process under 256 connections for SLUICE_BENCH_SECONDS
 //!    (default 60): orders acknowledged/s and rows stored/s over the run, the backlog left
@@ -244,8 +246,66 @@ async fn total_rows(test: &TestTopology) -> usize {
     stored
 }
 
+/// What InnoDB did on the four MariaDB shards, from their server-wide counters (nothing else
+/// writes to the shards while a section runs).
+#[derive(Clone, Copy)]
+struct InnodbWork {
+    /// Redo log bytes written.
+    redo_bytes: u64,
+    /// Index pages created (page splits and new pages).
+    pages_created: u64,
+}
+
+impl InnodbWork {
+    async fn now(test: &TestTopology) -> InnodbWork {
+        let mut work = InnodbWork {
+            redo_bytes: 0,
+            pages_created: 0,
+        };
+        for shard in 0..4 {
+            let counters = query_strings(
+                test,
+                shard,
+                "SELECT CONCAT(VARIABLE_NAME, ' ', VARIABLE_VALUE) FROM information_schema.GLOBAL_STATUS \
+                 WHERE VARIABLE_NAME IN ('INNODB_OS_LOG_WRITTEN', 'INNODB_PAGES_CREATED')",
+            )
+            .await;
+            assert_eq!(
+                counters.len(),
+                2,
+                "cannot read shard {shard}'s InnoDB counters"
+            );
+            for counter in counters {
+                let (name, value) = counter.split_once(' ').expect("name and value");
+                let value: u64 = value.parse().expect("a counter");
+                match name {
+                    "INNODB_OS_LOG_WRITTEN" => work.redo_bytes += value,
+                    _ => work.pages_created += value,
+                }
+            }
+        }
+        work
+    }
+
+    /// The work done since `before`, per stored row.
+    fn per_row_since(self, before: InnodbWork, rows: usize) -> String {
+        let rows = rows.max(1) as f64;
+        format!(
+            "{:.0} B / {:.1}",
+            (self.redo_bytes - before.redo_bytes) as f64 / rows,
+            (self.pages_created - before.pages_created) as f64 * 1000.0 / rows
+        )
+    }
+}
+
+/// A sink section's figures: rows/s, and on MariaDB what InnoDB did per row.
+struct SinkFigures {
+    rate: String,
+    innodb: Option<String>,
+}
+
 /// Rows/s the four sink workers store from records already in their topics.
-async fn bench_sinks(backend: Backend, rows: usize) -> String {
+async fn bench_sinks(backend: Backend, rows: usize) -> SinkFigures {
     let test = test_topology_on(backend, "bsinks", &[], |_| {});
     let topology = test.topology();
     let log: Arc<dyn Log> = sluice::pipeline::open_log(&topology).unwrap();
@@ -273,6 +333,17 @@ async fn bench_sinks(backend: Backend, rows: usize) -> String {
             .collect::<Vec<_>>()
             .await;
     }
+    let mut writers = Vec::new();
+    for shard in &topology.shards {
+        let writer = open_shard(&shard.name, &shard.url, &topology.base_dir).unwrap();
+        // Created before the counters are read (the workers find the schema in place).
+        writer.migrate().await.unwrap();
+        writers.push(writer);
+    }
+    let innodb_before = match backend {
+        Backend::Services => Some(InnodbWork::now(&test).await),
+        Backend::Embedded => None,
+    };
     let cancel = CancellationToken::new();
     let mut workers = Vec::new();
     // Records each worker has committed, as its progress reports them: counted in the
@@ -280,8 +351,7 @@ async fn bench_sinks(backend: Backend, rows: usize) -> String {
     let committed: Vec<Arc<AtomicU64>> = (0..topology.shards.len())
         .map(|_| Arc::new(AtomicU64::new(0)))
         .collect();
-    for (index, shard) in topology.shards.iter().enumerate() {
-        let writer = open_shard(&shard.name, &shard.url, &topology.base_dir).unwrap();
+    for ((index, shard), writer) in topology.shards.iter().enumerate().zip(writers) {
         let worker = SinkWorker {
             rejections_topic: None,
             ..SinkWorker::live(
@@ -325,18 +395,29 @@ async fn bench_sinks(backend: Backend, rows: usize) -> String {
     for worker in workers {
         worker.await.unwrap().unwrap();
     }
+    let innodb = match innodb_before {
+        Some(before) => Some(
+            InnodbWork::now(&test)
+                .await
+                .per_row_since(before, per_shard * 4),
+        ),
+        None => None,
+    };
     assert_eq!(
         total_rows(&test).await,
         per_shard * 4,
         "the sinks stored a different number of rows"
     );
-    figure
+    SinkFigures {
+        rate: figure,
+        innodb,
+    }
 }
 
 /// Rows/s of bare 500-row prepared INSERTs into the four MariaDB shards, `per_transaction`
 /// rows (rounded up to whole statements) to a transaction: a sink batch's size, so the two
 /// differ only in what the sink adds.
-async fn bench_raw_insert(rows: usize, per_transaction: usize) -> String {
+async fn bench_raw_insert(rows: usize, per_transaction: usize) -> SinkFigures {
     const STATEMENT_ROWS: usize = sluice_sinks::mysql::ROWS_PER_STATEMENT;
     let test = test_topology("braw", &[], |_| {});
     let topology = test.topology();
@@ -353,6 +434,7 @@ async fn bench_raw_insert(rows: usize, per_transaction: usize) -> String {
         writer.migrate().await.unwrap();
         shards.push((writer, shard_users(&map, index)));
     }
+    let innodb_before = InnodbWork::now(&test).await;
     let started = Instant::now();
     let map = &map;
     let inserts = shards.iter().map(|(shard, users)| async move {
@@ -394,8 +476,14 @@ async fn bench_raw_insert(rows: usize, per_transaction: usize) -> String {
     });
     futures::future::join_all(inserts).await;
     let figure = rate(per_shard * 4, started.elapsed());
+    let innodb = InnodbWork::now(&test)
+        .await
+        .per_row_since(innodb_before, per_shard * 4);
     assert_eq!(total_rows(&test).await, per_shard * 4);
-    figure
+    SinkFigures {
+        rate: figure,
+        innodb: Some(innodb),
+    }
 }
 
 /// Orders/s from HTTP to stored rows, through every stage.
@@ -561,7 +649,7 @@ fn main() {
         let mut read = [None, None];
         let mut ingress = [None, None];
         let mut latency = [None, None];
-        let mut sinks = [None, None];
+        let (mut sinks, mut sinks_innodb) = ([None, None], [None, None]);
         let mut end_to_end = [None, None];
         let (mut acked, mut stored, mut backlog, mut memory) =
             ([None, None], [None, None], [None, None], [None, None]);
@@ -577,7 +665,9 @@ fn main() {
                 latency[i] = Some(l);
             }
             if wanted("sinks") {
-                sinks[i] = Some(bench_sinks(backend, rows).await);
+                let figures = bench_sinks(backend, rows).await;
+                sinks[i] = Some(figures.rate);
+                sinks_innodb[i] = figures.innodb;
             }
             if wanted("e2e") {
                 end_to_end[i] = Some(bench_end_to_end(backend, orders).await);
@@ -607,15 +697,21 @@ fn main() {
             format!("sinks: 4 shards, {batch_rows}-row batches + positions ({rows})"),
             sinks,
         );
+        let raw = match wanted("sinks") {
+            true => Some(bench_raw_insert(rows, batch_rows).await),
+            false => None,
+        };
         both(
             format!("raw: 500-row INSERTs, {batch_rows} rows per transaction ({rows})"),
-            [
-                match wanted("sinks") {
-                    true => Some(bench_raw_insert(rows, batch_rows).await),
-                    false => None,
-                },
-                None,
-            ],
+            [raw.as_ref().map(|r| r.rate.clone()), None],
+        );
+        both(
+            "sinks: InnoDB redo per row / pages created per 1,000 rows".into(),
+            sinks_innodb,
+        );
+        both(
+            "raw: InnoDB redo per row / pages created per 1,000 rows".into(),
+            [raw.and_then(|r| r.innodb), None],
         );
         both(
             format!("end to end: HTTP -> validate -> enrich -> route -> rows ({orders})"),
