@@ -246,17 +246,18 @@ async fn total_rows(test: &TestTopology) -> usize {
     stored
 }
 
-/// What InnoDB did on the four MariaDB shards, from their server-wide counters (nothing else
-/// writes to the shards while a section runs).
+/// What InnoDB did on the four MariaDB shards, from their server-wide counters: the figures
+/// assume four distinct servers that nothing else (a test run, say) writes to meanwhile.
 #[derive(Clone, Copy)]
 struct InnodbWork {
     /// Redo log bytes written.
     redo_bytes: u64,
-    /// Index pages created (page splits and new pages).
+    /// Pages created (`Innodb_pages_created`: mostly index pages, from splits and growth).
     pages_created: u64,
 }
 
 impl InnodbWork {
+    /// The counters now, summed over the shards of `test` (whose databases must exist).
     async fn now(test: &TestTopology) -> InnodbWork {
         let mut work = InnodbWork {
             redo_bytes: 0,
@@ -287,20 +288,23 @@ impl InnodbWork {
         work
     }
 
-    /// The work done since `before`, per stored row.
+    /// The work done since `before`, per stored row: redo bytes, and pages per 1,000 rows.
+    /// A shard restarted in between (its counters back at zero) reads as no work.
     fn per_row_since(self, before: InnodbWork, rows: usize) -> String {
         let rows = rows.max(1) as f64;
         format!(
             "{:.0} B / {:.1}",
-            (self.redo_bytes - before.redo_bytes) as f64 / rows,
-            (self.pages_created - before.pages_created) as f64 * 1000.0 / rows
+            self.redo_bytes.saturating_sub(before.redo_bytes) as f64 / rows,
+            self.pages_created.saturating_sub(before.pages_created) as f64 * 1000.0 / rows
         )
     }
 }
 
-/// A sink section's figures: rows/s, and on MariaDB what InnoDB did per row.
+/// The figures of a section that stores rows in the shards (the sinks, or the raw INSERT).
 struct SinkFigures {
+    /// Rows stored per second.
     rate: String,
+    /// What InnoDB did per row ([`InnodbWork::per_row_since`]); MariaDB shards only.
     innodb: Option<String>,
 }
 
