@@ -31,12 +31,12 @@ use common::*;
 use futures::StreamExt;
 use load::{Connection, OrderRequests};
 use mysql_async::prelude::Queryable;
-use mysql_async::{Params, TxOpts, Value};
+use mysql_async::{Params, TxOpts};
 use sluice::pipeline::Parts;
 use sluice_core::log::{self, Assignment, Log, OutRecord, StartFrom};
 use sluice_core::order::EnrichedOrder;
 use sluice_core::sharding::ShardMap;
-use sluice_sinks::mysql::MysqlShard;
+use sluice_sinks::mysql::{order_params, MysqlShard, ORDER_COLUMNS, ORDER_PLACEHOLDERS};
 use sluice_sinks::{open_shard, run_sink_worker, ShardWriter, SinkWorker};
 use tokio_util::sync::CancellationToken;
 
@@ -442,11 +442,8 @@ async fn bench_raw_insert(rows: usize, per_transaction: usize) -> SinkFigures {
     let started = Instant::now();
     let map = &map;
     let inserts = shards.iter().map(|(shard, users)| async move {
-        let placeholders = vec!["(?,?,?,?,?,?,?,?,?,?,?,?)"; STATEMENT_ROWS].join(",");
-        let sql = format!(
-            "INSERT INTO orders (order_id, user_id, product, quantity, unit_price_minor, line_total_minor, currency, \
-             received_at_ms, enriched_at_ms, stored_at_ms, bucket, shard) VALUES {placeholders}"
-        );
+        let placeholders = vec![ORDER_PLACEHOLDERS; STATEMENT_ROWS].join(",");
+        let sql = format!("INSERT INTO orders ({ORDER_COLUMNS}) VALUES {placeholders}");
         let mut conn = shard.pool().get_conn().await.unwrap();
         let mut next_user = 0;
         for _ in 0..per_shard / (STATEMENT_ROWS * statements) {
@@ -456,23 +453,12 @@ async fn bench_raw_insert(rows: usize, per_transaction: usize) -> SinkFigures {
                 for _ in 0..STATEMENT_ROWS {
                     let user = &users[next_user % users.len()];
                     next_user += 1;
-                    let o = enriched(user, map.bucket(user), shard.name());
-                    params.extend([
-                        Value::from(o.order_id.as_bytes().to_vec()),
-                        Value::from(o.user_id),
-                        Value::from(o.product),
-                        Value::from(o.quantity),
-                        Value::from(o.unit_price_minor),
-                        Value::from(o.line_total_minor),
-                        Value::from(o.currency),
-                        Value::from(o.received_at_ms),
-                        Value::from(o.enriched_at_ms),
-                        Value::from(3),
-                        Value::from(o.bucket),
-                        Value::from(o.shard),
-                    ]);
+                    let order = enriched(user, map.bucket(user), shard.name());
+                    order_params(&order, 3, &mut params);
                 }
-                tx.exec_drop(&sql, Params::Positional(params)).await.unwrap();
+                tx.exec_drop(&sql, Params::Positional(params))
+                    .await
+                    .unwrap();
             }
             tx.commit().await.unwrap();
         }

@@ -24,10 +24,12 @@ use crate::writer::{Batch, Claimed, Fault, ShardWriter, SinkError};
 /// Largest number of rows in one INSERT statement.
 pub const ROWS_PER_STATEMENT: usize = 500;
 
-const ORDER_COLUMNS: &str =
+/// The columns of the orders INSERT, in the order [`order_params`] gives their values.
+pub const ORDER_COLUMNS: &str =
     "order_id, user_id, product, quantity, unit_price_minor, line_total_minor, currency, \
      received_at_ms, enriched_at_ms, stored_at_ms, bucket, shard";
-const ORDER_PLACEHOLDERS: &str = "(?,?,?,?,?,?,?,?,?,?,?,?)";
+/// The placeholders of one row of the orders INSERT.
+pub const ORDER_PLACEHOLDERS: &str = "(?,?,?,?,?,?,?,?,?,?,?,?)";
 /// When a repeated row may replace the stored prices: it is a later enrichment of the *same*
 /// order (same user, product and quantity, compared byte for byte). A repeat of the order id with
 /// another body (an `Idempotency-Key` reused after the ingress forgot it) changes nothing: the
@@ -265,7 +267,10 @@ pub(crate) fn not_created_yet(error: &mysql_async::Error) -> bool {
     )
 }
 
-fn order_params(order: &EnrichedOrder, stored_at_ms: i64, params: &mut Vec<Value>) {
+/// Appends the parameters of one row of the orders INSERT (its 12 columns, in the order of
+/// the statement's column list) to `params`. Public for the benchmark that measures bare
+/// INSERTs next to the sinks.
+pub fn order_params(order: &EnrichedOrder, stored_at_ms: i64, params: &mut Vec<Value>) {
     params.extend([
         Value::from(order.order_id.as_bytes().to_vec()),
         Value::from(order.user_id.as_str()),
