@@ -6,6 +6,7 @@
 
 mod config;
 mod reader;
+mod time_order;
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;

@@ -26,6 +26,7 @@ use sluice_core::log::{
     TopicPartition,
 };
 
+use crate::time_order::{Flow, TimeOrder};
 use crate::{backend, settling, META_TIMEOUT};
 
 /// A Kafka consumer client whose rebalances Sluice handles.
@@ -130,6 +131,14 @@ fn partitions_of(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
         .collect()
 }
 
+/// The partition a position is in.
+fn partition_of(position: &Position) -> TopicPartition {
+    TopicPartition {
+        topic: position.topic.clone(),
+        partition: position.partition,
+    }
+}
+
 /// A librdkafka list of exact positions.
 fn position_list(positions: &[Position]) -> Result<TopicPartitionList, LogError> {
     let mut list = TopicPartitionList::new();
@@ -180,6 +189,13 @@ pub(crate) struct KafkaReader {
     held_partitions: bool,
     /// Since when a client that held partitions has none, if it has none.
     left_out_since: Option<std::time::Instant>,
+    /// Fetched records not handed out yet, when the owner asked for them in timestamp order
+    /// ([`PartitionReader::read_in_time_order`]).
+    time_order: Option<TimeOrder>,
+    /// Partitions the time order paused that the client no longer reads: they are resumed
+    /// before the client is next used (librdkafka keeps a partition paused across a
+    /// revocation and a new assignment).
+    to_resume: Vec<TopicPartition>,
 }
 
 fn to_record(message: &rdkafka::message::BorrowedMessage<'_>) -> Record {
@@ -211,6 +227,25 @@ fn to_record(message: &rdkafka::message::BorrowedMessage<'_>) -> Record {
 /// a sink's batch (`max_rows`, 2,000 by default) without regrowing it record by record, and
 /// no huge `max` reserved up front.
 const POLL_CAPACITY: usize = 4_096;
+
+/// Most a reader in timestamp order holds before it stops taking records from the client's
+/// queue: a safety bound only. The lanes are its fetch-ahead: it takes what librdkafka fetched
+/// and pauses a partition whose lane is full, so the lanes hold at most
+/// [`crate::time_order::PAUSE_BYTES`] per partition and the client's queue holds records of
+/// the partitions it waits for.
+const FETCHED_BOUND: usize = 16 * crate::time_order::PAUSE_BYTES;
+
+/// librdkafka settings of a reader in timestamp order, unless `[log.kafka.properties]` sets
+/// them: a fetch held back by a full queue is tried again after 10 ms (instead of 1 s), so a
+/// partition the lanes wait for is not held back long.
+const TIME_ORDER_FETCHING: &[(&str, &str)] = &[("fetch.queue.backoff.ms", "10")];
+
+/// The time now, in milliseconds since the Unix epoch.
+fn wall_clock_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
 
 /// Longest a fetch waits for `fetch.min.bytes` (unless `fetch.wait.max.ms` is set).
 const FETCH_WAIT_MAX_MS: &str = "50";
@@ -275,6 +310,8 @@ impl KafkaReader {
             last_stall_check: std::time::Instant::now(),
             held_partitions: false,
             left_out_since: None,
+            time_order: None,
+            to_resume: Vec::new(),
         })
     }
 
@@ -320,11 +357,17 @@ impl KafkaReader {
         self.commit_failing_since = None;
         self.accept_failing_since = None;
         self.positions.clear(); // the fresh client reads nothing yet
+                                // Nothing is paused on the fresh client, and what the old one fetched is read again.
+        if let Some(order) = &mut self.time_order {
+            order.reset();
+        }
+        self.to_resume.clear();
         Ok(())
     }
 
     /// Assigns exactly these offsets (a local operation, no round trip to the broker).
     async fn assign_exact(&mut self, positions: Vec<Position>) -> Result<(), LogError> {
+        self.forget_fetched(&positions).await;
         let list = position_list(&positions)?;
         let consumer = self.inner.clone();
         blocking(move || consumer.assign(&list).map_err(backend)).await?;
@@ -346,6 +389,7 @@ impl KafkaReader {
         if positions.is_empty() {
             return Ok(());
         }
+        self.forget_fetched(&positions).await;
         let list = position_list(&positions)?;
         let consumer = self.inner.clone();
         blocking(move || {
@@ -389,6 +433,169 @@ impl KafkaReader {
             self.left_out_since = None;
         }
         self.last_progress = std::time::Instant::now();
+    }
+
+    /// Drops what the time order fetched of these partitions (the client is moved, and fetches
+    /// them again), resuming those it paused.
+    async fn forget_fetched(&mut self, positions: &[Position]) {
+        if let Some(order) = &mut self.time_order {
+            let partitions: Vec<TopicPartition> = positions.iter().map(partition_of).collect();
+            let unpause = order.clear(&partitions, std::time::Instant::now());
+            self.to_resume.extend(unpause);
+        }
+        self.resume_released().await;
+    }
+
+    /// Resumes the partitions in `to_resume`. A failure is only logged: a partition that is no
+    /// longer assigned keeps no fetch to resume.
+    async fn resume_released(&mut self) {
+        if self.to_resume.is_empty() {
+            return;
+        }
+        let partitions = std::mem::take(&mut self.to_resume);
+        if let Err(error) = self.pause_or_resume(partitions, false).await {
+            tracing::debug!(group = self.group, %error, "cannot resume partitions the reader paused");
+        }
+    }
+
+    /// Pauses (or resumes) fetching `partitions` (a local operation).
+    async fn pause_or_resume(
+        &self,
+        partitions: Vec<TopicPartition>,
+        pause: bool,
+    ) -> Result<(), LogError> {
+        let mut list = TopicPartitionList::new();
+        for p in &partitions {
+            list.add_partition(&p.topic, p.partition);
+        }
+        let consumer = self.inner.clone();
+        blocking(move || {
+            let done = if pause {
+                consumer.pause(&list)
+            } else {
+                consumer.resume(&list)
+            };
+            done.map_err(backend)
+        })
+        .await
+    }
+
+    /// Pauses the partitions the time order finds far ahead and resumes those it drained.
+    async fn apply_flow(&mut self) {
+        let Some(order) = &mut self.time_order else {
+            return;
+        };
+        for change in order.flow() {
+            match change {
+                Flow::Pause(partition) => self.pause_full(partition).await,
+                Flow::Resume(partition) => self.to_resume.push(partition),
+            }
+        }
+        self.resume_released().await;
+    }
+
+    /// [`PartitionReader::poll`] in timestamp order (see [`crate::time_order`]): fetched
+    /// records are buffered per partition and handed out merged, waiting (within `wait`) for
+    /// lagging partitions while the reader is behind.
+    async fn poll_in_time_order(
+        &mut self,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<Record>, LogError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let reading: Vec<TopicPartition> = self.positions.iter().map(partition_of).collect();
+        if let Some(order) = &mut self.time_order {
+            let unpause = order.keep_only(&reading, std::time::Instant::now());
+            self.to_resume.extend(unpause);
+        }
+        self.resume_released().await;
+        let mut notice = None;
+        loop {
+            // Take what is fetched already. A lane that reaches its pause mark is paused at
+            // once, so librdkafka drops what else it fetched of it and the lanes stay bounded.
+            loop {
+                let mut full = None;
+                let mut stream = self.inner.stream();
+                let order = self.time_order.as_mut().expect("reading in time order");
+                while order.bytes() < FETCHED_BOUND {
+                    match stream.next().now_or_never() {
+                        Some(Some(Ok(message))) => {
+                            full = order.push(to_record(&message), std::time::Instant::now());
+                            if full.is_some() {
+                                break;
+                            }
+                        }
+                        Some(Some(Err(error))) => {
+                            notice = Some(error);
+                            break;
+                        }
+                        _ => break,
+                    }
+                }
+                drop(stream);
+                match full {
+                    Some(partition) => self.pause_full(partition).await,
+                    None => break,
+                }
+            }
+            let now = std::time::Instant::now();
+            let order = self.time_order.as_mut().expect("reading in time order");
+            let records = order.take(max, now, wall_clock_ms());
+            let next_change = order.next_change(now);
+            self.apply_flow().await;
+            if !records.is_empty() {
+                if let Some(error) = notice {
+                    tracing::warn!(group = self.group, %error, "the Kafka consumer reported an error; returning the records read so far");
+                }
+                self.returned(&records);
+                return Ok(records);
+            }
+            let wake =
+                next_change.map_or(deadline, |d| deadline.min(tokio::time::Instant::now() + d));
+            match tokio::time::timeout_at(wake, self.inner.recv()).await {
+                Ok(Ok(message)) => {
+                    let order = self.time_order.as_mut().expect("reading in time order");
+                    let full = order.push(to_record(&message), std::time::Instant::now());
+                    drop(message);
+                    if let Some(partition) = full {
+                        self.pause_full(partition).await;
+                    }
+                }
+                Ok(Err(error)) => notice = Some(error),
+                Err(_) if wake >= deadline => {
+                    self.recover_if_stalled().await?;
+                    return match notice {
+                        Some(error) => Err(backend(error)),
+                        None => Ok(Vec::new()),
+                    };
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// Pauses a partition whose lane just filled up.
+    async fn pause_full(&mut self, partition: TopicPartition) {
+        if let Err(error) = self.pause_or_resume(vec![partition.clone()], true).await {
+            tracing::debug!(group = self.group, %error, "cannot pause a partition that is ahead");
+            if let Some(order) = &mut self.time_order {
+                order.unmark_paused(&partition);
+            }
+        }
+    }
+
+    /// Notes that `records` were handed out: the reader's positions move past them.
+    fn returned(&mut self, records: &[Record]) {
+        self.last_progress = std::time::Instant::now();
+        for record in records {
+            if let Some(position) = self
+                .positions
+                .iter_mut()
+                .find(|p| p.partition == record.partition && p.topic == record.topic)
+            {
+                position.next_offset = position.next_offset.max(record.offset + 1);
+            }
+        }
     }
 
     /// Whether a partition this reader reads holds records beyond its position, or the
@@ -632,7 +839,42 @@ impl PartitionReader for KafkaReader {
                 });
             }
         }
+        if let Some(order) = &mut self.time_order {
+            // A revoked partition stays paused in librdkafka: it is resumed before the client
+            // takes an assignment again.
+            let reading: Vec<TopicPartition> = self.positions.iter().map(partition_of).collect();
+            let unpause = order.keep_only(&reading, std::time::Instant::now());
+            self.to_resume.extend(unpause);
+        }
         changes
+    }
+
+    /// Also has librdkafka retry a fetch held back by its full queue soon
+    /// ([`TIME_ORDER_FETCHING`]). Called before the reader reads, it replaces the client (which
+    /// has joined nothing yet) with one so configured.
+    fn read_in_time_order(&mut self) {
+        if self.time_order.is_some() {
+            return;
+        }
+        self.time_order = Some(TimeOrder::default());
+        for (property, value) in TIME_ORDER_FETCHING {
+            if self.config.get(property).is_none() {
+                self.config.set(*property, *value);
+            }
+        }
+        if self.subscription.is_none() && self.positions.is_empty() {
+            match new_client(&self.config) {
+                Ok(fresh) => {
+                    let old = std::mem::replace(&mut self.inner, Arc::new(fresh));
+                    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                        drop(runtime.spawn_blocking(move || close_client(old)));
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(group = self.group, %error, "cannot configure the Kafka consumer for reading in time order; reading with its defaults")
+                }
+            }
+        }
     }
 
     /// A client that cannot find where its assigned partitions start for [`STALL_CHECK`]
@@ -662,6 +904,7 @@ impl PartitionReader for KafkaReader {
                 return Err(error);
             }
         };
+        self.resume_released().await;
         let list = position_list(&starts)?;
         let consumer = self.inner.clone();
         blocking(move || {
@@ -712,6 +955,9 @@ impl PartitionReader for KafkaReader {
     }
 
     async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Record>, LogError> {
+        if self.time_order.is_some() {
+            return self.poll_in_time_order(max, wait).await;
+        }
         // Error events (the broker going away, a failed connection) are notices: librdkafka
         // reconnects by itself and loses no record over them. They queue up while the broker
         // is away, so take them all now, or a caller that pauses after each error would still
@@ -749,16 +995,7 @@ impl PartitionReader for KafkaReader {
             }
         }
         drop(stream);
-        self.last_progress = std::time::Instant::now();
-        for record in &records {
-            if let Some(position) = self
-                .positions
-                .iter_mut()
-                .find(|p| p.partition == record.partition && p.topic == record.topic)
-            {
-                position.next_offset = position.next_offset.max(record.offset + 1);
-            }
-        }
+        self.returned(&records);
         Ok(records)
     }
 
