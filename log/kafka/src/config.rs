@@ -34,11 +34,23 @@ pub struct KafkaLogConfig {
     /// default. Default 10 000.
     #[serde(default = "default_session_timeout_ms")]
     pub session_timeout_ms: u64,
+    /// How much a shard sink's reader holds per partition, in MiB, to hand records out in time
+    /// order while it catches up on a backlog (rows in key order cost InnoDB half the work): a
+    /// partition whose lane is full is paused until it is down to half. Larger lanes keep more
+    /// of every partition fetched ahead (a faster catch-up, and up to this much memory per
+    /// partition a sink reads); smaller ones pause and fetch again more often. Default 8.
+    #[serde(default = "default_time_order_lane_mib")]
+    pub time_order_lane_mib: u64,
 }
 
 /// The default `session_timeout_ms`: 10 s.
 fn default_session_timeout_ms() -> u64 {
     10_000
+}
+
+/// The default `time_order_lane_mib`.
+fn default_time_order_lane_mib() -> u64 {
+    (crate::time_order::DEFAULT_LANE_BYTES >> 20) as u64
 }
 
 /// librdkafka properties Sluice sets itself on its consumers, and what to use instead.
@@ -94,7 +106,15 @@ impl KafkaLogConfig {
             brokers: brokers.into(),
             properties: BTreeMap::new(),
             session_timeout_ms: default_session_timeout_ms(),
+            time_order_lane_mib: default_time_order_lane_mib(),
         }
+    }
+
+    /// What a time-ordered reader holds per partition before it pauses the partition.
+    pub(crate) fn time_order_lane_bytes(&self) -> usize {
+        usize::try_from(self.time_order_lane_mib)
+            .unwrap_or(usize::MAX)
+            .saturating_mul(1 << 20)
     }
 
     /// Checks the settings; `at` is where the table is, e.g. `log.kafka`. Messages name the
@@ -108,6 +128,15 @@ impl KafkaLogConfig {
         }
         self.validate_group_settings(at, issues);
         self.validate_security(at, issues);
+        if !(1..=1024).contains(&self.time_order_lane_mib) {
+            issues.push(
+                format!("{at}.time_order_lane_mib"),
+                format!(
+                    "{} MiB is out of range: use 1 to 1024 (8 by default)",
+                    self.time_order_lane_mib
+                ),
+            );
+        }
     }
 
     /// Checks the consumer-group settings: properties Sluice manages itself are refused, and
@@ -529,6 +558,30 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn the_time_order_lane_is_between_one_mib_and_a_gib() {
+        for (mib, accepted) in [
+            (0, false),
+            (1, true),
+            (8, true),
+            (1_024, true),
+            (1_025, false),
+        ] {
+            let mut config = kafka(&[]);
+            config.time_order_lane_mib = mib;
+            let found = issues(&config);
+            assert_eq!(found.is_empty(), accepted, "{mib}: {found:#?}");
+            if !accepted {
+                assert!(
+                    found[0].contains("log.kafka.time_order_lane_mib")
+                        && found[0].contains("1 to 1024"),
+                    "{found:#?}"
+                );
+            }
+        }
+        assert_eq!(kafka(&[]).time_order_lane_bytes(), 8 << 20);
     }
 
     #[test]

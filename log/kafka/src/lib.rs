@@ -154,6 +154,8 @@ pub struct KafkaLog {
     meta_renewed: std::sync::Mutex<std::time::Instant>,
     /// How long a consumer group waits for a silent member before moving its partitions.
     session_timeout: Duration,
+    /// What a time-ordered reader holds per partition before it pauses the partition.
+    time_order_lane_bytes: usize,
 }
 
 pub(crate) fn backend(error: KafkaError) -> LogError {
@@ -231,6 +233,7 @@ impl KafkaLog {
             meta_config,
             meta_renewed: std::sync::Mutex::new(std::time::Instant::now()),
             session_timeout: Duration::from_millis(config.session_timeout_ms),
+            time_order_lane_bytes: config.time_order_lane_bytes(),
         })
     }
 
@@ -578,6 +581,7 @@ impl Log for KafkaLog {
             &self.base,
             group,
             self.session_timeout,
+            self.time_order_lane_bytes,
         )?))
     }
 

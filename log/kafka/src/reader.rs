@@ -192,6 +192,8 @@ pub(crate) struct KafkaReader {
     /// Fetched records not handed out yet, when the owner asked for them in timestamp order
     /// ([`PartitionReader::read_in_time_order`]).
     time_order: Option<TimeOrder>,
+    /// What a lane of the time order holds before its partition is paused.
+    time_order_lane_bytes: usize,
     /// Partitions the time order paused that the client no longer reads: they are resumed
     /// before the client is next used (librdkafka keeps a partition paused across a
     /// revocation and a new assignment).
@@ -229,11 +231,11 @@ fn to_record(message: &rdkafka::message::BorrowedMessage<'_>) -> Record {
 const POLL_CAPACITY: usize = 4_096;
 
 /// Most a reader in timestamp order holds before it stops taking records from the client's
-/// queue: a safety bound only. The lanes are its fetch-ahead: it takes what librdkafka fetched
-/// and pauses a partition whose lane is full, so the lanes hold at most
-/// [`crate::time_order::PAUSE_BYTES`] per partition and the client's queue holds records of
-/// the partitions it waits for.
-const FETCHED_BOUND: usize = 16 * crate::time_order::PAUSE_BYTES;
+/// queue, in lanes: a safety bound only. The lanes are its fetch-ahead: it takes what
+/// librdkafka fetched and pauses a partition whose lane is full, so the lanes hold at most a
+/// lane's size per partition and the client's queue holds records of the partitions it waits
+/// for.
+const FETCHED_BOUND_LANES: usize = 16;
 
 /// librdkafka settings of a reader in timestamp order, unless `[log.kafka.properties]` sets
 /// them: a fetch held back by a full queue is tried again after 10 ms (instead of 1 s), so a
@@ -255,11 +257,13 @@ const FETCH_MIN_BYTES: &str = "65536";
 
 impl KafkaReader {
     /// A reader whose positions are committed under `group`. In a group, a member silent for
-    /// `session_timeout` is considered dead and its partitions move to the others.
+    /// `session_timeout` is considered dead and its partitions move to the others. Asked for
+    /// time order, it holds up to `time_order_lane_bytes` per partition.
     pub(crate) fn new(
         base: &ClientConfig,
         group: &str,
         session_timeout: Duration,
+        time_order_lane_bytes: usize,
     ) -> Result<Self, LogError> {
         let session_ms = session_timeout.as_millis().max(1);
         let mut config = base.clone();
@@ -311,6 +315,7 @@ impl KafkaReader {
             held_partitions: false,
             left_out_since: None,
             time_order: None,
+            time_order_lane_bytes,
             to_resume: Vec::new(),
         })
     }
@@ -517,7 +522,8 @@ impl KafkaReader {
                 let mut full = None;
                 let mut stream = self.inner.stream();
                 let order = self.time_order.as_mut().expect("reading in time order");
-                while order.bytes() < FETCHED_BOUND {
+                let bound = order.lane_bytes().saturating_mul(FETCHED_BOUND_LANES);
+                while order.bytes() < bound {
                     match stream.next().now_or_never() {
                         Some(Some(Ok(message))) => {
                             full = order.push(to_record(&message), std::time::Instant::now());
@@ -856,7 +862,7 @@ impl PartitionReader for KafkaReader {
         if self.time_order.is_some() {
             return;
         }
-        self.time_order = Some(TimeOrder::default());
+        self.time_order = Some(TimeOrder::new(self.time_order_lane_bytes));
         for (property, value) in TIME_ORDER_FETCHING {
             if self.config.get(property).is_none() {
                 self.config.set(*property, *value);

@@ -14,9 +14,9 @@
 //! partition with nothing more to read must not hold the others back). A reader that is not behind hands out whatever it has, merged,
 //! without waiting: live records gain no latency.
 //!
-//! A lane that has buffered [`PAUSE_BYTES`] is paused by the reader so that lanes stay level
-//! (the fetcher would otherwise keep feeding a partition that runs ahead), and resumed once it
-//! is down to [`RESUME_BYTES`]. Nothing here commits anything: a record is only the reader's
+//! A lane that has buffered its size (`[log.kafka] time_order_lane_mib`, 8 MiB by default) is
+//! paused by the reader so that lanes stay level and bounded (the fetcher would otherwise keep
+//! feeding a partition that runs ahead), and resumed once it is down to half. Nothing here commits anything: a record is only the reader's
 //! once handed out, and a lane dropped (rewind, revocation, new client) is fetched again.
 
 use std::collections::VecDeque;
@@ -32,14 +32,11 @@ pub(crate) const BEHIND: Duration = Duration::from_secs(1);
 /// nothing more to read, or its fetches are stuck).
 pub(crate) const IDLE_AFTER: Duration = Duration::from_secs(1);
 
-/// A lane holding this many bytes (more than a default 1 MiB fetch of lz4-compressed orders
-/// takes as records in memory) is paused until the other lanes catch up. Below it a lane always has
-/// room for the next fetch: pausing purges what librdkafka fetched of the partition, which is
-/// then fetched again.
-pub(crate) const PAUSE_BYTES: usize = 8 << 20;
-
-/// A paused lane is resumed once it holds no more than this.
-pub(crate) const RESUME_BYTES: usize = 4 << 20;
+/// The default lane size: a lane holding this many bytes (more than a default 1 MiB fetch of
+/// lz4-compressed orders takes as records in memory) is paused until the other lanes catch up.
+/// Below it a lane has room for the next fetch: pausing purges what librdkafka fetched of the
+/// partition, which is then fetched again.
+pub(crate) const DEFAULT_LANE_BYTES: usize = 8 << 20;
 
 /// Bytes a record takes in memory beyond its key, payload and header values (its allocations
 /// and bookkeeping), so that lanes of small records are bounded too.
@@ -96,16 +93,30 @@ pub(crate) enum Flow {
 
 /// Fetched records of several partitions, handed out in timestamp order. See the
 /// [module docs](self).
-#[derive(Default)]
 pub(crate) struct TimeOrder {
     lanes: Vec<Lane>,
     /// What all lanes hold, approximately.
     bytes: usize,
+    /// A lane holding this much is paused; it is resumed at half.
+    lane_bytes: usize,
 }
 
 impl TimeOrder {
-    /// Buffers a fetched record. Returns its partition when this record brought the lane to
-    /// [`PAUSE_BYTES`]: the lane counts as paused from now on, and the reader pauses the
+    /// Lanes that are paused when they hold `lane_bytes`.
+    pub(crate) fn new(lane_bytes: usize) -> Self {
+        TimeOrder {
+            lanes: Vec::new(),
+            bytes: 0,
+            lane_bytes: lane_bytes.max(1),
+        }
+    }
+
+    /// What a lane holds when it is paused.
+    pub(crate) fn lane_bytes(&self) -> usize {
+        self.lane_bytes
+    }
+
+    /// Buffers a fetched record. Returns its partition when this record filled the lane: the lane counts as paused from now on, and the reader pauses the
     /// partition at once (librdkafka then drops what it fetched of it, so the lane grows no
     /// further), or calls [`TimeOrder::unmark_paused`] if it cannot.
     pub(crate) fn push(&mut self, record: Record, now: Instant) -> Option<TopicPartition> {
@@ -131,7 +142,7 @@ impl TimeOrder {
         lane.records.push_back(record);
         lane.bytes += bytes;
         self.bytes += bytes;
-        if !lane.paused && lane.bytes >= PAUSE_BYTES {
+        if !lane.paused && lane.bytes >= self.lane_bytes {
             lane.paused = true;
             return Some(lane.partition.clone());
         }
@@ -276,17 +287,18 @@ impl TimeOrder {
             .min()
     }
 
-    /// The partitions to pause (lanes that hold [`PAUSE_BYTES`] but are not paused: a pause
-    /// failed before) and to resume (paused lanes down to [`RESUME_BYTES`]), marked as done:
+    /// The partitions to pause (full lanes that are not paused: a pause failed before) and to
+    /// resume (paused lanes down to half full), marked as done:
     /// the reader carries them out, and calls [`TimeOrder::unmark_paused`] for a pause that
     /// failed.
     pub(crate) fn flow(&mut self) -> Vec<Flow> {
         let mut changes = Vec::new();
+        let (pause, resume) = (self.lane_bytes, self.lane_bytes / 2);
         for lane in &mut self.lanes {
-            if !lane.paused && lane.bytes >= PAUSE_BYTES {
+            if !lane.paused && lane.bytes >= pause {
                 lane.paused = true;
                 changes.push(Flow::Pause(lane.partition.clone()));
-            } else if lane.paused && lane.bytes <= RESUME_BYTES {
+            } else if lane.paused && lane.bytes <= resume {
                 lane.paused = false;
                 changes.push(Flow::Resume(lane.partition.clone()));
             }
@@ -346,7 +358,7 @@ mod tests {
     #[test]
     fn a_backlog_comes_out_merged_by_time_up_to_the_oldest_lane_end() {
         let now = Instant::now();
-        let mut order = TimeOrder::default();
+        let mut order = TimeOrder::new(DEFAULT_LANE_BYTES);
         backlog(&mut order, now);
         let out = order.take(100, now, NOW_MS);
         // Partition 1's newest record (old + 15) bounds what may go: partition 0's record at
@@ -364,7 +376,7 @@ mod tests {
     #[test]
     fn an_empty_lane_stops_holding_the_others_once_idle() {
         let start = Instant::now();
-        let mut order = TimeOrder::default();
+        let mut order = TimeOrder::new(DEFAULT_LANE_BYTES);
         backlog(&mut order, start);
         order.take(100, start, NOW_MS);
         let later = start + IDLE_AFTER;
@@ -375,7 +387,7 @@ mod tests {
     #[test]
     fn a_partition_the_reader_starts_reading_is_awaited_before_it_sends_anything() {
         let now = Instant::now();
-        let mut order = TimeOrder::default();
+        let mut order = TimeOrder::new(DEFAULT_LANE_BYTES);
         backlog(&mut order, now);
         order.keep_only(&[tp(0), tp(1), tp(2)], now);
         assert!(order.take(100, now, NOW_MS).is_empty());
@@ -386,7 +398,7 @@ mod tests {
     #[test]
     fn live_records_go_at_once_merged() {
         let now = Instant::now();
-        let mut order = TimeOrder::default();
+        let mut order = TimeOrder::new(DEFAULT_LANE_BYTES);
         order.keep_only(&[tp(0), tp(1), tp(2)], now);
         order.push(record(0, 0, NOW_MS - 20), now);
         order.push(record(0, 1, NOW_MS - 5), now);
@@ -402,7 +414,7 @@ mod tests {
     #[test]
     fn take_hands_out_at_most_max_and_keeps_the_rest_in_order() {
         let now = Instant::now();
-        let mut order = TimeOrder::default();
+        let mut order = TimeOrder::new(DEFAULT_LANE_BYTES);
         order.keep_only(&[tp(0)], now);
         for i in 0..5 {
             order.push(record(0, i, NOW_MS), now);
@@ -417,11 +429,11 @@ mod tests {
     #[test]
     fn a_lane_far_ahead_is_paused_and_resumed_once_drained() {
         let now = Instant::now();
-        let mut order = TimeOrder::default();
+        let mut order = TimeOrder::new(DEFAULT_LANE_BYTES);
         order.keep_only(&[tp(0), tp(1)], now);
         let old = NOW_MS - 60_000;
         let per_record = size(&record(0, 0, old));
-        let count = (PAUSE_BYTES / per_record + 1) as i64;
+        let count = (DEFAULT_LANE_BYTES / per_record + 1) as i64;
         let paused: Vec<TopicPartition> = (0..count)
             .filter_map(|i| order.push(record(0, i, old + i), now))
             .collect();
@@ -448,11 +460,11 @@ mod tests {
     #[test]
     fn dropped_and_cleared_lanes_free_their_bytes_and_report_their_pauses() {
         let now = Instant::now();
-        let mut order = TimeOrder::default();
+        let mut order = TimeOrder::new(DEFAULT_LANE_BYTES);
         order.keep_only(&[tp(0), tp(1)], now);
         let per_record = size(&record(0, 0, 0));
         let mut paused = 0;
-        for i in 0..(PAUSE_BYTES / per_record + 1) as i64 {
+        for i in 0..(DEFAULT_LANE_BYTES / per_record + 1) as i64 {
             paused += order.push(record(0, i, NOW_MS - 60_000), now).is_some() as usize;
             paused += order.push(record(1, i, NOW_MS - 60_000), now).is_some() as usize;
         }
