@@ -887,6 +887,10 @@ mod pace {
             self.inner.rebalances()
         }
 
+        fn read_in_time_order(&mut self) {
+            self.inner.read_in_time_order()
+        }
+
         async fn accept(
             &mut self,
             assignments: Vec<Assignment>,

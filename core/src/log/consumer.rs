@@ -120,7 +120,8 @@ pub trait PartitionReader: Send {
     /// reader catches up on a backlog (records stay in offset order per partition). A sink asks
     /// for it: rows that reach a shard in key order (order ids grow with time) cost InnoDB
     /// half the page splits. The default does nothing (a backend that interleaves partitions
-    /// finely already).
+    /// finely already). A reader that wraps another forwards it, or time order is lost
+    /// silently. Call it before the reader reads.
     fn read_in_time_order(&mut self) {}
 
     /// Leaves the group (so its partitions move to the other members at once, not after a

@@ -362,8 +362,9 @@ impl KafkaReader {
         self.commit_failing_since = None;
         self.accept_failing_since = None;
         self.positions.clear(); // the fresh client reads nothing yet
-                                // Nothing is paused on the fresh client, and what the old one fetched is read again.
         if let Some(order) = &mut self.time_order {
+            // Nothing is paused on the fresh client, and what the old one fetched is read
+            // again.
             order.reset();
         }
         self.to_resume.clear();
@@ -490,11 +491,16 @@ impl KafkaReader {
         let Some(order) = &mut self.time_order else {
             return;
         };
-        for change in order.flow() {
+        let changes = order.flow();
+        let mut pauses = Vec::new();
+        for change in changes {
             match change {
-                Flow::Pause(partition) => self.pause_full(partition).await,
+                Flow::Pause(partition) => pauses.push(partition),
                 Flow::Resume(partition) => self.to_resume.push(partition),
             }
+        }
+        for partition in pauses {
+            self.pause_full(partition).await;
         }
         self.resume_released().await;
     }
@@ -544,17 +550,26 @@ impl KafkaReader {
                     None => break,
                 }
             }
+            // Pauses and resumes first: nothing is taken from the lanes before an await, so
+            // a poll dropped half-way loses nothing.
+            self.apply_flow().await;
             let now = std::time::Instant::now();
             let order = self.time_order.as_mut().expect("reading in time order");
             let records = order.take(max, now, wall_clock_ms());
-            let next_change = order.next_change(now);
-            self.apply_flow().await;
             if !records.is_empty() {
                 if let Some(error) = notice {
                     tracing::warn!(group = self.group, %error, "the Kafka consumer reported an error; returning the records read so far");
                 }
                 self.returned(&records);
                 return Ok(records);
+            }
+            let next_change = order.next_change(now);
+            if tokio::time::Instant::now() >= deadline {
+                self.recover_if_stalled().await?;
+                return match notice {
+                    Some(error) => Err(backend(error)),
+                    None => Ok(Vec::new()),
+                };
             }
             let wake =
                 next_change.map_or(deadline, |d| deadline.min(tokio::time::Instant::now() + d));
@@ -568,13 +583,8 @@ impl KafkaReader {
                     }
                 }
                 Ok(Err(error)) => notice = Some(error),
-                Err(_) if wake >= deadline => {
-                    self.recover_if_stalled().await?;
-                    return match notice {
-                        Some(error) => Err(backend(error)),
-                        None => Ok(Vec::new()),
-                    };
-                }
+                // The hold lapsed or the deadline passed: the loop takes what it may, or
+                // returns.
                 Err(_) => {}
             }
         }
@@ -1006,14 +1016,18 @@ impl PartitionReader for KafkaReader {
     }
 
     /// Moves to the exact offsets, with no round trip to the broker, so a rewind works at once
-    /// even while the broker is away; nothing is done when the client is already there. An
-    /// offset that retention removed meanwhile makes librdkafka start at the oldest record
+    /// even while the broker is away; nothing is done when the reader is already there (in
+    /// any order; reading in time order, the client is ahead of it and the lanes hold the
+    /// records in between, which are kept). Otherwise what the lanes held of those partitions
+    /// is dropped and fetched again. An offset that retention removed meanwhile makes librdkafka start at the oldest record
     /// (`auto.offset.reset=earliest`), which the consumer sees as a gap and reports.
     async fn rewind(&mut self, positions: Vec<Position>) -> Result<Vec<Position>, LogError> {
         // After an error event that lost nothing (this reader returns what it took), the
         // client is already where the consumer wants it: assigning again would only restart
         // its fetches, and while the broker is away every restart reports the outage again.
-        if positions != self.positions {
+        let already_there = positions.len() == self.positions.len()
+            && positions.iter().all(|p| self.positions.contains(p));
+        if !already_there {
             if self.subscription.is_some() {
                 // In a group, assigning would answer (or disturb) a rebalance: seek instead.
                 self.seek_exact(positions.clone()).await?;

@@ -9,15 +9,18 @@
 //!
 //! [`TimeOrder`] buffers fetched records per partition (a *lane*) and hands them out merged by
 //! timestamp. While the reader is behind (the oldest buffered record is older than
-//! [`BEHIND`]) it hands out a record only once every other lane has buffered a record at least
-//! as new, or has stayed empty for [`IDLE_AFTER`] since it handed out its last record (a
-//! partition with nothing more to read must not hold the others back). A reader that is not behind hands out whatever it has, merged,
-//! without waiting: live records gain no latency.
+//! [`BEHIND`] by the reader's clock) it hands out a record only once every other lane has
+//! buffered a record at least as new, or has stayed empty for [`IDLE_AFTER`] since it handed
+//! out its last record (a partition with nothing more to read must not hold the others back).
+//! A reader that is not behind hands out whatever it has, merged, without waiting: live
+//! records gain no latency (as long as the producers' clocks agree with the reader's to within
+//! [`BEHIND`]).
 //!
 //! A lane that has buffered its size (`[log.kafka] time_order_lane_mib`, 8 MiB by default) is
 //! paused by the reader so that lanes stay level and bounded (the fetcher would otherwise keep
-//! feeding a partition that runs ahead), and resumed once it is down to half. Nothing here commits anything: a record is only the reader's
-//! once handed out, and a lane dropped (rewind, revocation, new client) is fetched again.
+//! feeding a partition that runs ahead), and resumed once it is down to half. Nothing here
+//! commits anything: a record is only the reader's once handed out, and a lane dropped
+//! (rewind, revocation, new client) is fetched again.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -45,7 +48,10 @@ const RECORD_OVERHEAD: usize = 160;
 /// The records of one partition that were fetched but not handed out yet.
 struct Lane {
     partition: TopicPartition,
-    records: VecDeque<Record>,
+    /// The records, each with its order key: its timestamp, raised to the key of the record
+    /// before it in the lane, so that keys never go down within a lane (producers on several
+    /// hosts, or a clock stepped back, can append a record older than the one before it).
+    records: VecDeque<(i64, Record)>,
     /// What `records` take in memory, approximately.
     bytes: usize,
     /// When the lane last became empty (handed out its last record, was created or cleared).
@@ -55,12 +61,14 @@ struct Lane {
 }
 
 impl Lane {
+    /// The order key of the lane's first record.
     fn head_ms(&self) -> Option<i64> {
-        self.records.front().map(timestamp)
+        self.records.front().map(|(key, _)| *key)
     }
 
+    /// The order key of the lane's last record: the highest in the lane.
     fn newest_ms(&self) -> Option<i64> {
-        self.records.back().map(timestamp)
+        self.records.back().map(|(key, _)| *key)
     }
 }
 
@@ -116,9 +124,10 @@ impl TimeOrder {
         self.lane_bytes
     }
 
-    /// Buffers a fetched record. Returns its partition when this record filled the lane: the lane counts as paused from now on, and the reader pauses the
-    /// partition at once (librdkafka then drops what it fetched of it, so the lane grows no
-    /// further), or calls [`TimeOrder::unmark_paused`] if it cannot.
+    /// Buffers a fetched record. Returns its partition when this record filled the lane: the
+    /// lane counts as paused from now on, and the reader pauses the partition at once
+    /// (librdkafka then drops what it fetched of it, so the lane grows no further), or calls
+    /// [`TimeOrder::unmark_paused`] if it cannot.
     pub(crate) fn push(&mut self, record: Record, now: Instant) -> Option<TopicPartition> {
         let bytes = size(&record);
         let lane = match self.lanes.iter().position(|l| {
@@ -139,7 +148,8 @@ impl TimeOrder {
                 self.lanes.last_mut().expect("just pushed")
             }
         };
-        lane.records.push_back(record);
+        let key = timestamp(&record).max(lane.newest_ms().unwrap_or(i64::MIN));
+        lane.records.push_back((key, record));
         lane.bytes += bytes;
         self.bytes += bytes;
         if !lane.paused && lane.bytes >= self.lane_bytes {
@@ -265,7 +275,7 @@ impl TimeOrder {
                 .min();
             let Some((_, i)) = next else { break };
             let lane = &mut self.lanes[i];
-            let record = lane.records.pop_front().expect("the lane has a head");
+            let (_, record) = lane.records.pop_front().expect("the lane has a head");
             let bytes = size(&record);
             lane.bytes -= bytes;
             if lane.records.is_empty() {
@@ -409,6 +419,17 @@ mod tests {
             vec![(0, 0), (1, 0), (0, 1)]
         );
         assert_eq!(order.bytes(), 0);
+    }
+
+    #[test]
+    fn a_record_older_than_the_one_before_it_in_its_lane_does_not_hold_the_lane_back() {
+        let now = Instant::now();
+        let mut order = TimeOrder::new(DEFAULT_LANE_BYTES);
+        order.keep_only(&[tp(0)], now);
+        let old = NOW_MS - 60_000;
+        order.push(record(0, 0, old + 10), now);
+        order.push(record(0, 1, old + 5), now);
+        assert_eq!(ids(&order.take(10, now, NOW_MS)), vec![(0, 0), (0, 1)]);
     }
 
     #[test]
