@@ -242,13 +242,6 @@ const FETCHED_BOUND_LANES: usize = 16;
 /// partition the lanes wait for is not held back long.
 const TIME_ORDER_FETCHING: &[(&str, &str)] = &[("fetch.queue.backoff.ms", "10")];
 
-/// The time now, in milliseconds since the Unix epoch.
-fn wall_clock_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
 /// Longest a fetch waits for `fetch.min.bytes` (unless `fetch.wait.max.ms` is set).
 const FETCH_WAIT_MAX_MS: &str = "50";
 
@@ -327,14 +320,7 @@ impl KafkaReader {
         let fresh = new_client(&self.config)?;
         if let Some(topics) = &self.subscription {
             subscribe(&fresh, topics)?;
-            let mut lost: Vec<TopicPartition> = self
-                .positions
-                .iter()
-                .map(|p| TopicPartition {
-                    topic: p.topic.clone(),
-                    partition: p.partition,
-                })
-                .collect();
+            let mut lost: Vec<TopicPartition> = self.positions.iter().map(partition_of).collect();
             // The old client's changes the owner has not seen yet are handed on in order, and
             // assignments among them were the old client's too.
             let changes = std::mem::take(&mut *lock(&self.inner.context().changes));
@@ -356,9 +342,7 @@ impl KafkaReader {
                 });
             }
         }
-        let old = std::mem::replace(&mut self.inner, Arc::new(fresh));
-        // Closing a client waits for its threads: not on an async worker.
-        tokio::task::spawn_blocking(move || close_client(old));
+        self.swap_client(fresh);
         self.commit_failing_since = None;
         self.accept_failing_since = None;
         self.positions.clear(); // the fresh client reads nothing yet
@@ -369,6 +353,16 @@ impl KafkaReader {
         }
         self.to_resume.clear();
         Ok(())
+    }
+
+    /// Puts `fresh` in place of the client, and closes the old one on a blocking thread
+    /// (closing waits for its threads: not on an async worker).
+    fn swap_client(&mut self, fresh: Client) {
+        let old = std::mem::replace(&mut self.inner, Arc::new(fresh));
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(move || close_client(old))),
+            Err(_) => close_client(old),
+        }
     }
 
     /// Assigns exactly these offsets (a local operation, no round trip to the broker).
@@ -439,6 +433,16 @@ impl KafkaReader {
             self.left_out_since = None;
         }
         self.last_progress = std::time::Instant::now();
+    }
+
+    /// Gives the time order a lane for exactly the partitions this reader reads, and queues
+    /// the partitions it paused but no longer reads to be resumed.
+    fn sync_lanes(&mut self) {
+        if let Some(order) = &mut self.time_order {
+            let reading: Vec<TopicPartition> = self.positions.iter().map(partition_of).collect();
+            let unpause = order.keep_only(&reading, std::time::Instant::now());
+            self.to_resume.extend(unpause);
+        }
     }
 
     /// Drops what the time order fetched of these partitions (the client is moved, and fetches
@@ -514,11 +518,7 @@ impl KafkaReader {
         wait: Duration,
     ) -> Result<Vec<Record>, LogError> {
         let deadline = tokio::time::Instant::now() + wait;
-        let reading: Vec<TopicPartition> = self.positions.iter().map(partition_of).collect();
-        if let Some(order) = &mut self.time_order {
-            let unpause = order.keep_only(&reading, std::time::Instant::now());
-            self.to_resume.extend(unpause);
-        }
+        self.sync_lanes();
         self.resume_released().await;
         let mut notice = None;
         loop {
@@ -555,7 +555,7 @@ impl KafkaReader {
             self.apply_flow().await;
             let now = std::time::Instant::now();
             let order = self.time_order.as_mut().expect("reading in time order");
-            let records = order.take(max, now, wall_clock_ms());
+            let records = order.take(max, now, sluice_core::order::now_ms());
             if !records.is_empty() {
                 if let Some(error) = notice {
                     tracing::warn!(group = self.group, %error, "the Kafka consumer reported an error; returning the records read so far");
@@ -855,13 +855,9 @@ impl PartitionReader for KafkaReader {
                 });
             }
         }
-        if let Some(order) = &mut self.time_order {
-            // A revoked partition stays paused in librdkafka: it is resumed before the client
-            // takes an assignment again.
-            let reading: Vec<TopicPartition> = self.positions.iter().map(partition_of).collect();
-            let unpause = order.keep_only(&reading, std::time::Instant::now());
-            self.to_resume.extend(unpause);
-        }
+        // A revoked partition stays paused in librdkafka: it is resumed before the client
+        // takes an assignment again.
+        self.sync_lanes();
         changes
     }
 
@@ -880,12 +876,7 @@ impl PartitionReader for KafkaReader {
         }
         if self.subscription.is_none() && self.positions.is_empty() {
             match new_client(&self.config) {
-                Ok(fresh) => {
-                    let old = std::mem::replace(&mut self.inner, Arc::new(fresh));
-                    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                        drop(runtime.spawn_blocking(move || close_client(old)));
-                    }
-                }
+                Ok(fresh) => self.swap_client(fresh),
                 Err(error) => {
                     tracing::warn!(group = self.group, %error, "cannot configure the Kafka consumer for reading in time order; reading with its defaults")
                 }

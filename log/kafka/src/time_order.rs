@@ -61,6 +61,17 @@ struct Lane {
 }
 
 impl Lane {
+    /// An empty lane of `partition`, empty since `now`.
+    fn new(partition: TopicPartition, now: Instant) -> Self {
+        Lane {
+            partition,
+            records: VecDeque::new(),
+            bytes: 0,
+            empty_since: now,
+            paused: false,
+        }
+    }
+
     /// The order key of the lane's first record.
     fn head_ms(&self) -> Option<i64> {
         self.records.front().map(|(key, _)| *key)
@@ -135,16 +146,11 @@ impl TimeOrder {
         }) {
             Some(i) => &mut self.lanes[i],
             None => {
-                self.lanes.push(Lane {
-                    partition: TopicPartition {
-                        topic: record.topic.clone(),
-                        partition: record.partition,
-                    },
-                    records: VecDeque::new(),
-                    bytes: 0,
-                    empty_since: now,
-                    paused: false,
-                });
+                let partition = TopicPartition {
+                    topic: record.topic.clone(),
+                    partition: record.partition,
+                };
+                self.lanes.push(Lane::new(partition, now));
                 self.lanes.last_mut().expect("just pushed")
             }
         };
@@ -188,13 +194,7 @@ impl TimeOrder {
         self.bytes -= freed;
         for partition in reading {
             if !self.lanes.iter().any(|l| &l.partition == partition) {
-                self.lanes.push(Lane {
-                    partition: partition.clone(),
-                    records: VecDeque::new(),
-                    bytes: 0,
-                    empty_since: now,
-                    paused: false,
-                });
+                self.lanes.push(Lane::new(partition.clone(), now));
             }
         }
         unpause
@@ -298,9 +298,8 @@ impl TimeOrder {
     }
 
     /// The partitions to pause (full lanes that are not paused: a pause failed before) and to
-    /// resume (paused lanes down to half full), marked as done:
-    /// the reader carries them out, and calls [`TimeOrder::unmark_paused`] for a pause that
-    /// failed.
+    /// resume (paused lanes down to half full), marked as done: the reader carries them out,
+    /// and calls [`TimeOrder::unmark_paused`] for a pause that failed.
     pub(crate) fn flow(&mut self) -> Vec<Flow> {
         let mut changes = Vec::new();
         let (pause, resume) = (self.lane_bytes, self.lane_bytes / 2);
