@@ -636,7 +636,7 @@ fn assert_each_once_in_offset_order(read: &[Record], sent: &[(i32, i64)]) {
 /// partition far ahead of the others in time is paused and resumed (its fetched records are
 /// purged and fetched again) without losing or repeating a record.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kafka_reader_in_time_order_merges_partitions_and_loses_nothing_across_pauses() {
+async fn kafka_reader_in_time_order_merges_partitions_and_loses_nothing_when_lanes_fill() {
     let brokers = std::env::var("SLUICE_KAFKA_BROKERS").expect(
         "this test needs a broker: run `make test` (or `bash scripts/infra up` and eval its env)",
     );
@@ -669,9 +669,10 @@ async fn kafka_reader_in_time_order_merges_partitions_and_loses_nothing_across_p
     );
 
     // Partition 1 holds the older half, partition 0 the newer: partition 0's records wait
-    // for partition 1's, and its lane passes the pause mark (8 MiB by default) long before
-    // partition 1 is read out. Polls take fewer records than half a lane, as a sink's batch
-    // does, so a drained lane is resumed before it runs dry.
+    // for partition 1's, and its lane fills (4 MiB, half the default fetch-ahead), then its
+    // queue in librdkafka, long before partition 1 is read out; partition 1 must still be
+    // fetched. Polls take fewer records than half a lane, as a sink's batch does, so a
+    // drained lane is refilled before it runs dry.
     let topic = unique("tord_pause");
     log.ensure_topics(&[(topic.clone(), 4, 1)]).await.unwrap();
     let payload = vec![b'x'; 64 * 1024];

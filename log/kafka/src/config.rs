@@ -34,11 +34,14 @@ pub struct KafkaLogConfig {
     /// default. Default 10 000.
     #[serde(default = "default_session_timeout_ms")]
     pub session_timeout_ms: u64,
-    /// How much a shard sink's reader holds per partition, in MiB, to hand records out in time
-    /// order while it catches up on a backlog (rows in key order cost InnoDB half the work): a
-    /// partition whose lane is full is paused until it is down to half. Larger lanes keep more
-    /// of every partition fetched ahead (a faster catch-up, and up to this much memory per
-    /// partition a sink reads); smaller ones pause and fetch again more often. Default 8.
+    /// How much a shard sink's reader fetches ahead per partition, in MiB, to hand records out
+    /// in time order while it catches up on a backlog (rows in key order cost InnoDB half the
+    /// work): half waits in the partition's own librdkafka queue (its
+    /// `queued.max.messages.kbytes`, unless `[log.kafka.properties]` sets that), half in the
+    /// reader's lane, where records are merged by timestamp. A partition whose lane is full is
+    /// not read until it is down to half, and librdkafka stops fetching it once its queue is
+    /// full too. Larger keeps more of every partition fetched ahead (up to this much memory,
+    /// plus one fetch, per partition a sink reads); smaller fetches more often. Default 8.
     #[serde(default = "default_time_order_lane_mib")]
     pub time_order_lane_mib: u64,
 }
@@ -110,7 +113,7 @@ impl KafkaLogConfig {
         }
     }
 
-    /// What a time-ordered reader holds per partition before it pauses the partition.
+    /// What a time-ordered reader fetches ahead per partition.
     pub(crate) fn time_order_lane_bytes(&self) -> usize {
         usize::try_from(self.time_order_lane_mib)
             .unwrap_or(usize::MAX)

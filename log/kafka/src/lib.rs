@@ -5,6 +5,7 @@
 //! Java client's partitioner, so other Kafka clients agree on where a key lives.
 
 mod config;
+mod partition_queues;
 mod reader;
 mod time_order;
 

@@ -26,6 +26,7 @@ use sluice_core::log::{
     TopicPartition,
 };
 
+use crate::partition_queues::PartitionQueues;
 use crate::time_order::{Flow, TimeOrder};
 use crate::{backend, settling, META_TIMEOUT};
 
@@ -192,12 +193,17 @@ pub(crate) struct KafkaReader {
     /// Fetched records not handed out yet, when the owner asked for them in timestamp order
     /// ([`PartitionReader::read_in_time_order`]).
     time_order: Option<TimeOrder>,
-    /// What a lane of the time order holds before its partition is paused.
+    /// What the time order fetches ahead per partition (half in librdkafka, half in lanes).
     time_order_lane_bytes: usize,
     /// Partitions the time order paused that the client no longer reads: they are resumed
     /// before the client is next used (librdkafka keeps a partition paused across a
     /// revocation and a new assignment).
     to_resume: Vec<TopicPartition>,
+    /// Partitions paused on the client (only those are resumed: resuming a partition that is
+    /// not paused still makes librdkafka drop what it fetched of it).
+    paused_on_client: Vec<TopicPartition>,
+    /// In time order, the queue of each partition read (see [`crate::partition_queues`]).
+    partition_queues: PartitionQueues<GroupContext>,
 }
 
 fn to_record(message: &rdkafka::message::BorrowedMessage<'_>) -> Record {
@@ -231,15 +237,15 @@ fn to_record(message: &rdkafka::message::BorrowedMessage<'_>) -> Record {
 const POLL_CAPACITY: usize = 4_096;
 
 /// Most a reader in timestamp order holds before it stops taking records from the client's
-/// queue, in lanes: a safety bound only. The lanes are its fetch-ahead: it takes what
-/// librdkafka fetched and pauses a partition whose lane is full, so the lanes hold at most a
-/// lane's size per partition and the client's queue holds records of the partitions it waits
-/// for.
+/// shared queue, in lanes: a safety bound only. A partition's records come through its own
+/// queue once it is split off ([`crate::partition_queues`]), and the reader takes them only
+/// while its lane has room, so the lanes hold about a lane's size per partition.
 const FETCHED_BOUND_LANES: usize = 16;
 
 /// librdkafka settings of a reader in timestamp order, unless `[log.kafka.properties]` sets
 /// them: a fetch held back by a full queue is tried again after 10 ms (instead of 1 s), so a
-/// partition the lanes wait for is not held back long.
+/// partition whose lane drained is fetched again soon. (`queued.max.messages.kbytes`, the
+/// bound of each partition's queue, is set from the lane size.)
 const TIME_ORDER_FETCHING: &[(&str, &str)] = &[("fetch.queue.backoff.ms", "10")];
 
 /// Longest a fetch waits for `fetch.min.bytes` (unless `fetch.wait.max.ms` is set).
@@ -310,6 +316,8 @@ impl KafkaReader {
             time_order: None,
             time_order_lane_bytes,
             to_resume: Vec::new(),
+            paused_on_client: Vec::new(),
+            partition_queues: PartitionQueues::new(),
         })
     }
 
@@ -358,6 +366,9 @@ impl KafkaReader {
     /// Puts `fresh` in place of the client, and closes the old one on a blocking thread
     /// (closing waits for its threads: not on an async worker).
     fn swap_client(&mut self, fresh: Client) {
+        // The queues hold the old client, and nothing is paused on the fresh one.
+        self.partition_queues.clear();
+        self.paused_on_client.clear();
         let old = std::mem::replace(&mut self.inner, Arc::new(fresh));
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => drop(runtime.spawn_blocking(move || close_client(old))),
@@ -435,13 +446,14 @@ impl KafkaReader {
         self.last_progress = std::time::Instant::now();
     }
 
-    /// Gives the time order a lane for exactly the partitions this reader reads, and queues
-    /// the partitions it paused but no longer reads to be resumed.
+    /// Gives the time order a lane and a queue for exactly the partitions this reader reads,
+    /// and queues the partitions it paused but no longer reads to be resumed.
     fn sync_lanes(&mut self) {
         if let Some(order) = &mut self.time_order {
             let reading: Vec<TopicPartition> = self.positions.iter().map(partition_of).collect();
             let unpause = order.keep_only(&reading, std::time::Instant::now());
             self.to_resume.extend(unpause);
+            self.partition_queues.sync(&self.inner, &reading);
         }
     }
 
@@ -459,10 +471,12 @@ impl KafkaReader {
     /// Resumes the partitions in `to_resume`. A failure is only logged: a partition that is no
     /// longer assigned keeps no fetch to resume.
     async fn resume_released(&mut self) {
-        if self.to_resume.is_empty() {
+        let mut partitions = std::mem::take(&mut self.to_resume);
+        partitions.retain(|p| self.paused_on_client.contains(p));
+        if partitions.is_empty() {
             return;
         }
-        let partitions = std::mem::take(&mut self.to_resume);
+        self.paused_on_client.retain(|p| !partitions.contains(p));
         if let Err(error) = self.pause_or_resume(partitions, false).await {
             tracing::debug!(group = self.group, %error, "cannot resume partitions the reader paused");
         }
@@ -522,8 +536,10 @@ impl KafkaReader {
         self.resume_released().await;
         let mut notice = None;
         loop {
-            // Take what is fetched already. A lane that reaches its pause mark is paused at
-            // once, so librdkafka drops what else it fetched of it and the lanes stay bounded.
+            // Take what is fetched already into the shared queue. A lane that reaches its
+            // pause mark is paused at once (unless its partition has a queue of its own), so
+            // librdkafka drops what else it fetched of it and the lanes stay bounded.
+            let mut shared_empty = false;
             loop {
                 let mut full = None;
                 let mut stream = self.inner.stream();
@@ -541,7 +557,10 @@ impl KafkaReader {
                             notice = Some(error);
                             break;
                         }
-                        _ => break,
+                        _ => {
+                            shared_empty = true;
+                            break;
+                        }
                     }
                 }
                 drop(stream);
@@ -549,6 +568,12 @@ impl KafkaReader {
                     Some(partition) => self.pause_full(partition).await,
                     None => break,
                 }
+            }
+            // Then what each partition's own queue holds, up to a full lane (the rest waits
+            // there). Only once the shared queue is empty: records queued there before a
+            // partition was split off come before those in its own queue.
+            if shared_empty {
+                notice = notice.or_else(|| self.take_split_off());
             }
             // Pauses and resumes first: nothing is taken from the lanes before an await, so
             // a poll dropped half-way loses nothing.
@@ -573,29 +598,80 @@ impl KafkaReader {
             }
             let wake =
                 next_change.map_or(deadline, |d| deadline.min(tokio::time::Instant::now() + d));
-            match tokio::time::timeout_at(wake, self.inner.recv()).await {
-                Ok(Ok(message)) => {
-                    let order = self.time_order.as_mut().expect("reading in time order");
-                    let full = order.push(to_record(&message), std::time::Instant::now());
-                    drop(message);
-                    if let Some(partition) = full {
-                        self.pause_full(partition).await;
-                    }
+            // Wait for the shared queue or a queue whose lane has room. The record that ends
+            // the wait is put in its lane before anything else is awaited, so a poll dropped
+            // here loses nothing.
+            let order = self.time_order.as_mut().expect("reading in time order");
+            let mut own: futures::stream::SelectAll<_> = self
+                .partition_queues
+                .iter()
+                .filter(|(partition, _)| shared_empty && !order.is_full(partition))
+                .map(|(_, queue)| queue.stream())
+                .collect();
+            let shared = &self.inner;
+            let next = tokio::time::timeout_at(wake, async {
+                tokio::select! {
+                    message = shared.recv() => message,
+                    Some(message) = own.next() => message,
                 }
-                Ok(Err(error)) => notice = Some(error),
+            })
+            .await;
+            let full = match next {
+                Ok(Ok(message)) => order.push(to_record(&message), std::time::Instant::now()),
+                Ok(Err(error)) => {
+                    notice = Some(error);
+                    None
+                }
                 // The hold lapsed or the deadline passed: the loop takes what it may, or
                 // returns.
-                Err(_) => {}
+                Err(_) => None,
+            };
+            drop(own);
+            if let Some(partition) = full {
+                self.pause_full(partition).await;
             }
         }
     }
 
     /// Pauses a partition whose lane just filled up.
+    /// Moves the records already in the partitions' own queues into their lanes, each up to a
+    /// full lane. Returns an error event one of them reported (the records before it are kept).
+    fn take_split_off(&mut self) -> Option<KafkaError> {
+        let order = self.time_order.as_mut()?;
+        let now = std::time::Instant::now();
+        for (partition, queue) in self.partition_queues.iter() {
+            if order.is_full(partition) {
+                continue;
+            }
+            let mut stream = queue.stream();
+            loop {
+                match stream.next().now_or_never() {
+                    Some(Some(Ok(message))) => {
+                        if order.push(to_record(&message), now).is_some() {
+                            break;
+                        }
+                    }
+                    Some(Some(Err(error))) => return Some(error),
+                    _ => break,
+                }
+            }
+        }
+        None
+    }
+
+    /// A partition with a queue of its own is not paused: the reader stops taking its
+    /// records, and librdkafka stops fetching it once its queue is full.
     async fn pause_full(&mut self, partition: TopicPartition) {
-        if let Err(error) = self.pause_or_resume(vec![partition.clone()], true).await {
-            tracing::debug!(group = self.group, %error, "cannot pause a partition that is ahead");
-            if let Some(order) = &mut self.time_order {
-                order.unmark_paused(&partition);
+        if self.partition_queues.has(&partition) {
+            return;
+        }
+        match self.pause_or_resume(vec![partition.clone()], true).await {
+            Ok(()) => self.paused_on_client.push(partition),
+            Err(error) => {
+                tracing::debug!(group = self.group, %error, "cannot pause a partition that is ahead");
+                if let Some(order) = &mut self.time_order {
+                    order.unmark_paused(&partition);
+                }
             }
         }
     }
@@ -861,17 +937,26 @@ impl PartitionReader for KafkaReader {
         changes
     }
 
-    /// Also has librdkafka retry a fetch held back by its full queue soon
-    /// ([`TIME_ORDER_FETCHING`]). Called before the reader reads, it replaces the client (which
-    /// has joined nothing yet) with one so configured.
+    /// Also bounds each partition's queue in librdkafka to half the fetch-ahead and has
+    /// librdkafka retry a fetch held back by a full queue soon ([`TIME_ORDER_FETCHING`]).
+    /// Called before the reader reads, it replaces the client (which has joined nothing yet)
+    /// with one so configured.
     fn read_in_time_order(&mut self) {
         if self.time_order.is_some() {
             return;
         }
-        self.time_order = Some(TimeOrder::new(self.time_order_lane_bytes));
-        for (property, value) in TIME_ORDER_FETCHING {
+        // Half of a partition's fetch-ahead waits in its own queue in librdkafka, half in its
+        // lane.
+        let half = (self.time_order_lane_bytes / 2).max(1024);
+        self.time_order = Some(TimeOrder::new(half));
+        let queued_kib = (half / 1024).to_string();
+        let fetching = TIME_ORDER_FETCHING
+            .iter()
+            .copied()
+            .chain([("queued.max.messages.kbytes", queued_kib.as_str())]);
+        for (property, value) in fetching {
             if self.config.get(property).is_none() {
-                self.config.set(*property, *value);
+                self.config.set(property, value);
             }
         }
         if self.subscription.is_none() && self.positions.is_empty() {

@@ -16,11 +16,15 @@
 //! records gain no latency (as long as the producers' clocks agree with the reader's to within
 //! [`BEHIND`]).
 //!
-//! A lane that has buffered its size (`[log.kafka] time_order_lane_mib`, 8 MiB by default) is
-//! paused by the reader so that lanes stay level and bounded (the fetcher would otherwise keep
-//! feeding a partition that runs ahead), and resumed once it is down to half. Nothing here
-//! commits anything: a record is only the reader's once handed out, and a lane dropped
-//! (rewind, revocation, new client) is fetched again.
+//! A lane that has buffered its size is full until it is down to half: the reader takes no
+//! more of its partition meanwhile, so that lanes stay level and bounded. Each partition has a
+//! librdkafka queue of its own ([`crate::partition_queues`]), where the rest of what was
+//! fetched waits, and librdkafka stops fetching a partition whose queue is full: nothing is
+//! fetched twice. (A record that came through the consumer's shared queue, before its
+//! partition was split off, can still fill a lane; a partition without a queue of its own is
+//! then paused, and librdkafka drops what else it fetched of it.) Nothing here commits
+//! anything: a record is only the reader's once handed out, and a lane dropped (rewind,
+//! revocation, new client) is fetched again.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -35,10 +39,8 @@ pub(crate) const BEHIND: Duration = Duration::from_secs(1);
 /// nothing more to read, or its fetches are stuck).
 pub(crate) const IDLE_AFTER: Duration = Duration::from_secs(1);
 
-/// The default lane size: a lane holding this many bytes (more than a default 1 MiB fetch of
-/// lz4-compressed orders takes as records in memory) is paused until the other lanes catch up.
-/// Below it a lane has room for the next fetch: pausing purges what librdkafka fetched of the
-/// partition, which is then fetched again.
+/// The default fetch-ahead of a partition read in time order (`[log.kafka]
+/// time_order_lane_mib`): half of it in the partition's librdkafka queue, half in its lane.
 pub(crate) const DEFAULT_LANE_BYTES: usize = 8 << 20;
 
 /// Bytes a record takes in memory beyond its key, payload and header values (its allocations
@@ -56,7 +58,8 @@ struct Lane {
     bytes: usize,
     /// When the lane last became empty (handed out its last record, was created or cleared).
     empty_since: Instant,
-    /// Whether the reader paused this partition.
+    /// Whether the lane is full: the reader takes no more of its partition (and pauses it,
+    /// unless it has a queue of its own) until the lane is down to half.
     paused: bool,
 }
 
@@ -136,9 +139,10 @@ impl TimeOrder {
     }
 
     /// Buffers a fetched record. Returns its partition when this record filled the lane: the
-    /// lane counts as paused from now on, and the reader pauses the partition at once
-    /// (librdkafka then drops what it fetched of it, so the lane grows no further), or calls
-    /// [`TimeOrder::unmark_paused`] if it cannot.
+    /// lane counts as paused from now on. The reader then takes no more from the partition's
+    /// own queue; a partition without one it pauses at once (librdkafka then drops what it
+    /// fetched of it, so the lane grows no further), or calls [`TimeOrder::unmark_paused`] if
+    /// it cannot.
     pub(crate) fn push(&mut self, record: Record, now: Instant) -> Option<TopicPartition> {
         let bytes = size(&record);
         let lane = match self.lanes.iter().position(|l| {
@@ -264,7 +268,7 @@ impl TimeOrder {
         let Some(horizon) = self.horizon(now, wall_ms) else {
             return Vec::new();
         };
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(max.min(self.lanes.iter().map(|l| l.records.len()).sum()));
         while out.len() < max {
             let next = self
                 .lanes
@@ -313,6 +317,13 @@ impl TimeOrder {
             }
         }
         changes
+    }
+
+    /// Whether the lane of `partition` is full: it counts as paused until it is down to half.
+    pub(crate) fn is_full(&self, partition: &TopicPartition) -> bool {
+        self.lanes
+            .iter()
+            .any(|lane| &lane.partition == partition && lane.paused)
     }
 
     /// Records that pausing `partition` did not happen.
