@@ -54,7 +54,20 @@ impl Seen {
 }
 
 async fn subscribed(log: &dyn Log, group: &str, topic: &str) -> LogConsumer {
+    subscribed_reading(log, group, topic, false).await
+}
+
+/// A member of `group` reading `topic`, in time order if asked (as a shard sink reads).
+async fn subscribed_reading(
+    log: &dyn Log,
+    group: &str,
+    topic: &str,
+    in_time_order: bool,
+) -> LogConsumer {
     let mut consumer = log.consumer(group).await.unwrap();
+    if in_time_order {
+        consumer.read_in_time_order();
+    }
     consumer
         .subscribe(&[topic.to_string()], Box::new(CommittedStarts))
         .await
@@ -117,11 +130,23 @@ async fn kafka_subscribed_consumer_reads_every_partition() {
     a_member_reads_everything_once(kafka()).await;
 }
 
-/// Two members split the partitions without reading any record twice (each commits before it
-/// polls again, so a moving partition carries its position); the member that lost a
-/// partition cannot commit a position for it; when a member leaves, the other takes all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_members_split_partitions_and_take_over_without_rereading() {
+    members_split_partitions_and_take_over(false).await;
+}
+
+/// The same with members reading in time order, as shard sinks do (each partition read
+/// through a librdkafka queue of its own, split off before the partition is assigned).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_members_reading_in_time_order_split_partitions_and_take_over_without_rereading() {
+    members_split_partitions_and_take_over(true).await;
+}
+
+/// Two members split the partitions without reading any record twice (each commits before it
+/// polls again, so a moving partition carries its position), each reading every partition in
+/// offset order; the member that lost a partition cannot commit a position for it; when a
+/// member leaves, the other takes all.
+async fn members_split_partitions_and_take_over(in_time_order: bool) {
     let log = kafka();
     let topic = unique("group_split");
     log.ensure_topics(&[(topic.clone(), PARTITIONS as u32, 1)])
@@ -130,7 +155,7 @@ async fn kafka_members_split_partitions_and_take_over_without_rereading() {
     let group = unique("group_split");
     fill(log.as_ref(), &topic, 0, 200).await;
 
-    let mut a = subscribed(log.as_ref(), &group, &topic).await;
+    let mut a = subscribed_reading(log.as_ref(), &group, &topic, in_time_order).await;
     let (mut seen_a, mut seen_b) = (Seen::default(), Seen::default());
     // A alone owns everything and reads part of it.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -153,7 +178,7 @@ async fn kafka_members_split_partitions_and_take_over_without_rereading() {
         .collect();
 
     // B joins: the partitions are split, while A keeps working (cooperative rebalancing).
-    let mut b = subscribed(log.as_ref(), &group, &topic).await;
+    let mut b = subscribed_reading(log.as_ref(), &group, &topic, in_time_order).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         seen_a.poll_and_commit(&mut a).await;
@@ -219,6 +244,20 @@ async fn kafka_members_split_partitions_and_take_over_without_rereading() {
     let distinct: BTreeSet<_> = all.iter().collect();
     assert_eq!(distinct.len(), 300, "every record read");
     assert_eq!(all.len(), 300, "no record read twice");
+    for (member, seen) in [("A", &seen_a), ("B", &seen_b)] {
+        for partition in 0..PARTITIONS {
+            let offsets: Vec<i64> = seen
+                .0
+                .iter()
+                .filter(|(p, _)| *p == partition)
+                .map(|(_, offset)| *offset)
+                .collect();
+            assert!(
+                offsets.windows(2).all(|w| w[0] < w[1]),
+                "{member} read partition {partition} out of offset order: {offsets:?}"
+            );
+        }
+    }
     assert!(
         !seen_b.0.is_empty() && seen_a.0.len() > 40,
         "both members did work"

@@ -633,8 +633,8 @@ fn assert_each_once_in_offset_order(read: &[Record], sent: &[(i32, i64)]) {
 
 /// A sink reads its partitions in time order: a backlog spread over four partitions comes out
 /// merged by timestamp (librdkafka alone hands it out a partition's fetch at a time), and a
-/// partition far ahead of the others in time is paused and resumed (its fetched records are
-/// purged and fetched again) without losing or repeating a record.
+/// partition far ahead of the others in time waits (its lane full, then its queue in
+/// librdkafka) while the others are still fetched, without losing or repeating a record.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_reader_in_time_order_merges_partitions_and_loses_nothing_when_lanes_fill() {
     let brokers = std::env::var("SLUICE_KAFKA_BROKERS").expect(

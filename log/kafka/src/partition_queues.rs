@@ -5,14 +5,15 @@
 //! partitions' records, no partition is fetched. A reader that merges partitions by timestamp
 //! needs the partition it waits for, so it had to take the others' records out of the way and
 //! pause them, and pausing makes librdkafka drop what it had fetched of them (measured: a sink
-//! catching up fetched its records 2.3 times over).
+//! catching up fetched its topic three times over).
 //!
 //! Split off into a queue of its own, each partition is fetched ahead up to that bound on its
 //! own: the reader takes records from the partition it needs, the others wait in librdkafka,
-//! fetched once, and nothing is paused. librdkafka keeps a split partition out of the shared
-//! queue from then on, also across a revocation and a new assignment; records it queued there
-//! before the split are still read from the shared queue, which the reader always drains
-//! first, so each partition's records keep their order.
+//! fetched once, and nothing is paused. A partition is split off before the client is assigned
+//! it, so none of its records ever go through the shared queue (which would put them out of
+//! order with those in its own queue); librdkafka keeps it split off for the client's life,
+//! across revocations and new assignments, so its queue is kept as long as the client. Records
+//! fetched before a revocation or a rewind are dropped by librdkafka when the queue is read.
 
 use std::sync::Arc;
 
@@ -20,7 +21,7 @@ use rdkafka::consumer::stream_consumer::StreamPartitionQueue;
 use rdkafka::consumer::{ConsumerContext, StreamConsumer};
 use sluice_core::log::TopicPartition;
 
-/// The split-off queues of the partitions a client reads.
+/// The split-off queues of the partitions a client was assigned, reading in time order.
 pub(crate) struct PartitionQueues<C: ConsumerContext + 'static> {
     queues: Vec<(TopicPartition, StreamPartitionQueue<C>)>,
 }
@@ -31,15 +32,16 @@ impl<C: ConsumerContext + 'static> PartitionQueues<C> {
         PartitionQueues { queues: Vec::new() }
     }
 
-    /// Keeps a queue for exactly the partitions in `reading`, splitting off those of `client`
-    /// that have none yet. A partition librdkafka does not know cannot be split; its records
-    /// come through the shared queue.
-    pub(crate) fn sync(&mut self, client: &Arc<StreamConsumer<C>>, reading: &[TopicPartition]) {
-        // Dropped before any split: two handles of one queue share its wake-up callback, and
-        // dropping one would switch it off for the other.
-        self.queues
-            .retain(|(partition, _)| reading.contains(partition));
-        for partition in reading {
+    /// Splits off the queue of each of `partitions` that has none yet. Called before `client`
+    /// is assigned them: from then on librdkafka puts none of their records in the shared
+    /// queue. (`None` from librdkafka, which it answers only for a topic name it cannot
+    /// hold, leaves the partition's records in the shared queue.)
+    pub(crate) fn split<'a>(
+        &mut self,
+        client: &Arc<StreamConsumer<C>>,
+        partitions: impl IntoIterator<Item = &'a TopicPartition>,
+    ) {
+        for partition in partitions {
             if self.has(partition) {
                 continue;
             }

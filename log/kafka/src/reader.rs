@@ -15,9 +15,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::{FutureExt, StreamExt};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, MessageStream, StreamConsumer,
+};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
@@ -199,11 +201,30 @@ pub(crate) struct KafkaReader {
     /// before the client is next used (librdkafka keeps a partition paused across a
     /// revocation and a new assignment).
     to_resume: Vec<TopicPartition>,
-    /// Partitions paused on the client (only those are resumed: resuming a partition that is
-    /// not paused still makes librdkafka drop what it fetched of it).
-    paused_on_client: Vec<TopicPartition>,
-    /// In time order, the queue of each partition read (see [`crate::partition_queues`]).
-    partition_queues: PartitionQueues<GroupContext>,
+    /// In time order, once the client is configured for it, the queue of each partition it
+    /// was assigned (see [`crate::partition_queues`]).
+    partition_queues: Option<PartitionQueues<GroupContext>>,
+}
+
+/// Hands `take` each message `stream` holds now, without waiting, while `take` asks for more
+/// (it returns `true`). Stops when the stream holds none (or served an event in place of a
+/// message: the next call takes what follows it), or at an error event, which it returns (the
+/// messages before it were taken).
+fn take_ready<C: ConsumerContext + 'static>(
+    stream: &mut MessageStream<'_, C>,
+    mut take: impl FnMut(&BorrowedMessage<'_>) -> bool,
+) -> Option<KafkaError> {
+    loop {
+        match stream.next().now_or_never() {
+            Some(Some(Ok(message))) => {
+                if !take(&message) {
+                    return None;
+                }
+            }
+            Some(Some(Err(error))) => return Some(error),
+            _ => return None,
+        }
+    }
 }
 
 fn to_record(message: &rdkafka::message::BorrowedMessage<'_>) -> Record {
@@ -316,8 +337,7 @@ impl KafkaReader {
             time_order: None,
             time_order_lane_bytes,
             to_resume: Vec::new(),
-            paused_on_client: Vec::new(),
-            partition_queues: PartitionQueues::new(),
+            partition_queues: None,
         })
     }
 
@@ -366,9 +386,10 @@ impl KafkaReader {
     /// Puts `fresh` in place of the client, and closes the old one on a blocking thread
     /// (closing waits for its threads: not on an async worker).
     fn swap_client(&mut self, fresh: Client) {
-        // The queues hold the old client, and nothing is paused on the fresh one.
-        self.partition_queues.clear();
-        self.paused_on_client.clear();
+        // The queues hold the old client.
+        if let Some(queues) = &mut self.partition_queues {
+            queues.clear();
+        }
         let old = std::mem::replace(&mut self.inner, Arc::new(fresh));
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => drop(runtime.spawn_blocking(move || close_client(old))),
@@ -380,6 +401,7 @@ impl KafkaReader {
     async fn assign_exact(&mut self, positions: Vec<Position>) -> Result<(), LogError> {
         self.forget_fetched(&positions).await;
         let list = position_list(&positions)?;
+        self.split_off(&positions);
         let consumer = self.inner.clone();
         blocking(move || consumer.assign(&list).map_err(backend)).await?;
         self.positions = positions;
@@ -446,14 +468,22 @@ impl KafkaReader {
         self.last_progress = std::time::Instant::now();
     }
 
-    /// Gives the time order a lane and a queue for exactly the partitions this reader reads,
-    /// and queues the partitions it paused but no longer reads to be resumed.
+    /// Gives the time order a lane for exactly the partitions this reader reads, and queues
+    /// the partitions it paused but no longer reads to be resumed.
     fn sync_lanes(&mut self) {
         if let Some(order) = &mut self.time_order {
             let reading: Vec<TopicPartition> = self.positions.iter().map(partition_of).collect();
             let unpause = order.keep_only(&reading, std::time::Instant::now());
             self.to_resume.extend(unpause);
-            self.partition_queues.sync(&self.inner, &reading);
+        }
+    }
+
+    /// Reading in time order, splits off the queues of the partitions at `positions` (about to
+    /// be assigned to the client).
+    fn split_off(&mut self, positions: &[Position]) {
+        if let Some(queues) = &mut self.partition_queues {
+            let partitions: Vec<TopicPartition> = positions.iter().map(partition_of).collect();
+            queues.split(&self.inner, &partitions);
         }
     }
 
@@ -471,12 +501,10 @@ impl KafkaReader {
     /// Resumes the partitions in `to_resume`. A failure is only logged: a partition that is no
     /// longer assigned keeps no fetch to resume.
     async fn resume_released(&mut self) {
-        let mut partitions = std::mem::take(&mut self.to_resume);
-        partitions.retain(|p| self.paused_on_client.contains(p));
-        if partitions.is_empty() {
+        if self.to_resume.is_empty() {
             return;
         }
-        self.paused_on_client.retain(|p| !partitions.contains(p));
+        let partitions = std::mem::take(&mut self.to_resume);
         if let Err(error) = self.pause_or_resume(partitions, false).await {
             tracing::debug!(group = self.group, %error, "cannot resume partitions the reader paused");
         }
@@ -514,7 +542,11 @@ impl KafkaReader {
         for change in changes {
             match change {
                 Flow::Pause(partition) => pauses.push(partition),
-                Flow::Resume(partition) => self.to_resume.push(partition),
+                // A partition with a queue of its own was never paused.
+                Flow::Resume(partition) if !self.has_own_queue(&partition) => {
+                    self.to_resume.push(partition)
+                }
+                Flow::Resume(_) => {}
             }
         }
         for partition in pauses {
@@ -539,42 +571,26 @@ impl KafkaReader {
             // Take what is fetched already into the shared queue. A lane that reaches its
             // pause mark is paused at once (unless its partition has a queue of its own), so
             // librdkafka drops what else it fetched of it and the lanes stay bounded.
-            let mut shared_empty = false;
             loop {
                 let mut full = None;
-                let mut stream = self.inner.stream();
                 let order = self.time_order.as_mut().expect("reading in time order");
                 let bound = order.lane_bytes().saturating_mul(FETCHED_BOUND_LANES);
-                while order.bytes() < bound {
-                    match stream.next().now_or_never() {
-                        Some(Some(Ok(message))) => {
-                            full = order.push(to_record(&message), std::time::Instant::now());
-                            if full.is_some() {
-                                break;
-                            }
-                        }
-                        Some(Some(Err(error))) => {
-                            notice = Some(error);
-                            break;
-                        }
-                        _ => {
-                            shared_empty = true;
-                            break;
-                        }
-                    }
+                if order.bytes() < bound {
+                    let error = take_ready(&mut self.inner.stream(), |message| {
+                        full = order.push(to_record(message), std::time::Instant::now());
+                        full.is_none() && order.bytes() < bound
+                    });
+                    notice = notice.or(error);
                 }
-                drop(stream);
                 match full {
                     Some(partition) => self.pause_full(partition).await,
                     None => break,
                 }
             }
             // Then what each partition's own queue holds, up to a full lane (the rest waits
-            // there). Only once the shared queue is empty: records queued there before a
-            // partition was split off come before those in its own queue.
-            if shared_empty {
-                notice = notice.or_else(|| self.take_split_off());
-            }
+            // there, and librdkafka fetches no more of it once that is full).
+            let error = self.take_split_off();
+            notice = notice.or(error);
             // Pauses and resumes first: nothing is taken from the lanes before an await, so
             // a poll dropped half-way loses nothing.
             self.apply_flow().await;
@@ -605,7 +621,8 @@ impl KafkaReader {
             let mut own: futures::stream::SelectAll<_> = self
                 .partition_queues
                 .iter()
-                .filter(|(partition, _)| shared_empty && !order.is_full(partition))
+                .flat_map(PartitionQueues::iter)
+                .filter(|(partition, _)| !order.is_full(partition))
                 .map(|(_, queue)| queue.stream())
                 .collect();
             let shared = &self.inner;
@@ -633,47 +650,48 @@ impl KafkaReader {
         }
     }
 
-    /// Pauses a partition whose lane just filled up.
     /// Moves the records already in the partitions' own queues into their lanes, each up to a
-    /// full lane. Returns an error event one of them reported (the records before it are kept).
+    /// full lane. Returns the first error event one of them reported (the records before it
+    /// are kept, and the other queues are still read). Records of a partition no longer read
+    /// are dropped by librdkafka as they are read (and none is handed out).
     fn take_split_off(&mut self) -> Option<KafkaError> {
-        let order = self.time_order.as_mut()?;
+        let (Some(order), Some(queues)) = (self.time_order.as_mut(), &self.partition_queues) else {
+            return None;
+        };
         let now = std::time::Instant::now();
-        for (partition, queue) in self.partition_queues.iter() {
+        let mut first_error = None;
+        for (partition, queue) in queues.iter() {
             if order.is_full(partition) {
                 continue;
             }
-            let mut stream = queue.stream();
-            loop {
-                match stream.next().now_or_never() {
-                    Some(Some(Ok(message))) => {
-                        if order.push(to_record(&message), now).is_some() {
-                            break;
-                        }
-                    }
-                    Some(Some(Err(error))) => return Some(error),
-                    _ => break,
-                }
-            }
+            let error = take_ready(&mut queue.stream(), |message| {
+                order.push(to_record(message), now).is_none()
+            });
+            first_error = first_error.or(error);
         }
-        None
+        first_error
     }
 
-    /// A partition with a queue of its own is not paused: the reader stops taking its
-    /// records, and librdkafka stops fetching it once its queue is full.
+    /// Pauses a partition whose lane just filled up. A partition with a queue of its own is
+    /// not paused: the reader stops taking its records, and librdkafka stops fetching it once
+    /// its queue is full.
     async fn pause_full(&mut self, partition: TopicPartition) {
-        if self.partition_queues.has(&partition) {
+        if self.has_own_queue(&partition) {
             return;
         }
-        match self.pause_or_resume(vec![partition.clone()], true).await {
-            Ok(()) => self.paused_on_client.push(partition),
-            Err(error) => {
-                tracing::debug!(group = self.group, %error, "cannot pause a partition that is ahead");
-                if let Some(order) = &mut self.time_order {
-                    order.unmark_paused(&partition);
-                }
+        if let Err(error) = self.pause_or_resume(vec![partition.clone()], true).await {
+            tracing::debug!(group = self.group, %error, "cannot pause a partition that is ahead");
+            if let Some(order) = &mut self.time_order {
+                order.unmark_paused(&partition);
             }
         }
+    }
+
+    /// Whether `partition`'s records come through a queue of its own.
+    fn has_own_queue(&self, partition: &TopicPartition) -> bool {
+        self.partition_queues
+            .as_ref()
+            .is_some_and(|queues| queues.has(partition))
     }
 
     /// Notes that `records` were handed out: the reader's positions move past them.
@@ -937,10 +955,11 @@ impl PartitionReader for KafkaReader {
         changes
     }
 
-    /// Also bounds each partition's queue in librdkafka to half the fetch-ahead and has
-    /// librdkafka retry a fetch held back by a full queue soon ([`TIME_ORDER_FETCHING`]).
     /// Called before the reader reads, it replaces the client (which has joined nothing yet)
-    /// with one so configured.
+    /// with one whose partitions each get a queue of their own ([`crate::partition_queues`]),
+    /// bounded to half the fetch-ahead, and that retries a fetch held back by a full queue
+    /// soon ([`TIME_ORDER_FETCHING`]). Called later, the lanes work with the client as it is,
+    /// pausing a partition whose lane is full.
     fn read_in_time_order(&mut self) {
         if self.time_order.is_some() {
             return;
@@ -949,22 +968,29 @@ impl PartitionReader for KafkaReader {
         // lane.
         let half = (self.time_order_lane_bytes / 2).max(1024);
         self.time_order = Some(TimeOrder::new(half));
+        if self.subscription.is_some() || !self.positions.is_empty() {
+            // Already reading: the lanes work with the client as it is, pausing partitions.
+            return;
+        }
+        let mut config = self.config.clone();
         let queued_kib = (half / 1024).to_string();
         let fetching = TIME_ORDER_FETCHING
             .iter()
             .copied()
             .chain([("queued.max.messages.kbytes", queued_kib.as_str())]);
         for (property, value) in fetching {
-            if self.config.get(property).is_none() {
-                self.config.set(property, value);
+            if config.get(property).is_none() {
+                config.set(property, value);
             }
         }
-        if self.subscription.is_none() && self.positions.is_empty() {
-            match new_client(&self.config) {
-                Ok(fresh) => self.swap_client(fresh),
-                Err(error) => {
-                    tracing::warn!(group = self.group, %error, "cannot configure the Kafka consumer for reading in time order; reading with its defaults")
-                }
+        match new_client(&config) {
+            Ok(fresh) => {
+                self.config = config;
+                self.swap_client(fresh);
+                self.partition_queues = Some(PartitionQueues::new());
+            }
+            Err(error) => {
+                tracing::warn!(group = self.group, %error, "cannot configure the Kafka consumer for reading in time order; reading with its defaults")
             }
         }
     }
@@ -998,6 +1024,7 @@ impl PartitionReader for KafkaReader {
         };
         self.resume_released().await;
         let list = position_list(&starts)?;
+        self.split_off(&starts);
         let consumer = self.inner.clone();
         blocking(move || {
             // The group's assignment is answered with the same partitions, now with their
@@ -1075,18 +1102,15 @@ impl PartitionReader for KafkaReader {
         // Take whatever else is already fetched, without waiting for more. An error event in
         // that stream (a broker going away, say) ends the batch but never discards the records
         // already taken: librdkafka's position is past them, so they would be lost.
-        let mut stream = self.inner.stream();
-        while records.len() < max {
-            match stream.next().now_or_never() {
-                Some(Some(Ok(message))) => records.push(to_record(&message)),
-                Some(Some(Err(error))) => {
-                    tracing::warn!(group = self.group, %error, "the Kafka consumer reported an error; returning the records read so far");
-                    break;
-                }
-                _ => break,
+        if records.len() < max {
+            let error = take_ready(&mut self.inner.stream(), |message| {
+                records.push(to_record(message));
+                records.len() < max
+            });
+            if let Some(error) = error {
+                tracing::warn!(group = self.group, %error, "the Kafka consumer reported an error; returning the records read so far");
             }
         }
-        drop(stream);
         self.returned(&records);
         Ok(records)
     }

@@ -20,9 +20,9 @@
 //! more of its partition meanwhile, so that lanes stay level and bounded. Each partition has a
 //! librdkafka queue of its own ([`crate::partition_queues`]), where the rest of what was
 //! fetched waits, and librdkafka stops fetching a partition whose queue is full: nothing is
-//! fetched twice. (A record that came through the consumer's shared queue, before its
-//! partition was split off, can still fill a lane; a partition without a queue of its own is
-//! then paused, and librdkafka drops what else it fetched of it.) Nothing here commits
+//! fetched twice. (A reader that was already reading when asked for time order reads through
+//! the consumer's shared queue: it pauses a partition whose lane is full, and librdkafka drops
+//! what else it fetched of it.) Nothing here commits
 //! anything: a record is only the reader's once handed out, and a lane dropped (rewind,
 //! revocation, new client) is fetched again.
 
@@ -60,7 +60,7 @@ struct Lane {
     empty_since: Instant,
     /// Whether the lane is full: the reader takes no more of its partition (and pauses it,
     /// unless it has a queue of its own) until the lane is down to half.
-    paused: bool,
+    full: bool,
 }
 
 impl Lane {
@@ -71,7 +71,7 @@ impl Lane {
             records: VecDeque::new(),
             bytes: 0,
             empty_since: now,
-            paused: false,
+            full: false,
         }
     }
 
@@ -107,9 +107,10 @@ fn size(record: &Record) -> usize {
 /// A change of a partition's fetching that [`TimeOrder::flow`] asks the reader to make.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Flow {
-    /// Stop fetching this partition: it is far ahead of the others.
+    /// Take no more of this partition (pause it, unless it has a queue of its own): its lane
+    /// is full, far ahead of the others.
     Pause(TopicPartition),
-    /// Fetch this partition again.
+    /// Take this partition's records again (resume it): its lane is down to half.
     Resume(TopicPartition),
 }
 
@@ -119,12 +120,12 @@ pub(crate) struct TimeOrder {
     lanes: Vec<Lane>,
     /// What all lanes hold, approximately.
     bytes: usize,
-    /// A lane holding this much is paused; it is resumed at half.
+    /// A lane holding this much is full until it is down to half.
     lane_bytes: usize,
 }
 
 impl TimeOrder {
-    /// Lanes that are paused when they hold `lane_bytes`.
+    /// Lanes that are full when they hold `lane_bytes`.
     pub(crate) fn new(lane_bytes: usize) -> Self {
         TimeOrder {
             lanes: Vec::new(),
@@ -133,13 +134,13 @@ impl TimeOrder {
         }
     }
 
-    /// What a lane holds when it is paused.
+    /// What a lane holds when it is full.
     pub(crate) fn lane_bytes(&self) -> usize {
         self.lane_bytes
     }
 
     /// Buffers a fetched record. Returns its partition when this record filled the lane: the
-    /// lane counts as paused from now on. The reader then takes no more from the partition's
+    /// lane counts as full from now on. The reader then takes no more from the partition's
     /// own queue; a partition without one it pauses at once (librdkafka then drops what it
     /// fetched of it, so the lane grows no further), or calls [`TimeOrder::unmark_paused`] if
     /// it cannot.
@@ -162,8 +163,8 @@ impl TimeOrder {
         lane.records.push_back((key, record));
         lane.bytes += bytes;
         self.bytes += bytes;
-        if !lane.paused && lane.bytes >= self.lane_bytes {
-            lane.paused = true;
+        if !lane.full && lane.bytes >= self.lane_bytes {
+            lane.full = true;
             return Some(lane.partition.clone());
         }
         None
@@ -177,7 +178,7 @@ impl TimeOrder {
     /// Keeps lanes for exactly the partitions the reader reads: a partition it no longer reads
     /// loses its buffered records, and one it started reading gets an (empty) lane, so that
     /// the others wait for its first records while the reader is behind. Returns the
-    /// partitions dropped while paused (the reader resumes them).
+    /// partitions dropped while full (the reader resumes them if it paused them).
     pub(crate) fn keep_only(
         &mut self,
         reading: &[TopicPartition],
@@ -189,7 +190,7 @@ impl TimeOrder {
             let keep = reading.contains(&lane.partition);
             if !keep {
                 freed += lane.bytes;
-                if lane.paused {
+                if lane.full {
                     unpause.push(lane.partition.clone());
                 }
             }
@@ -205,7 +206,7 @@ impl TimeOrder {
     }
 
     /// Drops the buffered records of `partitions` (the reader fetches them again from its
-    /// position). Their lanes stay, unpaused; returns those that were paused.
+    /// position). Their lanes stay, not full; returns those that were full.
     pub(crate) fn clear(
         &mut self,
         partitions: &[TopicPartition],
@@ -221,7 +222,7 @@ impl TimeOrder {
             lane.bytes = 0;
             lane.records.clear();
             lane.empty_since = now;
-            if std::mem::take(&mut lane.paused) {
+            if std::mem::take(&mut lane.full) {
                 unpause.push(lane.partition.clone());
             }
         }
@@ -301,35 +302,35 @@ impl TimeOrder {
             .min()
     }
 
-    /// The partitions to pause (full lanes that are not paused: a pause failed before) and to
-    /// resume (paused lanes down to half full), marked as done: the reader carries them out,
-    /// and calls [`TimeOrder::unmark_paused`] for a pause that failed.
+    /// The partitions to pause (lanes that reached their size and are not marked full yet: a
+    /// pause failed before) and to resume (full lanes down to half), marked as done: the reader
+    /// carries them out, and calls [`TimeOrder::unmark_paused`] for a pause that failed.
     pub(crate) fn flow(&mut self) -> Vec<Flow> {
         let mut changes = Vec::new();
         let (pause, resume) = (self.lane_bytes, self.lane_bytes / 2);
         for lane in &mut self.lanes {
-            if !lane.paused && lane.bytes >= pause {
-                lane.paused = true;
+            if !lane.full && lane.bytes >= pause {
+                lane.full = true;
                 changes.push(Flow::Pause(lane.partition.clone()));
-            } else if lane.paused && lane.bytes <= resume {
-                lane.paused = false;
+            } else if lane.full && lane.bytes <= resume {
+                lane.full = false;
                 changes.push(Flow::Resume(lane.partition.clone()));
             }
         }
         changes
     }
 
-    /// Whether the lane of `partition` is full: it counts as paused until it is down to half.
+    /// Whether the lane of `partition` is full (until it is down to half).
     pub(crate) fn is_full(&self, partition: &TopicPartition) -> bool {
         self.lanes
             .iter()
-            .any(|lane| &lane.partition == partition && lane.paused)
+            .any(|lane| &lane.partition == partition && lane.full)
     }
 
     /// Records that pausing `partition` did not happen.
     pub(crate) fn unmark_paused(&mut self, partition: &TopicPartition) {
         if let Some(lane) = self.lanes.iter_mut().find(|l| &l.partition == partition) {
-            lane.paused = false;
+            lane.full = false;
         }
     }
 }
