@@ -22,6 +22,7 @@ use sluice_core::topology::ShardConfig;
 use sluice_core::trace::{self, FinishedSpan, Hop, SpanKind, TraceParent};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 use uuid::Uuid;
 
 use crate::claims::{Epochs, ShardClaims};
@@ -295,17 +296,27 @@ pub async fn run_sink_worker(
     }
 
     // The reader assembles the next batch while the writer commits the current one: with a
-    // queue of one, reading and writing overlap and at most three batches are in memory.
+    // queue of one, reading and writing overlap and at most three batches are in memory. The
+    // reader is a task of its own, so that decoding a batch runs beside the writer's round
+    // trips instead of holding up its next statement (in one task, the shard sat idle while
+    // the reader decoded).
     let (ready, mut queued) = tokio::sync::mpsc::channel::<ReadBatch>(1);
-    let read = read_batches(
-        &mut consumer,
-        &worker,
-        &map,
-        &epochs,
-        remaining,
-        &cancel,
-        ready,
-    );
+    let read = AbortOnDropHandle::new(tokio::spawn({
+        let (worker, epochs, cancel) = (worker.clone(), epochs.clone(), cancel.clone());
+        async move {
+            read_batches(
+                &mut consumer,
+                &worker,
+                &map,
+                &epochs,
+                remaining,
+                &cancel,
+                ready,
+            )
+            .await;
+            consumer
+        }
+    }));
     let metrics = WriteMetrics::new(&worker.shard, worker.is_live());
     let (writer, worker_ref, cancel_ref, progress) = (&writer, &worker, &cancel, &progress);
     let metrics_ref = &metrics;
@@ -332,9 +343,14 @@ pub async fn run_sink_worker(
         }
         Ok::<u64, SinkError>(done)
     };
-    let ((), done) = tokio::join!(read, write);
-    // Leaving the group now hands the partitions to the other sink processes at once.
-    consumer.close().await;
+    // A failed write drops the queue, which stops the reader.
+    let done = write.await;
+    match read.await {
+        // Leaving the group now hands the partitions to the other sink processes at once.
+        Ok(consumer) => consumer.close().await,
+        Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+        Err(_) => {} // the runtime is shutting down
+    }
     let done = done?;
     tracing::info!(shard = worker.shard, records = done, "sink worker stopped");
     Ok(done)
