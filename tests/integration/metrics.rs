@@ -482,6 +482,9 @@ async fn a_sink_whose_shard_is_down_shows_a_growing_lag() {
     use sluice_sinks::sqlite::SqliteShard;
     use sluice_sinks::{run_sink_worker, ShardWriter, SinkWorker};
 
+    // The recorder first: the lag monitor's handles, taken before it is installed, would count
+    // nowhere (run alone, this test would find no lag in the rendered metrics).
+    sluice_ingress::prometheus::handle();
     let dir = tempfile::tempdir().unwrap();
     let log: Arc<dyn Log> =
         Arc::new(EmbeddedLog::open(&dir.path().join("log.redb"), Retention::KEEP_ALL).unwrap());
