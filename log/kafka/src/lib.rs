@@ -155,7 +155,7 @@ pub struct KafkaLog {
     meta_renewed: std::sync::Mutex<std::time::Instant>,
     /// How long a consumer group waits for a silent member before moving its partitions.
     session_timeout: Duration,
-    /// What a time-ordered reader holds per partition before it pauses the partition.
+    /// What a time-ordered reader fetches ahead per partition (`time_order_lane_mib`).
     time_order_lane_bytes: usize,
 }
 

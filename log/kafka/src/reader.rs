@@ -576,8 +576,9 @@ impl KafkaReader {
                 let order = self.time_order.as_mut().expect("reading in time order");
                 let bound = order.lane_bytes().saturating_mul(FETCHED_BOUND_LANES);
                 if order.bytes() < bound {
+                    let now = std::time::Instant::now();
                     let error = take_ready(&mut self.inner.stream(), |message| {
-                        full = order.push(to_record(message), std::time::Instant::now());
+                        full = order.push(to_record(message), now);
                         full.is_none() && order.bytes() < bound
                     });
                     notice = notice.or(error);
